@@ -1,0 +1,47 @@
+"""The ``policydistill`` command: thin typer wrappers that build a config and call the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distil flow-matching robot policies into 1-step policies, and prove it.")
+console = Console()
+
+
+@app.callback()
+def _root() -> None:
+    """policydistill: distil flow-matching robot policies into 1-step policies, and prove it."""
+
+
+@app.command("methods")
+def methods_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the registered distillation methods."""
+    from ..methods import method_table
+
+    rows = method_table()
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title="policydistill methods")
+    for col in ("name", "needs teacher", "extra networks", "NFE supported", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], "yes" if r["needs_teacher"] else "no", ", ".join(r["extra_networks"]) or "-",
+                      r["nfe_supported"], r["description"])
+    console.print(table)
+
+
+def main() -> None:
+    from .errors import run_app
+
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

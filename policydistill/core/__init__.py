@@ -1,0 +1,30 @@
+"""Shared flow numerics: the pi0 time convention, interpolant, time samplers, embeddings,
+the flow-map model contract and the one sampler rule. Pure maths: imports nothing else
+from the package."""
+
+from .embedding import TargetTimeEmbedding, sinusoidal_embedding
+from .flowmap import FlowBatch, FlowMapModel, student_from_teacher
+from .interpolant import expand_time, interpolate, velocity_target
+from .sampler import flow_step, sample, sample_with_ctx, time_grid
+from .time_sampling import TIME_SAMPLERS, sample_time
+from .tree import tree_cat, tree_map, tree_slice
+
+__all__ = [
+    "FlowBatch",
+    "FlowMapModel",
+    "TIME_SAMPLERS",
+    "TargetTimeEmbedding",
+    "expand_time",
+    "flow_step",
+    "interpolate",
+    "sample",
+    "sample_time",
+    "sample_with_ctx",
+    "sinusoidal_embedding",
+    "student_from_teacher",
+    "time_grid",
+    "tree_cat",
+    "tree_map",
+    "tree_slice",
+    "velocity_target",
+]

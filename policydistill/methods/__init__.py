@@ -1,0 +1,52 @@
+"""Distillation methods: one file each, one fixed signature (see ``base.Method``).
+
+Adding a method = one new file + one ``METHODS.register`` line below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..registry import Registry
+from .base import Method
+
+METHODS: Registry[type[Method]] = Registry("method")
+METHODS.register("flow_matching", "policydistill.methods.flow_matching:FlowMatching")
+METHODS.register("snapflow", "policydistill.methods.snapflow:SnapFlow")
+METHODS.register("shortcut", "policydistill.methods.shortcut:Shortcut")
+METHODS.register("meanflow", "policydistill.methods.meanflow:MeanFlow")
+METHODS.register("lsd", "policydistill.methods.lsd:LagrangianSelfDistillation")
+METHODS.register("psd", "policydistill.methods.psd:ProgressiveSelfDistillation")
+METHODS.register("consistency_distillation", "policydistill.methods.consistency_distillation:ConsistencyDistillation")
+METHODS.register("consistency_training", "policydistill.methods.consistency_training:ConsistencyTraining")
+METHODS.register("progressive_distillation", "policydistill.methods.progressive_distillation:ProgressiveDistillation")
+METHODS.register("reflow", "policydistill.methods.reflow:Reflow")
+
+#: The default distillation method (see README: "Why SnapFlow is the default").
+DEFAULT_METHOD = "snapflow"
+
+
+def make_method(name: str, **overrides: Any) -> Method:
+    """Instantiate a registered method; keyword overrides go to its config dataclass."""
+    cls = METHODS.load(name)
+    return cls(**overrides)
+
+
+def method_table() -> list[dict[str, Any]]:
+    """One row per registered method, for ``policydistill methods``."""
+    rows = []
+    for name in METHODS:
+        cls = METHODS.load(name)
+        rows.append({
+            "name": name,
+            "needs_teacher": cls.needs_teacher,
+            "extra_networks": list(cls.extra_networks),
+            "nfe_supported": cls.nfe_supported,
+            "sampling": cls.sampling,
+            "description": cls.description,
+            "paper": cls.paper,
+        })
+    return rows
+
+
+__all__ = ["DEFAULT_METHOD", "METHODS", "Method", "make_method", "method_table"]
