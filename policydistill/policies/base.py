@@ -1,0 +1,338 @@
+"""`FlowPolicy`: what every flow-matching robot policy (pi0, pi0.5, SmolVLA) shares.
+
+A policy is a :class:`~policydistill.core.flowmap.FlowMapModel` whose sample x is the
+NORMALISED, PADDED action chunk (B, chunk_size, max_action_dim) and whose conditioning is a
+PROCESSED observation batch (a dict of tensors, see :meth:`FlowPolicy.process`). Around that
+contract it adds what a robot needs:
+
+* normalisation stats (lerobot's MEAN_STD by default; QUANTILES / MIN_MAX for checkpoints
+  that use them) stored as buffers, so they travel inside ``model.safetensors``;
+* ``process(obs)``: any observation format below → model inputs (cond);
+* ``sample_actions(obs, steps, noise, mode)`` → (B, chunk, action_dim) UNnormalised actions;
+* ``select_action(obs)`` → (B, action_dim) from an action-chunk queue (``n_action_steps``),
+  with ``reset()``, exactly like lerobot policies; it samples with ``nfe`` / ``sampling_mode``;
+* ``make_flow_batch(sample)`` → :class:`FlowBatch` for training from a dataset window.
+
+Observation formats accepted (batched numpy or torch; a missing batch dimension is added):
+  env:      {"pixels": {cam: uint8 (B,H,W,3)}, "agent_pos": float (B,D), "task": list[str] | str}
+  lerobot:  {"observation.images.<cam>": float [0,1] (B,3,H,W) (or (B,T,3,H,W): last frame),
+             "observation.state": (B,D), "task": list[str] | str}
+Training windows (data engineers): lerobot keys plus "action" (B,H,A) and "action_is_pad" (B,H).
+
+Time convention (DESIGN.md §3): t = 1 noise, t = 0 data; x_t = t·ε + (1 − t)·a.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.flowmap import FlowBatch, FlowMapModel
+from ..core.sampler import SAMPLING_MODES, sample_with_ctx
+
+NORM_MODES = ("MEAN_STD", "QUANTILES", "MIN_MAX", "IDENTITY")
+IMAGE_PREFIX = "observation.images."
+
+
+@dataclass
+class FlowPolicyConfig:
+    """Input/output settings every policy shares. Architecture configs subclass this."""
+
+    cameras: list[str] = field(default_factory=lambda: ["corner2"])
+    image_size: int = 96            # square model input resolution (images are resized with padding)
+    state_dim: int = 39             # the robot's state dimension (before padding)
+    action_dim: int = 4             # the robot's action dimension (before padding)
+    max_state_dim: int = 40         # state is zero-padded to this (pi0: 32)
+    max_action_dim: int = 4         # actions are zero-padded to this (pi0: 32)
+    chunk_size: int = 16            # actions predicted per chunk
+    n_action_steps: int = 8         # actions executed from a chunk before re-planning
+    num_inference_steps: int = 10   # NFE used by select_action (teacher: 10 Euler steps)
+    sampling_mode: str = "diagonal" # "diagonal" (Euler, teachers) | "flowmap" (students) | "consistency"
+    tokenizer_max_length: int = 16
+    state_norm: str = "MEAN_STD"
+    action_norm: str = "MEAN_STD"
+    norm_eps: float = 1e-8
+
+
+class Normalizer(nn.Module):
+    """Affine normalisation y = (x − shift) / scale for state and action, as buffers.
+
+    lerobot's modes are all affine: MEAN_STD shift=mean, scale=std+eps; QUANTILES maps
+    [q01, q99] → [−1, 1] (shift=(q01+q99)/2, scale=(q99−q01)/2); MIN_MAX likewise with
+    [min, max]; IDENTITY shift 0, scale 1. Storing shift/scale keeps one code path and puts
+    the stats into the policy's safetensors.
+    """
+
+    def __init__(self, state_dim: int, action_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("state_shift", torch.zeros(state_dim))
+        self.register_buffer("state_scale", torch.ones(state_dim))
+        self.register_buffer("action_shift", torch.zeros(action_dim))
+        self.register_buffer("action_scale", torch.ones(action_dim))
+
+    @staticmethod
+    def affine(stats: Mapping[str, Any], mode: str, eps: float) -> tuple[Tensor, Tensor]:
+        def get(key: str) -> Tensor:
+            if key not in stats:
+                raise KeyError(f"normalisation mode {mode} needs stat {key!r}; have {sorted(stats)}")
+            return torch.as_tensor(np.asarray(stats[key], dtype=np.float32)).reshape(-1)
+
+        if mode == "MEAN_STD":
+            return get("mean"), get("std") + eps
+        if mode in ("QUANTILES", "MIN_MAX"):
+            lo, hi = (get("q01"), get("q99")) if mode == "QUANTILES" else (get("min"), get("max"))
+            half = (hi - lo) / 2
+            return (hi + lo) / 2, torch.where(half == 0, torch.full_like(half, eps), half)
+        if mode == "IDENTITY":
+            return None, None  # type: ignore[return-value]
+        raise ValueError(f"unknown normalisation mode {mode!r}; valid: {', '.join(NORM_MODES)}")
+
+    def set(self, which: str, stats: Mapping[str, Any], mode: str, eps: float = 1e-8) -> None:
+        shift_buf, scale_buf = getattr(self, f"{which}_shift"), getattr(self, f"{which}_scale")
+        shift, scale = self.affine(stats, mode, eps)
+        if shift is None:
+            shift_buf.zero_()
+            scale_buf.fill_(1.0)
+            return
+        if shift.numel() != shift_buf.numel():
+            raise ValueError(f"{which} stats have {shift.numel()} dims but the policy's {which}_dim is "
+                             f"{shift_buf.numel()}; build the policy with the dataset's dimensions")
+        shift_buf.copy_(shift)
+        scale_buf.copy_(scale)
+
+    def normalize(self, which: str, x: Tensor) -> Tensor:
+        return (x - getattr(self, f"{which}_shift")) / getattr(self, f"{which}_scale")
+
+    def unnormalize(self, which: str, x: Tensor) -> Tensor:
+        return x * getattr(self, f"{which}_scale") + getattr(self, f"{which}_shift")
+
+
+def _to_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else torch.as_tensor(x)
+    return t.to(device=device, dtype=dtype) if dtype is not None else t.to(device)
+
+
+def pad_last(x: Tensor, size: int) -> Tensor:
+    """Zero-pad (or refuse to truncate) the last dimension to ``size``."""
+    if x.shape[-1] > size:
+        raise ValueError(f"a vector of {x.shape[-1]} dims does not fit max dim {size}; raise max_state_dim/max_action_dim")
+    return F.pad(x, (0, size - x.shape[-1])) if x.shape[-1] < size else x
+
+
+def resize_with_pad(img: Tensor, size: int) -> Tensor:
+    """(B,3,H,W) in [0,1] → (B,3,size,size): keep the aspect ratio, pad with 0 (→ −1 after
+    scaling to [−1,1], as openpi's resize_with_pad). No-op when already square at ``size``."""
+    h, w = img.shape[-2:]
+    if h == size and w == size:
+        return img
+    ratio = max(h / size, w / size)
+    nh, nw = int(h / ratio), int(w / ratio)
+    out = F.interpolate(img, size=(nh, nw), mode="bilinear", align_corners=False).clamp(0, 1)
+    ph, pw = size - nh, size - nw
+    return F.pad(out, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=0.0)
+
+
+class FlowPolicy(FlowMapModel):
+    """Base class of every VLA flow policy. Subclasses implement :meth:`encode_inputs`
+    (the model-specific part of processing: tokens, state into the prompt, ...), ``encode``
+    (prefix pass → context) and ``flow`` (suffix pass → average velocity)."""
+
+    architecture: ClassVar[str] = ""
+    time_sampler = "beta"  # pi0's Beta(1.5, 1) training-time sampler
+    config: FlowPolicyConfig
+
+    def _init_policy(self, config: FlowPolicyConfig) -> None:
+        if config.sampling_mode not in SAMPLING_MODES:
+            raise ValueError(f"sampling_mode {config.sampling_mode!r}; valid: {', '.join(SAMPLING_MODES)}")
+        self.config = config
+        self.normalizer = Normalizer(config.state_dim, config.action_dim)
+        self._queue: deque[Tensor] = deque()
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def nfe(self) -> int:
+        """Denoising steps used by ``select_action`` (and ``sample_actions`` by default)."""
+        return self.config.num_inference_steps
+
+    @nfe.setter
+    def nfe(self, value: int) -> None:
+        if int(value) < 1:
+            raise ValueError(f"nfe must be >= 1, got {value}")
+        self.config.num_inference_steps = int(value)
+        self.reset()
+
+    @property
+    def sampling_mode(self) -> str:
+        return self.config.sampling_mode
+
+    @sampling_mode.setter
+    def sampling_mode(self, value: str) -> None:
+        if value not in SAMPLING_MODES:
+            raise ValueError(f"sampling_mode {value!r}; valid: {', '.join(SAMPLING_MODES)}")
+        self.config.sampling_mode = value
+        self.reset()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.config.chunk_size, self.config.max_action_dim)
+
+    def set_normalization(self, stats: Mapping[str, Mapping[str, Any]]) -> None:
+        """lerobot-style stats {"observation.state": {"mean","std",...}, "action": {...}}
+        (numpy, torch or lists) → buffers, using the config's modes."""
+        for which, key in (("state", "observation.state"), ("action", "action")):
+            if key in stats:
+                mode = self.config.state_norm if which == "state" else self.config.action_norm
+                self.normalizer.set(which, stats[key], mode, self.config.norm_eps)
+
+    # ------------------------------------------------------------------ observations
+    def canonical_obs(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        """Any accepted observation format → {"images": [(B,3,H,W) float [0,1]] per config camera,
+        "image_masks": [(B,) bool], "state": (B, state_dim) float (raw), "task": list[str]}."""
+        if "images" in obs and "state" in obs and "image_masks" in obs:
+            return dict(obs)  # already canonical
+        device, cfg = self.device, self.config
+        pixels = obs.get("pixels") if isinstance(obs.get("pixels"), Mapping) else {}
+        state = obs.get("agent_pos", obs.get("observation.state"))
+        if state is None:
+            raise KeyError("observation has no state: expected 'agent_pos' (env) or 'observation.state' (lerobot); "
+                           f"got keys {sorted(obs)}")
+        state = _to_tensor(state, device, torch.float32)
+        if state.dim() == 1:
+            state = state[None]
+        if state.dim() == 3:  # (B, T, D) windows: the current state is the last one
+            state = state[:, -1]
+        b = state.shape[0]
+        images, masks, found = [], [], False
+        for cam in cfg.cameras:
+            if cam in pixels:
+                img = _to_tensor(pixels[cam], device)
+                if img.dim() == 3:
+                    img = img[None]
+                img = img.permute(0, 3, 1, 2)  # (B,H,W,3) → (B,3,H,W)
+                img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+            elif IMAGE_PREFIX + cam in obs:
+                img = _to_tensor(obs[IMAGE_PREFIX + cam], device)
+                if img.dim() == 3:
+                    img = img[None]
+                if img.dim() == 5:  # (B, T, 3, H, W): the current frame
+                    img = img[:, -1]
+                if img.shape[1] != 3 and img.shape[-1] == 3:
+                    img = img.permute(0, 3, 1, 2)
+                img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+            else:
+                images.append(None)
+                masks.append(torch.zeros(b, dtype=torch.bool, device=device))
+                continue
+            found = True
+            images.append(resize_with_pad(img, cfg.image_size))
+            masks.append(torch.ones(b, dtype=torch.bool, device=device))
+        if not found:
+            have = sorted(pixels) + [k for k in obs if k.startswith(IMAGE_PREFIX)]
+            raise KeyError(f"none of the policy's cameras {cfg.cameras} is in the observation (it has {have}); "
+                           "rename the camera or build the policy with cameras=[...]")
+        # A missing camera is a black image (−1 after scaling) with a False mask, as lerobot does.
+        images = [torch.zeros(b, 3, cfg.image_size, cfg.image_size, device=device) if im is None else im for im in images]
+        task = obs.get("task", obs.get("instruction", ""))
+        tasks = [task] * b if isinstance(task, str) else [str(x) for x in task]
+        if len(tasks) != b:
+            raise ValueError(f"got {len(tasks)} task strings for a batch of {b}")
+        return {"images": images, "image_masks": masks, "state": state, "task": tasks}
+
+    def process(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        """Observation → cond (the processed batch every ``encode`` takes). Idempotent: an
+        already processed batch (it has "tokens") passes through unchanged."""
+        if "tokens" in obs:
+            return dict(obs)
+        c = self.canonical_obs(obs)
+        state = c["state"]
+        if state.shape[-1] != self.config.state_dim:
+            raise ValueError(f"state has {state.shape[-1]} dims but the policy was built with state_dim="
+                             f"{self.config.state_dim}")
+        state = pad_last(self.normalizer.normalize("state", state), self.config.max_state_dim)
+        images = torch.stack([im * 2.0 - 1.0 for im in c["images"]], dim=1)  # (B, ncam, 3, H, W) in [−1, 1]
+        cond = {"images": images.to(self.dtype), "image_masks": torch.stack(c["image_masks"], dim=1),
+                "state": state.to(self.dtype)}
+        cond.update(self.encode_inputs(c["task"], state))
+        return cond
+
+    def encode_inputs(self, tasks: list[str], state_normalized: Tensor) -> dict[str, Tensor]:
+        """Model-specific text inputs: {"tokens": (B,L) long, "token_masks": (B,L) bool}."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ training batches
+    def make_flow_batch(self, sample: Mapping[str, Any]) -> FlowBatch:
+        """A dataset window → FlowBatch(data = normalised, padded action chunk (B, chunk, max_action_dim),
+        mask = 1 where the step is real (not ``action_is_pad``) and the dim is a real action dim,
+        cond = processed observation)."""
+        cfg = self.config
+        actions = _to_tensor(sample["action"], self.device, torch.float32)
+        if actions.dim() == 2:
+            actions = actions[None]
+        if actions.shape[1] < cfg.chunk_size:
+            raise ValueError(f"action window has {actions.shape[1]} steps; the policy's chunk_size is {cfg.chunk_size}")
+        actions = actions[:, : cfg.chunk_size]
+        if actions.shape[-1] != cfg.action_dim:
+            raise ValueError(f"actions have {actions.shape[-1]} dims; the policy was built with action_dim={cfg.action_dim}")
+        data = pad_last(self.normalizer.normalize("action", actions), cfg.max_action_dim)
+        mask = torch.zeros_like(data)
+        mask[..., : cfg.action_dim] = 1.0
+        if "action_is_pad" in sample:
+            is_pad = _to_tensor(sample["action_is_pad"], self.device).bool().reshape(data.shape[0], -1)[:, : cfg.chunk_size]
+            mask = mask * (~is_pad)[..., None].to(mask.dtype)
+        cond = self.process({k: v for k, v in sample.items() if k not in ("action", "action_is_pad")})
+        return FlowBatch(data=data.to(self.dtype), cond=cond, mask=mask)
+
+    # ------------------------------------------------------------------ inference
+    def encode(self, cond: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample_actions(self, obs: Mapping[str, Any], steps: int | None = None, noise: Tensor | None = None,
+                       mode: str | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """(B, chunk_size, action_dim) UNnormalised actions: prefix encoded once, then ``steps``
+        suffix-only jumps from t = 1 to t = 0."""
+        cond = self.process(obs)
+        b = cond["state"].shape[0]
+        if noise is None:
+            noise = torch.randn((b, *self.sample_shape()), generator=generator, device=self.device, dtype=self.dtype)
+        x = sample_with_ctx(self, noise.to(self.dtype), self.encode(cond), steps or self.nfe, mode or self.sampling_mode)
+        return self.normalizer.unnormalize("action", x[..., : self.config.action_dim].float())
+
+    @torch.no_grad()
+    def select_action(self, obs: Mapping[str, Any]) -> Tensor:
+        """(B, action_dim): the next action from the queue; a new chunk (``nfe`` steps,
+        ``sampling_mode``) is sampled when the queue is empty. Call ``reset()`` per episode."""
+        if not self._queue:
+            chunk = self.sample_actions(obs)[:, : self.config.n_action_steps]
+            self._queue.extend(chunk.transpose(0, 1))
+        return self._queue.popleft()
+
+    def reset(self) -> None:
+        """Forget queued actions (call at every episode start)."""
+        self._queue = deque()
+
+    # ------------------------------------------------------------------ config
+    def config_dict(self) -> dict:
+        return {"architecture": self.architecture, **dataclasses.asdict(self.config)}
+
+    @classmethod
+    def config_from_dict(cls, config_cls: type, config: Mapping[str, Any]) -> Any:
+        names = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = set(config) - names - {"architecture", "policydistill"}
+        if unknown:
+            raise ValueError(f"{config_cls.__name__} has no field(s) {sorted(unknown)}")
+        return config_cls(**{k: v for k, v in config.items() if k in names})
