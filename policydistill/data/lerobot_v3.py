@@ -1,0 +1,674 @@
+"""LeRobotDataset v3.0 read and write without lerobot: parquet via pyarrow plus JSON metadata.
+
+The layout (as lerobot 0.4 writes it; see ``../shared/fixtures/lerobot/dataset_v30_*``)::
+
+    meta/info.json                         codebase_version "v3.0", fps, features, path templates
+    meta/stats.json                        per-feature min/max/mean/std/count/q01..q99
+    meta/tasks.parquet                     task_index + the task string as the pandas index
+    meta/episodes/chunk-XXX/file-YYY.parquet   one row per episode: length, data file,
+                                           dataset_from/to_index, video spans, stats/<key>/<stat>
+    data/chunk-XXX/file-YYY.parquet        one row per frame; several episodes per file
+    videos/<key>/chunk-XXX/file-YYY.mp4    (video mode) several episodes back to back
+
+Frame columns: ``observation.state`` and ``action`` as fixed-size float32 lists, images as
+``struct<bytes: binary, path: string>`` PNG (image mode), ``timestamp`` float32,
+``frame_index``/``episode_index``/``index``/``task_index`` int64. The task string becomes
+``Episode.instruction``. What LeRobot has no column for (our task name, success flag and
+per-episode meta) goes to ``meta/policydistill.json``, which lerobot ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .episode import Episode
+from .errors import DatasetError, reading
+from .layout import (
+    ACTION_KEY,
+    IMAGE_PREFIX,
+    STATE_KEY,
+    Layout,
+    check_finite,
+    checked_episode,
+    image_key,
+    json_safe_meta,
+)
+from .media import decode_png, decode_video_frames, encode_png
+from .stats import ImageHistogram, Stats, check_stats, lowdim_stats
+
+CODEBASE_VERSION = "v3.0"
+DEFAULT_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+DEFAULT_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_META_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+EXTRAS_FILE = "meta/policydistill.json"
+INDEX_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+EPISODE_COLUMNS = ("episode_index", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
+                   "dataset_to_index")
+REDO = "Re-create the dataset (or re-download it) — the folder is incomplete or was edited by hand."
+
+
+def is_lerobot_v3(path: str | Path) -> bool:
+    return (Path(path) / "meta" / "info.json").is_file()
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise DatasetError(f"{what} {path} is missing. {REDO}")
+    with reading(path, what, f"It is not valid JSON. {REDO}"):
+        return json.loads(path.read_text())
+
+
+def _read_parquet(path: Path, what: str, columns: list[str] | None = None, optional: tuple[str, ...] = ()) -> Any:
+    """Read ``columns`` (all must exist) plus those of ``optional`` that do."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise DatasetError(f"{what} {path} is missing. {REDO}")
+    with reading(path, what, f"The parquet file is truncated or corrupt. {REDO}"):
+        if columns is not None:
+            have = set(pq.read_schema(path).names)
+            missing = [c for c in columns if c not in have]
+            if missing:
+                raise DatasetError(f"{what} {path} lacks the column(s) {missing} (it has {sorted(have)}). {REDO}")
+            columns = columns + [c for c in optional if c in have]
+        return pq.read_table(path, columns=columns)
+
+
+def _list_column(col: Any, width: int, what: str) -> np.ndarray:
+    """A (fixed-size) list<number> column as float32 (N, width); checks every row's length."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    with reading(what, "column", "The column does not hold numeric lists."):
+        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if arr.null_count:
+            raise DatasetError(f"{what} has {arr.null_count} missing (null) rows. {REDO}")
+        if pa.types.is_fixed_size_list(arr.type):
+            if arr.type.list_size != width:
+                raise DatasetError(f"{what} rows have {arr.type.list_size} values but meta/info.json declares shape "
+                                   f"[{width}]; fix the feature's shape in info.json or re-create the dataset.")
+        elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+            lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+            if len(lengths) and (lengths != width).any():
+                bad = int(np.argmax(lengths != width))
+                raise DatasetError(f"{what} row {bad} has {lengths[bad]} values but meta/info.json declares shape "
+                                   f"[{width}]. {REDO}")
+        elif width == 1 and (pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type)):
+            return arr.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, 1)
+        else:
+            raise DatasetError(f"{what} has type {arr.type}, expected a list of {width} numbers. {REDO}")
+        values = arr.flatten()
+        if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+            raise DatasetError(f"{what} holds {values.type} values, expected numbers. {REDO}")
+        return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(arr), width)
+
+
+class LeRobotV3Dataset:
+    """A LeRobotDataset v3.0 folder, read without lerobot. ``len(ds)`` is the episode count."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise DatasetError(f"{self.path} does not exist or is not a folder; pass the dataset root (the folder "
+                               "holding meta/ and data/).")
+        self.info: dict[str, Any] = _read_json(self.path / "meta/info.json", "LeRobot metadata")
+        self._parse_info()
+        self.tasks = self._read_tasks()
+        self._read_episodes()
+        self.stats = self._read_stats()
+        self._extras = self._read_extras()
+        self._tables: dict[Path, Any] = {}
+
+    # ----------------------------------------------------------------------------- metadata
+    def _parse_info(self) -> None:
+        info, where = self.info, self.path / "meta/info.json"
+        if not isinstance(info, dict):
+            raise DatasetError(f"{where} must hold a JSON object. {REDO}")
+        version = str(info.get("codebase_version", ""))
+        if not version.startswith("v3."):
+            raise DatasetError(f"{self.path} is a LeRobotDataset {version or '(no codebase_version)'}, but this reader "
+                               "handles v3.0 only. Convert older datasets with lerobot's "
+                               "`lerobot.datasets.v30.convert_dataset_v21_to_v30` script first.")
+        for key in ("fps", "features", "data_path"):
+            if key not in info:
+                raise DatasetError(f"{where} lacks the required key {key!r}. {REDO}")
+        feats = info["features"]
+        if not isinstance(feats, dict):
+            raise DatasetError(f"{where}: 'features' must be an object. {REDO}")
+        try:
+            self.fps = float(info["fps"])
+        except (TypeError, ValueError):
+            self.fps = float("nan")
+        if not (np.isfinite(self.fps) and self.fps > 0):
+            raise DatasetError(f"{where}: fps {info['fps']!r} is not a positive number. {REDO}")
+        if ACTION_KEY not in feats:
+            raise DatasetError(f"{self.path} has no 'action' feature (features: {sorted(feats)}); policydistill needs "
+                               "actions to train on. Pick a dataset with actions, or rename its action key to 'action'.")
+        self.features: dict[str, dict[str, Any]] = feats
+        self.action_dim = self._vector_width(ACTION_KEY)
+        self.state_dim = self._vector_width(STATE_KEY) if STATE_KEY in feats else 0
+        cams: dict[str, tuple[int, int, int]] = {}
+        self.video_keys: list[str] = []
+        for key, ft in feats.items():
+            if isinstance(ft, dict) and ft.get("dtype") in ("image", "video"):
+                if not key.startswith(IMAGE_PREFIX):
+                    continue  # e.g. depth or other visual streams we do not use
+                shape = self._shape(key)
+                if len(shape) != 3 or shape[2] != 3:
+                    if len(shape) == 3 and shape[0] == 3:
+                        shape = (shape[1], shape[2], 3)  # some writers store CHW
+                    else:
+                        raise DatasetError(f"{where}: {key} has shape {shape}, expected [H, W, 3]. Only RGB cameras "
+                                           "are supported.")
+                cams[key[len(IMAGE_PREFIX):]] = shape
+                if ft["dtype"] == "video":
+                    self.video_keys.append(key)
+        self.layout = Layout(cams, self.state_dim, self.action_dim)
+        self.data_path = str(info["data_path"])
+        self.video_path = info.get("video_path")
+        if self.video_keys and not self.video_path:
+            raise DatasetError(f"{where} declares video features {self.video_keys} but no 'video_path'. {REDO}")
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        shape = self.features[key].get("shape") if isinstance(self.features[key], dict) else None
+        if not isinstance(shape, list | tuple) or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise DatasetError(f"{self.path / 'meta/info.json'}: feature {key!r} has shape {shape!r}, expected a list "
+                               f"of positive integers. {REDO}")
+        return tuple(shape)
+
+    def _vector_width(self, key: str) -> int:
+        shape = self._shape(key)
+        if len(shape) != 1:
+            raise DatasetError(f"{self.path / 'meta/info.json'}: {key} has shape {list(shape)}; policydistill needs a "
+                               "flat vector per frame — flatten it when converting the dataset.")
+        return shape[0]
+
+    def _read_tasks(self) -> dict[int, str]:
+        path = self.path / "meta/tasks.parquet"
+        table = _read_parquet(path, "LeRobot task table")
+        names = table.column_names
+        text_col = next((c for c in ("__index_level_0__", "task") if c in names), None)
+        if "task_index" not in names or text_col is None:
+            raise DatasetError(f"{path} needs a 'task_index' column and the task text (as the pandas index or a "
+                               f"'task' column); it has {names}. {REDO}")
+        with reading(path, "LeRobot task table"):
+            idx = [int(i) for i in table.column("task_index").to_pylist()]
+            text = [str(t) for t in table.column(text_col).to_pylist()]
+        return dict(zip(idx, text, strict=True))
+
+    def _read_episodes(self) -> None:
+        import pyarrow as pa
+
+        files = sorted((self.path / "meta/episodes").glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise DatasetError(f"{self.path} has no episode metadata (meta/episodes/chunk-*/file-*.parquet). {REDO}")
+        cols = list(EPISODE_COLUMNS)
+        for key in self.video_keys:
+            cols += [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+        tables = [_read_parquet(f, "LeRobot episode metadata", cols, optional=("tasks",)) for f in files]
+        with reading(files[0].parent.parent, "LeRobot episode metadata"):
+            table = pa.concat_tables(tables, promote_options="permissive")
+            eps = {c: np.asarray(table.column(c).to_numpy(zero_copy_only=False)) for c in cols}
+        order = np.argsort(eps["episode_index"], kind="stable")
+        self._ep = {c: v[order] for c, v in eps.items()}
+        self._ep_tasks: list[list[str]] | None = None
+        if "tasks" in table.column_names:
+            with reading(files[0].parent.parent, "LeRobot episode metadata", f"Column 'tasks' is malformed. {REDO}"):
+                listed = table.column("tasks").to_pylist()
+                self._ep_tasks = [[str(t) for t in (listed[k] or [])] for k in order]
+        n = len(order)
+        if n == 0:
+            raise DatasetError(f"{self.path} holds no episodes (empty episode metadata); record or convert some "
+                               "episodes first.")
+        if not np.array_equal(self._ep["episode_index"], np.arange(n)):
+            raise DatasetError(f"{self.path}: episode indices in meta/episodes are not 0..{n - 1}. {REDO}")
+        length = self._ep["length"].astype(np.int64)
+        span = (self._ep["dataset_to_index"] - self._ep["dataset_from_index"]).astype(np.int64)
+        if (length <= 0).any() or not np.array_equal(length, span):
+            bad = int(np.argmax((length <= 0) | (length != span)))
+            raise DatasetError(f"{self.path}: episode {bad} has length {length[bad]} but spans {span[bad]} frames in "
+                               f"meta/episodes. {REDO}")
+        total = self.info.get("total_episodes")
+        if total is not None and total != n:
+            raise DatasetError(f"{self.path}: meta/info.json says total_episodes={total} but meta/episodes lists {n}; "
+                               f"the dataset was not finalised. {REDO}")
+
+    def _read_stats(self) -> Stats | None:
+        path = self.path / "meta/stats.json"
+        if not path.is_file():
+            return None  # computed on demand by compute_stats()
+        stats = _read_json(path, "LeRobot statistics")
+        with reading(path, "LeRobot statistics"):
+            return check_stats(stats, str(path))
+
+    def _read_extras(self) -> list[dict[str, Any]] | None:
+        path = self.path / EXTRAS_FILE
+        if not path.is_file():
+            return None
+        obj = _read_json(path, "policydistill episode extras")
+        with reading(path, "policydistill episode extras"):
+            eps = [dict(e) for e in obj["episodes"]]
+            for e in eps:
+                str(e["task"]), bool(e["success"]), dict(e["meta"])
+        if len(eps) != len(self):
+            raise DatasetError(f"{path} describes {len(eps)} episodes but the dataset has {len(self)}; delete the file "
+                               "or re-create the dataset.")
+        return eps
+
+    # ----------------------------------------------------------------------------- episodes
+    def __len__(self) -> int:
+        return len(self._ep["episode_index"])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self._ep["length"].astype(np.int64)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.lengths.sum())
+
+    @property
+    def cameras(self) -> list[str]:
+        return list(self.layout.cameras)
+
+    def _check_index(self, i: int) -> int:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"episode {i} out of range: the dataset holds {len(self)} episodes")
+        return i % len(self)
+
+    def _table(self, path: Path) -> Any:
+        if path not in self._tables:
+            cols = [k for k in (STATE_KEY, ACTION_KEY) if k in self.features and (k != STATE_KEY or self.state_dim)]
+            cols += [image_key(c) for c in self.layout.cameras if image_key(c) not in self.video_keys]
+            cols += ["timestamp", "frame_index", "episode_index", "index", "task_index"]
+            table = _read_parquet(path, "LeRobot data file", cols)
+            if len(self._tables) >= 2:  # data files are up to ~100 MB: keep the two most recent
+                self._tables.pop(next(iter(self._tables)))
+            self._tables[path] = table
+        return self._tables[path]
+
+    def frames(self, i: int) -> dict[str, np.ndarray]:
+        """Every column of episode ``i`` as numpy, frame-ordered, images decoded to uint8 HWC."""
+        import pyarrow.compute as pc
+
+        i = self._check_index(i)
+        chunk, file = int(self._ep["data/chunk_index"][i]), int(self._ep["data/file_index"][i])
+        try:
+            rel = self.data_path.format(chunk_index=chunk, file_index=file)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise DatasetError(f"meta/info.json data_path {self.data_path!r} is not a valid template ({exc}). "
+                               f"{REDO}") from exc
+        path = self.path / rel
+        table = self._table(path)
+        where = f"{path} episode {i}"
+        with reading(path, "LeRobot data file"):
+            rows = table.filter(pc.equal(table.column("episode_index"), i))
+            fidx = rows.column("frame_index").to_numpy(zero_copy_only=False)
+        n = int(self.lengths[i])
+        if len(fidx) != n:
+            raise DatasetError(f"{where}: {len(fidx)} rows found but meta/episodes says {n} frames; the data file is "
+                               f"truncated or belongs to another dataset. {REDO}")
+        order = np.argsort(fidx, kind="stable")
+        rows = rows.take(order)
+        out: dict[str, np.ndarray] = {}
+        with reading(path, "LeRobot data file"):
+            for key in INDEX_FEATURES:
+                out[key] = rows.column(key).to_numpy(zero_copy_only=False)
+        out["timestamp"] = out["timestamp"].astype(np.float32)
+        if not np.array_equal(out["frame_index"], np.arange(n)):
+            raise DatasetError(f"{where}: frame_index is not 0..{n - 1}; frames are missing or duplicated. {REDO}")
+        if not np.isfinite(out["timestamp"]).all():
+            raise DatasetError(f"{where}: timestamps contain NaN or inf. {REDO}")
+        out[ACTION_KEY] = _list_column(rows.column(ACTION_KEY), self.action_dim, f"{where} column 'action'")
+        check_finite(out[ACTION_KEY], f"{where} action")
+        if self.state_dim:
+            out[STATE_KEY] = _list_column(rows.column(STATE_KEY), self.state_dim, f"{where} column '{STATE_KEY}'")
+            check_finite(out[STATE_KEY], f"{where} state")
+        else:
+            out[STATE_KEY] = np.zeros((n, 0), np.float32)
+        for cam, shape in self.layout.cameras.items():
+            key = image_key(cam)
+            if key in self.video_keys:
+                out[key] = self._video_frames(i, key, out["timestamp"], shape)
+            else:
+                out[key] = self._png_frames(rows.column(key), shape, f"{where} column '{key}'")
+        return out
+
+    def _png_frames(self, col: Any, shape: tuple[int, int, int], what: str) -> np.ndarray:
+        with reading(what, "image column", "Image columns must be struct<bytes, path> with PNG bytes."):
+            cells = col.to_pylist()
+        frames = np.empty((len(cells), *shape), np.uint8)
+        for k, cell in enumerate(cells):
+            data = cell.get("bytes") if isinstance(cell, dict) else None
+            if not isinstance(data, bytes | bytearray):
+                raise DatasetError(f"{what} frame {k} holds no image bytes (got {type(cell).__name__}); images stored "
+                                   f"only as file paths are not supported. {REDO}")
+            frames[k] = decode_png(bytes(data), shape, f"{what} frame {k}")
+        return frames
+
+    def _video_frames(self, i: int, key: str, timestamps: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+        pre = f"videos/{key}/"
+        chunk, file = int(self._ep[pre + "chunk_index"][i]), int(self._ep[pre + "file_index"][i])
+        start = float(self._ep[pre + "from_timestamp"][i])
+        try:
+            rel = str(self.video_path).format(video_key=key, chunk_index=chunk, file_index=file)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise DatasetError(f"meta/info.json video_path {self.video_path!r} is not a valid template ({exc}). "
+                               f"{REDO}") from exc
+        return decode_video_frames(self.path / rel, start + timestamps.astype(np.float64), self.fps, shape)
+
+    def episode_record(self, i: int) -> dict[str, Any]:
+        i = self._check_index(i)
+        instruction = self._instruction(i)
+        if self._extras is not None:
+            e = self._extras[i]
+            return {"instruction": instruction, "task": str(e["task"]), "success": bool(e["success"]),
+                    "meta": dict(e["meta"])}
+        return {"instruction": instruction, "task": "", "success": True, "meta": {}}
+
+    def _instruction(self, i: int) -> str:
+        """The episode's task text: meta/episodes 'tasks' when present, else its first frame's task."""
+        if self._ep_tasks is not None and self._ep_tasks[i]:
+            return str(self._ep_tasks[i][0])
+        ti = int(self.frames(i)["task_index"][0])
+        if ti not in self.tasks:
+            raise DatasetError(f"{self.path}: episode {i} uses task_index {ti}, which meta/tasks.parquet does not "
+                               f"define. {REDO}")
+        return self.tasks[ti]
+
+    def episode(self, i: int) -> Episode:
+        i = self._check_index(i)
+        fr = self.frames(i)
+        rec = self.episode_record(i)
+        images = {cam: fr[image_key(cam)] for cam in self.layout.cameras}
+        ti = int(fr["task_index"][0])
+        if ti not in self.tasks:
+            raise DatasetError(f"{self.path}: episode {i} uses task_index {ti}, which meta/tasks.parquet does not "
+                               f"define. {REDO}")
+        return Episode(images=images, state=fr[STATE_KEY], action=fr[ACTION_KEY], instruction=self.tasks[ti],
+                       task=rec["task"], success=rec["success"], meta=rec["meta"])
+
+    def __iter__(self):  # noqa: ANN204 - generator of Episode
+        for i in range(len(self)):
+            yield self.episode(i)
+
+    def instructions(self) -> list[str]:
+        return [self._instruction(i) for i in range(len(self))]
+
+    def compute_stats(self) -> Stats:
+        """Exact statistics over every frame (used when meta/stats.json is missing)."""
+        lows: dict[str, list[np.ndarray]] = {ACTION_KEY: [], STATE_KEY: []}
+        hists = {cam: ImageHistogram() for cam in self.layout.cameras}
+        for i in range(len(self)):
+            fr = self.frames(i)
+            lows[ACTION_KEY].append(fr[ACTION_KEY])
+            lows[STATE_KEY].append(fr[STATE_KEY])
+            for cam in self.layout.cameras:
+                hists[cam].update(fr[image_key(cam)])
+        stats: Stats = {ACTION_KEY: lowdim_stats(np.concatenate(lows[ACTION_KEY]))}
+        if self.state_dim:
+            stats[STATE_KEY] = lowdim_stats(np.concatenate(lows[STATE_KEY]))
+        for cam, h in hists.items():
+            stats[image_key(cam)] = h.stats()
+        return stats
+
+    def summary(self) -> dict[str, Any]:
+        from .zarr_store import summarize
+
+        if self.stats is None:
+            self.stats = self.compute_stats()
+        out = summarize(self, "lerobot_v3" + (" (video)" if self.video_keys else " (image)"))
+        out["codebase_version"] = self.info.get("codebase_version")
+        out["robot_type"] = self.info.get("robot_type")
+        return out
+
+
+# ================================================================================= writing
+def _feature_names(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}_{k}" for k in range(n)]
+
+
+def _hf_features(layout: Layout) -> dict[str, Any]:
+    """The ``huggingface`` schema metadata that ``datasets`` writes into each data file."""
+    out: dict[str, Any] = {}
+    if layout.state_dim:
+        out[STATE_KEY] = {"feature": {"dtype": "float32", "_type": "Value"}, "length": layout.state_dim,
+                          "_type": "List"}
+    out[ACTION_KEY] = {"feature": {"dtype": "float32", "_type": "Value"}, "length": layout.action_dim, "_type": "List"}
+    for cam in layout.cameras:
+        out[image_key(cam)] = {"_type": "Image"}
+    out["timestamp"] = {"dtype": "float32", "_type": "Value"}
+    for k in ("frame_index", "episode_index", "index", "task_index"):
+        out[k] = {"dtype": "int64", "_type": "Value"}
+    return out
+
+
+def _info_features(layout: Layout, names: dict[str, list[str]] | None) -> dict[str, Any]:
+    names = names or {}
+    feats: dict[str, Any] = {}
+    if layout.state_dim:
+        feats[STATE_KEY] = {"dtype": "float32", "shape": [layout.state_dim],
+                            "names": names.get(STATE_KEY, _feature_names("state", layout.state_dim))}
+    feats[ACTION_KEY] = {"dtype": "float32", "shape": [layout.action_dim],
+                         "names": names.get(ACTION_KEY, _feature_names("action", layout.action_dim))}
+    for cam, shape in layout.cameras.items():
+        feats[image_key(cam)] = {"dtype": "image", "shape": list(shape), "names": ["height", "width", "channels"]}
+    feats["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
+    for k in ("frame_index", "episode_index", "index", "task_index"):
+        feats[k] = {"dtype": "int64", "shape": [1], "names": None}
+    return feats
+
+
+def _tasks_table(tasks: dict[str, int]) -> Any:
+    """tasks.parquet as pandas' ``DataFrame(index=task).to_parquet`` writes it (no pandas needed)."""
+    import pyarrow as pa
+
+    pandas_meta = {
+        "index_columns": ["__index_level_0__"],
+        "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
+                            "metadata": {"encoding": "UTF-8"}}],
+        "columns": [
+            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64",
+             "metadata": None},
+            {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode", "numpy_type": "object",
+             "metadata": None},
+        ],
+        "attributes": {}, "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.0",
+    }
+    schema = pa.schema([("task_index", pa.int64()), ("__index_level_0__", pa.large_string())],
+                       metadata={b"pandas": json.dumps(pandas_meta).encode()})
+    return pa.table({"task_index": list(tasks.values()), "__index_level_0__": list(tasks)}, schema=schema)
+
+
+def _episode_stats(ep: Episode, ts: np.ndarray, ep_index: int, start: int, task_index: int,
+                   layout: Layout) -> dict[str, dict[str, Any]]:
+    n = len(ep)
+    stats: dict[str, dict[str, Any]] = {}
+    if layout.state_dim:
+        stats[STATE_KEY] = lowdim_stats(ep.state)
+    stats[ACTION_KEY] = lowdim_stats(ep.action)
+    for cam, frames in ep.images.items():
+        h = ImageHistogram()
+        h.update(frames)
+        stats[image_key(cam)] = h.stats()
+    stats["timestamp"] = lowdim_stats(ts.reshape(-1, 1))
+    stats["frame_index"] = lowdim_stats(np.arange(n, dtype=np.int64).reshape(-1, 1))
+    stats["episode_index"] = lowdim_stats(np.full((n, 1), ep_index, np.int64))
+    stats["index"] = lowdim_stats(np.arange(start, start + n, dtype=np.int64).reshape(-1, 1))
+    stats["task_index"] = lowdim_stats(np.full((n, 1), task_index, np.int64))
+    return stats
+
+
+class _LeRobotWriter:
+    def __init__(self, root: Path, fps: float, data_file_size_mb: float, chunks_size: int,
+                 names: dict[str, list[str]] | None) -> None:
+        import pyarrow as pa
+
+        self.pa = pa
+        self.root, self.fps, self.chunks_size, self.names = root, fps, chunks_size, names
+        self.limit = data_file_size_mb * 1024 * 1024
+        self.layout: Layout | None = None
+        self.tasks: dict[str, int] = {}
+        self.ep_rows: list[dict[str, Any]] = []
+        self.extras: list[dict[str, Any]] = []
+        self.lowdim: dict[str, list[np.ndarray]] = {ACTION_KEY: [], STATE_KEY: []}
+        self.hist: dict[str, ImageHistogram] = {}
+        self.index_cols: dict[str, list[np.ndarray]] = {k: [] for k in INDEX_FEATURES}
+        self.chunk = self.file = 0
+        self.pending: list[Any] = []
+        self.pending_bytes = 0
+        self.frames = 0
+
+    def _schema(self) -> Any:
+        pa, layout = self.pa, self.layout
+        assert layout is not None
+        fields = []
+        if layout.state_dim:
+            fields.append((STATE_KEY, pa.list_(pa.float32(), layout.state_dim)))
+        fields.append((ACTION_KEY, pa.list_(pa.float32(), layout.action_dim)))
+        for cam in layout.cameras:
+            fields.append((image_key(cam), pa.struct([("bytes", pa.binary()), ("path", pa.string())])))
+        fields += [("timestamp", pa.float32()), ("frame_index", pa.int64()), ("episode_index", pa.int64()),
+                   ("index", pa.int64()), ("task_index", pa.int64())]
+        meta = {b"huggingface": json.dumps({"info": {"features": _hf_features(layout)}}).encode()}
+        return pa.schema(fields, metadata=meta)
+
+    def add(self, ep: Episode) -> None:
+        pa = self.pa
+        index = len(self.ep_rows)
+        ep = checked_episode(ep, index, self.layout)
+        if self.layout is None:
+            self.layout = Layout.of(ep)
+            self.hist = {cam: ImageHistogram() for cam in self.layout.cameras}
+            self.schema = self._schema()
+        n = len(ep)
+        task_index = self.tasks.setdefault(ep.instruction, len(self.tasks))
+        ts = (np.arange(n) / self.fps).astype(np.float32)
+        cols: dict[str, Any] = {}
+        if self.layout.state_dim:
+            cols[STATE_KEY] = pa.FixedSizeListArray.from_arrays(pa.array(ep.state.reshape(-1)), self.layout.state_dim)
+        cols[ACTION_KEY] = pa.FixedSizeListArray.from_arrays(pa.array(ep.action.reshape(-1)), self.layout.action_dim)
+        nbytes = ep.action.nbytes + ep.state.nbytes + n * 40
+        for cam, frames in ep.images.items():
+            pngs = [encode_png(f) for f in frames]
+            nbytes += sum(len(p) for p in pngs)
+            cols[image_key(cam)] = pa.array([{"bytes": p, "path": None} for p in pngs],
+                                            type=self.schema.field(image_key(cam)).type)
+            self.hist[cam].update(frames)
+        cols["timestamp"] = pa.array(ts, pa.float32())
+        cols["frame_index"] = pa.array(np.arange(n, dtype=np.int64))
+        cols["episode_index"] = pa.array(np.full(n, index, np.int64))
+        cols["index"] = pa.array(np.arange(self.frames, self.frames + n, dtype=np.int64))
+        cols["task_index"] = pa.array(np.full(n, task_index, np.int64))
+        if self.pending and self.pending_bytes + nbytes > self.limit:
+            self._flush()
+        self.pending.append(pa.table(cols, schema=self.schema))
+        self.pending_bytes += nbytes
+        row = {"episode_index": index, "tasks": [ep.instruction], "length": n, "data/chunk_index": self.chunk,
+               "data/file_index": self.file, "dataset_from_index": self.frames, "dataset_to_index": self.frames + n}
+        for key, st in _episode_stats(ep, ts, index, self.frames, task_index, self.layout).items():
+            for name, value in st.items():
+                row[f"stats/{key}/{name}"] = value
+        row["meta/episodes/chunk_index"] = 0
+        row["meta/episodes/file_index"] = 0
+        self.ep_rows.append(row)
+        self.extras.append({"task": ep.task, "success": ep.success, "meta": json_safe_meta(ep.meta, f"episode {index}")})
+        self.lowdim[ACTION_KEY].append(ep.action)
+        self.lowdim[STATE_KEY].append(ep.state)
+        self.index_cols["timestamp"].append(ts)
+        self.index_cols["frame_index"].append(np.arange(n, dtype=np.int64))
+        self.index_cols["episode_index"].append(np.full(n, index, np.int64))
+        self.index_cols["index"].append(np.arange(self.frames, self.frames + n, dtype=np.int64))
+        self.index_cols["task_index"].append(np.full(n, task_index, np.int64))
+        self.frames += n
+
+    def _flush(self) -> None:
+        import pyarrow.parquet as pq
+
+        path = self.root / DEFAULT_DATA_PATH.format(chunk_index=self.chunk, file_index=self.file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(self.pa.concat_tables(self.pending), path)
+        self.pending, self.pending_bytes = [], 0
+        self.file += 1
+        if self.file >= self.chunks_size:
+            self.chunk, self.file = self.chunk + 1, 0
+
+    def finish(self, robot_type: str) -> None:
+        import pyarrow.parquet as pq
+
+        if not self.ep_rows or self.layout is None:
+            raise DatasetError("no episodes to write: the episode iterable was empty. Generate or select at least one "
+                               "episode first.")
+        self._flush()
+        meta = self.root / "meta"
+        ep_path = self.root / EPISODES_META_PATH.format(chunk_index=0, file_index=0)
+        ep_path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(self.pa.Table.from_pylist(self.ep_rows), ep_path)
+        pq.write_table(_tasks_table(self.tasks), meta / "tasks.parquet")
+        n_ep = len(self.ep_rows)
+        fps: float | int = int(self.fps) if float(self.fps).is_integer() else self.fps
+        info = {
+            "codebase_version": CODEBASE_VERSION, "robot_type": robot_type, "total_episodes": n_ep,
+            "total_frames": self.frames, "total_tasks": len(self.tasks), "chunks_size": self.chunks_size,
+            "data_files_size_in_mb": int(round(self.limit / 2**20)) or 1, "video_files_size_in_mb": 200, "fps": fps,
+            "splits": {"train": f"0:{n_ep}"}, "data_path": DEFAULT_DATA_PATH, "video_path": None,
+            "features": _info_features(self.layout, self.names),
+        }
+        (meta / "info.json").write_text(json.dumps(info, indent=4))
+        stats: Stats = {}
+        if self.layout.state_dim:
+            stats[STATE_KEY] = lowdim_stats(np.concatenate(self.lowdim[STATE_KEY]))
+        stats[ACTION_KEY] = lowdim_stats(np.concatenate(self.lowdim[ACTION_KEY]))
+        for cam, h in self.hist.items():
+            stats[image_key(cam)] = h.stats()
+        for key, parts in self.index_cols.items():
+            stats[key] = lowdim_stats(np.concatenate(parts).reshape(-1, 1))
+        (meta / "stats.json").write_text(json.dumps(stats, indent=4))
+        (self.root / EXTRAS_FILE).write_text(json.dumps({"format": "policydistill.lerobot_extras", "version": 1,
+                                                         "episodes": self.extras}, indent=1))
+
+
+def write_lerobot_v3(path: str | Path, episodes: Iterable[Episode], *, fps: float = 10.0, robot_type: str = "unknown",
+                     overwrite: bool = False, data_file_size_mb: float = 100.0, chunks_size: int = 1000,
+                     names: dict[str, list[str]] | None = None, progress: bool = False,
+                     total: int | None = None) -> LeRobotV3Dataset:
+    """Write ``episodes`` as a LeRobotDataset v3.0 in image mode (PNG frames), atomically.
+
+    Episodes are packed into ``data/chunk-*/file-*.parquet`` files of about
+    ``data_file_size_mb`` each, like lerobot does. ``names`` optionally gives per-dimension
+    names for "observation.state" / "action" (default ``state_0``, ``action_0``, ...)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DatasetError(f"{path} already exists: pass overwrite=True (--overwrite) to replace it, or choose another "
+                           "path.")
+    if not (fps > 0 and np.isfinite(fps)):
+        raise DatasetError(f"fps must be a positive number, got {fps}.")
+    if data_file_size_mb <= 0 or chunks_size < 1:
+        raise DatasetError("data_file_size_mb must be > 0 and chunks_size >= 1.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        (tmp / "meta").mkdir(parents=True)
+        writer = _LeRobotWriter(tmp, fps, data_file_size_mb, chunks_size, names)
+        if progress:
+            from rich.progress import track
+
+            episodes = track(episodes, description="writing LeRobot v3", total=total)
+        for ep in episodes:
+            writer.add(ep)
+        writer.finish(robot_type)
+        from .zarr_store import _swap_into_place
+
+        _swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return LeRobotV3Dataset(path)
+
