@@ -10,6 +10,8 @@ from .registry import Registry
 
 ARCHITECTURES: Registry[type[FlowMapModel]] = Registry("architecture")
 ARCHITECTURES.register("mlp", "policydistill.models.mlp:MLPFlowMap")
+ARCHITECTURES.register("image-dit", "policydistill.models.dit:ImageDiT")
+ARCHITECTURES.register("video-dit", "policydistill.models.dit:VideoDiT")
 
 
 def build_model(config: dict[str, Any]) -> FlowMapModel:
