@@ -37,6 +37,11 @@ def methods_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON i
     console.print(table)
 
 
+from .deploy import latency as _latency  # noqa: E402
+
+app.command("latency")(_latency)
+
+
 def main() -> None:
     from .errors import run_app
 

@@ -1,0 +1,129 @@
+"""`policydistill latency` (and export): deployment-side measurements."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _machine() -> dict[str, str]:
+    import os
+
+    import torch
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": str(os.cpu_count()), "threads": str(torch.get_num_threads())}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _parse_ints(text: Optional[str], what: str) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be comma-separated integers, e.g. 1,2,10; got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise typer.BadParameter(f"{what} values must be >= 1; got {text!r}")
+    return vals
+
+
+def _make_robot(robot: str, policy, task: Optional[str], seed: int):
+    from ..robots.robot import RobotConfig
+
+    cfg = RobotConfig.from_file(robot) if robot.endswith(".json") else RobotConfig.named(
+        "metaworld_sawyer" if robot == "sim" else robot)
+    if cfg.kind == "lerobot":
+        from ..robots.lerobot_bridge import LerobotRobot
+
+        return LerobotRobot(cfg, lerobot_config=None)  # raises with the extra to install, or asks for a config
+    from ..robots.sim import SimRobot
+
+    if task:
+        cfg.env_id = task
+    cfg.cameras = list(policy.config.cameras)
+    return SimRobot(cfg, seed=seed, image_size=policy.config.image_size)
+
+
+def latency(
+    checkpoints: list[Path] = typer.Argument(..., help="Policy checkpoint folders (teacher and student: one run)."),
+    nfe: Optional[str] = typer.Option(None, help="Comma-separated NFEs, e.g. 1,2,10. Default: each checkpoint's own."),
+    robot: str = typer.Option("sim", help="'sim', a shipped robot config name, or a robot config JSON path."),
+    task: Optional[str] = typer.Option(None, help="Sim task for the robot (default: the robot config's env_id)."),
+    hz: float = typer.Option(20.0, min=0.1, max=1000.0, help="Control frequency of the loop."),
+    seconds: float = typer.Option(30.0, min=0.1, help="Control-loop duration per (checkpoint, NFE)."),
+    repeats: int = typer.Option(30, min=1, help="Timed repeats per measurement (after warm-up)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the policy first."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here."),
+    plot: Optional[Path] = typer.Option(None, help="Latency histogram PNG (default: beside --json)."),
+    threads: int = typer.Option(0, min=0, help="torch threads (0 = leave as is)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Prefix / denoising / end-to-end latency percentiles per NFE, and the control loop's
+    deadline-miss rate and jitter at --hz, teacher and student in one run."""
+    import torch
+
+    from ..checkpoint import load_model
+    from ..deploy.latency import measure_policy, run_control_loop, speedup
+    from ..deploy.plots import latency_histogram
+
+    if threads:
+        torch.set_num_threads(threads)
+    nfes = _parse_ints(nfe, "--nfe")
+    results, rows = [], []
+    for ckpt in checkpoints:
+        policy = load_model(ckpt, map_location=device).eval()
+        if compile:
+            policy.flow = torch.compile(policy.flow, dynamic=False)  # the hot path: suffix steps
+        sim_robot = _make_robot(robot, policy, task, seed)
+        sim_robot.connect()
+        obs = sim_robot.get_observation()
+        for n in nfes or [policy.nfe]:
+            mode = policy.sampling_mode
+            name = f"{ckpt.name}@{n}"
+            console.print(f"[bold]{name}[/] ({mode}): timing {repeats} chunks, then {seconds:.0f} s at {hz:g} Hz")
+            res = measure_policy(policy, obs, n, mode, name=name, repeats=repeats)
+            res.loop = run_control_loop(policy, sim_robot, n, mode, hz, seconds)
+            d = res.to_dict()
+            d["checkpoint"] = str(ckpt)
+            results.append((res, d))
+        if hasattr(sim_robot, "close"):
+            sim_robot.close()
+
+    table = Table(title=f"latency (ms) at {hz:g} Hz — {platform.node()}")
+    for col in ("variant", "mode", "prefix p50", "step", "denoise p50", "e2e p50", "e2e p95", "e2e p99", "e2e max",
+                "miss rate", "jitter p99"):
+        table.add_column(col, justify="right")
+    for res, d in results:
+        loop = res.loop
+        table.add_row(res.name, res.mode, f"{res.prefix_ms['p50']:.2f}", f"{res.step_ms:.2f}",
+                      f"{res.denoise_ms['p50']:.2f}", f"{res.e2e_ms['p50']:.2f}", f"{res.e2e_ms['p95']:.2f}",
+                      f"{res.e2e_ms['p99']:.2f}", f"{res.e2e_ms['max']:.2f}",
+                      f"{loop['deadline_miss_rate']:.3f}", f"{loop['jitter_ms']['p99']:.2f}")
+    console.print(table)
+    summary = {"machine": _machine(), "hz": hz, "seconds": seconds, "results": [d for _, d in results]}
+    if len(results) >= 2:
+        first, last = results[0][0], results[-1][0]
+        summary["speedup"] = {"baseline": first.name, "candidate": last.name, **speedup(first, last)}
+        console.print(f"{last.name} vs {first.name}: denoising {summary['speedup']['denoise']:.1f}×, "
+                      f"end-to-end p50 {summary['speedup']['e2e']:.1f}×, p99 {summary['speedup']['e2e_p99']:.1f}×")
+    if json_out:
+        from ..checkpoint import write_json
+
+        write_json(json_out, summary)
+        console.print(f"wrote {json_out}")
+    png = plot or (json_out.with_suffix(".png") if json_out else None)
+    if png:
+        latency_histogram([r for r, _ in results], png)
+        console.print(f"wrote {png}")

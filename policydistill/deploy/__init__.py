@@ -1,0 +1,1 @@
+"""Deployment: latency as the robot feels it, and export of few-step students."""

@@ -1,0 +1,108 @@
+"""Latency of a flow policy measured the way a robot feels it.
+
+For each (checkpoint, NFE): the prefix pass (images + language + state → KV cache), the
+denoising loop (NFE suffix passes), and end to end (an environment observation in numpy →
+an action chunk in numpy, including pre/post-processing), each repeated after a warm-up and
+reported as percentiles; then the policy drives a simulated robot through the real-time
+control loop at ``hz`` for ``seconds`` and we record its deadline-miss rate and jitter.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..core.sampler import sample_with_ctx
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "mean": float(a.mean()), "n": int(a.size)}
+
+
+def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
+    sync()
+    t0 = time.perf_counter()
+    out = fn()
+    sync()
+    return (time.perf_counter() - t0) * 1e3, out
+
+
+@dataclass
+class LatencyResult:
+    name: str
+    nfe: int
+    mode: str
+    prefix_ms: dict[str, float]
+    denoise_ms: dict[str, float]
+    step_ms: float
+    e2e_ms: dict[str, float]
+    throughput_chunks_per_s: float
+    loop: dict[str, Any] = field(default_factory=dict)
+    e2e_samples_ms: list[float] = field(default_factory=list)
+    denoise_samples_ms: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "nfe": self.nfe, "mode": self.mode, "prefix_ms": self.prefix_ms,
+                "denoise_ms": self.denoise_ms, "step_ms": self.step_ms, "e2e_ms": self.e2e_ms,
+                "throughput_chunks_per_s": self.throughput_chunks_per_s, **({"loop": self.loop} if self.loop else {}),
+                "deadline_miss_rate": self.loop.get("deadline_miss_rate"), "hz": self.loop.get("hz")}
+
+
+@torch.no_grad()
+def measure_policy(policy: Any, obs: dict[str, Any], nfe: int, mode: str, name: str = "policy",
+                   repeats: int = 30, warmup: int = 3, seed: int = 0) -> LatencyResult:
+    """Time prefix, denoising and end-to-end inference of a FlowPolicy on one observation."""
+    device = policy.device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    cond = policy.process(obs)
+    b = cond["state"].shape[0]
+    noise = torch.randn((b, *policy.sample_shape()), generator=gen, device=device, dtype=policy.dtype)
+    prefix, denoise, e2e = [], [], []
+    for i in range(warmup + repeats):
+        p_ms, ctx = _timed(lambda: policy.encode(cond), sync)
+        d_ms, _ = _timed(lambda: sample_with_ctx(policy, noise, ctx, nfe, mode), sync)
+        e_ms, _ = _timed(lambda: policy.sample_actions(obs, steps=nfe, mode=mode, noise=noise).cpu().numpy(), sync)
+        if i >= warmup:
+            prefix.append(p_ms)
+            denoise.append(d_ms)
+            e2e.append(e_ms)
+    d = percentiles(denoise)
+    e = percentiles(e2e)
+    return LatencyResult(name=name, nfe=nfe, mode=mode, prefix_ms=percentiles(prefix), denoise_ms=d,
+                         step_ms=d["p50"] / nfe, e2e_ms=e, throughput_chunks_per_s=1e3 / e["p50"] * b,
+                         e2e_samples_ms=e2e, denoise_samples_ms=denoise)
+
+
+def run_control_loop(policy: Any, robot: Any, nfe: int, mode: str, hz: float, seconds: float,
+                     n_action_steps: int | None = None) -> dict[str, Any]:
+    """Drive ``robot`` with ``policy`` through the real-time control loop; returns its summary."""
+    from ..robots.control_loop import ControlLoop, LoopConfig
+
+    def chunk_fn(o: dict[str, Any]) -> np.ndarray:
+        return policy.sample_actions(o, steps=nfe, mode=mode)[0].float().cpu().numpy()
+
+    steps = n_action_steps or policy.config.n_action_steps
+    loop = ControlLoop(robot, chunk_fn, LoopConfig(hz=hz, seconds=seconds, n_action_steps=steps))
+    report = loop.run()
+    out = report.summary()
+    out["inference_ms"] = percentiles(report.inference_ms) if report.inference_ms else {}
+    out["n_action_steps"] = steps
+    return out
+
+
+def speedup(teacher: LatencyResult, student: LatencyResult) -> dict[str, float]:
+    return {"denoise": teacher.denoise_ms["p50"] / student.denoise_ms["p50"],
+            "e2e": teacher.e2e_ms["p50"] / student.e2e_ms["p50"],
+            "e2e_p99": teacher.e2e_ms["p99"] / student.e2e_ms["p99"]}
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
