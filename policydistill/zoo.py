@@ -12,6 +12,8 @@ ARCHITECTURES: Registry[type[FlowMapModel]] = Registry("architecture")
 ARCHITECTURES.register("mlp", "policydistill.models.mlp:MLPFlowMap")
 ARCHITECTURES.register("image-dit", "policydistill.models.dit:ImageDiT")
 ARCHITECTURES.register("video-dit", "policydistill.models.dit:VideoDiT")
+ARCHITECTURES.register("pi0", "policydistill.policies.pi0.model:Pi0Policy")
+ARCHITECTURES.register("pi05", "policydistill.policies.pi0.model:Pi05Policy")
 
 
 def build_model(config: dict[str, Any]) -> FlowMapModel:

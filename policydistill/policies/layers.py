@@ -1,0 +1,233 @@
+"""Transformer blocks shared by the pi0 family and SmolVLA, written for a cached, suffix-only
+denoising loop: Gemma's RMSNorm (with the (1 + w) scale and adaRMS), rotary embeddings,
+grouped-query attention WITHOUT copying key/value heads, the gated MLP, and a SigLIP encoder.
+
+Numerics follow openpi's patched HF Gemma/SigLIP (the lerobot 0.4.4 fixtures): RMSNorm
+variance in float32; RoPE tables in float32; softmax in float32 (SDPA does this).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """Gemma RMSNorm: x·rsqrt(mean(x²) + eps)·(1 + w), computed in float32. With ``cond_dim``
+    it is openpi's adaRMS: dense(cond) → (scale, shift, gate); y = norm(x)·(1 + scale) + shift,
+    and the caller uses ``gate`` on the residual branch (x + out·gate)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, cond_dim: int | None = None) -> None:
+        super().__init__()
+        self.eps = eps
+        if cond_dim is None:
+            self.weight = nn.Parameter(torch.zeros(dim))
+            self.dense = None
+        else:
+            self.dense = nn.Linear(cond_dim, 3 * dim)
+            # Zero-initialised modulation: a fresh adaRMS block starts as a plain RMSNorm with gate 0.
+            nn.init.zeros_(self.dense.weight)
+            nn.init.zeros_(self.dense.bias)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.dense is None:
+            return (normed * (1.0 + self.weight.float())).to(x.dtype), None
+        if cond is None:
+            raise ValueError("this adaRMS norm needs a conditioning vector")
+        scale, shift, gate = self.modulation(cond)
+        return (normed * (1.0 + scale.float()) + shift.float()).to(x.dtype), gate.to(x.dtype)
+
+    def modulation(self, cond: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(scale, shift, gate), each (B, 1, dim). Computed once per denoising step."""
+        assert self.dense is not None
+        return self.dense(cond)[:, None, :].chunk(3, dim=-1)
+
+
+def gated_residual(x: Tensor, y: Tensor, gate: Tensor | None) -> Tensor:
+    return x + y if gate is None else x + y * gate
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float = 10000.0,
+                 dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """HF Gemma rotary tables for integer positions (B, L) → cos, sin (B, 1, L, head_dim)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
+    freqs = positions.float()[..., None] * inv_freq  # (B, L, hd/2)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B, H, L, hd) rotated with HF's rotate_half convention."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def grouped_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, scale: float) -> Tensor:
+    """Grouped-query attention without repeating key/value heads.
+
+    q (B, H, Lq, hd); k, v (B, KVH, Lk, hd); key_mask additive (B, 1, 1, Lk) or None.
+    The H/KVH query heads that share one key/value head are folded into the query length
+    — (B, KVH, G·Lq, hd) — which is exact because the mask depends only on the key, and on
+    a CPU it turns many small matmuls into one bigger one. Returns (B, Lq, H·hd).
+    """
+    b, h, lq, hd = q.shape
+    kvh = k.shape[1]
+    g = h // kvh
+    qg = q.reshape(b, kvh, g * lq, hd)
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=key_mask, scale=scale)
+    return out.reshape(b, h, lq, hd).transpose(1, 2).reshape(b, lq, h * hd)
+
+
+def key_padding_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """bool (B, Lk) → additive (B, 1, 1, Lk): 0 where a key may be attended, a large negative
+    number where not (finite, so a row can never turn into NaN)."""
+    return torch.where(valid, 0.0, torch.finfo(dtype).min).to(dtype)[:, None, None, :]
+
+
+class GemmaAttention(nn.Module):
+    """Projections only; the attention itself is done by the caller (joint prefix/suffix)."""
+
+    def __init__(self, width: int, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scaling = head_dim ** -0.5
+        self.q_proj = nn.Linear(width, num_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(width, num_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(width, num_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(num_heads * head_dim, width, bias=False)
+
+    def split(self, x: Tensor, n: int) -> Tensor:
+        b, l, _ = x.shape
+        return x.view(b, l, n, self.head_dim).transpose(1, 2)
+
+    def kv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        k = apply_rope(self.split(self.k_proj(x), self.num_kv_heads), cos, sin)
+        return k, self.split(self.v_proj(x), self.num_kv_heads)
+
+    def q(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        return apply_rope(self.split(self.q_proj(x), self.num_heads), cos, sin)
+
+
+class GatedMLP(nn.Module):
+    """Gemma MLP: down(gelu_tanh(gate(x)) · up(x))."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(width, hidden, bias=False)
+        self.up_proj = nn.Linear(width, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class GemmaLayer(nn.Module):
+    """One Gemma decoder layer (parameters); ``cond_dim`` switches its norms to adaRMS."""
+
+    def __init__(self, width: int, mlp_dim: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 eps: float = 1e-6, cond_dim: int | None = None) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(width, eps, cond_dim)
+        self.self_attn = GemmaAttention(width, num_heads, num_kv_heads, head_dim)
+        self.post_attention_layernorm = RMSNorm(width, eps, cond_dim)
+        self.mlp = GatedMLP(width, mlp_dim)
+
+
+class GemmaStack(nn.Module):
+    """Layers + final norm (no token embedding: the VLM's lives on the policy, the expert has none)."""
+
+    def __init__(self, width: int, depth: int, mlp_dim: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 eps: float = 1e-6, cond_dim: int | None = None) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(GemmaLayer(width, mlp_dim, num_heads, num_kv_heads, head_dim, eps, cond_dim)
+                                    for _ in range(depth))
+        self.norm = RMSNorm(width, eps, cond_dim)
+
+
+# ---------------------------------------------------------------------------- SigLIP
+class SiglipAttention(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, l, w = x.shape
+
+        def split(t: Tensor) -> Tensor:
+            return t.view(b, l, self.heads, self.head_dim).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)),
+                                             scale=self.head_dim ** -0.5)
+        return self.out_proj(out.transpose(1, 2).reshape(b, l, w))
+
+
+class SiglipMLP(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class SiglipLayer(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_dim: int, eps: float) -> None:
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(width, eps=eps)
+        self.self_attn = SiglipAttention(width, heads)
+        self.layer_norm2 = nn.LayerNorm(width, eps=eps)
+        self.mlp = SiglipMLP(width, mlp_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class SiglipEmbeddings(nn.Module):
+    def __init__(self, width: int, patch: int, image_size: int) -> None:
+        super().__init__()
+        self.patch_embedding = nn.Conv2d(3, width, kernel_size=patch, stride=patch)
+        self.num_patches = (image_size // patch) ** 2
+        self.position_embedding = nn.Embedding(self.num_patches, width)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        x = self.patch_embedding(pixels.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+        return x + self.position_embedding.weight[None]
+
+
+class SiglipEncoder(nn.Module):
+    """SigLIP vision tower (no pooling head), HF parameter names: embeddings, encoder.layers.N,
+    post_layernorm. Input (N, 3, H, W) in [−1, 1]; output (N, patches, width)."""
+
+    def __init__(self, width: int, depth: int, heads: int, mlp_dim: int, patch: int, image_size: int,
+                 eps: float = 1e-6) -> None:
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {patch}")
+        self.embeddings = SiglipEmbeddings(width, patch, image_size)
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList(SiglipLayer(width, heads, mlp_dim, eps) for _ in range(depth))
+        self.post_layernorm = nn.LayerNorm(width, eps=eps)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        x = self.embeddings(pixels)
+        for layer in self.encoder.layers:
+            x = layer(x)
+        return self.post_layernorm(x)
+
+
+def scaled_embedding(embed: nn.Embedding, tokens: Tensor) -> Tensor:
+    """Gemma token embedding × sqrt(width) (done by pi0's embed_prefix, not inside the LM)."""
+    e = embed(tokens)
+    return e * math.sqrt(e.shape[-1])

@@ -1,0 +1,362 @@
+"""pi0 and pi0.5, native (no transformers, no lerobot), built for a cached denoising loop.
+
+Architecture (openpi / lerobot 0.4.4 numerics):
+  prefix  = [SigLIP(image_k) → linear projector, for every camera] + Gemma-embedded prompt·√width;
+            bidirectional over valid tokens; RoPE positions = cumsum(valid) − 1.
+  suffix  = pi0:   [state token] + chunk action tokens, action_time MLP(action ⊕ sincos(t))
+            pi0.5: chunk action tokens; time → MLP → adaRMS (scale, shift, gate) in every expert norm
+  The Gemma VLM (prefix) and the Gemma expert (suffix) run layer by layer with JOINT attention:
+  at every layer the suffix queries attend to the prefix keys/values of that layer.
+  Block-causal: the prefix never sees the suffix; pi0's state token sees the prefix and itself;
+  action tokens see everything.
+
+Inference path (``encode`` once per chunk, ``flow`` per denoising step):
+  * ``encode`` runs the prefix once and keeps per-layer keys/values (the KV cache); the last VLM
+    layer computes only its keys/values (its attention output and MLP are never read);
+  * pi0's state token does not depend on the denoising step: ``encode`` also runs it through the
+    expert once and appends its keys/values to the cache;
+  * masks, rotary tables of the action positions and (under no_grad) a preallocated key/value
+    buffer per layer are built in ``encode``: a step writes its action keys/values into the tail
+    of the buffer instead of concatenating the cache again;
+  * attention never copies key/value heads (grouped queries are folded into the query length).
+
+Target time: the zero-initialised ``TargetTimeEmbedding`` output is ADDED to
+  pi0:   the sin-cos time embedding, before the action_time MLP. That embedding is the only
+         channel through which t reaches the expert, so s enters exactly where t does and goes
+         through the same learned projection; adding after the MLP would bypass its nonlinearity.
+  pi0.5: the adaRMS conditioning vector (after the time MLP), which modulates every expert norm.
+With its last layer at zero, the student equals the teacher exactly (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...core.embedding import TargetTimeEmbedding
+from ..base import FlowPolicy
+from ..layers import (
+    GemmaStack,
+    SiglipEncoder,
+    gated_residual,
+    grouped_attention,
+    key_padding_mask,
+    rope_cos_sin,
+    scaled_embedding,
+)
+from ..tokenizer import load_tokenizer
+from .configuration import Pi0Config, preset
+from .processor import pi05_prompts, pi0_prompts
+
+
+@dataclass
+class PrefixCache:
+    """What ``encode`` hands every ``flow`` call."""
+
+    keys: list[Tensor]               # per layer (B, KVH, Lc, hd): prefix (+ pi0 state token), rotated
+    values: list[Tensor]
+    key_mask: Tensor                 # additive (B, 1, 1, Lc + chunk)
+    cos: Tensor                      # rotary tables of the action positions (B, 1, chunk, hd)
+    sin: Tensor
+    k_buf: list[Tensor] | None = None  # no-grad inference: (B, KVH, Lc + chunk, hd), head filled once
+    v_buf: list[Tensor] | None = None
+
+    @property
+    def cached_len(self) -> int:
+        return self.keys[0].shape[2]
+
+
+class Pi0Policy(FlowPolicy):
+    """pi0 (``variant="pi0"``) or pi0.5 (``variant="pi05"``) as a flow-map policy."""
+
+    architecture = "pi0"
+
+    def __init__(self, config: Pi0Config | None = None, **overrides: Any) -> None:
+        super().__init__()
+        cfg = (config or preset("small", self._default_variant())).validate()
+        for k, v in overrides.items():
+            setattr(cfg, k, v)
+        cfg.validate()
+        self._init_policy(cfg)
+        self.is_pi05 = cfg.variant == "pi05"
+        we = cfg.expert_width
+        self.vision = SiglipEncoder(cfg.vision_width, cfg.vision_depth, cfg.vision_heads, cfg.vision_mlp_dim,
+                                    cfg.patch_size, cfg.image_size, cfg.ln_eps)
+        self.projector = nn.Linear(cfg.vision_width, cfg.vlm_width)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.vlm_width)
+        nn.init.normal_(self.embed_tokens.weight, std=cfg.vlm_width ** -0.5)
+        self.vlm = GemmaStack(cfg.vlm_width, cfg.vlm_depth, cfg.vlm_mlp_dim, cfg.num_heads, cfg.num_kv_heads,
+                              cfg.head_dim, cfg.rms_eps)
+        self.expert = GemmaStack(we, cfg.vlm_depth, cfg.expert_mlp_dim, cfg.num_heads, cfg.num_kv_heads,
+                                 cfg.head_dim, cfg.rms_eps, cond_dim=we if self.is_pi05 else None)
+        self.action_in_proj = nn.Linear(cfg.max_action_dim, we)
+        self.action_out_proj = nn.Linear(we, cfg.max_action_dim)
+        if self.is_pi05:
+            self.time_mlp_in = nn.Linear(we, we)
+            self.time_mlp_out = nn.Linear(we, we)
+        else:
+            self.state_proj = nn.Linear(cfg.max_state_dim, we)
+            self.action_time_mlp_in = nn.Linear(2 * we, we)
+            self.action_time_mlp_out = nn.Linear(we, we)
+        self.target_time = TargetTimeEmbedding(we, embed_dim=we, min_period=cfg.min_period, max_period=cfg.max_period)
+        self._tokenizer = None
+        self._time_scaling: dict[tuple[int, str], Tensor] = {}
+        #: counts prefix passes (tests prove one per chunk, not one per step)
+        self.prefix_calls = 0
+
+    @classmethod
+    def _default_variant(cls) -> str:
+        return "pi0"
+
+    # ------------------------------------------------------------------ text
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.config.tokenizer, self.config.vocab_size)
+        return self._tokenizer
+
+    def encode_inputs(self, tasks: list[str], state_normalized: Tensor) -> dict[str, Tensor]:
+        prompts = pi05_prompts(tasks, state_normalized) if self.is_pi05 else pi0_prompts(tasks)
+        tokens, masks = self.tokenizer(prompts, self.config.tokenizer_max_length)
+        if int(tokens.max()) >= self.config.vocab_size:
+            raise ValueError(f"tokenizer produced id {int(tokens.max())} >= vocab_size {self.config.vocab_size}")
+        return {"tokens": tokens.to(self.device), "token_masks": masks.to(self.device)}
+
+    # ------------------------------------------------------------------ prefix
+    def embed_prefix(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor
+                     ) -> tuple[Tensor, Tensor]:
+        """(B, ncam, 3, H, W) in [−1,1], (B, ncam) bool, (B, L) ids, (B, L) bool →
+        embeddings (B, ncam·patches + L, vlm_width) and the valid mask. All cameras in one batch."""
+        b, n = images.shape[:2]
+        feats = self.projector(self.vision(images.flatten(0, 1)))  # (B·n, patches, W)
+        p = feats.shape[1]
+        img = feats.reshape(b, n * p, -1)
+        img_valid = image_masks[:, :, None].expand(b, n, p).reshape(b, n * p)
+        lang = scaled_embedding(self.embed_tokens, tokens).to(img.dtype)
+        return torch.cat([img, lang], dim=1), torch.cat([img_valid, token_masks.bool()], dim=1)
+
+    def _rope(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, dtype)
+
+    def encode(self, cond: Any) -> PrefixCache:
+        """Prefix pass (once per chunk) → per-layer keys/values (+ pi0's state token)."""
+        self.prefix_calls += 1
+        cond = self.process(cond)
+        cfg = self.config
+        embs, valid = self.embed_prefix(cond["images"].to(self.dtype), cond["image_masks"], cond["tokens"],
+                                        cond["token_masks"])
+        dtype, b = embs.dtype, embs.shape[0]
+        pos = valid.long().cumsum(1) - 1
+        cos, sin = self._rope(pos, dtype)
+        mask = key_padding_mask(valid, dtype)
+        keys, values = [], []
+        h = embs
+        last = len(self.vlm.layers) - 1
+        for i, layer in enumerate(self.vlm.layers):
+            x, _ = layer.input_layernorm(h)
+            k, v = layer.self_attn.kv(x, cos, sin)
+            keys.append(k)
+            values.append(v)
+            if i == last and cfg.prefix_skip_last:
+                break  # nobody reads the last layer's attention output, MLP or the final norm
+            q = layer.self_attn.q(x, cos, sin)
+            h = h + layer.self_attn.o_proj(grouped_attention(q, k, v, mask, layer.self_attn.scaling))
+            x, _ = layer.post_attention_layernorm(h)
+            h = h + layer.mlp(x)
+        n_valid = valid.long().sum(1)
+        key_valid = [valid]
+        if not self.is_pi05:
+            self._append_state_token(cond["state"].to(dtype), n_valid, valid, keys, values)
+            key_valid.append(torch.ones(b, 1, dtype=torch.bool, device=valid.device))
+            start = n_valid + 1
+        else:
+            start = n_valid
+        chunk = cfg.chunk_size
+        key_valid.append(torch.ones(b, chunk, dtype=torch.bool, device=valid.device))
+        act_pos = start[:, None] + torch.arange(chunk, device=valid.device)[None]
+        cos_a, sin_a = self._rope(act_pos, dtype)
+        cache = PrefixCache(keys, values, key_padding_mask(torch.cat(key_valid, 1), dtype), cos_a, sin_a)
+        if not torch.is_grad_enabled():
+            cache.k_buf, cache.v_buf = [], []
+            for k, v in zip(keys, values):
+                kb = k.new_empty(k.shape[0], k.shape[1], k.shape[2] + chunk, k.shape[3])
+                vb = v.new_empty(kb.shape)
+                kb[:, :, : k.shape[2]] = k
+                vb[:, :, : v.shape[2]] = v
+                cache.k_buf.append(kb)
+                cache.v_buf.append(vb)
+        return cache
+
+    def _append_state_token(self, state: Tensor, n_valid: Tensor, valid: Tensor, keys: list[Tensor],
+                            values: list[Tensor]) -> None:
+        """pi0: run the state token (which sees the prefix and itself, never the actions) through
+        the expert ONCE and append its per-layer keys/values to the cache."""
+        s = self.state_proj(state)[:, None]
+        cos, sin = self._rope(n_valid[:, None], s.dtype)
+        mask = key_padding_mask(torch.cat([valid, torch.ones_like(valid[:, :1])], 1), s.dtype)
+        last = len(self.expert.layers) - 1
+        for i, layer in enumerate(self.expert.layers):
+            x, _ = layer.input_layernorm(s)
+            k, v = layer.self_attn.kv(x, cos, sin)
+            keys[i] = torch.cat([keys[i], k], dim=2)
+            values[i] = torch.cat([values[i], v], dim=2)
+            if i == last:
+                break
+            q = layer.self_attn.q(x, cos, sin)
+            s = s + layer.self_attn.o_proj(grouped_attention(q, keys[i], values[i], mask, layer.self_attn.scaling))
+            x, _ = layer.post_attention_layernorm(s)
+            s = s + layer.mlp(x)
+
+    # ------------------------------------------------------------------ suffix
+    def time_embedding(self, t: Tensor, dtype: torch.dtype) -> Tensor:
+        """pi0's sin-cos embedding of t (float64 periods, as openpi), with the frequency table cached."""
+        dim = self.config.expert_width
+        key = (dim, str(t.device))
+        if key not in self._time_scaling:
+            fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=t.device)
+            period = self.config.min_period * (self.config.max_period / self.config.min_period) ** fraction
+            self._time_scaling[key] = 1.0 / period * 2 * math.pi
+        arg = self._time_scaling[key][None, :] * t.reshape(-1).to(torch.float64)[:, None]
+        return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1).to(dtype)
+
+    def flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: PrefixCache) -> Tensor:
+        """Average velocity from t to s for the action chunk x_t (B, chunk, max_action_dim):
+        one suffix-only pass through the expert against the cached prefix."""
+        dtype = self.action_in_proj.weight.dtype
+        x_t = x_t.to(dtype)
+        we = self.config.expert_width
+        temb = self.time_embedding(t, dtype)
+        if self.is_pi05:
+            h = self.action_in_proj(x_t)
+            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(temb)))) + self.target_time(s).to(dtype)
+        else:
+            temb = temb + self.target_time(s).to(dtype)
+            a = self.action_in_proj(x_t)
+            w = self.action_time_mlp_in.weight
+            # mlp_in(action ⊕ time) = W_a·action + (W_t·time + b): the time half once per sample, not per token.
+            h = F.linear(a, w[:, :we]) + F.linear(temb, w[:, we:], self.action_time_mlp_in.bias)[:, None]
+            h = self.action_time_mlp_out(F.silu(h))
+            cond = None
+        use_buf = ctx.k_buf is not None and not torch.is_grad_enabled()
+        lc = ctx.cached_len
+        for i, layer in enumerate(self.expert.layers):
+            x, gate = layer.input_layernorm(h, cond)
+            att = layer.self_attn
+            q = att.q(x, ctx.cos, ctx.sin)
+            k, v = att.kv(x, ctx.cos, ctx.sin)
+            if use_buf:
+                ctx.k_buf[i][:, :, lc:] = k
+                ctx.v_buf[i][:, :, lc:] = v
+                kk, vv = ctx.k_buf[i], ctx.v_buf[i]
+            else:
+                kk, vv = torch.cat([ctx.keys[i], k], 2), torch.cat([ctx.values[i], v], 2)
+            h = gated_residual(h, att.o_proj(grouped_attention(q, kk, vv, ctx.key_mask, att.scaling)), gate)
+            x, gate = layer.post_attention_layernorm(h, cond)
+            h = gated_residual(h, layer.mlp(x), gate)
+        h, _ = self.expert.norm(h, cond)
+        return self.action_out_proj(h)
+
+    # ------------------------------------------------------------------ reference path
+    def velocity_full_attention(self, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:
+        """lerobot's training path: prefix and suffix in ONE joint pass per layer with the
+        block-causal 2-D mask, no cache. Slow; kept as an independent check of the cached path."""
+        cfg = self.config
+        cond = self.process(cond)
+        embs, valid = self.embed_prefix(cond["images"].to(self.dtype), cond["image_masks"], cond["tokens"],
+                                        cond["token_masks"])
+        b, p = valid.shape
+        temb = self.time_embedding(t, embs.dtype)
+        adarms = None
+        if self.is_pi05:
+            suffix = self.action_in_proj(x_t)
+            adarms = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(temb))))
+            ar = [1] + [0] * (cfg.chunk_size - 1)
+        else:
+            a = self.action_in_proj(x_t)
+            at = torch.cat([a, temb[:, None].expand_as(a)], dim=2)
+            at = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(at)))
+            suffix = torch.cat([self.state_proj(cond["state"].to(a.dtype))[:, None], at], dim=1)
+            ar = [1, 1] + [0] * (cfg.chunk_size - 1)
+        n_s = suffix.shape[1]
+        pad = torch.cat([valid, torch.ones(b, n_s, dtype=torch.bool, device=valid.device)], 1)
+        ar_t = torch.tensor([0] * p + ar, device=valid.device)
+        cum = ar_t.cumsum(0)
+        att2d = (cum[None, :] <= cum[:, None])[None] & pad[:, None, :] & pad[:, :, None]
+        mask = torch.where(att2d, 0.0, torch.finfo(embs.dtype).min)[:, None].to(embs.dtype)
+        pos = pad.long().cumsum(1) - 1
+        cos, sin = self._rope(pos, embs.dtype)
+        hs = [embs, suffix]
+        stacks = [self.vlm, self.expert]
+        for li in range(cfg.vlm_depth):
+            qs, ks, vs, gates, xs = [], [], [], [], []
+            start = 0
+            for j, h in enumerate(hs):
+                layer = stacks[j].layers[li]
+                x, g = layer.input_layernorm(h, adarms if j == 1 else None)
+                n = h.shape[1]
+                c, s_ = cos[:, :, start:start + n], sin[:, :, start:start + n]
+                qs.append(layer.self_attn.q(x, c, s_))
+                k, v = layer.self_attn.kv(x, c, s_)
+                ks.append(k)
+                vs.append(v)
+                gates.append(g)
+                start += n
+            q, k, v = torch.cat(qs, 2), torch.cat(ks, 2), torch.cat(vs, 2)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=cfg.head_dim ** -0.5, enable_gqa=True)
+            out = out.transpose(1, 2).reshape(b, q.shape[2], -1)
+            start, new = 0, []
+            for j, h in enumerate(hs):
+                layer = stacks[j].layers[li]
+                n = h.shape[1]
+                h = gated_residual(h, layer.self_attn.o_proj(out[:, start:start + n]), gates[j])
+                x, g = layer.post_attention_layernorm(h, adarms if j == 1 else None)
+                new.append(gated_residual(h, layer.mlp(x), g))
+                start += n
+            hs = new
+        h, _ = self.expert.norm(hs[1], adarms)
+        return self.action_out_proj(h[:, -cfg.chunk_size:])
+
+    # ------------------------------------------------------------------ config / build
+    def config_dict(self) -> dict:
+        return {**super().config_dict(), "architecture": "pi05" if self.is_pi05 else "pi0"}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Pi0Policy":
+        return cls(cls.config_from_dict(Pi0Config, config))
+
+    @classmethod
+    def from_preset(cls, name: str = "small", **overrides: Any) -> "Pi0Policy":
+        return cls(preset(name, cls._default_variant(), **overrides))
+
+    @classmethod
+    def from_lerobot(cls, path: Any, tokenizer: str | None = None, overrides: dict | None = None) -> "Pi0Policy":
+        """Load a lerobot 0.4.x pi0/pi0.5 policy folder (see ``convert.py``)."""
+        from .convert import from_lerobot
+
+        return from_lerobot(path, tokenizer, overrides)
+
+    def to_lerobot(self, path: Any) -> Any:
+        """Write a lerobot 0.4.x policy folder (see ``convert.py``)."""
+        from .convert import to_lerobot
+
+        return to_lerobot(self, path)
+
+    def compile(self, **kwargs: Any) -> "Pi0Policy":  # type: ignore[override]
+        """Optional ``torch.compile`` of the per-step suffix pass (the part run N times)."""
+        self.flow = torch.compile(self.flow, **kwargs)  # type: ignore[method-assign]
+        return self
+
+
+class Pi05Policy(Pi0Policy):
+    """pi0.5: adaRMS time conditioning in the expert, discretised state in the prompt."""
+
+    architecture = "pi05"
+
+    @classmethod
+    def _default_variant(cls) -> str:
+        return "pi05"
