@@ -12,6 +12,7 @@ ARCHITECTURES: Registry[type[FlowMapModel]] = Registry("architecture")
 ARCHITECTURES.register("mlp", "policydistill.models.mlp:MLPFlowMap")
 ARCHITECTURES.register("image-dit", "policydistill.models.dit:ImageDiT")
 ARCHITECTURES.register("video-dit", "policydistill.models.dit:VideoDiT")
+ARCHITECTURES.register("smolvla", "policydistill.policies.smolvla.model:SmolVLA")
 ARCHITECTURES.register("pi0", "policydistill.policies.pi0.model:Pi0Policy")
 ARCHITECTURES.register("pi05", "policydistill.policies.pi0.model:Pi05Policy")
 

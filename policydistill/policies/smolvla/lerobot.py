@@ -1,0 +1,342 @@
+"""lerobot SmolVLA policy folders ↔ our :class:`SmolVLA`, without lerobot.
+
+A lerobot (0.4.x) SmolVLA folder holds ``config.json`` (SmolVLAConfig), ``model.safetensors``
+(``model.vlm_with_expert.…`` keys), ``policy_preprocessor.json`` / ``policy_postprocessor.json`` with
+their normaliser ``*.safetensors``, and names the VLM in ``vlm_model_name``: a hub id or a folder with
+the SmolVLM ``config.json`` and tokenizer. A relative ``vlm_model_name`` is resolved against the policy
+folder (the parity fixture ships ``vlm/`` beside ``config.json``). Nothing is downloaded.
+
+Only safetensors are read (``policydistill.checkpoint``); every key must be used, apart from lerobot's
+two known leftovers (the VLM's ``lm_head`` and final text ``norm``, which SmolVLA never evaluates: they
+are kept aside and written back by ``to_lerobot``). Older (0.3.x) files that carry the normalisation
+buffers inside ``model.safetensors`` are accepted too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...checkpoint import CheckpointError, load_state_checked, read_safetensors, write_json, write_safetensors
+from .configuration import SmolVLAConfig, preset
+
+ROOT = "model.vlm_with_expert."
+# our module prefix → lerobot key prefix (longest first when mapping back)
+PREFIXES = [
+    ("vision.", ROOT + "vlm.model.vision_model."),
+    ("connector.", ROOT + "vlm.model.connector.modality_projection.proj."),
+    ("embed_tokens.", ROOT + "vlm.model.text_model.embed_tokens."),
+    ("vlm_layers.", ROOT + "vlm.model.text_model.layers."),
+    ("expert_layers.", ROOT + "lm_expert.layers."),
+    ("expert_norm.", ROOT + "lm_expert.norm."),
+    ("state_proj.", "model.state_proj."),
+    ("action_in_proj.", "model.action_in_proj."),
+    ("action_out_proj.", "model.action_out_proj."),
+    ("action_time_mlp_in.", "model.action_time_mlp_in."),
+    ("action_time_mlp_out.", "model.action_time_mlp_out."),
+]
+LEFTOVERS = (ROOT + "vlm.lm_head.weight", ROOT + "vlm.model.text_model.norm.weight")
+OLD_NORM_PREFIXES = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
+SMOLVLM2_500M = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
+IMG = "observation.images."
+
+
+def to_lerobot_key(key: str) -> str | None:
+    for ours, theirs in PREFIXES:
+        if key.startswith(ours):
+            return theirs + key[len(ours):]
+    return None  # ours only (target_time, normalizer)
+
+
+def from_lerobot_key(key: str) -> str | None:
+    for ours, theirs in PREFIXES:
+        if key.startswith(theirs):
+            return ours + key[len(theirs):]
+    return None
+
+
+# ------------------------------------------------------------------------------------------ reading
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; a lerobot SmolVLA folder needs it") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+
+
+def resolve_vlm(folder: Path, name: str) -> Path | None:
+    """The local SmolVLM folder named by ``vlm_model_name`` (relative to the policy folder first)."""
+    for cand in (folder / name, Path(name).expanduser()):
+        if (cand / "config.json").is_file():
+            return cand
+    return None
+
+
+def _vlm_sizes(folder: Path, name: str) -> tuple[dict[str, Any], Path | None]:
+    vlm_dir = resolve_vlm(folder, name)
+    if vlm_dir is not None:
+        d = _read_json(vlm_dir / "config.json")
+        return {"text": d.get("text_config", {}), "vision": d.get("vision_config", {}),
+                "scale_factor": d.get("scale_factor", 2)}, vlm_dir
+    if name.rstrip("/").endswith("SmolVLM2-500M-Video-Instruct"):
+        full = preset("full")
+        return {"text": {"vocab_size": full.vocab_size, "hidden_size": full.vlm_width,
+                         "intermediate_size": full.vlm_mlp, "num_hidden_layers": 32,
+                         "num_attention_heads": full.num_heads, "num_key_value_heads": full.num_kv_heads,
+                         "head_dim": full.head_dim, "rms_norm_eps": full.rms_eps},
+                "vision": {"hidden_size": full.vision_width, "num_hidden_layers": full.vision_depth,
+                           "num_attention_heads": full.vision_heads, "intermediate_size": full.vision_mlp,
+                           "patch_size": full.patch_size, "image_size": full.tower_image_size,
+                           "layer_norm_eps": full.vision_eps},
+                "scale_factor": full.scale_factor}, None
+    raise CheckpointError(
+        f"vlm_model_name {name!r} is neither a folder beside {folder / 'config.json'} nor a local path with a "
+        "SmolVLM config.json, and it cannot be downloaded here. Copy the SmolVLM folder (config.json + "
+        "tokenizer.json) next to the policy and set vlm_model_name to its relative name.")
+
+
+def config_from_lerobot(folder: Path, tokenizer: str | None = None) -> tuple[SmolVLAConfig, dict[str, Any]]:
+    """SmolVLAConfig from a lerobot SmolVLA folder; also returns the raw lerobot config."""
+    lr = _read_json(folder / "config.json")
+    if lr.get("type", "smolvla") != "smolvla":
+        raise CheckpointError(f"{folder} holds a lerobot {lr.get('type')!r} policy, not smolvla")
+    if lr.get("add_image_special_tokens"):
+        raise CheckpointError("add_image_special_tokens=True is not supported (lerobot's default is False)")
+    sizes, vlm_dir = _vlm_sizes(folder, str(lr.get("vlm_model_name", SMOLVLM2_500M)))
+    text, vision = sizes["text"], sizes["vision"]
+    feats_in, feats_out = lr.get("input_features", {}), lr.get("output_features", {})
+    cameras = [k[len(IMG):] for k, v in feats_in.items() if k.startswith(IMG) and v.get("type") == "VISUAL"]
+    state_dim = feats_in.get("observation.state", {}).get("shape", [lr.get("max_state_dim", 32)])[0]
+    action_dim = feats_out.get("action", {}).get("shape", [lr.get("max_action_dim", 32)])[0]
+    resize = lr.get("resize_imgs_with_padding") or [vision.get("image_size", 512)] * 2
+    if resize[0] != resize[1]:
+        raise CheckpointError(f"non-square resize_imgs_with_padding {resize} is not supported")
+    norm = lr.get("normalization_mapping", {})
+    n_layers = lr.get("num_vlm_layers", -1)
+    heads = text.get("num_attention_heads", 15)
+    if tokenizer is None:
+        tokenizer = str(vlm_dir) if vlm_dir is not None and (vlm_dir / "tokenizer.json").is_file() else "builtin"
+    cfg = SmolVLAConfig(
+        cameras=cameras or ["camera1"], image_size=int(resize[0]), state_dim=int(state_dim),
+        action_dim=int(action_dim), max_state_dim=lr.get("max_state_dim", 32),
+        max_action_dim=lr.get("max_action_dim", 32), chunk_size=lr.get("chunk_size", 50),
+        n_action_steps=lr.get("n_action_steps", 50), num_inference_steps=lr.get("num_steps", 10),
+        tokenizer_max_length=lr.get("tokenizer_max_length", 48), tokenizer=tokenizer,
+        state_norm=norm.get("STATE", "MEAN_STD"), action_norm=norm.get("ACTION", "MEAN_STD"),
+        vision_image_size=vision.get("image_size", 512), patch_size=vision.get("patch_size", 16),
+        vision_width=vision.get("hidden_size", 768), vision_depth=vision.get("num_hidden_layers", 12),
+        vision_heads=vision.get("num_attention_heads", 12), vision_mlp=vision.get("intermediate_size", 3072),
+        vision_eps=vision.get("layer_norm_eps", 1e-6), scale_factor=sizes["scale_factor"],
+        vocab_size=text.get("vocab_size", 49280), vlm_width=text.get("hidden_size", 960),
+        num_vlm_layers=n_layers if n_layers > 0 else text.get("num_hidden_layers", 32),
+        num_heads=heads, num_kv_heads=text.get("num_key_value_heads", heads),
+        head_dim=text.get("head_dim") or text.get("hidden_size", 960) // heads,
+        vlm_mlp=text.get("intermediate_size", 2560), rms_eps=text.get("rms_norm_eps", 1e-5),
+        expert_width_multiplier=lr.get("expert_width_multiplier", 0.75),
+        num_expert_layers=lr.get("num_expert_layers", -1), attention_mode=lr.get("attention_mode", "cross_attn"),
+        self_attn_every_n_layers=lr.get("self_attn_every_n_layers", 2), prefix_length=lr.get("prefix_length", -1),
+        min_period=lr.get("min_period", 4e-3), max_period=lr.get("max_period", 4.0),
+    )
+    return cfg, lr
+
+
+def _stats_from_processor(folder: Path) -> tuple[dict[str, dict[str, Tensor]], float | None]:
+    """{"observation.state": {...}, "action": {...}} from the preprocessor's normaliser step."""
+    pre = folder / "policy_preprocessor.json"
+    if not pre.is_file():
+        return {}, None
+    for step in _read_json(pre).get("steps", []):
+        if step.get("registry_name") == "normalizer_processor" and step.get("state_file"):
+            flat = read_safetensors(folder / step["state_file"])
+            stats: dict[str, dict[str, Tensor]] = {}
+            for key, value in flat.items():
+                feature, _, stat = key.rpartition(".")
+                stats.setdefault(feature, {})[stat] = value
+            return stats, step.get("config", {}).get("eps")
+    return {}, None
+
+
+def _stats_from_old_buffers(old: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """lerobot 0.3.x: ``normalize_inputs.buffer_observation_state.mean`` etc. inside the weights."""
+    stats: dict[str, dict[str, Tensor]] = {}
+    for key, value in old.items():
+        _, buf, stat = key.split(".", 2)
+        feature = buf.removeprefix("buffer_").replace("_", ".", 1) if buf.startswith("buffer_observation") \
+            else buf.removeprefix("buffer_")
+        stats.setdefault(feature, {}).setdefault(stat, value)
+    return stats
+
+
+def load_lerobot(path: str | Path, tokenizer: str | None = None) -> Any:
+    """Build our SmolVLA from a lerobot SmolVLA folder (weights, normaliser, tokenizer path)."""
+    from .model import SmolVLA
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder; pass a lerobot SmolVLA policy folder")
+    cfg, lr = config_from_lerobot(folder, tokenizer)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        pickles = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        raise CheckpointError(f"{folder} has no model.safetensors" + (
+            f" (found {pickles}: convert them to safetensors in an environment you trust)" if pickles else ""))
+    raw = read_safetensors(weights)
+    state: dict[str, Tensor] = {}
+    extras: dict[str, Tensor] = {}
+    old_norm: dict[str, Tensor] = {}
+    for key, value in raw.items():
+        key = key.replace("model._orig_mod.", "model.")  # torch.compile'd checkpoints
+        if key in LEFTOVERS:
+            extras[key] = value
+        elif key.startswith(OLD_NORM_PREFIXES):
+            old_norm[key] = value
+        else:
+            state[from_lerobot_key(key) or key] = value  # unknown keys stay as they are → reported
+    policy = SmolVLA(cfg)
+    load_state_checked(policy, state, source=str(weights), ignore_missing=("target_time.", "normalizer."))
+    stats, eps = _stats_from_processor(folder)
+    if not stats and old_norm:
+        stats = _stats_from_old_buffers(old_norm)
+    if eps is not None:
+        policy.config.norm_eps = float(eps)
+    if stats:
+        policy.set_normalization(stats)
+    policy.lerobot_extras = extras
+    policy.lerobot_config = lr
+    return policy
+
+
+# ------------------------------------------------------------------------------------------ writing
+def _stats_to_write(policy: Any) -> dict[str, Tensor]:
+    """Normaliser stats in lerobot's flat layout, recovered from our affine buffers."""
+    cfg, nz, out = policy.config, policy.normalizer, {}
+    for which, feature, mode in (("state", "observation.state", cfg.state_norm),
+                                 ("action", "action", cfg.action_norm)):
+        shift, scale = getattr(nz, f"{which}_shift").float(), getattr(nz, f"{which}_scale").float()
+        if mode == "MEAN_STD":
+            out[f"{feature}.mean"], out[f"{feature}.std"] = shift, scale - cfg.norm_eps
+        elif mode in ("MIN_MAX", "QUANTILES"):
+            lo, hi = ("min", "max") if mode == "MIN_MAX" else ("q01", "q99")
+            out[f"{feature}.{lo}"], out[f"{feature}.{hi}"] = shift - scale, shift + scale
+    return out
+
+
+def _folded_target_time(policy: Any, fold_target_time: float | None) -> dict[str, Tensor]:
+    """lerobot's SmolVLA has no target time. A zero branch needs nothing; a trained one can be folded
+    into action_time_mlp_in's bias for ONE fixed s (a 1-step student: s = 0), exactly, because the
+    target-time output is added to the time embedding, which enters that layer linearly."""
+    tt = policy.target_time
+    nonzero = bool(tt.fc2.weight.abs().max() > 0 or tt.fc2.bias.abs().max() > 0)
+    if not nonzero:
+        return {}
+    if fold_target_time is None:
+        raise CheckpointError(
+            "this SmolVLA has a trained target-time branch (a flow-map student); lerobot's SmolVLA cannot "
+            "represent it. Pass fold_target_time=0.0 to export the 1-step map x0 = x1 - F(x1, 1, 0) "
+            "(num_steps is set to 1).")
+    ew = policy.config.expert_width
+    with torch.no_grad():
+        s = torch.tensor([float(fold_target_time)], device=tt.fc2.weight.device)
+        offset = tt(s)[0]
+        w_time = policy.action_time_mlp_in.weight[:, ew:]
+        bias = policy.action_time_mlp_in.bias + w_time @ offset.to(w_time.dtype)
+    return {"action_time_mlp_in.bias": bias}
+
+
+def lerobot_config_dict(policy: Any, num_steps: int, base: dict[str, Any] | None) -> dict[str, Any]:
+    cfg = policy.config
+    feats_in = {"observation.state": {"type": "STATE", "shape": [cfg.state_dim]}}
+    for cam in cfg.cameras:
+        feats_in[IMG + cam] = {"type": "VISUAL", "shape": [3, cfg.image_size, cfg.image_size]}
+    ours = {
+        "type": "smolvla", "n_obs_steps": 1, "input_features": feats_in,
+        "output_features": {"action": {"type": "ACTION", "shape": [cfg.action_dim]}},
+        "chunk_size": cfg.chunk_size, "n_action_steps": cfg.n_action_steps,
+        "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": cfg.state_norm, "ACTION": cfg.action_norm},
+        "max_state_dim": cfg.max_state_dim, "max_action_dim": cfg.max_action_dim,
+        "resize_imgs_with_padding": [cfg.image_size, cfg.image_size], "empty_cameras": 0,
+        "tokenizer_max_length": cfg.tokenizer_max_length, "num_steps": num_steps, "use_cache": True,
+        "vlm_model_name": "vlm", "load_vlm_weights": False, "add_image_special_tokens": False,
+        "attention_mode": cfg.attention_mode, "prefix_length": cfg.prefix_length, "pad_language_to": "longest",
+        "num_expert_layers": cfg.num_expert_layers, "num_vlm_layers": cfg.num_vlm_layers,
+        "self_attn_every_n_layers": cfg.self_attn_every_n_layers,
+        "expert_width_multiplier": cfg.expert_width_multiplier, "min_period": cfg.min_period,
+        "max_period": cfg.max_period,
+    }
+    return {**(base or {}), **ours}
+
+
+def vlm_config_dict(cfg: SmolVLAConfig) -> dict[str, Any]:
+    return {
+        "model_type": "smolvlm", "scale_factor": cfg.scale_factor, "vocab_size": cfg.vocab_size, "pad_token_id": 0,
+        "tie_word_embeddings": False,
+        "text_config": {"model_type": "llama", "hidden_size": cfg.vlm_width, "intermediate_size": cfg.vlm_mlp,
+                        "num_hidden_layers": cfg.num_vlm_layers, "num_attention_heads": cfg.num_heads,
+                        "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
+                        "vocab_size": cfg.vocab_size, "rms_norm_eps": cfg.rms_eps, "hidden_act": "silu",
+                        "attention_bias": False, "mlp_bias": False, "pad_token_id": 0},
+        "vision_config": {"model_type": "smolvlm_vision", "hidden_size": cfg.vision_width,
+                          "intermediate_size": cfg.vision_mlp, "num_hidden_layers": cfg.vision_depth,
+                          "num_attention_heads": cfg.vision_heads, "patch_size": cfg.patch_size,
+                          "image_size": cfg.tower_image_size, "layer_norm_eps": cfg.vision_eps,
+                          "hidden_act": "gelu_pytorch_tanh", "num_channels": 3},
+    }
+
+
+def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None = None) -> Path:
+    """Write a lerobot SmolVLA folder (config, weights, processors with normaliser stats, vlm/)."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = policy.config
+    overrides = _folded_target_time(policy, fold_target_time)
+    num_steps = 1 if overrides else cfg.num_inference_steps
+    tensors: dict[str, Tensor] = {}
+    for key, value in policy.state_dict().items():
+        theirs = to_lerobot_key(key)
+        if theirs is not None:
+            tensors[theirs] = overrides.get(key, value)
+    extras = getattr(policy, "lerobot_extras", {}) or {}
+    g = torch.Generator().manual_seed(0)
+    tensors[LEFTOVERS[0]] = extras.get(LEFTOVERS[0], torch.randn(cfg.vocab_size, cfg.vlm_width, generator=g) * 0.02)
+    tensors[LEFTOVERS[1]] = extras.get(LEFTOVERS[1], torch.ones(cfg.vlm_width))
+    write_safetensors(folder / "model.safetensors", tensors, metadata={"format": "pt"})
+    write_json(folder / "config.json", lerobot_config_dict(policy, num_steps, getattr(policy, "lerobot_config", None)))
+    # processors: lerobot 0.4 pipeline files, with our stats
+    stats = _stats_to_write(policy)
+    features = {"observation.state": {"type": "STATE", "shape": [cfg.state_dim]},
+                "action": {"type": "ACTION", "shape": [cfg.action_dim]}}
+    norm_map = {"VISUAL": "IDENTITY", "STATE": cfg.state_norm, "ACTION": cfg.action_norm}
+    pre_file, post_file = ("policy_preprocessor_step_5_normalizer_processor.safetensors",
+                           "policy_postprocessor_step_0_unnormalizer_processor.safetensors")
+    write_safetensors(folder / pre_file, stats)
+    write_safetensors(folder / post_file, stats)
+    norm_cfg = {"eps": cfg.norm_eps, "features": features, "norm_map": norm_map}
+    write_json(folder / "policy_preprocessor.json", {"name": "policy_preprocessor", "steps": [
+        {"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
+        {"registry_name": "to_batch_processor", "config": {}},
+        {"registry_name": "smolvla_new_line_processor", "config": {}},
+        {"registry_name": "tokenizer_processor", "config": {
+            "max_length": cfg.tokenizer_max_length, "task_key": "task", "padding_side": "right",
+            "padding": "longest", "truncation": True, "tokenizer_name": "vlm"}},
+        {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}},
+        {"registry_name": "normalizer_processor", "config": norm_cfg, "state_file": pre_file}]})
+    write_json(folder / "policy_postprocessor.json", {"name": "policy_postprocessor", "steps": [
+        {"registry_name": "unnormalizer_processor", "config": {**norm_cfg, "features": {"action": features["action"]}},
+         "state_file": post_file},
+        {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}}]})
+    # vlm/: the SmolVLM config and, when we have one, the tokenizer folder's files
+    vlm = folder / "vlm"
+    vlm.mkdir(exist_ok=True)
+    tok = Path(cfg.tokenizer)
+    if cfg.tokenizer != "builtin" and tok.is_dir() and tok.resolve() != vlm.resolve():
+        for f in tok.iterdir():
+            if f.is_file() and f.name != "config.json":
+                shutil.copy2(f, vlm / f.name)
+    write_json(vlm / "config.json", vlm_config_dict(cfg))
+    return folder
