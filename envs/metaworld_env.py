@@ -1,0 +1,256 @@
+"""Meta-World v3 tasks as gymnasium environments with a camera image, a state vector and an instruction.
+
+Ids: ``metaworld/<task>-v3`` (gymnasium grammar namespace/name-vN), one per Meta-World v3 task
+(all 50, so MT10 and MT50 are covered), e.g. ``metaworld/push-v3``. Create with
+``policydistill.envs.make("metaworld/push-v3", image_size=96)``.
+
+Observation (``gymnasium.spaces.Dict``)::
+
+    {"pixels":    {"corner2": uint8 (H, W, 3)},   # H = W = image_size (64..256, default 96)
+     "agent_pos": float32 (D,)}                   # see `state` below
+
+The image is Meta-World's ``corner2`` camera flipped on both axes (MuJoCo renders it upside
+down), rendered with shadows and MSAA off (``vis.quality.shadowsize = offsamples = 0``) because
+software/EGL rendering with the defaults is ~7x slower (DESIGN.md §6).
+
+``state="full"`` (default, D = 21): Meta-World's current-frame observation — hand xyz (3),
+gripper opening (1), first object xyz + quaternion (7), second object xyz + quaternion (7, zero
+when the task has one object) — followed by the goal xyz (3). It is privileged (object and goal
+positions come from the simulator) but it is what makes small visuomotor policies learn the tasks
+in minutes; the previous-frame copy Meta-World appends is dropped. ``state="proprio"`` (D = 4):
+hand xyz + gripper only, for image-only policies. ``render_images=False`` skips rendering
+(the pixels are black) for fast state-only rollouts such as expert statistics.
+
+The instruction is ``env.unwrapped.task_description`` and ``info["task"]``. It is deliberately
+NOT an observation key: gymnasium's vector envs batch a ``Text`` space poorly, and the evaluator
+knows each slot's task anyway (it adds ``obs["task"]: list[str]`` for the policy).
+
+Actions: ``Box(-1, 1, (4,), float32)`` — end-effector xyz displacement (scaled by 1/100 m per
+step inside Meta-World) and gripper effort (+1 closes).
+
+``info["is_success"]`` is Meta-World's success flag for the current step. With
+``terminate_on_success=True`` (default) the episode terminates at the first success, so episode
+length = steps to success. The episode is truncated at ``max_episode_steps`` (default 200 for
+most tasks, 300 for the wall tasks whose detour is longer; Meta-World's own cap is 500);
+``make(id, max_episode_steps=N)`` sets it (passed to the env as ``max_steps``, not as gymnasium's
+``TimeLimit``, so that the env and its ``max_episode_steps`` attribute agree).
+
+Seeding: ``reset(seed=s)`` makes the initial state (object and goal positions) a function of s
+alone. Meta-World 3 ignores reset's seed and by default freezes one random vector per task
+(``_freeze_rand_vec``); we unfreeze it and switch on ``seeded_rand_vec`` so the positions are
+drawn from the env's own generator, which ``reset(seed=s)`` re-seeds. ``reset()`` without a seed
+continues that generator, so a seeded first reset fixes the whole sequence.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must be set before mujoco loads a GL backend
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+import gymnasium as gym  # noqa: E402
+from gymnasium import spaces  # noqa: E402
+
+NAMESPACE = "metaworld"
+CAMERA = "corner2"
+STATE_DIMS = {"full": 21, "proprio": 4}
+DEFAULT_IMAGE_SIZE = 96
+DEFAULT_MAX_STEPS = 200
+#: the wall tasks' multimodal demonstrations go around the wall, which takes longer
+MAX_STEPS = {"push-wall-v3": 300, "pick-place-wall-v3": 300, "reach-wall-v3": 300}
+
+#: one instruction per Meta-World v3 task (the language the multi-task policies condition on)
+INSTRUCTIONS: dict[str, str] = {
+    "assembly-v3": "pick up the nut and place it onto the peg",
+    "basketball-v3": "pick up the ball and dunk it into the basket",
+    "bin-picking-v3": "grasp the puck from one bin and place it into the other bin",
+    "box-close-v3": "grasp the lid and close the box with it",
+    "button-press-topdown-v3": "press the button from the top",
+    "button-press-topdown-wall-v3": "press the button from the top, behind the wall",
+    "button-press-v3": "press the button",
+    "button-press-wall-v3": "press the button behind the wall",
+    "coffee-button-v3": "push the button on the coffee machine",
+    "coffee-pull-v3": "pull the mug from the coffee machine",
+    "coffee-push-v3": "push the mug under the coffee machine",
+    "dial-turn-v3": "rotate the dial 180 degrees",
+    "disassemble-v3": "pick the nut off the peg",
+    "door-close-v3": "close the door",
+    "door-lock-v3": "lock the door by rotating the lock clockwise",
+    "door-open-v3": "open the door",
+    "door-unlock-v3": "unlock the door by rotating the lock counter-clockwise",
+    "hand-insert-v3": "insert the gripper into the hole",
+    "drawer-close-v3": "push the drawer closed",
+    "drawer-open-v3": "open the drawer",
+    "faucet-open-v3": "rotate the faucet counter-clockwise",
+    "faucet-close-v3": "rotate the faucet clockwise",
+    "hammer-v3": "hammer the screw into the wall",
+    "handle-press-side-v3": "press the handle down sideways",
+    "handle-press-v3": "press the handle down",
+    "handle-pull-side-v3": "pull the handle up sideways",
+    "handle-pull-v3": "pull the handle up",
+    "lever-pull-v3": "pull the lever up",
+    "peg-insert-side-v3": "insert the peg sideways into the hole",
+    "pick-place-wall-v3": "pick up the puck and place it at the goal behind the wall",
+    "pick-out-of-hole-v3": "pick the puck out of the hole",
+    "reach-v3": "reach the goal position",
+    "push-back-v3": "push the puck back to the goal",
+    "push-v3": "push the puck to the goal",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+    "plate-slide-v3": "slide the plate into the cabinet",
+    "plate-slide-side-v3": "slide the plate sideways into the cabinet",
+    "plate-slide-back-v3": "slide the plate out of the cabinet",
+    "plate-slide-back-side-v3": "slide the plate sideways out of the cabinet",
+    "peg-unplug-side-v3": "unplug the peg sideways",
+    "soccer-v3": "kick the ball into the goal",
+    "stick-push-v3": "grasp the stick and push the box with it",
+    "stick-pull-v3": "grasp the stick and pull the box with it",
+    "push-wall-v3": "push the puck to the goal behind the wall",
+    "reach-wall-v3": "reach the goal position behind the wall",
+    "shelf-place-v3": "pick up the puck and place it onto the shelf",
+    "sweep-into-v3": "sweep the puck into the hole",
+    "sweep-v3": "sweep the puck off the table",
+    "window-open-v3": "push the window open",
+    "window-close-v3": "push the window closed",
+}
+
+
+def task_names() -> list[str]:
+    """The Meta-World v3 task names we expose (every task that has an instruction and a class)."""
+    # no metaworld import here: registering ids must stay cheap; the constructor checks the class exists
+    return list(INSTRUCTIONS)
+
+
+def env_id(task: str) -> str:
+    return f"{NAMESPACE}/{task}"
+
+
+class MetaWorldEnv(gym.Env):
+    """One Meta-World v3 task with a ``corner2`` image, a state vector and an instruction."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
+
+    def __init__(self, task: str, image_size: int = DEFAULT_IMAGE_SIZE, state: str = "full",
+                 max_steps: int | None = None, terminate_on_success: bool = True,
+                 render_mode: str | None = "rgb_array", camera: str = CAMERA, render_images: bool = True) -> None:
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+        if task not in ALL_V3_ENVIRONMENTS or task not in INSTRUCTIONS:
+            raise ValueError(f"unknown Meta-World task {task!r}; valid: {', '.join(sorted(INSTRUCTIONS))}")
+        if not 16 <= int(image_size) <= 512:
+            raise ValueError(f"image_size={image_size} out of range: use 64..128 (16..512 accepted)")
+        if state not in STATE_DIMS:
+            raise ValueError(f"state={state!r}: use one of {sorted(STATE_DIMS)}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode={render_mode!r}: only 'rgb_array' is supported (offscreen)")
+        limit = int(max_steps or MAX_STEPS.get(task, DEFAULT_MAX_STEPS))
+        if not 1 <= limit <= 500:
+            raise ValueError(f"max_episode_steps={limit}: Meta-World allows 1..500")
+
+        self.task = task
+        self.task_description = INSTRUCTIONS[task]
+        self.image_size = int(image_size)
+        self.state_mode = state
+        self.camera = camera
+        self.max_episode_steps = limit
+        self.terminate_on_success = terminate_on_success
+        self.render_mode = render_mode
+        self.render_images = render_images
+
+        mw = ALL_V3_ENVIRONMENTS[task](render_mode="rgb_array", camera_name=camera,
+                                       width=self.image_size, height=self.image_size)
+        # goal-observable, per-reset random positions drawn from the env's own seeded generator
+        mw._partially_observable = False
+        del mw.sawyer_observation_space  # cached_property: recompute with the goal visible
+        mw._freeze_rand_vec = False
+        mw.seeded_rand_vec = True
+        mw._set_task_called = True
+        mw.max_path_length = max(mw.max_path_length, limit)
+        # shadows and multisampling off before the first render: ~75 steps/s instead of ~10 (DESIGN §6)
+        mw.model.vis.quality.shadowsize = 0
+        mw.model.vis.quality.offsamples = 0
+        self.mw = mw
+        self._seeded = False
+
+        # finite bounds from Meta-World's own observation space (same slices as the state vector)
+        low, high = mw.sawyer_observation_space.low, mw.sawyer_observation_space.high
+        keep = np.r_[0:18, len(low) - 3:len(low)] if state == "full" else np.r_[0:4]
+        self.observation_space = spaces.Dict({
+            "pixels": spaces.Dict({camera: spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)}),
+            "agent_pos": spaces.Box(low[keep].astype(np.float32), high[keep].astype(np.float32), dtype=np.float32),
+        })
+        self.action_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+        self._raw: np.ndarray | None = None
+        self._image: np.ndarray | None = None
+        self._steps = 0
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _render_image(self) -> np.ndarray:
+        if not self.render_images:  # state-only rollouts (expert statistics, benchmarks): black frames
+            return np.zeros((self.image_size, self.image_size, 3), np.uint8)
+        img = self.mw.render()
+        return np.ascontiguousarray(img[::-1, ::-1])  # corner2 renders upside down: flip both axes
+
+    def _observation(self, raw: np.ndarray) -> dict[str, Any]:
+        self._raw = np.asarray(raw, dtype=np.float64)
+        self._image = self._render_image()
+        if self.state_mode == "full":
+            state = np.concatenate([raw[:18], raw[-3:]])
+        else:
+            state = raw[:4]
+        return {"pixels": {self.camera: self._image}, "agent_pos": state.astype(np.float32)}
+
+    @property
+    def raw_observation(self) -> np.ndarray:
+        """Meta-World's 39-D observation (privileged: used by the scripted experts)."""
+        if self._raw is None:
+            raise RuntimeError("call reset() first")
+        return self._raw.copy()
+
+    # -- gymnasium API -----------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self.mw.seed(int(seed))
+            self._seeded = True
+        elif not self._seeded:  # first unseeded reset: derive the inner generator from ours
+            self.mw.seed(int(self.np_random.integers(2**31 - 1)))
+            self._seeded = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw, _ = self.mw.reset()
+        self._steps = 0
+        return self._observation(raw), {"is_success": False, "task": self.task_description}
+
+    def step(self, action: np.ndarray):
+        if self._raw is None:
+            raise RuntimeError("call reset() before step()")
+        if self._steps >= self.max_episode_steps:
+            raise RuntimeError(f"episode already ended after {self._steps} steps: call reset()")
+        action = np.clip(np.asarray(action, dtype=np.float32).reshape(4), -1.0, 1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw, reward, _, _, mw_info = self.mw.step(action)
+        self._steps += 1
+        success = bool(mw_info.get("success", 0.0) > 0.5)
+        terminated = success and self.terminate_on_success
+        truncated = (not terminated) and self._steps >= self.max_episode_steps
+        info = {"is_success": success, "task": self.task_description}
+        return self._observation(raw), float(reward), terminated, truncated, info
+
+    def render(self) -> np.ndarray:
+        """The last observed camera image (already flipped), uint8 (H, W, 3)."""
+        if self._image is None:
+            raise RuntimeError("call reset() before render()")
+        return self._image
+
+    def close(self) -> None:
+        # free the GL context explicitly: EGL teardown at interpreter exit prints spurious errors
+        mw = getattr(self, "mw", None)
+        if mw is not None:
+            mw.close()
+            self.mw = None  # type: ignore[assignment]
