@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...checkpoint import CheckpointError, load_state_checked, read_safetensors, write_json, write_safetensors
+from ...checkpoint import CheckpointError, load_state_checked, write_json
+from ..lerobot_io import read_lerobot_folder, write_lerobot_folder
 from .configuration import SmolVLAConfig, preset
 
 ROOT = "model.vlm_with_expert."
@@ -146,22 +147,6 @@ def config_from_lerobot(folder: Path, tokenizer: str | None = None) -> tuple[Smo
     return cfg, lr
 
 
-def _stats_from_processor(folder: Path) -> tuple[dict[str, dict[str, Tensor]], float | None]:
-    """{"observation.state": {...}, "action": {...}} from the preprocessor's normaliser step."""
-    pre = folder / "policy_preprocessor.json"
-    if not pre.is_file():
-        return {}, None
-    for step in _read_json(pre).get("steps", []):
-        if step.get("registry_name") == "normalizer_processor" and step.get("state_file"):
-            flat = read_safetensors(folder / step["state_file"])
-            stats: dict[str, dict[str, Tensor]] = {}
-            for key, value in flat.items():
-                feature, _, stat = key.rpartition(".")
-                stats.setdefault(feature, {})[stat] = value
-            return stats, step.get("config", {}).get("eps")
-    return {}, None
-
-
 def _stats_from_old_buffers(old: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
     """lerobot 0.3.x: ``normalize_inputs.buffer_observation_state.mean`` etc. inside the weights."""
     stats: dict[str, dict[str, Tensor]] = {}
@@ -173,24 +158,18 @@ def _stats_from_old_buffers(old: dict[str, Tensor]) -> dict[str, dict[str, Tenso
     return stats
 
 
-def load_lerobot(path: str | Path, tokenizer: str | None = None) -> Any:
+def load_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict[str, Any] | None = None) -> Any:
     """Build our SmolVLA from a lerobot SmolVLA folder (weights, normaliser, tokenizer path)."""
     from .model import SmolVLA
 
-    folder = Path(path)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder} is not a folder; pass a lerobot SmolVLA policy folder")
-    cfg, lr = config_from_lerobot(folder, tokenizer)
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        pickles = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
-        raise CheckpointError(f"{folder} has no model.safetensors" + (
-            f" (found {pickles}: convert them to safetensors in an environment you trust)" if pickles else ""))
-    raw = read_safetensors(weights)
+    folder = read_lerobot_folder(path)  # config, safetensors weights, processors and their stats
+    cfg, lr = config_from_lerobot(folder.path, tokenizer)
+    for key, value in (overrides or {}).items():
+        setattr(cfg, key, value)
     state: dict[str, Tensor] = {}
     extras: dict[str, Tensor] = {}
     old_norm: dict[str, Tensor] = {}
-    for key, value in raw.items():
+    for key, value in folder.state.items():
         key = key.replace("model._orig_mod.", "model.")  # torch.compile'd checkpoints
         if key in LEFTOVERS:
             extras[key] = value
@@ -199,12 +178,12 @@ def load_lerobot(path: str | Path, tokenizer: str | None = None) -> Any:
         else:
             state[from_lerobot_key(key) or key] = value  # unknown keys stay as they are → reported
     policy = SmolVLA(cfg)
-    load_state_checked(policy, state, source=str(weights), ignore_missing=("target_time.", "normalizer."))
-    stats, eps = _stats_from_processor(folder)
-    if not stats and old_norm:
-        stats = _stats_from_old_buffers(old_norm)
-    if eps is not None:
-        policy.config.norm_eps = float(eps)
+    load_state_checked(policy, state, source=str(folder.path / "model.safetensors"),
+                       ignore_missing=("target_time.", "normalizer."))
+    stats = folder.stats or _stats_from_old_buffers(old_norm)
+    for proc in (folder.preprocessor or {}).get("steps", []):
+        if proc.get("registry_name") == "normalizer_processor" and "eps" in proc.get("config", {}):
+            policy.config.norm_eps = float(proc["config"]["eps"])
     if stats:
         policy.set_normalization(stats)
     policy.lerobot_extras = extras
@@ -213,17 +192,17 @@ def load_lerobot(path: str | Path, tokenizer: str | None = None) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ writing
-def _stats_to_write(policy: Any) -> dict[str, Tensor]:
-    """Normaliser stats in lerobot's flat layout, recovered from our affine buffers."""
+def _stats_to_write(policy: Any) -> dict[str, dict[str, Tensor]]:
+    """Normaliser stats in lerobot's layout, recovered from our affine buffers."""
     cfg, nz, out = policy.config, policy.normalizer, {}
     for which, feature, mode in (("state", "observation.state", cfg.state_norm),
                                  ("action", "action", cfg.action_norm)):
         shift, scale = getattr(nz, f"{which}_shift").float(), getattr(nz, f"{which}_scale").float()
         if mode == "MEAN_STD":
-            out[f"{feature}.mean"], out[f"{feature}.std"] = shift, scale - cfg.norm_eps
+            out[feature] = {"mean": shift, "std": scale - cfg.norm_eps}
         elif mode in ("MIN_MAX", "QUANTILES"):
             lo, hi = ("min", "max") if mode == "MIN_MAX" else ("q01", "q99")
-            out[f"{feature}.{lo}"], out[f"{feature}.{hi}"] = shift - scale, shift + scale
+            out[feature] = {lo: shift - scale, hi: shift + scale}
     return out
 
 
@@ -250,15 +229,10 @@ def _folded_target_time(policy: Any, fold_target_time: float | None) -> dict[str
 
 
 def lerobot_config_dict(policy: Any, num_steps: int, base: dict[str, Any] | None) -> dict[str, Any]:
+    """The SmolVLA-specific part of lerobot's config.json (features are added by lerobot_io)."""
     cfg = policy.config
-    feats_in = {"observation.state": {"type": "STATE", "shape": [cfg.state_dim]}}
-    for cam in cfg.cameras:
-        feats_in[IMG + cam] = {"type": "VISUAL", "shape": [3, cfg.image_size, cfg.image_size]}
     ours = {
-        "type": "smolvla", "n_obs_steps": 1, "input_features": feats_in,
-        "output_features": {"action": {"type": "ACTION", "shape": [cfg.action_dim]}},
-        "chunk_size": cfg.chunk_size, "n_action_steps": cfg.n_action_steps,
-        "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": cfg.state_norm, "ACTION": cfg.action_norm},
+        "type": "smolvla", "n_obs_steps": 1, "chunk_size": cfg.chunk_size, "n_action_steps": cfg.n_action_steps,
         "max_state_dim": cfg.max_state_dim, "max_action_dim": cfg.max_action_dim,
         "resize_imgs_with_padding": [cfg.image_size, cfg.image_size], "empty_cameras": 0,
         "tokenizer_max_length": cfg.tokenizer_max_length, "num_steps": num_steps, "use_cache": True,
@@ -269,7 +243,8 @@ def lerobot_config_dict(policy: Any, num_steps: int, base: dict[str, Any] | None
         "expert_width_multiplier": cfg.expert_width_multiplier, "min_period": cfg.min_period,
         "max_period": cfg.max_period,
     }
-    return {**(base or {}), **ours}
+    base = {k: v for k, v in (base or {}).items() if k not in ("input_features", "output_features")}
+    return {**base, **ours}
 
 
 def vlm_config_dict(cfg: SmolVLAConfig) -> dict[str, Any]:
@@ -292,7 +267,6 @@ def vlm_config_dict(cfg: SmolVLAConfig) -> dict[str, Any]:
 def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None = None) -> Path:
     """Write a lerobot SmolVLA folder (config, weights, processors with normaliser stats, vlm/)."""
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
     cfg = policy.config
     overrides = _folded_target_time(policy, fold_target_time)
     num_steps = 1 if overrides else cfg.num_inference_steps
@@ -305,31 +279,14 @@ def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None =
     g = torch.Generator().manual_seed(0)
     tensors[LEFTOVERS[0]] = extras.get(LEFTOVERS[0], torch.randn(cfg.vocab_size, cfg.vlm_width, generator=g) * 0.02)
     tensors[LEFTOVERS[1]] = extras.get(LEFTOVERS[1], torch.ones(cfg.vlm_width))
-    write_safetensors(folder / "model.safetensors", tensors, metadata={"format": "pt"})
-    write_json(folder / "config.json", lerobot_config_dict(policy, num_steps, getattr(policy, "lerobot_config", None)))
-    # processors: lerobot 0.4 pipeline files, with our stats
-    stats = _stats_to_write(policy)
-    features = {"observation.state": {"type": "STATE", "shape": [cfg.state_dim]},
-                "action": {"type": "ACTION", "shape": [cfg.action_dim]}}
     norm_map = {"VISUAL": "IDENTITY", "STATE": cfg.state_norm, "ACTION": cfg.action_norm}
-    pre_file, post_file = ("policy_preprocessor_step_5_normalizer_processor.safetensors",
-                           "policy_postprocessor_step_0_unnormalizer_processor.safetensors")
-    write_safetensors(folder / pre_file, stats)
-    write_safetensors(folder / post_file, stats)
-    norm_cfg = {"eps": cfg.norm_eps, "features": features, "norm_map": norm_map}
-    write_json(folder / "policy_preprocessor.json", {"name": "policy_preprocessor", "steps": [
-        {"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
-        {"registry_name": "to_batch_processor", "config": {}},
-        {"registry_name": "smolvla_new_line_processor", "config": {}},
-        {"registry_name": "tokenizer_processor", "config": {
-            "max_length": cfg.tokenizer_max_length, "task_key": "task", "padding_side": "right",
-            "padding": "longest", "truncation": True, "tokenizer_name": "vlm"}},
-        {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}},
-        {"registry_name": "normalizer_processor", "config": norm_cfg, "state_file": pre_file}]})
-    write_json(folder / "policy_postprocessor.json", {"name": "policy_postprocessor", "steps": [
-        {"registry_name": "unnormalizer_processor", "config": {**norm_cfg, "features": {"action": features["action"]}},
-         "state_file": post_file},
-        {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}}]})
+    write_lerobot_folder(
+        folder, lerobot_config_dict(policy, num_steps, getattr(policy, "lerobot_config", None)), tensors,
+        _stats_to_write(policy), cfg.cameras, cfg.image_size, cfg.state_dim, cfg.action_dim, norm_map,
+        extra_pre_steps=[{"registry_name": "smolvla_new_line_processor", "config": {}},
+                         {"registry_name": "tokenizer_processor", "config": {
+                             "max_length": cfg.tokenizer_max_length, "task_key": "task", "padding_side": "right",
+                             "padding": "longest", "truncation": True, "tokenizer_name": "vlm"}}])
     # vlm/: the SmolVLM config and, when we have one, the tokenizer folder's files
     vlm = folder / "vlm"
     vlm.mkdir(exist_ok=True)

@@ -272,11 +272,13 @@ class SmolVLA(FlowPolicy):
     presets = tuple(PRESETS)
 
     @classmethod
-    def from_lerobot(cls, path: str | Path, tokenizer: str | None = None) -> "SmolVLA":
-        """Load a lerobot SmolVLA policy folder (no lerobot needed); see smolvla/lerobot.py."""
+    def from_lerobot(cls, path: str | Path, tokenizer: str | None = None,
+                     overrides: dict[str, Any] | None = None) -> "SmolVLA":
+        """Load a lerobot SmolVLA policy folder (no lerobot needed); see smolvla/lerobot.py.
+        ``tokenizer``: a local tokenizer folder/file (default: the folder's vlm/ tokenizer.json)."""
         from .lerobot import load_lerobot
 
-        return load_lerobot(path, tokenizer)
+        return load_lerobot(path, tokenizer, overrides)
 
     def to_lerobot(self, path: str | Path, fold_target_time: float | None = None) -> Path:
         """Write a lerobot SmolVLA policy folder. A distilled student's target-time branch can be
@@ -284,6 +286,11 @@ class SmolVLA(FlowPolicy):
         from .lerobot import save_lerobot
 
         return save_lerobot(self, path, fold_target_time)
+
+    def compile(self, **kwargs: Any) -> "SmolVLA":  # type: ignore[override]
+        """Optional ``torch.compile`` of the per-step expert pass (the part run N times)."""
+        self.flow = torch.compile(self.flow, **kwargs)  # type: ignore[method-assign]
+        return self
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
