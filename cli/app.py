@@ -41,6 +41,13 @@ from .deploy import latency as _latency  # noqa: E402
 
 app.command("latency")(_latency)
 
+from .media import bench_media_cmd as _bench_media, media_app as _media_app  # noqa: E402
+
+app.add_typer(_media_app, name="media")
+bench_app = typer.Typer(no_args_is_help=True, help="Shipped benchmarks (rich table + JSON + PNG).")
+app.add_typer(bench_app, name="bench")
+bench_app.command("media")(_bench_media)
+
 
 def main() -> None:
     from .errors import run_app
