@@ -8,12 +8,9 @@ corrupt zarr chunk, malformed JSON) in a ``DatasetError`` whose cause is the ori
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 class DatasetError(ValueError):
@@ -32,15 +29,9 @@ def reading(path: str | Path, what: str, hint: str = "") -> Iterator[None]:
         yield
     except DatasetError:
         raise
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the decode boundary, see docstring
+    except Exception as exc:  # noqa: BLE001 - the decode boundary; MemoryError too (a corrupt header can claim a huge size)
         msg = f"could not read {what} {path}: {type(exc).__name__}: {exc}".rstrip()
         msg += f". {hint}" if hint else (". The file is truncated or corrupt: re-create it (re-run the conversion or "
                                          "re-download the dataset) and check that the disk is not full.")
         raise DatasetError(msg) from exc
 
-
-def guarded(path: str | Path, what: str, fn: Callable[[], T], hint: str = "") -> T:
-    with reading(path, what, hint):
-        return fn()

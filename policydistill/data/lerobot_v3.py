@@ -215,7 +215,8 @@ class LeRobotV3Dataset:
         tables = [_read_parquet(f, "LeRobot episode metadata", cols, optional=("tasks",)) for f in files]
         with reading(files[0].parent.parent, "LeRobot episode metadata"):
             table = pa.concat_tables(tables, promote_options="permissive")
-            eps = {c: np.asarray(table.column(c).to_numpy(zero_copy_only=False)) for c in cols}
+            eps = {c: np.asarray(table.column(c).to_numpy(zero_copy_only=False),
+                                 dtype=np.float64 if c.endswith("timestamp") else np.int64) for c in cols}
         order = np.argsort(eps["episode_index"], kind="stable")
         self._ep = {c: v[order] for c, v in eps.items()}
         self._ep_tasks: list[list[str]] | None = None
