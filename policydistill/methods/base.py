@@ -33,6 +33,9 @@ class Method(nn.Module):
     paper: ClassVar[str] = ""
     #: which target time the student is asked about at sampling time (see core.sampler)
     sampling: ClassVar[SamplingMode] = "flowmap"
+    #: the metric that goes down as training works ("loss" unless the loss is self-normalised,
+    #: e.g. MeanFlow's adaptive weight keeps it near 1); checked by tests/test_methods_contract.py
+    progress_metric: ClassVar[str] = "loss"
     #: dataclass type of this method's hyper-parameters
     Config: ClassVar[type] = type("EmptyConfig", (), {})
 

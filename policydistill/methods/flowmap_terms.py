@@ -1,0 +1,117 @@
+"""Building blocks shared by the flow-map self-distillation methods (shortcut, meanflow, lsd, psd):
+batch splitting, the diagonal flow-matching term, ordered time pairs and a forward-mode derivative.
+
+Convention (DESIGN.md §3): t = 1 noise, t = 0 data, F(x_t, t, s) = average velocity from t to s,
+x_s = x_t − (t − s)·F. A pair (t, s) always has s ≤ t.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from ..core.flowmap import FlowBatch, FlowMapModel
+from ..core.interpolant import interpolate, velocity_target
+from ..core.time_sampling import sample_time
+from ..core.tree import tree_slice
+from .base import masked_mse
+
+JvpMode = Literal["autograd", "func", "fd"]
+JVP_MODES = ("autograd", "func", "fd")
+
+
+def count_of(fraction: float, batch: int, keep_one_each: bool = True) -> int:
+    """round(fraction·batch), kept in [1, batch − 1] when both parts are wanted (0 < fraction < 1)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"a batch fraction must lie in [0, 1], got {fraction}")
+    n = round(fraction * batch)
+    if keep_one_each and 0.0 < fraction < 1.0 and batch >= 2:
+        n = min(batch - 1, max(1, n))
+    return n
+
+
+def split_batch(batch: FlowBatch, n: int) -> tuple[FlowBatch, FlowBatch]:
+    """The first ``n`` samples and the rest; conditioning and mask are split alike."""
+    b = batch.batch_size
+    parts = []
+    for index in (slice(0, n), slice(n, b)):
+        mask = batch.mask[index] if batch.mask is not None and batch.mask.shape[0] == b else batch.mask
+        parts.append(FlowBatch(batch.data[index], tree_slice(batch.cond, index, b), mask, batch.extras))
+    return parts[0], parts[1]
+
+
+def diagonal_fm_loss(student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
+                     time_sampler: str | None = None) -> Tensor:
+    """‖F(x_t, t, t) − v‖² with v = ε − a (self-distillation) or v = sg teacher(x_t, t, t) when a teacher
+    is given (distillation: the teacher's velocity is the conditional expectation of ε − a, a
+    lower-variance target for the same minimiser)."""
+    a = batch.data
+    noise = torch.randn_like(a)
+    t = sample_time(time_sampler or student.time_sampler, a.shape[0], device=a.device).to(a.dtype)
+    x_t = interpolate(a, noise, t)
+    if teacher is not None:
+        with torch.no_grad():
+            target = teacher(x_t, t, t, batch.cond)
+    else:
+        target = velocity_target(a, noise)
+    return masked_mse(student(x_t, t, t, batch.cond), target, batch.mask).mean()
+
+
+def ordered_pair(n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """(t, s) uniform on the triangle 0 ≤ s ≤ t ≤ 1 (t = max, s = min of two uniforms)."""
+    u = torch.rand(2, n, device=like.device, dtype=like.dtype)
+    return u.max(0).values, u.min(0).values
+
+
+@contextlib.contextmanager
+def math_attention():
+    """Fused SDPA kernels have no forward-mode AD; the math kernel does (DESIGN.md §4, meanflow)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - older torch
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+def jvp(fn: Callable[..., Tensor], primals: Sequence[Tensor], tangents: Sequence[Tensor],
+        mode: JvpMode = "autograd", fd_eps: float = 1e-3) -> tuple[Tensor, Tensor]:
+    """(fn(*primals), d/dε fn(*(primals + ε·tangents)) at ε = 0), both differentiable w.r.t. the
+    parameters fn closes over.
+
+    * "autograd": the double-backward trick (J·v = ∂/∂u ⟨Jᵀu, v⟩), exact, and its gradients are
+      exact for every op with a double backward. Use it when the loss differentiates THROUGH the
+      derivative (lsd).
+    * "func": one ``torch.func.jvp`` (cheapest). Its primal is exact, but in torch 2.13 the reverse-mode
+      gradient of the TANGENT through ``F.layer_norm`` is off by several percent (checked against
+      double backward and finite differences), so use it only where the tangent is stop-gradient
+      (meanflow).
+    * "fd": central finite difference with step ``fd_eps`` (works for any model; float32 accuracy
+      ~1e-4 relative).
+    """
+    primals = tuple(primals)
+    tangents = tuple(tangents)
+    if mode == "func":
+        with math_attention():
+            return torch.func.jvp(fn, primals, tangents)
+    if mode == "fd":
+        out = fn(*primals)
+        plus = fn(*(p + fd_eps * v for p, v in zip(primals, tangents)))
+        minus = fn(*(p - fd_eps * v for p, v in zip(primals, tangents)))
+        return out, (plus - minus) / (2 * fd_eps)
+    if mode != "autograd":
+        raise ValueError(f"unknown jvp mode {mode!r}; valid: {', '.join(JVP_MODES)}")
+    inputs = tuple(p.detach().requires_grad_(True) for p in primals)
+    with torch.enable_grad(), math_attention():
+        out = fn(*inputs)
+        u = torch.zeros_like(out, requires_grad=True)
+        grads = torch.autograd.grad(out, inputs, u, create_graph=True, allow_unused=True)
+        used = [(g, v) for g, v in zip(grads, tangents) if g is not None]
+        if not used:
+            return out, torch.zeros_like(out)
+        (tangent,) = torch.autograd.grad([g for g, _ in used], u, [v for _, v in used], create_graph=True)
+    return out, tangent
