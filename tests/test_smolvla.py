@@ -277,3 +277,22 @@ def test_tokenizer_missing_package_is_named(fixture_path: Path, monkeypatch: pyt
     p = SmolVLA.from_lerobot(fixture_path)
     with pytest.raises(ImportError, match="tokenizers"):
         p.encode_inputs(["pick"], torch.zeros(1, 8))
+
+
+def test_non_square_images_use_smolvla_padding() -> None:
+    """lerobot's SmolVLA pads on the left/top (not centred): a 16×32 image becomes 32×32 with the
+    padding rows on top; env (uint8 HWC) and lerobot (float CHW) formats give the same input."""
+    p = SmolVLA.from_preset("tiny")
+    img = torch.rand(1, 3, 16, 32)
+    c = p.canonical_obs({"observation.images.base": img, "observation.images.wrist": img,
+                         "observation.state": torch.zeros(1, 4)})
+    out = c["images"][0]
+    assert out.shape == (1, 3, 32, 32)
+    assert torch.equal(out[:, :, :16], torch.zeros(1, 3, 16, 32))
+    assert torch.allclose(out[:, :, 16:], img)
+    u8 = (torch.rand(1, 16, 32, 3) * 255).to(torch.uint8)
+    env = p.canonical_obs({"pixels": {"base": u8.numpy(), "wrist": u8.numpy()}, "agent_pos": torch.zeros(1, 4)})
+    lr = p.canonical_obs({"observation.images.base": u8.permute(0, 3, 1, 2).float() / 255,
+                          "observation.images.wrist": u8.permute(0, 3, 1, 2).float() / 255,
+                          "observation.state": torch.zeros(1, 4)})
+    assert torch.equal(env["images"][1], lr["images"][1])
