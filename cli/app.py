@@ -48,6 +48,11 @@ bench_app = typer.Typer(no_args_is_help=True, help="Shipped benchmarks (rich tab
 app.add_typer(bench_app, name="bench")
 bench_app.command("media")(_bench_media)
 
+from .data_io import data_app as _data_app  # noqa: E402  (`data` sub-app; other data commands register on it)
+
+app.add_typer(_data_app, name="data")
+from . import data as _data_generate  # noqa: E402,F401  (registers `data generate` on the data sub-app)
+
 
 def main() -> None:
     from .errors import run_app
