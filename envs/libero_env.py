@@ -7,10 +7,13 @@ patched stack) and bddl 1.0.1 and works with mujoco 3.3.0 / numpy 2 (see constra
 Install: `pip install 'policydistill[libero]'`, or `PD_EXTRAS=...,libero ./run` (`./run test`
 installs it). Nothing here imports the package until an environment is created.
 
-Ids: `libero/<suite>-v0` for the five suites, with a `task_id` keyword:
+Ids: `libero/<suite>-v0` for the five suites, with a `task_id` keyword, and one id per task,
+`libero/<suite>-task<i>-v0`; suites `libero/<suite>` (e.g. `libero/libero_10`) expand to
+the per-task ids (`envs.expand`):
 
-    env = gymnasium.make("libero/libero_spatial-v0", task_id=3)            # 280-step limit
-    env = gymnasium.make("libero/libero_10-v0", task_id=0, max_episode_steps=50)
+    from policydistill import envs
+    env = envs.make("libero/libero_spatial-v0", task_id=3)                  # 280-step limit
+    env = envs.make("libero/libero_10-v0", task_id=0, max_episode_steps=50, image_size=256)
 
 Protocol (the one pi0/openpi/lerobot LIBERO evaluations use):
 - reset(seed=k) restores the task's official initial state number `k % n_init_states`
@@ -19,8 +22,9 @@ Protocol (the one pi0/openpi/lerobot LIBERO evaluations use):
   identical states; `options={"init_state_id": i}` picks one explicitly; reset() without a
   seed draws one from the env's RNG. Then 10 no-op settle steps `[0,0,0,0,0,0,-1]` (arm
   still, gripper open) let the objects come to rest; they do not count towards the limit.
-- Episode limits (gymnasium TimeLimit, `truncated`): 280 libero_spatial / libero_object,
-  300 libero_goal, 520 libero_10, 400 libero_90.
+- Episode limits: 280 libero_spatial / libero_object, 300 libero_goal, 520 libero_10,
+  400 libero_90. As the Meta-World envs do, the env truncates itself (`max_steps`, which
+  `envs.make(..., max_episode_steps=N)` passes) and exposes `env.unwrapped.max_episode_steps`.
 - Action: 7-D float32 in [-1, 1] — relative end-effector deltas for robosuite's OSC_POSE
   controller (dx, dy, dz, droll, dpitch, dyaw) and the gripper (-1 open, +1 close).
 - Observation, the same layout as the Meta-World envs:
@@ -30,7 +34,8 @@ Protocol (the one pi0/openpi/lerobot LIBERO evaluations use):
   is eef position (3) + eef orientation as an axis-angle vector (3) + the two gripper finger
   joint positions (2).
 - Success comes from the task's BDDL goal predicates (`env.check_success()`):
-  `info["is_success"]`, reward 1.0 and `terminated` on success. The language instruction is
+  `info["is_success"]`, reward 1.0, and `terminated` on success (`terminate_on_success=True`,
+  the default; episode length = steps to success). The language instruction is
   `env.unwrapped.task_description` and `info["task"]`.
 
 Rendering speed. robosuite renders both cameras every step with 4× MSAA, 4096² shadow maps
@@ -96,23 +101,32 @@ CAMERA_OBSERVABLES = {"agentview": "agentview_image", "wrist": "robot0_eye_in_ha
 STATE_DIM = 8  # eef pos (3) + axis-angle (3) + gripper qpos (2)
 
 
-def env_id(suite: str) -> str:
-    return f"libero/{suite}-v0"
+def env_id(suite: str, task_id: int | None = None) -> str:
+    """`libero/<suite>-v0` (task chosen by the `task_id` keyword) or `libero/<suite>-task<i>-v0`."""
+    return f"libero/{suite}-v0" if task_id is None else f"libero/{suite}-task{task_id}-v0"
+
+
+def suite_env_ids(suite: str) -> list[str]:
+    return [env_id(suite, i) for i in range(LIBERO_SUITES[suite].n_tasks)]
 
 
 def register_libero() -> list[str]:
-    """Register `libero/<suite>-v0` for the five suites with gymnasium; never imports LIBERO."""
+    """Register with gymnasium, without importing LIBERO: `libero/<suite>-v0` (+ `task_id=`)
+    for the five suites, one id per task `libero/<suite>-task<i>-v0` (130) so that evaluators
+    that take ids can run whole suites, and the suites `libero/<suite>` in `envs.suites`."""
+    from .suites import register_suite
+
     ids = []
     for suite in LIBERO_SUITES.values():
-        eid = env_id(suite.name)
-        if eid not in gym.registry:
-            gym.register(
-                id=eid,
-                entry_point="policydistill.envs.libero_env:LiberoEnv",
-                max_episode_steps=suite.max_episode_steps,
-                kwargs={"suite": suite.name},
-            )
-        ids.append(eid)
+        # no max_episode_steps (TimeLimit): the env truncates itself, as the Meta-World envs do
+        for task_id in (None, *range(suite.n_tasks)):
+            eid = env_id(suite.name, task_id)
+            kwargs = {"suite": suite.name} if task_id is None else {"suite": suite.name, "task_id": task_id}
+            if eid not in gym.registry:
+                gym.register(id=eid, entry_point="policydistill.envs.libero_env:LiberoEnv",
+                             kwargs=kwargs, disable_env_checker=True)
+            ids.append(eid)
+        register_suite(f"libero/{suite.name}", suite_env_ids(suite.name))
     return ids
 
 
@@ -182,6 +196,8 @@ class LiberoEnv(gym.Env):
         fast_render: bool = True,
         settle_steps: int = SETTLE_STEPS,
         render_mode: str | None = "rgb_array",
+        max_steps: int | None = None,
+        terminate_on_success: bool = True,
     ) -> None:
         if suite not in LIBERO_SUITES:
             raise ValueError(f"unknown LIBERO suite {suite!r}; valid suites: {', '.join(LIBERO_SUITES)}")
@@ -190,6 +206,9 @@ class LiberoEnv(gym.Env):
             raise ValueError(f"task_id must be an int in [0, {spec.n_tasks}) for {suite}, got {task_id!r}")
         if not (isinstance(image_size, (int, np.integer)) and 16 <= image_size <= 1024):
             raise ValueError(f"image_size must be an int in [16, 1024] pixels, got {image_size!r}")
+        limit = spec.max_episode_steps if max_steps is None else max_steps
+        if not (isinstance(limit, (int, np.integer)) and limit >= 1):
+            raise ValueError(f"max_episode_steps must be an int >= 1, got {max_steps!r}")
         if not (isinstance(settle_steps, (int, np.integer)) and settle_steps >= 0):
             raise ValueError(f"settle_steps must be an int >= 0, got {settle_steps!r}")
         if render_mode not in (None, "rgb_array"):
@@ -199,6 +218,8 @@ class LiberoEnv(gym.Env):
         self.suite_name, self.task_id = suite, int(task_id)
         self.image_size, self.fast_render = int(image_size), bool(fast_render)
         self.settle_steps, self.render_mode = int(settle_steps), render_mode
+        self.max_episode_steps, self.terminate_on_success = int(limit), bool(terminate_on_success)
+        self._steps = 0
         with contextlib.redirect_stdout(io.StringIO()):  # it prints the task order on every call
             bench = benchmark.get_benchmark(suite)()
         task = bench.get_task(self.task_id)
@@ -208,7 +229,7 @@ class LiberoEnv(gym.Env):
         bddl = Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
         # hard_reset=False keeps one MuJoCo model and GL context for the env's lifetime (a hard
         # reset rebuilds both from XML, ~2 s); every episode's state comes from init_states.
-        # ignore_done: episode limits are gymnasium's TimeLimit, not robosuite's horizon.
+        # ignore_done: the episode limit is ours (max_episode_steps), not robosuite's horizon.
         self._env = OffScreenRenderEnv(
             bddl_file_name=str(bddl),
             camera_heights=self.image_size,
@@ -275,19 +296,24 @@ class LiberoEnv(gym.Env):
         if raw is None:  # no settle steps: render the initial state now
             self._set_cameras(True)
             raw = self._env.env._get_observations(force_update=True)
-        self._last_raw = raw
+        self._last_raw, self._steps = raw, 0
         return self._observation(raw), self._info(success=False)
 
     def step(self, action: np.ndarray):
         if self._last_raw is None:
             raise RuntimeError("call reset() before step()")
+        if self._steps >= self.max_episode_steps:
+            raise RuntimeError(f"episode already ended after {self._steps} steps: call reset()")
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape != (7,) or not np.all(np.isfinite(a)):
             raise ValueError(f"LIBERO actions are 7 finite numbers in [-1, 1], got {np.asarray(action)!r}")
         raw, _, _, _ = self._env.step(np.clip(a, -1.0, 1.0))
         self._last_raw = raw
+        self._steps += 1
         success = bool(self._env.check_success())
-        return self._observation(raw), float(success), success, False, self._info(success)
+        terminated = success and self.terminate_on_success
+        truncated = (not terminated) and self._steps >= self.max_episode_steps
+        return self._observation(raw), float(success), terminated, truncated, self._info(success)
 
     def render(self) -> np.ndarray | None:
         if self.render_mode is None or self._last_raw is None:

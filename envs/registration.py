@@ -55,7 +55,7 @@ def make(env_id: str, **kwargs: Any) -> gym.Env:
         else:
             raise ValueError(f"unknown env id {env_id!r}; registered: {', '.join(ids[:12])}, ... "
                              "(`policydistill envs list` shows all)")
-    if env_id.startswith("metaworld/") and "max_episode_steps" in kwargs:
+    if env_id.startswith(("metaworld/", "libero/")) and "max_episode_steps" in kwargs:
         # gymnasium.make would swallow it into a TimeLimit wrapper; the env truncates itself
         kwargs["max_steps"] = kwargs.pop("max_episode_steps")
     return gym.make(env_id, **kwargs)
