@@ -41,6 +41,11 @@ from .deploy import latency as _latency  # noqa: E402
 
 app.command("latency")(_latency)
 
+from .pipeline import distill_cmd as _distill, train_cmd as _train  # noqa: E402
+
+app.command("train")(_train)
+app.command("distill")(_distill)
+
 from .media import bench_media_cmd as _bench_media, media_app as _media_app  # noqa: E402
 
 app.add_typer(_media_app, name="media")

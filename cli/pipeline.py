@@ -1,0 +1,100 @@
+"""`policydistill train | distill | compare`: build a typed config from a named preset plus the
+flags given, then call the library function."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..methods import DEFAULT_METHOD
+
+
+def _options(items: list[str]) -> dict:
+    import json
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise typer.BadParameter(f"--option takes key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _apply(cfg, **flags):
+    """Flags given on the command line (not None) override the preset's fields."""
+    return dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+
+
+def train_cmd(
+    model: str = typer.Argument("pi0", help="Policy architecture: pi0, pi05 or smolvla."),
+    preset: str = typer.Option("small", help="Model size preset (tiny, small, ...); also picks the recipe."),
+    task: Optional[str] = typer.Option(None, help="Task id or suite, e.g. metaworld/mt10 or metaworld/push-v3."),
+    data: Optional[str] = typer.Option(None, help="Existing dataset (zarr or LeRobot v3 folder) instead of generated demos."),
+    episodes: Optional[int] = typer.Option(None, min=1, help="Demonstrations per task to generate."),
+    multimodal: Optional[bool] = typer.Option(None, "--multimodal/--no-multimodal", help="Multimodal demonstrations."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps."),
+    batch_size: Optional[int] = typer.Option(None, min=1),
+    lr: Optional[float] = typer.Option(None, min=0.0),
+    seed: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, min=0),
+    out: Optional[str] = typer.Option(None, help="Run folder (default runs/teacher)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Model config override key=value (repeatable)."),
+) -> None:
+    """Train a flow-matching teacher policy on scripted (multimodal) Meta-World demonstrations."""
+    from ..pipeline.teacher import TEACHER_PRESETS, TeacherConfig, train_teacher
+
+    base = TEACHER_PRESETS.get(preset, TeacherConfig(preset=preset))
+    cfg = _apply(base, model=model, preset=preset, task=task, data=data, episodes_per_task=episodes,
+                 multimodal=multimodal, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, out=out)
+    if option:
+        cfg = dataclasses.replace(cfg, overrides={**cfg.overrides, **_options(option)})
+    train_teacher(cfg, resume=resume)
+
+
+def distill_cmd(
+    model: str = typer.Argument("pi0", help="pi0 | pi05 | smolvla (policies) or image-dit | video-dit (media)."),
+    steps: int = typer.Option(1, "--steps", min=1, help="NFE of the student."),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="Any registered method (policydistill methods)."),
+    checkpoint: Optional[str] = typer.Option(None, help="Teacher: policydistill checkpoint or lerobot policy folder."),
+    tokenizer: Optional[str] = typer.Option(None, help="Local tokenizer folder for lerobot checkpoints."),
+    task: Optional[str] = typer.Option(None, help="Tasks to evaluate (default: the teacher's)."),
+    data: Optional[str] = typer.Option(None, help="Demonstrations (default: the teacher's)."),
+    iters: Optional[int] = typer.Option(None, min=1, help="Distillation optimiser steps."),
+    episodes: Optional[int] = typer.Option(None, min=1, help="Evaluation episodes per task and variant."),
+    n_action_steps: Optional[int] = typer.Option(None, min=1, help="Actions executed per chunk in closed loop."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Parallel simulator workers."),
+    preset: str = typer.Option("default", help="Recipe preset: default or tiny (seconds-long smoke run)."),
+    seed: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, min=0),
+    out: Optional[str] = typer.Option(None, help="Output folder (default runs/distill-<model>-<method>-<steps>)."),
+    video: bool = typer.Option(False, "--video", help="Save rollout videos."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the distillation from the last checkpoint in --out."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Method option key=value (repeatable)."),
+) -> None:
+    """Distil a teacher into an N-step student and evaluate teacher / naive / student on the same seeds."""
+    if model in ("image-dit", "video-dit"):
+        from .media import distill_cmd as media_distill
+
+        media_distill(model=model, method=method, steps=steps, dataset=None, train_steps=iters,
+                      preset=None if preset == "default" else preset, option=option,
+                      run_dir=Path(out or "runs/media"), as_json=False)
+        return
+    from ..pipeline.distill import DISTILL_PRESETS, distill_policy
+
+    if preset not in DISTILL_PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DISTILL_PRESETS)}")
+    cfg = _apply(DISTILL_PRESETS[preset], model=model, steps=steps, method=method, checkpoint=checkpoint,
+                 tokenizer=tokenizer, task=task, data=data, iters=iters, episodes=episodes,
+                 n_action_steps=n_action_steps, workers=workers, seed=seed, threads=threads,
+                 out=out or f"runs/distill-{model}-{method}-{steps}", video=video)
+    if option:
+        cfg = dataclasses.replace(cfg, method_options=_options(option))
+    distill_policy(cfg, resume=resume)

@@ -1,0 +1,151 @@
+"""Distil a teacher policy into an N-step student and prove it on the same seeds.
+
+    policydistill distill pi0 --steps 1 [--method snapflow] [--checkpoint DIR] [--task ...]
+
+1. load the teacher (bundled default, a policydistill checkpoint or a lerobot folder);
+2. initialise the student from it (target-time branch at zero: student == teacher at step 0);
+3. run the method through the one training loop on the teacher's demonstrations;
+4. evaluate three variants on identical seeds — the teacher at ``teacher_nfe`` (10) Euler steps,
+   the teacher naively at N steps, the student at N steps — for closed-loop success per task,
+   steps to success, offline action MSE, the chunk-distribution distance to the 10-step
+   teacher at held-out observations, and latency;
+5. write ``report.json``, ``report.png`` and the student checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from ..checkpoint import save_model, write_json
+from ..core.flowmap import student_from_teacher
+
+console = Console(stderr=True)
+
+
+@dataclass
+class DistillConfig:
+    model: str = "pi0"
+    checkpoint: str | None = None       # None = the bundled teacher
+    tokenizer: str | None = None        # local tokenizer for lerobot checkpoints
+    method: str = "snapflow"
+    steps: int = 1                      # the student's NFE
+    iters: int = 1500                   # optimiser steps of distillation
+    batch_size: int = 32
+    lr: float = 1e-4
+    warmup_steps: int = 100
+    task: str | None = None             # default: the teacher's tasks
+    data: str | None = None             # default: the teacher's dataset (regenerated if missing)
+    episodes: int = 50                  # closed-loop episodes per task and variant
+    teacher_nfe: int = 10
+    n_action_steps: int | None = None   # execution horizon in closed loop (default: the policy's)
+    workers: int = 2
+    heldout_obs: int = 32               # held-out observations for MSE and chunk distance
+    chunk_samples: int = 16             # sampled chunks per observation for the distance
+    latency_repeats: int = 20
+    seed: int = 0
+    threads: int = 0
+    out: str = "runs/distill"
+    video: bool = False
+    progress: bool = True
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+
+DISTILL_PRESETS: dict[str, DistillConfig] = {
+    "default": DistillConfig(),
+    "tiny": DistillConfig(iters=10, batch_size=8, warmup_steps=2, episodes=2, heldout_obs=4, chunk_samples=4,
+                          latency_repeats=3, workers=1),
+}
+
+
+@dataclass
+class Variant:
+    name: str          # "teacher" | "naive" | "student"
+    policy: Any
+    nfe: int
+    mode: str
+
+
+def make_student(teacher: Any, method_sampling: str, nfe: int) -> Any:
+    student = student_from_teacher(teacher)
+    student.config.sampling_mode = method_sampling
+    student.config.num_inference_steps = nfe
+    return student
+
+
+def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
+    """Run the whole job; returns the report (also written to ``<out>/report.json``)."""
+    from ..methods import make_method
+    from ..train import TrainConfig, train
+    from .demos import ensure_demos
+    from .policy_data import PolicyDataSource
+    from .teacher import open_windows, tasks_of
+    from .teacher_io import BUNDLED_TEACHER, load_teacher, provenance
+
+    if cfg.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {cfg.steps}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.checkpoint is None:
+        console.print(f"[bold]no --checkpoint given: using the bundled {cfg.model} teacher[/] ({BUNDLED_TEACHER})")
+    teacher, teacher_dir = load_teacher(cfg.checkpoint, cfg.tokenizer)
+    teacher.eval()
+    if cfg.model and getattr(teacher, "architecture", cfg.model) != cfg.model:
+        raise ValueError(f"the checkpoint is a {teacher.architecture} policy, not {cfg.model}: "
+                         f"run `policydistill distill {teacher.architecture} ...`")
+    prov = provenance(teacher_dir)
+    tasks = tasks_of(cfg.task) if cfg.task else list(prov.get("tasks", []))
+    if not tasks:
+        raise ValueError("the teacher does not record its tasks: pass --task (e.g. metaworld/push-v3)")
+    data_path = Path(cfg.data or prov.get("dataset") or out / "demos.zarr")
+    if not data_path.exists():
+        tc = prov.get("teacher_config", {})
+        console.print(f"demonstrations {data_path} not found: generating them (same tasks and seeds as the teacher)")
+        data_path = out / "demos.zarr"
+        ensure_demos(tasks, data_path, tc.get("episodes_per_task", 50), teacher.config.image_size,
+                     tc.get("multimodal", True), tc.get("action_noise", 0.1), tc.get("seed", 0))
+    val_fraction = prov.get("teacher_config", {}).get("val_fraction", 0.1)
+    split_seed = prov.get("seed", cfg.seed)
+    chunk = teacher.config.chunk_size
+    train_set = open_windows(data_path, chunk, "train", val_fraction, split_seed)
+    val_set = open_windows(data_path, chunk, "val", val_fraction, split_seed)
+
+    method = make_method(cfg.method, **cfg.method_options)
+    student = make_student(teacher, method.sampling, cfg.steps)
+    command = " ".join(shlex.quote(a) for a in sys.argv)
+    prov_student = {"role": "student", "method": cfg.method, "nfe": cfg.steps, "teacher": str(teacher_dir),
+                    "command": command, "seed": cfg.seed, "dataset": str(data_path), "tasks": tasks,
+                    "distill_config": dataclasses.asdict(cfg)}
+    tcfg = TrainConfig(steps=cfg.iters, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                       seed=cfg.seed, progress=cfg.progress, checkpoint_every=max(0, cfg.iters // 5),
+                       description=f"distil {cfg.method} → {cfg.steps} NFE")
+    t0 = time.perf_counter()
+    result = train(student, method, PolicyDataSource(train_set, student), tcfg, teacher=teacher,
+                   out_dir=out / "train", resume=resume, checkpoint_extra=prov_student)
+    train_seconds = time.perf_counter() - t0
+    student = method.sampling_model(result.model)
+    student.eval()
+    save_model(out / "student", student, extra={**prov_student, "train_seconds": train_seconds})
+    console.print(f"saved the student to {out / 'student'} ({train_seconds:.0f} s of distillation)")
+
+    variants = [Variant("teacher", teacher, cfg.teacher_nfe, "diagonal"),
+                Variant("naive", teacher, cfg.steps, "diagonal"),
+                Variant("student", student, cfg.steps, method.sampling)]
+    from .evaluate import evaluate_variants
+
+    report = evaluate_variants(variants, tasks, val_set, cfg, out)
+    report.update({"method": cfg.method, "steps": cfg.steps, "teacher": str(teacher_dir), "student": str(out / "student"),
+                   "tasks": tasks, "train_seconds": train_seconds, "command": command,
+                   "final_loss": sum(h["loss"] for h in result.history[-20:]) / max(1, len(result.history[-20:]))})
+    write_json(out / "report.json", report)
+    return report

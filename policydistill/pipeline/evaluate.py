@@ -1,0 +1,110 @@
+"""Teacher vs naive vs student on identical seeds: closed-loop success, steps to success,
+offline action MSE, chunk-distribution distance to the 10-step teacher, and latency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .policy_data import chunk_distance, held_out_windows, offline_action_mse, sample_chunks
+
+console = Console(width=150)
+
+
+def _latency(variant: Any, obs: dict[str, Any], repeats: int) -> Any:
+    from ..deploy.latency import measure_policy
+
+    return measure_policy(variant.policy, obs, variant.nfe, variant.mode, name=variant.name, repeats=repeats)
+
+
+def _single_obs(windows: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in windows.items():
+        if k in ("action", "action_is_pad"):
+            continue
+        out[k] = v[:1] if torch.is_tensor(v) or hasattr(v, "shape") else (v[:1] if isinstance(v, list) else v)
+    return out
+
+
+def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: Any, out: Path) -> dict[str, Any]:
+    from ..eval.rollout import EvalConfig, evaluate_policy
+
+    windows = held_out_windows(val_set, cfg.heldout_obs, seed=cfg.seed)
+    teacher = variants[0]
+    reference = sample_chunks(teacher.policy, windows, teacher.nfe, teacher.mode, cfg.chunk_samples, seed=cfg.seed + 1)
+    obs1 = _single_obs(windows)
+    rows = []
+    for v in variants:
+        console.print(f"[bold]evaluating {v.name}[/] at {v.nfe} NFE ({v.mode})")
+        # The teacher is compared with an independent draw of itself: the distance's noise floor.
+        chunks = sample_chunks(v.policy, windows, v.nfe, v.mode, cfg.chunk_samples, seed=cfg.seed + 2)
+        dist = chunk_distance(reference, chunks, seed=cfg.seed)
+        mse = offline_action_mse(v.policy, windows, v.nfe, v.mode, seed=cfg.seed)
+        lat = _latency(v, obs1, cfg.latency_repeats)
+        ecfg = EvalConfig(tasks=tasks, episodes=cfg.episodes, nfe=v.nfe, mode=v.mode, workers=cfg.workers,
+                          n_action_steps=cfg.n_action_steps, seed=cfg.seed,
+                          video_dir=str(out / "videos" / v.name) if cfg.video else None, progress=cfg.progress)
+        res = evaluate_policy(v.policy, ecfg)
+        rows.append({
+            "name": v.name, "nfe": v.nfe, "mode": v.mode,
+            "success_rate": res["success_rate"], "success_ci95": res.get("success_ci95"),
+            "per_task": {t: r["success_rate"] for t, r in res["per_task"].items()},
+            "episodes": res["episodes"], "steps_to_success": res.get("steps_to_success"),
+            "action_mse": mse, "teacher_chunk_distance": dist,
+            "latency_ms": {"denoise_p50": lat.denoise_ms["p50"], "denoise_p99": lat.denoise_ms["p99"],
+                           "e2e_p50": lat.e2e_ms["p50"], "e2e_p99": lat.e2e_ms["p99"],
+                           "prefix_p50": lat.prefix_ms["p50"], "step": lat.step_ms},
+        })
+    t_lat = rows[0]["latency_ms"]["denoise_p50"]
+    s_lat = rows[-1]["latency_ms"]["denoise_p50"]
+    report = {"variants": rows, "denoise_speedup": t_lat / s_lat,
+              "e2e_speedup": rows[0]["latency_ms"]["e2e_p50"] / rows[-1]["latency_ms"]["e2e_p50"],
+              "heldout_observations": int(windows["action"].shape[0]), "chunk_samples": cfg.chunk_samples}
+    print_report(report)
+    plot_report(report, out / "report.png")
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    table = Table(title="teacher vs naive vs student (same seeds)")
+    for col in ("variant", "NFE", "success", "per task", "steps to success", "chunk dist ↓", "action MSE",
+                "denoise p50 ms", "e2e p50 ms"):
+        table.add_column(col, justify="right")
+    for r in report["variants"]:
+        per_task = " ".join(f"{t.split('/')[-1].replace('-v3', '')}:{s:.2f}" for t, s in r["per_task"].items())
+        sts = r.get("steps_to_success")
+        table.add_row(r["name"], str(r["nfe"]), f"{r['success_rate']:.3f}", per_task,
+                      f"{sts:.1f}" if isinstance(sts, (int, float)) else "-", f"{r['teacher_chunk_distance']:.4f}",
+                      f"{r['action_mse']:.4f}", f"{r['latency_ms']['denoise_p50']:.2f}",
+                      f"{r['latency_ms']['e2e_p50']:.2f}")
+    console.print(table)
+    console.print(f"denoising speedup teacher/student: {report['denoise_speedup']:.1f}×, "
+                  f"end to end: {report['e2e_speedup']:.1f}×")
+
+
+def plot_report(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["variants"]
+    names = [f"{r['name']}\n{r['nfe']} NFE" for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    axes[0].bar(names, [r["success_rate"] for r in rows], color=["#4477aa", "#cc6677", "#228833"][: len(rows)])
+    axes[0].set_ylim(0, 1.05)
+    axes[0].set_title("closed-loop success")
+    axes[1].bar(names, [r["teacher_chunk_distance"] for r in rows], color="#999933")
+    axes[1].set_title("chunk distance to 10-step teacher ↓")
+    axes[2].bar(names, [r["latency_ms"]["e2e_p50"] for r in rows], color="#888888", label="end to end")
+    axes[2].bar(names, [r["latency_ms"]["denoise_p50"] for r in rows], color="#332288", label="denoising")
+    axes[2].set_title("latency p50 (ms)")
+    axes[2].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

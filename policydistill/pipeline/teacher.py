@@ -1,0 +1,145 @@
+"""Train a flow-matching teacher policy on (multimodal) scripted demonstrations.
+
+    policydistill train pi0 --preset small --task metaworld/mt10
+
+builds the architecture's preset sized to the data (state/action dims, cameras), sets its
+normalisation from the dataset statistics, and runs the ONE training loop with the
+``flow_matching`` method; checkpoints are atomic and ``--resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from ..checkpoint import save_model, write_json
+
+console = Console(stderr=True)
+
+
+@dataclass
+class TeacherConfig:
+    model: str = "pi0"                  # architecture: pi0 | pi05 | smolvla
+    preset: str = "small"
+    task: str = "metaworld/multimodal"  # a task id or suite name (comma-separated allowed)
+    data: str | None = None             # an existing zarr / LeRobot v3 dataset; None = generate demos
+    episodes_per_task: int = 50
+    multimodal: bool = True
+    action_noise: float = 0.1
+    steps: int = 20000
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_steps: int = 500
+    weight_decay: float = 1e-4
+    ema_decay: float = 0.0
+    grad_clip: float = 1.0
+    val_fraction: float = 0.1
+    checkpoint_every: int = 1000
+    seed: int = 0
+    threads: int = 0                    # torch threads (0 = leave as is)
+    out: str = "runs/teacher"
+    eval_episodes: int = 0              # final closed-loop evaluation per task (0 = skip)
+    progress: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)  # architecture config overrides
+
+
+TEACHER_PRESETS: dict[str, TeacherConfig] = {
+    # CI / unit tests: one task, a handful of demos, a few steps, tiny model.
+    "tiny": TeacherConfig(preset="tiny", task="metaworld/reach-wall-v3", episodes_per_task=3, steps=20,
+                          batch_size=8, warmup_steps=2, checkpoint_every=10, eval_episodes=0,
+                          overrides={"image_size": 32}),
+    # The bundled default teacher (see datasets/teacher/README.md for the exact command).
+    "small": TeacherConfig(),
+}
+
+
+def tasks_of(task: str) -> list[str]:
+    from ..envs.suites import expand
+
+    return expand([t.strip() for t in task.split(",") if t.strip()])
+
+
+def build_policy(model: str, preset: str, dataset: Any, overrides: dict[str, Any] | None = None) -> Any:
+    """An untrained policy of ``model``/``preset`` sized to ``dataset`` (dims, cameras) and
+    normalised with its statistics."""
+    from ..zoo import ARCHITECTURES
+
+    cls = ARCHITECTURES.load(model)
+    if not hasattr(cls, "from_preset"):
+        raise ValueError(f"{model!r} is not a policy architecture; use pi0, pi05 or smolvla")
+    sizes = {"state_dim": dataset.state_dim, "action_dim": dataset.action_dim,
+             "max_state_dim": dataset.state_dim, "max_action_dim": dataset.action_dim,
+             "cameras": list(dataset.cameras)}
+    policy = cls.from_preset(preset, **{**sizes, **(overrides or {})})
+    policy.set_normalization(dataset.stats)
+    return policy
+
+
+def open_windows(path: str | Path, policy_chunk: int, split: str, val_fraction: float, seed: int) -> Any:
+    from ..data.windows import FlowWindowDataset
+
+    # Unnormalised windows: the policy's own buffers normalise (they travel with the checkpoint).
+    return FlowWindowDataset(str(path), horizon=policy_chunk, split=split, val_fraction=val_fraction, seed=seed,
+                             normalize=False)
+
+
+def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
+    """Train and save a teacher; returns the folder of the final model (``<out>/teacher``)."""
+    from ..methods import make_method
+    from ..train import TrainConfig, train
+    from .demos import ensure_demos
+    from .policy_data import PolicyDataSource
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = tasks_of(cfg.task)
+    from ..zoo import ARCHITECTURES
+
+    probe = ARCHITECTURES.load(cfg.model).from_preset(cfg.preset, **cfg.overrides) if cfg.model in ARCHITECTURES \
+        else None
+    if probe is None:
+        raise ValueError(f"unknown model {cfg.model!r}; valid: pi0, pi05, smolvla")
+    image_size, chunk = probe.config.image_size, probe.config.chunk_size
+    data_path = Path(cfg.data) if cfg.data else out / "demos.zarr"
+    if cfg.data is None:
+        ensure_demos(tasks, data_path, cfg.episodes_per_task, image_size, cfg.multimodal, cfg.action_noise, cfg.seed)
+    train_set = open_windows(data_path, chunk, "train", cfg.val_fraction, cfg.seed)
+    policy = build_policy(cfg.model, cfg.preset, train_set, cfg.overrides)
+    n_params = sum(p.numel() for p in policy.parameters())
+    console.print(f"[bold]teacher[/] {cfg.model}/{cfg.preset}: {n_params / 1e6:.2f} M parameters, "
+                  f"{len(train_set)} training windows from {data_path}")
+
+    command = " ".join(shlex.quote(a) for a in sys.argv)
+    provenance = {"role": "teacher", "command": command, "seed": cfg.seed, "dataset": str(data_path),
+                  "tasks": tasks, "teacher_config": dataclasses.asdict(cfg)}
+    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                       warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
+                       checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, progress=cfg.progress,
+                       description=f"train {cfg.model} (flow matching)")
+    t0 = time.perf_counter()
+    result = train(policy, make_method("flow_matching"), PolicyDataSource(train_set, policy), tcfg,
+                   out_dir=out / "train", resume=resume, checkpoint_extra=provenance)
+    model = result.ema if result.ema is not None else result.model
+    model.config.sampling_mode = "diagonal"
+    provenance["train_seconds"] = time.perf_counter() - t0
+    provenance["final_loss"] = sum(h["loss"] for h in result.history[-50:]) / max(1, len(result.history[-50:]))
+    folder = save_model(out / "teacher", model, extra=provenance)
+    write_json(out / "teacher" / "history.json", result.history[-2000:])
+    console.print(f"saved the teacher to {folder} (final loss {provenance['final_loss']:.4f})")
+    return folder
+
+
+def load_provenance(folder: str | Path) -> dict[str, Any]:
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    return cfg.get("policydistill", {})

@@ -1,0 +1,46 @@
+"""Find and load a teacher: a policydistill checkpoint, a lerobot policy folder, or the
+bundled default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import CheckpointError, load_model
+
+#: the bundled default teacher (trained by the command in its README)
+BUNDLED_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "teacher"
+
+
+def is_lerobot_folder(folder: Path) -> bool:
+    cfg = folder / "config.json"
+    if not cfg.exists():
+        return False
+    data = json.loads(cfg.read_text())
+    return "architecture" not in data and data.get("type") in ("pi0", "pi05", "smolvla")
+
+
+def load_teacher(checkpoint: str | Path | None, tokenizer: str | None = None) -> tuple[Any, Path]:
+    """(policy, folder). ``None`` = the bundled teacher."""
+    folder = Path(checkpoint) if checkpoint else BUNDLED_TEACHER
+    if checkpoint is None and not (folder / "model.safetensors").exists():
+        raise CheckpointError(
+            f"the bundled teacher is missing from {folder}. Reinstall policydistill, or train one with "
+            "`policydistill train pi0 --preset small` and pass --checkpoint runs/teacher/teacher")
+    if not folder.exists():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    if is_lerobot_folder(folder):
+        kind = json.loads((folder / "config.json").read_text())["type"]
+        from ..zoo import ARCHITECTURES
+
+        cls = ARCHITECTURES.load(kind)
+        return cls.from_lerobot(folder, tokenizer=tokenizer), folder
+    return load_model(folder), folder
+
+
+def provenance(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("policydistill", {}) or {}
+    except (OSError, json.JSONDecodeError):
+        return {}
