@@ -125,11 +125,12 @@ def test_in_memory_throughput(tmp_path: Path) -> None:
     ds = FlowWindowDataset(ZarrEpisodeStore.write(tmp_path / "s.zarr", eps, fps=10), horizon=16)
     gen = torch.Generator().manual_seed(0)
     ds.sample(256, gen)
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < 0.5:
+    # CPU time, not wall time: the shared test machine is often oversubscribed
+    t0, n = time.process_time(), 0
+    while time.process_time() - t0 < 0.5:
         n += len(ds.sample(256, gen)["action"])
-    rate = n / (time.perf_counter() - t0)
-    assert rate > 2000, f"{rate:.0f} samples/s"
+    rate = n / (time.process_time() - t0)
+    assert rate > 2000, f"{rate:.0f} samples per CPU-second"
 
 
 def test_bad_config_is_a_dataset_error(ramp_store: ZarrEpisodeStore) -> None:

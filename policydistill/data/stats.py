@@ -49,8 +49,12 @@ class ImageHistogram:
 
     def update(self, frames: np.ndarray) -> None:
         frames = np.asarray(frames)
-        for c in range(self.counts.shape[0]):
-            self.counts[c] += np.bincount(frames[..., c].reshape(-1), minlength=256)
+        channels = self.counts.shape[0]
+        # blocks of frames keep bincount's int64 copy of the input small and in cache
+        for i in range(0, len(frames), 32):
+            flat = frames[i:i + 32].reshape(-1, channels)
+            for c in range(channels):
+                self.counts[c] += np.bincount(flat[:, c], minlength=256)
         self.frames += int(frames.shape[0])
 
     def to_json(self) -> dict[str, Any]:
