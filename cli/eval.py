@@ -1,0 +1,91 @@
+"""``policydistill eval``: closed-loop success of a checkpoint (or the scripted experts) in sim."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+console = Console(width=None if sys.stdout.isatty() else 130)
+
+BUILTIN = {"scripted": "Meta-World scripted experts (privileged state, one mode)",
+           "scripted-multimodal": "multimodal scripted experts (privileged state, mode drawn per episode)",
+           "random": "uniform random actions"}
+
+
+def _load_policy(spec: str, seed: int) -> tuple[Any, str]:
+    from ..eval import RandomPolicy, ScriptedPolicy
+
+    if spec == "scripted":
+        return ScriptedPolicy(multimodal=False, seed=seed), spec
+    if spec == "scripted-multimodal":
+        return ScriptedPolicy(multimodal=True, seed=seed), spec
+    if spec == "random":
+        return RandomPolicy(seed=seed), spec
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{spec!r} is neither a checkpoint folder nor one of {', '.join(BUILTIN)}")
+    try:  # a policydistill checkpoint or a lerobot policy folder
+        from ..pipeline.teacher_io import load_teacher
+
+        policy, _ = load_teacher(folder)
+    except ImportError:
+        from ..checkpoint import load_model
+
+        policy = load_model(folder)
+    if hasattr(policy, "eval"):
+        policy.eval()
+    return policy, folder.name
+
+
+def eval_cmd(
+    policy: str = typer.Argument(..., help="Checkpoint folder (policydistill or lerobot), or "
+                                           "'scripted', 'scripted-multimodal', 'random'."),
+    task: str = typer.Option("metaworld/push-v3", "--task", "-t", help="Env ids / suites, comma-separated "
+                             "(metaworld/mt10, push-v3,reach-v3, libero/libero_spatial...)."),
+    nfe: str = typer.Option("", "--nfe", help="Denoising steps to evaluate, comma-separated (e.g. 1,10); "
+                            "default: the policy's own. Ignored by scripted/random policies."),
+    mode: str = typer.Option("", "--mode", help="Sampling mode for flow policies: flowmap | diagonal | consistency."),
+    episodes: int = typer.Option(10, "--episodes", "-n", help="Episodes per task."),
+    workers: int = typer.Option(1, "--workers", "-w", help="Env worker processes (0: in this process)."),
+    batch_size: int = typer.Option(0, "--batch-size", help="Concurrent episodes (policy batch); 0: 4 per worker."),
+    n_action_steps: int = typer.Option(0, "--n-action-steps", help="Actions executed per chunk; 0: the policy's own."),
+    seed: int = typer.Option(0, "--seed", help="Base of the episode seeds (same seed = same initial states)."),
+    image_size: int = typer.Option(96, "--image-size", help="Camera size the env renders."),
+    max_steps: int = typer.Option(0, "--max-steps", help="Episode limit; 0: the env's default."),
+    json_out: Path = typer.Option(None, "--json", help="Write the results JSON here."),
+    png: Path = typer.Option(None, "--png", help="Write a success plot here (default: next to --json)."),
+    video_dir: Path = typer.Option(None, "--video-dir", help="Write MP4s of the first episodes of each task here."),
+    videos_per_task: int = typer.Option(2, "--videos-per-task"),
+) -> None:
+    """Evaluate a policy for N episodes per task on fixed seeds; prints a table with Wilson 95% intervals."""
+    from ..eval import EvalConfig, evaluate_policy
+    from ..eval.report import plot_runs, results_table, write_json
+
+    model, name = _load_policy(policy, seed)
+    nfes: list[int | None] = [int(x) for x in nfe.split(",") if x.strip()] or [None]
+    if policy in BUILTIN and nfes != [None]:
+        console.print(f"[yellow]--nfe is ignored for the {policy!r} policy[/]")
+        nfes = [None]
+    runs = []
+    for k in nfes:
+        cfg = EvalConfig(tasks=task, episodes=episodes, nfe=k, mode=mode or None, workers=workers,
+                         batch_size=batch_size or None, n_action_steps=n_action_steps or None, seed=seed,
+                         image_size=image_size, max_episode_steps=max_steps or None,
+                         video_dir=str(video_dir / (f"nfe{k}" if k else name)) if video_dir else None,
+                         videos_per_task=videos_per_task)
+        res = evaluate_policy(model, cfg)
+        res["policy"] = name
+        runs.append(res)
+    console.print(results_table(runs, title=f"{name}: {episodes} episodes per task, seed {seed}"))
+    payload = {"policy": name, "source": policy, "tasks": runs[0]["tasks"], "runs": runs}
+    if json_out:
+        write_json(json_out, payload)
+        png = png or json_out.with_suffix(".png")
+        console.print(f"[green]wrote[/] {json_out}")
+    if png:
+        plot_runs(runs, png)
+        console.print(f"[green]wrote[/] {png}")

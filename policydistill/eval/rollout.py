@@ -1,0 +1,230 @@
+"""Closed-loop evaluation: N episodes per task over a pool of env worker processes.
+
+Seeds: episode i of task T resets with ``episode_seed(T, i, "eval", seed)`` (sha256 of
+"eval/<seed>/<T>/<i>", see ``policydistill.data.scripted.episode_seed``): a pure function of the
+task id, the episode index and the base seed, so a teacher and a student evaluated in separate
+runs — with any worker count, batch size or task list — start from identical initial states.
+
+Success of an episode = ``info["is_success"]`` at any step (the Meta-World envs terminate at
+the first success, so its length is the steps to success). Rates come with Wilson 95% intervals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.scripted import episode_seed
+from .metrics import summarize_episodes
+from .policy import ChunkPolicy, to_numpy
+from .workers import WorkerPool
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] | str = "metaworld/push-v3"  # env ids / suites / bare task names
+    episodes: int = 10                 # per task
+    nfe: int | None = None             # denoising steps for chunk policies (None: the policy's own)
+    mode: str | None = None            # sampling mode for chunk policies ("flowmap" | "diagonal" | ...)
+    workers: int = 1                   # env processes (0: in this process)
+    batch_size: int | None = None      # concurrent episodes = policy batch (default: 4 per worker, >= 2)
+    n_action_steps: int | None = None  # actions executed per chunk before re-planning (None: policy's own)
+    seed: int = 0                      # base of the episode seeds
+    image_size: int = 96
+    max_episode_steps: int | None = None
+    video_dir: str | None = None       # MP4s of the first `videos_per_task` episodes of each task
+    videos_per_task: int = 2
+    progress: bool = True
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.n_action_steps is not None and self.n_action_steps < 1:
+            raise ValueError(f"n_action_steps must be >= 1, got {self.n_action_steps}")
+        if self.nfe is not None and self.nfe < 1:
+            raise ValueError(f"nfe must be >= 1, got {self.nfe}")
+
+    @property
+    def slots(self) -> int:
+        return self.batch_size or max(2, 4 * max(self.workers, 1))
+
+
+@dataclass
+class _Slot:
+    task: str
+    index: int
+    seed: int
+    obs: dict[str, Any]
+    instruction: str
+    steps: int = 0
+    success: bool = False
+    steps_to_success: int | None = None
+    queue: deque = field(default_factory=deque)
+    frames: list[np.ndarray] | None = None
+    done: bool = False
+
+
+def _batch(slots: list[_Slot]) -> dict[str, Any]:
+    cams = list(slots[0].obs["pixels"])
+    return {"pixels": {c: np.stack([s.obs["pixels"][c] for s in slots]) for c in cams},
+            "agent_pos": np.stack([s.obs["agent_pos"] for s in slots]).astype(np.float32),
+            "task": [s.instruction for s in slots]}
+
+
+def _configure(policy: Any, cfg: EvalConfig) -> None:
+    """Settings of a select_action policy that has them (FlowPolicy-like)."""
+    if cfg.nfe is not None and hasattr(policy, "nfe"):
+        policy.nfe = cfg.nfe
+    if cfg.mode is not None and hasattr(policy, "sampling_mode"):
+        policy.sampling_mode = cfg.mode
+    conf = getattr(policy, "config", None)
+    if cfg.n_action_steps is not None and conf is not None and hasattr(conf, "n_action_steps"):
+        conf.n_action_steps = cfg.n_action_steps
+
+
+def _chunk_horizon(policy: Any, cfg: EvalConfig, chunk_len: int) -> int:
+    n = cfg.n_action_steps or getattr(getattr(policy, "config", None), "n_action_steps", None) or chunk_len
+    return max(1, min(int(n), chunk_len))
+
+
+def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
+    """Run ``cfg.episodes`` episodes of every task; returns the results dict (JSON-serialisable):
+    success_rate, success_ci95, steps_to_success, episode_length, per_task {...}, episodes_detail,
+    env_steps, seconds, steps_per_second, policy_calls, config."""
+    from policydistill.envs import expand
+
+    tasks = expand(cfg.tasks)
+    todo = deque((t, i, episode_seed(t, i, "eval", cfg.seed)) for t in tasks for i in range(cfg.episodes))
+    total = len(todo)
+    env_kwargs = {"image_size": cfg.image_size, **cfg.env_kwargs}
+    if cfg.max_episode_steps is not None:
+        env_kwargs["max_episode_steps"] = cfg.max_episode_steps
+    chunked = isinstance(policy, ChunkPolicy)
+    if not chunked and not hasattr(policy, "select_action"):
+        raise TypeError(f"{type(policy).__name__} has neither sample_actions(obs, steps, mode) nor "
+                        "select_action(obs): see policydistill.eval.policy")
+    if not chunked:
+        _configure(policy, cfg)
+    records: list[dict[str, Any]] = []
+    counters = {"env_steps": 0, "policy_calls": 0}
+    video_dir = Path(cfg.video_dir) if cfg.video_dir else None
+    t0 = time.perf_counter()
+    progress = _Progress(total, cfg.progress)
+    n_slots = min(cfg.slots, total)
+
+    def start(pool: WorkerPool, assignments: dict[int, tuple[str, int, int]]) -> dict[int, _Slot]:
+        res = pool.reset({s: (t, seed) for s, (t, _, seed) in assignments.items()})
+        out = {}
+        for s, (t, i, seed) in assignments.items():
+            obs, info = res[s]
+            frames = [] if video_dir is not None and i < cfg.videos_per_task else None
+            out[s] = _Slot(t, i, seed, obs, info["task"], frames=frames)
+            if frames is not None:
+                frames.append(next(iter(obs["pixels"].values())))
+        return out
+
+    def finish(slot: _Slot) -> None:
+        slot.done = True
+        rec = {"task": slot.task, "index": slot.index, "seed": slot.seed, "success": slot.success,
+               "length": slot.steps, "steps_to_success": slot.steps_to_success}
+        if slot.frames is not None and video_dir is not None:
+            from .video import write_mp4
+
+            name = f"{slot.task.replace('/', '_')}_ep{slot.index:03d}_{'success' if slot.success else 'fail'}.mp4"
+            rec["video"] = str(write_mp4(video_dir / name, slot.frames))
+        records.append(rec)
+        progress.advance(slot.success)
+
+    def apply(pool: WorkerPool, slots: dict[int, _Slot], actions: dict[int, np.ndarray]) -> list[int]:
+        """Step the given slots; returns the slots whose episode just ended."""
+        res = pool.step(actions)
+        ended = []
+        for s, (obs, _, terminated, truncated, info) in res.items():
+            slot = slots[s]
+            slot.obs, slot.steps = obs, slot.steps + 1
+            counters["env_steps"] += 1
+            if slot.frames is not None:
+                slot.frames.append(next(iter(obs["pixels"].values())))
+            if info["is_success"] and not slot.success:
+                slot.success, slot.steps_to_success = True, slot.steps
+            if terminated or truncated:
+                finish(slot)
+                ended.append(s)
+        return ended
+
+    with progress, WorkerPool(n_slots, cfg.workers, env_kwargs) as pool:
+        if chunked:
+            slots = start(pool, {s: todo.popleft() for s in range(n_slots)})
+            while slots:
+                need = [s for s, sl in slots.items() if not sl.queue]
+                if need:
+                    chunk = to_numpy(policy.sample_actions(_batch([slots[s] for s in need]), steps=cfg.nfe, mode=cfg.mode))
+                    if chunk.ndim != 3 or chunk.shape[0] != len(need):
+                        raise ValueError(f"sample_actions returned shape {chunk.shape}; expected (B={len(need)}, H, A)")
+                    counters["policy_calls"] += 1
+                    h = _chunk_horizon(policy, cfg, chunk.shape[1])
+                    for row, s in enumerate(need):
+                        slots[s].queue.extend(chunk[row, :h])
+                ended = apply(pool, slots, {s: sl.queue.popleft() for s, sl in slots.items()})
+                refill = {s: todo.popleft() for s in ended if todo}
+                for s in ended:
+                    del slots[s]
+                if refill:
+                    slots.update(start(pool, refill))
+        else:
+            while todo:
+                wave = [todo.popleft() for _ in range(min(n_slots, len(todo)))]
+                policy.reset()
+                slots = start(pool, dict(enumerate(wave)))
+                order = sorted(slots)
+                while not all(sl.done for sl in slots.values()):
+                    act = to_numpy(policy.select_action(_batch([slots[s] for s in order])))
+                    counters["policy_calls"] += 1
+                    if act.ndim != 2 or act.shape[0] != len(order):
+                        raise ValueError(f"select_action returned shape {act.shape}; expected (B={len(order)}, A)")
+                    apply(pool, slots, {s: act[row] for row, s in enumerate(order) if not slots[s].done})
+    seconds = time.perf_counter() - t0
+    records.sort(key=lambda r: (tasks.index(r["task"]), r["index"]))
+    out = summarize_episodes(records)
+    out.update({"tasks": tasks, "nfe": cfg.nfe, "mode": cfg.mode, "n_action_steps": cfg.n_action_steps,
+                "episodes_per_task": cfg.episodes, "episodes_detail": records, "seconds": seconds,
+                "env_steps": counters["env_steps"], "steps_per_second": counters["env_steps"] / max(seconds, 1e-9),
+                "policy_calls": counters["policy_calls"], "interface": "chunk" if chunked else "select_action",
+                "config": {k: v for k, v in asdict(cfg).items() if k != "progress"}})
+    out["episodes"] = len(records)
+    return out
+
+
+class _Progress:
+    """A rich progress bar over episodes (or nothing), usable as a context manager."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.ok, self.done = total, enabled, 0, 0
+        self._bar: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=Console(stderr=True))
+            self._bar.__enter__()
+            self._id = self._bar.add_task("eval", total=self.total, info="")
+        return self
+
+    def advance(self, success: bool) -> None:
+        self.done += 1
+        self.ok += int(success)
+        if self._bar is not None:
+            self._bar.update(self._id, advance=1, info=f"success {self.ok}/{self.done}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)

@@ -1,0 +1,164 @@
+"""A pool of environment worker processes that step many env slots per round trip.
+
+Each slot is one running episode. A worker owns the env instances of its slots (created on
+first use and reused across episodes), so the main process only exchanges observations and
+actions. ``workers=0`` runs the envs in this process (debugging,
+tests). Worker processes are *spawned*: a forked child would inherit the parent's GL/EGL state.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from typing import Any
+
+import numpy as np
+
+
+class _EnvHost:
+    """The envs of some slots; runs inside a worker (or in-process).
+
+    A slot keeps its env while it runs episodes of the same task; when it switches task the
+    old env goes to a free list (reused by the next slot that needs that task) and the free
+    list is capped, so a long multi-task evaluation does not hold one env per (slot, task)."""
+
+    def __init__(self, env_kwargs: dict[str, Any], max_free: int = 4) -> None:
+        self.env_kwargs = env_kwargs
+        self.max_free = max_free
+        self.current: dict[int, tuple[str, Any]] = {}
+        self.free: list[tuple[str, Any]] = []
+
+    def _acquire(self, slot: int, env_id: str) -> Any:
+        from policydistill.envs import make
+
+        if slot in self.current:
+            if self.current[slot][0] == env_id:
+                return self.current[slot][1]
+            self.free.append(self.current.pop(slot))
+        for k, (eid, env) in enumerate(self.free):
+            if eid == env_id:
+                del self.free[k]
+                break
+        else:
+            env = make(env_id, **self.env_kwargs)
+        while len(self.free) > self.max_free:  # oldest first: finished tasks are not coming back
+            self.free.pop(0)[1].close()
+        self.current[slot] = (env_id, env)
+        return env
+
+    def reset(self, slot: int, env_id: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        env = self._acquire(slot, env_id)
+        obs, info = env.reset(seed=int(seed))
+        return obs, {"is_success": bool(info.get("is_success", False)), "task": env.unwrapped.task_description}
+
+    def step(self, slot: int, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.current[slot][1].step(action)
+        return obs, float(reward), bool(terminated), bool(truncated), {"is_success": bool(info.get("is_success", False))}
+
+    def close(self) -> None:
+        for _, env in [*self.current.values(), *self.free]:
+            env.close()
+        self.current.clear()
+        self.free.clear()
+
+
+def _worker_main(conn: Any, env_kwargs: dict[str, Any], threads: int) -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:  # keep each worker on one core's worth of BLAS threads
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    host = _EnvHost(env_kwargs)
+    try:
+        while True:
+            cmd, payload = conn.recv()
+            if cmd == "close":
+                break
+            try:
+                if cmd == "reset":
+                    out = [host.reset(*p) for p in payload]
+                elif cmd == "step":
+                    out = [host.step(*p) for p in payload]
+                else:
+                    raise ValueError(f"unknown worker command {cmd!r}")
+                conn.send(("ok", out))
+            except Exception as exc:  # noqa: BLE001 - shipped to the parent with its traceback
+                conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        host.close()
+        conn.close()
+
+
+class WorkerPool:
+    """``num_slots`` episode slots over ``workers`` processes (slot i lives on worker i % workers)."""
+
+    def __init__(self, num_slots: int, workers: int, env_kwargs: dict[str, Any] | None = None) -> None:
+        if num_slots < 1:
+            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.num_slots, self.workers = num_slots, workers
+        env_kwargs = dict(env_kwargs or {})
+        self._local = _EnvHost(env_kwargs) if workers == 0 else None
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        ctx = mp.get_context("spawn")
+        for _ in range(workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(child, env_kwargs, 1), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    def _owner(self, slot: int) -> int:
+        return slot % self.workers
+
+    def _call(self, cmd: str, items: list[tuple[int, tuple]]) -> dict[int, Any]:
+        """items: (slot, args) -> {slot: result}; one message per worker, workers run in parallel."""
+        if self._local is not None:
+            fn = self._local.reset if cmd == "reset" else self._local.step
+            return {slot: fn(*args) for slot, args in items}
+        per: dict[int, list[tuple[int, tuple]]] = {}
+        for slot, args in items:
+            per.setdefault(self._owner(slot), []).append((slot, args))
+        for w, its in per.items():
+            self._conns[w].send((cmd, [args for _, args in its]))
+        out: dict[int, Any] = {}
+        for w, its in per.items():
+            status, res = self._conns[w].recv()
+            if status != "ok":
+                raise RuntimeError(f"env worker {w} failed: {res}")
+            out.update({slot: r for (slot, _), r in zip(its, res)})
+        return out
+
+    def reset(self, requests: dict[int, tuple[str, int]]) -> dict[int, Any]:
+        """{slot: (env_id, seed)} -> {slot: (obs, info)}"""
+        return self._call("reset", [(s, (s, eid, seed)) for s, (eid, seed) in requests.items()])
+
+    def step(self, actions: dict[int, np.ndarray]) -> dict[int, Any]:
+        """{slot: action} -> {slot: (obs, reward, terminated, truncated, info)}"""
+        return self._call("step", [(s, (s, np.asarray(a, np.float32))) for s, a in actions.items()])
+
+    def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
+        for conn in self._conns:
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+        self._conns, self._procs = [], []
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
