@@ -52,6 +52,8 @@ app.add_typer(_media_app, name="media")
 bench_app = typer.Typer(no_args_is_help=True, help="Shipped benchmarks (rich table + JSON + PNG).")
 app.add_typer(bench_app, name="bench")
 bench_app.command("media")(_bench_media)
+from .policies import bench_policies_cmd as _bench_policies  # noqa: E402
+bench_app.command("policies")(_bench_policies)
 
 from .data_io import data_app as _data_app  # noqa: E402  (`data` sub-app; other data commands register on it)
 

@@ -296,3 +296,14 @@ def test_non_square_images_use_smolvla_padding() -> None:
                           "observation.images.wrist": u8.permute(0, 3, 1, 2).float() / 255,
                           "observation.state": torch.zeros(1, 4)})
     assert torch.equal(env["images"][1], lr["images"][1])
+
+
+def test_bfloat16_inference_runs() -> None:
+    p = SmolVLA.from_preset("tiny").eval()
+    obs = {"observation.images.base": torch.rand(2, 3, 32, 32), "observation.images.wrist": torch.rand(2, 3, 32, 32),
+           "observation.state": torch.randn(2, 4), "task": "pick the cube"}
+    noise = torch.randn(2, 8, 8)
+    ref32 = p.sample_actions(obs, steps=1, noise=noise)
+    out = p.to(torch.bfloat16).sample_actions(obs, steps=1, noise=noise)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert maxdiff(out, ref32) <= 0.1 * float(ref32.abs().max())
