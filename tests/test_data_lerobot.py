@@ -141,3 +141,15 @@ def test_fixture_converts_to_zarr(video_dir: Path, tmp_path: Path) -> None:
     assert len(z) == 2 and z.fps == 10
     for i in range(2):
         assert_same_episode(src.episode(i), z.episode(i))
+
+
+def test_rows_in_any_order_read_the_same(tmp_path: Path) -> None:
+    """Files written by other tools may order rows differently: the reader sorts by frame_index."""
+    eps = make_episodes(3, seed=11)
+    write_lerobot_v3(tmp_path / "lr", eps, fps=10)
+    data = tmp_path / "lr/data/chunk-000/file-000.parquet"
+    table = pq.read_table(data)
+    pq.write_table(table.take(np.arange(table.num_rows)[::-1].copy()), data)
+    ds = LeRobotV3Dataset(tmp_path / "lr")
+    for i, ep in enumerate(eps):
+        assert_same_episode(ep, ds.episode(i))

@@ -309,10 +309,20 @@ class LeRobotV3Dataset:
         path = self.path / rel
         table = self._table(path)
         where = f"{path} episode {i}"
-        with reading(path, "LeRobot data file"):
-            rows = table.filter(pc.equal(table.column("episode_index"), i))
-            fidx = rows.column("frame_index").to_numpy(zero_copy_only=False)
         n = int(self.lengths[i])
+        with reading(path, "LeRobot data file"):
+            # lerobot writes an episode's rows contiguously in global-index order: slice them
+            # directly, and fall back to a filter when the file is ordered differently.
+            rows = None
+            if table.num_rows:
+                offset = int(self._ep["dataset_from_index"][i]) - int(table.column("index")[0].as_py())
+                if 0 <= offset and offset + n <= table.num_rows:
+                    rows = table.slice(offset, n)
+                    if not pc.all(pc.equal(rows.column("episode_index"), i)).as_py():
+                        rows = None
+            if rows is None:
+                rows = table.filter(pc.equal(table.column("episode_index"), i))
+            fidx = rows.column("frame_index").to_numpy(zero_copy_only=False)
         if len(fidx) != n:
             raise DatasetError(f"{where}: {len(fidx)} rows found but meta/episodes says {n} frames; the data file is "
                                f"truncated or belongs to another dataset. {REDO}")

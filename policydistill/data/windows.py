@@ -44,6 +44,7 @@ class WindowConfig:
     cameras: tuple[str, ...] | None = None  # None: every camera of the dataset
     in_memory: bool = True          # decode all split episodes once (fast path)
     cache_episodes: int = 8         # lazy path: decoded episodes kept
+    progress: bool = False          # rich progress bar while decoding episodes into memory
 
 
 PRESETS: dict[str, WindowConfig] = {
@@ -163,6 +164,10 @@ class FlowWindowDataset(torch.utils.data.Dataset):
             self._frames = _Frames(self._load(self.episode_ids), self.episode_ids, self.normalizer, self.cameras)
 
     def _load(self, ids: list[int]) -> list[Any]:
+        if self.config.progress and len(ids) > 1:
+            from rich.progress import track
+
+            return [self.source.episode(i) for i in track(ids, description="decoding episodes")]
         return [self.source.episode(i) for i in ids]
 
     def __len__(self) -> int:
