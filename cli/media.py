@@ -130,7 +130,7 @@ def bench_media_cmd(
     method_list = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None
     results = run_media_bench(domain, method_list, out, image_dataset, preset, distill_steps, retrain_teacher,
                               console=console, command="policydistill bench media " + " ".join(sys.argv[3:]))
-    console.print(f"wrote {out / 'bench_media.json'}")
+    console.print(f"wrote {results['json']}")
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text(to_markdown(results) + "\n")

@@ -61,7 +61,7 @@ def run_domain(name: str, spec: Any, methods: tuple[str, ...], out: Path, distil
     pictures: list[tuple[str, torch.Tensor]] = [("real (held-out)", ev.data.real)]
     for nfe in TEACHER_NFES:
         metrics, x = ev.evaluate(teacher, nfe, "diagonal")
-        rows.append({"model": "teacher (Euler)", "method": "flow_matching", **metrics, "train_s": None})
+        rows.append({"model": "teacher", "method": "flow_matching", **metrics, "train_s": None})
         pictures.append((f"teacher {nfe} NFE", x))
     for method in methods:
         res = distill_with(teacher, ev, method, STUDENT_NFES, train_steps=distill_steps,
@@ -101,10 +101,10 @@ def print_domain(result: dict[str, Any], console: Console) -> None:
     spec = result["spec"]
     table = Table(title=f"{result['domain']}: {spec['model']} on {spec['dataset']} "
                         f"(classifier acc. {result['encoder_heldout_accuracy']:.2f}, n={spec['n_eval']})")
-    for col in ("model", "method", "NFE", "MSE→teacher32 ↓", "PSNR dB ↑", "FD ↓", "SWD ↓", "train s"):
-        table.add_column(col, justify="right" if col not in ("model", "method") else "left")
+    for col in ("model", "method", "NFE", "MSE→T32 ↓", "PSNR ↑", "FD ↓", "SWD ↓", "train s"):
+        table.add_column(col, justify="right" if col not in ("model", "method") else "left", no_wrap=True)
     for r in result["rows"]:
-        table.add_row(r["model"], r["method"], str(r["nfe"]), f"{r['mse_to_teacher']:.4f}", f"{r['psnr_to_teacher']:.1f}",
+        table.add_row(r["model"], r["method"], str(r["nfe"]), f"{r['mse_to_teacher']:.5f}", f"{r['psnr_to_teacher']:.1f}",
                       f"{r['fd']:.3f}", f"{r['swd']:.4f}", "-" if r["train_s"] is None else f"{r['train_s']:.0f}")
     console.print(table)
 
@@ -122,7 +122,7 @@ def markdown(results: dict[str, Any]) -> str:
                   "| model | method | NFE | MSE→teacher@32 ↓ | PSNR dB ↑ | FD ↓ | SWD ↓ | train s |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in d["rows"]:
-            lines.append(f"| {r['model']} | {r['method']} | {r['nfe']} | {r['mse_to_teacher']:.4f} | "
+            lines.append(f"| {r['model']} | {r['method']} | {r['nfe']} | {r['mse_to_teacher']:.5f} | "
                          f"{r['psnr_to_teacher']:.1f} | {r['fd']:.3f} | {r['swd']:.4f} | "
                          f"{'-' if r['train_s'] is None else round(r['train_s'])} |")
         lines += ["", "1-NFE student vs naive 1-NFE teacher (lower FD / SWD / MSE wins): " + "; ".join(
@@ -141,6 +141,8 @@ def run_media_bench(domain: str = "all", methods: tuple[str, ...] | None = None,
     for m in methods:
         METHODS.load(m)  # fail before any training with the list of valid names
     out = Path(out)
+    # one JSON per --domain, so the image and the video benchmark can run side by side
+    json_path = out / ("bench_media.json" if domain == "all" else f"bench_media_{domain}.json")
     t0 = time.perf_counter()
     results: dict[str, Any] = {"command": command or f"policydistill bench media --domain {domain}",
                                "machine": machine_info(), "methods": list(methods), "domains": []}
@@ -149,7 +151,8 @@ def run_media_bench(domain: str = "all", methods: tuple[str, ...] | None = None,
         print_domain(result, console)
         results["domains"].append(result)
         results["wall_s"] = time.perf_counter() - t0
-        write_json(out / "bench_media.json", results)
+        write_json(json_path, results)
     results["wall_s"] = time.perf_counter() - t0
-    write_json(out / "bench_media.json", results)
+    results["json"] = str(json_path)
+    write_json(json_path, results)
     return results
