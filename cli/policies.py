@@ -1,0 +1,74 @@
+"""``policydistill bench policies``: latency of pi0 / pi0.5 / SmolVLA per size (random weights)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(width=200)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def bench_policies_cmd(
+    arch: str = typer.Option("pi0,pi05,smolvla", "--arch", help="Comma-separated architectures."),
+    sizes: str = typer.Option("small,ref,full", "--sizes", help="Comma-separated presets (tiny, small, ref, full)."),
+    repeats: int = typer.Option(20, "--repeats", help="Timed repeats per measurement (median reported)."),
+    warmup: int = typer.Option(3, "--warmup", help="Untimed warm-up calls before each measurement."),
+    full_repeats: int = typer.Option(2, "--full-repeats", help="Repeats for the full sizes (seconds per call on a CPU)."),
+    threads: int = typer.Option(2, "--threads", help="torch CPU threads."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    json_out: Path = typer.Option(None, "--json", help="Write the results as JSON to this file."),
+) -> None:
+    """Parameters, prefix time, per-step time, denoising and chunk time at NFE 1 and 10."""
+    from rich.progress import Progress
+
+    from policydistill.policies.bench import LEROBOT_PI0_REF_MS, BenchSettings, checks, run
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise typer.BadParameter(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    settings = BenchSettings(archs=_names(arch), sizes=_names(sizes), repeats=repeats, warmup=warmup,
+                             full_repeats=full_repeats, threads=threads, device=device, dtype=dtype)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("bench", total=len(settings.archs) * len(settings.sizes))
+
+        started = [0]
+
+        def on_start(label: str) -> None:
+            progress.update(task, description=f"timing {label}", completed=started[0])
+            started[0] += 1
+
+        result = run(settings, log=console.print, progress=on_start)
+
+    table = Table(title=f"bench policies — random weights, batch 1, {device}, {threads} threads, medians (ms)")
+    cols = ["arch", "size", "dtype", "params (M)", "prefix", "step", "denoise 1", "denoise 10", "10/1",
+            "chunk 1", "chunk 10", "e2e 10 (obs→action)"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("arch", "size", "dtype") else "right")
+    for r in result["rows"]:
+        table.add_row(r["arch"], r["size"], r["dtype"], f"{r['params_M']:.1f}", f"{r['prefix_ms']:.2f}",
+                      f"{r['step_ms']:.2f}", f"{r['denoise1_ms']:.2f}", f"{r['denoise10_ms']:.2f}",
+                      f"{r['ratio_10_1']:.2f}", f"{r['chunk1_ms']:.2f}", f"{r['chunk10_ms']:.2f}", f"{r['e2e10_ms']:.2f}")
+    q = LEROBOT_PI0_REF_MS
+    table.add_row("lerobot 0.4.4 pi0 (QUOTED)", "ref", "float32", "", f"{q['prefix_ms']}", f"{q['step_ms']}", "", "",
+                  f"{(q['chunk10_ms'] - q['prefix_ms']) / (q['chunk1_ms'] - q['prefix_ms']):.2f}",
+                  f"{q['chunk1_ms']}", f"{q['chunk10_ms']}", "", style="dim")
+    console.print(table)
+    console.print("[dim]lerobot row: measured outside the project on this 2-core CPU (float32, batch 1, 2 cameras, "
+                  "random weights), quoted from issue 3, not re-measured here. chunk = prefix + N denoising steps "
+                  "(lerobot's sample_actions); denoise = N steps on a cached prefix.[/dim]")
+    for claim, ok, detail in checks(result):
+        console.print(f"{'[green]PASS' if ok else '[red]FAIL'}[/] {claim}: {detail}")
+    for s in result["skipped"]:
+        console.print(f"[yellow]skipped[/] {s['arch']} {s['size']}: {s['why']}")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_out}")

@@ -1,0 +1,190 @@
+"""Latency of the VLA policies (random weights): prefix, per-step, denoising and chunk time.
+
+For each architecture and size: parameter count; the prefix pass (``encode``: vision + VLM, KV
+cache); one denoising step (``flow``, suffix only); denoising at NFE 1 and 10 on a cached prefix
+and their ratio (the physical limit is 10: the prefix is not part of it); a whole chunk
+(prefix + N steps from processed inputs — what lerobot's ``sample_actions`` times); and end to
+end from a raw observation (tokenizer, normalisation, images) to unnormalised actions.
+Medians over repeats after warm-up, batch 1.
+
+lerobot 0.4.4's numbers for pi0 at the ``ref`` size were measured outside the project on this
+2-core CPU (float32, batch 1, 2 cameras, random weights); they are QUOTED, not re-measured.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..core.sampler import sample_with_ctx
+
+ARCH_ENTRY = {
+    "pi0": "policydistill.policies.pi0.model:Pi0Policy",
+    "pi05": "policydistill.policies.pi0.model:Pi05Policy",
+    "smolvla": "policydistill.policies.smolvla.model:SmolVLA",
+}
+#: lerobot 0.4.4 pi0 at the issue's reference size, 2-core CPU, float32, batch 1 (quoted, ms)
+LEROBOT_PI0_REF_MS = {"prefix_ms": 12.1, "step_ms": 2.5, "chunk10_ms": 38.7, "chunk1_ms": 15.3}
+
+
+@dataclass
+class BenchSettings:
+    archs: tuple[str, ...] = ("pi0", "pi05", "smolvla")
+    sizes: tuple[str, ...] = ("small", "ref", "full")
+    repeats: int = 20
+    warmup: int = 3
+    full_repeats: int = 2          # the full sizes take seconds per call on a CPU
+    threads: int = 2
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def policy_class(arch: str) -> type:
+    from ..zoo import ARCHITECTURES
+
+    entry = ARCHITECTURES.entries.get(arch) or ARCH_ENTRY.get(arch)
+    if entry is None:
+        raise ValueError(f"unknown policy architecture {arch!r}; valid: {', '.join(ARCH_ENTRY)}")
+    import importlib
+
+    module, attr = entry.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _mem_available_bytes() -> int:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
+def build_random(arch: str, size: str, device: str, dtype: torch.dtype) -> Any:
+    """A policy of preset ``size`` with random weights. Large presets are built on the meta
+    device and filled in place (no slow per-layer init, never two copies in memory)."""
+    cls = policy_class(arch)
+    if not hasattr(cls, "from_preset"):
+        raise ValueError(f"{arch} has no presets")
+    if size in ("full",):
+        with torch.device("meta"):
+            policy = cls.from_preset(size)
+        policy = policy.to_empty(device=device)
+        gen = torch.Generator(device=device).manual_seed(0)
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                p.uniform_(-0.02, 0.02, generator=gen)
+            for name, b in policy.named_buffers():  # normaliser: identity
+                b.fill_(1.0 if name.endswith(("scale", "std")) else 0.0)
+    else:
+        policy = cls.from_preset(size).to(device)
+    return policy.to(dtype).eval()
+
+
+def random_obs(policy: Any, batch: int = 1, seed: int = 0) -> dict[str, Any]:
+    cfg = policy.config
+    rng = np.random.default_rng(seed)
+    return {"pixels": {cam: rng.integers(0, 256, (batch, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+                       for cam in cfg.cameras},
+            "agent_pos": rng.uniform(-1, 1, (batch, cfg.state_dim)).astype(np.float32),
+            "task": ["pick up the red block and put it on the shelf"] * batch}
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None]) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def bench_one(arch: str, size: str, s: BenchSettings) -> dict[str, Any]:
+    torch.manual_seed(s.seed)
+    cls = policy_class(arch)
+    dtype = getattr(torch, s.dtype)
+    row: dict[str, Any] = {"arch": arch, "size": size, "device": s.device, "dtype": s.dtype}
+    # Enough memory for float32? (3.3 B parameters are 13 GB.) Otherwise bfloat16, and say so.
+    if size == "full" and s.device == "cpu":
+        with torch.device("meta"):
+            n = sum(p.numel() for p in cls.from_preset(size).parameters())
+        if n * dtype.itemsize * 1.25 > _mem_available_bytes():
+            dtype = torch.bfloat16
+            row["dtype"] = "bfloat16"
+            row["note"] = "not enough free memory for float32; ran in bfloat16"
+    policy = build_random(arch, size, s.device, dtype)
+    row["params_M"] = sum(p.numel() for p in policy.parameters()) / 1e6
+    cfg = policy.config
+    row.update(chunk=cfg.chunk_size, cameras=len(cfg.cameras), image_size=cfg.image_size,
+               tokens=cfg.tokenizer_max_length)
+    repeats = s.full_repeats if size == "full" else s.repeats
+    warmup = 1 if size == "full" else s.warmup
+    sync = (lambda: torch.cuda.synchronize()) if s.device.startswith("cuda") else (lambda: None)
+    obs = random_obs(policy, 1, s.seed)
+    gen = torch.Generator(device=s.device).manual_seed(s.seed)
+    noise = torch.randn((1, *policy.sample_shape()), generator=gen, device=s.device).to(dtype)
+    t = torch.full((1,), 0.5, device=s.device, dtype=dtype)
+    with torch.inference_mode():
+        cond = policy.process(obs)
+        ctx = policy.encode(cond)
+        row["prefix_ms"] = _median_ms(lambda: policy.encode(cond), repeats, warmup, sync)
+        row["step_ms"] = _median_ms(lambda: policy.flow(noise, t, t, ctx), repeats, warmup, sync)
+        for n in (1, 10):
+            row[f"denoise{n}_ms"] = _median_ms(lambda: sample_with_ctx(policy, noise, ctx, n, "diagonal"),
+                                               repeats, warmup, sync)
+            row[f"chunk{n}_ms"] = _median_ms(
+                lambda: sample_with_ctx(policy, noise, policy.encode(cond), n, "diagonal"), repeats, warmup, sync)
+        row["e2e10_ms"] = _median_ms(lambda: policy.sample_actions(obs, steps=10, noise=noise), repeats, warmup, sync)
+        row["e2e1_ms"] = _median_ms(lambda: policy.sample_actions(obs, steps=1, noise=noise), repeats, warmup, sync)
+    row["ratio_10_1"] = row["denoise10_ms"] / row["denoise1_ms"]
+    row["repeats"] = repeats
+    del policy, ctx
+    gc.collect()
+    return row
+
+
+def run(settings: BenchSettings, log: Callable[[str], None] = print,
+        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    torch.set_num_threads(settings.threads)
+    rows, skipped = [], []
+    for arch in settings.archs:
+        for size in settings.sizes:
+            if progress:
+                progress(f"{arch} {size}")
+            try:
+                rows.append(bench_one(arch, size, settings))
+            except (ValueError, ImportError) as exc:  # e.g. no such preset for this architecture
+                skipped.append({"arch": arch, "size": size, "why": str(exc)})
+                log(f"skip {arch} {size}: {exc}")
+    return {"settings": {k: v for k, v in settings.__dict__.items()}, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "rows": rows, "skipped": skipped,
+            "lerobot_pi0_ref_quoted_ms": LEROBOT_PI0_REF_MS,
+            "lerobot_note": ("lerobot 0.4.4 pi0 at the ref size, measured outside the project on this 2-core CPU "
+                             "(float32, batch 1, 2 cameras, random weights); quoted, not re-measured")}
+
+
+def checks(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """The issue's must-show numbers, as (claim, passed, detail)."""
+    out = []
+    for r in result["rows"]:
+        limit = 9.5 if r["size"] == "ref" else 9.0
+        out.append((f"{r['arch']} {r['size']}: denoising 10/1 ratio >= {limit}", r["ratio_10_1"] >= limit,
+                    f"{r['ratio_10_1']:.2f}"))
+        if r["arch"] == "pi0" and r["size"] == "ref":
+            budget = LEROBOT_PI0_REF_MS["chunk10_ms"] * 2 / 3
+            out.append((f"pi0 ref: 10-step chunk <= 2/3 of lerobot's {LEROBOT_PI0_REF_MS['chunk10_ms']} ms "
+                        f"({budget:.1f} ms)", r["chunk10_ms"] <= budget, f"{r['chunk10_ms']:.1f} ms"))
+    return out
