@@ -214,16 +214,17 @@ def test_env_checker_passes() -> None:
 
 
 @needs_libero
-def test_random_policy_smoke_evaluation(env) -> None:
-    """2 episodes of a random policy: the loop an evaluation runs, end to end."""
-    rng = np.random.default_rng(0)
-    results = []
-    for episode in range(2):
-        obs, info = env.reset(seed=episode)
-        steps, done = 0, False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(rng.uniform(-1, 1, 7).astype(np.float32))
-            steps, done = steps + 1, terminated or truncated
-        results.append((info["is_success"], steps, info["init_state_id"]))
-    assert [r[2] for r in results] == [0, 1]
-    assert all(isinstance(s, bool) and 1 <= n <= 30 for s, n, _ in results)
+def test_random_policy_smoke_evaluation() -> None:
+    """2 episodes of a random policy through the evaluator, env in a spawned worker process
+    (the path `policydistill eval` takes), with a short episode limit."""
+    from policydistill.eval import EvalConfig, RandomPolicy, evaluate_policy
+
+    cfg = EvalConfig(tasks="libero/libero_spatial-task0-v0", episodes=2, workers=1, batch_size=1,
+                     image_size=SIZE, max_episode_steps=15, progress=False)
+    res = evaluate_policy(RandomPolicy(action_dim=7, seed=0), cfg)
+    assert res["episodes"] == 2 and res["tasks"] == ["libero/libero_spatial-task0-v0"]
+    assert 0.0 <= res["success_rate"] <= 1.0
+    for ep in res["episodes_detail"]:
+        assert isinstance(ep["success"], bool)
+        assert 1 <= ep["length"] <= 15 and (ep["success"] or ep["length"] == 15)
+    assert res["env_steps"] == sum(ep["length"] for ep in res["episodes_detail"])
