@@ -52,6 +52,9 @@ app.add_typer(_media_app, name="media")
 bench_app = typer.Typer(no_args_is_help=True, help="Shipped benchmarks (rich table + JSON + PNG).")
 app.add_typer(bench_app, name="bench")
 bench_app.command("media")(_bench_media)
+from .bench import bench_methods_cmd as _bench_methods  # noqa: E402
+
+bench_app.command("methods")(_bench_methods)
 from .policies import bench_policies_cmd as _bench_policies  # noqa: E402
 bench_app.command("policies")(_bench_policies)
 
@@ -59,6 +62,9 @@ from .data_io import data_app as _data_app  # noqa: E402  (`data` sub-app; other
 
 app.add_typer(_data_app, name="data")
 from . import data as _data_generate  # noqa: E402,F401  (registers `data generate` on the data sub-app)
+from .eval import eval_cmd as _eval_cmd  # noqa: E402
+
+app.command("eval")(_eval_cmd)
 
 
 def main() -> None:

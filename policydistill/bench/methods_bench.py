@@ -1,0 +1,345 @@
+"""The correctness benchmark of every distillation method on an exactly solvable target.
+
+For each seed:
+  1. The target is the benchmark Gaussian mixture (``bench.mixture``), whose velocity field is
+     known in closed form (``AnalyticGMMTeacher``) and whose true noise → data map is computed
+     by RK4 in float64.
+  2. Warm start: an MLP velocity field is fitted to the analytic teacher through the training
+     loop (``VelocityRegression``: F(x_t, t, t) regressed on the EXACT velocity, not the noisy
+     ε − a target). Every student starts as ``student_from_teacher`` of that fit; methods that
+     need a teacher get the EXACT analytic teacher (so their error is theirs, not the fit's).
+  3. Every registered method except flow_matching is trained by the ONE loop
+     (``policydistill.train.train``) with its recipe (``bench.recipes``), then sampled with its
+     own sampling mode at each NFE from the same evaluation noise.
+
+Reported per method and NFE: the per-coordinate MSE to the true flow map from the same noise,
+the sliced 2-Wasserstein distance to fresh target samples (with the exact map's own SW as the
+finite-sample floor), the 2-step Euler error of the student's own velocity field (the SnapFlow
+bound, DESIGN §4) and the training wall time; next to N-step Euler of the analytic teacher and
+of the fitted MLP. Averages are over seeds, ± the standard deviation across seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core.flowmap import FlowBatch, FlowMapModel, student_from_teacher
+from ..core.interpolant import interpolate
+from ..core.metrics import mean_squared_error, random_directions, sliced_wasserstein
+from ..core.sampler import sample
+from ..core.time_sampling import sample_time
+from ..methods import METHODS, make_method
+from ..methods.base import Method, masked_mse
+from ..models.mlp import MLPFlowMap, MLPFlowMapConfig
+from ..train import TrainConfig, TrainingDiverged, train
+from .mixture import AnalyticGMMTeacher, GaussianMixture, MixtureData, make_mixture, true_flow_map
+from .recipes import FIT_RECIPE, Recipe, recipe_for
+
+
+@dataclass
+class BenchConfig:
+    dim: int = 32
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] | None = None   # None = every registered method but flow_matching
+    nfe: tuple[int, ...] = (1, 2, 4)
+    teacher_steps: int = 10                  # N of the N-step Euler baselines (pi0 uses 10)
+    steps: int | None = None                 # replaces every recipe's step count when set
+    fit_steps: int | None = None             # replaces FIT_RECIPE.steps when set
+    batch_scale: float = 1.0                 # multiplies every recipe's batch size (quick mode)
+    eval_samples: int = 4096
+    n_projections: int = 256
+    width: int = 128
+    depth: int = 3
+    time_dim: int = 64
+    solver_steps: int = 256
+    threads: int = 1
+    progress: bool = True
+    quick: bool = False
+
+
+def quick_config(dim: int = 2, **overrides: Any) -> BenchConfig:
+    """A tiny run (tests, smoke checks): one seed, few steps, a small network."""
+    cfg = BenchConfig(dim=dim, seeds=(0,), steps=25, fit_steps=60, batch_scale=0.25, eval_samples=256,
+                      n_projections=64, width=32, depth=1, time_dim=16, solver_steps=48, quick=True)
+    return replace(cfg, **overrides)
+
+
+class VelocityRegression(Method):
+    """Bench-only warm start: ‖F(x_t, t, t) − v*(x_t, t)‖² against the teacher's exact velocity."""
+
+    needs_teacher = True
+    sampling = "diagonal"
+    Config = type("VelocityRegressionConfig", (), {})
+
+    def setup(self, student: FlowMapModel, teacher: FlowMapModel | None, total_steps: int) -> None:
+        super().setup(student, teacher, total_steps)
+        student.freeze_target_time()
+
+    def loss(self, student, teacher, batch: FlowBatch, step: int):
+        a = batch.data
+        noise = torch.randn_like(a)
+        t = sample_time("uniform", a.shape[0], device=a.device).to(a.dtype)
+        x_t = interpolate(a, noise, t)
+        with torch.no_grad():
+            target = teacher.flow(x_t, t, t, None)
+        loss = masked_mse(student(x_t, t, t, batch.cond), target).mean()
+        return loss, {"velocity_mse": float(loss.detach())}
+
+
+def default_methods() -> list[str]:
+    return [m for m in METHODS if m != "flow_matching"]
+
+
+def _train_config(recipe: Recipe, cfg: BenchConfig, seed: int, steps: int | None, description: str) -> TrainConfig:
+    n = steps if steps is not None else recipe.steps
+    return TrainConfig(steps=n, batch_size=max(8, int(recipe.batch_size * cfg.batch_scale)), lr=recipe.lr,
+                       warmup_steps=min(recipe.warmup_steps, max(1, n // 10)), ema_decay=recipe.ema_decay,
+                       seed=seed, progress=cfg.progress, description=description)
+
+
+def _evaluate(model: FlowMapModel, mode: str, nfes: list[int], noise: Tensor, ref: Tensor, target: Tensor,
+              dirs: Tensor) -> dict[str, dict[str, float]]:
+    out = {}
+    for k in nfes:
+        x = sample(model, noise, None, k, mode).to(torch.float64)
+        out[str(k)] = {"mse": mean_squared_error(x, ref), "sw": sliced_wasserstein(x, target, directions=dirs)}
+    return out
+
+
+def _stratified_target(mix: GaussianMixture, n: int, g: torch.Generator) -> Tensor:
+    """n target samples with component counts as close to n·π as possible (no multinomial noise,
+    which in W2 would otherwise dominate the floor: moving 1% of the mass between far modes)."""
+    counts = torch.floor(mix.weights * n).long()
+    rest = n - int(counts.sum())
+    counts[torch.argsort(mix.weights * n - counts, descending=True)[:rest]] += 1
+    comp = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    z = torch.randn(n, mix.dim, generator=g, dtype=torch.float64)
+    return mix.means[comp] + mix.stds[comp] * z
+
+
+def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    mix = make_mixture(cfg.dim)
+    teacher = AnalyticGMMTeacher(mix)
+    data = MixtureData(mix)
+    g = torch.Generator().manual_seed(10_000 + seed)
+    noise64 = torch.randn(cfg.eval_samples, cfg.dim, generator=g, dtype=torch.float64)
+    noise = noise64.to(torch.float32)
+    t0 = time.perf_counter()
+    ref = true_flow_map(mix, noise64, cfg.solver_steps)
+    solver_s = time.perf_counter() - t0
+    target = _stratified_target(mix, cfg.eval_samples, g)
+    dirs = random_directions(cfg.n_projections, cfg.dim, g)
+    euler_nfes = sorted(set(cfg.nfe) | {cfg.teacher_steps})
+    rows: dict[str, Any] = {}
+    rows["exact flow map (RK4)"] = {"kind": "reference", "nfe": {
+        "exact": {"mse": 0.0, "sw": sliced_wasserstein(ref, target, directions=dirs)}}, "solver_s": solver_s}
+    rows["teacher: exact Euler"] = {"kind": "baseline",
+                                    "nfe": _evaluate(teacher, "diagonal", euler_nfes, noise, ref, target, dirs)}
+
+    # Warm start: the MLP velocity field fitted to the analytic teacher.
+    velocity = MLPFlowMap(MLPFlowMapConfig(sample_shape=(cfg.dim,), width=cfg.width, depth=cfg.depth,
+                                           time_dim=cfg.time_dim))
+    fit_cfg = _train_config(FIT_RECIPE, cfg, seed, cfg.fit_steps, f"seed {seed} fit velocity")
+    t0 = time.perf_counter()
+    fit = train(velocity, VelocityRegression(), data, fit_cfg, teacher=teacher)
+    velocity = fit.model.eval()
+    rows["teacher: MLP-fit Euler"] = {"kind": "baseline", "train_s": time.perf_counter() - t0,
+                                      "steps": fit_cfg.steps, "final_loss": fit.history[-1]["loss"],
+                                      "nfe": _evaluate(velocity, "diagonal", euler_nfes, noise, ref, target, dirs)}
+
+    for name in methods:
+        recipe = recipe_for(name)
+        try:
+            cls = METHODS.load(name)
+            method = make_method(name, **recipe.method)
+        except (ImportError, AttributeError) as exc:
+            log(f"[yellow]seed {seed}: {name} is not available ({type(exc).__name__}: {exc}); skipped[/]")
+            rows[name] = {"kind": "method", "status": f"unavailable: {exc}"}
+            continue
+        student = student_from_teacher(velocity)
+        tcfg = _train_config(recipe, cfg, seed, cfg.steps, f"seed {seed} {name}")
+        row: dict[str, Any] = {"kind": "method", "sampling": cls.sampling, "steps": tcfg.steps,
+                               "batch_size": tcfg.batch_size, "recipe": recipe.as_dict()}
+        t0 = time.perf_counter()
+        try:
+            result = train(student, method, data, tcfg, teacher=teacher if cls.needs_teacher else None)
+        except (TrainingDiverged, RuntimeError, ValueError) as exc:
+            log(f"[red]seed {seed}: {name} failed: {exc}[/]")
+            row["status"] = f"failed: {type(exc).__name__}: {exc}"
+            row["traceback"] = traceback.format_exc(limit=5)
+            rows[name] = row
+            continue
+        row["train_s"] = time.perf_counter() - t0
+        row["final_loss"] = result.history[-1]["loss"] if result.history else float("nan")
+        trained = result.ema if (recipe.sample_with_ema and result.ema is not None) else result.model
+        model = method.sampling_model(trained).eval()
+        row["nfe"] = _evaluate(model, cls.sampling, list(cfg.nfe), noise, ref, target, dirs)
+        # The SnapFlow bound (DESIGN §4): the 2-step Euler map of the student's own velocity field.
+        row["own_euler2"] = _evaluate(trained.eval(), "diagonal", [2], noise, ref, target, dirs)["2"]
+        row["status"] = "ok"
+        rows[name] = row
+    return rows
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over seeds of every number, per row."""
+    out: dict[str, Any] = {}
+    for name in per_seed[0]:
+        runs = [r[name] for r in per_seed if name in r]
+        ok = [r for r in runs if "nfe" in r]
+        agg: dict[str, Any] = {"kind": runs[0]["kind"],
+                               "status": "ok" if len(ok) == len(runs) else runs[-1].get("status", "?")}
+        for key in ("steps", "batch_size", "sampling", "recipe"):
+            if key in runs[0]:
+                agg[key] = runs[0][key]
+        if ok:
+            agg["nfe"] = {k: {m: _mean_std([r["nfe"][k][m] for r in ok]) for m in ok[0]["nfe"][k]}
+                          for k in ok[0]["nfe"]}
+            for key in ("train_s", "final_loss"):
+                if key in ok[0]:
+                    agg[key] = _mean_std([r[key] for r in ok])
+            if "own_euler2" in ok[0]:
+                agg["own_euler2"] = {m: _mean_std([r["own_euler2"][m] for r in ok]) for m in ok[0]["own_euler2"]}
+        out[name] = agg
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version()}
+
+
+def run_bench(cfg: BenchConfig, out_dir: str | Path | None = None, log=print) -> dict[str, Any]:
+    """Run every seed, aggregate, and (with ``out_dir``) write ``results.json`` and ``error_vs_nfe.png``."""
+    if cfg.dim < 1:
+        raise ValueError(f"--dim must be >= 1, got {cfg.dim}")
+    if not cfg.seeds:
+        raise ValueError("give at least one seed, e.g. --seeds 0,1,2")
+    if any(k < 1 for k in cfg.nfe):
+        raise ValueError(f"every NFE must be >= 1, got {list(cfg.nfe)}")
+    methods = list(cfg.methods) if cfg.methods else default_methods()
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(default_methods())}")
+    torch.set_num_threads(max(1, cfg.threads))
+    t0 = time.perf_counter()
+    per_seed = [run_seed(cfg, seed, methods, log) for seed in cfg.seeds]
+    result = {
+        "benchmark": "methods on an exact Gaussian mixture",
+        "config": {**asdict(cfg), "methods": methods},
+        "fit_recipe": FIT_RECIPE.as_dict(),
+        "mixture": {"dim": cfg.dim, "construction": "policydistill.bench.mixture.make_mixture (see its docstring)",
+                    "n_modes": int(make_mixture(cfg.dim).weights.numel())},
+        "metrics": {"mse": "mean over samples and coordinates of (x - x_true)^2, same noise",
+                    "sw": f"sliced 2-Wasserstein to {cfg.eval_samples} stratified target samples, "
+                          f"{cfg.n_projections} directions",
+                    "own_euler2": "the 2-step Euler map of the trained student's own velocity field (SnapFlow bound)"},
+        "machine": machine_info(),
+        "total_s": time.perf_counter() - t0,
+        "per_seed": per_seed,
+        "summary": aggregate(per_seed),
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+        plot_results(result, out / "error_vs_nfe.png")
+    return result
+
+
+def _fmt(stat: dict[str, float] | None, digits: int = 3) -> str:
+    if stat is None:
+        return "-"
+    m, s = stat["mean"], stat["std"]
+    if stat.get("n", 1) > 1:
+        return f"{m:.{digits}g} ± {s:.2g}"
+    return f"{m:.{digits}g}"
+
+
+def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary table (shared by the rich table and the markdown file)."""
+    cfg = result["config"]
+    nfes = [str(k) for k in cfg["nfe"]]
+    n = str(cfg["teacher_steps"])
+    header = (["method", "budget"] + [f"MSE@{k}" for k in nfes] + ([f"MSE@{n}"] if n not in nfes else [])
+              + [f"SW@{k}" for k in nfes] + ["own Euler-2 MSE", "train s"])
+    rows = []
+    for name, agg in result["summary"].items():
+        nfe = agg.get("nfe", {})
+        if name.startswith("exact"):
+            cells = [name, "-"] + ["0"] * len(nfes) + (["0"] if n not in nfes else []) \
+                + [_fmt(nfe["exact"]["sw"])] * len(nfes) + ["-", "-"]
+            rows.append(cells)
+            continue
+        if not nfe:
+            rows.append([name, "-", agg.get("status", "")[:60]] + [""] * (len(header) - 3))
+            continue
+        budget = f"{agg['steps']}×{agg['batch_size']}" if "steps" in agg and "batch_size" in agg else (
+            f"{agg['steps']} steps" if "steps" in agg else "-")
+        cells = [name, budget] + [_fmt(nfe.get(k, {}).get("mse")) for k in nfes]
+        if n not in nfes:
+            cells.append(_fmt(nfe.get(n, {}).get("mse")))
+        cells += [_fmt(nfe.get(k, {}).get("sw")) for k in nfes]
+        cells.append(_fmt(agg.get("own_euler2", {}).get("mse")))
+        cells.append(_fmt(agg.get("train_s"), 3))
+        rows.append(cells)
+    return header, rows
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    header, rows = table_rows(result)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_results(result: dict[str, Any], path: str | Path) -> None:
+    """Flow-map MSE vs NFE per method (log-log), Euler baselines dashed, ± std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for name, agg in result["summary"].items():
+        nfe = agg.get("nfe")
+        if not nfe or name.startswith("exact"):
+            continue
+        ks = sorted(int(k) for k in nfe)
+        mean = [max(nfe[str(k)]["mse"]["mean"], 1e-12) for k in ks]
+        std = [nfe[str(k)]["mse"]["std"] for k in ks]
+        style = "--" if agg["kind"] == "baseline" else "-"
+        ax.errorbar(ks, mean, yerr=std, fmt=style + "o", ms=4, capsize=3, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel("MSE to the true flow map (per coordinate)")
+    cfg = result["config"]
+    ax.set_title(f"{cfg['dim']}-D Gaussian mixture, {len(cfg['seeds'])} seed(s)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+__all__ = ["BenchConfig", "VelocityRegression", "aggregate", "default_methods", "markdown_table", "plot_results",
+           "quick_config", "run_bench", "run_seed", "table_rows"]
