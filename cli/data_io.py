@@ -26,14 +26,17 @@ def convert_cmd(
     to: str = typer.Option("", "--to", help="Force the destination format: 'zarr' or 'lerobot'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists (atomically)."),
     robot_type: str = typer.Option("unknown", "--robot-type", help="robot_type written to LeRobot info.json."),
+    video: bool = typer.Option(False, "--video", help="LeRobot video mode (lossy MP4) instead of PNG frames."),
+    vcodec: str = typer.Option("libsvtav1", "--vcodec", help="Video encoder: libsvtav1 (lerobot's), libx264, mpeg4."),
 ) -> None:
-    """Convert a dataset between the zarr store and LeRobotDataset v3.0 (image mode)."""
+    """Convert a dataset between the zarr store and LeRobotDataset v3.0 (image or video mode)."""
     from ..data import convert
     from ..data.errors import DatasetError
 
     if to not in ("", "zarr", "lerobot"):
         raise DatasetError(f"--to must be 'zarr' or 'lerobot', got {to!r}.")
-    out = convert(src, dst, to or None, overwrite=overwrite, progress=True, robot_type=robot_type)  # type: ignore[arg-type]
+    out = convert(src, dst, to or None, overwrite=overwrite, progress=True, robot_type=robot_type,  # type: ignore[arg-type]
+                  video=video, vcodec=vcodec)
     console.print(f"[green]wrote[/] {dst}: {len(out)} episodes, {int(np.sum(out.lengths))} frames")
 
 

@@ -251,16 +251,17 @@ _CLEAN: dict[str, Path] = {}
 def _clean_copy(kind: str, dst: Path) -> Path:
     if kind not in _CLEAN:
         root = Path(tempfile.mkdtemp(prefix="pd_hostile_"))
-        eps = random_episodes(2, seed=4, image_hw=(6, 5))
+        eps = random_episodes(2, seed=4, image_hw=(6, 4))
         ZarrEpisodeStore.write(root / "s.zarr", eps)
         write_lerobot_v3(root / "lr", eps)
-        _CLEAN.update({"zarr": root / "s.zarr", "lerobot": root / "lr"})
+        write_lerobot_v3(root / "vid", eps, video=True)
+        _CLEAN.update({"zarr": root / "s.zarr", "lerobot": root / "lr", "lerobot_video": root / "vid"})
     shutil.copytree(_CLEAN[kind], dst)
     return dst
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(["zarr", "lerobot"]), file_pick=st.integers(0, 10_000),
+@given(kind=st.sampled_from(["zarr", "lerobot", "lerobot_video"]), file_pick=st.integers(0, 10_000),
        action=st.sampled_from(["delete", "truncate", "flip", "garbage", "empty"]), pos=st.floats(0, 1),
        seed=st.integers(0, 2**31 - 1))
 def test_random_corruptions_raise_dataset_error_only(kind: str, file_pick: int, action: str, pos: float,

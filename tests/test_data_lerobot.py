@@ -153,3 +153,53 @@ def test_rows_in_any_order_read_the_same(tmp_path: Path) -> None:
     ds = LeRobotV3Dataset(tmp_path / "lr")
     for i, ep in enumerate(eps):
         assert_same_episode(ep, ds.episode(i))
+
+
+def smooth_episodes(n: int, seed: int) -> list[Episode]:
+    """Episodes whose frames follow the fixture's formula (codecs need smooth content to be near-lossless)."""
+    eps = make_episodes(n, seed=seed, cameras=("cam", "wrist"), image_hw=(H, W), length=(8, 20), state_dim=4,
+                        action_dim=3)
+    for k, ep in enumerate(eps):
+        for cam in ep.images:
+            ep.images[cam][:] = np.stack([formula_image(k, i) for i in range(len(ep))])
+    return eps
+
+
+@pytest.mark.parametrize("vcodec", ["libsvtav1", "libx264"])
+def test_video_mode_write_read(tmp_path: Path, video_dir: Path, vcodec: str) -> None:
+    eps = smooth_episodes(5, seed=2)
+    ds = write_lerobot_v3(tmp_path / "v", eps, fps=10, video=True, vcodec=vcodec, video_file_size_mb=0.002,
+                          chunks_size=2)
+    assert ds.video_keys == ["observation.images.cam", "observation.images.wrist"]
+    files = ds._ep["videos/observation.images.cam/file_index"] + 10 * ds._ep["videos/observation.images.cam/chunk_index"]
+    assert len(set(files.tolist())) > 2, "small size limit must roll over to new files and chunks"
+    ours = pq.read_schema(tmp_path / "v/meta/episodes/chunk-000/file-000.parquet").remove_metadata()
+    theirs = pq.read_schema(video_dir / "meta/episodes/chunk-000/file-000.parquet").remove_metadata()
+    assert [n for n in theirs.names if "wrist" not in n] == [n for n in ours.names if "wrist" not in n]
+    assert pq.read_schema(tmp_path / "v/data/chunk-000/file-000.parquet").remove_metadata().equals(
+        pq.read_schema(video_dir / "data/chunk-000/file-000.parquet").remove_metadata())
+    info = json.loads((tmp_path / "v/meta/info.json").read_text())
+    ref = json.loads((video_dir / "meta/info.json").read_text())
+    if vcodec == "libsvtav1":
+        assert info["features"]["observation.images.cam"] == ref["features"]["observation.images.cam"]
+    assert info["video_path"] == ref["video_path"]
+    for i, ep in enumerate(eps):
+        back = ds.episode(i)
+        np.testing.assert_array_equal(back.action, ep.action)
+        for cam in ep.images:
+            got, want = back.images[cam].astype(np.int64), ep.images[cam].astype(np.int64)
+            err = np.abs(got - want).mean(axis=(1, 2, 3))
+            assert err.mean() < 14, (i, cam, err)  # lossy; the fixture documents ~8/255 for AV1
+            # each decoded frame is nearest to its own source frame, not a neighbour (timestamps line up)
+            for k in range(len(ep)):
+                others = [np.abs(got[k] - want[j]).mean() for j in (k - 1, k + 1) if 0 <= j < len(ep)]
+                assert err[k] < min(others), (i, cam, k, err[k], others)
+
+
+def test_video_mode_rejects_odd_sizes(tmp_path: Path) -> None:
+    from policydistill.data import DatasetError
+
+    eps = make_episodes(1, cameras=("cam",), image_hw=(5, 4))
+    with pytest.raises(DatasetError, match="even image sizes"):
+        write_lerobot_v3(tmp_path / "v", eps, video=True)
+    assert not (tmp_path / "v").exists()

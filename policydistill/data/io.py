@@ -43,9 +43,11 @@ def format_for_destination(dst: str | Path) -> Format:
 
 
 def convert(src: str | Path, dst: str | Path, to: Format | None = None, *, overwrite: bool = False,
-            progress: bool = False, robot_type: str = "unknown") -> EpisodeSource:
+            progress: bool = False, robot_type: str = "unknown", video: bool = False,
+            vcodec: str = "libsvtav1") -> EpisodeSource:
     """Copy every episode of ``src`` into a new dataset at ``dst`` (format from ``to`` or the
-    destination's name: ``*.zarr`` → zarr, anything else → LeRobot v3 image mode)."""
+    destination's name: ``*.zarr`` → zarr, anything else → LeRobot v3, image mode unless
+    ``video``). Only image mode and zarr are lossless."""
     source = open_dataset(src)
     to = to or format_for_destination(dst)
     if Path(src).resolve() == Path(dst).resolve():
@@ -62,5 +64,5 @@ def convert(src: str | Path, dst: str | Path, to: Format | None = None, *, overw
                      if k in ("observation.state", "action") and isinstance(ft.get("names"), list)
                      and len(ft["names"]) == ft["shape"][0]}
         return write_lerobot_v3(dst, episodes, fps=source.fps, overwrite=overwrite, progress=progress,
-                                total=len(source), robot_type=robot, names=names)
+                                total=len(source), robot_type=robot, names=names, video=video, vcodec=vcodec)
     raise DatasetError(f"unknown destination format {to!r}: use 'zarr' or 'lerobot'.")

@@ -85,3 +85,66 @@ def decode_video_frames(path: Path, timestamps: np.ndarray, fps: float, shape: t
         raise DatasetError(f"{path} frames are {out.shape[1:]} but meta/info.json declares {tuple(shape)}; fix the "
                            "feature shape or re-encode the video.")
     return out
+
+
+#: encoder name -> codec name as ffprobe (and so lerobot's info.json) reports it
+CODEC_NAMES = {"libsvtav1": "av1", "libaom-av1": "av1", "libx264": "h264", "h264": "h264", "mpeg4": "mpeg4"}
+
+
+class VideoWriter:
+    """Append RGB frames to one MP4 (yuv420p, key frame every 2 frames like lerobot's default).
+
+    Frame k of the file gets pts k in a 1/fps time base, so an episode written after m frames
+    starts at ``from_timestamp = m / fps``."""
+
+    def __init__(self, path: Path, fps: float, codec: str = "libsvtav1", crf: int = 30) -> None:
+        import os
+        from fractions import Fraction
+
+        import av
+
+        if codec not in av.codecs_available:
+            raise DatasetError(f"video codec {codec!r} is not available in this PyAV build (try 'libsvtav1', "
+                               "'libx264' or 'mpeg4'), or write the dataset in image mode.")
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per file otherwise
+        self.path, self.codec = path, codec
+        self.rate = Fraction(fps).limit_denominator(1001)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(path), "w")
+        self.stream = None
+        self.crf = crf
+        self.frames = 0
+
+    def add(self, frames: np.ndarray) -> None:
+        import av
+
+        if self.stream is None:
+            h, w = frames.shape[1:3]
+            if h % 2 or w % 2:
+                raise DatasetError(f"video mode needs even image sizes for yuv420p, got {h}x{w}; write the dataset "
+                                   "in image mode (video=False) or resize the images.")
+            self.stream = self.container.add_stream(self.codec, rate=self.rate)
+            self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
+            self.stream.codec_context.time_base = 1 / self.rate
+            self.stream.options = {"g": "2"} | ({"qscale": "2"} if self.codec == "mpeg4" else {"crf": str(self.crf)})
+        for frame in frames:
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            vf.pts = self.frames
+            vf.time_base = 1 / self.rate
+            for packet in self.stream.encode(vf):
+                self.container.mux(packet)
+            self.frames += 1
+
+    def size(self) -> int:
+        """Bytes the file will roughly hold: encoders buffer frames and MP4 writes its index
+        at close, so the on-disk size lags; assume ~20:1 compression until it catches up."""
+        on_disk = self.path.stat().st_size if self.path.exists() else 0
+        if self.stream is None:
+            return on_disk
+        return max(on_disk, self.frames * self.stream.width * self.stream.height * 3 // 20)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        self.container.close()
