@@ -62,6 +62,9 @@ from .data_io import data_app as _data_app  # noqa: E402  (`data` sub-app; other
 
 app.add_typer(_data_app, name="data")
 from . import data as _data_generate  # noqa: E402,F401  (registers `data generate` on the data sub-app)
+from .data_io import bench_data_cmd as _bench_data  # noqa: E402
+
+bench_app.command("data")(_bench_data)
 from .eval import eval_cmd as _eval_cmd  # noqa: E402
 
 app.command("eval")(_eval_cmd)

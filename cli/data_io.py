@@ -90,3 +90,38 @@ def stats_table(stats: dict[str, dict[str, Any]]) -> Table:
 
 data_app.command("convert")(convert_cmd)
 data_app.command("info")(info_cmd)
+
+
+def bench_data_cmd(
+    preset: str = typer.Option("default", "--preset", help="quick (seconds) or default (20 x 100 frames, 96 px)."),
+    source: Path = typer.Option(None, "--source", help="Benchmark this dataset instead of synthetic episodes."),
+    episodes: int = typer.Option(0, "--episodes", help="Override the preset's episode count."),
+    image_size: int = typer.Option(0, "--image-size", help="Override the preset's image size."),
+    out: Path = typer.Option(Path("outputs/bench_data.json"), "--out", help="Where to write the JSON results."),
+) -> None:
+    """Dataset I/O speed and size per format (zarr, LeRobot PNG, LeRobot AV1) and window sampling speed."""
+    from dataclasses import replace
+
+    from ..data.bench import PRESETS, run_data_bench
+    from ..data.errors import DatasetError
+    from ..checkpoint import write_json
+
+    if preset not in PRESETS:
+        raise DatasetError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}.")
+    cfg = PRESETS[preset]
+    cfg = replace(cfg, source=str(source) if source else None, episodes=episodes or cfg.episodes,
+                  image_size=image_size or cfg.image_size)
+    with console.status("benchmarking dataset formats"):
+        res = run_data_bench(cfg)
+    t = Table(title=f"dataset formats: {res['episodes']} episodes, {res['frames']} frames, "
+                    f"{res['raw_mib']:.1f} MiB raw (1 thread)")
+    for col in ("format", "size MiB", "write fr/s", "read fr/s", "window load s", "sample/s in-memory",
+                "sample/s lazy"):
+        t.add_column(col, justify="left" if col == "format" else "right")
+    for r in res["rows"]:
+        t.add_row(r["format"], f"{r['size_mib']:.2f}", f"{r['write_frames_per_s']:.0f}",
+                  f"{r['read_frames_per_s']:.0f}", f"{r['window_load_s']:.2f}", f"{r['sample_in_memory_per_s']:.0f}",
+                  f"{r['sample_lazy_per_s']:.0f}")
+    Console(width=max(console.width, 120)).print(t)  # never squeeze the numbers into a narrow terminal
+    write_json(out, res)
+    console.print(f"wrote {out}")
