@@ -37,3 +37,12 @@ def test_convert_refuses_to_clobber(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["data", "convert", str(tmp_path / "a.zarr"), str(tmp_path / "a.zarr")])
     assert res.exit_code != 0
     assert "same folder" in str(res.exception)
+
+
+def test_bench_data_runs_every_format(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["bench", "data", "--preset", "quick", "--episodes", "2", "--image-size", "8",
+                                   "--out", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "b.json").read_text())
+    assert [r["format"] for r in out["rows"]] == ["zarr", "lerobot image (PNG)", "lerobot video (AV1)"]
+    assert out["frames"] == 2 * 30 and all(r["size_mib"] > 0 and r["sample_in_memory_per_s"] > 0 for r in out["rows"])
