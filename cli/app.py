@@ -37,9 +37,10 @@ def methods_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON i
     console.print(table)
 
 
-from .deploy import latency as _latency  # noqa: E402
+from .deploy import export as _export, latency as _latency  # noqa: E402
 
 app.command("latency")(_latency)
+app.command("export")(_export)
 
 from .pipeline import distill_cmd as _distill, train_cmd as _train  # noqa: E402
 

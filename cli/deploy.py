@@ -127,3 +127,59 @@ def latency(
     if png:
         latency_histogram([r for r, _ in results], png)
         console.print(f"wrote {png}")
+
+
+def export(
+    checkpoint: Path = typer.Argument(..., help="Policy checkpoint folder."),
+    out: Path = typer.Option(Path("exported"), help="Folder for prefix.pt2 / step.pt2 (and .onnx)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Also write ONNX programs (needs the onnx extra)."),
+    nfe: Optional[int] = typer.Option(None, min=1, help="NFE to check and time (default: the checkpoint's)."),
+    repeats: int = typer.Option(20, min=1),
+) -> None:
+    """Export the prefix pass and the denoising step (torch.export, optionally ONNX), check that
+    they reproduce the eager policy, and time eager vs exported end to end."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from ..checkpoint import load_model
+    from ..deploy.export import OnnxPolicy, example_observation, export_onnx, export_policy, save_exported
+    from ..deploy.latency import percentiles
+
+    policy = load_model(checkpoint).eval()
+    n, mode = nfe or policy.nfe, policy.sampling_mode
+    obs = example_observation(policy)
+    exported = export_policy(policy, obs)
+    paths = save_exported(exported, out)
+    noise = torch.randn(1, *policy.sample_shape(), generator=torch.Generator().manual_seed(0))
+    runners = {"eager": lambda: policy.sample_actions(obs, steps=n, mode=mode, noise=noise),
+               "torch.export": lambda: exported.sample_actions(obs, steps=n, mode=mode, noise=noise)}
+    if onnx:
+        paths += export_onnx(exported, obs, out)
+        onnx_policy = OnnxPolicy(out, policy)
+        runners["onnx"] = lambda: onnx_policy.sample_actions(obs, n, mode, noise)
+    ref = runners["eager"]()
+    table = Table(title=f"export of {checkpoint} at {n} NFE ({mode})")
+    for col in ("program", "max |Δ| vs eager", "e2e p50 ms", "e2e p99 ms"):
+        table.add_column(col, justify="right")
+    results = {}
+    for name, fn in runners.items():
+        diff = float((fn() - ref).abs().max())
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        p = percentiles(times)
+        results[name] = {"max_abs_diff": diff, "e2e_ms": p}
+        table.add_row(name, f"{diff:.2e}", f"{p['p50']:.2f}", f"{p['p99']:.2f}")
+    console.print(table)
+    from ..checkpoint import write_json
+
+    write_json(out / "export.json", {"checkpoint": str(checkpoint), "nfe": n, "mode": mode,
+                                     "files": [str(p) for p in paths], "results": results, "machine": _machine()})
+    bad = [k for k, v in results.items() if v["max_abs_diff"] > 1e-4]
+    if bad:
+        raise RuntimeError(f"exported program(s) {bad} differ from the eager policy by more than 1e-4")
+    console.print(f"wrote {', '.join(str(p) for p in paths)}")
