@@ -91,40 +91,47 @@ def key_padding_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class GemmaAttention(nn.Module):
-    """Projections only; the attention itself is done by the caller (joint prefix/suffix)."""
+    """Projections only; the attention itself is done by the caller (joint prefix/suffix).
+
+    q, k and v are ONE fused projection ``qkv_proj`` (rows: q | k | v): one matmul per layer
+    instead of three, which matters for the small suffix matmuls of every denoising step.
+    (lerobot's separate q/k/v tensors are concatenated on load and split on save.)"""
 
     def __init__(self, width: int, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scaling = head_dim ** -0.5
-        self.q_proj = nn.Linear(width, num_heads * head_dim, bias=False)
-        self.k_proj = nn.Linear(width, num_kv_heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(width, num_kv_heads * head_dim, bias=False)
+        self.q_rows, self.kv_rows = num_heads * head_dim, num_kv_heads * head_dim
+        self.qkv_proj = nn.Linear(width, self.q_rows + 2 * self.kv_rows, bias=False)
         self.o_proj = nn.Linear(num_heads * head_dim, width, bias=False)
 
     def split(self, x: Tensor, n: int) -> Tensor:
         b, l, _ = x.shape
-        return x.view(b, l, n, self.head_dim).transpose(1, 2)
+        return x.reshape(b, l, n, self.head_dim).transpose(1, 2)
+
+    def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Rotated q (B, H, L, hd), rotated k and v (B, KVH, L, hd)."""
+        q, k, v = self.qkv_proj(x).split([self.q_rows, self.kv_rows, self.kv_rows], dim=-1)
+        return (apply_rope(self.split(q, self.num_heads), cos, sin),
+                apply_rope(self.split(k, self.num_kv_heads), cos, sin), self.split(v, self.num_kv_heads))
 
     def kv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-        k = apply_rope(self.split(self.k_proj(x), self.num_kv_heads), cos, sin)
-        return k, self.split(self.v_proj(x), self.num_kv_heads)
-
-    def q(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        return apply_rope(self.split(self.q_proj(x), self.num_heads), cos, sin)
+        """Keys and values only (the last prefix layer: nobody reads its queries)."""
+        k, v = F.linear(x, self.qkv_proj.weight[self.q_rows:]).split(self.kv_rows, dim=-1)
+        return apply_rope(self.split(k, self.num_kv_heads), cos, sin), self.split(v, self.num_kv_heads)
 
 
 class GatedMLP(nn.Module):
-    """Gemma MLP: down(gelu_tanh(gate(x)) · up(x))."""
+    """Gemma MLP: down(gelu_tanh(gate(x)) · up(x)), gate and up fused into one ``gate_up_proj``."""
 
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(width, hidden, bias=False)
-        self.up_proj = nn.Linear(width, hidden, bias=False)
+        self.gate_up_proj = nn.Linear(width, 2 * hidden, bias=False)
         self.down_proj = nn.Linear(hidden, width, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
 class GemmaLayer(nn.Module):

@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ...checkpoint import CheckpointError, load_state_checked, read_safetensors, write_json, write_safetensors
@@ -70,7 +71,51 @@ def fix_lerobot_keys(state: dict[str, Tensor], variant: str) -> dict[str, Tensor
     return out
 
 
+_GEMMA = re.compile(r"^(vlm|expert)\.layers\.\d+\.")
+
+
+def _fuse(ours: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Separate q/k/v and gate/up tensors (HF layout) → our fused qkv_proj / gate_up_proj."""
+    out: dict[str, Tensor] = {}
+    for key, value in ours.items():
+        if _GEMMA.match(key) and key.endswith(("self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                                                "mlp.up_proj.weight")):
+            continue
+        if _GEMMA.match(key) and key.endswith("self_attn.q_proj.weight"):
+            base = key[: -len("q_proj.weight")]
+            parts = [ours.get(base + n + ".weight") for n in ("q_proj", "k_proj", "v_proj")]
+            if any(p is None for p in parts):
+                raise CheckpointError(f"{base}: q/k/v projections incomplete in the checkpoint")
+            out[base + "qkv_proj.weight"] = torch.cat(parts, 0)
+        elif _GEMMA.match(key) and key.endswith("mlp.gate_proj.weight"):
+            base = key[: -len("gate_proj.weight")]
+            if base + "up_proj.weight" not in ours:
+                raise CheckpointError(f"{base}: up_proj missing in the checkpoint")
+            out[base + "gate_up_proj.weight"] = torch.cat([value, ours[base + "up_proj.weight"]], 0)
+        else:
+            out[key] = value
+    return out
+
+
+def _unfuse(ours: dict[str, Tensor], cfg: Pi0Config) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    q_rows, kv_rows = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    for key, value in ours.items():
+        if _GEMMA.match(key) and key.endswith("self_attn.qkv_proj.weight"):
+            base = key[: -len("qkv_proj.weight")]
+            q, k, v = value.split([q_rows, kv_rows, kv_rows], 0)
+            out.update({base + "q_proj.weight": q, base + "k_proj.weight": k, base + "v_proj.weight": v})
+        elif _GEMMA.match(key) and key.endswith("mlp.gate_up_proj.weight"):
+            base = key[: -len("gate_up_proj.weight")]
+            gate, up = value.chunk(2, 0)
+            out.update({base + "gate_proj.weight": gate, base + "up_proj.weight": up})
+        else:
+            out[key] = value
+    return out
+
+
 def lerobot_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """lerobot key names → ours (HF-style separate projections are kept; see ``_fuse``)."""
     ours: dict[str, Tensor] = {}
     for key, value in state.items():
         if key == PG + "model.language_model.embed_tokens.weight":
@@ -192,6 +237,7 @@ def from_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict
         cfg.tokenizer = tokenizer or folder.tokenizer_name() or "builtin"
     if tokenizer is not None:
         cfg.tokenizer = tokenizer
+    state = _fuse(state)
     policy = (Pi05Policy if variant == "pi05" else Pi0Policy)(cfg)
     if (path / EXTRA_TENSORS).exists():
         state.update(read_safetensors(path / EXTRA_TENSORS))
@@ -211,7 +257,7 @@ def to_lerobot(policy, path: str | Path) -> Path:
     cfg: Pi0Config = policy.config
     path = Path(path)
     state = {k: v.float() for k, v in policy.state_dict().items()}
-    lr_state = ours_to_lerobot(state)
+    lr_state = ours_to_lerobot(_unfuse(state, cfg))
     modes = {"VISUAL": "IDENTITY", "STATE": cfg.state_norm, "ACTION": cfg.action_norm}
     stats = {"observation.state": _stats_from_affine(policy.normalizer, "state", cfg.state_norm, cfg.norm_eps),
              "action": _stats_from_affine(policy.normalizer, "action", cfg.action_norm, cfg.norm_eps)}

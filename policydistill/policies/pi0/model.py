@@ -159,12 +159,14 @@ class Pi0Policy(FlowPolicy):
         last = len(self.vlm.layers) - 1
         for i, layer in enumerate(self.vlm.layers):
             x, _ = layer.input_layernorm(h)
-            k, v = layer.self_attn.kv(x, cos, sin)
+            if i == last and cfg.prefix_skip_last:
+                k, v = layer.self_attn.kv(x, cos, sin)
+                keys.append(k)
+                values.append(v)
+                break  # nobody reads the last layer's queries, attention output, MLP or final norm
+            q, k, v = layer.self_attn.qkv(x, cos, sin)
             keys.append(k)
             values.append(v)
-            if i == last and cfg.prefix_skip_last:
-                break  # nobody reads the last layer's attention output, MLP or the final norm
-            q = layer.self_attn.q(x, cos, sin)
             h = h + layer.self_attn.o_proj(grouped_attention(q, k, v, mask, layer.self_attn.scaling))
             x, _ = layer.post_attention_layernorm(h)
             h = h + layer.mlp(x)
@@ -202,12 +204,14 @@ class Pi0Policy(FlowPolicy):
         last = len(self.expert.layers) - 1
         for i, layer in enumerate(self.expert.layers):
             x, _ = layer.input_layernorm(s)
-            k, v = layer.self_attn.kv(x, cos, sin)
+            if i == last:
+                k, v = layer.self_attn.kv(x, cos, sin)
+            else:
+                q, k, v = layer.self_attn.qkv(x, cos, sin)
             keys[i] = torch.cat([keys[i], k], dim=2)
             values[i] = torch.cat([values[i], v], dim=2)
             if i == last:
                 break
-            q = layer.self_attn.q(x, cos, sin)
             s = s + layer.self_attn.o_proj(grouped_attention(q, keys[i], values[i], mask, layer.self_attn.scaling))
             x, _ = layer.post_attention_layernorm(s)
             s = s + layer.mlp(x)
@@ -247,8 +251,7 @@ class Pi0Policy(FlowPolicy):
         for i, layer in enumerate(self.expert.layers):
             x, gate = layer.input_layernorm(h, cond)
             att = layer.self_attn
-            q = att.q(x, ctx.cos, ctx.sin)
-            k, v = att.kv(x, ctx.cos, ctx.sin)
+            q, k, v = att.qkv(x, ctx.cos, ctx.sin)
             if use_buf:
                 ctx.k_buf[i][:, :, lc:] = k
                 ctx.v_buf[i][:, :, lc:] = v
@@ -300,8 +303,8 @@ class Pi0Policy(FlowPolicy):
                 x, g = layer.input_layernorm(h, adarms if j == 1 else None)
                 n = h.shape[1]
                 c, s_ = cos[:, :, start:start + n], sin[:, :, start:start + n]
-                qs.append(layer.self_attn.q(x, c, s_))
-                k, v = layer.self_attn.kv(x, c, s_)
+                q, k, v = layer.self_attn.qkv(x, c, s_)
+                qs.append(q)
                 ks.append(k)
                 vs.append(v)
                 gates.append(g)
