@@ -7,7 +7,8 @@ For each seed:
   2. Warm start: an MLP velocity field is fitted to the analytic teacher through the training
      loop (``VelocityRegression``: F(x_t, t, t) regressed on the EXACT velocity, not the noisy
      ε − a target). Every student starts as ``student_from_teacher`` of that fit; methods that
-     need a teacher get the EXACT analytic teacher (so their error is theirs, not the fit's).
+     use a teacher get the EXACT analytic teacher (so their error is theirs, not the fit's); it
+     is passed to every method, and self-distillation methods that do not use one ignore it.
   3. Every registered method except flow_matching is trained by the ONE loop
      (``policydistill.train.train``) with its recipe (``bench.recipes``), then sampled with its
      own sampling mode at each NFE from the same evaluation noise.
@@ -174,7 +175,7 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print) -> dict
                                "batch_size": tcfg.batch_size, "recipe": recipe.as_dict()}
         t0 = time.perf_counter()
         try:
-            result = train(student, method, data, tcfg, teacher=teacher if cls.needs_teacher else None)
+            result = train(student, method, data, tcfg, teacher=teacher)
         except (TrainingDiverged, RuntimeError, ValueError) as exc:
             log(f"[red]seed {seed}: {name} failed: {exc}[/]")
             row["status"] = f"failed: {type(exc).__name__}: {exc}"
