@@ -307,3 +307,15 @@ def test_bfloat16_inference_runs() -> None:
     out = p.to(torch.bfloat16).sample_actions(obs, steps=1, noise=noise)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert maxdiff(out, ref32) <= 0.1 * float(ref32.abs().max())
+
+
+def test_vision_position_rules() -> None:
+    """transformers 4.57 (lerobot 0.4.4, the fixture) shifts SmolVLM's patch positions: i/n·(1−1e−6) lies
+    just below bucket i, so each axis reads [0, 0, 1, …, n−2]; the older rule is the identity."""
+    from policydistill.policies.smolvla.model import vision_position_ids
+
+    assert torch.equal(vision_position_ids(32, "identity"), torch.arange(1024))
+    axis = torch.tensor([0, 0, 1, 2])
+    assert torch.equal(vision_position_ids(4, "hf457"), (axis[:, None] * 4 + axis[None, :]).flatten())
+    with pytest.raises(ValueError, match="vision_positions"):
+        vision_position_ids(4, "other")
