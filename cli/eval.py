@@ -89,3 +89,34 @@ def eval_cmd(
     if png:
         plot_runs(runs, png)
         console.print(f"[green]wrote[/] {png}")
+
+
+def bench_rollouts_cmd(
+    task: str = typer.Option("metaworld/push-v3", "--task", "-t"),
+    workers: str = typer.Option("1,2", "--workers", "-w", help="Worker counts to compare, comma-separated."),
+    steps: int = typer.Option(400, "--steps", help="Env steps per measurement."),
+    image_size: int = typer.Option(96, "--image-size"),
+    slots_per_worker: int = typer.Option(2, "--slots-per-worker", help="Envs stepped per worker per round trip."),
+    json_out: Path = typer.Option(Path("runs/bench_rollouts.json"), "--json"),
+) -> None:
+    """Env steps/s including rendering, 1 vs 2 workers (plus a state-only row): table + JSON."""
+    from rich.table import Table
+
+    from ..bench.rollouts import RolloutBenchConfig, run
+    from ..eval.report import write_json
+
+    cfg = RolloutBenchConfig(task=task, workers=tuple(int(w) for w in workers.split(",")), steps=steps,
+                             image_size=image_size, slots_per_worker=slots_per_worker)
+    rows = run(cfg, progress=lambda r: console.print(
+        f"workers={r['workers']} render={r['render']}: {r['steps_per_second']:.1f} steps/s"))
+    table = Table(title=f"rollout throughput: {task}, {image_size} px corner2, random actions")
+    for col in ("workers", "slots", "render", "steps", "seconds", "steps/s", "speedup", "load avg (1 min)"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["workers"]), str(r["slots"]), "yes" if r["render"] else "no (state only)", str(r["steps"]),
+                      f"{r['seconds']:.1f}", f"{r['steps_per_second']:.1f}", f"{r['speedup_vs_first']:.2f}×",
+                      f"{r['load_average_1min']:.1f} / {r['cpu_count']} cores")
+    console.print(table)
+    write_json(json_out, {"config": {"task": task, "workers": cfg.workers, "steps": steps, "image_size": image_size,
+                                     "slots_per_worker": slots_per_worker}, "rows": rows})
+    console.print(f"[green]wrote[/] {json_out}")

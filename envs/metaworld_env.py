@@ -10,8 +10,9 @@ Observation (``gymnasium.spaces.Dict``)::
      "agent_pos": float32 (D,)}                   # see `state` below
 
 The image is Meta-World's ``corner2`` camera flipped on both axes (MuJoCo renders it upside
-down), rendered with shadows and MSAA off (``vis.quality.shadowsize = offsamples = 0``) because
-software/EGL rendering with the defaults is ~7x slower (DESIGN.md §6).
+down), rendered with shadows, MSAA and reflections off (``vis.quality.shadowsize = offsamples = 0``,
+``mjRND_REFLECTION = 0``) because software/EGL rendering with the defaults is ~7x slower
+(DESIGN.md §6). Worker processes also set ``LP_NUM_THREADS=1`` (one llvmpipe thread each).
 
 ``state="full"`` (default, D = 21): Meta-World's current-frame observation — hand xyz (3),
 gripper opening (1), first object xyz + quaternion (7), second object xyz + quaternion (7, zero
@@ -175,6 +176,13 @@ class MetaWorldEnv(gym.Env):
         mw.model.vis.quality.offsamples = 0
         self.mw = mw
         self._seeded = False
+        if render_images:
+            # reflections render the scene twice (the brick and table materials are reflective):
+            # off, a frame costs ~25% less CPU and differs by 0.05/255 on average
+            import mujoco
+
+            viewer = mw.mujoco_renderer._get_viewer("rgb_array")
+            viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
 
         # finite bounds from Meta-World's own observation space (same slices as the state vector)
         low, high = mw.sawyer_observation_space.low, mw.sawyer_observation_space.high

@@ -381,8 +381,13 @@ def _attempt_rng(cfg: GenerateConfig, env_id: str, attempt: int) -> np.random.Ge
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(cfg: GenerateConfig, env_id: str) -> None:
+def _worker_init(cfg: GenerateConfig, env_id: str, spawned: bool = True) -> None:
+    import os
+
     from policydistill.envs import make
+
+    if spawned:
+        os.environ.setdefault("LP_NUM_THREADS", "1")  # one llvmpipe thread per worker process
 
     _WORKER["env"] = make(env_id, image_size=cfg.image_size, render_images=cfg.render_images)
     _WORKER["expert"] = make_expert(env_id, cfg.multimodal)
@@ -400,7 +405,7 @@ def _attempts(cfg: GenerateConfig, env_id: str, workers: int) -> Iterator[tuple[
     """(attempt, result) pairs, in completion order; the consumer stops when it has enough."""
     max_attempts = max(cfg.episodes, int(np.ceil(cfg.episodes * cfg.max_attempts_factor)))
     if workers <= 1:
-        _worker_init(cfg, env_id)
+        _worker_init(cfg, env_id, spawned=False)
         try:
             for attempt in range(max_attempts):
                 yield _worker_attempt(attempt)

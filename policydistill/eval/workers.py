@@ -65,6 +65,7 @@ class _EnvHost:
 
 def _worker_main(conn: Any, env_kwargs: dict[str, Any], threads: int) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("LP_NUM_THREADS", "1")  # one llvmpipe thread per worker: workers are the parallelism
     try:  # keep each worker on one core's worth of BLAS threads
         import torch
 
