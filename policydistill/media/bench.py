@@ -26,9 +26,9 @@ from ..methods import METHODS
 from .distill import distill_with, get_spec, prepare_domain
 from .viz import save_gif, save_grid, save_mp4
 
-#: methods run by default: the flow-map family (self-distillation, no teacher-specific networks)
-#: plus one teacher-driven baseline; any registered method can be named with --methods.
-DEFAULT_METHODS = ("snapflow", "meanflow", "lsd", "psd", "shortcut", "progressive_distillation")
+#: methods run by default: the self-distillation family (SnapFlow and the flow-map methods),
+#: which share one budget here; any registered method can be named with --methods.
+DEFAULT_METHODS = ("snapflow", "meanflow", "lsd", "psd", "shortcut")
 TEACHER_NFES = (1, 4, 32)
 STUDENT_NFES = (1, 2)
 METRIC_COLUMNS = ("mse_to_teacher", "psnr_to_teacher", "fd", "swd")
