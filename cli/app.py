@@ -69,6 +69,9 @@ bench_app.command("data")(_bench_data)
 from .eval import eval_cmd as _eval_cmd  # noqa: E402
 
 app.command("eval")(_eval_cmd)
+from .eval import bench_rollouts_cmd as _bench_rollouts  # noqa: E402
+
+bench_app.command("rollouts")(_bench_rollouts)
 
 
 def main() -> None:
