@@ -158,3 +158,17 @@ def test_from_lerobot_refuses_pickles_and_lists_bad_keys(tmp_path, fixtures_dir)
     with pytest.raises(CheckpointError) as err:
         Pi0Policy.from_lerobot(bad)
     assert "state_proj.weight (32, 8)" in str(err.value) and "extra_thing.weight (2, 2)" in str(err.value)
+
+
+def test_bench_policies_reports_every_number():
+    from policydistill.policies.bench import BenchSettings, checks, run
+
+    result = run(BenchSettings(archs=("pi0", "pi05"), sizes=("tiny", "nosuch"), repeats=2, warmup=1, threads=1),
+                 log=lambda *_: None)
+    assert [r["arch"] for r in result["rows"]] == ["pi0", "pi05"] and len(result["skipped"]) == 2
+    row = result["rows"][0]
+    for key in ("params_M", "prefix_ms", "step_ms", "denoise1_ms", "denoise10_ms", "chunk1_ms", "chunk10_ms",
+                "e2e10_ms", "ratio_10_1"):
+        assert row[key] > 0
+    assert result["lerobot_pi0_ref_quoted_ms"]["chunk10_ms"] == 38.7
+    assert len(checks(result)) == 2

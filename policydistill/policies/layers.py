@@ -84,9 +84,12 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, 
     return out.reshape(b, h, lq, hd).transpose(1, 2).reshape(b, lq, h * hd)
 
 
-def key_padding_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
+def key_padding_mask(valid: Tensor, dtype: torch.dtype) -> Tensor | None:
     """bool (B, Lk) → additive (B, 1, 1, Lk): 0 where a key may be attended, a large negative
-    number where not (finite, so a row can never turn into NaN)."""
+    number where not (finite, so a row can never turn into NaN). None when every key is valid
+    (the usual batch-1 case): attention then runs without a mask at all. Built once per chunk."""
+    if bool(valid.all()):
+        return None
     return torch.where(valid, 0.0, torch.finfo(dtype).min).to(dtype)[:, None, None, :]
 
 

@@ -60,7 +60,7 @@ class PrefixCache:
 
     keys: list[Tensor]               # per layer (B, KVH, Lc, hd): prefix (+ pi0 state token), rotated
     values: list[Tensor]
-    key_mask: Tensor                 # additive (B, 1, 1, Lc + chunk)
+    key_mask: Tensor | None          # additive (B, 1, 1, Lc + chunk); None = all keys valid
     cos: Tensor                      # rotary tables of the action positions (B, 1, chunk, hd)
     sin: Tensor
     k_buf: list[Tensor] | None = None  # no-grad inference: (B, KVH, Lc + chunk, hd), head filled once
