@@ -72,6 +72,9 @@ app.command("eval")(_eval_cmd)
 from .eval import bench_rollouts_cmd as _bench_rollouts  # noqa: E402
 
 bench_app.command("rollouts")(_bench_rollouts)
+from .envs import envs_app as _envs_app  # noqa: E402
+
+app.add_typer(_envs_app, name="envs")
 
 
 def main() -> None:
