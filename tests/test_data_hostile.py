@@ -290,3 +290,12 @@ def test_random_corruptions_raise_dataset_error_only(kind: str, file_pick: int, 
             FlowWindowDataset(root, horizon=3, split="all").sample(4)
         except DatasetError as exc:
             assert str(exc), "an empty error message tells the user nothing"
+
+
+def test_video_frame_size_disagrees_with_info(fixtures_dir: Path, tmp_path: Path) -> None:
+    shutil.copytree(fixtures_dir / "lerobot/dataset_v30_video", tmp_path / "v")
+    info = json.loads((tmp_path / "v/meta/info.json").read_text())
+    info["features"]["observation.images.cam"]["shape"] = [32, 16, 3]
+    (tmp_path / "v/meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match="meta/info.json declares"):
+        LeRobotV3Dataset(tmp_path / "v").episode(1)

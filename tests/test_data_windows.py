@@ -81,7 +81,7 @@ def test_episode_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
 def test_sample_is_reproducible_and_lazy_path_agrees(tmp_path: Path) -> None:
     store = ZarrEpisodeStore.write(tmp_path / "s.zarr", random_episodes(5, seed=2), fps=10)
     mem = FlowWindowDataset(store, horizon=4, n_obs_steps=2, split="all")
-    lazy = FlowWindowDataset(store, horizon=4, n_obs_steps=2, split="all", in_memory=False, cache_episodes=2)
+    lazy = FlowWindowDataset(store, horizon=4, n_obs_steps=2, split="all", in_memory=False)
     b1 = mem.sample(32, torch.Generator().manual_seed(7))
     b2 = mem.sample(32, torch.Generator().manual_seed(7))
     b3 = lazy.sample(32, torch.Generator().manual_seed(7))
@@ -104,9 +104,24 @@ def test_sample_is_reproducible_and_lazy_path_agrees(tmp_path: Path) -> None:
 def test_reads_lerobot_and_zarr_identically(tmp_path: Path) -> None:
     eps = random_episodes(4, seed=9)
     z = FlowWindowDataset(ZarrEpisodeStore.write(tmp_path / "s.zarr", eps, fps=10), horizon=5, split="all")
-    lr = FlowWindowDataset(write_lerobot_v3(tmp_path / "lr", eps, fps=10), horizon=5, split="all")
-    idx = torch.arange(len(z))
-    a, b = z.batch(idx), lr.batch(idx)
+    lr_source = write_lerobot_v3(tmp_path / "lr", eps, fps=10)
+    lr = FlowWindowDataset(lr_source, horizon=5, n_obs_steps=1, split="all")
+    lr_lazy = FlowWindowDataset(lr_source, horizon=5, split="all", in_memory=False)
+    idx = torch.arange(len(z)).flip(0)
+    a = z.batch(idx)
+    for other in (lr.batch(idx), lr_lazy.batch(idx)):
+        for key in a:
+            assert a[key] == other[key] if isinstance(a[key], list) else torch.equal(a[key], other[key]), key
+
+
+def test_video_lazy_equals_in_memory(tmp_path: Path) -> None:
+    eps = random_episodes(3, seed=1, image_hw=(8, 6), length=(6, 10))
+    src = write_lerobot_v3(tmp_path / "v", eps, fps=10, video=True, vcodec="libx264")
+    mem = FlowWindowDataset(src, horizon=3, n_obs_steps=2, split="all")
+    lazy = FlowWindowDataset(src, horizon=3, n_obs_steps=2, split="all", in_memory=False)
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.randint(len(mem), (16,), generator=gen)
+    a, b = mem.batch(idx), lazy.batch(idx)
     for key in a:
         assert a[key] == b[key] if isinstance(a[key], list) else torch.equal(a[key], b[key]), key
 

@@ -112,7 +112,7 @@ def run_data_bench(cfg: DataBenchConfig) -> dict[str, Any]:
             t0 = time.perf_counter()
             windows = FlowWindowDataset(ds, horizon=cfg.horizon, split="all")
             t_load = time.perf_counter() - t0
-            lazy = FlowWindowDataset(ds, horizon=cfg.horizon, split="all", in_memory=False, cache_episodes=4)
+            lazy = FlowWindowDataset(ds, horizon=cfg.horizon, split="all", in_memory=False)
             rows.append({
                 "format": name, "frames": frames, "size_mib": _size_mib(path),
                 "write_frames_per_s": frames / t_write, "read_frames_per_s": frames / t_read,

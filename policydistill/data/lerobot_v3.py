@@ -125,6 +125,7 @@ class LeRobotV3Dataset:
         self.stats = self._read_stats()
         self._extras = self._read_extras()
         self._tables: dict[Path, Any] = {}
+        self._rows_cache: dict[tuple[int, Path], Any] = {}
 
     # ----------------------------------------------------------------------------- metadata
     def _parse_info(self) -> None:
@@ -295,11 +296,10 @@ class LeRobotV3Dataset:
             self._tables[path] = table
         return self._tables[path]
 
-    def frames(self, i: int) -> dict[str, np.ndarray]:
-        """Every column of episode ``i`` as numpy, frame-ordered, images decoded to uint8 HWC."""
+    def _rows(self, i: int) -> tuple[Any, Path]:
+        """Episode ``i``'s rows of its data file, ordered by frame_index (validated)."""
         import pyarrow.compute as pc
 
-        i = self._check_index(i)
         chunk, file = int(self._ep["data/chunk_index"][i]), int(self._ep["data/file_index"][i])
         try:
             rel = self.data_path.format(chunk_index=chunk, file_index=file)
@@ -307,6 +307,8 @@ class LeRobotV3Dataset:
             raise DatasetError(f"meta/info.json data_path {self.data_path!r} is not a valid template ({exc}). "
                                f"{REDO}") from exc
         path = self.path / rel
+        if (i, path) in self._rows_cache:
+            return self._rows_cache[(i, path)], path
         table = self._table(path)
         where = f"{path} episode {i}"
         n = int(self.lengths[i])
@@ -326,15 +328,28 @@ class LeRobotV3Dataset:
         if len(fidx) != n:
             raise DatasetError(f"{where}: {len(fidx)} rows found but meta/episodes says {n} frames; the data file is "
                                f"truncated or belongs to another dataset. {REDO}")
-        order = np.argsort(fidx, kind="stable")
-        rows = rows.take(order)
+        if not np.array_equal(np.sort(fidx), np.arange(n)):
+            raise DatasetError(f"{where}: frame_index is not 0..{n - 1}; frames are missing or duplicated. {REDO}")
+        if (np.diff(fidx) < 0).any():
+            with reading(path, "LeRobot data file"):
+                rows = rows.take(np.argsort(fidx, kind="stable"))
+        if len(self._rows_cache) >= 16:
+            self._rows_cache.pop(next(iter(self._rows_cache)))
+        self._rows_cache[(i, path)] = rows
+        return rows, path
+
+    def frames(self, i: int, images: bool = True) -> dict[str, np.ndarray]:
+        """Every column of episode ``i`` as numpy, frame-ordered, images decoded to uint8 HWC
+        (left out when ``images`` is False: the cheap path for actions and states only)."""
+        i = self._check_index(i)
+        rows, path = self._rows(i)
+        where = f"{path} episode {i}"
+        n = int(self.lengths[i])
         out: dict[str, np.ndarray] = {}
         with reading(path, "LeRobot data file"):
             for key in INDEX_FEATURES:
                 out[key] = rows.column(key).to_numpy(zero_copy_only=False)
         out["timestamp"] = out["timestamp"].astype(np.float32)
-        if not np.array_equal(out["frame_index"], np.arange(n)):
-            raise DatasetError(f"{where}: frame_index is not 0..{n - 1}; frames are missing or duplicated. {REDO}")
         if not np.isfinite(out["timestamp"]).all():
             raise DatasetError(f"{where}: timestamps contain NaN or inf. {REDO}")
         out[ACTION_KEY] = _list_column(rows.column(ACTION_KEY), self.action_dim, f"{where} column 'action'")
@@ -344,13 +359,27 @@ class LeRobotV3Dataset:
             check_finite(out[STATE_KEY], f"{where} state")
         else:
             out[STATE_KEY] = np.zeros((n, 0), np.float32)
-        for cam, shape in self.layout.cameras.items():
-            key = image_key(cam)
-            if key in self.video_keys:
-                out[key] = self._video_frames(i, key, out["timestamp"], shape)
-            else:
-                out[key] = self._png_frames(rows.column(key), shape, f"{where} column '{key}'")
+        if images:
+            for cam in self.layout.cameras:
+                out[image_key(cam)] = self.frame_images(i, np.arange(n), cam)
         return out
+
+    def frame_images(self, i: int, frames: np.ndarray, cam: str) -> np.ndarray:
+        """Frames ``frames`` (indices within episode ``i``) of camera ``cam`` as uint8 (K, H, W, 3);
+        only those frames are decoded (PNG) or only that stretch of the video."""
+        i = self._check_index(i)
+        frames = np.asarray(frames, dtype=np.int64)
+        key, shape = image_key(cam), self.layout.cameras[cam]
+        rows, path = self._rows(i)
+        with reading(path, "LeRobot data file"):
+            picked = rows.take(frames)
+            if key in self.video_keys:
+                ts = picked.column("timestamp").to_numpy(zero_copy_only=False).astype(np.float32)
+        if key in self.video_keys:
+            if not np.isfinite(ts).all():
+                raise DatasetError(f"{path} episode {i}: timestamps contain NaN or inf. {REDO}")
+            return self._video_frames(i, key, ts, shape)
+        return self._png_frames(picked.column(key), shape, f"{path} episode {i} column '{key}'")
 
     def _png_frames(self, col: Any, shape: tuple[int, int, int], what: str) -> np.ndarray:
         with reading(what, "image column", "Image columns must be struct<bytes, path> with PNG bytes."):
@@ -388,22 +417,23 @@ class LeRobotV3Dataset:
         """The episode's task text: meta/episodes 'tasks' when present, else its first frame's task."""
         if self._ep_tasks is not None and self._ep_tasks[i]:
             return str(self._ep_tasks[i][0])
-        ti = int(self.frames(i)["task_index"][0])
+        ti = int(self.frames(i, images=False)["task_index"][0])
         if ti not in self.tasks:
             raise DatasetError(f"{self.path}: episode {i} uses task_index {ti}, which meta/tasks.parquet does not "
                                f"define. {REDO}")
         return self.tasks[ti]
 
-    def episode(self, i: int) -> Episode:
+    def episode(self, i: int, images: bool = True) -> Episode:
+        """Episode ``i``; ``images=False`` skips decoding the cameras (``Episode.images`` is empty)."""
         i = self._check_index(i)
-        fr = self.frames(i)
+        fr = self.frames(i, images=images)
         rec = self.episode_record(i)
-        images = {cam: fr[image_key(cam)] for cam in self.layout.cameras}
+        images_ = {cam: fr[image_key(cam)] for cam in self.layout.cameras} if images else {}
         ti = int(fr["task_index"][0])
         if ti not in self.tasks:
             raise DatasetError(f"{self.path}: episode {i} uses task_index {ti}, which meta/tasks.parquet does not "
                                f"define. {REDO}")
-        return Episode(images=images, state=fr[STATE_KEY], action=fr[ACTION_KEY], instruction=self.tasks[ti],
+        return Episode(images=images_, state=fr[STATE_KEY], action=fr[ACTION_KEY], instruction=self.tasks[ti],
                        task=rec["task"], success=rec["success"], meta=rec["meta"])
 
     def __iter__(self):  # noqa: ANN204 - generator of Episode

@@ -68,8 +68,13 @@ def decode_video_frames(path: Path, timestamps: np.ndarray, fps: float, shape: t
                     continue
                 if t > last + tol:
                     break
+                arr = frame.to_ndarray(format="rgb24")
+                if arr.shape != tuple(shape):
+                    raise DatasetError(f"{path}: the frame at {t:.3f}s is {arr.shape[:2]} pixels but meta/info.json "
+                                       f"declares {tuple(shape)}; the video is corrupt or belongs to another "
+                                       "dataset — re-encode it.")
                 times.append(t)
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(arr)
     if not frames:
         raise DatasetError(f"{path} has no frames between {first:.3f}s and {last:.3f}s; the episode's from_timestamp in "
                            "meta/episodes does not match the video — re-create the dataset.")
@@ -80,11 +85,7 @@ def decode_video_frames(path: Path, timestamps: np.ndarray, fps: float, shape: t
         k = int(err.argmax())
         raise DatasetError(f"{path}: no frame near {timestamps[k]:.4f}s (closest {t_arr[nearest[k]]:.4f}s, tolerance "
                            f"{tol:.4f}s); the video has dropped frames or the timestamps are wrong — re-encode it.")
-    out = np.stack([frames[j] for j in nearest])
-    if out.shape[1:] != tuple(shape):
-        raise DatasetError(f"{path} frames are {out.shape[1:]} but meta/info.json declares {tuple(shape)}; fix the "
-                           "feature shape or re-encode the video.")
-    return out
+    return np.stack([frames[j] for j in nearest])
 
 
 #: encoder name -> codec name as ffprobe (and so lerobot's info.json) reports it

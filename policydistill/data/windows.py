@@ -11,15 +11,16 @@ Semantics follow lerobot's ``delta_timestamps`` windows:
   and not normalised (lerobot's VISUAL → IDENTITY).
 
 Episodes are split into train / held-out sets by a seeded permutation, so no window of a
-held-out episode is ever trained on. The in-memory path decodes the split's episodes once
-into tensors (images stay uint8 until a batch is drawn) and gathers whole batches with
-tensor indexing; :meth:`FlowWindowDataset.sample` draws the batch for step k from a
+held-out episode is ever trained on. States and actions of the split always sit in memory
+(they are small). Images either too (``in_memory=True``: decoded once, kept uint8, whole
+batches gathered by tensor indexing) or are read per window (``in_memory=False``: only the
+observed frames are decoded, for datasets larger than memory). Both paths return identical
+windows. :meth:`FlowWindowDataset.sample` draws the batch for step k from a
 ``torch.Generator``, which is what the training loop needs for exact resume.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -42,8 +43,7 @@ class WindowConfig:
     seed: int = 0                   # seeds the episode split
     normalize: bool = True          # MEAN_STD on state and action
     cameras: tuple[str, ...] | None = None  # None: every camera of the dataset
-    in_memory: bool = True          # decode all split episodes once (fast path)
-    cache_episodes: int = 8         # lazy path: decoded episodes kept
+    in_memory: bool = True          # decode all split images once (fast path); else per window
     progress: bool = False          # rich progress bar while decoding episodes into memory
 
 
@@ -103,7 +103,8 @@ class Normalizer:
 
 
 class _Frames:
-    """Concatenated frames of some episodes as tensors, plus each frame's episode bounds."""
+    """Concatenated frames of some episodes as tensors, plus each frame's episode bounds.
+    ``images`` is empty when the episodes were read without images (lazy path)."""
 
     def __init__(self, episodes: list[Any], ids: list[int], normalizer: Normalizer | None,
                  cameras: list[str]) -> None:
@@ -115,7 +116,8 @@ class _Frames:
         if normalizer is not None:
             action, state = normalizer.normalize(ACTION_KEY, action), normalizer.normalize(STATE_KEY, state)
         self.action, self.state = action.contiguous(), state.contiguous()
-        self.images = {cam: torch.from_numpy(np.concatenate([e.images[cam] for e in episodes])) for cam in cameras}
+        self.images = {cam: torch.from_numpy(np.concatenate([e.images[cam] for e in episodes]))
+                       for cam in cameras if all(cam in e.images for e in episodes)}
         self.start = torch.from_numpy(np.repeat(starts, lengths))
         self.end = self.start + torch.from_numpy(np.repeat(np.asarray(lengths, np.int64), lengths))
         self.frame_index = torch.arange(self.n) - self.start
@@ -158,17 +160,16 @@ class FlowWindowDataset(torch.utils.data.Dataset):
         self.normalizer = Normalizer(stats) if cfg.normalize else None
         lengths = np.asarray(self.source.lengths)[self.episode_ids]
         self._cum = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        self._frames: _Frames | None = None
-        self._cache: OrderedDict[int, _Frames] = OrderedDict()
-        if cfg.in_memory:
-            self._frames = _Frames(self._load(self.episode_ids), self.episode_ids, self.normalizer, self.cameras)
+        self._frames = _Frames(self._load(self.episode_ids, cfg.in_memory), self.episode_ids, self.normalizer,
+                               self.cameras)
 
-    def _load(self, ids: list[int]) -> list[Any]:
+    def _load(self, ids: list[int], images: bool) -> list[Any]:
+        it: Any = ids
         if self.config.progress and len(ids) > 1:
             from rich.progress import track
 
-            return [self.source.episode(i) for i in track(ids, description="decoding episodes")]
-        return [self.source.episode(i) for i in ids]
+            it = track(ids, description="decoding episodes" if images else "reading states and actions")
+        return [self.source.episode(i, images=images) for i in it]
 
     def __len__(self) -> int:
         return int(self._cum[-1])
@@ -195,7 +196,8 @@ class FlowWindowDataset(torch.utils.data.Dataset):
         squeeze = cfg.n_obs_steps == 1
         out: dict[str, Any] = {}
         for cam in self.cameras:
-            img = fr.images[cam][obs].permute(0, 1, 4, 2, 3).float().div_(255.0)
+            raw = fr.images[cam][obs] if cam in fr.images else self._read_images(fr, cam, obs)
+            img = raw.permute(0, 1, 4, 2, 3).float().div_(255.0)
             out[image_key(cam)] = img[:, 0] if squeeze else img
         state = fr.state[obs]
         out[STATE_KEY] = state[:, 0] if squeeze else state
@@ -210,29 +212,26 @@ class FlowWindowDataset(torch.utils.data.Dataset):
         out["frame_index"] = fr.frame_index[f]
         return out
 
-    def _locate(self, idx: int) -> tuple[int, int]:
+    def _read_images(self, fr: _Frames, cam: str, obs: torch.Tensor) -> torch.Tensor:
+        """Lazy path: decode only the frames ``obs`` (B, n) refers to, one read per episode."""
+        flat = obs.reshape(-1)
+        out = torch.empty((flat.numel(), *self.source.layout.cameras[cam]), dtype=torch.uint8)
+        local = fr.local_episode[flat]
+        for pos in torch.unique(local).tolist():
+            sel = (local == pos).nonzero().squeeze(1)
+            wanted = fr.frame_index[flat[sel]]
+            uniq, inverse = torch.unique(wanted, return_inverse=True)
+            imgs = self.source.frame_images(self.episode_ids[pos], uniq.numpy(), cam)
+            out[sel] = torch.from_numpy(np.ascontiguousarray(imgs))[inverse]
+        return out.reshape(*obs.shape, *out.shape[1:])
+
+    def _locate(self, idx: int) -> None:
         if not -len(self) <= idx < len(self):
             raise IndexError(f"window {idx} out of range: the {self.config.split} split has {len(self)} windows")
-        idx %= len(self)
-        pos = int(np.searchsorted(self._cum, idx, side="right") - 1)
-        return pos, idx - int(self._cum[pos])
-
-    def _episode_frames(self, pos: int) -> _Frames:
-        if pos not in self._cache:
-            ep_id = self.episode_ids[pos]
-            self._cache[pos] = _Frames(self._load([ep_id]), [ep_id], self.normalizer, self.cameras)
-            if len(self._cache) > self.config.cache_episodes:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(pos)
-        return self._cache[pos]
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        if self._frames is not None:
-            self._locate(idx)  # bounds check; in memory, window k starts at concatenated frame k
-            item = self._gather(self._frames, torch.tensor([idx % len(self)]))
-        else:
-            pos, frame = self._locate(idx)
-            item = self._gather(self._episode_frames(pos), torch.tensor([frame]))
+        self._locate(idx)  # window k starts at concatenated frame k
+        item = self._gather(self._frames, torch.tensor([idx % len(self)]))
         return {k: (v[0] if isinstance(v, list | torch.Tensor) else v) for k, v in item.items()}
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -243,11 +242,6 @@ class FlowWindowDataset(torch.utils.data.Dataset):
     def batch(self, idx: torch.Tensor) -> dict[str, Any]:
         """The windows at ``idx`` (B,) stacked into one dict."""
         idx = torch.as_tensor(idx, dtype=torch.long)
-        if self._frames is not None:
-            return self._gather(self._frames, idx % len(self))
-        items = [self[int(i)] for i in idx]
-        out: dict[str, Any] = {}
-        for key in items[0]:
-            vals = [it[key] for it in items]
-            out[key] = vals if isinstance(vals[0], str) else torch.stack(vals)
-        return out
+        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"window indices must be in [{-len(self)}, {len(self)}) for the {self.config.split} split")
+        return self._gather(self._frames, idx % len(self))

@@ -159,19 +159,30 @@ class ZarrEpisodeStore:
             raise IndexError(f"episode {i} out of range: the store holds {len(self)} episodes")
         return i % len(self)
 
-    def episode(self, i: int) -> Episode:
+    def episode(self, i: int, images: bool = True) -> Episode:
+        """Episode ``i``; ``images=False`` skips reading the cameras (``Episode.images`` is empty)."""
         i = self._check_index(i)
         a, b = int(self.episode_starts[i]), int(self.episode_ends[i])
         where = f"{self.path} episode {i}"
         with reading(self.path, f"episode {i} of zarr store"):
             action = np.asarray(self.action[a:b])
             state = np.asarray(self.state[a:b])
-            images = {cam: np.asarray(arr[a:b]) for cam, arr in self.images.items()}
+            frames = {cam: np.asarray(arr[a:b]) for cam, arr in self.images.items()} if images else {}
         check_finite(action, f"{where} action")
         check_finite(state, f"{where} state")
         rec = self._episodes[i]
-        return Episode(images=images, state=state, action=action, instruction=str(rec["instruction"]),
+        return Episode(images=frames, state=state, action=action, instruction=str(rec["instruction"]),
                        task=str(rec["task"]), success=bool(rec["success"]), meta=dict(rec["meta"]))
+
+    def frame_images(self, i: int, frames: np.ndarray, cam: str) -> np.ndarray:
+        """Frames ``frames`` (indices within episode ``i``) of camera ``cam`` as uint8 (K, H, W, 3);
+        only the chunks holding them are decompressed."""
+        i = self._check_index(i)
+        frames = np.asarray(frames, dtype=np.int64)
+        if frames.size and (frames.min() < 0 or frames.max() >= self.lengths[i]):
+            raise IndexError(f"frames {frames.tolist()} out of range for episode {i} of length {self.lengths[i]}")
+        with reading(self.path, f"episode {i} of zarr store"):
+            return np.asarray(self.images[cam].get_orthogonal_selection(int(self.episode_starts[i]) + frames))
 
     def __iter__(self):  # noqa: ANN204 - generator of Episode
         for i in range(len(self)):
