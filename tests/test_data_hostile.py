@@ -119,10 +119,9 @@ def test_wrong_dims(lerobot: Path, tmp_path: Path) -> None:
     b = Episode(images=b.images, state=b.state[:, :3], action=b.action, instruction="x")
     with pytest.raises(DatasetError, match="does not match the dataset's layout"):
         ZarrEpisodeStore.write(tmp_path / "dims.zarr", [a, b])
+    flat = Episode(images={}, state=np.zeros((4,), np.float32), action=np.zeros((4, 2), np.float32), instruction="")
     with pytest.raises(DatasetError, match=r"must have shape \(T=4, D\)"):
-        Episode_ = Episode(images={}, state=np.zeros((4,), np.float32), action=np.zeros((4, 2), np.float32),
-                           instruction="")
-        ZarrEpisodeStore.write(tmp_path / "dims2.zarr", [Episode_])
+        ZarrEpisodeStore.write(tmp_path / "dims2.zarr", [flat])
     with pytest.raises(DatasetError, match=r"uint8 \(T, H, W, 3\)"):
         ZarrEpisodeStore.write(tmp_path / "dims3.zarr", [Episode(images={"c": np.zeros((2, 4, 4), np.uint8)},
                                                                  state=np.zeros((2, 1)), action=np.zeros((2, 1)),

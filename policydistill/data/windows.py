@@ -130,7 +130,8 @@ class FlowWindowDataset(torch.utils.data.Dataset):
     """(observation history, action chunk, padding mask) windows from a zarr store or LeRobot v3.
 
     ``len(ds)`` is the number of windows = frames of the split's episodes (one window starts
-    at every frame). Items and batches are dicts with lerobot key names."""
+    at every frame). Items and batches are dicts with lerobot key names. Normalisation uses the
+    dataset's stored statistics (all episodes, as lerobot does), so every split shares them."""
 
     def __init__(self, source: Any, config: WindowConfig | None = None, **overrides: Any) -> None:
         from .io import open_dataset
