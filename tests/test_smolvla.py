@@ -259,7 +259,7 @@ def test_presets_sizes() -> None:
     assert (cfg.vlm_width, cfg.expert_width, cfg.num_vlm_layers, cfg.chunk_size, cfg.num_inference_steps) == (960, 720, 16, 50, 10)
     assert cfg.expert_mlp_size == 2048 and cfg.tokens_per_image == 64
     assert 350e6 < full.num_parameters() < 450e6
-    with pytest.raises(ValueError, match="valid: tiny, small, full"):
+    with pytest.raises(ValueError, match="valid: tiny, small, ref, full"):
         preset("huge")
 
 

@@ -137,6 +137,15 @@ PRESETS: dict[str, SmolVLAConfig] = {
         head_dim=64, vlm_mlp=512, chunk_size=50, n_action_steps=50, max_state_dim=32, max_action_dim=32,
         state_dim=32, action_dim=32, tokenizer_max_length=16,
     ),
+    # The size issue 3 uses for the lerobot pi0 latency reference (VLM 256 wide, 4 layers, 8 heads, 1 KV head,
+    # head_dim 32, MLP 1024; SigLIP 128 wide, 2 layers, patch 16, 128 px; chunk 50, 16 tokens, dims 32), in
+    # SmolVLA's shape (expert 0.75×, interleaved cross-attention, pixel shuffle 2 → 16 tokens per camera).
+    "ref": SmolVLAConfig(
+        image_size=128, patch_size=16, vision_width=128, vision_depth=2, vision_heads=4, vision_mlp=512,
+        scale_factor=2, vocab_size=512, vlm_width=256, num_vlm_layers=4, num_heads=8, num_kv_heads=1,
+        head_dim=32, vlm_mlp=1024, chunk_size=50, n_action_steps=50, max_state_dim=32, max_action_dim=32,
+        state_dim=32, action_dim=32, tokenizer_max_length=16,
+    ),
     # SmolVLA base (lerobot/smolvla_base): SmolVLM2-500M-Video-Instruct text model (960 wide, 15 heads,
     # 5 KV heads, head_dim 64, vocab 49 280) truncated to 16 layers; SigLIP 768 wide, 12 layers, patch 16,
     # 512 px, pixel shuffle 4 → 64 tokens per image; expert 720 wide (0.75×), MLP 2048.

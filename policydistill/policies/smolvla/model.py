@@ -244,8 +244,6 @@ class SmolVLA(FlowPolicy):
         kv_dim = cfg.num_kv_heads * cfg.head_dim
         self.vision = SiglipEncoder(cfg.vision_width, cfg.vision_depth, cfg.vision_heads, cfg.vision_mlp,
                                     cfg.patch_size, cfg.tower_image_size, cfg.vision_eps)
-        self.register_buffer("vision_pos", vision_position_ids(cfg.tower_image_size // cfg.patch_size,
-                                                               cfg.vision_positions), persistent=False)
         self.connector = nn.Linear(cfg.vision_width * cfg.scale_factor**2, cfg.vlm_width, bias=False)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.vlm_width)
         self.vlm_layers = nn.ModuleList(
@@ -269,6 +267,9 @@ class SmolVLA(FlowPolicy):
         #: how often each stage ran (tests use it to prove the prefix runs once per chunk).
         self.counters = {"encode": 0, "vlm_layer": 0, "cross_kv_proj": 0, "vision": 0, "flow": 0}
         self._tokenizer: Any = None
+        # Patch position ids: a constant of the config, kept off the module's buffers (so building on
+        # the meta device and filling weights in place leaves it intact); cached per device.
+        self._vision_pos: dict[str, Tensor] = {}
         self.lerobot_extras: dict[str, Tensor] = {}   # lerobot tensors SmolVLA never uses (round trip)
         self.lerobot_config: dict[str, Any] | None = None
 
@@ -368,7 +369,12 @@ class SmolVLA(FlowPolicy):
         """The shared SigLIP encoder with SmolVLM's patch position ids (see vision_position_ids)."""
         v = self.vision
         x = v.embeddings.patch_embedding(pixels.to(v.embeddings.patch_embedding.weight.dtype))
-        h = x.flatten(2).transpose(1, 2) + v.embeddings.position_embedding(self.vision_pos.to(x.device))
+        key = str(x.device)
+        if key not in self._vision_pos:
+            side = self.config.tower_image_size // self.config.patch_size
+            with torch.device("cpu"):
+                self._vision_pos[key] = vision_position_ids(side, self.config.vision_positions).to(x.device)
+        h = x.flatten(2).transpose(1, 2) + v.embeddings.position_embedding(self._vision_pos[key])
         for layer in v.encoder.layers:
             h = layer(h)
         return v.post_layernorm(h)
