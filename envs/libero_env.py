@@ -42,13 +42,18 @@ Rendering speed. robosuite renders both cameras every step with 4× MSAA, 4096²
 and reflections; with software EGL (Mesa llvmpipe, no GPU) that is what dominates a step.
 `fast_render=True` (default) sets `offsamples = 0` and `shadowsize = 0` and turns scene
 shadows and reflections off (images keep their content; edges are aliased, no shadows).
-Measured on this 2-core machine (shared with other jobs, so ±30 %), libero_spatial task 0,
-random actions, both cameras:
+Measured on this 2-core machine, libero_spatial task 0, random actions, both cameras, Mesa
+EGL (llvmpipe), per step. The machine was shared (load average 5-17 on 2 cores), so the wall
+clock is inflated; the CPU time of the process (all its threads) is the stable figure, and
+what an idle 2-core machine's wall clock comes close to:
 
-    image size   fast_render=False          fast_render=True
-    128 px       272 ms/step  (3.7 steps/s)   65 ms/step (15 steps/s)
-    256 px       ...                           ...
+    image size   fast_render=True                      fast_render=False (as shipped)
+    128 px       69-77 ms CPU  (~13-15 steps/s est. idle)   206-221 ms CPU (~4.5 steps/s est. idle)
+    256 px       85-87 ms CPU  (~12 steps/s est. idle)      232-246 ms CPU (~4 steps/s est. idle)
+    (wall clock at load 5: 65 ms/step fast vs 272 ms/step as shipped, 128 px)
 
+reset() costs 0.3 s CPU (two frames rendered instead of 24, see `_set_cameras`); creating an
+env ~3.5 s (XML build + GL context; the first one in a fresh venv also JIT-compiles numba).
 Physics alone is ~7–11 ms/step. Use `fast_render=False` to reproduce published numbers of
 checkpoints trained on LIBERO's shadowed, anti-aliased renders; the fast images are a small
 distribution shift. robosuite also writes its debug log to /tmp/robosuite.log (hard-coded).
