@@ -29,18 +29,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...core.embedding import TargetTimeEmbedding, sinusoidal_embedding
-from ..base import IMAGE_PREFIX, FlowPolicy
+from ..base import FlowPolicy
 from ..layers import SiglipEncoder
 from ..tokenizer import load_tokenizer
 from .configuration import PRESETS, SmolVLAConfig, preset
+from .processor import apply_padding_masks, resize_images, smolvla_prompts
 
 # ----------------------------------------------------------------------------------------------
 # Building blocks that differ from the Gemma ones in policies/layers.py: Llama's RMSNorm (w·x̂, not
@@ -166,18 +166,6 @@ def vision_position_ids(side: int, rule: str) -> Tensor:
         raise ValueError(f"vision_positions must be 'hf457' or 'identity', got {rule!r}")
     bucket = torch.bucketize(frac, boundaries, right=True)
     return (bucket[:, None] * side + bucket[None, :]).flatten()
-
-
-def smolvla_resize_with_pad(img: Tensor, size: int) -> Tensor:
-    """lerobot SmolVLA's resize_with_pad: keep the aspect ratio (bilinear), then pad with 0 on the
-    LEFT and TOP only (→ −1 after scaling to [−1, 1]). Identity for a (size, size) image."""
-    h, w = img.shape[-2:]
-    if (h, w) == (size, size):
-        return img
-    ratio = max(w / size, h / size)
-    nh, nw = int(h / ratio), int(w / ratio)
-    out = F.interpolate(img, size=(nh, nw), mode="bilinear", align_corners=False)
-    return F.pad(out, (max(0, size - nw), 0, max(0, size - nh), 0), value=0.0)
 
 
 def pixel_shuffle(x: Tensor, scale: int) -> Tensor:
@@ -320,49 +308,16 @@ class SmolVLA(FlowPolicy):
         """lerobot's SmolVLA prompt: the task with a trailing newline, right padded to the longest
         prompt of the batch (padding="longest"; masked pads change nothing), truncated at
         ``tokenizer_max_length``."""
-        tasks = [t if t.endswith("\n") else f"{t}\n" for t in tasks]
-        tokens, masks = self.tokenizer(tasks, self.config.tokenizer_max_length)
+        tokens, masks = self.tokenizer(smolvla_prompts(tasks), self.config.tokenizer_max_length)
         longest = max(int(masks.sum(1).max()), 1)
         return {"tokens": tokens[:, :longest].to(self.device), "token_masks": masks[:, :longest].to(self.device)}
 
     def canonical_obs(self, obs: Any) -> dict[str, Any]:
         """The shared formats, with SmolVLA's own resize (see ``smolvla_resize_with_pad``), plus
         lerobot's ``observation.images.<cam>_padding_mask`` (a camera absent for some samples)."""
-        c = super().canonical_obs(self._resize_images(obs))
-        for i, cam in enumerate(self.config.cameras):
-            key = f"observation.images.{cam}_padding_mask"
-            if key in obs:
-                c["image_masks"][i] = torch.as_tensor(obs[key], device=self.device).bool().reshape(-1)
-        return c
-
-    def _resize_images(self, obs: Any) -> Any:
-        """Bring every camera image to ``image_size`` with lerobot SmolVLA's rule BEFORE the shared
-        processing (whose own resize then has nothing to do): the shared rule centres the padding
-        (openpi), SmolVLA pads on the left and top. Images come back as float (B, 3, S, S) in [0, 1]."""
-        if not isinstance(obs, Mapping) or "images" in obs:
-            return obs
-        size = self.config.image_size
-        out = dict(obs)
-        pixels = dict(obs["pixels"]) if isinstance(obs.get("pixels"), Mapping) else {}
-        for cam in self.config.cameras:
-            key = IMAGE_PREFIX + cam
-            if cam in pixels:
-                img = torch.as_tensor(np.asarray(pixels.pop(cam)), device=self.device)
-                img = (img[None] if img.dim() == 3 else img).permute(0, 3, 1, 2)  # (B,H,W,3) → (B,3,H,W)
-            elif key in obs:
-                img = torch.as_tensor(np.asarray(obs[key]) if not torch.is_tensor(obs[key]) else obs[key],
-                                      device=self.device)
-                img = img[None] if img.dim() == 3 else img
-                img = img[:, -1] if img.dim() == 5 else img
-                if img.shape[1] != 3 and img.shape[-1] == 3:
-                    img = img.permute(0, 3, 1, 2)
-            else:
-                continue
-            img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
-            out[key] = smolvla_resize_with_pad(img, size)
-        if "pixels" in obs:
-            out["pixels"] = pixels
-        return out
+        cfg = self.config
+        c = super().canonical_obs(resize_images(obs, cfg.cameras, cfg.image_size, self.device))
+        return apply_padding_masks(c, obs, cfg.cameras)
 
     # ---- prefix ----
     def vision_tower(self, pixels: Tensor) -> Tensor:
