@@ -34,6 +34,8 @@ def bench_methods_cmd(
     threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
     out: Path = typer.Option(Path("outputs/bench_methods"), "--out", help="Folder for results.json and the PNG."),
     quick: bool = typer.Option(False, "--quick", help="Tiny smoke run (one seed, a few steps; seconds)."),
+    cache: Path = typer.Option(None, "--cache", help="Folder to keep/reuse the fitted velocity fields (tuning runs)."),
+    markdown: Path = typer.Option(None, "--markdown", help="Also write the table as a markdown page here."),
 ) -> None:
     """Distil the exact mixture teacher with every method; MSE to the true flow map, SW, wall time."""
     from policydistill.bench.methods_bench import BenchConfig, quick_config, run_bench, table_rows
@@ -46,6 +48,8 @@ def bench_methods_cmd(
         overrides["eval_samples"] = eval_samples
     if steps:
         overrides["steps"] = steps
+    if cache is not None:
+        overrides["cache_dir"] = str(cache)
     cfg = base.__class__(**{**base.__dict__, **overrides})
     result = run_bench(cfg, out, log=console.print)
 
@@ -57,4 +61,12 @@ def bench_methods_cmd(
     for r in rows:
         table.add_row(*r)
     wide.print(table)
+    if markdown is not None:
+        import sys
+
+        from policydistill.bench.methods_bench import markdown_report
+
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(markdown_report(result, "policydistill " + " ".join(sys.argv[1:])))
+        console.print(f"wrote {markdown}")
     console.print(f"wrote {out / 'results.json'} and {out / 'error_vs_nfe.png'} ({result['total_s']:.0f} s)")
