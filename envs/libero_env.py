@@ -135,6 +135,20 @@ def register_libero() -> list[str]:
     return ids
 
 
+def task_instructions(suite: str | None = None) -> dict[str, str]:
+    """`libero/<suite>-task<i>-v0` -> language instruction, for one suite or all five. Reads
+    the task registry only (no simulator, no GL), so it is cheap; needs the extra."""
+    benchmark, _, _ = _import_libero()
+    out = {}
+    for name in [suite] if suite else list(LIBERO_SUITES):
+        if name not in LIBERO_SUITES:
+            raise ValueError(f"unknown LIBERO suite {name!r}; valid suites: {', '.join(LIBERO_SUITES)}")
+        with contextlib.redirect_stdout(io.StringIO()):
+            bench = benchmark.get_benchmark(name)()
+        out.update({env_id(name, i): bench.get_task(i).language for i in range(bench.n_tasks)})
+    return out
+
+
 def libero_available() -> bool:
     """True when the `libero` extra is installed (a cheap check: nothing is imported)."""
     return all(importlib.util.find_spec(m) is not None for m in ("libero", "robosuite", "bddl"))

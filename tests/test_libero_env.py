@@ -87,6 +87,15 @@ def test_every_suite_has_its_tasks_init_states_and_bddl_files() -> None:
 
 
 @needs_libero
+def test_task_instructions_without_a_simulator() -> None:
+    texts = libero_env.task_instructions()
+    assert len(texts) == 130 and all(t.strip() for t in texts.values())
+    assert texts["libero/libero_spatial-task0-v0"] == \
+        "pick up the black bowl between the plate and the ramekin and place it on the plate"
+    assert set(libero_env.task_instructions("libero_10")) == set(envs.expand("libero/libero_10"))
+
+
+@needs_libero
 def test_reset_observation_and_info(env) -> None:
     base = env.unwrapped
     obs, info = env.reset(seed=0)
