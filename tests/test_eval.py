@@ -99,3 +99,18 @@ def test_cli_eval_scripted_writes_json_and_png(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
     bad = CliRunner().invoke(app, ["eval", "no/such/folder", "--task", "reach-v3"])
     assert bad.exit_code != 0
+
+
+def test_bench_rollouts_measures_steps_per_second():
+    from policydistill.bench.rollouts import measure
+
+    row = measure("reach-v3", workers=0, slots=1, steps=5, image_size=32, render=True)
+    assert row["steps"] >= 5 and row["steps_per_second"] > 0 and row["render"] is True
+
+
+@pytest.mark.slow
+def test_scripted_policy_reaches_90_percent_on_mt10():
+    """Must-show: the scripted-expert wrapper succeeds >= 90% on MT10 (same JSON schema as policies)."""
+    res = evaluate_policy(ScriptedPolicy(), EvalConfig(tasks="metaworld/mt10", episodes=10, workers=2, progress=False))
+    print(f"\nscripted MT10: {res['success_rate']:.1%} {res['success_ci95']} in {res['seconds']:.0f} s")
+    assert res["success_rate"] >= 0.9
