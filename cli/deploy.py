@@ -75,31 +75,39 @@ def latency(
     import torch
 
     from ..checkpoint import load_model
-    from ..deploy.latency import measure_policy, run_control_loop, speedup
+    from ..deploy.latency import measure_interleaved, run_control_loop, speedup
     from ..deploy.plots import latency_histogram
 
     if threads:
         torch.set_num_threads(threads)
     nfes = _parse_ints(nfe, "--nfe")
-    results, rows = [], []
+    policies = []
     for ckpt in checkpoints:
         policy = load_model(ckpt, map_location=device).eval()
         if compile:
             policy.flow = torch.compile(policy.flow, dynamic=False)  # the hot path: suffix steps
-        sim_robot = _make_robot(robot, policy, task, seed)
-        sim_robot.connect()
-        obs = sim_robot.get_observation()
-        for n in nfes or [policy.nfe]:
-            mode = policy.sampling_mode
-            name = f"{ckpt.name}@{n}"
-            console.print(f"[bold]{name}[/] ({mode}): timing {repeats} chunks, then {seconds:.0f} s at {hz:g} Hz")
-            res = measure_policy(policy, obs, n, mode, name=name, repeats=repeats)
-            res.loop = run_control_loop(policy, sim_robot, n, mode, hz, seconds)
-            d = res.to_dict()
-            d["checkpoint"] = str(ckpt)
-            results.append((res, d))
-        if hasattr(sim_robot, "close"):
-            sim_robot.close()
+        policies.append((ckpt, policy))
+    cams = {tuple(p.config.cameras) for _, p in policies}
+    if len(cams) > 1:
+        raise ValueError(f"the checkpoints use different cameras {sorted(cams)}; compare policies of one robot")
+    sim_robot = _make_robot(robot, policies[0][1], task, seed)
+    sim_robot.connect()
+    obs = sim_robot.get_observation()
+    variants = [(f"{ckpt.name}@{n}", policy, n, policy.sampling_mode, ckpt)
+                for ckpt, policy in policies for n in (nfes or [policy.nfe])]
+    console.print(f"timing {len(variants)} variants, {repeats} interleaved repeats each")
+    timed = measure_interleaved([v[:4] for v in variants], obs, repeats=repeats)
+    results = []
+    for name, policy, n, mode, ckpt in variants:
+        console.print(f"[bold]{name}[/] ({mode}): {seconds:.0f} s control loop at {hz:g} Hz")
+        sim_robot.connect()  # same seed: every variant starts from the same scene
+        res = timed[name]
+        res.loop = run_control_loop(policy, sim_robot, n, mode, hz, seconds)
+        d = res.to_dict()
+        d["checkpoint"] = str(ckpt)
+        results.append((res, d))
+    if hasattr(sim_robot, "close"):
+        sim_robot.close()
 
     table = Table(title=f"latency (ms) at {hz:g} Hz — {platform.node()}")
     for col in ("variant", "mode", "prefix p50", "step", "denoise p50", "e2e p50", "e2e p95", "e2e p99", "e2e max",

@@ -70,7 +70,8 @@ def distill_cmd(
     iters: Optional[int] = typer.Option(None, min=1, help="Distillation optimiser steps."),
     episodes: Optional[int] = typer.Option(None, min=1, help="Evaluation episodes per task and variant."),
     n_action_steps: Optional[int] = typer.Option(None, min=1, help="Actions executed per chunk in closed loop."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Parallel simulator workers."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Simulator worker processes (0 = in this process)."),
+    max_episode_steps: Optional[int] = typer.Option(None, min=1, help="Episode step limit (default: the task's)."),
     preset: str = typer.Option("default", help="Recipe preset: default or tiny (seconds-long smoke run)."),
     seed: Optional[int] = typer.Option(None),
     threads: Optional[int] = typer.Option(None, min=0),
@@ -93,7 +94,7 @@ def distill_cmd(
         raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DISTILL_PRESETS)}")
     cfg = _apply(DISTILL_PRESETS[preset], model=model, steps=steps, method=method, checkpoint=checkpoint,
                  tokenizer=tokenizer, task=task, data=data, iters=iters, episodes=episodes,
-                 n_action_steps=n_action_steps, workers=workers, seed=seed, threads=threads,
+                 n_action_steps=n_action_steps, workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=threads,
                  out=out or f"runs/distill-{model}-{method}-{steps}", video=video)
     if option:
         cfg = dataclasses.replace(cfg, method_options=_options(option))

@@ -81,6 +81,40 @@ def measure_policy(policy: Any, obs: dict[str, Any], nfe: int, mode: str, name: 
                          e2e_samples_ms=e2e, denoise_samples_ms=denoise)
 
 
+@torch.no_grad()
+def measure_interleaved(variants: list[tuple[str, Any, int, str]], obs: dict[str, Any], repeats: int = 30,
+                        warmup: int = 3, seed: int = 0) -> dict[str, LatencyResult]:
+    """``measure_policy`` for several (name, policy, nfe, mode) at once, alternating between them
+    every repeat so that background load affects every variant equally (fair ratios)."""
+    samples: dict[str, dict[str, list[float]]] = {name: {"p": [], "d": [], "e": []} for name, *_ in variants}
+    prepared = []
+    for name, policy, nfe, mode in variants:
+        device = policy.device
+        sync = (lambda d=device: torch.cuda.synchronize(d)) if device.type == "cuda" else (lambda: None)
+        cond = policy.process(obs)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        noise = torch.randn((cond["state"].shape[0], *policy.sample_shape()), generator=gen, device=device,
+                            dtype=policy.dtype)
+        prepared.append((name, policy, nfe, mode, sync, cond, noise))
+    for i in range(warmup + repeats):
+        for name, policy, nfe, mode, sync, cond, noise in prepared:
+            p_ms, ctx = _timed(lambda: policy.encode(cond), sync)
+            d_ms, _ = _timed(lambda: sample_with_ctx(policy, noise, ctx, nfe, mode), sync)
+            e_ms, _ = _timed(lambda: policy.sample_actions(obs, steps=nfe, mode=mode, noise=noise).cpu().numpy(), sync)
+            if i >= warmup:
+                samples[name]["p"].append(p_ms)
+                samples[name]["d"].append(d_ms)
+                samples[name]["e"].append(e_ms)
+    out = {}
+    for name, policy, nfe, mode, *_ in prepared:
+        s = samples[name]
+        d, e = percentiles(s["d"]), percentiles(s["e"])
+        out[name] = LatencyResult(name=name, nfe=nfe, mode=mode, prefix_ms=percentiles(s["p"]), denoise_ms=d,
+                                  step_ms=d["p50"] / nfe, e2e_ms=e, throughput_chunks_per_s=1e3 / e["p50"],
+                                  e2e_samples_ms=s["e"], denoise_samples_ms=s["d"])
+    return out
+
+
 def run_control_loop(policy: Any, robot: Any, nfe: int, mode: str, hz: float, seconds: float,
                      n_action_steps: int | None = None) -> dict[str, Any]:
     """Drive ``robot`` with ``policy`` through the real-time control loop; returns its summary."""

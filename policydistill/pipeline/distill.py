@@ -48,6 +48,7 @@ class DistillConfig:
     teacher_nfe: int = 10
     n_action_steps: int | None = None   # execution horizon in closed loop (default: the policy's)
     workers: int = 2
+    max_episode_steps: int | None = None  # None = the task's own limit
     heldout_obs: int = 32               # held-out observations for MSE and chunk distance
     chunk_samples: int = 16             # sampled chunks per observation for the distance
     latency_repeats: int = 20
@@ -62,7 +63,7 @@ class DistillConfig:
 DISTILL_PRESETS: dict[str, DistillConfig] = {
     "default": DistillConfig(),
     "tiny": DistillConfig(iters=10, batch_size=8, warmup_steps=2, episodes=2, heldout_obs=4, chunk_samples=4,
-                          latency_repeats=3, workers=1),
+                          latency_repeats=3, workers=0, max_episode_steps=40),
 }
 
 
@@ -81,12 +82,21 @@ def make_student(teacher: Any, method_sampling: str, nfe: int) -> Any:
     return student
 
 
-def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
-    """Run the whole job; returns the report (also written to ``<out>/report.json``)."""
-    from ..methods import make_method
-    from ..train import TrainConfig, train
+@dataclass
+class Job:
+    """What every distillation of one teacher shares."""
+
+    teacher: Any
+    teacher_dir: Path
+    tasks: list[str]
+    data_path: Path
+    train_set: Any
+    val_set: Any
+
+
+def load_job(cfg: DistillConfig) -> Job:
+    """Load the teacher and its demonstrations (regenerated with the teacher's seeds if missing)."""
     from .demos import ensure_demos
-    from .policy_data import PolicyDataSource
     from .teacher import open_windows, tasks_of
     from .teacher_io import BUNDLED_TEACHER, load_teacher, provenance
 
@@ -117,35 +127,55 @@ def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
     val_fraction = prov.get("teacher_config", {}).get("val_fraction", 0.1)
     split_seed = prov.get("seed", cfg.seed)
     chunk = teacher.config.chunk_size
-    train_set = open_windows(data_path, chunk, "train", val_fraction, split_seed)
-    val_set = open_windows(data_path, chunk, "val", val_fraction, split_seed)
+    return Job(teacher, teacher_dir, tasks, data_path,
+               open_windows(data_path, chunk, "train", val_fraction, split_seed),
+               open_windows(data_path, chunk, "val", val_fraction, split_seed))
 
-    method = make_method(cfg.method, **cfg.method_options)
-    student = make_student(teacher, method.sampling, cfg.steps)
+
+def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out: Path,
+                  resume: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Distil ``job.teacher`` with ``method_name`` for ``nfe`` steps; saves ``out/student``."""
+    from ..methods import make_method
+    from ..train import TrainConfig, train
+    from .policy_data import PolicyDataSource
+
+    method = make_method(method_name, **cfg.method_options)
+    student = make_student(job.teacher, method.sampling, nfe)
     command = " ".join(shlex.quote(a) for a in sys.argv)
-    prov_student = {"role": "student", "method": cfg.method, "nfe": cfg.steps, "teacher": str(teacher_dir),
-                    "command": command, "seed": cfg.seed, "dataset": str(data_path), "tasks": tasks,
-                    "distill_config": dataclasses.asdict(cfg)}
+    prov = {"role": "student", "method": method_name, "nfe": nfe, "teacher": str(job.teacher_dir),
+            "command": command, "seed": cfg.seed, "dataset": str(job.data_path), "tasks": job.tasks,
+            "distill_config": dataclasses.asdict(cfg)}
     tcfg = TrainConfig(steps=cfg.iters, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                        seed=cfg.seed, progress=cfg.progress, checkpoint_every=max(0, cfg.iters // 5),
-                       description=f"distil {cfg.method} → {cfg.steps} NFE")
+                       description=f"distil {method_name} → {nfe} NFE")
     t0 = time.perf_counter()
-    result = train(student, method, PolicyDataSource(train_set, student), tcfg, teacher=teacher,
-                   out_dir=out / "train", resume=resume, checkpoint_extra=prov_student)
-    train_seconds = time.perf_counter() - t0
+    result = train(student, method, PolicyDataSource(job.train_set, student), tcfg, teacher=job.teacher,
+                   out_dir=out / "train", resume=resume, checkpoint_extra=prov)
+    prov["train_seconds"] = time.perf_counter() - t0
+    prov["final_loss"] = sum(h["loss"] for h in result.history[-20:]) / max(1, len(result.history[-20:]))
     student = method.sampling_model(result.model)
     student.eval()
-    save_model(out / "student", student, extra={**prov_student, "train_seconds": train_seconds})
-    console.print(f"saved the student to {out / 'student'} ({train_seconds:.0f} s of distillation)")
+    save_model(out / "student", student, extra=prov)
+    console.print(f"saved the student to {out / 'student'} ({prov['train_seconds']:.0f} s of distillation)")
+    return student, prov
 
-    variants = [Variant("teacher", teacher, cfg.teacher_nfe, "diagonal"),
-                Variant("naive", teacher, cfg.steps, "diagonal"),
-                Variant("student", student, cfg.steps, method.sampling)]
+
+def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
+    """Run the whole job; returns the report (also written to ``<out>/report.json``)."""
+    from ..methods import METHODS
     from .evaluate import evaluate_variants
 
-    report = evaluate_variants(variants, tasks, val_set, cfg, out)
-    report.update({"method": cfg.method, "steps": cfg.steps, "teacher": str(teacher_dir), "student": str(out / "student"),
-                   "tasks": tasks, "train_seconds": train_seconds, "command": command,
-                   "final_loss": sum(h["loss"] for h in result.history[-20:]) / max(1, len(result.history[-20:]))})
+    out = Path(cfg.out)
+    job = load_job(cfg)
+    student, prov = train_student(job, cfg, cfg.method, cfg.steps, out, resume)
+    sampling = METHODS.load(cfg.method).sampling
+    variants = [Variant("teacher", job.teacher, cfg.teacher_nfe, "diagonal"),
+                Variant("naive", job.teacher, cfg.steps, "diagonal"),
+                Variant("student", student, cfg.steps, sampling)]
+    report = evaluate_variants(variants, job.tasks, job.val_set, cfg, out)
+    report.update({"method": cfg.method, "steps": cfg.steps, "teacher": str(job.teacher_dir),
+                   "student": str(out / "student"), "tasks": job.tasks, "train_seconds": prov["train_seconds"],
+                   "final_loss": prov["final_loss"], "command": prov["command"]})
     write_json(out / "report.json", report)
+    console.print(f"wrote {out / 'report.json'} and {out / 'report.png'}")
     return report

@@ -15,11 +15,6 @@ from .policy_data import chunk_distance, held_out_windows, offline_action_mse, s
 console = Console(width=150)
 
 
-def _latency(variant: Any, obs: dict[str, Any], repeats: int) -> Any:
-    from ..deploy.latency import measure_policy
-
-    return measure_policy(variant.policy, obs, variant.nfe, variant.mode, name=variant.name, repeats=repeats)
-
 
 def _single_obs(windows: dict[str, Any]) -> dict[str, Any]:
     out = {}
@@ -37,6 +32,10 @@ def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: 
     teacher = variants[0]
     reference = sample_chunks(teacher.policy, windows, teacher.nfe, teacher.mode, cfg.chunk_samples, seed=cfg.seed + 1)
     obs1 = _single_obs(windows)
+    from ..deploy.latency import measure_interleaved
+
+    # All variants are timed in one interleaved loop so that a change in machine load hits all alike.
+    latencies = measure_interleaved([(v.name, v.policy, v.nfe, v.mode) for v in variants], obs1, cfg.latency_repeats)
     rows = []
     for v in variants:
         console.print(f"[bold]evaluating {v.name}[/] at {v.nfe} NFE ({v.mode})")
@@ -44,9 +43,10 @@ def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: 
         chunks = sample_chunks(v.policy, windows, v.nfe, v.mode, cfg.chunk_samples, seed=cfg.seed + 2)
         dist = chunk_distance(reference, chunks, seed=cfg.seed)
         mse = offline_action_mse(v.policy, windows, v.nfe, v.mode, seed=cfg.seed)
-        lat = _latency(v, obs1, cfg.latency_repeats)
+        lat = latencies[v.name]
         ecfg = EvalConfig(tasks=tasks, episodes=cfg.episodes, nfe=v.nfe, mode=v.mode, workers=cfg.workers,
                           n_action_steps=cfg.n_action_steps, seed=cfg.seed,
+                          image_size=v.policy.config.image_size, max_episode_steps=cfg.max_episode_steps,
                           video_dir=str(out / "videos" / v.name) if cfg.video else None, progress=cfg.progress)
         res = evaluate_policy(v.policy, ecfg)
         rows.append({
