@@ -319,3 +319,20 @@ def test_vision_position_rules() -> None:
     assert torch.equal(vision_position_ids(4, "hf457"), (axis[:, None] * 4 + axis[None, :]).flatten())
     with pytest.raises(ValueError, match="vision_positions"):
         vision_position_ids(4, "other")
+
+
+@pytest.mark.parametrize("overrides", [
+    {"attention_mode": "self_attn"},
+    {"num_vlm_layers": 4, "self_attn_every_n_layers": 3},
+    {"prefix_length": 40},
+])
+def test_cached_path_equals_joint_path(overrides: dict) -> None:
+    """The cached, expert-only denoising step is exactly lerobot's joint forward, whatever the layer mix."""
+    p = SmolVLA.from_preset("tiny", **overrides).eval()
+    obs = {"observation.images.base": torch.rand(2, 3, 32, 32), "observation.images.wrist": torch.rand(2, 3, 32, 32),
+           "observation.images.wrist_padding_mask": torch.tensor([True, False]),
+           "observation.state": torch.randn(2, 4), "task": ["pick the cube", "push"]}
+    cond = p.process(obs)
+    x, t = torch.randn(2, 8, 8), torch.tensor([0.3, 0.9])
+    with torch.no_grad():
+        assert maxdiff(p.flow(x, t, t, p.encode(cond)), p.flow_joint(x, t, t, cond)) <= 1e-5
