@@ -336,3 +336,22 @@ def test_cached_path_equals_joint_path(overrides: dict) -> None:
     x, t = torch.randn(2, 8, 8), torch.tensor([0.3, 0.9])
     with torch.no_grad():
         assert maxdiff(p.flow(x, t, t, p.encode(cond)), p.flow_joint(x, t, t, cond)) <= 1e-5
+
+
+def test_old_layout_normalisation_buffers(fixture_path: Path, tmp_path: Path) -> None:
+    """lerobot 0.3.x folders (e.g. lerobot/smolvla_base) keep the normaliser inside model.safetensors
+    (``normalize_inputs.buffer_observation_state.mean`` …) and may carry torch.compile's ``_orig_mod``."""
+    folder = _copy_fixture(fixture_path, tmp_path / "old")
+    for f in folder.glob("policy_*"):
+        f.unlink()
+    state = {k.replace("model.", "model._orig_mod.", 1): v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    state["normalize_inputs.buffer_observation_state.mean"] = torch.tensor([0.1, -0.2, 0.3, 0.0])
+    state["normalize_inputs.buffer_observation_state.std"] = torch.tensor([0.5, 1.0, 2.0, 0.25])
+    state["normalize_targets.buffer_action.mean"] = torch.tensor([0.05, 0.0, -0.1])
+    state["normalize_targets.buffer_action.std"] = torch.tensor([0.3, 0.7, 1.5])
+    state["unnormalize_outputs.buffer_action.mean"] = torch.tensor([0.05, 0.0, -0.1])
+    state["unnormalize_outputs.buffer_action.std"] = torch.tensor([0.3, 0.7, 1.5])
+    save_file(state, str(folder / "model.safetensors"))
+    p = SmolVLA.from_lerobot(folder)
+    assert torch.allclose(p.normalizer.state_shift, torch.tensor([0.1, -0.2, 0.3, 0.0]))
+    assert torch.allclose(p.normalizer.action_scale, torch.tensor([0.3, 0.7, 1.5]) + 1e-8)
