@@ -64,6 +64,10 @@ def bench_policies_cmd(
     console.print("[dim]lerobot row: measured outside the project on this 2-core CPU (float32, batch 1, 2 cameras, "
                   "random weights), quoted from issue 3, not re-measured here. chunk = prefix + N denoising steps "
                   "(lerobot's sample_actions); denoise = N steps on a cached prefix.[/dim]")
+    load = result["loadavg_1min_before_after"]
+    if max(load) > (result["cpu_count"] or 1):
+        console.print(f"[yellow]warning:[/] 1-min load average {load[0]:.1f} → {load[1]:.1f} on {result['cpu_count']} "
+                      "cores: other processes competed for the CPU, the times above are inflated")
     for claim, ok, detail in checks(result):
         console.print(f"{'[green]PASS' if ok else '[red]FAIL'}[/] {claim}: {detail}")
     for s in result["skipped"]:

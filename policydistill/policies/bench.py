@@ -14,6 +14,8 @@ lerobot 0.4.4's numbers for pi0 at the ``ref`` size were measured outside the pr
 from __future__ import annotations
 
 import gc
+import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -159,6 +161,7 @@ def bench_one(arch: str, size: str, s: BenchSettings) -> dict[str, Any]:
 def run(settings: BenchSettings, log: Callable[[str], None] = print,
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     torch.set_num_threads(settings.threads)
+    load_before = os.getloadavg()
     rows, skipped = [], []
     for arch in settings.archs:
         for size in settings.sizes:
@@ -169,7 +172,10 @@ def run(settings: BenchSettings, log: Callable[[str], None] = print,
             except (ValueError, ImportError) as exc:  # e.g. no such preset for this architecture
                 skipped.append({"arch": arch, "size": size, "why": str(exc)})
                 log(f"skip {arch} {size}: {exc}")
+    # The 2-core machine is shared: record the load, so that numbers taken under contention say so.
     return {"settings": {k: v for k, v in settings.__dict__.items()}, "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]],
             "threads": torch.get_num_threads(), "rows": rows, "skipped": skipped,
             "lerobot_pi0_ref_quoted_ms": LEROBOT_PI0_REF_MS,
             "lerobot_note": ("lerobot 0.4.4 pi0 at the ref size, measured outside the project on this 2-core CPU "
