@@ -5,6 +5,7 @@ Registers on the shared ``data`` sub-app (cli/data_io.py)."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from .data_io import data_app
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)
 
 
 @data_app.command("generate")

@@ -88,7 +88,7 @@ def test_cli_generate_writes_a_zarr_store(tmp_path):
 
     out = tmp_path / "reach.zarr"
     res = CliRunner().invoke(app, ["data", "generate", "reach-wall-v3", "-n", "2", "--out", str(out),
-                                   "--image-size", "32", "--action-noise", "0.05"])
+                                   "--image-size", "32", "--action-noise", "0.05", "--workers", "2"])
     assert res.exit_code == 0, res.output
     store = ZarrEpisodeStore(out)
     assert len(store) == 2 and store.layout.cameras["corner2"] == (32, 32, 3)
@@ -96,6 +96,14 @@ def test_cli_generate_writes_a_zarr_store(tmp_path):
     assert sum(report["multimodality"]["metaworld/reach-wall-v3"]["episodes_per_mode"].values()) == 2
     again = CliRunner().invoke(app, ["data", "generate", "reach-wall-v3", "-n", "1", "--out", str(out)])
     assert again.exit_code != 0  # exists, no --overwrite
+
+
+@pytest.mark.slow
+def test_generation_does_not_depend_on_worker_count():
+    cfg = GenerateConfig(task="push-wall-v3", episodes=4, render_images=False, image_size=16)
+    one, two = list(generate(cfg, workers=1)), list(generate(cfg, workers=2))
+    assert [e.meta["attempt"] for e in one] == [e.meta["attempt"] for e in two]
+    assert all(np.array_equal(a.action, b.action) for a, b in zip(one, two))
 
 
 @pytest.mark.slow

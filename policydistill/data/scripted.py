@@ -402,7 +402,7 @@ def _worker_attempt(attempt: int) -> tuple[int, RolloutResult]:
 
 
 def _attempts(cfg: GenerateConfig, env_id: str, workers: int) -> Iterator[tuple[int, RolloutResult]]:
-    """(attempt, result) pairs, in completion order; the consumer stops when it has enough."""
+    """(attempt, result) pairs in attempt order; the consumer stops when it has enough."""
     max_attempts = max(cfg.episodes, int(np.ceil(cfg.episodes * cfg.max_attempts_factor)))
     if workers <= 1:
         _worker_init(cfg, env_id, spawned=False)
@@ -417,15 +417,19 @@ def _attempts(cfg: GenerateConfig, env_id: str, workers: int) -> Iterator[tuple[
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                              initargs=(cfg, env_id)) as pool:
-        nxt, pending = 0, set()
+        nxt, pending, ready, next_out = 0, set(), {}, 0
         try:
             while nxt < max_attempts or pending:
                 while nxt < max_attempts and len(pending) < 2 * workers:  # a small window: stop early
                     pending.add(pool.submit(_worker_attempt, nxt))
                     nxt += 1
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: f.result()[0]):
-                    yield fut.result()
+                for fut in done:
+                    attempt, res = fut.result()
+                    ready[attempt] = res
+                while next_out in ready:  # release in attempt order: the kept set is worker-independent
+                    yield next_out, ready.pop(next_out)
+                    next_out += 1
         finally:
             for fut in pending:
                 fut.cancel()
@@ -436,8 +440,8 @@ def generate(cfg: GenerateConfig, progress: Callable[[RolloutResult, int], None]
     """Yield ``cfg.episodes`` successful episodes of ``cfg.task`` (failed attempts are dropped;
     ``progress(result, attempt)`` is called after every attempt). Attempt k resets with
     ``episode_seed(task, k, "demo", cfg.seed)`` and draws its mode and noise from its own
-    generator, so the episodes kept are the first successes in attempt order whatever
-    ``workers`` is (with workers > 1 they are yielded in completion order)."""
+    generator, and attempts are consumed in order, so the episodes kept (the first
+    ``cfg.episodes`` successes) are the same whatever ``workers`` is."""
     from policydistill.envs.suites import expand
 
     (env_id,) = expand(cfg.task)
