@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from policydistill.data import DatasetError, Episode, FlowWindowDataset, ZarrEpisodeStore, write_lerobot_v3
 from policydistill.data.synthetic import random_episodes
@@ -157,3 +160,31 @@ def test_bad_config_is_a_dataset_error(ramp_store: ZarrEpisodeStore) -> None:
         FlowWindowDataset(ramp_store, split="test")  # type: ignore[arg-type]
     with pytest.raises(IndexError):
         FlowWindowDataset(ramp_store, split="all")[10_000]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lengths=st.lists(st.integers(1, 7), min_size=1, max_size=4), horizon=st.integers(1, 9),
+       n_obs=st.integers(1, 3), in_memory=st.booleans())
+def test_windows_match_a_brute_force_reference(lengths: list[int], horizon: int, n_obs: int, in_memory: bool) -> None:
+    eps = [ramp_episode(e, t) for e, t in enumerate(lengths)]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ZarrEpisodeStore.write(Path(tmp) / "s.zarr", eps, fps=10)
+        ds = FlowWindowDataset(store, horizon=horizon, n_obs_steps=n_obs, split="all", normalize=False,
+                               in_memory=in_memory)
+        got = ds.batch(torch.arange(len(ds)))
+    k = 0
+    for e, t in enumerate(lengths):
+        for i in range(t):
+            act = [min(i + j, t - 1) for j in range(horizon)]
+            obs = [max(i - n_obs + 1 + j, 0) for j in range(n_obs)]
+            assert got["action"][k, :, 0].tolist() == [100 * e + a for a in act]
+            assert got["action_is_pad"][k].tolist() == [i + j > t - 1 for j in range(horizon)]
+            state = got["observation.state"][k].reshape(n_obs, 2)[:, 0].tolist()
+            assert state == obs
+            pixel = got["observation.images.cam"][k].reshape(n_obs, 3, 4, 4)[:, 0, 0, 0]
+            assert (pixel * 255).round().tolist() == obs
+            if n_obs > 1:
+                assert got["observation.state_is_pad"][k].tolist() == [i - n_obs + 1 + j < 0 for j in range(n_obs)]
+            assert (int(got["episode_index"][k]), int(got["frame_index"][k]), got["task"][k]) == (e, i, f"task {e}")
+            k += 1
+    assert k == len(ds)
