@@ -292,7 +292,10 @@ class LeRobotV3Dataset:
             cols += ["timestamp", "frame_index", "episode_index", "index", "task_index"]
             table = _read_parquet(path, "LeRobot data file", cols)
             if len(self._tables) >= 2:  # data files are up to ~100 MB: keep the two most recent
-                self._tables.pop(next(iter(self._tables)))
+                evicted = next(iter(self._tables))
+                del self._tables[evicted]
+                # cached row slices share the evicted table's buffers: drop them with it
+                self._rows_cache = {k: v for k, v in self._rows_cache.items() if k[1] != evicted}
             self._tables[path] = table
         return self._tables[path]
 
