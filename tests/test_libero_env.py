@@ -222,6 +222,21 @@ def test_env_checker_passes() -> None:
     assert "seeding" in rep.passed
 
 
+@pytest.mark.slow
+@needs_libero
+@pytest.mark.parametrize("suite", ["libero_spatial", "libero_object", "libero_10", "libero_90"])
+def test_env_checker_on_every_suite(suite: str) -> None:
+    last = LIBERO_SUITES[suite].n_tasks - 1
+    rep = libero_env_check(f"libero/{suite}-task{last}-v0")
+    assert rep.state_dim == 8
+
+
+def libero_env_check(env_id: str):
+    from policydistill.envs import checker
+
+    return checker.check(env_id, image_size=32, steps=2)
+
+
 @needs_libero
 def test_random_policy_smoke_evaluation() -> None:
     """2 episodes of a random policy through the evaluator, env in a spawned worker process
