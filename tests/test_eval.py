@@ -29,7 +29,7 @@ def test_summarize_episodes_steps_to_success_only_counts_successes():
 
 
 pytest.importorskip("metaworld")
-from policydistill.eval import EvalConfig, RandomPolicy, ScriptedPolicy, evaluate_policy  # noqa: E402
+from policydistill.eval import EvalConfig, RandomPolicy, ScriptedPolicy, evaluate_policy, merge_results  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
@@ -61,6 +61,12 @@ def test_scripted_policy_in_process_and_seeds_identical_across_schedules():
     assert [e["seed"] for e in res["episodes_detail"]] == [e["seed"] for e in res2["episodes_detail"]]
     assert [e["length"] for e in res["episodes_detail"]] == [e["length"] for e in res2["episodes_detail"]]
     json.dumps(res)  # JSON-serialisable
+    # two ranks run disjoint halves; merged, they are the single-process result
+    shards = [evaluate_policy(ScriptedPolicy(), EvalConfig(tasks="reach-v3", episodes=2, workers=0, image_size=32,
+                                                           progress=False, rank=r, world_size=2)) for r in (0, 1)]
+    merged = merge_results(shards)
+    assert [e["seed"] for e in merged["episodes_detail"]] == [e["seed"] for e in res["episodes_detail"]]
+    assert merged["success_rate"] == res["success_rate"] and merged["episodes"] == 2
 
 
 def test_chunk_policy_over_worker_processes_with_horizon_and_video(tmp_path):

@@ -41,8 +41,12 @@ class EvalConfig:
     videos_per_task: int = 2
     progress: bool = True
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0                      # shard the episodes over ranks (torchrun): this rank runs the
+    world_size: int = 1                # episodes with (task index * episodes + i) % world_size == rank
 
     def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} out of range for world_size {self.world_size}")
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.n_action_steps is not None and self.n_action_steps < 1:
@@ -100,8 +104,11 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
     from policydistill.envs import expand
 
     tasks = expand(cfg.tasks)
-    todo = deque((t, i, episode_seed(t, i, "eval", cfg.seed)) for t in tasks for i in range(cfg.episodes))
+    everything = [(t, i, episode_seed(t, i, "eval", cfg.seed)) for t in tasks for i in range(cfg.episodes)]
+    todo = deque(e for k, e in enumerate(everything) if k % cfg.world_size == cfg.rank)
     total = len(todo)
+    if total == 0:
+        raise ValueError(f"rank {cfg.rank} of {cfg.world_size} has no episodes: use more episodes or fewer ranks")
     env_kwargs = {"image_size": cfg.image_size, **cfg.env_kwargs}
     if cfg.max_episode_steps is not None:
         env_kwargs["max_episode_steps"] = cfg.max_episode_steps
@@ -198,6 +205,19 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
                 "policy_calls": counters["policy_calls"], "interface": "chunk" if chunked else "select_action",
                 "config": {k: v for k, v in asdict(cfg).items() if k != "progress"}})
     out["episodes"] = len(records)
+    return out
+
+
+def merge_results(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine the results of ranks (same config, different shards) into one results dict."""
+    records = sorted((r for sh in shards for r in sh["episodes_detail"]),
+                     key=lambda r: (shards[0]["tasks"].index(r["task"]), r["index"]))
+    out = dict(shards[0])
+    out.update(summarize_episodes(records))
+    out.update({"episodes_detail": records, "episodes": len(records),
+                "env_steps": sum(sh["env_steps"] for sh in shards), "policy_calls": sum(sh["policy_calls"] for sh in shards),
+                "seconds": max(sh["seconds"] for sh in shards)})
+    out["steps_per_second"] = out["env_steps"] / max(out["seconds"], 1e-9)
     return out
 
 
