@@ -84,3 +84,17 @@ def test_import_envs_top_level_fails():
     sys.modules.pop("envs", None)
     with pytest.raises(ImportError):
         importlib.import_module("envs")
+
+
+def test_gymnasium_vector_env_batches_observations_and_task_info():
+    import gymnasium as gym
+
+    venv = gym.vector.SyncVectorEnv([lambda: envs.make("metaworld/reach-v3", image_size=16) for _ in range(2)])
+    try:
+        obs, info = venv.reset(seed=[1, 2])
+        assert obs["pixels"]["corner2"].shape == (2, 16, 16, 3) and obs["agent_pos"].shape == (2, 21)
+        assert list(info["task"]) == ["reach the goal position"] * 2
+        _, _, _, _, info = venv.step(np.zeros((2, 4), np.float32))
+        assert info["is_success"].dtype == bool
+    finally:
+        venv.close()
