@@ -91,7 +91,7 @@ def run_domain(name: str, spec: Any, methods: tuple[str, ...], out: Path, distil
         files["gif"] = str(save_gif(clips, out / f"{name}_clips.gif"))
         files["mp4"] = str(save_mp4(clips, out / f"{name}_clips.mp4"))
     files["grid"] = str(save_grid(grid_rows, out / f"{name}_grid.png",
-                                  title=f"{spec.model} on {spec.dataset}: rows = " + ", ".join(l for l, _ in pictures)))
+                                  title=f"{spec.model} on {spec.dataset}: same noise and conditions in every row"))
     return {"domain": name, "spec": asdict(spec), "rows": rows, "verdict": verdict, "files": files,
             "encoder_heldout_accuracy": ev.encoder_accuracy, "prepare_s": round(prep_s, 1),
             "wall_s": round(time.perf_counter() - t0, 1)}

@@ -16,7 +16,7 @@ def to_uint8(x: Tensor) -> np.ndarray:
     return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
 
 
-def save_grid(rows: list[tuple[str, Tensor]], path: str | Path, title: str = "", scale: float = 0.6) -> Path:
+def save_grid(rows: list[tuple[str, Tensor]], path: str | Path, title: str = "", scale: float = 1.0) -> Path:
     """One labelled row per entry: images (N, C, H, W) side by side, or a clip (T, C, H, W)
     as a film strip."""
     import matplotlib
@@ -32,8 +32,11 @@ def save_grid(rows: list[tuple[str, Tensor]], path: str | Path, title: str = "",
         pad = np.full((u.shape[1], 1, 3), 255, np.uint8)
         strips.append(np.concatenate([np.concatenate([im, pad], axis=1) for im in u], axis=1))
     width = max(s.shape[1] for s in strips)
-    fig, axes = plt.subplots(len(rows), 1, figsize=(max(4.0, width / 24 * scale), 0.5 + len(rows) * 0.75 * scale * 2),
-                             squeeze=False)
+    height = max(s.shape[0] for s in strips)
+    # size the figure from the strips' aspect ratio so rows sit tightly under each other
+    fig_w = min(14.0, max(6.0, width / 20 * scale))
+    row_h = max(0.35, (fig_w - 1.6) * height / width + 0.08)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(fig_w, 0.4 + len(rows) * row_h), squeeze=False)
     for ax, (label, _), strip in zip(axes[:, 0], rows, strips):
         ax.imshow(strip, interpolation="nearest")
         ax.set_xticks([])
