@@ -42,10 +42,11 @@ from .deploy import export as _export, latency as _latency  # noqa: E402
 app.command("latency")(_latency)
 app.command("export")(_export)
 
-from .pipeline import distill_cmd as _distill, train_cmd as _train  # noqa: E402
+from .pipeline import compare_cmd as _compare, distill_cmd as _distill, train_cmd as _train  # noqa: E402
 
 app.command("train")(_train)
 app.command("distill")(_distill)
+app.command("compare")(_compare)
 
 from .media import bench_media_cmd as _bench_media, media_app as _media_app  # noqa: E402
 

@@ -99,3 +99,34 @@ def distill_cmd(
     if option:
         cfg = dataclasses.replace(cfg, method_options=_options(option))
     distill_policy(cfg, resume=resume)
+
+
+def compare_cmd(
+    teacher: Optional[str] = typer.Option(None, help="Teacher checkpoint (default: the bundled one)."),
+    model: str = typer.Option("pi0", help="Architecture of the teacher."),
+    methods: str = typer.Option("snapflow,shortcut,meanflow,lsd,psd,consistency_distillation,"
+                                "progressive_distillation,reflow", help="Comma-separated registered methods."),
+    steps: str = typer.Option("1,2,4", help="Comma-separated student NFEs."),
+    iters: Optional[int] = typer.Option(None, min=1, help="Distillation steps per student (same for all)."),
+    episodes: Optional[int] = typer.Option(None, min=1, help="Evaluation episodes per task and variant."),
+    task: Optional[str] = typer.Option(None),
+    workers: Optional[int] = typer.Option(None, min=0),
+    max_episode_steps: Optional[int] = typer.Option(None, min=1),
+    preset: str = typer.Option("default", help="Recipe preset: default or tiny."),
+    seed: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, min=0),
+    out: str = typer.Option("runs/compare", help="Output folder."),
+    resume: bool = typer.Option(False, "--resume"),
+) -> None:
+    """Distil the same teacher with several methods and NFEs (same budget) and compare them."""
+    from ..pipeline.compare import compare_methods
+    from ..pipeline.distill import DISTILL_PRESETS
+
+    if preset not in DISTILL_PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DISTILL_PRESETS)}")
+    nfes = sorted({int(x) for x in steps.split(",") if x.strip()})
+    if not nfes or min(nfes) < 1:
+        raise typer.BadParameter(f"--steps must list NFEs >= 1, got {steps!r}")
+    cfg = _apply(DISTILL_PRESETS[preset], model=model, checkpoint=teacher, iters=iters, episodes=episodes, task=task,
+                 workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=threads, out=out)
+    compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()], nfes, resume=resume)

@@ -73,6 +73,13 @@ class Variant:
     policy: Any
     nfe: int
     mode: str
+    method: str | None = None
+    train_seconds: float | None = None
+
+    @property
+    def label(self) -> str:
+        """Unique within a report: "teacher@10", "naive@1", "snapflow@1"."""
+        return f"{self.method or self.name}@{self.nfe}"
 
 
 def make_student(teacher: Any, method_sampling: str, nfe: int) -> Any:
@@ -163,7 +170,7 @@ def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out:
 def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
     """Run the whole job; returns the report (also written to ``<out>/report.json``)."""
     from ..methods import METHODS
-    from .evaluate import evaluate_variants
+    from .evaluate import evaluate_variants, print_report
 
     out = Path(cfg.out)
     job = load_job(cfg)
@@ -171,11 +178,12 @@ def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
     sampling = METHODS.load(cfg.method).sampling
     variants = [Variant("teacher", job.teacher, cfg.teacher_nfe, "diagonal"),
                 Variant("naive", job.teacher, cfg.steps, "diagonal"),
-                Variant("student", student, cfg.steps, sampling)]
+                Variant("student", student, cfg.steps, sampling, cfg.method, prov["train_seconds"])]
     report = evaluate_variants(variants, job.tasks, job.val_set, cfg, out)
     report.update({"method": cfg.method, "steps": cfg.steps, "teacher": str(job.teacher_dir),
                    "student": str(out / "student"), "tasks": job.tasks, "train_seconds": prov["train_seconds"],
                    "final_loss": prov["final_loss"], "command": prov["command"]})
     write_json(out / "report.json", report)
+    print_report(report)
     console.print(f"wrote {out / 'report.json'} and {out / 'report.png'}")
     return report

@@ -35,22 +35,23 @@ def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: 
     from ..deploy.latency import measure_interleaved
 
     # All variants are timed in one interleaved loop so that a change in machine load hits all alike.
-    latencies = measure_interleaved([(v.name, v.policy, v.nfe, v.mode) for v in variants], obs1, cfg.latency_repeats)
+    latencies = measure_interleaved([(v.label, v.policy, v.nfe, v.mode) for v in variants], obs1, cfg.latency_repeats)
     rows = []
     for v in variants:
-        console.print(f"[bold]evaluating {v.name}[/] at {v.nfe} NFE ({v.mode})")
+        console.print(f"[bold]evaluating {v.label}[/] ({v.name}, {v.mode})")
         # The teacher is compared with an independent draw of itself: the distance's noise floor.
         chunks = sample_chunks(v.policy, windows, v.nfe, v.mode, cfg.chunk_samples, seed=cfg.seed + 2)
         dist = chunk_distance(reference, chunks, seed=cfg.seed)
         mse = offline_action_mse(v.policy, windows, v.nfe, v.mode, seed=cfg.seed)
-        lat = latencies[v.name]
+        lat = latencies[v.label]
         ecfg = EvalConfig(tasks=tasks, episodes=cfg.episodes, nfe=v.nfe, mode=v.mode, workers=cfg.workers,
                           n_action_steps=cfg.n_action_steps, seed=cfg.seed,
                           image_size=v.policy.config.image_size, max_episode_steps=cfg.max_episode_steps,
-                          video_dir=str(out / "videos" / v.name) if cfg.video else None, progress=cfg.progress)
+                          video_dir=str(out / "videos" / v.label) if cfg.video else None, progress=cfg.progress)
         res = evaluate_policy(v.policy, ecfg)
         rows.append({
-            "name": v.name, "nfe": v.nfe, "mode": v.mode,
+            "name": v.name, "label": v.label, "method": v.method, "nfe": v.nfe, "mode": v.mode,
+            "train_seconds": v.train_seconds,
             "success_rate": res["success_rate"], "success_ci95": res.get("success_ci95"),
             "per_task": {t: r["success_rate"] for t, r in res["per_task"].items()},
             "episodes": res["episodes"], "steps_to_success": res.get("steps_to_success"),
@@ -60,24 +61,25 @@ def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: 
                            "prefix_p50": lat.prefix_ms["p50"], "step": lat.step_ms},
         })
     t_lat = rows[0]["latency_ms"]["denoise_p50"]
+    for r in rows:
+        r["denoise_speedup"] = t_lat / r["latency_ms"]["denoise_p50"]
     s_lat = rows[-1]["latency_ms"]["denoise_p50"]
     report = {"variants": rows, "denoise_speedup": t_lat / s_lat,
               "e2e_speedup": rows[0]["latency_ms"]["e2e_p50"] / rows[-1]["latency_ms"]["e2e_p50"],
               "heldout_observations": int(windows["action"].shape[0]), "chunk_samples": cfg.chunk_samples}
-    print_report(report)
     plot_report(report, out / "report.png")
     return report
 
 
 def print_report(report: dict[str, Any]) -> None:
     table = Table(title="teacher vs naive vs student (same seeds)")
-    for col in ("variant", "NFE", "success", "per task", "steps to success", "chunk dist ↓", "action MSE",
+    for col in ("variant", "role", "NFE", "success", "per task", "steps to success", "chunk dist ↓", "action MSE",
                 "denoise p50 ms", "e2e p50 ms"):
         table.add_column(col, justify="right")
     for r in report["variants"]:
         per_task = " ".join(f"{t.split('/')[-1].replace('-v3', '')}:{s:.2f}" for t, s in r["per_task"].items())
         sts = r.get("steps_to_success")
-        table.add_row(r["name"], str(r["nfe"]), f"{r['success_rate']:.3f}", per_task,
+        table.add_row(r["label"], r["name"], str(r["nfe"]), f"{r['success_rate']:.3f}", per_task,
                       f"{sts:.1f}" if isinstance(sts, (int, float)) else "-", f"{r['teacher_chunk_distance']:.4f}",
                       f"{r['action_mse']:.4f}", f"{r['latency_ms']['denoise_p50']:.2f}",
                       f"{r['latency_ms']['e2e_p50']:.2f}")
@@ -93,9 +95,10 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = report["variants"]
-    names = [f"{r['name']}\n{r['nfe']} NFE" for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    axes[0].bar(names, [r["success_rate"] for r in rows], color=["#4477aa", "#cc6677", "#228833"][: len(rows)])
+    names = [r["label"].replace("@", "\n@") for r in rows]
+    colors = {"teacher": "#4477aa", "naive": "#cc6677", "student": "#228833"}
+    fig, axes = plt.subplots(1, 3, figsize=(max(13, 1.4 * len(rows) * 3), 4.5))
+    axes[0].bar(names, [r["success_rate"] for r in rows], color=[colors[r["name"]] for r in rows])
     axes[0].set_ylim(0, 1.05)
     axes[0].set_title("closed-loop success")
     axes[1].bar(names, [r["teacher_chunk_distance"] for r in rows], color="#999933")

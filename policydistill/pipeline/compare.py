@@ -1,0 +1,100 @@
+"""Every method against the same teacher with the same budget, side by side.
+
+    policydistill compare --teacher CKPT --methods snapflow,shortcut,... --steps 1,2,4
+
+distils one student per (method, NFE) with identical data, seed and optimiser steps, then
+evaluates the teacher at 10 NFE, the naive teacher at every NFE and every student on the same
+seeds and held-out observations, in one report (table, ``compare.json``, ``compare.png``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..checkpoint import write_json
+from .distill import DistillConfig, Variant, load_job, train_student
+
+console = Console(width=150)
+
+
+def compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], resume: bool = False) -> dict[str, Any]:
+    from ..methods import METHODS
+    from .evaluate import evaluate_variants
+
+    for m in methods:
+        METHODS.load(m)  # fail before any training on an unknown name
+    out = Path(cfg.out)
+    job = load_job(dataclasses.replace(cfg, steps=min(nfes)))
+    variants = [Variant("teacher", job.teacher, cfg.teacher_nfe, "diagonal")]
+    variants += [Variant("naive", job.teacher, n, "diagonal") for n in nfes]
+    for method in methods:
+        sampling = METHODS.load(method).sampling
+        for n in nfes:
+            student, prov = train_student(job, cfg, method, n, out / f"{method}-{n}nfe", resume)
+            variants.append(Variant("student", student, n, sampling, method, prov["train_seconds"]))
+    report = evaluate_variants(variants, job.tasks, job.val_set, cfg, out)
+    report.update({"methods": methods, "nfes": nfes, "teacher": str(job.teacher_dir), "tasks": job.tasks,
+                   "budget": {"iters": cfg.iters, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}})
+    print_comparison(report)
+    write_json(out / "compare.json", report)
+    plot_comparison(report, out / "compare.png")
+    console.print(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
+    return report
+
+
+def best_method(report: dict[str, Any], nfe: int = 1) -> str | None:
+    """The method with the highest success at ``nfe`` (ties: lower chunk distance)."""
+    rows = [r for r in report["variants"] if r["name"] == "student" and r["nfe"] == nfe]
+    if not rows:
+        return None
+    return max(rows, key=lambda r: (r["success_rate"], -r["teacher_chunk_distance"]))["method"]
+
+
+def print_comparison(report: dict[str, Any]) -> None:
+    table = Table(title=f"methods compared on {', '.join(report['tasks'])} (same teacher, seeds, budget)")
+    for col in ("variant", "NFE", "success", "95% CI", "steps to success", "chunk dist ↓", "action MSE",
+                "denoise p50 ms", "speedup", "train s"):
+        table.add_column(col, justify="right")
+    for r in report["variants"]:
+        ci = r.get("success_ci95") or [float("nan")] * 2
+        sts = r.get("steps_to_success")
+        table.add_row(r["method"] or r["name"], str(r["nfe"]), f"{r['success_rate']:.3f}", f"[{ci[0]:.2f}, {ci[1]:.2f}]",
+                      f"{sts:.1f}" if isinstance(sts, (int, float)) else "-", f"{r['teacher_chunk_distance']:.4f}",
+                      f"{r['action_mse']:.4f}", f"{r['latency_ms']['denoise_p50']:.2f}", f"{r['denoise_speedup']:.1f}×",
+                      f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-")
+    console.print(table)
+
+
+def plot_comparison(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["variants"]
+    teacher = rows[0]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows[1:]:
+        groups.setdefault(r["method"] or "naive", []).append(r)
+    for key, ax, title in (("success_rate", axes[0], "closed-loop success vs NFE"),
+                           ("teacher_chunk_distance", axes[1], "chunk distance to the 10-step teacher ↓")):
+        for name, rs in groups.items():
+            rs = sorted(rs, key=lambda r: r["nfe"])
+            ax.plot([r["nfe"] for r in rs], [r[key] for r in rs], marker="o", label=name,
+                    linestyle="--" if name == "naive" else "-")
+        ax.axhline(teacher[key], color="k", linestyle=":", label=f"teacher @ {teacher['nfe']}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("NFE")
+        ax.set_title(title)
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
