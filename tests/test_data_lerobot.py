@@ -203,3 +203,24 @@ def test_video_mode_rejects_odd_sizes(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="even image sizes"):
         write_lerobot_v3(tmp_path / "v", eps, video=True)
     assert not (tmp_path / "v").exists()
+
+
+def test_pusht_style_image_key_and_depth_stream(tmp_path: Path) -> None:
+    """Older datasets name the camera "observation.image" and may carry non-RGB streams."""
+    eps = make_episodes(2, seed=4, cameras=("cam",))
+    write_lerobot_v3(tmp_path / "lr", eps, fps=10)
+    data = tmp_path / "lr/data/chunk-000/file-000.parquet"
+    table = pq.read_table(data)
+    pq.write_table(table.rename_columns(["observation.image" if c == "observation.images.cam" else c
+                                         for c in table.column_names]), data)
+    info = json.loads((tmp_path / "lr/meta/info.json").read_text())
+    info["features"]["observation.image"] = info["features"].pop("observation.images.cam")
+    info["features"]["observation.depth"] = {"dtype": "image", "shape": [12, 10, 1], "names": None}
+    (tmp_path / "lr/meta/info.json").write_text(json.dumps(info))
+    ds = LeRobotV3Dataset(tmp_path / "lr")
+    assert ds.camera_keys == {"image": "observation.image"} and ds.skipped_features == ["observation.depth"]
+    for i, ep in enumerate(eps):
+        back = ds.episode(i)
+        np.testing.assert_array_equal(back.images["image"], ep.images["cam"])
+    z = convert(tmp_path / "lr", tmp_path / "z.zarr")
+    assert z.cameras == ["image"] and "observation.images.image" in z.stats

@@ -156,19 +156,23 @@ class LeRobotV3Dataset:
         self.action_dim = self._vector_width(ACTION_KEY)
         self.state_dim = self._vector_width(STATE_KEY) if STATE_KEY in feats else 0
         cams: dict[str, tuple[int, int, int]] = {}
+        #: camera name -> feature key ("cam" -> "observation.images.cam"; "observation.image" -> "image")
+        self.camera_keys: dict[str, str] = {}
         self.video_keys: list[str] = []
+        self.skipped_features: list[str] = []  # visual streams that are not RGB (depth, ...)
         for key, ft in feats.items():
             if isinstance(ft, dict) and ft.get("dtype") in ("image", "video"):
-                if not key.startswith(IMAGE_PREFIX):
-                    continue  # e.g. depth or other visual streams we do not use
                 shape = self._shape(key)
+                if len(shape) == 3 and shape[0] == 3 and shape[2] != 3:
+                    shape = (shape[1], shape[2], 3)  # some writers store CHW
                 if len(shape) != 3 or shape[2] != 3:
-                    if len(shape) == 3 and shape[0] == 3:
-                        shape = (shape[1], shape[2], 3)  # some writers store CHW
-                    else:
-                        raise DatasetError(f"{where}: {key} has shape {shape}, expected [H, W, 3]. Only RGB cameras "
-                                           "are supported.")
-                cams[key[len(IMAGE_PREFIX):]] = shape
+                    self.skipped_features.append(key)
+                    continue
+                cam = key[len(IMAGE_PREFIX):] if key.startswith(IMAGE_PREFIX) else key.rsplit(".", 1)[-1]
+                if not cam or cam in cams or "/" in cam:
+                    cam = key.replace(".", "_").replace("/", "_")
+                cams[cam] = shape
+                self.camera_keys[cam] = key
                 if ft["dtype"] == "video":
                     self.video_keys.append(key)
         self.layout = Layout(cams, self.state_dim, self.action_dim)
@@ -288,7 +292,7 @@ class LeRobotV3Dataset:
     def _table(self, path: Path) -> Any:
         if path not in self._tables:
             cols = [k for k in (STATE_KEY, ACTION_KEY) if k in self.features and (k != STATE_KEY or self.state_dim)]
-            cols += [image_key(c) for c in self.layout.cameras if image_key(c) not in self.video_keys]
+            cols += [k for k in self.camera_keys.values() if k not in self.video_keys]
             cols += ["timestamp", "frame_index", "episode_index", "index", "task_index"]
             table = _read_parquet(path, "LeRobot data file", cols)
             if len(self._tables) >= 2:  # data files are up to ~100 MB: keep the two most recent
@@ -364,7 +368,7 @@ class LeRobotV3Dataset:
             out[STATE_KEY] = np.zeros((n, 0), np.float32)
         if images:
             for cam in self.layout.cameras:
-                out[image_key(cam)] = self.frame_images(i, np.arange(n), cam)
+                out[self.camera_keys[cam]] = self.frame_images(i, np.arange(n), cam)
         return out
 
     def frame_images(self, i: int, frames: np.ndarray, cam: str) -> np.ndarray:
@@ -372,7 +376,7 @@ class LeRobotV3Dataset:
         only those frames are decoded (PNG) or only that stretch of the video."""
         i = self._check_index(i)
         frames = np.asarray(frames, dtype=np.int64)
-        key, shape = image_key(cam), self.layout.cameras[cam]
+        key, shape = self.camera_keys[cam], self.layout.cameras[cam]
         rows, path = self._rows(i)
         with reading(path, "LeRobot data file"):
             picked = rows.take(frames)
@@ -431,7 +435,7 @@ class LeRobotV3Dataset:
         i = self._check_index(i)
         fr = self.frames(i, images=images)
         rec = self.episode_record(i)
-        images_ = {cam: fr[image_key(cam)] for cam in self.layout.cameras} if images else {}
+        images_ = {cam: fr[self.camera_keys[cam]] for cam in self.layout.cameras} if images else {}
         ti = int(fr["task_index"][0])
         if ti not in self.tasks:
             raise DatasetError(f"{self.path}: episode {i} uses task_index {ti}, which meta/tasks.parquet does not "
@@ -455,12 +459,12 @@ class LeRobotV3Dataset:
             lows[ACTION_KEY].append(fr[ACTION_KEY])
             lows[STATE_KEY].append(fr[STATE_KEY])
             for cam in self.layout.cameras:
-                hists[cam].update(fr[image_key(cam)])
+                hists[cam].update(fr[self.camera_keys[cam]])
         stats: Stats = {ACTION_KEY: lowdim_stats(np.concatenate(lows[ACTION_KEY]))}
         if self.state_dim:
             stats[STATE_KEY] = lowdim_stats(np.concatenate(lows[STATE_KEY]))
         for cam, h in hists.items():
-            stats[image_key(cam)] = h.stats()
+            stats[self.camera_keys[cam]] = h.stats()
         return stats
 
     def summary(self) -> dict[str, Any]:
@@ -470,6 +474,8 @@ class LeRobotV3Dataset:
             self.stats = self.compute_stats()
         out = summarize(self, "lerobot_v3" + (" (video)" if self.video_keys else " (image)"))
         out["codebase_version"] = self.info.get("codebase_version")
+        out["camera_keys"] = dict(self.camera_keys)
+        out["skipped_features"] = list(self.skipped_features)
         out["robot_type"] = self.info.get("robot_type")
         return out
 
