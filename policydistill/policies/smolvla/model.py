@@ -202,14 +202,13 @@ class SmolVLAContext:
     rope_self: tuple[Tensor, Tensor]
     rope_cross: tuple[Tensor, Tensor]
     prefix_len: int
-    counters: dict[str, int]
 
     def expand(self, repeats: int) -> "SmolVLAContext":
         """The same context for ``repeats`` samples per observation (batch → batch·repeats)."""
         r = lambda x: x.repeat_interleave(repeats, dim=0)  # noqa: E731
         return SmolVLAContext([(r(k), r(v)) for k, v in self.kv], r(self.self_mask), r(self.cross_mask),
                               (r(self.rope_self[0]), r(self.rope_self[1])),
-                              (r(self.rope_cross[0]), r(self.rope_cross[1])), self.prefix_len, self.counters)
+                              (r(self.rope_cross[0]), r(self.rope_cross[1])), self.prefix_len)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,8 +251,9 @@ class SmolVLA(FlowPolicy):
                                                max_period=cfg.max_period)
         #: attention without fused kernels (set True for forward-mode AD through flow()).
         self.math_attention = False
-        #: how often each stage ran (tests use it to prove the prefix runs once per chunk).
-        self.counters = {"encode": 0, "vlm_layer": 0, "cross_kv_proj": 0, "vision": 0, "flow": 0}
+        #: how often each prefix stage ran (diagnostics; nothing in flow() counts, so torch.compile of
+        #: the per-step pass sees no changing Python state).
+        self.counters = {"encode": 0, "vlm_layer": 0, "cross_kv_proj": 0, "vision": 0}
         self._tokenizer: Any = None
         # Patch position ids: a constant of the config, kept off the module's buffers (so building on
         # the meta device and filling weights in place leaves it intact); cached per device.
@@ -418,7 +418,7 @@ class SmolVLA(FlowPolicy):
         steps = torch.arange(n, device=pad.device)[None]
         rope_self = rope_tables(pad.long().sum(1, keepdim=True) + steps, cfg.head_dim, cfg.rope_max_wavelength)
         rope_cross = rope_tables(steps.expand(b, n), cfg.head_dim, cfg.rope_max_wavelength)
-        return SmolVLAContext(kv, self_mask, cross_mask, rope_self, rope_cross, p, self.counters)
+        return SmolVLAContext(kv, self_mask, cross_mask, rope_self, rope_cross, p)
 
     # ---- suffix ----
     def embed_suffix(self, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
@@ -432,7 +432,6 @@ class SmolVLA(FlowPolicy):
 
     def flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: SmolVLAContext) -> Tensor:
         cfg = self.config
-        self.counters["flow"] += 1
         b, b0 = x_t.shape[0], ctx.self_mask.shape[0]
         if b != b0:
             if b % b0:
