@@ -110,11 +110,13 @@ def bench_rollouts_cmd(
     rows = run(cfg, progress=lambda r: console.print(
         f"workers={r['workers']} render={r['render']}: {r['steps_per_second']:.1f} steps/s"))
     table = Table(title=f"rollout throughput: {task}, {image_size} px corner2, random actions")
-    for col in ("workers", "slots", "render", "steps", "seconds", "steps/s", "speedup", "load avg (1 min)"):
+    for col in ("workers", "slots", "render", "steps", "seconds", "steps/s", "speedup", "env CPU ms/step",
+                "steps/s on idle cores", "load avg (1 min)"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["workers"]), str(r["slots"]), "yes" if r["render"] else "no (state only)", str(r["steps"]),
                       f"{r['seconds']:.1f}", f"{r['steps_per_second']:.1f}", f"{r['speedup_vs_first']:.2f}×",
+                      f"{r['worker_cpu_ms_per_step']:.1f}", f"{r['idle_machine_steps_per_second']:.0f}",
                       f"{r['load_average_1min']:.1f} / {r['cpu_count']} cores")
     console.print(table)
     write_json(json_out, {"config": {"task": task, "workers": cfg.workers, "steps": steps, "image_size": image_size,

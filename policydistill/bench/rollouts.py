@@ -2,7 +2,9 @@
 
 Random actions (policy cost excluded) over the same ``WorkerPool`` the evaluator uses; env
 creation and the first render (GL context, texture upload) are done before the clock starts.
-A state-only row (``render_images=False``) shows what rendering costs.
+A state-only row (``render_images=False``) shows what rendering costs. Wall-clock steps/s depend
+on what else runs on the machine, so the workers' own CPU time per step is reported too, with
+the throughput it implies on idle cores (workers / CPU per step).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def measure(task: str, workers: int, slots: int, steps: int, image_size: int, re
     rng = np.random.default_rng(seed)
     with WorkerPool(slots, workers, {"image_size": image_size, "render_images": render}) as pool:
         pool.reset({s: (env_id, seed + s) for s in range(slots)})  # warm-up: env creation, GL context
+        wcpu0 = pool.cpu_seconds()
         cpu0, t0 = os.times(), time.perf_counter()
         done_steps, resets = 0, 0
         while done_steps < steps:
@@ -46,10 +49,15 @@ def measure(task: str, workers: int, slots: int, steps: int, image_size: int, re
                 pool.reset(ended)
         seconds = time.perf_counter() - t0
         cpu1 = os.times()
+        worker_cpu = sum(pool.cpu_seconds()) - sum(wcpu0)
     return {"task": env_id, "workers": workers, "slots": slots, "image_size": image_size, "render": render,
             "steps": done_steps, "seconds": seconds, "steps_per_second": done_steps / seconds,
             # the parent's CPU only (workers are other processes): what the main loop itself costs
             "parent_cpu_seconds": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
+            # env CPU per step does not depend on how busy the machine is; workers / that = the
+            # throughput the same workers reach on otherwise idle cores
+            "worker_cpu_ms_per_step": 1000 * worker_cpu / done_steps,
+            "idle_machine_steps_per_second": max(workers, 1) * done_steps / max(worker_cpu, 1e-9),
             "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}
 
 

@@ -79,7 +79,10 @@ def _worker_main(conn: Any, env_kwargs: dict[str, Any], threads: int) -> None:
             if cmd == "close":
                 break
             try:
-                if cmd == "reset":
+                if cmd == "cpu":
+                    t = os.times()
+                    out = t.user + t.system
+                elif cmd == "reset":
                     out = [host.reset(*p) for p in payload]
                 elif cmd == "step":
                     out = [host.step(*p) for p in payload]
@@ -143,6 +146,22 @@ class WorkerPool:
     def step(self, actions: dict[int, np.ndarray]) -> dict[int, Any]:
         """{slot: action} -> {slot: (obs, reward, terminated, truncated, info)}"""
         return self._call("step", [(s, (s, np.asarray(a, np.float32))) for s, a in actions.items()])
+
+    def cpu_seconds(self) -> list[float]:
+        """CPU time (user + system) used so far by each worker process (this process if workers=0):
+        differences over a timed section give CPU per env step, which contention does not inflate."""
+        if self._local is not None:
+            t = os.times()
+            return [t.user + t.system]
+        for conn in self._conns:
+            conn.send(("cpu", None))
+        out = []
+        for w, conn in enumerate(self._conns):
+            status, res = conn.recv()
+            if status != "ok":
+                raise RuntimeError(f"env worker {w} failed: {res}")
+            out.append(float(res))
+        return out
 
     def close(self) -> None:
         if self._local is not None:
