@@ -132,7 +132,7 @@ def test_image_shape_disagrees_with_info(lerobot: Path) -> None:
     info = json.loads((lerobot / "meta/info.json").read_text())
     info["features"]["observation.images.wrist"]["shape"] = [10, 12, 3]
     (lerobot / "meta/info.json").write_text(json.dumps(info))
-    with pytest.raises(DatasetError, match="decodes to shape"):
+    with pytest.raises(DatasetError, match="is a 12x10 image but meta/info.json declares 10x12"):
         read_everything(lerobot)
 
 

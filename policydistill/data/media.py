@@ -29,6 +29,9 @@ def decode_png(data: bytes, shape: tuple[int, int, int], what: str) -> np.ndarra
 
     with reading(what, "image", "The PNG bytes are truncated or corrupt: re-create the dataset."):
         img = Image.open(io.BytesIO(data))
+        if img.size != (shape[1], shape[0]):  # checked before decoding: a corrupt header can claim any size
+            raise DatasetError(f"{what} is a {img.size[1]}x{img.size[0]} image but meta/info.json declares "
+                               f"{shape[0]}x{shape[1]}; fix the feature's shape in info.json or re-create the dataset.")
         img.load()
         if img.mode != "RGB":
             img = img.convert("RGB")
