@@ -25,6 +25,8 @@ def bench_policies_cmd(
     threads: int = typer.Option(2, "--threads", help="torch CPU threads."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    full_dtype: str = typer.Option("auto", "--full-dtype",
+                                   help="dtype of the full sizes; auto = bfloat16 on CPU (13 GB in float32), else --dtype."),
     json_out: Path = typer.Option(None, "--json", help="Write the results as JSON to this file."),
 ) -> None:
     """Parameters, prefix time, per-step time, denoising and chunk time at NFE 1 and 10."""
@@ -32,10 +34,14 @@ def bench_policies_cmd(
 
     from policydistill.policies.bench import LEROBOT_PI0_REF_MS, BenchSettings, checks, run
 
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise typer.BadParameter(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    for value, flag in ((dtype, "--dtype"), (full_dtype, "--full-dtype")):
+        if value not in ("float32", "bfloat16", "float16", "auto") or (flag == "--dtype" and value == "auto"):
+            raise typer.BadParameter(f"{flag} must be float32, bfloat16 or float16, got {value!r}")
+    if full_dtype == "auto":
+        full_dtype = "bfloat16" if device == "cpu" else dtype
     settings = BenchSettings(archs=_names(arch), sizes=_names(sizes), repeats=repeats, warmup=warmup,
-                             full_repeats=full_repeats, threads=threads, device=device, dtype=dtype)
+                             full_repeats=full_repeats, threads=threads, device=device, dtype=dtype,
+                             full_dtype=full_dtype)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("bench", total=len(settings.archs) * len(settings.sizes))
 
@@ -55,7 +61,8 @@ def bench_policies_cmd(
     for r in result["rows"]:
         table.add_row(r["arch"], r["size"], r["dtype"], f"{r['params_M']:.1f}", f"{r['prefix_ms']:.2f}",
                       f"{r['step_ms']:.2f}", f"{r['denoise1_ms']:.2f}", f"{r['denoise10_ms']:.2f}",
-                      f"{r['ratio_10_1']:.2f}", f"{r['chunk1_ms']:.2f}", f"{r['chunk10_ms']:.2f}", f"{r['e2e10_ms']:.2f}")
+                      f"{r['ratio_10_1']:.2f}", f"{r['chunk1_ms']:.2f}" + ("*" if r.get("chunk_derived") else ""),
+                      f"{r['chunk10_ms']:.2f}" + ("*" if r.get("chunk_derived") else ""), f"{r['e2e10_ms']:.2f}")
     q = LEROBOT_PI0_REF_MS
     table.add_row("lerobot 0.4.4 pi0 (QUOTED)", "ref", "float32", "", f"{q['prefix_ms']}", f"{q['step_ms']}", "", "",
                   f"{(q['chunk10_ms'] - q['prefix_ms']) / (q['chunk1_ms'] - q['prefix_ms']):.2f}",
@@ -63,7 +70,8 @@ def bench_policies_cmd(
     console.print(table)
     console.print("[dim]lerobot row: measured outside the project on this 2-core CPU (float32, batch 1, 2 cameras, "
                   "random weights), quoted from issue 3, not re-measured here. chunk = prefix + N denoising steps "
-                  "(lerobot's sample_actions); denoise = N steps on a cached prefix.[/dim]")
+                  "(lerobot's sample_actions); denoise = N steps on a cached prefix; * = prefix + denoise, not re-timed "
+                  "(full sizes).[/dim]")
     load = result["loadavg_1min_before_after"]
     if max(load) > (result["cpu_count"] or 1):
         console.print(f"[yellow]warning:[/] 1-min load average {load[0]:.1f} → {load[1]:.1f} on {result['cpu_count']} "

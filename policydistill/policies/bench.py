@@ -42,6 +42,9 @@ class BenchSettings:
     repeats: int = 20
     warmup: int = 3
     full_repeats: int = 2          # the full sizes take seconds per call on a CPU
+    #: dtype of the full sizes (None = ``dtype``). On a shared CPU box 3.3 B float32 parameters
+    #: (13 GB) can starve other processes of memory: the CLI defaults this to bfloat16 on CPU.
+    full_dtype: str | None = None
     threads: int = 2
     device: str = "cpu"
     dtype: str = "float32"
@@ -80,7 +83,7 @@ def build_random(arch: str, size: str, device: str, dtype: torch.dtype) -> Any:
     if size in ("full",):
         with torch.device("meta"):
             policy = cls.from_preset(size)
-        policy = policy.to_empty(device=device)
+        policy = policy.to(dtype).to_empty(device=device)  # allocate once, directly in the target dtype
         gen = torch.Generator(device=device).manual_seed(0)
         with torch.no_grad():
             for name, p in policy.named_parameters():
@@ -117,23 +120,23 @@ def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[
 def bench_one(arch: str, size: str, s: BenchSettings) -> dict[str, Any]:
     torch.manual_seed(s.seed)
     cls = policy_class(arch)
-    dtype = getattr(torch, s.dtype)
-    row: dict[str, Any] = {"arch": arch, "size": size, "device": s.device, "dtype": s.dtype}
-    # Enough memory for float32? (3.3 B parameters are 13 GB.) Otherwise bfloat16, and say so.
-    if size == "full" and s.device == "cpu":
+    big = size == "full"
+    dtype_name = (s.full_dtype or s.dtype) if big else s.dtype
+    dtype = getattr(torch, dtype_name)
+    row: dict[str, Any] = {"arch": arch, "size": size, "device": s.device, "dtype": dtype_name}
+    if big and s.device == "cpu":  # never build what does not fit beside everyone else
         with torch.device("meta"):
             n = sum(p.numel() for p in cls.from_preset(size).parameters())
-        if n * dtype.itemsize * 1.25 > _mem_available_bytes():
-            dtype = torch.bfloat16
-            row["dtype"] = "bfloat16"
-            row["note"] = "not enough free memory for float32; ran in bfloat16"
+        need, have = n * dtype.itemsize * 1.3, _mem_available_bytes()
+        if need > have:
+            raise MemoryError(f"{arch} {size} needs ~{need / 1e9:.1f} GB in {dtype_name}, {have / 1e9:.1f} GB free")
     policy = build_random(arch, size, s.device, dtype)
     row["params_M"] = sum(p.numel() for p in policy.parameters()) / 1e6
     cfg = policy.config
     row.update(chunk=cfg.chunk_size, cameras=len(cfg.cameras), image_size=cfg.image_size,
                tokens=cfg.tokenizer_max_length)
-    repeats = s.full_repeats if size == "full" else s.repeats
-    warmup = 1 if size == "full" else s.warmup
+    repeats = s.full_repeats if big else s.repeats
+    warmup = 0 if big else s.warmup  # a full-size prefix takes a minute on a CPU: no untimed calls
     sync = (lambda: torch.cuda.synchronize()) if s.device.startswith("cuda") else (lambda: None)
     obs = random_obs(policy, 1, s.seed)
     gen = torch.Generator(device=s.device).manual_seed(s.seed)
@@ -147,10 +150,17 @@ def bench_one(arch: str, size: str, s: BenchSettings) -> dict[str, Any]:
         for n in (1, 10):
             row[f"denoise{n}_ms"] = _median_ms(lambda: sample_with_ctx(policy, noise, ctx, n, "diagonal"),
                                                repeats, warmup, sync)
-            row[f"chunk{n}_ms"] = _median_ms(
-                lambda: sample_with_ctx(policy, noise, policy.encode(cond), n, "diagonal"), repeats, warmup, sync)
-        row["e2e10_ms"] = _median_ms(lambda: policy.sample_actions(obs, steps=10, noise=noise), repeats, warmup, sync)
-        row["e2e1_ms"] = _median_ms(lambda: policy.sample_actions(obs, steps=1, noise=noise), repeats, warmup, sync)
+            if big:  # prefix + denoising, not re-measured (each call would cost another prefix)
+                row[f"chunk{n}_ms"] = row["prefix_ms"] + row[f"denoise{n}_ms"]
+                row["chunk_derived"] = True
+            else:
+                row[f"chunk{n}_ms"] = _median_ms(
+                    lambda: sample_with_ctx(policy, noise, policy.encode(cond), n, "diagonal"), repeats, warmup, sync)
+        if big:
+            row["e2e10_ms"] = _median_ms(lambda: policy.sample_actions(obs, steps=10, noise=noise), 1, 0, sync)
+        else:
+            row["e2e10_ms"] = _median_ms(lambda: policy.sample_actions(obs, steps=10, noise=noise), repeats, warmup, sync)
+            row["e2e1_ms"] = _median_ms(lambda: policy.sample_actions(obs, steps=1, noise=noise), repeats, warmup, sync)
     row["ratio_10_1"] = row["denoise10_ms"] / row["denoise1_ms"]
     row["repeats"] = repeats
     del policy, ctx
@@ -169,7 +179,7 @@ def run(settings: BenchSettings, log: Callable[[str], None] = print,
                 progress(f"{arch} {size}")
             try:
                 rows.append(bench_one(arch, size, settings))
-            except (ValueError, ImportError) as exc:  # e.g. no such preset for this architecture
+            except (ValueError, ImportError, MemoryError) as exc:  # e.g. no such preset for this architecture
                 skipped.append({"arch": arch, "size": size, "why": str(exc)})
                 log(f"skip {arch} {size}: {exc}")
     # The 2-core machine is shared: record the load, so that numbers taken under contention say so.
