@@ -298,3 +298,12 @@ def test_video_frame_size_disagrees_with_info(fixtures_dir: Path, tmp_path: Path
     (tmp_path / "v/meta/info.json").write_text(json.dumps(info))
     with pytest.raises(DatasetError, match="meta/info.json declares"):
         LeRobotV3Dataset(tmp_path / "v").episode(1)
+
+
+def test_stats_of_another_dataset(lerobot: Path) -> None:
+    stats = json.loads((lerobot / "meta/stats.json").read_text())
+    stats["action"]["mean"] = [0.0, 0.0, 0.0]
+    (lerobot / "meta/stats.json").write_text(json.dumps(stats))
+    with pytest.raises(DatasetError, match="3 means and 2 stds but the data has 2 dims"):
+        FlowWindowDataset(lerobot, horizon=2, split="all")
+    assert len(FlowWindowDataset(lerobot, horizon=2, split="all", normalize=False)) > 0

@@ -72,18 +72,31 @@ class Normalizer:
 
     EPS = 1e-8
 
-    def __init__(self, stats: dict[str, dict[str, Any]], keys: tuple[str, ...] = (STATE_KEY, ACTION_KEY)) -> None:
+    def __init__(self, stats: dict[str, dict[str, Any]], dims: dict[str, int] | None = None) -> None:
+        """``dims`` ({key: width}) lists the keys to normalise and checks the statistics' widths;
+        by default "observation.state" and "action" with whatever width the statistics have."""
         self.mean: dict[str, torch.Tensor] = {}
         self.std: dict[str, torch.Tensor] = {}
-        for key in keys:
+        for key, width in (dims or {STATE_KEY: -1, ACTION_KEY: -1}).items():
             entry = stats.get(key) or {}
-            if not entry:
+            if not entry or width == 0:
                 continue
             if "mean" not in entry or "std" not in entry:
                 raise DatasetError(f"statistics for {key!r} lack mean/std (have {sorted(entry)}); recompute them "
                                    "(re-write the dataset) or train with normalize=False.")
-            self.mean[key] = torch.as_tensor(np.asarray(entry["mean"], np.float32))
-            self.std[key] = torch.as_tensor(np.asarray(entry["std"], np.float32))
+            try:
+                mean = np.asarray(entry["mean"], np.float32).reshape(-1)
+                std = np.asarray(entry["std"], np.float32).reshape(-1)
+            except (TypeError, ValueError) as exc:
+                raise DatasetError(f"statistics for {key!r} are not numeric vectors ({exc}); recompute them.") from exc
+            if width > 0 and (mean.shape != (width,) or std.shape != (width,)):
+                raise DatasetError(f"statistics for {key!r} have {mean.size} means and {std.size} stds but the data has "
+                                   f"{width} dims; the stats belong to another dataset — recompute them (e.g. "
+                                   "`policydistill data convert` re-writes them) or train with normalize=False.")
+            if not (np.isfinite(mean).all() and np.isfinite(std).all()) or (std < 0).any():
+                raise DatasetError(f"statistics for {key!r} contain NaN, inf or a negative std; recompute them.")
+            self.mean[key] = torch.from_numpy(mean)
+            self.std[key] = torch.from_numpy(std)
 
     def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
         if key not in self.mean:
@@ -158,7 +171,8 @@ class FlowWindowDataset(torch.utils.data.Dataset):
         if stats is None:
             stats = self.source.compute_stats()
         self.stats = stats
-        self.normalizer = Normalizer(stats) if cfg.normalize else None
+        dims = {STATE_KEY: self.source.layout.state_dim, ACTION_KEY: self.source.layout.action_dim}
+        self.normalizer = Normalizer(stats, dims) if cfg.normalize else None
         lengths = np.asarray(self.source.lengths)[self.episode_ids]
         self._cum = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self._frames = _Frames(self._load(self.episode_ids, cfg.in_memory), self.episode_ids, self.normalizer,
