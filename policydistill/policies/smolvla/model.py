@@ -11,9 +11,9 @@ Data flow (lerobot 0.4.4 semantics, checked against ``shared/fixtures/lerobot/sm
             expert's projections at every denoising step; they do not depend on x_t, so we do it once.
             The last VLM layer only has to produce keys/values: its attention output and MLP are skipped.
   flow    = expert only: action tokens (causal among themselves, as lerobot's att mask of ones gives)
-            run through the expert layers; even layers attend jointly to [prefix K/V | own K/V], odd
-            layers cross-attend to the projected VLM K/V. Positions: prefix_len + i in self layers,
-            i in cross layers.
+            run through the expert layers; layers i % self_attn_every_n_layers == 0 attend jointly to
+            [prefix K/V | own K/V], the others cross-attend to the projected VLM K/V. Positions:
+            (valid prefix tokens) + i in self-attention layers, i in cross-attention layers.
 
 Time enters as lerobot does: sin-cos(t) is concatenated with the action embedding and mixed by the
 action_time MLP. The target time s enters through ``target_time`` (zero-initialised last layer) whose
@@ -46,7 +46,8 @@ from .processor import apply_padding_masks, resize_images, smolvla_prompts
 # Building blocks that differ from the Gemma ones in policies/layers.py: Llama's RMSNorm (w·x̂, not
 # (1+w)·x̂), lerobot's apply_rope (timescale division, bit-compatible), SiLU gated MLP, and attention
 # with a per-query mask (block-causal prefix, causal action tokens) through SDPA with enable_gqa
-# (no repeat_kv copies). The SigLIP vision tower is the shared one.
+# (no repeat_kv copies). The vision tower's modules are the shared SiglipEncoder; only its patch
+# position ids follow SmolVLM (see vision_position_ids and SmolVLA.vision_tower).
 # ----------------------------------------------------------------------------------------------
 
 
