@@ -31,7 +31,8 @@ def bench_methods_cmd(
     steps: int = typer.Option(0, "--steps", help="Optimiser steps for EVERY method (0 = each method's recipe)."),
     teacher_steps: int = typer.Option(10, "--teacher-steps", help="N of the N-step Euler baselines."),
     eval_samples: int = typer.Option(4096, "--eval-samples", help="Noise samples per evaluation."),
-    threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
+    threads: int = typer.Option(1, "--threads", help="torch CPU threads (per process)."),
+    jobs: int = typer.Option(1, "--jobs", help="Run the seeds in this many parallel processes."),
     out: Path = typer.Option(Path("outputs/bench_methods"), "--out", help="Folder for results.json and the PNG."),
     quick: bool = typer.Option(False, "--quick", help="Tiny smoke run (one seed, a few steps; seconds)."),
     cache: Path = typer.Option(None, "--cache", help="Folder to keep/reuse the fitted velocity fields (tuning runs)."),
@@ -41,7 +42,7 @@ def bench_methods_cmd(
     from policydistill.bench.methods_bench import BenchConfig, quick_config, run_bench, table_rows
 
     base = quick_config(dim) if quick else BenchConfig(dim=dim)
-    overrides = {"nfe": _ints(nfe, "--nfe"), "teacher_steps": teacher_steps, "threads": threads,
+    overrides = {"nfe": _ints(nfe, "--nfe"), "teacher_steps": teacher_steps, "threads": threads, "jobs": jobs,
                  "methods": tuple(m.strip() for m in methods.split(",") if m.strip()) or None}
     if not quick:
         overrides["seeds"] = _ints(seeds, "--seeds")

@@ -66,6 +66,7 @@ class BenchConfig:
     time_dim: int = 64
     solver_steps: int = 100                  # RK4 steps (float64; 100 → error ~1e-12 here)
     threads: int = 1
+    jobs: int = 1                            # seeds run in this many worker processes (each `threads` threads)
     progress: bool = True
     quick: bool = False
     cache_dir: str | None = None             # reuse fitted velocity fields across runs (keyed by config)
@@ -207,6 +208,12 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print) -> dict
     return rows
 
 
+def _run_seed_worker(args: tuple[BenchConfig, int, list[str]]) -> dict[str, Any]:
+    cfg, seed, methods = args
+    torch.set_num_threads(max(1, cfg.threads))
+    return run_seed(cfg, seed, methods, log=lambda msg: print(msg, flush=True))
+
+
 def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
             "n": len(values)}
@@ -255,7 +262,17 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path | None = None, log=print) ->
         raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(default_methods())}")
     torch.set_num_threads(max(1, cfg.threads))
     t0 = time.perf_counter()
-    per_seed = [run_seed(cfg, seed, methods, log) for seed in cfg.seeds]
+    if cfg.jobs > 1 and len(cfg.seeds) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # One process per seed: the networks are small, so processes scale where threads do not.
+        worker_cfg = replace(cfg, progress=False)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(cfg.jobs, len(cfg.seeds)), mp_context=ctx) as pool:
+            per_seed = list(pool.map(_run_seed_worker, [(worker_cfg, seed, methods) for seed in cfg.seeds]))
+    else:
+        per_seed = [run_seed(cfg, seed, methods, log) for seed in cfg.seeds]
     result = {
         "benchmark": "methods on an exact Gaussian mixture",
         "config": {**asdict(cfg), "methods": methods},
