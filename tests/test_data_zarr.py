@@ -124,3 +124,12 @@ def test_no_cameras_and_numpy_meta(tmp_path: Path) -> None:
     back = store.episode(0)
     assert back.meta == {"seed": 4, "offsets": [0.5, 1.5]} and back.images == {}
     assert back.action.dtype == np.float32 and np.array_equal(back.action, ep.action.astype(np.float32))
+
+
+def test_interrupted_swap_points_to_the_old_store(tmp_path: Path) -> None:
+    ZarrEpisodeStore.write(tmp_path / "s.zarr", make_episodes(1))
+    (tmp_path / "s.zarr").rename(tmp_path / ".s.zarr.old-1234abcd")  # the state a crash between renames leaves
+    with pytest.raises(DatasetError, match=r"\.s\.zarr\.old-1234abcd holds the store"):
+        ZarrEpisodeStore(tmp_path / "s.zarr")
+    with pytest.raises(DatasetError, match="rename that folder back"):
+        open_dataset(tmp_path / "s.zarr")

@@ -21,6 +21,8 @@ Format = Literal["zarr", "lerobot"]
 def detect_format(path: str | Path) -> Format:
     path = Path(path)
     if not path.exists():
+        if any(path.parent.glob(f".{path.name}.old-*")):
+            return "zarr" if path.name.endswith(".zarr") else "lerobot"  # the readers explain the interrupted write
         raise DatasetError(f"{path} does not exist; check the path (a zarr store or a LeRobotDataset v3.0 folder).")
     if (path / "zarr.json").is_file():
         return "zarr"

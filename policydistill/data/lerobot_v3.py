@@ -115,6 +115,10 @@ class LeRobotV3Dataset:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        aside = sorted(self.path.parent.glob(f".{self.path.name}.old-*"))
+        if aside and not self.path.exists():
+            raise DatasetError(f"{self.path} is missing but {aside[-1]} holds the dataset as it was before a write that "
+                               f"was interrupted between its two renames: rename that folder back to {self.path.name}.")
         if not self.path.is_dir():
             raise DatasetError(f"{self.path} does not exist or is not a folder; pass the dataset root (the folder "
                                "holding meta/ and data/).")

@@ -86,6 +86,11 @@ class ZarrEpisodeStore:
 
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
+            aside = sorted(self.path.parent.glob(f".{self.path.name}.old-*"))
+            if aside and not self.path.exists():
+                raise DatasetError(f"{self.path} is missing but {aside[-1]} holds the store as it was before a write "
+                                   "that was interrupted between its two renames: rename that folder back to "
+                                   f"{self.path.name}.")
             raise DatasetError(f"{self.path} is not a policydistill zarr store (no zarr.json): check the path, or "
                                "create one with `policydistill data convert SRC DST.zarr` / ZarrEpisodeStore.write.")
         with reading(self.path / "zarr.json", "zarr store metadata"):
