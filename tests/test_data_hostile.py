@@ -231,7 +231,7 @@ def episodes_strategy(draw: st.DrawFn) -> list[Episode]:
     return out
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(eps=episodes_strategy(), fps=st.sampled_from([5, 10, 12.5, 30]))
 def test_random_episodes_round_trip_both_formats(eps: list[Episode], fps: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
@@ -259,7 +259,7 @@ def _clean_copy(kind: str, dst: Path) -> Path:
     return dst
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(["zarr", "lerobot", "lerobot_video"]), file_pick=st.integers(0, 10_000),
        action=st.sampled_from(["delete", "truncate", "flip", "garbage", "empty"]), pos=st.floats(0, 1),
        seed=st.integers(0, 2**31 - 1))

@@ -162,7 +162,7 @@ def test_bad_config_is_a_dataset_error(ramp_store: ZarrEpisodeStore) -> None:
         FlowWindowDataset(ramp_store, split="all")[10_000]
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lengths=st.lists(st.integers(1, 7), min_size=1, max_size=4), horizon=st.integers(1, 9),
        n_obs=st.integers(1, 3), in_memory=st.booleans())
 def test_windows_match_a_brute_force_reference(lengths: list[int], horizon: int, n_obs: int, in_memory: bool) -> None:
