@@ -8,10 +8,8 @@ import torch
 from torch import Tensor
 
 from ..core.flowmap import FlowBatch, FlowMapModel
-from ..core.interpolant import interpolate, velocity_target
-from ..core.time_sampling import sample_time
-from ..core.tree import tree_slice
 from .base import Method, masked_mse
+from .flowmap_terms import count_of, diagonal_fm_loss, split_batch
 
 
 @dataclass
@@ -42,27 +40,21 @@ class SnapFlow(Method):
         cfg = self.config
         a = batch.data
         b = a.shape[0]
-        n_fm = min(b - 1, max(1, round(cfg.fm_fraction * b))) if cfg.fm_fraction > 0 else 0
+        n_fm = count_of(cfg.fm_fraction, b)
+        fm_part, cons_part = split_batch(batch, n_fm)
         metrics: dict[str, float] = {}
         total = a.new_zeros(())
 
         if n_fm > 0:
-            a_fm = a[:n_fm]
-            cond_fm = tree_slice(batch.cond, slice(0, n_fm), b)
-            mask_fm = batch.mask[:n_fm] if batch.mask is not None else None
-            noise = torch.randn_like(a_fm)
-            t = sample_time(cfg.time_sampler or student.time_sampler, n_fm, device=a.device).to(a.dtype)
-            pred = student(interpolate(a_fm, noise, t), t, t, cond_fm)
-            fm = masked_mse(pred, velocity_target(a_fm, noise), mask_fm).mean()
+            # SnapFlow keeps the data flow-matching target (ε − a), even when a teacher exists.
+            fm = diagonal_fm_loss(student, None, fm_part, cfg.time_sampler)
             total = total + fm
             metrics["fm_loss"] = float(fm.detach())
 
         n_c = b - n_fm
         if n_c > 0:
-            cond_c = tree_slice(batch.cond, slice(n_fm, b), b)
-            mask_c = batch.mask[n_fm:] if batch.mask is not None else None
-            ctx = student.encode(cond_c)
-            x1 = torch.randn_like(a[n_fm:])
+            ctx = student.encode(cons_part.cond)
+            x1 = torch.randn_like(cons_part.data)
             ones = x1.new_ones(n_c)
             halves = ones * 0.5
             with torch.no_grad():
@@ -74,7 +66,7 @@ class SnapFlow(Method):
                     v_half = v_half.clamp(-cfg.clamp, cfg.clamp)
                 target = 0.5 * (v1 + v_half)
             pred = student.flow(x1, ones, torch.zeros_like(ones), ctx)
-            cons = masked_mse(pred, target, mask_c).mean()
+            cons = masked_mse(pred, target, cons_part.mask).mean()
             total = total + cfg.consistency_weight * cons
             metrics["consistency_loss"] = float(cons.detach())
 
