@@ -365,3 +365,19 @@ def test_old_layout_normalisation_buffers(fixture_path: Path, tmp_path: Path) ->
     p = SmolVLA.from_lerobot(folder)
     assert torch.allclose(p.normalizer.state_shift, torch.tensor([0.1, -0.2, 0.3, 0.0]))
     assert torch.allclose(p.normalizer.action_scale, torch.tensor([0.3, 0.7, 1.5]) + 1e-8)
+
+
+def test_missing_tokenizer_is_an_error_not_a_silent_fallback(fixture_path: Path, tmp_path: Path) -> None:
+    folder = _copy_fixture(fixture_path, tmp_path / "notok")
+    (folder / "vlm" / "tokenizer.json").unlink()
+    p = SmolVLA.from_lerobot(folder)  # weights load; pre-tokenised batches still work
+    with pytest.raises(FileNotFoundError, match="SmolVLM tokenizer.json"):
+        p.encode_inputs(["pick"], torch.zeros(1, 8))
+
+
+def test_builtin_tokenizer_survives_lerobot_round_trip(tmp_path: Path) -> None:
+    p = SmolVLA.from_preset("tiny")
+    again = SmolVLA.from_lerobot(p.to_lerobot(tmp_path / "tiny"))
+    assert again.config.tokenizer == "builtin"
+    tasks = ["pick the cube"]
+    assert torch.equal(again.encode_inputs(tasks, torch.zeros(1, 8))["tokens"], p.encode_inputs(tasks, torch.zeros(1, 8))["tokens"])

@@ -45,6 +45,7 @@ LEFTOVERS = (ROOT + "vlm.lm_head.weight", ROOT + "vlm.model.text_model.norm.weig
 OLD_NORM_PREFIXES = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
 SMOLVLM2_500M = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
 IMG = "observation.images."
+MARKER = "policydistill.json"  # in vlm/: which tokenizer an exported preset used ("builtin")
 
 
 def to_lerobot_key(key: str) -> str | None:
@@ -102,6 +103,20 @@ def _vlm_sizes(folder: Path, name: str) -> tuple[dict[str, Any], Path | None]:
         "tokenizer.json) next to the policy and set vlm_model_name to its relative name.")
 
 
+def _default_tokenizer(vlm_dir: Path | None, name: str) -> str:
+    """The vlm/ folder when it has a tokenizer.json; "builtin" for folders we exported from a preset
+    with the built-in tokenizer (marked by vlm/policydistill.json); otherwise the (missing) location,
+    so that tokenising a task raises an error naming it — never silently a different tokenizer."""
+    if vlm_dir is not None:
+        if (vlm_dir / "tokenizer.json").is_file():
+            return str(vlm_dir)
+        marker = vlm_dir / MARKER
+        if marker.is_file() and _read_json(marker).get("tokenizer") == "builtin":
+            return "builtin"
+        return str(vlm_dir)
+    return name
+
+
 def config_from_lerobot(folder: Path, tokenizer: str | None = None) -> tuple[SmolVLAConfig, dict[str, Any]]:
     """SmolVLAConfig from a lerobot SmolVLA folder; also returns the raw lerobot config."""
     lr = _read_json(folder / "config.json")
@@ -122,7 +137,7 @@ def config_from_lerobot(folder: Path, tokenizer: str | None = None) -> tuple[Smo
     n_layers = lr.get("num_vlm_layers", -1)
     heads = text.get("num_attention_heads", 15)
     if tokenizer is None:
-        tokenizer = str(vlm_dir) if vlm_dir is not None and (vlm_dir / "tokenizer.json").is_file() else "builtin"
+        tokenizer = _default_tokenizer(vlm_dir, str(lr.get("vlm_model_name", SMOLVLM2_500M)))
     cfg = SmolVLAConfig(
         cameras=cameras or ["camera1"], image_size=int(resize[0]), state_dim=int(state_dim),
         action_dim=int(action_dim), max_state_dim=lr.get("max_state_dim", 32),
@@ -296,4 +311,7 @@ def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None =
             if f.is_file() and f.name != "config.json":
                 shutil.copy2(f, vlm / f.name)
     write_json(vlm / "config.json", vlm_config_dict(cfg))
+    if cfg.tokenizer == "builtin":
+        write_json(vlm / MARKER, {"tokenizer": "builtin", "note": "policydistill's built-in word-level tokenizer; "
+                                  "lerobot needs a real SmolVLM tokenizer.json here"})
     return folder

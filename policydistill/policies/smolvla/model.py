@@ -302,7 +302,15 @@ class SmolVLA(FlowPolicy):
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.config.tokenizer, self.config.vocab_size)
+            try:
+                self._tokenizer = load_tokenizer(self.config.tokenizer, self.config.vocab_size)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"SmolVLA tokenizer {self.config.tokenizer!r} not found: expected a folder or file with the "
+                    "SmolVLM tokenizer.json (HuggingFaceTB/SmolVLM2-500M-Video-Instruct for SmolVLA base), which "
+                    "cannot be downloaded here. Copy it next to the policy as vlm/ or pass "
+                    "SmolVLA.from_lerobot(folder, tokenizer=<folder>); our own presets use tokenizer='builtin'."
+                ) from None
         return self._tokenizer
 
     def encode_inputs(self, tasks: list[str], state_normalized: Tensor) -> dict[str, Tensor]:
