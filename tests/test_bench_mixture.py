@@ -20,6 +20,15 @@ from policydistill.core import interpolate, sample
 from policydistill.zoo import build_model
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # small tensors on a shared machine: one thread avoids intra-op synchronisation stalls
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 def test_velocity_matches_monte_carlo_posterior_mean():
     # v(x, t) = E[ε − a | x_t = x]: estimate it by importance weighting data samples a with the
     # likelihood N(x; (1 − t)a, t²) of x given a, and compare with the closed form.

@@ -3,6 +3,7 @@ distillation and reflow (the shared contract lives in test_methods_contract.py).
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from policydistill.bench.mixture import AnalyticGMMTeacher, MixtureData, make_mixture
@@ -12,6 +13,15 @@ from policydistill.methods.consistency_distillation import consistency_function
 from policydistill.methods.consistency_training import karras_sigmas
 from policydistill.models.mlp import MLPFlowMap
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # small tensors on a shared machine: one thread avoids intra-op synchronisation stalls
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 def tiny(dim: int = 2) -> MLPFlowMap:
     return MLPFlowMap(sample_shape=(dim,), width=16, depth=1, time_dim=8)
