@@ -66,12 +66,8 @@ class _EnvHost:
 def _worker_main(conn: Any, env_kwargs: dict[str, Any], threads: int) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("LP_NUM_THREADS", "1")  # one llvmpipe thread per worker: workers are the parallelism
-    try:  # keep each worker on one core's worth of BLAS threads
-        import torch
-
-        torch.set_num_threads(threads)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    # no torch here: importing it would cost each spawned worker ~1 s; numpy's BLAS is unused
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     host = _EnvHost(env_kwargs)
     try:
         while True:
