@@ -368,7 +368,42 @@ def markdown_report(result: dict[str, Any], command: str) -> str:
         markdown_table(result),
         "",
     ]
+    summary = result["summary"]
+    checks = issue_checks(summary)
+    if checks:
+        lines += ["## Checks", ""] + [f"- {c}" for c in checks] + [""]
+    lines += ["## Budgets and recipes (`policydistill/bench/recipes.py`)", ""]
+    lines.append(f"- velocity fit (warm start of every student): {result['fit_recipe']['steps']} steps × "
+                 f"{result['fit_recipe']['batch_size']}, lr {result['fit_recipe']['lr']:g}")
+    for name, agg in summary.items():
+        if agg.get("kind") == "method" and "recipe" in agg:
+            rec = agg["recipe"]
+            extra = f", method options {rec['method']}" if rec["method"] else ""
+            note = f" — {rec['note']}" if rec["note"] else ""
+            lines.append(f"- {name}: {agg['steps']} steps × {agg['batch_size']}, lr {rec['lr']:g}"
+                         f"{', EMA ' + str(rec['ema_decay']) if rec['ema_decay'] else ''}{extra}{note}")
+    lines.append("")
     return "\n".join(lines)
+
+
+def issue_checks(summary: dict[str, Any]) -> list[str]:
+    """The issue's bars, evaluated on the seed means: CD at 1 NFE ≤ ½ × the exact teacher's 2-step
+    Euler error; SnapFlow at 1 NFE within 10% of its own velocity field's 2-step Euler error."""
+    out = []
+    euler2 = summary.get("teacher: exact Euler", {}).get("nfe", {}).get("2", {}).get("mse", {}).get("mean")
+    cd = summary.get("consistency_distillation", {}).get("nfe", {}).get("1", {}).get("mse", {}).get("mean")
+    if euler2 is not None and cd is not None:
+        ok = "PASS" if cd <= 0.5 * euler2 else "FAIL"
+        out.append(f"{ok}: consistency_distillation 1-NFE MSE {cd:.4g} vs ½ × exact-teacher 2-step Euler "
+                   f"{0.5 * euler2:.4g} (ratio {cd / euler2:.3f} of the Euler-2 error)")
+    snap = summary.get("snapflow", {})
+    s1 = snap.get("nfe", {}).get("1", {}).get("mse", {}).get("mean")
+    bound = snap.get("own_euler2", {}).get("mse", {}).get("mean")
+    if s1 is not None and bound is not None:
+        ok = "PASS" if s1 <= 1.1 * bound else "FAIL"
+        out.append(f"{ok}: snapflow 1-NFE MSE {s1:.4g} vs its own 2-step Euler map {bound:.4g} "
+                   f"({100 * (s1 / bound - 1):+.1f}%; the bar is +10%)")
+    return out
 
 
 def plot_results(result: dict[str, Any], path: str | Path) -> None:
@@ -401,5 +436,5 @@ def plot_results(result: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["BenchConfig", "VelocityRegression", "aggregate", "default_methods", "markdown_table", "plot_results",
+__all__ = ["BenchConfig", "VelocityRegression", "aggregate", "default_methods", "issue_checks", "markdown_table", "plot_results",
            "markdown_report", "quick_config", "run_bench", "run_seed", "table_rows"]
