@@ -10,6 +10,7 @@ from .registry import Registry
 
 ARCHITECTURES: Registry[type[FlowMapModel]] = Registry("architecture")
 ARCHITECTURES.register("mlp", "policydistill.models.mlp:MLPFlowMap")
+ARCHITECTURES.register("analytic_gmm", "policydistill.bench.mixture:AnalyticGMMTeacher")
 ARCHITECTURES.register("image-dit", "policydistill.models.dit:ImageDiT")
 ARCHITECTURES.register("video-dit", "policydistill.models.dit:VideoDiT")
 ARCHITECTURES.register("smolvla", "policydistill.policies.smolvla.model:SmolVLA")
