@@ -123,6 +123,10 @@ def test_loss_matches_lerobot(policy: SmolVLA, ref: dict) -> None:
                                                 ref["in.time_loss"])
     assert maxdiff(elementwise, ref["out.loss_elementwise"]) <= TOL
     assert abs(loss.item() - ref["out.loss"].item()) <= 1e-6 * abs(ref["out.loss"].item())  # all 8 dims averaged
+    with torch.no_grad():
+        _, at_07 = policy.lerobot_loss(model_inputs(ref), ref["in.action_target_padded"], ref["in.noise"],
+                                       ref["in.time_velocity"])
+    assert maxdiff(at_07, ref["out.loss_elementwise_t07"]) <= TOL
 
 
 # ------------------------------------------------------------------------------- latency contract
