@@ -59,6 +59,8 @@ def test_scripted_policy_in_process_and_seeds_identical_across_schedules():
     res2 = evaluate_policy(ScriptedPolicy(), EvalConfig(tasks="reach-v3", episodes=2, workers=0, batch_size=2,
                                                         image_size=32, progress=False))
     assert [e["seed"] for e in res["episodes_detail"]] == [e["seed"] for e in res2["episodes_detail"]]
+    assert [e["initial_state"] for e in res["episodes_detail"]] == [e["initial_state"] for e in res2["episodes_detail"]]
+    assert len({e["initial_state"] for e in res["episodes_detail"]}) == 2
     assert [e["length"] for e in res["episodes_detail"]] == [e["length"] for e in res2["episodes_detail"]]
     json.dumps(res)  # JSON-serialisable
     # two ranks run disjoint halves; merged, they are the single-process result

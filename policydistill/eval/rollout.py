@@ -11,6 +11,7 @@ the first success, so its length is the steps to success). Rates come with Wilso
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -72,6 +73,7 @@ class _Slot:
     queue: deque = field(default_factory=deque)
     frames: list[np.ndarray] | None = None
     done: bool = False
+    init_hash: str = ""
 
 
 def _batch(slots: list[_Slot]) -> dict[str, Any]:
@@ -131,14 +133,17 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
         for s, (t, i, seed) in assignments.items():
             obs, info = res[s]
             frames = [] if video_dir is not None and i < cfg.videos_per_task else None
-            out[s] = _Slot(t, i, seed, obs, info["task"], frames=frames)
+            # a fingerprint of the initial state: equal across runs <=> identical initial states
+            init_hash = hashlib.sha1(np.asarray(obs["agent_pos"], np.float32).tobytes()).hexdigest()[:12]
+            out[s] = _Slot(t, i, seed, obs, info["task"], frames=frames, init_hash=init_hash)
             if frames is not None:
                 frames.append(next(iter(obs["pixels"].values())))
         return out
 
     def finish(slot: _Slot) -> None:
         slot.done = True
-        rec = {"task": slot.task, "index": slot.index, "seed": slot.seed, "success": slot.success,
+        rec = {"task": slot.task, "index": slot.index, "seed": slot.seed, "initial_state": slot.init_hash,
+               "success": slot.success,
                "length": slot.steps, "steps_to_success": slot.steps_to_success}
         if slot.frames is not None and video_dir is not None:
             from .video import write_mp4
