@@ -87,8 +87,10 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, 
 def key_padding_mask(valid: Tensor, dtype: torch.dtype) -> Tensor | None:
     """bool (B, Lk) → additive (B, 1, 1, Lk): 0 where a key may be attended, a large negative
     number where not (finite, so a row can never turn into NaN). None when every key is valid
-    (the usual batch-1 case): attention then runs without a mask at all. Built once per chunk."""
-    if bool(valid.all()):
+    (the usual batch-1 case): attention then runs without a mask at all. Built once per chunk.
+    Under torch.export the mask is always built: an exported program must not bake in the
+    example's padding pattern."""
+    if not torch.compiler.is_exporting() and bool(valid.all()):
         return None
     return torch.where(valid, 0.0, torch.finfo(dtype).min).to(dtype)[:, None, None, :]
 
