@@ -16,17 +16,7 @@ media_app = typer.Typer(no_args_is_help=True, help="Image and video flow models:
 console = Console()
 
 
-def _parse_options(options: list[str]) -> dict:
-    out = {}
-    for item in options:
-        if "=" not in item:
-            raise typer.BadParameter(f"method option {item!r} must look like key=value (e.g. fm_fraction=0.5)")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+from .options import parse_options as _parse_options  # noqa: E402
 
 
 def _metrics_table(title: str, rows: list[dict]) -> Table:

@@ -12,19 +12,7 @@ import typer
 from ..methods import DEFAULT_METHOD
 
 
-def _options(items: list[str]) -> dict:
-    import json
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise typer.BadParameter(f"--option takes key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+from .options import parse_options as _options  # noqa: E402
 
 
 def _apply(cfg, **flags):
