@@ -183,6 +183,7 @@ class MetaWorldEnv(gym.Env):
 
             viewer = mw.mujoco_renderer._get_viewer("rgb_array")
             viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            self._viewer = viewer
 
         # finite bounds from Meta-World's own observation space (same slices as the state vector)
         low, high = mw.sawyer_observation_space.low, mw.sawyer_observation_space.high
@@ -200,6 +201,12 @@ class MetaWorldEnv(gym.Env):
     def _render_image(self) -> np.ndarray:
         if not self.render_images:  # state-only rollouts (expert statistics, benchmarks): black frames
             return np.zeros((self.image_size, self.image_size, 3), np.uint8)
+        # Several envs in one process each own a GL context, and gymnasium's renderer makes its
+        # context current only when it was created. Freeing any other env's context (close or
+        # garbage collection: mujoco's EGL free calls eglReleaseThread) unbinds the current one,
+        # after which renders come back black; rendering while another env's context is current
+        # draws with the wrong context. So bind ours before every render (cheap when already bound).
+        self._viewer.make_context_current()
         img = self.mw.render()
         return np.ascontiguousarray(img[::-1, ::-1])  # corner2 renders upside down: flip both axes
 

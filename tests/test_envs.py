@@ -98,3 +98,27 @@ def test_gymnasium_vector_env_batches_observations_and_task_info():
         assert info["is_success"].dtype == bool
     finally:
         venv.close()
+
+
+def test_several_envs_in_one_process_render_their_own_frames():
+    """Regression: freeing one env's EGL context (close or garbage collection) unbound the
+    context of the others, whose frames then came back black."""
+    import gc
+
+    a = envs.make("metaworld/push-v3", image_size=32)
+    first = a.reset(seed=0)[0]["pixels"]["corner2"].copy()
+    b = envs.make("metaworld/reach-v3", image_size=32)
+    b.reset(seed=0)
+    b.close()
+    del b
+    gc.collect()
+    again = a.reset(seed=0)[0]["pixels"]["corner2"]
+    assert again.std() > 1.0 and np.array_equal(first, again)
+    c = envs.make("metaworld/push-v3", image_size=32)
+    a.close()
+    del a
+    gc.collect()
+    try:
+        assert np.array_equal(c.reset(seed=0)[0]["pixels"]["corner2"], first)
+    finally:
+        c.close()
