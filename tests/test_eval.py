@@ -44,6 +44,8 @@ class _ChunkRecorder:
 
     def sample_actions(self, obs, steps=None, noise=None, mode=None):
         self.calls.append((len(obs["task"]), steps, mode))
+        self.min_image_std = min(getattr(self, "min_image_std", 1e9), float(obs["pixels"]["corner2"].reshape(
+            len(obs["task"]), -1).std(axis=1).min()))
         self.inner.reset()
         a = self.inner.select_action(obs)
         return np.repeat(a[:, None], 6, axis=1)  # (B, 6, 4): hold the expert's action
@@ -78,6 +80,7 @@ def test_chunk_policy_over_worker_processes_with_horizon_and_video(tmp_path):
     res = evaluate_policy(pol, cfg)
     assert res["interface"] == "chunk" and res["success_rate"] == 1.0
     assert all(steps == 3 and mode == "flowmap" for _, steps, mode in pol.calls)
+    assert pol.min_image_std > 1.0  # every frame the policy saw was rendered (none black)
     # 2 actions per chunk: about one policy call per 2 env steps
     assert res["policy_calls"] >= res["env_steps"] / 2 / 2
     videos = list(tmp_path.glob("*.mp4"))
