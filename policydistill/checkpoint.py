@@ -71,9 +71,11 @@ def write_safetensors(path: str | Path, tensors: dict[str, Tensor], metadata: di
 
 def _looks_like_pickle(path: Path) -> bool:
     with open(path, "rb") as fh:
-        head = fh.read(4)
-    # protocol-2+ pickles start with 0x80; torch zip checkpoints with "PK".
-    return head[:1] == b"\x80" or head[:2] == b"PK"
+        head = fh.read(9)
+    # protocol-2+ pickles start with 0x80; torch zip checkpoints with "PK". A safetensors file
+    # starts with its 8-byte little-endian header length (whose first byte may well be 0x80),
+    # then the JSON header "{": never mistake that for a pickle.
+    return head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK")
 
 
 def read_safetensors(path: str | Path) -> dict[str, Tensor]:

@@ -70,7 +70,7 @@ SPECS: dict[str, MediaSpec] = {
                                      teacher_steps=1200, distill_steps=300, batch_size=48, n_eval=256),
     "video-dit:metaworld": MediaSpec("video-dit", "metaworld",
                                      {**asdict(VIDEO_PRESETS["metaworld"]), "width": 64, "depth": 3, "time_dim": 32},
-                                     teacher_steps=1200, distill_steps=150, batch_size=24, encoder_steps=200, n_eval=192),
+                                     teacher_steps=800, distill_steps=150, batch_size=24, encoder_steps=200, n_eval=192),
     # for tests and smoke runs: seconds, not minutes
     "image-dit:tiny": MediaSpec("image-dit", "digits", _image_cfg("tiny", image_size=8, patch=4), teacher_steps=10,
                                 distill_steps=4, batch_size=16, encoder_steps=20, n_eval=32, teacher_nfe=4),

@@ -77,6 +77,23 @@ class FinalLayer(nn.Module):
         return self.out(self.norm(h) * (1 + scale) + shift)
 
 
+class InputSkip(nn.Module):
+    """out = W·patch ⊙ (1 + g(emb)): a full-rank, time-modulated path from each input patch to
+    its output patch (U-Nets get this from their full-resolution skips). Zero-initialised, so a
+    model starts exactly as without it."""
+
+    def __init__(self, width: int, patch_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(patch_dim, patch_dim)
+        self.gain = nn.Linear(width, patch_dim)
+        for layer in (self.proj, self.gain):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, patches: Tensor, emb: Tensor) -> Tensor:
+        return self.proj(patches) * (1 + self.gain(emb).unsqueeze(1))
+
+
 def sincos_2d(grid: int, width: int) -> Tensor:
     """Fixed 2-D sin-cos position embedding, (grid², width)."""
     if width % 4:
@@ -230,6 +247,11 @@ class VideoDiTConfig:
     num_classes: int = 4        # task / instruction ids
     time_dim: int = 64
     time_sampler: str = "logit_normal"
+    #: time-modulated linear path from each input patch to the same output patch. A patch of
+    #: C·p² values (192 for RGB 8×8) through a narrower token (width) cannot carry the noise
+    #: ε that the velocity ε − a contains: without this path a teacher with width < C·p²
+    #: leaves residual noise in its samples at any NFE (measured: FD 238 at 32 NFE, visibly noisy).
+    input_skip: bool = True
 
 
 VIDEO_PRESETS: dict[str, VideoDiTConfig] = {
@@ -264,6 +286,7 @@ class VideoDiT(FlowMapModel):
         self.trunk = _Trunk(cfg.width, cfg.depth, cfg.heads, cfg.time_dim, cfg.num_classes)
         self.target_time = TargetTimeEmbedding(cfg.width, embed_dim=cfg.time_dim)
         self.final = FinalLayer(cfg.width, patch_dim)
+        self.skip = InputSkip(cfg.width, patch_dim) if cfg.input_skip else None
 
     def encode(self, cond: Any) -> dict[str, Tensor]:
         if not isinstance(cond, dict) or "first_frame" not in cond:
@@ -288,11 +311,15 @@ class VideoDiT(FlowMapModel):
         n = self.grid ** 2
         frames = patchify(x_t.reshape(b * cfg.frames, cfg.channels, cfg.image_size, cfg.image_size), cfg.patch)
         h = self.patch_in(frames).reshape(b, cfg.frames, n, cfg.width)
+        frames = frames.reshape(b, cfg.frames * n, -1)
         h = h + self.pos.to(x_t.dtype) + self.frame_emb[1:, None, :].to(x_t.dtype)
         h = torch.cat([ctx["frame_tokens"].to(x_t.dtype), h.reshape(b, cfg.frames * n, cfg.width)], dim=1)
         emb = self.trunk.embed(t, self.target_time(s), ctx["label"].to(x_t.dtype))
         h = self.trunk(h, emb)[:, n:]
-        out = self.final(h, emb).reshape(b * cfg.frames, n, -1)
+        out = self.final(h, emb)
+        if self.skip is not None:
+            out = out + self.skip(frames, emb)
+        out = out.reshape(b * cfg.frames, n, -1)
         out = unpatchify(out, cfg.patch, cfg.channels, cfg.image_size, cfg.image_size)
         return out.reshape(x_t.shape)
 
