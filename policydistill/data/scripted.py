@@ -11,9 +11,11 @@ observation, and whose AVERAGE fails:
   x = -0.10 or x = +0.30 (the wall spans x in [-0.02, 0.22] at y = 0.75, 12 cm high). The mean of
   the two routes heads for x = 0.10, the middle of the wall, with the object jammed against it.
 * free-space tasks (``push-v3``, ``pick-place-v3``): the object is carried along an arc that
-  bulges 10 cm to the left or to the right of the straight line through a via-point. The mean
-  of the two arcs is the straight line, which succeeds: these modes show up in the distribution
-  of action chunks, not in success.
+  bulges 10 cm to the left or to the right of the straight line (two via-points). A policy that
+  learns the mean of the two arcs would go straight, which succeeds: these modes show up in the
+  distribution of action chunks rather than in success. (The per-step mean executor below still
+  fails here, because each mode waits for its own via-point, which the averaged hand never
+  reaches.)
 
 Every multimodal expert also exposes the per-step ``mean`` executor (``MeanOfModes``) used to
 measure that the average fails. Experts read the 21-D ``state="full"`` vector of
@@ -35,7 +37,7 @@ import numpy as np
 from .episode import Episode
 
 FPS = 80.0  # Meta-World: 5 substeps of 2.5 ms per env step
-WALL_Y, WALL_X = 0.75, (-0.02, 0.22)  # the wall body's extent in the three wall tasks
+WALL_Y = 0.75  # the wall's centre line in the three wall tasks (it spans x in [-0.02, 0.22])
 SIDES = ("left", "right")
 
 
