@@ -4,6 +4,13 @@ AdamW, linear warm-up then cosine decay, optional EMA of the weights, gradient c
 bf16 autocast on CUDA, a rich progress bar (loss, it/s, ETA), periodic atomic checkpoints
 and exact resume. Each step re-seeds torch from (seed, step), and the data source is asked
 for the batch of that step, so a resumed run follows the uninterrupted loss curve bit for bit.
+
+Under torchrun the same loop runs on every rank (see ``distributed``): a step's batch is cut
+into micro-batches seeded from (seed, step, j), each rank computes its share, and gradients are
+summed over ranks by hand (covers ``torch.func.jvp`` methods, which bypass a DDP wrapper).
+Only rank 0 shows progress and writes checkpoints. SIGINT/SIGTERM finish the current step,
+write a checkpoint and raise ``TrainingInterrupted``; the output folder is checked for write
+access and free space before the first step.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +41,7 @@ from ..checkpoint import (
 )
 from ..core.flowmap import FlowBatch, FlowMapModel
 from ..methods.base import Method, update_ema
+from . import distributed
 
 
 class DataSource(Protocol):
@@ -58,6 +68,8 @@ class TrainConfig:
     device: str = "cpu"
     progress: bool = True
     description: str = "train"
+    micro_batches: int = 0          # the batch is cut into this many seeded micro-batches (0 = one per rank)
+    handle_signals: bool = True     # SIGINT/SIGTERM: finish the step, checkpoint, raise TrainingInterrupted
 
 
 @dataclass
@@ -71,6 +83,50 @@ class TrainResult:
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; the loop finished its step and saved ``checkpoint`` (if it has an
+    output folder). ``exit_code`` is the shell convention 128 + signal number (130, 143)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name
+        where = (f"saved a checkpoint at step {step} in {checkpoint}; continue with the same command plus --resume"
+                 if checkpoint is not None else f"stopped at step {step} (no output folder, nothing saved)")
+        super().__init__(f"{name} received: {where}.")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class _StopRequest:
+    """Installs SIGINT/SIGTERM handlers that only set a flag (the loop checks it after each step).
+    The first signal restores the previous handlers, so a second Ctrl-C stops at once."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        self.restore()
+
+    def __enter__(self) -> _StopRequest:
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -136,7 +192,8 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return folder if folder.exists() else None
 
 
-def _check_writable(out_dir: Path) -> None:
+def _check_writable(out_dir: Path, need_bytes: int = 0) -> None:
+    """Fail before the first step if ``out_dir`` cannot hold the checkpoints of this run."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".write-probe"
@@ -144,9 +201,29 @@ def _check_writable(out_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise CheckpointError(
-            f"cannot write to the output folder {out_dir} ({exc.strerror}). Choose a writable --out "
+            f"cannot write to the output folder {out_dir} ({exc.strerror or exc}). Choose a writable --out "
             "folder with free space; nothing was trained."
         ) from None
+    free = shutil.disk_usage(out_dir).free
+    if need_bytes and free < need_bytes:
+        raise CheckpointError(
+            f"the output folder {out_dir} has {free / 2**20:.1f} MiB free but this run's checkpoints need about "
+            f"{need_bytes / 2**20:.1f} MiB (model, optimiser moments, EMA and method state, kept checkpoints + 1). "
+            "Free some space or choose another --out; nothing was trained."
+        )
+
+
+def _tensor_bytes(tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+
+
+def checkpoint_bytes(student: nn.Module, method: Method, ema: nn.Module | None, cfg: TrainConfig) -> int:
+    """Disk needed by this run's checkpoints: model + AdamW's two moments + EMA + method state, for
+    ``keep_checkpoints`` folders plus the one being written, with 10% slack for metadata."""
+    model = _tensor_bytes(student.state_dict().values())
+    moments = 2 * sum(p.numel() * p.element_size() for p in student.parameters() if p.requires_grad)
+    one = model + moments + (model if ema is not None else 0) + _tensor_bytes(method.state_dict().values())
+    return int(1.1 * one * (max(1, cfg.keep_checkpoints) + 1))
 
 
 def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainConfig,
@@ -154,10 +231,19 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
           resume: bool = False, checkpoint_extra: dict[str, Any] | None = None) -> TrainResult:
     """Train ``student`` with ``method`` for ``cfg.steps`` optimiser steps."""
     device = torch.device(cfg.device)
+    ctx = distributed.context()
+    n_micro = distributed.resolve_micro_batches(cfg.batch_size, cfg.micro_batches, ctx.world_size)
+    mine = distributed.my_micro_batches(n_micro, ctx)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         _check_writable(out)
+        if not resume and latest_checkpoint(out) is not None:
+            raise CheckpointError(
+                f"{out} already holds a training run (checkpoint {latest_checkpoint(out)}). Pass --resume to "
+                "continue it, or choose another --out; nothing was overwritten.")
+    writer = out if ctx.is_main else None  # rank 0 alone writes checkpoints
     student.to(device).train()
+    distributed.broadcast_module(student)
     if teacher is not None:
         teacher.to(device).eval()
         for p in teacher.parameters():
@@ -175,6 +261,8 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
         lr=cfg.lr, betas=cfg.betas, fused=False,
     )
     ema = copy.deepcopy(student).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
+    if writer is not None:
+        _check_writable(writer, checkpoint_bytes(student, method, ema, cfg))
 
     start, history = 0, []
     if resume and out is not None and (folder := latest_checkpoint(out)) is not None:
@@ -193,47 +281,71 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} it/s"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     t0 = time.perf_counter()
-    last_good = None
-    with Progress(*columns, disable=not cfg.progress, transient=False) as progress:
+    last_good = latest_checkpoint(out) if out is not None else None
+
+    def diverged(what: str, step: int) -> TrainingDiverged:
+        where = (f"the last good checkpoint is {last_good} (continue from it with --resume)" if last_good
+                 else "no checkpoint was written yet")
+        return TrainingDiverged(f"{what} at step {step}. Lower --lr or raise the warm-up; {where}.")
+
+    done = start
+    with Progress(*columns, disable=not (cfg.progress and ctx.is_main), transient=False) as progress, \
+            _StopRequest(cfg.handle_signals) as stop:
         task = progress.add_task(cfg.description, total=cfg.steps, completed=start, loss=float("nan"), rate=0.0)
         for step in range(start, cfg.steps):
-            torch.manual_seed(step_seed(cfg.seed, step))
-            gen = torch.Generator().manual_seed(step_seed(cfg.seed, step))
-            batch = data.sample(cfg.batch_size, gen)
-            batch.data = batch.data.to(device)
-            if batch.mask is not None:
-                batch.mask = batch.mask.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            with _autocast(cfg, device):
-                loss, metrics = method.loss(student, teacher, batch, step)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {float(loss)} at step {step} ({metrics}). Lower --lr or raise the warm-up; "
-                    + (f"the last good checkpoint is {last_good}." if last_good else "no checkpoint was written.")
-                )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            local_loss, sums = 0.0, {}
+            for j in mine:  # micro-batch j of this step: data and method randomness seeded from (seed, step, j)
+                torch.manual_seed(step_seed(cfg.seed, step, j))
+                gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, j))
+                batch = data.sample(cfg.batch_size // n_micro, gen)
+                batch.data = batch.data.to(device)
+                if batch.mask is not None:
+                    batch.mask = batch.mask.to(device)
+                with _autocast(cfg, device):
+                    loss, metrics = method.loss(student, teacher, batch, step)
+                (loss if n_micro == 1 else loss / n_micro).backward()
+                local_loss += float(loss.detach()) / n_micro
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) / len(mine)
+            # one small all-reduce carries the global loss and any rank's stop request
+            synced = distributed.all_reduce_sum(torch.tensor([local_loss, float(stop.signum)], dtype=torch.float64))
+            global_loss = float(synced[0])
+            stop_signum = stop.signum or (int(signal.SIGTERM) if float(synced[1]) > 0 else 0)
+            if not math.isfinite(global_loss):
+                raise diverged(f"loss became {global_loss} ({sums})", step)
+            distributed.all_reduce_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if not torch.isfinite(grad_norm):
-                raise TrainingDiverged(
-                    f"gradient norm became {float(grad_norm)} at step {step}. Lower --lr; "
-                    + (f"the last good checkpoint is {last_good}." if last_good else "no checkpoint was written.")
-                )
+                raise diverged(f"gradient norm became {float(grad_norm)}", step)
             optimizer.step()
             if ema is not None:
                 update_ema(ema, student, cfg.ema_decay)
             method.after_step(student, step)
-            record = {"step": step, "loss": float(loss.detach()), "grad_norm": float(grad_norm),
-                      "lr": optimizer.param_groups[0]["lr"], **{k: float(v) for k, v in metrics.items()}}
+            # metrics are rank 0's share of the batch; the loss is the global one
+            record = {"step": step, **sums, "loss": global_loss, "grad_norm": float(grad_norm),
+                      "lr": optimizer.param_groups[0]["lr"]}
             history.append(record)
             elapsed = time.perf_counter() - t0
             progress.update(task, advance=1, loss=record["loss"], rate=(step + 1 - start) / max(elapsed, 1e-9))
             done = step + 1
-            if out is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                last_good = save_checkpoint(out, done, student, optimizer, method, ema, history, cfg, checkpoint_extra)
+            if stop_signum and done < cfg.steps:
+                folder = None
+                if writer is not None:
+                    folder = save_checkpoint(writer, done, student, optimizer, method, ema, history, cfg,
+                                             checkpoint_extra)
+                distributed.barrier()
+                raise TrainingInterrupted(stop_signum, done, folder if out is not None else None)
+            if writer is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                last_good = save_checkpoint(writer, done, student, optimizer, method, ema, history, cfg,
+                                            checkpoint_extra)
+            elif out is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+                last_good = out / "checkpoints" / f"step-{done:08d}"
     wall = time.perf_counter() - t0
-    if out is not None and cfg.steps > start:
-        save_checkpoint(out, cfg.steps, student, optimizer, method, ema, history, cfg, checkpoint_extra)
+    if writer is not None and cfg.steps > start:
+        save_checkpoint(writer, cfg.steps, student, optimizer, method, ema, history, cfg, checkpoint_extra)
+    distributed.barrier()
     student.eval()
     return TrainResult(model=student, ema=ema, history=history, steps=cfg.steps, wall_time_s=wall)
