@@ -172,3 +172,12 @@ def test_bench_policies_reports_every_number():
         assert row[key] > 0
     assert result["lerobot_pi0_ref_quoted_ms"]["chunk10_ms"] == 38.7
     assert len(checks(result)) == 2
+
+
+def test_grouped_query_attention_with_several_kv_heads():
+    """num_kv_heads > 1 takes the general grouped path (query heads folded per key/value head)."""
+    p = _policy("pi0", num_kv_heads=2)
+    cond = p.process(_obs(missing_wrist=True))
+    x, t = torch.randn(2, *p.sample_shape()), torch.tensor([0.9, 0.3])
+    with torch.no_grad():
+        assert (p.flow(x, t, t, p.encode(cond)) - p.velocity_full_attention(x, t, cond)).abs().max() < 1e-5

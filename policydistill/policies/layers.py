@@ -33,14 +33,16 @@ class RMSNorm(nn.Module):
             nn.init.zeros_(self.dense.bias)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        xf = x.float()  # no-op in float32; bf16/fp16 activations are normalised in float32, as openpi
+        d = (xf.shape[-1],)
         if self.dense is None:
-            return (normed * (1.0 + self.weight.float())).to(x.dtype), None
+            # one fused kernel: x·rsqrt(mean(x²) + eps)·(1 + w)
+            return F.rms_norm(xf, d, 1.0 + self.weight.float(), self.eps).to(x.dtype), None
         if cond is None:
             raise ValueError("this adaRMS norm needs a conditioning vector")
         scale, shift, gate = self.modulation(cond)
-        return (normed * (1.0 + scale.float()) + shift.float()).to(x.dtype), gate.to(x.dtype)
+        normed = F.rms_norm(xf, d, None, self.eps)
+        return torch.addcmul(shift.float(), normed, 1.0 + scale.float()).to(x.dtype), gate.to(x.dtype)
 
     def modulation(self, cond: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(scale, shift, gate), each (B, 1, dim). Computed once per denoising step."""
@@ -54,18 +56,19 @@ def gated_residual(x: Tensor, y: Tensor, gate: Tensor | None) -> Tensor:
 
 def rope_cos_sin(positions: Tensor, head_dim: int, theta: float = 10000.0,
                  dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-    """HF Gemma rotary tables for integer positions (B, L) → cos, sin (B, 1, L, head_dim)."""
+    """HF Gemma rotary tables for integer positions (B, L) → (cos, signed sin), each
+    (B, 1, L, head_dim). The sin table carries rotate_half's sign (first half negated), so that
+    applying RoPE is x·cos + roll(x, hd/2)·sin± (three kernels, see ``apply_rope``)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
     freqs = positions.float()[..., None] * inv_freq  # (B, L, hd/2)
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+    cos, sin = freqs.cos(), freqs.sin()
+    return torch.cat([cos, cos], -1).to(dtype)[:, None], torch.cat([-sin, sin], -1).to(dtype)[:, None]
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x (B, H, L, hd) rotated with HF's rotate_half convention."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
+    """x (B, H, L, hd) rotated with HF's rotate_half convention:
+    x·cos + rotate_half(x)·sin = x·cos + roll(x, hd/2)·[−sin | sin]."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
 
 
 def grouped_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, scale: float) -> Tensor:
@@ -78,6 +81,12 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, 
     """
     b, h, lq, hd = q.shape
     kvh = k.shape[1]
+    if kvh == 1:
+        # pi0/Gemma: one key/value head. Fold as (L, H) rows: the projections leave q in
+        # (B, L, H, hd) memory, so both reshapes are free views (no transpose copies).
+        out = F.scaled_dot_product_attention(q.transpose(1, 2).reshape(b, 1, lq * h, hd), k, v,
+                                             attn_mask=key_mask, scale=scale)
+        return out.reshape(b, lq, h * hd)
     g = h // kvh
     qg = q.reshape(b, kvh, g * lq, hd)
     out = F.scaled_dot_product_attention(qg, k, v, attn_mask=key_mask, scale=scale)
