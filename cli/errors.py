@@ -9,6 +9,7 @@ from rich.console import Console
 
 from ..checkpoint import CheckpointError
 from ..registry import RegistryError
+from ..train.loop import TrainingInterrupted
 
 #: exceptions whose message is written for the user; anything else is a bug and says so.
 USER_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, RegistryError, ValueError, FileNotFoundError,
@@ -21,6 +22,9 @@ def run_app(app: typer.Typer) -> None:
         sys.argv.remove("--debug")
     try:
         app()  # typer's standalone mode handles usage errors itself (exit code 2)
+    except TrainingInterrupted as exc:  # SIGINT/SIGTERM during training: a checkpoint was written
+        Console(stderr=True).print(f"[yellow]interrupted:[/] {exc}")
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
         sys.exit(130)

@@ -15,6 +15,23 @@ from ..methods import DEFAULT_METHOD
 from .options import parse_options as _options  # noqa: E402
 
 
+def _method_options(method: str, items: list[str]) -> dict:
+    """Parse --option key=value for ``method`` and check the keys against its config, before any
+    loading or training (a typo fails in a second, not after the teacher is loaded)."""
+    import dataclasses as dc
+
+    from ..methods import METHODS
+
+    cls = METHODS.load(method)  # unknown method -> RegistryError listing the valid names
+    opts = _options(items)
+    names = {f.name for f in dc.fields(cls.Config)} if dc.is_dataclass(cls.Config) else set()
+    unknown = sorted(set(opts) - names)
+    if unknown:
+        raise ValueError(f"method {method!r} has no option(s) {unknown}; valid options: "
+                         f"{', '.join(sorted(names)) or 'none'} (see `policydistill methods`)")
+    return opts
+
+
 def _apply(cfg, **flags):
     """Flags given on the command line (not None) override the preset's fields."""
     return dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
@@ -35,13 +52,16 @@ def train_cmd(
     out: Optional[str] = typer.Option(None, help="Run folder (default runs/teacher)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
     option: list[str] = typer.Option([], "--option", "-o", help="Model config override key=value (repeatable)."),
+    micro_batches: Optional[int] = typer.Option(None, "--micro-batches", min=0, help="Seeded micro-batches per "
+                                                "step (0 = one per torchrun rank; the result depends on this, not on the rank count)."),
 ) -> None:
     """Train a flow-matching teacher policy on scripted (multimodal) Meta-World demonstrations."""
     from ..pipeline.teacher import TEACHER_PRESETS, TeacherConfig, train_teacher
 
     base = TEACHER_PRESETS.get(preset, TeacherConfig(preset=preset))
     cfg = _apply(base, model=model, preset=preset, task=task, data=data, episodes_per_task=episodes,
-                 multimodal=multimodal, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, out=out)
+                 multimodal=multimodal, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, out=out,
+                 micro_batches=micro_batches)
     if option:
         cfg = dataclasses.replace(cfg, overrides={**cfg.overrides, **_options(option)})
     train_teacher(cfg, resume=resume)
@@ -67,6 +87,8 @@ def distill_cmd(
     video: bool = typer.Option(False, "--video", help="Save rollout videos."),
     resume: bool = typer.Option(False, "--resume", help="Continue the distillation from the last checkpoint in --out."),
     option: list[str] = typer.Option([], "--option", "-o", help="Method option key=value (repeatable)."),
+    micro_batches: Optional[int] = typer.Option(None, "--micro-batches", min=0, help="Seeded micro-batches per "
+                                                "step (0 = one per torchrun rank)."),
 ) -> None:
     """Distil a teacher into an N-step student and evaluate teacher / naive / student on the same seeds."""
     if model in ("image-dit", "video-dit"):
@@ -83,9 +105,10 @@ def distill_cmd(
     cfg = _apply(DISTILL_PRESETS[preset], model=model, steps=steps, method=method, checkpoint=checkpoint,
                  tokenizer=tokenizer, task=task, data=data, iters=iters, episodes=episodes,
                  n_action_steps=n_action_steps, workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=threads,
-                 out=out or f"runs/distill-{model}-{method}-{steps}", video=video)
-    if option:
-        cfg = dataclasses.replace(cfg, method_options=_options(option))
+                 out=out or f"runs/distill-{model}-{method}-{steps}", video=video, micro_batches=micro_batches)
+    options = _method_options(method, option)
+    if options:
+        cfg = dataclasses.replace(cfg, method_options=options)
     distill_policy(cfg, resume=resume)
 
 

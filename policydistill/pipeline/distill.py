@@ -57,6 +57,7 @@ class DistillConfig:
     out: str = "runs/distill"
     video: bool = False
     progress: bool = True
+    micro_batches: int = 0              # seeded micro-batches per step (0 = one per torchrun rank)
     method_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,6 +104,8 @@ class Job:
 
 def load_job(cfg: DistillConfig) -> Job:
     """Load the teacher and its demonstrations (regenerated with the teacher's seeds if missing)."""
+    from ..train import distributed
+    from ..train.loop import check_output_dir
     from .demos import ensure_demos
     from .teacher import open_windows, tasks_of
     from .teacher_io import BUNDLED_TEACHER, load_teacher, provenance
@@ -112,7 +115,7 @@ def load_job(cfg: DistillConfig) -> Job:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)  # an unwritable --out fails before any loading or training
     if cfg.checkpoint is None:
         console.print(f"[bold]no --checkpoint given: using the bundled {cfg.model} teacher[/] ({BUNDLED_TEACHER})")
     teacher, teacher_dir = load_teacher(cfg.checkpoint, cfg.tokenizer)
@@ -124,13 +127,16 @@ def load_job(cfg: DistillConfig) -> Job:
     tasks = tasks_of(cfg.task) if cfg.task else list(prov.get("tasks", []))
     if not tasks:
         raise ValueError("the teacher does not record its tasks: pass --task (e.g. metaworld/push-v3)")
+    if cfg.task:
+        check_action_dim(teacher, tasks, prov.get("tasks", []))
     data_path = Path(cfg.data or prov.get("dataset") or out / "demos.zarr")
-    if not data_path.exists():
-        tc = prov.get("teacher_config", {})
-        console.print(f"demonstrations {data_path} not found: generating them (same tasks and seeds as the teacher)")
-        data_path = out / "demos.zarr"
-        ensure_demos(tasks, data_path, tc.get("episodes_per_task", 50), teacher.config.image_size,
-                     tc.get("multimodal", True), tc.get("action_noise", 0.1), tc.get("seed", 0))
+    with distributed.main_first():  # rank 0 generates missing demos first; the others then find them on disk
+        if not data_path.exists():
+            tc = prov.get("teacher_config", {})
+            console.print(f"demonstrations {data_path} not found: generating them (same tasks and seeds as the teacher)")
+            data_path = out / "demos.zarr"
+            ensure_demos(tasks, data_path, tc.get("episodes_per_task", 50), teacher.config.image_size,
+                         tc.get("multimodal", True), tc.get("action_noise", 0.1), tc.get("seed", 0))
     val_fraction = prov.get("teacher_config", {}).get("val_fraction", 0.1)
     split_seed = prov.get("seed", cfg.seed)
     chunk = teacher.config.chunk_size
@@ -139,11 +145,30 @@ def load_job(cfg: DistillConfig) -> Job:
                open_windows(data_path, chunk, "val", val_fraction, split_seed))
 
 
+def check_action_dim(policy: Any, tasks: list[str], teacher_tasks: list[str]) -> None:
+    """The policy's action size must be what the environments take (one env per family is built)."""
+    from ..envs import make
+
+    want = int(policy.config.action_dim)
+    for family in dict.fromkeys(t.split("/")[0] for t in tasks):
+        task = next(t for t in tasks if t.startswith(family + "/"))
+        env = make(task, image_size=32)
+        try:
+            got = int(env.action_space.shape[0])
+        finally:
+            env.close()
+        if got != want:
+            raise ValueError(
+                f"the teacher outputs {want}-dimensional actions but {task} takes {got}-dimensional actions: "
+                f"evaluate it on the kind of task it was trained on ({', '.join(teacher_tasks) or 'see its config.json'}) "
+                "or distil a teacher trained for this robot.")
+
+
 def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out: Path,
                   resume: bool = False) -> tuple[Any, dict[str, Any]]:
     """Distil ``job.teacher`` with ``method_name`` for ``nfe`` steps; saves ``out/student``."""
     from ..methods import make_method
-    from ..train import TrainConfig, train
+    from ..train import TrainConfig, distributed, train
     from .policy_data import PolicyDataSource
 
     method = make_method(method_name, **cfg.method_options)
@@ -154,7 +179,7 @@ def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out:
             "distill_config": dataclasses.asdict(cfg)}
     tcfg = TrainConfig(steps=cfg.iters, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                        seed=cfg.seed, progress=cfg.progress, checkpoint_every=max(0, cfg.iters // 5),
-                       description=f"distil {method_name} → {nfe} NFE")
+                       micro_batches=cfg.micro_batches, description=f"distil {method_name} → {nfe} NFE")
     t0 = time.perf_counter()
     result = train(student, method, PolicyDataSource(job.train_set, student), tcfg, teacher=job.teacher,
                    out_dir=out / "train", resume=resume, checkpoint_extra=prov)
@@ -162,6 +187,8 @@ def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out:
     prov["final_loss"] = sum(h["loss"] for h in result.history[-20:]) / max(1, len(result.history[-20:]))
     student = method.sampling_model(result.model)
     student.eval()
+    if not distributed.is_main():  # under torchrun, rank 0 saves and evaluates
+        return student, prov
     save_model(out / "student", student, extra=prov)
     console.print(f"saved the student to {out / 'student'} ({prov['train_seconds']:.0f} s of distillation)")
     return student, prov
@@ -170,11 +197,15 @@ def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out:
 def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
     """Run the whole job; returns the report (also written to ``<out>/report.json``)."""
     from ..methods import METHODS
+    from ..train import distributed
     from .evaluate import evaluate_variants, print_report
 
     out = Path(cfg.out)
+    distributed.init_from_env()  # no-op unless launched by torchrun
     job = load_job(cfg)
     student, prov = train_student(job, cfg, cfg.method, cfg.steps, out, resume)
+    if not distributed.is_main():
+        return {}
     sampling = METHODS.load(cfg.method).sampling
     variants = [Variant("teacher", job.teacher, cfg.teacher_nfe, "diagonal"),
                 Variant("naive", job.teacher, cfg.steps, "diagonal"),

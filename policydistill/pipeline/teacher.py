@@ -49,6 +49,7 @@ class TeacherConfig:
     out: str = "runs/teacher"
     eval_episodes: int = 0              # final closed-loop evaluation per task (0 = skip)
     progress: bool = True
+    micro_batches: int = 0              # seeded micro-batches per step (0 = one per torchrun rank)
     overrides: dict[str, Any] = field(default_factory=dict)  # architecture config overrides
 
 
@@ -95,14 +96,16 @@ def open_windows(path: str | Path, policy_chunk: int, split: str, val_fraction: 
 def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
     """Train and save a teacher; returns the folder of the final model (``<out>/teacher``)."""
     from ..methods import make_method
-    from ..train import TrainConfig, train
+    from ..train import TrainConfig, distributed, train
+    from ..train.loop import check_output_dir
     from .demos import ensure_demos
     from .policy_data import PolicyDataSource
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    distributed.init_from_env()  # no-op unless launched by torchrun
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)  # an unwritable --out fails before demos are generated
     tasks = tasks_of(cfg.task)
     from ..zoo import ARCHITECTURES
 
@@ -113,7 +116,9 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
     image_size, chunk = probe.config.image_size, probe.config.chunk_size
     data_path = Path(cfg.data) if cfg.data else out / "demos.zarr"
     if cfg.data is None:
-        ensure_demos(tasks, data_path, cfg.episodes_per_task, image_size, cfg.multimodal, cfg.action_noise, cfg.seed)
+        with distributed.main_first():  # rank 0 generates; the other ranks then find the demos on disk
+            ensure_demos(tasks, data_path, cfg.episodes_per_task, image_size, cfg.multimodal, cfg.action_noise,
+                         cfg.seed)
     train_set = open_windows(data_path, chunk, "train", cfg.val_fraction, cfg.seed)
     policy = build_policy(cfg.model, cfg.preset, train_set, cfg.overrides)
     n_params = sum(p.numel() for p in policy.parameters())
@@ -126,12 +131,14 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
     tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                        warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
                        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, progress=cfg.progress,
-                       description=f"train {cfg.model} (flow matching)")
+                       micro_batches=cfg.micro_batches, description=f"train {cfg.model} (flow matching)")
     t0 = time.perf_counter()
     result = train(policy, make_method("flow_matching"), PolicyDataSource(train_set, policy), tcfg,
                    out_dir=out / "train", resume=resume, checkpoint_extra=provenance)
     model = result.ema if result.ema is not None else result.model
     model.config.sampling_mode = "diagonal"
+    if not distributed.is_main():  # under torchrun, rank 0 saves
+        return out / "teacher"
     provenance["train_seconds"] = time.perf_counter() - t0
     provenance["final_loss"] = sum(h["loss"] for h in result.history[-50:]) / max(1, len(result.history[-50:]))
     folder = save_model(out / "teacher", model, extra=provenance)
