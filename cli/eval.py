@@ -54,7 +54,8 @@ def eval_cmd(
     batch_size: int = typer.Option(0, "--batch-size", help="Concurrent episodes (policy batch); 0: 4 per worker."),
     n_action_steps: int = typer.Option(0, "--n-action-steps", help="Actions executed per chunk; 0: the policy's own."),
     seed: int = typer.Option(0, "--seed", help="Base of the episode seeds (same seed = same initial states)."),
-    image_size: int = typer.Option(96, "--image-size", help="Camera size the env renders."),
+    image_size: int = typer.Option(0, "--image-size", help="Camera size the env renders; 0: the policy's input "
+                                   "size (config.image_size), else 96."),
     max_steps: int = typer.Option(0, "--max-steps", help="Episode limit; 0: the env's default."),
     json_out: Path = typer.Option(None, "--json", help="Write the results JSON here."),
     png: Path = typer.Option(None, "--png", help="Write a success plot here (default: next to --json)."),
@@ -74,7 +75,7 @@ def eval_cmd(
     for k in nfes:
         cfg = EvalConfig(tasks=task, episodes=episodes, nfe=k, mode=mode or None, workers=workers,
                          batch_size=batch_size or None, n_action_steps=n_action_steps or None, seed=seed,
-                         image_size=image_size, max_episode_steps=max_steps or None,
+                         image_size=image_size or None, max_episode_steps=max_steps or None,
                          video_dir=str(video_dir / (f"nfe{k}" if k else name)) if video_dir else None,
                          videos_per_task=videos_per_task)
         res = evaluate_policy(model, cfg)

@@ -36,7 +36,7 @@ class EvalConfig:
     batch_size: int | None = None      # concurrent episodes = policy batch (default: 4 per worker, >= 2)
     n_action_steps: int | None = None  # actions executed per chunk before re-planning (None: policy's own)
     seed: int = 0                      # base of the episode seeds
-    image_size: int = 96
+    image_size: int | None = None     # camera size; None: the policy's input size (config.image_size) or 96
     max_episode_steps: int | None = None
     video_dir: str | None = None       # MP4s of the first `videos_per_task` episodes of each task
     videos_per_task: int = 2
@@ -111,7 +111,10 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
     total = len(todo)
     if total == 0:
         raise ValueError(f"rank {cfg.rank} of {cfg.world_size} has no episodes: use more episodes or fewer ranks")
-    env_kwargs = {"image_size": cfg.image_size, **cfg.env_kwargs}
+    # render at the policy's own input size unless told: demonstrations are generated at that size
+    # (policydistill train), so training and evaluation frames then match pixel for pixel
+    image_size = cfg.image_size or getattr(getattr(policy, "config", None), "image_size", None) or 96
+    env_kwargs = {"image_size": int(image_size), **cfg.env_kwargs}
     if cfg.max_episode_steps is not None:
         env_kwargs["max_episode_steps"] = cfg.max_episode_steps
     chunked = isinstance(policy, ChunkPolicy)
@@ -208,6 +211,7 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
                 "episodes_per_task": cfg.episodes, "episodes_detail": records, "seconds": seconds,
                 "env_steps": counters["env_steps"], "steps_per_second": counters["env_steps"] / max(seconds, 1e-9),
                 "policy_calls": counters["policy_calls"], "interface": "chunk" if chunked else "select_action",
+                "image_size": int(image_size),
                 "config": {k: v for k, v in asdict(cfg).items() if k != "progress"}})
     out["episodes"] = len(records)
     return out
