@@ -6,7 +6,7 @@ Ids: ``metaworld/<task>-v3`` (gymnasium grammar namespace/name-vN), one per Meta
 
 Observation (``gymnasium.spaces.Dict``)::
 
-    {"pixels":    {"corner2": uint8 (H, W, 3)},   # H = W = image_size (64..256, default 96)
+    {"pixels":    {"corner2": uint8 (H, W, 3)},   # H = W = image_size (default 96; 64..128 recommended)
      "agent_pos": float32 (D,)}                   # see `state` below
 
 The image is Meta-World's ``corner2`` camera flipped on both axes (MuJoCo renders it upside
