@@ -16,6 +16,9 @@ from .flowmap_terms import JvpMode, count_of, diagonal_fm_loss, jvp, ordered_pai
 class LSDConfig:
     fm_fraction: float = 0.75          # share of the batch on diagonal flow matching
     lsd_weight: float = 1.0            # weight of the Lagrangian residual
+    # w(s) = min(1, s/ε)²: near the data end b_s varies like 1/s, so unweighted residuals at tiny s
+    # dominate the batch (gradient norms ~10–30 against ~1 for psd); 0 disables the weight
+    small_s_eps: float = 0.0
     jvp: JvpMode = "autograd"          # the loss differentiates THROUGH ∂_s X: keep its gradient exact
     fd_eps: float = 1e-3
     time_sampler: str | None = None    # diagonal FM times; None = the model's own
@@ -61,7 +64,10 @@ class LagrangianSelfDistillation(Method):
             dX_ds = F - gap * dF_ds
             with torch.no_grad():
                 b = teacher(x_s, s, s, lag.cond) if teacher is not None else student.flow(x_s.detach(), s, s, ctx)
-            residual = masked_mse(dX_ds, b, lag.mask).mean()
+            per_sample = masked_mse(dX_ds, b, lag.mask)
+            if cfg.small_s_eps > 0:
+                per_sample = per_sample * (s / cfg.small_s_eps).clamp(max=1.0).pow(2)
+            residual = per_sample.mean()
             total = total + cfg.lsd_weight * residual
             metrics["lsd_loss"] = float(residual.detach())
 

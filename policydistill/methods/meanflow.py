@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ from .flowmap_terms import JvpMode, count_of, jvp
 @dataclass
 class MeanFlowConfig:
     off_diagonal_fraction: float = 0.25  # share of samples with s ≠ t (paper: 25% best of 0–100%)
+    time_dist: Literal["logit_normal", "uniform"] = "logit_normal"  # law of the two times
     time_mu: float = -0.4                # logit-normal(μ, σ) for both times (paper's best)
     time_sigma: float = 1.0
     adaptive_p: float = 1.0              # loss = Δ / sg(Δ + c)^p (paper: p = 1)
@@ -47,8 +49,13 @@ class MeanFlow(Method):
 
     def _times(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
         cfg = self.config
-        z = torch.randn(2, n, device=like.device, dtype=like.dtype) * cfg.time_sigma + cfg.time_mu
-        u = torch.sigmoid(z).clamp(1e-3, 1.0)
+        if cfg.time_dist == "logit_normal":
+            z = torch.randn(2, n, device=like.device, dtype=like.dtype) * cfg.time_sigma + cfg.time_mu
+            u = torch.sigmoid(z).clamp(1e-3, 1.0)
+        elif cfg.time_dist == "uniform":
+            u = torch.rand(2, n, device=like.device, dtype=like.dtype).clamp(1e-3, 1.0)
+        else:
+            raise ValueError(f"unknown time_dist {cfg.time_dist!r}; valid: logit_normal, uniform")
         t, s = u.max(0).values, u.min(0).values
         n_off = count_of(cfg.off_diagonal_fraction, n)
         # the first n_off samples keep s < t, the rest sit on the diagonal (plain flow matching)
