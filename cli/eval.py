@@ -16,7 +16,18 @@ BUILTIN = {"scripted": "Meta-World scripted experts (privileged state, one mode)
            "random": "uniform random actions"}
 
 
-def _load_policy(spec: str, seed: int) -> tuple[Any, str]:
+def _action_dim(task: str) -> int:
+    """The action size of the task family (all tasks of one evaluation share it)."""
+    from ..envs import expand
+
+    ids = expand(task)
+    families = {i.split("/")[0] for i in ids}
+    if len(families) > 1:
+        raise ValueError(f"a random policy needs one action size, but {task!r} mixes {sorted(families)} tasks")
+    return 7 if families == {"libero"} else 4  # LIBERO: 6-D pose delta + gripper; Meta-World: xyz + gripper
+
+
+def _load_policy(spec: str, seed: int, task: str) -> tuple[Any, str]:
     from ..eval import RandomPolicy, ScriptedPolicy
 
     if spec == "scripted":
@@ -24,7 +35,7 @@ def _load_policy(spec: str, seed: int) -> tuple[Any, str]:
     if spec == "scripted-multimodal":
         return ScriptedPolicy(multimodal=True, seed=seed), spec
     if spec == "random":
-        return RandomPolicy(seed=seed), spec
+        return RandomPolicy(action_dim=_action_dim(task), seed=seed), spec
     folder = Path(spec)
     if not folder.is_dir():
         raise FileNotFoundError(f"{spec!r} is neither a checkpoint folder nor one of {', '.join(BUILTIN)}")
@@ -66,7 +77,7 @@ def eval_cmd(
     from ..eval import EvalConfig, evaluate_policy
     from ..eval.report import plot_runs, results_table, write_json
 
-    model, name = _load_policy(policy, seed)
+    model, name = _load_policy(policy, seed, task)
     nfes: list[int | None] = [int(x) for x in nfe.split(",") if x.strip()] or [None]
     if policy in BUILTIN and nfes != [None]:
         console.print(f"[yellow]--nfe is ignored for the {policy!r} policy[/]")

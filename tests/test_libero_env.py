@@ -252,3 +252,20 @@ def test_random_policy_smoke_evaluation() -> None:
         assert isinstance(ep["success"], bool)
         assert 1 <= ep["length"] <= 15 and (ep["success"] or ep["length"] == 15)
     assert res["env_steps"] == sum(ep["length"] for ep in res["episodes_detail"])
+
+
+@needs_libero
+def test_eval_command_random_policy_on_libero(tmp_path):
+    """`policydistill eval random` sizes its actions for the task family (7-D on LIBERO)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, "-m", "policydistill.cli", "eval", "random", "--task",
+                           "libero/libero_goal-task0-v0", "--episodes", "1", "--workers", "0", "--max-steps", "3",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert '"episodes": 1' in text and "libero/libero_goal-task0-v0" in text, text[:500]
+    json.loads(text)
