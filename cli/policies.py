@@ -72,6 +72,13 @@ def bench_policies_cmd(
                   "random weights), quoted from issue 3, not re-measured here. chunk = prefix + N denoising steps "
                   "(lerobot's sample_actions); denoise = N steps on a cached prefix; * = prefix + denoise, not re-timed "
                   "(full sizes).[/dim]")
+    cpu_rows = [r for r in result["rows"] if "chunk10_cpu_ms" in r]
+    if cpu_rows:
+        console.print("CPU time of the (single) torch thread, medians (ms) — little affected by other processes:")
+        for r in cpu_rows:
+            console.print(f"  {r['arch']} {r['size']}: prefix {r['prefix_cpu_ms']:.2f}, step {r['step_cpu_ms']:.2f}, "
+                          f"denoise 1 {r['denoise1_cpu_ms']:.2f}, denoise 10 {r['denoise10_cpu_ms']:.2f}, "
+                          f"chunk 1 {r['chunk1_cpu_ms']:.2f}, chunk 10 {r['chunk10_cpu_ms']:.2f}")
     load = result["loadavg_1min_before_after"]
     if max(load) > (result["cpu_count"] or 1):
         console.print(f"[yellow]warning:[/] 1-min load average {load[0]:.1f} → {load[1]:.1f} on {result['cpu_count']} "

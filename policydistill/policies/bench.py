@@ -104,16 +104,23 @@ def random_obs(policy: Any, batch: int = 1, seed: int = 0) -> dict[str, Any]:
             "task": ["pick up the red block and put it on the shelf"] * batch}
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None]) -> float:
+def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None],
+               cpu_out: list[float] | None = None) -> float:
+    """Median wall time (ms); with ``cpu_out`` also the median CPU time of the calling thread,
+    which with one torch thread is all the work and much less sensitive to other processes
+    competing for the cores than wall time."""
     for _ in range(warmup):
         fn()
     sync()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         fn()
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.thread_time() - c0) * 1e3)
+    if cpu_out is not None:
+        cpu_out.append(statistics.median(cpu))
     return statistics.median(times)
 
 
@@ -142,20 +149,26 @@ def bench_one(arch: str, size: str, s: BenchSettings) -> dict[str, Any]:
     gen = torch.Generator(device=s.device).manual_seed(s.seed)
     noise = torch.randn((1, *policy.sample_shape()), generator=gen, device=s.device).to(dtype)
     t = torch.full((1,), 0.5, device=s.device, dtype=dtype)
+    one_thread = s.threads == 1 and s.device == "cpu"
+
+    def timed(name: str, fn: Callable[[], Any]) -> None:
+        cpu: list[float] = []
+        row[name] = _median_ms(fn, repeats, warmup, sync, cpu if one_thread else None)
+        if cpu:
+            row[name.replace("_ms", "_cpu_ms")] = cpu[0]
+
     with torch.inference_mode():
         cond = policy.process(obs)
         ctx = policy.encode(cond)
-        row["prefix_ms"] = _median_ms(lambda: policy.encode(cond), repeats, warmup, sync)
-        row["step_ms"] = _median_ms(lambda: policy.flow(noise, t, t, ctx), repeats, warmup, sync)
+        timed("prefix_ms", lambda: policy.encode(cond))
+        timed("step_ms", lambda: policy.flow(noise, t, t, ctx))
         for n in (1, 10):
-            row[f"denoise{n}_ms"] = _median_ms(lambda: sample_with_ctx(policy, noise, ctx, n, "diagonal"),
-                                               repeats, warmup, sync)
+            timed(f"denoise{n}_ms", lambda: sample_with_ctx(policy, noise, ctx, n, "diagonal"))
             if big:  # prefix + denoising, not re-measured (each call would cost another prefix)
                 row[f"chunk{n}_ms"] = row["prefix_ms"] + row[f"denoise{n}_ms"]
                 row["chunk_derived"] = True
             else:
-                row[f"chunk{n}_ms"] = _median_ms(
-                    lambda: sample_with_ctx(policy, noise, policy.encode(cond), n, "diagonal"), repeats, warmup, sync)
+                timed(f"chunk{n}_ms", lambda: sample_with_ctx(policy, noise, policy.encode(cond), n, "diagonal"))
         if big:
             row["e2e10_ms"] = _median_ms(lambda: policy.sample_actions(obs, steps=10, noise=noise), 1, 0, sync)
         else:
