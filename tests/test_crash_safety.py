@@ -190,10 +190,13 @@ def test_kill9_mid_distill_then_resume_matches_uninterrupted(tiny_teacher: Path,
 
     curve = json.loads((latest_checkpoint(run / "train") / "training_state.json").read_text())["history"]
     ref_curve = json.loads((latest_checkpoint(ref / "train") / "training_state.json").read_text())["history"]
+    assert [h["step"] for h in curve] == list(range(iters))
     assert [h["loss"] for h in curve] == [h["loss"] for h in ref_curve]  # the same loss curve, bit for bit
     final = read_safetensors(run / "student" / "model.safetensors")
     expected = read_safetensors(ref / "student" / "model.safetensors")
+    start = read_safetensors(tiny_teacher / "model.safetensors")
     assert final.keys() == expected.keys()
     for k in expected:
         assert torch.equal(final[k], expected[k]), k
+    assert max(float((expected[k] - start[k]).abs().max()) for k in start) > 1e-4  # distillation moved the weights
     assert json.loads((run / "report.json").read_text())["steps"] == 1

@@ -172,6 +172,7 @@ def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out:
     from .policy_data import PolicyDataSource
 
     method = make_method(method_name, **cfg.method_options)
+    torch.manual_seed(cfg.seed)  # the new target-time layers are random: draw them from the run's seed
     student = make_student(job.teacher, method.sampling, nfe)
     command = " ".join(shlex.quote(a) for a in sys.argv)
     prov = {"role": "student", "method": method_name, "nfe": nfe, "teacher": str(job.teacher_dir),

@@ -213,6 +213,9 @@ def _check_writable(out_dir: Path, need_bytes: int = 0) -> None:
         )
 
 
+check_output_dir = _check_writable
+
+
 def _tensor_bytes(tensors: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
 
