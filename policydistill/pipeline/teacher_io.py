@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CheckpointError, load_model
+from ..checkpoint import CheckpointError, load_model, read_model_config
 
 #: the bundled default teacher (trained by the command in its README)
 BUNDLED_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "teacher"
@@ -17,7 +17,7 @@ def is_lerobot_folder(folder: Path) -> bool:
     cfg = folder / "config.json"
     if not cfg.exists():
         return False
-    data = json.loads(cfg.read_text())
+    data = read_model_config(folder)  # a damaged config.json is a CheckpointError that says so
     return "architecture" not in data and data.get("type") in ("pi0", "pi05", "smolvla")
 
 
