@@ -29,7 +29,8 @@ def load_teacher(checkpoint: str | Path | None, tokenizer: str | None = None) ->
             f"the bundled teacher is missing from {folder}. Reinstall policydistill, or train one with "
             "`policydistill train pi0 --preset small` and pass --checkpoint runs/teacher/teacher")
     if not folder.exists():
-        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+        raise CheckpointError(f"checkpoint folder {folder} does not exist: pass the folder that holds config.json and "
+                              "model.safetensors (e.g. runs/teacher/teacher), or leave --checkpoint out for the bundled teacher")
     if is_lerobot_folder(folder):
         kind = json.loads((folder / "config.json").read_text())["type"]
         from ..zoo import ARCHITECTURES
