@@ -200,3 +200,22 @@ def test_kill9_mid_distill_then_resume_matches_uninterrupted(tiny_teacher: Path,
         assert torch.equal(final[k], expected[k]), k
     assert max(float((expected[k] - start[k]).abs().max()) for k in start) > 1e-4  # distillation moved the weights
     assert json.loads((run / "report.json").read_text())["steps"] == 1
+
+
+@pytest.mark.sim
+def test_sigterm_to_real_train_command_checkpoints_and_exits_143(tiny_teacher: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    demos = tiny_teacher.parent / "demos.zarr"
+    proc = subprocess.Popen([*CLI, "train", "pi0", "--preset", "tiny", "--data", str(demos), "--steps", "100000",
+                             "--threads", "1", "--out", str(run)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while _latest_step(run) < 10 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert "SIGTERM received: saved a checkpoint at step" in " ".join(err.split()) and "Traceback" not in err
+    step = _latest_step(run)
+    assert 10 <= step < 100000
+    read_safetensors(latest_checkpoint(run / "train") / "model.safetensors")  # a complete checkpoint
