@@ -121,7 +121,11 @@ def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[
         cpu.append((time.thread_time() - c0) * 1e3)
     if cpu_out is not None:
         cpu_out.append(statistics.median(cpu))
+    _BEST[0] = min(times)
     return statistics.median(times)
+
+
+_BEST = [0.0]  # fastest repeat of the last measurement (a noise-robust lower bound on a shared CPU)
 
 
 def bench_one(arch: str, size: str, s: BenchSettings) -> dict[str, Any]:
@@ -164,6 +168,7 @@ def bench_one(arch: str, size: str, s: BenchSettings) -> dict[str, Any]:
         timed("step_ms", lambda: policy.flow(noise, t, t, ctx))
         for n in (1, 10):
             timed(f"denoise{n}_ms", lambda: sample_with_ctx(policy, noise, ctx, n, "diagonal"))
+            row[f"denoise{n}_best_ms"] = _BEST[0]
             if big:  # prefix + denoising, not re-measured (each call would cost another prefix)
                 row[f"chunk{n}_ms"] = row["prefix_ms"] + row[f"denoise{n}_ms"]
                 row["chunk_derived"] = True
@@ -175,6 +180,7 @@ def bench_one(arch: str, size: str, s: BenchSettings) -> dict[str, Any]:
             row["e2e10_ms"] = _median_ms(lambda: policy.sample_actions(obs, steps=10, noise=noise), repeats, warmup, sync)
             row["e2e1_ms"] = _median_ms(lambda: policy.sample_actions(obs, steps=1, noise=noise), repeats, warmup, sync)
     row["ratio_10_1"] = row["denoise10_ms"] / row["denoise1_ms"]
+    row["ratio_10_1_best"] = row["denoise10_best_ms"] / row["denoise1_best_ms"]
     row["repeats"] = repeats
     del policy, ctx
     gc.collect()
@@ -211,7 +217,7 @@ def checks(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
     for r in result["rows"]:
         limit = 9.5 if r["size"] == "ref" else 9.0
         out.append((f"{r['arch']} {r['size']}: denoising 10/1 ratio >= {limit}", r["ratio_10_1"] >= limit,
-                    f"{r['ratio_10_1']:.2f}"))
+                    f"{r['ratio_10_1']:.2f} (medians; fastest repeats: {r['ratio_10_1_best']:.2f})"))
         if r["arch"] == "pi0" and r["size"] == "ref":
             budget = LEROBOT_PI0_REF_MS["chunk10_ms"] * 2 / 3
             out.append((f"pi0 ref: 10-step chunk <= 2/3 of lerobot's {LEROBOT_PI0_REF_MS['chunk10_ms']} ms "
