@@ -116,7 +116,7 @@ def test_sharded_evaluation_merges_to_the_single_process_report() -> None:
     from policydistill.eval import EvalConfig, ScriptedPolicy, evaluate_policy, merge_results
 
     # the scripted expert acts on the state: its successes and episode lengths depend on the initial states
-    cfg = EvalConfig(tasks="metaworld/reach-v3", episodes=4, workers=0, image_size=32, max_episode_steps=30,
+    cfg = EvalConfig(tasks="metaworld/reach-v3", episodes=4, workers=0, image_size=32, max_episode_steps=60,
                      progress=False, seed=4)
     single = evaluate_policy(ScriptedPolicy(multimodal=False, seed=0), cfg)
     assert single["success_rate"] > 0
