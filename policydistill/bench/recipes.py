@@ -47,6 +47,11 @@ RECIPES: dict[str, Recipe] = {
     # than 8 Euler steps, so the distilled chain inherits a better map. Rounds 8 → 4 → 2 → 1.
     "progressive_distillation": Recipe(steps=1000, method={"teacher_steps": 8, "teacher_solver": "heun"},
                                        note="8 Heun teacher steps → 4 → 2 → 1"),
+    # Flow-map family (defaults of each Config; the exact teacher supplies the velocity terms).
+    "shortcut": Recipe(steps=1000, note="dyadic levels to 1/128, 1/4 of the batch bootstrapped from an EMA (0.995)"),
+    "psd": Recipe(steps=1000, note="uniform (t, s) pairs, uniform split, 3/4 diagonal FM"),
+    "lsd": Recipe(steps=1000, note="Lagrangian residual by exact JVP in s (double backward), 3/4 diagonal FM"),
+    "meanflow": Recipe(steps=1000, note="paper defaults: 25% off-diagonal, logit-normal(-0.4, 1), p = 1"),
     # Pairs from 32 Euler steps of the exact teacher, 32k fixed pairs (≈ 8 epochs over the buffer).
     "reflow": Recipe(steps=1000, method={"teacher_steps": 32, "buffer_size": 32768},
                      note="32-step Euler teacher pairs, fixed buffer of 32768"),
