@@ -92,7 +92,7 @@ def run_domain(name: str, spec: Any, methods: tuple[str, ...], out: Path, distil
         files["mp4"] = str(save_mp4(clips, out / f"{name}_clips.mp4"))
     files["grid"] = str(save_grid(grid_rows, out / f"{name}_grid.png",
                                   title=f"{spec.model} on {spec.dataset}: same noise and conditions in every row"))
-    return {"domain": name, "spec": asdict(spec), "rows": rows, "verdict": verdict, "files": files,
+    return {"domain": name, "spec": asdict(spec), "distill_steps": distill_steps or spec.distill_steps, "rows": rows, "verdict": verdict, "files": files,
             "encoder_heldout_accuracy": ev.encoder_accuracy, "prepare_s": round(prep_s, 1),
             "wall_s": round(time.perf_counter() - t0, 1)}
 
@@ -119,7 +119,7 @@ def markdown(results: dict[str, Any]) -> str:
     for d in results["domains"]:
         s = d["spec"]
         lines += [f"### {d['domain']}: {s['model']} on {s['dataset']}", "",
-                  f"Teacher: {s['teacher_steps']} flow-matching steps; students: {s['distill_steps']} steps each from "
+                  f"Teacher: {s['teacher_steps']} flow-matching steps; students: {d.get('distill_steps', s['distill_steps'])} steps each from "
                   f"the teacher; {s['n_eval']} held-out conditions, same noise for every row. Classifier (FD features) "
                   f"held-out accuracy {d['encoder_heldout_accuracy']:.2f}.", "",
                   "| model | method | NFE | MSE→teacher@32 ↓ | PSNR dB ↑ | FD ↓ | SWD ↓ | train s |",
