@@ -414,7 +414,8 @@ def plot_results(result: dict[str, Any], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    for name, agg in result["summary"].items():
+    colours = plt.get_cmap("tab20").colors  # > 10 lines: the default cycle would repeat colours
+    for i, (name, agg) in enumerate(result["summary"].items()):
         nfe = agg.get("nfe")
         if not nfe or name.startswith("exact"):
             continue
@@ -422,7 +423,8 @@ def plot_results(result: dict[str, Any], path: str | Path) -> None:
         mean = [max(nfe[str(k)]["mse"]["mean"], 1e-12) for k in ks]
         std = [nfe[str(k)]["mse"]["std"] for k in ks]
         style = "--" if agg["kind"] == "baseline" else "-"
-        ax.errorbar(ks, mean, yerr=std, fmt=style + "o", ms=4, capsize=3, label=name)
+        ax.errorbar(ks, mean, yerr=std, fmt=style + "o", ms=4, capsize=3, label=name,
+                    color=colours[(2 * i) % 20 + (2 * i) // 20 % 2])
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("NFE")
