@@ -142,3 +142,13 @@ def test_student_equals_teacher_on_and_off_diagonal():
     assert torch.equal(student(x, t, t, cond), teacher(x, t, t, cond))
     assert torch.equal(student(x, t, s, cond), teacher(x, t, t, cond))
     assert all(p.requires_grad for p in student.parameters())
+
+
+def test_mlp_round_trip_with_provenance(tmp_path):
+    from policydistill.checkpoint import load_model, save_model
+
+    model = MLPFlowMap(sample_shape=(3,), width=16, depth=1)
+    save_model(tmp_path, model, extra={"role": "teacher", "seed": 3})
+    loaded = load_model(tmp_path)
+    x, t = torch.randn(2, 3), torch.rand(2)
+    assert torch.equal(loaded(x, t, t), model(x, t, t))

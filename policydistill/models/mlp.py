@@ -79,6 +79,8 @@ class MLPFlowMap(FlowMapModel):
 
     @classmethod
     def from_config(cls, config: dict) -> "MLPFlowMap":
-        cfg = {k: v for k, v in config.items() if k != "architecture"}
+        # config.json may carry provenance (the "policydistill" block) next to the fields
+        fields = MLPFlowMapConfig.__dataclass_fields__
+        cfg = {k: v for k, v in config.items() if k in fields}
         cfg["sample_shape"] = tuple(cfg["sample_shape"])
         return cls(MLPFlowMapConfig(**cfg))
