@@ -130,6 +130,20 @@ def env_id(task: str) -> str:
     return f"{NAMESPACE}/{task}"
 
 
+def _release_current_context() -> None:
+    """Unbind the GL context from this thread after a render. An EGL context can be current in
+    one thread at a time: left bound, it makes the env unusable from any other thread (a robot
+    I/O thread, an inference worker) with EGL_BAD_ACCESS. Re-binding before the next render is
+    cheap, so every render leaves the thread clean."""
+    if os.environ.get("MUJOCO_GL", "").lower() != "egl":
+        return
+    import mujoco.egl
+    from OpenGL import EGL
+
+    if mujoco.egl.EGL_DISPLAY is not None:
+        EGL.eglMakeCurrent(mujoco.egl.EGL_DISPLAY, EGL.EGL_NO_SURFACE, EGL.EGL_NO_SURFACE, EGL.EGL_NO_CONTEXT)
+
+
 class MetaWorldEnv(gym.Env):
     """One Meta-World v3 task with a ``corner2`` image, a state vector and an instruction."""
 
@@ -207,7 +221,10 @@ class MetaWorldEnv(gym.Env):
         # after which renders come back black; rendering while another env's context is current
         # draws with the wrong context. So bind ours before every render (cheap when already bound).
         self._viewer.make_context_current()
-        img = self.mw.render()
+        try:
+            img = self.mw.render()
+        finally:
+            _release_current_context()
         return np.ascontiguousarray(img[::-1, ::-1])  # corner2 renders upside down: flip both axes
 
     def _observation(self, raw: np.ndarray) -> dict[str, Any]:

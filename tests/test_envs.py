@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 envs = pytest.importorskip("policydistill.envs")
-from policydistill.envs import checker, suites  # noqa: E402
+from policydistill.envs import checker, make, suites  # noqa: E402
 from policydistill.envs.metaworld_env import INSTRUCTIONS  # noqa: E402
 
 pytestmark = pytest.mark.sim
@@ -52,6 +52,7 @@ def test_seeding_images_flip_and_limits():
         assert np.array_equal(a, b)
         # the image is the flipped corner2 frame: the robot base (dark) is in the lower half
         img = env.reset(seed=0)[0]["pixels"]["corner2"]
+        base._viewer.make_context_current()  # renders leave no context bound (thread-safe envs)
         raw = base.mw.render()
         assert np.array_equal(img, raw[::-1, ::-1])
         assert base.mw.model.vis.quality.shadowsize == 0 and base.mw.model.vis.quality.offsamples == 0
@@ -122,3 +123,20 @@ def test_several_envs_in_one_process_render_their_own_frames():
         assert np.array_equal(c.reset(seed=0)[0]["pixels"]["corner2"], first)
     finally:
         c.close()
+
+
+def test_env_renders_from_another_thread():
+    """An env created (and rendered) in one thread can be stepped from another, as the robot
+    control loop's I/O thread does: renders never leave a GL context bound to a thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = make("metaworld/reach-v3", image_size=32)
+    try:
+        first = env.reset(seed=0)[0]["pixels"]["corner2"]
+        with ThreadPoolExecutor(1) as pool:
+            obs = pool.submit(lambda: env.step(np.zeros(4, np.float32))[0]).result()
+        assert obs["pixels"]["corner2"].any() and first.any()
+        again = env.step(np.zeros(4, np.float32))[0]["pixels"]["corner2"]
+        assert again.any()
+    finally:
+        env.close()
