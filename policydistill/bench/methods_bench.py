@@ -162,7 +162,9 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print) -> dict
     t0 = time.perf_counter()
     if cached is not None and (cached / "model.safetensors").exists():
         velocity = load_model(cached).eval()
-        fit_s, fit_loss = float(json.loads((cached / "fit.json").read_text())["train_s"]), float("nan")
+        # the stored loss, not NaN: statistics.pstdev over NaNs raises (AttributeError 'numerator')
+        fit_info = json.loads((cached / "fit.json").read_text())
+        fit_s, fit_loss = float(fit_info["train_s"]), float(fit_info.get("final_loss", 0.0))
         log(f"seed {seed}: reusing the fitted velocity field {cached}")
     else:
         fit = train(velocity, VelocityRegression(), data, fit_cfg, teacher=teacher)
