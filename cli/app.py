@@ -11,7 +11,7 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil flow-matching robot policies into 1-step policies, and prove it.")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 @app.callback()
