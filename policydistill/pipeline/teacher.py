@@ -58,12 +58,13 @@ TEACHER_PRESETS: dict[str, TeacherConfig] = {
     "tiny": TeacherConfig(preset="tiny", task="metaworld/reach-wall-v3", episodes_per_task=3, steps=20,
                           batch_size=8, warmup_steps=2, checkpoint_every=10, eval_episodes=0,
                           overrides={"image_size": 32}),
-    # The bundled default teacher (policydistill/assets/teacher/README.md: command, seed, results).
+    # The bundled default teacher's recipe (docs/bundled_teacher.md: measurements, status; the
+    # shipped teacher's own README.md records its exact command, seed and results).
     # The three wall tasks (the average of the two routes fails there); 64 px images: the goal
     # is in the state, and 64 px trains ~1.5x faster than 96 px on CPU (docs/bundled_teacher.md).
-    "small": TeacherConfig(task="metaworld/walls", episodes_per_task=50, steps=3000, batch_size=32, lr=3e-4,
-                           warmup_steps=200, ema_decay=0.999, checkpoint_every=200, threads=1,
-                           out="runs/teacher_small", overrides={"image_size": 64}),
+    "small": TeacherConfig(task="metaworld/walls", episodes_per_task=50, steps=1400, batch_size=32, lr=3e-4,
+                           warmup_steps=200, ema_decay=0.995, checkpoint_every=200, threads=1,
+                           overrides={"image_size": 64}),
 }
 
 
