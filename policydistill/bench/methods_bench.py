@@ -389,15 +389,17 @@ def markdown_report(result: dict[str, Any], command: str) -> str:
 
 
 def issue_checks(summary: dict[str, Any]) -> list[str]:
-    """The issue's bars, evaluated on the seed means: CD at 1 NFE ≤ ½ × the exact teacher's 2-step
-    Euler error; SnapFlow at 1 NFE within 10% of its own velocity field's 2-step Euler error."""
+    """The issue's bars, evaluated on the seed means: psd, shortcut, lsd and consistency_distillation
+    at 1 NFE ≤ ½ × the exact teacher's 2-step Euler error; SnapFlow at 1 NFE within 10% of its own
+    velocity field's 2-step Euler error."""
     out = []
     euler2 = summary.get("teacher: exact Euler", {}).get("nfe", {}).get("2", {}).get("mse", {}).get("mean")
-    cd = summary.get("consistency_distillation", {}).get("nfe", {}).get("1", {}).get("mse", {}).get("mean")
-    if euler2 is not None and cd is not None:
-        ok = "PASS" if cd <= 0.5 * euler2 else "FAIL"
-        out.append(f"{ok}: consistency_distillation 1-NFE MSE {cd:.4g} vs ½ × exact-teacher 2-step Euler "
-                   f"{0.5 * euler2:.4g} (ratio {cd / euler2:.3f} of the Euler-2 error)")
+    for name in ("psd", "shortcut", "lsd", "consistency_distillation"):
+        m1 = summary.get(name, {}).get("nfe", {}).get("1", {}).get("mse", {}).get("mean")
+        if euler2 is not None and m1 is not None:
+            ok = "PASS" if m1 <= 0.5 * euler2 else "FAIL"
+            out.append(f"{ok}: {name} 1-NFE MSE {m1:.4g} vs ½ × exact-teacher 2-step Euler "
+                       f"{0.5 * euler2:.4g} (ratio {m1 / euler2:.3f} of the Euler-2 error)")
     snap = summary.get("snapflow", {})
     s1 = snap.get("nfe", {}).get("1", {}).get("mse", {}).get("mean")
     bound = snap.get("own_euler2", {}).get("mse", {}).get("mean")
