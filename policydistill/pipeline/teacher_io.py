@@ -26,8 +26,9 @@ def load_teacher(checkpoint: str | Path | None, tokenizer: str | None = None) ->
     folder = Path(checkpoint) if checkpoint else BUNDLED_TEACHER
     if checkpoint is None and not (folder / "model.safetensors").exists():
         raise CheckpointError(
-            f"the bundled teacher is missing from {folder}. Reinstall policydistill, or train one with "
-            "`policydistill train pi0 --preset small` and pass --checkpoint runs/teacher/teacher")
+            f"no bundled teacher at {folder}: this version does not ship one yet (docs/bundled_teacher.md). "
+            "Train one with `policydistill train pi0 --preset small` and pass --checkpoint runs/teacher/teacher, "
+            "or pass a lerobot pi0/pi0.5/SmolVLA folder")
     if not folder.exists():
         raise CheckpointError(f"checkpoint folder {folder} does not exist: pass the folder that holds config.json and "
                               "model.safetensors (e.g. runs/teacher/teacher), or leave --checkpoint out for the bundled teacher")
