@@ -412,10 +412,9 @@ def issue_checks(summary: dict[str, Any]) -> list[str]:
 
 def plot_results(result: dict[str, Any], path: str | Path) -> None:
     """Flow-map MSE vs NFE per method (log-log), Euler baselines dashed, ± std error bars."""
-    import matplotlib
+    from ..plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     colours = plt.get_cmap("tab20").colors  # > 10 lines: the default cycle would repeat colours
@@ -437,9 +436,7 @@ def plot_results(result: dict[str, Any], path: str | Path) -> None:
     ax.set_title(f"{cfg['dim']}-D Gaussian mixture, {len(cfg['seeds'])} seed(s)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 __all__ = ["BenchConfig", "VelocityRegression", "aggregate", "default_methods", "issue_checks", "markdown_table", "plot_results",

@@ -9,10 +9,9 @@ import numpy as np
 
 
 def latency_histogram(results: list[Any], path: str | Path) -> Path:
-    import matplotlib
+    from ..plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for key, title, ax in (("e2e_samples_ms", "end to end", axes[0]), ("denoise_samples_ms", "denoising", axes[1])):
@@ -27,8 +26,4 @@ def latency_histogram(results: list[Any], path: str | Path) -> Path:
         ax.set_ylabel("chunks")
         ax.set_title(title)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -42,10 +42,9 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
 
 def plot_runs(runs: list[dict[str, Any]], path: str | Path) -> Path:
     """Grouped bars: success per task (and overall) per run, with Wilson 95% error bars."""
-    import matplotlib
+    from ..plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     tasks = list(runs[0]["per_task"]) + ["overall"]
@@ -63,9 +62,4 @@ def plot_runs(runs: list[dict[str, Any]], path: str | Path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate (Wilson 95% CI)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -19,10 +19,9 @@ def to_uint8(x: Tensor) -> np.ndarray:
 def save_grid(rows: list[tuple[str, Tensor]], path: str | Path, title: str = "", scale: float = 1.0) -> Path:
     """One labelled row per entry: images (N, C, H, W) side by side, or a clip (T, C, H, W)
     as a film strip."""
-    import matplotlib
+    from ..plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not rows:
         raise ValueError("save_grid needs at least one row")
@@ -44,12 +43,7 @@ def save_grid(rows: list[tuple[str, Tensor]], path: str | Path, title: str = "",
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _tile_clips(clips: list[Tensor], upscale: int) -> np.ndarray:

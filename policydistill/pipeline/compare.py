@@ -71,10 +71,9 @@ def print_comparison(report: dict[str, Any]) -> None:
 
 
 def plot_comparison(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from ..plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = report["variants"]
     teacher = rows[0]
@@ -94,7 +93,4 @@ def plot_comparison(report: dict[str, Any], path: Path) -> None:
         ax.set_title(title)
     axes[0].set_ylim(-0.02, 1.02)
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -89,10 +89,9 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from ..plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = report["variants"]
     names = [r["label"].replace("@", "\n@") for r in rows]
@@ -107,7 +106,4 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     axes[2].bar(names, [r["latency_ms"]["denoise_p50"] for r in rows], color="#332288", label="denoising")
     axes[2].set_title("latency p50 (ms)")
     axes[2].legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
