@@ -9,7 +9,6 @@ control loop at ``hz`` for ``seconds`` and we record its deadline-miss rate and 
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -55,30 +54,10 @@ class LatencyResult:
                 "deadline_miss_rate": self.loop.get("deadline_miss_rate"), "hz": self.loop.get("hz")}
 
 
-@torch.no_grad()
 def measure_policy(policy: Any, obs: dict[str, Any], nfe: int, mode: str, name: str = "policy",
                    repeats: int = 30, warmup: int = 3, seed: int = 0) -> LatencyResult:
-    """Time prefix, denoising and end-to-end inference of a FlowPolicy on one observation."""
-    device = policy.device
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    cond = policy.process(obs)
-    b = cond["state"].shape[0]
-    noise = torch.randn((b, *policy.sample_shape()), generator=gen, device=device, dtype=policy.dtype)
-    prefix, denoise, e2e = [], [], []
-    for i in range(warmup + repeats):
-        p_ms, ctx = _timed(lambda: policy.encode(cond), sync)
-        d_ms, _ = _timed(lambda: sample_with_ctx(policy, noise, ctx, nfe, mode), sync)
-        e_ms, _ = _timed(lambda: policy.sample_actions(obs, steps=nfe, mode=mode, noise=noise).cpu().numpy(), sync)
-        if i >= warmup:
-            prefix.append(p_ms)
-            denoise.append(d_ms)
-            e2e.append(e_ms)
-    d = percentiles(denoise)
-    e = percentiles(e2e)
-    return LatencyResult(name=name, nfe=nfe, mode=mode, prefix_ms=percentiles(prefix), denoise_ms=d,
-                         step_ms=d["p50"] / nfe, e2e_ms=e, throughput_chunks_per_s=1e3 / e["p50"] * b,
-                         e2e_samples_ms=e2e, denoise_samples_ms=denoise)
+    """Time prefix, denoising and end-to-end inference of one FlowPolicy on one observation."""
+    return measure_interleaved([(name, policy, nfe, mode)], obs, repeats, warmup, seed)[name]
 
 
 @torch.no_grad()
@@ -96,6 +75,7 @@ def measure_interleaved(variants: list[tuple[str, Any, int, str]], obs: dict[str
         noise = torch.randn((cond["state"].shape[0], *policy.sample_shape()), generator=gen, device=device,
                             dtype=policy.dtype)
         prepared.append((name, policy, nfe, mode, sync, cond, noise))
+    batch = {name: cond["state"].shape[0] for name, _, _, _, _, cond, _ in prepared}
     for i in range(warmup + repeats):
         for name, policy, nfe, mode, sync, cond, noise in prepared:
             p_ms, ctx = _timed(lambda: policy.encode(cond), sync)
@@ -110,7 +90,7 @@ def measure_interleaved(variants: list[tuple[str, Any, int, str]], obs: dict[str
         s = samples[name]
         d, e = percentiles(s["d"]), percentiles(s["e"])
         out[name] = LatencyResult(name=name, nfe=nfe, mode=mode, prefix_ms=percentiles(s["p"]), denoise_ms=d,
-                                  step_ms=d["p50"] / nfe, e2e_ms=e, throughput_chunks_per_s=1e3 / e["p50"],
+                                  step_ms=d["p50"] / nfe, e2e_ms=e, throughput_chunks_per_s=1e3 / e["p50"] * batch[name],
                                   e2e_samples_ms=s["e"], denoise_samples_ms=s["d"])
     return out
 
@@ -136,7 +116,3 @@ def speedup(teacher: LatencyResult, student: LatencyResult) -> dict[str, float]:
     return {"denoise": teacher.denoise_ms["p50"] / student.denoise_ms["p50"],
             "e2e": teacher.e2e_ms["p50"] / student.e2e_ms["p50"],
             "e2e_p99": teacher.e2e_ms["p99"] / student.e2e_ms["p99"]}
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)
