@@ -114,10 +114,10 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
     tasks = tasks_of(cfg.task)
     from ..zoo import ARCHITECTURES
 
-    probe = ARCHITECTURES.load(cfg.model).from_preset(cfg.preset, **cfg.overrides) if cfg.model in ARCHITECTURES \
-        else None
-    if probe is None:
+    if cfg.model not in ARCHITECTURES:
         raise ValueError(f"unknown model {cfg.model!r}; valid: pi0, pi05, smolvla")
+    with torch.device("meta"):  # only the preset's input sizes are needed here: allocate no weights
+        probe = ARCHITECTURES.load(cfg.model).from_preset(cfg.preset, **cfg.overrides)
     image_size, chunk = probe.config.image_size, probe.config.chunk_size
     data_path = Path(cfg.data) if cfg.data else out / "demos.zarr"
     if cfg.data is None:
