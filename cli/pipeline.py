@@ -37,6 +37,18 @@ def _apply(cfg, **flags):
     return dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
 
 
+def _sweep(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    """--sweep "8,12,16" → (8, 12, 16); "none" → () (off); None → the preset's choice."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("none", "off", ""):
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--sweep takes comma-separated integers or 'none', got {text!r}") from None
+
+
 def train_cmd(
     model: str = typer.Argument("pi0", help="Policy architecture: pi0, pi05 or smolvla."),
     preset: str = typer.Option("small", help="Model size preset (tiny, small, ...); also picks the recipe."),
@@ -78,6 +90,9 @@ def distill_cmd(
     iters: Optional[int] = typer.Option(None, min=1, help="Distillation optimiser steps."),
     episodes: Optional[int] = typer.Option(None, min=1, help="Evaluation episodes per task and variant."),
     n_action_steps: Optional[int] = typer.Option(None, min=1, help="Actions executed per chunk in closed loop."),
+    sweep: Optional[str] = typer.Option(None, help="n_action_steps values to also evaluate, e.g. 8,12,16 "
+                                        "(default: 8, midpoint, chunk length; 'none' = off)."),
+    sweep_episodes: Optional[int] = typer.Option(None, min=1, help="Episodes per task at each extra sweep value."),
     workers: Optional[int] = typer.Option(None, min=0, help="Simulator worker processes (0 = in this process)."),
     max_episode_steps: Optional[int] = typer.Option(None, min=1, help="Episode step limit (default: the task's)."),
     preset: str = typer.Option("default", help="Recipe preset: default or tiny (seconds-long smoke run)."),
@@ -104,7 +119,8 @@ def distill_cmd(
         raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DISTILL_PRESETS)}")
     cfg = _apply(DISTILL_PRESETS[preset], model=model, steps=steps, method=method, checkpoint=checkpoint,
                  tokenizer=tokenizer, task=task, data=data, iters=iters, episodes=episodes,
-                 n_action_steps=n_action_steps, workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=threads,
+                 n_action_steps=n_action_steps, sweep_n_action_steps=_sweep(sweep), sweep_episodes=sweep_episodes,
+                 workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=threads,
                  out=out or f"runs/distill-{model}-{method}-{steps}", video=video, micro_batches=micro_batches)
     options = _method_options(method, option)
     if options:
@@ -123,6 +139,8 @@ def compare_cmd(
     task: Optional[str] = typer.Option(None),
     workers: Optional[int] = typer.Option(None, min=0),
     max_episode_steps: Optional[int] = typer.Option(None, min=1),
+    sweep: str = typer.Option("none", help="n_action_steps values to also evaluate (e.g. 8,12,16); off by "
+                              "default: every variant runs again per value."),
     preset: str = typer.Option("default", help="Recipe preset: default or tiny."),
     seed: Optional[int] = typer.Option(None),
     threads: Optional[int] = typer.Option(None, min=0),
@@ -139,5 +157,6 @@ def compare_cmd(
     if not nfes or min(nfes) < 1:
         raise typer.BadParameter(f"--steps must list NFEs >= 1, got {steps!r}")
     cfg = _apply(DISTILL_PRESETS[preset], model=model, checkpoint=teacher, iters=iters, episodes=episodes, task=task,
-                 workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=threads, out=out)
+                 workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=threads, out=out,
+                 sweep_n_action_steps=_sweep(sweep))
     compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()], nfes, resume=resume)

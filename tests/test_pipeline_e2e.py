@@ -13,10 +13,15 @@ from policydistill.pipeline.distill import DISTILL_PRESETS, distill_policy
 from policydistill.pipeline.teacher import TEACHER_PRESETS, train_teacher
 
 
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    return train_teacher(dataclasses.replace(TEACHER_PRESETS["tiny"], out=str(out), progress=False))
+
+
 @pytest.mark.sim
-def test_tiny_pipeline_end_to_end(tmp_path):
-    teacher_dir = train_teacher(dataclasses.replace(TEACHER_PRESETS["tiny"], out=str(tmp_path / "teacher"),
-                                                    progress=False))
+def test_tiny_pipeline_end_to_end(tmp_path, tiny_teacher):
+    teacher_dir = tiny_teacher
     teacher = load_model(teacher_dir)
     assert teacher.sampling_mode == "diagonal" and teacher.nfe == 10
     cfg = dataclasses.replace(DISTILL_PRESETS["tiny"], checkpoint=str(teacher_dir), out=str(tmp_path / "distill"),
@@ -36,6 +41,13 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         assert v["latency_ms"]["denoise_p50"] > 0 and v["latency_ms"]["e2e_p50"] > 0
         assert "steps_to_success" in v
     assert on_disk["denoise_speedup"] > 1.0
+    # the n_action_steps sweep: every variant at every horizon; the main horizon (8) reuses the main rows
+    sweep = on_disk["n_action_steps_sweep"]
+    assert [p["n_action_steps"] for p in sweep] == [4, 8]
+    labels = [v["label"] for v in on_disk["variants"]]
+    assert all(list(p["variants"]) == labels for p in sweep)
+    assert [sweep[0]["variants"][lb]["episodes"] for lb in labels] == [1, 1, 1]
+    assert [sweep[1]["variants"][lb]["success_rate"] for lb in labels] == [v["success_rate"] for v in on_disk["variants"]]
     assert (tmp_path / "distill" / "report.png").stat().st_size > 1000
 
     student = load_model(tmp_path / "distill" / "student")
@@ -43,3 +55,20 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     # the student starts as the teacher and moved: its weights are no longer identical
     diff = sum(float((a - b).abs().sum()) for a, b in zip(student.state_dict().values(), teacher.state_dict().values()))
     assert diff > 0
+
+
+@pytest.mark.sim
+def test_tiny_compare_trains_one_student_per_method(tmp_path, tiny_teacher):
+    from policydistill.pipeline.compare import best_method, compare_methods
+
+    cfg = dataclasses.replace(DISTILL_PRESETS["tiny"], checkpoint=str(tiny_teacher), out=str(tmp_path / "compare"),
+                              episodes=1, sweep_n_action_steps=(), progress=False)
+    report = compare_methods(cfg, ["snapflow", "psd"], [1, 2])
+    labels = [v["label"] for v in report["variants"]]
+    assert labels == ["teacher@10", "naive@1", "naive@2", "snapflow@1", "snapflow@2", "psd@1", "psd@2"]
+    # one training per method, evaluated at every NFE
+    assert sorted(p.name for p in (tmp_path / "compare").iterdir() if (p / "student").is_dir()) == ["psd", "snapflow"]
+    assert json.loads((tmp_path / "compare" / "compare.json").read_text())["nfes"] == [1, 2]
+    assert (tmp_path / "compare" / "compare.png").stat().st_size > 1000
+    assert best_method(report, 1) in ("snapflow", "psd")
+    assert "n_action_steps_sweep" not in report

@@ -2,9 +2,9 @@
 
     policydistill compare --teacher CKPT --methods snapflow,shortcut,... --steps 1,2,4
 
-distils one student per (method, NFE) with identical data, seed and optimiser steps, then
-evaluates the teacher at 10 NFE, the naive teacher at every NFE and every student on the same
-seeds and held-out observations, in one report (table, ``compare.json``, ``compare.png``).
+distils one student per method with identical data, seed and optimiser steps, then evaluates
+the teacher at 10 NFE, the naive teacher at every NFE and every student at every NFE on the
+same seeds and held-out observations, in one report (table, ``compare.json``, ``compare.png``).
 """
 
 from __future__ import annotations
@@ -30,12 +30,16 @@ def compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], res
         METHODS.load(m)  # fail before any training on an unknown name
     out = Path(cfg.out)
     job = load_job(dataclasses.replace(cfg, steps=min(nfes)))
+    cfg = job.settle(cfg)
     variants = [Variant("teacher", job.teacher, cfg.teacher_nfe, "diagonal")]
     variants += [Variant("naive", job.teacher, n, "diagonal") for n in nfes]
     for method in methods:
+        # No method's loss depends on the NFE it is sampled with (progressive distillation's
+        # schedule is its own option), so one student per method, trained once, is evaluated at
+        # every NFE: N identical trainings would spend N× the budget on the same weights.
         sampling = METHODS.load(method).sampling
+        student, prov = train_student(job, cfg, method, min(nfes), out / method, resume)
         for n in nfes:
-            student, prov = train_student(job, cfg, method, n, out / f"{method}-{n}nfe", resume)
             variants.append(Variant("student", student, n, sampling, method, prov["train_seconds"]))
     report = evaluate_variants(variants, job.tasks, job.val_set, cfg, out)
     report.update({"methods": methods, "nfes": nfes, "teacher": str(job.teacher_dir), "tasks": job.tasks,

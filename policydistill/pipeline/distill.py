@@ -47,8 +47,11 @@ class DistillConfig:
     episodes: int = 50                  # closed-loop episodes per task and variant
     teacher_nfe: int = 10
     n_action_steps: int | None = None   # execution horizon in closed loop (default: the policy's)
+    # Extra closed-loop runs at other execution horizons (None: 8, midpoint, chunk length; (): off)
+    sweep_n_action_steps: tuple[int, ...] | None = None
+    sweep_episodes: int = 20            # episodes per task and variant at each extra horizon
     workers: int = 2
-    max_episode_steps: int | None = None  # None = the task's own limit
+    max_episode_steps: int | None = None  # None = the teacher's recorded eval limit, else the task's own
     heldout_obs: int = 32               # held-out observations for MSE and chunk distance
     chunk_samples: int = 16             # sampled chunks per observation for the distance
     latency_repeats: int = 20
@@ -64,7 +67,8 @@ class DistillConfig:
 DISTILL_PRESETS: dict[str, DistillConfig] = {
     "default": DistillConfig(),
     "tiny": DistillConfig(iters=10, batch_size=8, warmup_steps=2, episodes=2, heldout_obs=4, chunk_samples=4,
-                          latency_repeats=3, workers=0, max_episode_steps=40),
+                          latency_repeats=3, workers=0, max_episode_steps=40, sweep_n_action_steps=(4, 8),
+                          sweep_episodes=1),
 }
 
 
@@ -100,6 +104,15 @@ class Job:
     data_path: Path
     train_set: Any
     val_set: Any
+    episode_limit: int | None = None  # the limit the teacher was judged with (its recipe's eval_max_steps)
+
+    def settle(self, cfg: DistillConfig) -> DistillConfig:
+        """``cfg`` with what it left open filled in from the teacher's record."""
+        if cfg.max_episode_steps is None and self.episode_limit:
+            console.print(f"episodes are limited to {self.episode_limit} steps, as in the teacher's evaluation "
+                          "(--max-episode-steps to change)")
+            return dataclasses.replace(cfg, max_episode_steps=self.episode_limit)
+        return cfg
 
 
 def load_job(cfg: DistillConfig) -> Job:
@@ -142,7 +155,8 @@ def load_job(cfg: DistillConfig) -> Job:
     chunk = teacher.config.chunk_size
     return Job(teacher, teacher_dir, tasks, data_path,
                open_windows(data_path, chunk, "train", val_fraction, split_seed),
-               open_windows(data_path, chunk, "val", val_fraction, split_seed))
+               open_windows(data_path, chunk, "val", val_fraction, split_seed),
+               prov.get("teacher_config", {}).get("eval_max_steps"))
 
 
 def check_action_dim(policy: Any, tasks: list[str], teacher_tasks: list[str]) -> None:
@@ -204,6 +218,7 @@ def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
     out = Path(cfg.out)
     distributed.init_from_env()  # no-op unless launched by torchrun
     job = load_job(cfg)
+    cfg = job.settle(cfg)
     student, prov = train_student(job, cfg, cfg.method, cfg.steps, out, resume)
     if not distributed.is_main():
         return {}

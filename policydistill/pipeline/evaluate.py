@@ -67,8 +67,57 @@ def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: 
     report = {"variants": rows, "denoise_speedup": t_lat / s_lat,
               "e2e_speedup": rows[0]["latency_ms"]["e2e_p50"] / rows[-1]["latency_ms"]["e2e_p50"],
               "heldout_observations": int(windows["action"].shape[0]), "chunk_samples": cfg.chunk_samples}
+    sweep = n_action_steps_sweep(variants, rows, tasks, cfg, out)
+    if sweep:
+        report["n_action_steps_sweep"] = sweep
     plot_report(report, out / "report.png")
     return report
+
+
+def sweep_values(cfg: Any, chunk: int) -> list[int]:
+    """The execution horizons to sweep: ``cfg.sweep_n_action_steps`` or, when None, 8, the
+    midpoint and the chunk length (where averaging the modes costs most: long open-loop runs)."""
+    if cfg.sweep_n_action_steps is not None:
+        values = [int(n) for n in cfg.sweep_n_action_steps]
+    else:
+        lo = min(8, chunk)
+        values = [lo, (lo + chunk) // 2, chunk]
+    bad = [n for n in values if not 1 <= n <= chunk]
+    if bad:
+        raise ValueError(f"n_action_steps sweep values {bad} are outside 1..{chunk} (the policy's chunk length)")
+    return sorted(set(values))
+
+
+def n_action_steps_sweep(variants: list[Any], rows: list[dict[str, Any]], tasks: list[str], cfg: Any,
+                         out: Path) -> list[dict[str, Any]]:
+    """Every variant at every execution horizon of the sweep, same seeds. The main evaluation's
+    horizon is not re-run: its rows (with ``cfg.episodes`` episodes) stand in for it."""
+    from ..eval.rollout import EvalConfig, evaluate_policy
+
+    chunk = int(variants[0].policy.config.chunk_size)
+    main = int(cfg.n_action_steps or variants[0].policy.config.n_action_steps)
+    values = sweep_values(cfg, chunk)
+    if not values or cfg.sweep_episodes < 1:
+        return []
+    points = []
+    for n in values:
+        point: dict[str, Any] = {"n_action_steps": n, "variants": {}}
+        for v, row in zip(variants, rows):
+            if n == main:
+                res = {"success_rate": row["success_rate"], "steps_to_success": row["steps_to_success"],
+                       "episodes": row["episodes"]}
+            else:
+                console.print(f"[bold]sweep[/] {v.label} with n_action_steps={n}")
+                ecfg = EvalConfig(tasks=tasks, episodes=cfg.sweep_episodes, nfe=v.nfe, mode=v.mode,
+                                  workers=cfg.workers, n_action_steps=n, seed=cfg.seed,
+                                  image_size=v.policy.config.image_size, max_episode_steps=cfg.max_episode_steps,
+                                  progress=cfg.progress)
+                full = evaluate_policy(v.policy, ecfg)
+                res = {"success_rate": full["success_rate"], "steps_to_success": full.get("steps_to_success"),
+                       "episodes": full["episodes"]}
+            point["variants"][v.label] = res
+        points.append(point)
+    return points
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -86,6 +135,20 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"denoising speedup teacher/student: {report['denoise_speedup']:.1f}×, "
                   f"end to end: {report['e2e_speedup']:.1f}×")
+    sweep = report.get("n_action_steps_sweep")
+    if sweep:
+        table = Table(title="success vs n_action_steps (actions executed per chunk; same seeds)")
+        table.add_column("n_action_steps", justify="right")
+        table.add_column("episodes/task", justify="right")
+        labels = list(sweep[0]["variants"])
+        for label in labels:
+            table.add_column(label, justify="right")
+        n_tasks = max(1, len(report["variants"][0]["per_task"]))
+        for point in sweep:
+            cells = point["variants"]
+            table.add_row(str(point["n_action_steps"]), str(cells[labels[0]]["episodes"] // n_tasks),
+                          *(f"{cells[lb]['success_rate']:.3f}" for lb in labels))
+        console.print(table)
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
@@ -96,7 +159,9 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     rows = report["variants"]
     names = [r["label"].replace("@", "\n@") for r in rows]
     colors = {"teacher": "#4477aa", "naive": "#cc6677", "student": "#228833"}
-    fig, axes = plt.subplots(1, 3, figsize=(max(13, 1.4 * len(rows) * 3), 4.5))
+    sweep = report.get("n_action_steps_sweep") or []
+    panels = 4 if sweep else 3
+    fig, axes = plt.subplots(1, panels, figsize=(max(4.5 * panels, 1.4 * len(rows) * panels), 4.5))
     axes[0].bar(names, [r["success_rate"] for r in rows], color=[colors[r["name"]] for r in rows])
     axes[0].set_ylim(0, 1.05)
     axes[0].set_title("closed-loop success")
@@ -106,4 +171,13 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     axes[2].bar(names, [r["latency_ms"]["denoise_p50"] for r in rows], color="#332288", label="denoising")
     axes[2].set_title("latency p50 (ms)")
     axes[2].legend()
+    if sweep:
+        for r in rows:
+            xs = [p["n_action_steps"] for p in sweep]
+            axes[3].plot(xs, [p["variants"][r["label"]]["success_rate"] for p in sweep], marker="o",
+                         color=colors[r["name"]], label=r["label"])
+        axes[3].set_ylim(-0.02, 1.02)
+        axes[3].set_xlabel("n_action_steps (open-loop actions per chunk)")
+        axes[3].set_title("success vs execution horizon")
+        axes[3].legend(fontsize=8)
     save_figure(fig, path)
