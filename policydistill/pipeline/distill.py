@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import sys
 import time
@@ -54,7 +55,7 @@ class DistillConfig:
     max_episode_steps: int | None = None  # None = the teacher's recorded eval limit, else the task's own
     heldout_obs: int = 32               # held-out observations for MSE and chunk distance
     chunk_samples: int = 16             # sampled chunks per observation for the distance
-    latency_repeats: int = 20
+    latency_repeats: int = 50
     seed: int = 0
     threads: int = 0
     out: str = "runs/distill"
@@ -156,7 +157,20 @@ def load_job(cfg: DistillConfig) -> Job:
     return Job(teacher, teacher_dir, tasks, data_path,
                open_windows(data_path, chunk, "train", val_fraction, split_seed),
                open_windows(data_path, chunk, "val", val_fraction, split_seed),
-               prov.get("teacher_config", {}).get("eval_max_steps"))
+               recorded_episode_limit(teacher_dir, prov))
+
+
+def recorded_episode_limit(teacher_dir: Path, prov: dict[str, Any]) -> int | None:
+    """The episode limit the teacher was judged with: its recipe's ``eval_max_steps``, else the
+    ``max_episode_steps`` of the evaluation shipped next to it (``eval.json``)."""
+    limit = prov.get("teacher_config", {}).get("eval_max_steps")
+    path = Path(teacher_dir) / "eval.json"
+    if limit is None and path.is_file():
+        try:
+            limit = json.loads(path.read_text()).get("config", {}).get("max_episode_steps")
+        except (OSError, ValueError, AttributeError):
+            limit = None  # an unreadable record is no reason to stop: the task's own limit applies
+    return int(limit) if limit else None
 
 
 def check_action_dim(policy: Any, tasks: list[str], teacher_tasks: list[str]) -> None:

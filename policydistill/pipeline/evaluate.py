@@ -57,6 +57,7 @@ def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: 
             "episodes": res["episodes"], "steps_to_success": res.get("steps_to_success"),
             "action_mse": mse, "teacher_chunk_distance": dist,
             "latency_ms": {"denoise_p50": lat.denoise_ms["p50"], "denoise_p99": lat.denoise_ms["p99"],
+                           "denoise_after_prefix_p50": lat.denoise_after_prefix_ms["p50"],
                            "e2e_p50": lat.e2e_ms["p50"], "e2e_p99": lat.e2e_ms["p99"],
                            "prefix_p50": lat.prefix_ms["p50"], "step": lat.step_ms},
         })
@@ -66,6 +67,8 @@ def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: 
     s_lat = rows[-1]["latency_ms"]["denoise_p50"]
     report = {"variants": rows, "denoise_speedup": t_lat / s_lat,
               "e2e_speedup": rows[0]["latency_ms"]["e2e_p50"] / rows[-1]["latency_ms"]["e2e_p50"],
+              "denoise_after_prefix_speedup": (rows[0]["latency_ms"]["denoise_after_prefix_p50"]
+                                               / rows[-1]["latency_ms"]["denoise_after_prefix_p50"]),
               "heldout_observations": int(windows["action"].shape[0]), "chunk_samples": cfg.chunk_samples}
     sweep = n_action_steps_sweep(variants, rows, tasks, cfg, out)
     if sweep:
