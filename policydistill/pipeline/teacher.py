@@ -65,10 +65,11 @@ TEACHER_PRESETS: dict[str, TeacherConfig] = {
     # shipped teacher's own README.md records its exact command, seed and results).
     # The three wall tasks (the average of the two routes fails there); 64 px images: the goal
     # is in the state, and 64 px trains ~1.5x faster than 96 px on CPU (docs/bundled_teacher.md).
+    # torch's default threads (all cores): 6 it/s on 2 idle cores; pass --threads 1 on a busy box.
     # The demonstrations finish in <= 150 steps, so episodes are judged at 200 steps: a policy that
     # dithers for 500 steps is not a success a user would accept, and evaluation costs 2.5x less.
     "small": TeacherConfig(task="metaworld/walls", episodes_per_task=50, steps=6000, batch_size=32, lr=3e-4,
-                           warmup_steps=200, ema_decay=0.995, checkpoint_every=200, threads=1,
+                           warmup_steps=200, ema_decay=0.995, checkpoint_every=200, threads=0,
                            eval_episodes=50, eval_max_steps=200, overrides={"image_size": 64}),
 }
 
