@@ -66,6 +66,8 @@ def train_cmd(
     option: list[str] = typer.Option([], "--option", "-o", help="Model config override key=value (repeatable)."),
     micro_batches: Optional[int] = typer.Option(None, "--micro-batches", min=0, help="Seeded micro-batches per "
                                                 "step (0 = one per torchrun rank; the result depends on this, not on the rank count)."),
+    fsdp: Optional[bool] = typer.Option(None, "--fsdp/--no-fsdp", help="Shard the model's weights, gradients and "
+                                        "optimiser state over the torchrun ranks (FSDP2; for full-size pi0)."),
 ) -> None:
     """Train a flow-matching teacher policy on scripted (multimodal) Meta-World demonstrations."""
     from ..pipeline.teacher import TEACHER_PRESETS, TeacherConfig, train_teacher
@@ -73,7 +75,7 @@ def train_cmd(
     base = TEACHER_PRESETS.get(preset, TeacherConfig(preset=preset))
     cfg = _apply(base, model=model, preset=preset, task=task, data=data, episodes_per_task=episodes,
                  multimodal=multimodal, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, out=out,
-                 micro_batches=micro_batches)
+                 micro_batches=micro_batches, fsdp=fsdp)
     if option:
         cfg = dataclasses.replace(cfg, overrides={**cfg.overrides, **_options(option)})
     train_teacher(cfg, resume=resume)
@@ -104,6 +106,8 @@ def distill_cmd(
     option: list[str] = typer.Option([], "--option", "-o", help="Method option key=value (repeatable)."),
     micro_batches: Optional[int] = typer.Option(None, "--micro-batches", min=0, help="Seeded micro-batches per "
                                                 "step (0 = one per torchrun rank)."),
+    fsdp: Optional[bool] = typer.Option(None, "--fsdp/--no-fsdp", help="Shard the model's weights, gradients and "
+                                        "optimiser state over the torchrun ranks (FSDP2; for full-size pi0)."),
 ) -> None:
     """Distil a teacher into an N-step student and evaluate teacher / naive / student on the same seeds."""
     if model in ("image-dit", "video-dit"):
@@ -121,7 +125,7 @@ def distill_cmd(
                  tokenizer=tokenizer, task=task, data=data, iters=iters, episodes=episodes,
                  n_action_steps=n_action_steps, sweep_n_action_steps=_sweep(sweep), sweep_episodes=sweep_episodes,
                  workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=threads,
-                 out=out or f"runs/distill-{model}-{method}-{steps}", video=video, micro_batches=micro_batches)
+                 out=out or f"runs/distill-{model}-{method}-{steps}", video=video, micro_batches=micro_batches, fsdp=fsdp)
     options = _method_options(method, option)
     if options:
         cfg = dataclasses.replace(cfg, method_options=options)

@@ -120,14 +120,17 @@ def load_state_checked(module: nn.Module, state: dict[str, Tensor], source: str 
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
 
 
-def save_model(folder: str | Path, model: nn.Module, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``folder`` (atomically, each)."""
+def save_model(folder: str | Path, model: nn.Module, extra: dict[str, Any] | None = None,
+               state: dict[str, Tensor] | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``folder`` (atomically, each).
+    ``state`` replaces ``model.state_dict()`` (e.g. the full tensors gathered from FSDP shards)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config_dict()  # type: ignore[operator]
     if extra:
         config = {**config, "policydistill": extra}
-    write_safetensors(folder / "model.safetensors", model.state_dict(), metadata={"format": "pt"})
+    write_safetensors(folder / "model.safetensors", model.state_dict() if state is None else state,
+                      metadata={"format": "pt"})
     write_json(folder / "config.json", config)
     return folder
 

@@ -62,6 +62,7 @@ class DistillConfig:
     video: bool = False
     progress: bool = True
     micro_batches: int = 0              # seeded micro-batches per step (0 = one per torchrun rank)
+    fsdp: bool = False                  # shard the student over the torchrun ranks (FSDP2, train/fsdp.py)
     method_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -208,7 +209,7 @@ def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out:
             "distill_config": dataclasses.asdict(cfg)}
     tcfg = TrainConfig(steps=cfg.iters, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                        seed=cfg.seed, progress=cfg.progress, checkpoint_every=max(0, cfg.iters // 5),
-                       micro_batches=cfg.micro_batches, description=f"distil {method_name} → {nfe} NFE")
+                       micro_batches=cfg.micro_batches, fsdp=cfg.fsdp, description=f"distil {method_name} → {nfe} NFE")
     t0 = time.perf_counter()
     result = train(student, method, PolicyDataSource(job.train_set, student), tcfg, teacher=job.teacher,
                    out_dir=out / "train", resume=resume, checkpoint_extra=prov)
@@ -231,6 +232,11 @@ def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
 
     out = Path(cfg.out)
     distributed.init_from_env()  # no-op unless launched by torchrun
+    if cfg.fsdp:  # before the teacher and the data are loaded
+        from ..methods import make_method
+        from ..train.fsdp import check_ready
+
+        check_ready(make_method(cfg.method, **cfg.method_options))
     job = load_job(cfg)
     cfg = job.settle(cfg)
     student, prov = train_student(job, cfg, cfg.method, cfg.steps, out, resume)

@@ -53,6 +53,7 @@ class TeacherConfig:
     eval_max_steps: int | None = None
     progress: bool = True
     micro_batches: int = 0              # seeded micro-batches per step (0 = one per torchrun rank)
+    fsdp: bool = False                  # shard the policy over the torchrun ranks (FSDP2, train/fsdp.py)
     overrides: dict[str, Any] = field(default_factory=dict)  # architecture config overrides
 
 
@@ -115,6 +116,10 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     distributed.init_from_env()  # no-op unless launched by torchrun
+    if cfg.fsdp:  # before the demonstrations are generated
+        from ..train.fsdp import check_ready
+
+        check_ready(make_method("flow_matching"))
     out = Path(cfg.out)
     check_output_dir(out)  # an unwritable --out fails before demos are generated
     tasks = tasks_of(cfg.task)
@@ -143,7 +148,7 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
     tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                        warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
                        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, progress=cfg.progress,
-                       micro_batches=cfg.micro_batches, description=f"train {cfg.model} (flow matching)")
+                       micro_batches=cfg.micro_batches, fsdp=cfg.fsdp, description=f"train {cfg.model} (flow matching)")
     t0 = time.perf_counter()
     result = train(policy, make_method("flow_matching"), PolicyDataSource(train_set, policy), tcfg,
                    out_dir=out / "train", resume=resume, checkpoint_extra=provenance)

@@ -18,9 +18,9 @@ so DDP would silently skip the all-reduce for exactly those methods. One flatten
 costs the same bytes as DDP's buckets (without overlap with backward, which matters little
 next to the JVP's extra forward), and keeps the training loop a single loop.
 
-Not here yet: FSDP sharding of parameters for full-size pi0 (every rank holds a full copy
-of the model and the optimiser state, which fits pi0 3B on 80 GB GPUs in bf16 with a small
-batch but not with fp32 Adam moments).
+Here every rank holds a full copy of the model and the optimiser state. For full-size pi0
+(fp32 weights, gradients and Adam moments: ~52 GB) add ``--fsdp``: the same split and seeds,
+with the student sharded over the ranks (``fsdp``: PyTorch's FSDP2).
 """
 
 from __future__ import annotations

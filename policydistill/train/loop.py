@@ -8,6 +8,8 @@ for the batch of that step, so a resumed run follows the uninterrupted loss curv
 Under torchrun the same loop runs on every rank (see ``distributed``): a step's batch is cut
 into micro-batches seeded from (seed, step, j), each rank computes its share, and gradients are
 summed over ranks by hand (covers ``torch.func.jvp`` methods, which bypass a DDP wrapper).
+With ``fsdp`` the student is sharded over the ranks instead (``fsdp``: FSDP2, same loop, same
+checkpoint format; the gradient sum is FSDP's reduce-scatter).
 Only rank 0 shows progress and writes checkpoints. SIGINT/SIGTERM finish the current step,
 write a checkpoint and raise ``TrainingInterrupted``; the output folder is checked for write
 access and free space before the first step.
@@ -41,7 +43,7 @@ from ..checkpoint import (
 )
 from ..core.flowmap import FlowBatch, FlowMapModel
 from ..methods.base import Method, update_ema
-from . import distributed
+from . import distributed, fsdp
 
 
 class DataSource(Protocol):
@@ -69,6 +71,7 @@ class TrainConfig:
     progress: bool = True
     description: str = "train"
     micro_batches: int = 0          # the batch is cut into this many seeded micro-batches (0 = one per rank)
+    fsdp: bool = False              # shard the student over the torchrun ranks with FSDP2 (see train/fsdp.py)
     handle_signals: bool = True     # SIGINT/SIGTERM: finish the step, checkpoint, raise TrainingInterrupted
 
 
@@ -153,22 +156,31 @@ def _checkpoint_dirs(out_dir: Path) -> list[Path]:
     return sorted((out_dir / "checkpoints").glob("step-*"))
 
 
-def save_checkpoint(out_dir: Path, step: int, student: nn.Module, optimizer: torch.optim.Optimizer,
+def save_checkpoint(out_dir: Path | None, step: int, student: nn.Module, optimizer: torch.optim.Optimizer,
                     method: Method, ema: nn.Module | None, history: list[dict], cfg: TrainConfig,
-                    extra: dict[str, Any] | None = None) -> Path:
+                    extra: dict[str, Any] | None = None) -> Path | None:
     """Write ``checkpoints/step-N/`` completely, then point ``checkpoints/latest.json`` at it.
-    A crash at any moment leaves the previous checkpoint valid."""
+    A crash at any moment leaves the previous checkpoint valid.
+
+    Under FSDP every rank calls this (gathering the shards is a collective); ranks that do not
+    write pass ``out_dir=None``. Without FSDP only the writing rank needs to call it."""
+    states = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict(),
+              "ema": ema.state_dict() if ema is not None else None}
+    if cfg.fsdp:
+        states = fsdp.gather(states, keep=out_dir is not None)
+    if out_dir is None:
+        return None
     ckpt_root = out_dir / "checkpoints"
     folder = ckpt_root / f"step-{step:08d}"
     tmp = ckpt_root / f".step-{step:08d}.partial"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_model(tmp, student, extra=extra)
+    save_model(tmp, student, extra=extra, state=states["model"])
     tensors: dict[str, torch.Tensor] = {}
     skeleton = {
-        "optimizer": flatten_state("optimizer", optimizer.state_dict(), tensors),
-        "method": flatten_state("method", method.state_dict(), tensors),
-        "ema": flatten_state("ema", ema.state_dict(), tensors) if ema is not None else None,
+        "optimizer": flatten_state("optimizer", states["optimizer"], tensors),
+        "method": flatten_state("method", states["method"], tensors),
+        "ema": flatten_state("ema", states["ema"], tensors) if ema is not None else None,
     }
     write_safetensors(tmp / "training_state.safetensors", tensors)
     write_json(tmp / "training_state.json", {"step": step, "skeleton": skeleton, "history": history,
@@ -229,11 +241,38 @@ def checkpoint_bytes(student: nn.Module, method: Method, ema: nn.Module | None, 
     return int(1.1 * one * (max(1, cfg.keep_checkpoints) + 1))
 
 
+def _shard_all(student: nn.Module, ema: nn.Module | None, method: Method, device: torch.device
+               ) -> dict[str, nn.Module]:
+    """Shard the student, the loop's EMA and the model copies the method keeps (its FlowMapModel
+    attributes) over the ranks; returns the meta twins ``_unshard_all`` fills at the end."""
+    mesh = fsdp.make_mesh(device)
+    twins = {"student": fsdp.shard(student, mesh)}
+    if ema is not None:
+        twins["ema"] = fsdp.shard(ema, mesh)
+    for name, child in method.named_children():
+        if isinstance(child, FlowMapModel):
+            twins[f"method.{name}"] = fsdp.shard(child, mesh)
+    return twins
+
+
+def _unshard_all(student: nn.Module, ema: nn.Module | None, method: Method, twins: dict[str, nn.Module]
+                 ) -> tuple[nn.Module, nn.Module | None]:
+    for name, child in list(method.named_children()):
+        if f"method.{name}" in twins:
+            setattr(method, name, fsdp.unshard(child, twins[f"method.{name}"]))
+    return fsdp.unshard(student, twins["student"]), fsdp.unshard(ema, twins["ema"]) if ema is not None else None
+
+
 def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainConfig,
           teacher: FlowMapModel | None = None, out_dir: str | Path | None = None,
           resume: bool = False, checkpoint_extra: dict[str, Any] | None = None) -> TrainResult:
-    """Train ``student`` with ``method`` for ``cfg.steps`` optimiser steps."""
+    """Train ``student`` with ``method`` for ``cfg.steps`` optimiser steps.
+
+    With ``cfg.fsdp`` the student (and the EMA and method copies) are sharded in place for the
+    run; use the returned ``TrainResult.model`` / ``.ema``, which are plain full modules again."""
     device = torch.device(cfg.device)
+    if cfg.fsdp:
+        fsdp.check_ready(method)
     ctx = distributed.context()
     n_micro = distributed.resolve_micro_batches(cfg.batch_size, cfg.micro_batches, ctx.world_size)
     mine = distributed.my_micro_batches(n_micro, ctx)
@@ -255,6 +294,9 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
     method.to(device)
     method.setup(student, teacher, cfg.steps)
     method.to(device)
+    ema = copy.deepcopy(student).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
+    # after the copies (FSDP modules cannot be deep-copied), before the optimiser sees the parameters
+    twins = _shard_all(student, ema, method, device) if cfg.fsdp else {}
 
     params = [p for p in student.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -263,7 +305,6 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=cfg.betas, fused=False,
     )
-    ema = copy.deepcopy(student).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
     if writer is not None:
         _check_writable(writer, checkpoint_bytes(student, method, ema, cfg))
 
@@ -273,11 +314,21 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
 
         state_json = json.loads((folder / "training_state.json").read_text())
         tensors = read_safetensors(folder / "training_state.safetensors")
-        load_state_checked(student, read_safetensors(folder / "model.safetensors"), str(folder))
-        optimizer.load_state_dict(unflatten_state(state_json["skeleton"]["optimizer"], tensors))
-        method.load_state_dict(unflatten_state(state_json["skeleton"]["method"], tensors))
-        if ema is not None and state_json["skeleton"]["ema"] is not None:
-            ema.load_state_dict(unflatten_state(state_json["skeleton"]["ema"], tensors))
+        model_state = read_safetensors(folder / "model.safetensors")
+        optimizer_state = unflatten_state(state_json["skeleton"]["optimizer"], tensors)
+        method_state = unflatten_state(state_json["skeleton"]["method"], tensors)
+        ema_state = unflatten_state(state_json["skeleton"]["ema"], tensors) if ema is not None else None
+        if cfg.fsdp:  # the files hold full tensors: keep this rank's slice of each sharded one
+            model_state = fsdp.shard_state(model_state, student.state_dict())
+            optimizer_state = fsdp.shard_optimizer_state(optimizer_state, optimizer)
+            method_state = fsdp.shard_state(method_state, method.state_dict())
+            if ema is not None and ema_state is not None:
+                ema_state = fsdp.shard_state(ema_state, ema.state_dict())
+        load_state_checked(student, model_state, str(folder))
+        optimizer.load_state_dict(optimizer_state)
+        method.load_state_dict(method_state)
+        if ema is not None and ema_state is not None:
+            ema.load_state_dict(ema_state)
         start, history = state_json["step"], state_json["history"]
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -319,8 +370,11 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
             stop_signum = stop.signum or (int(signal.SIGTERM) if float(synced[1]) > 0 else 0)
             if not math.isfinite(global_loss):
                 raise diverged(f"loss became {global_loss} ({sums})", step)
-            distributed.all_reduce_gradients(params)
+            if not cfg.fsdp:  # FSDP already summed (reduce-scattered) the gradients during backward
+                distributed.all_reduce_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if fsdp.is_sharded(grad_norm):
+                grad_norm = grad_norm.full_tensor()
             if not torch.isfinite(grad_norm):
                 raise diverged(f"gradient norm became {float(grad_norm)}", step)
             optimizer.step()
@@ -336,19 +390,20 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
             done = step + 1
             if stop_signum and done < cfg.steps:
                 folder = None
-                if writer is not None:
+                if out is not None and (writer is not None or cfg.fsdp):
                     folder = save_checkpoint(writer, done, student, optimizer, method, ema, history, cfg,
                                              checkpoint_extra)
                 distributed.barrier()
                 raise TrainingInterrupted(stop_signum, done, folder if out is not None else None)
-            if writer is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                last_good = save_checkpoint(writer, done, student, optimizer, method, ema, history, cfg,
-                                            checkpoint_extra)
-            elif out is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+            if out is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                if writer is not None or cfg.fsdp:
+                    save_checkpoint(writer, done, student, optimizer, method, ema, history, cfg, checkpoint_extra)
                 last_good = out / "checkpoints" / f"step-{done:08d}"
     wall = time.perf_counter() - t0
-    if writer is not None and cfg.steps > start:
+    if out is not None and cfg.steps > start and (writer is not None or cfg.fsdp):
         save_checkpoint(writer, cfg.steps, student, optimizer, method, ema, history, cfg, checkpoint_extra)
     distributed.barrier()
+    if cfg.fsdp:  # hand back plain full modules: callers save, sample and evaluate them as usual
+        student, ema = _unshard_all(student, ema, method, twins)
     student.eval()
     return TrainResult(model=student, ema=ema, history=history, steps=cfg.steps, wall_time_s=wall)
