@@ -27,6 +27,9 @@ def bench_policies_cmd(
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     full_dtype: str = typer.Option("auto", "--full-dtype",
                                    help="dtype of the full sizes; auto = bfloat16 on CPU (13 GB in float32), else --dtype."),
+    compile: bool = typer.Option(False, "--compile",
+                                 help="Also time each policy after compile_for_inference() (torch.compile of the "
+                                      "prefix and the denoising step): compiled rows beside the eager ones."),
     json_out: Path = typer.Option(None, "--json", help="Write the results as JSON to this file."),
 ) -> None:
     """Parameters, prefix time, per-step time, denoising and chunk time at NFE 1 and 10."""
@@ -41,7 +44,7 @@ def bench_policies_cmd(
         full_dtype = "bfloat16" if device == "cpu" else dtype
     settings = BenchSettings(archs=_names(arch), sizes=_names(sizes), repeats=repeats, warmup=warmup,
                              full_repeats=full_repeats, threads=threads, device=device, dtype=dtype,
-                             full_dtype=full_dtype)
+                             full_dtype=full_dtype, compile=compile)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("bench", total=len(settings.archs) * len(settings.sizes))
 
@@ -54,17 +57,18 @@ def bench_policies_cmd(
         result = run(settings, log=console.print, progress=on_start)
 
     table = Table(title=f"bench policies — random weights, batch 1, {device}, {threads} threads, medians (ms)")
-    cols = ["arch", "size", "dtype", "params (M)", "prefix", "step", "denoise 1", "denoise 10", "10/1",
+    cols = ["arch", "size", "mode", "dtype", "params (M)", "prefix", "step", "denoise 1", "denoise 10", "10/1",
             "chunk 1", "chunk 10", "e2e 10 (obs→action)"]
     for c in cols:
-        table.add_column(c, justify="left" if c in ("arch", "size", "dtype") else "right")
+        table.add_column(c, justify="left" if c in ("arch", "size", "mode", "dtype") else "right")
     for r in result["rows"]:
-        table.add_row(r["arch"], r["size"], r["dtype"], f"{r['params_M']:.1f}", f"{r['prefix_ms']:.2f}",
+        table.add_row(r["arch"], r["size"], r["mode"], r["dtype"], f"{r['params_M']:.1f}", f"{r['prefix_ms']:.2f}",
                       f"{r['step_ms']:.2f}", f"{r['denoise1_ms']:.2f}", f"{r['denoise10_ms']:.2f}",
                       f"{r['ratio_10_1']:.2f}", f"{r['chunk1_ms']:.2f}" + ("*" if r.get("chunk_derived") else ""),
                       f"{r['chunk10_ms']:.2f}" + ("*" if r.get("chunk_derived") else ""), f"{r['e2e10_ms']:.2f}")
     q = LEROBOT_PI0_REF_MS
-    table.add_row("lerobot 0.4.4 pi0 (QUOTED)", "ref", "float32", "", f"{q['prefix_ms']}", f"{q['step_ms']}", "", "",
+    table.add_row("lerobot 0.4.4 pi0 (QUOTED)", "ref", "eager", "float32", "", f"{q['prefix_ms']}", f"{q['step_ms']}",
+                  "", "",
                   f"{(q['chunk10_ms'] - q['prefix_ms']) / (q['chunk1_ms'] - q['prefix_ms']):.2f}",
                   f"{q['chunk1_ms']}", f"{q['chunk10_ms']}", "", style="dim")
     console.print(table)
@@ -76,7 +80,7 @@ def bench_policies_cmd(
     if cpu_rows:
         console.print("CPU time of the (single) torch thread, medians (ms) — little affected by other processes:")
         for r in cpu_rows:
-            console.print(f"  {r['arch']} {r['size']}: prefix {r['prefix_cpu_ms']:.2f}, step {r['step_cpu_ms']:.2f}, "
+            console.print(f"  {r['arch']} {r['size']} {r['mode']}: prefix {r['prefix_cpu_ms']:.2f}, step {r['step_cpu_ms']:.2f}, "
                           f"denoise 1 {r['denoise1_cpu_ms']:.2f}, denoise 10 {r['denoise10_cpu_ms']:.2f}, "
                           f"chunk 1 {r['chunk1_cpu_ms']:.2f}, chunk 10 {r['chunk10_cpu_ms']:.2f}")
     load = result["loadavg_1min_before_after"]
@@ -85,8 +89,11 @@ def bench_policies_cmd(
                       "cores: other processes competed for the CPU, the times above are inflated")
     for claim, ok, detail in checks(result):
         console.print(f"{'[green]PASS' if ok else '[red]FAIL'}[/] {claim}: {detail}")
+    for r in result["rows"]:
+        if "compile_s" in r:
+            console.print(f"[dim]{r['arch']} {r['size']}: compiling took {r['compile_s']:.0f} s (first calls)[/dim]")
     for s in result["skipped"]:
-        console.print(f"[yellow]skipped[/] {s['arch']} {s['size']}: {s['why']}")
+        console.print(f"[yellow]skipped[/] {s['arch']} {s['size']} {s.get('mode', '')}: {s['why']}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n")

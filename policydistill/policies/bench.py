@@ -5,7 +5,9 @@ cache); one denoising step (``flow``, suffix only); denoising at NFE 1 and 10 on
 and their ratio (the physical limit is 10: the prefix is not part of it); a whole chunk
 (prefix + N steps from processed inputs — what lerobot's ``sample_actions`` times); and end to
 end from a raw observation (tokenizer, normalisation, images) to unnormalised actions.
-Medians over repeats after warm-up, batch 1.
+Medians over repeats after warm-up, batch 1. With ``compile`` every size gets a second row
+timed after ``compile_for_inference()`` (torch.compile of the prefix and the step; compile time
+in ``compile_s``), beside the eager row.
 
 lerobot 0.4.4's numbers for pi0 at the ``ref`` size were measured outside the project on this
 2-core CPU (float32, batch 1, 2 cameras, random weights); they are QUOTED, not re-measured.
@@ -49,6 +51,9 @@ class BenchSettings:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
+    #: also time the policy after ``compile_for_inference()`` (torch.compile): a second row per
+    #: size with ``mode="compiled"``, beside the eager one (``mode="eager"``), never instead of it
+    compile: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -128,13 +133,14 @@ def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[
 _BEST = [0.0]  # fastest repeat of the last measurement (a noise-robust lower bound on a shared CPU)
 
 
-def bench_one(arch: str, size: str, s: BenchSettings) -> dict[str, Any]:
+def bench_one(arch: str, size: str, s: BenchSettings) -> list[dict[str, Any]]:
+    """The eager row of one (architecture, size), and with ``s.compile`` the compiled row."""
     torch.manual_seed(s.seed)
     cls = policy_class(arch)
     big = size == "full"
     dtype_name = (s.full_dtype or s.dtype) if big else s.dtype
     dtype = getattr(torch, dtype_name)
-    row: dict[str, Any] = {"arch": arch, "size": size, "device": s.device, "dtype": dtype_name}
+    row: dict[str, Any] = {"arch": arch, "size": size, "mode": "eager", "device": s.device, "dtype": dtype_name}
     if big and s.device == "cpu":  # never build what does not fit beside everyone else
         with torch.device("meta"):
             n = sum(p.numel() for p in cls.from_preset(size).parameters())
@@ -146,6 +152,25 @@ def bench_one(arch: str, size: str, s: BenchSettings) -> dict[str, Any]:
     cfg = policy.config
     row.update(chunk=cfg.chunk_size, cameras=len(cfg.cameras), image_size=cfg.image_size,
                tokens=cfg.tokenizer_max_length)
+    rows = [_time_policy(policy, dict(row), s, big)]
+    if s.compile and hasattr(policy, "compile_for_inference"):  # run() notes the architectures without
+        compiled = {**row, "mode": "compiled"}
+        with torch.inference_mode():  # compile now (first calls), so that warm-up times no compilation
+            t0 = time.perf_counter()
+            policy.compile_for_inference()
+            cond = policy.process(random_obs(policy, 1, s.seed))
+            noise = torch.zeros((1, *policy.sample_shape()), device=s.device, dtype=dtype)
+            sample_with_ctx(policy, noise, policy.encode(cond), 1, "diagonal")
+            compiled["compile_s"] = time.perf_counter() - t0
+        rows.append(_time_policy(policy, compiled, s, big))
+        torch._dynamo.reset()  # the next size's graphs must not count against this one's recompile limit
+    del policy
+    gc.collect()
+    return rows
+
+
+def _time_policy(policy: Any, row: dict[str, Any], s: BenchSettings, big: bool) -> dict[str, Any]:
+    dtype = getattr(torch, row["dtype"])
     repeats = s.full_repeats if big else s.repeats
     warmup = 0 if big else s.warmup  # a full-size prefix takes a minute on a CPU: no untimed calls
     sync = (lambda: torch.cuda.synchronize()) if s.device.startswith("cuda") else (lambda: None)
@@ -182,8 +207,6 @@ def bench_one(arch: str, size: str, s: BenchSettings) -> dict[str, Any]:
     row["ratio_10_1"] = row["denoise10_ms"] / row["denoise1_ms"]
     row["ratio_10_1_best"] = row["denoise10_best_ms"] / row["denoise1_best_ms"]
     row["repeats"] = repeats
-    del policy, ctx
-    gc.collect()
     return row
 
 
@@ -197,7 +220,10 @@ def run(settings: BenchSettings, log: Callable[[str], None] = print,
             if progress:
                 progress(f"{arch} {size}")
             try:
-                rows.append(bench_one(arch, size, settings))
+                rows.extend(bench_one(arch, size, settings))
+                if settings.compile and rows[-1]["mode"] != "compiled":
+                    skipped.append({"arch": arch, "size": size, "mode": "compiled",
+                                    "why": f"{arch} has no compile_for_inference"})
             except (ValueError, ImportError, MemoryError) as exc:  # e.g. no such preset for this architecture
                 skipped.append({"arch": arch, "size": size, "why": str(exc)})
                 log(f"skip {arch} {size}: {exc}")
@@ -216,10 +242,11 @@ def checks(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
     out = []
     for r in result["rows"]:
         limit = 9.5 if r["size"] == "ref" else 9.0
-        out.append((f"{r['arch']} {r['size']}: denoising 10/1 ratio >= {limit}", r["ratio_10_1"] >= limit,
+        name = f"{r['arch']} {r['size']}" + (" compiled" if r.get("mode") == "compiled" else "")
+        out.append((f"{name}: denoising 10/1 ratio >= {limit}", r["ratio_10_1"] >= limit,
                     f"{r['ratio_10_1']:.2f} (medians; fastest repeats: {r['ratio_10_1_best']:.2f})"))
         if r["arch"] == "pi0" and r["size"] == "ref":
             budget = LEROBOT_PI0_REF_MS["chunk10_ms"] * 2 / 3
-            out.append((f"pi0 ref: 10-step chunk <= 2/3 of lerobot's {LEROBOT_PI0_REF_MS['chunk10_ms']} ms "
+            out.append((f"{name}: 10-step chunk <= 2/3 of lerobot's {LEROBOT_PI0_REF_MS['chunk10_ms']} ms "
                         f"({budget:.1f} ms)", r["chunk10_ms"] <= budget, f"{r['chunk10_ms']:.1f} ms"))
     return out

@@ -33,8 +33,17 @@ class RMSNorm(nn.Module):
             nn.init.zeros_(self.dense.bias)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        xf = x.float()  # no-op in float32; bf16/fp16 activations are normalised in float32, as openpi
-        d = (xf.shape[-1],)
+        d = (x.shape[-1],)
+        if x.dtype == torch.float32:
+            # The common inference case, without the dtype round trips below: even as no-ops
+            # they are dispatcher calls, and a denoising step runs nine of these norms.
+            if self.dense is None:
+                return F.rms_norm(x, d, 1.0 + self.weight, self.eps), None
+            if cond is None:
+                raise ValueError("this adaRMS norm needs a conditioning vector")
+            scale, shift, gate = self.modulation(cond)
+            return torch.addcmul(shift, F.rms_norm(x, d, None, self.eps), 1.0 + scale), gate
+        xf = x.float()  # bf16/fp16 activations are normalised in float32, as openpi
         if self.dense is None:
             # one fused kernel: x·rsqrt(mean(x²) + eps)·(1 + w)
             return F.rms_norm(xf, d, 1.0 + self.weight.float(), self.eps).to(x.dtype), None
@@ -48,6 +57,25 @@ class RMSNorm(nn.Module):
         """(scale, shift, gate), each (B, 1, dim). Computed once per denoising step."""
         assert self.dense is not None
         return self.dense(cond)[:, None, :].chunk(3, dim=-1)
+
+
+_GELU_C = 2.0 * math.sqrt(2.0 / math.pi)  # gelu_tanh(x) = x·sigmoid(C·(x + 0.044715·x³))
+
+
+def gelu_tanh(x: Tensor, up: Tensor | None = None) -> Tensor:
+    """gelu with the tanh approximation (Gemma, SigLIP), times ``up`` when given.
+
+    In float32 it is computed as x·sigmoid(2·√(2/π)·(x + 0.044715·x³)) — the same function,
+    since (1 + tanh z)/2 = sigmoid(2z) — in six vectorised passes: on the CPU this is about
+    twice as fast as ``F.gelu(approximate="tanh")``, whose tanh dominates the elementwise
+    time of the prefix. Results agree to about one float32 ulp. Other dtypes use ``F.gelu``
+    (one kernel computing in float32 internally; the passes here would round in between)."""
+    if x.dtype != torch.float32:
+        g = F.gelu(x, approximate="tanh")
+        return g if up is None else g * up
+    # in place only where autograd keeps no operand: training runs through here too
+    out = torch.addcmul(x, x * x, x, value=0.044715).mul_(_GELU_C).sigmoid_() * x
+    return out if up is None else out.mul_(up)
 
 
 def gated_residual(x: Tensor, y: Tensor, gate: Tensor | None) -> Tensor:
@@ -93,14 +121,10 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, 
     return out.reshape(b, h, lq, hd).transpose(1, 2).reshape(b, lq, h * hd)
 
 
-def key_padding_mask(valid: Tensor, dtype: torch.dtype) -> Tensor | None:
+def key_padding_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
     """bool (B, Lk) → additive (B, 1, 1, Lk): 0 where a key may be attended, a large negative
-    number where not (finite, so a row can never turn into NaN). None when every key is valid
-    (the usual batch-1 case): attention then runs without a mask at all. Built once per chunk.
-    Under torch.export the mask is always built: an exported program must not bake in the
-    example's padding pattern."""
-    if not torch.compiler.is_exporting() and bool(valid.all()):
-        return None
+    number where not (finite, so a row can never turn into NaN). Built once per chunk; callers
+    pass no mask at all when every key is valid (the usual batch-1 case)."""
     return torch.where(valid, 0.0, torch.finfo(dtype).min).to(dtype)[:, None, None, :]
 
 
@@ -145,7 +169,7 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
+        return self.down_proj(gelu_tanh(gate, up))
 
 
 class GemmaLayer(nn.Module):
@@ -199,7 +223,7 @@ class SiglipMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(gelu_tanh(self.fc1(x)))
 
 
 class SiglipLayer(nn.Module):

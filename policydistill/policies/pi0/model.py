@@ -18,7 +18,8 @@ Inference path (``encode`` once per chunk, ``flow`` per denoising step):
   * masks, rotary tables of the action positions and (under no_grad) a preallocated key/value
     buffer per layer are built in ``encode``: a step writes its action keys/values into the tail
     of the buffer instead of concatenating the cache again;
-  * attention never copies key/value heads (grouped queries are folded into the query length).
+  * attention never copies key/value heads (grouped queries are folded into the query length);
+  * ``compile_for_inference()`` optionally runs both passes through torch.compile (one graph each).
 
 Target time: the zero-initialised ``TargetTimeEmbedding`` output is ADDED to
   pi0:   the sin-cos time embedding, before the action_time MLP. That embedding is the only
@@ -71,6 +72,47 @@ class PrefixCache:
         return self.keys[0].shape[2]
 
 
+class _CacheWriter:
+    """Builds the per-layer keys/values of the cached part (the prefix, then pi0's state token).
+
+    Inference (``inplace``): each layer's keys/values are written straight into a buffer with
+    room for the whole chunk — ``flow`` writes the action keys/values into its tail — and the
+    cache holds views of its head: no concatenation per appended token, no copy at the end.
+    With autograd on, plain concatenation: writes into a shared buffer would break backward."""
+
+    def __init__(self, total_len: int, inplace: bool) -> None:
+        self.total_len, self.inplace = total_len, inplace
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+        self.k_buf: list[Tensor] = []
+        self.v_buf: list[Tensor] = []
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> None:
+        first = layer == len(self.keys)
+        if not self.inplace:
+            if first:
+                self.keys.append(k)
+                self.values.append(v)
+            else:
+                self.keys[layer] = torch.cat([self.keys[layer], k], 2)
+                self.values[layer] = torch.cat([self.values[layer], v], 2)
+            return
+        if first:
+            b, h, _, d = k.shape
+            self.k_buf.append(k.new_empty(b, h, self.total_len, d))
+            self.v_buf.append(v.new_empty(b, h, self.total_len, d))
+        start = 0 if first else self.keys[layer].shape[2]
+        end = start + k.shape[2]
+        self.k_buf[layer][:, :, start:end] = k
+        self.v_buf[layer][:, :, start:end] = v
+        kk, vv = self.k_buf[layer][:, :, :end], self.v_buf[layer][:, :, :end]
+        if first:
+            self.keys.append(kk)
+            self.values.append(vv)
+        else:
+            self.keys[layer], self.values[layer] = kk, vv
+
+
 class Pi0Policy(FlowPolicy):
     """pi0 (``variant="pi0"``) or pi0.5 (``variant="pi05"``) as a flow-map policy."""
 
@@ -106,6 +148,9 @@ class Pi0Policy(FlowPolicy):
         self.target_time = TargetTimeEmbedding(we, embed_dim=we, min_period=cfg.min_period, max_period=cfg.max_period)
         self._tokenizer = None
         self._time_scaling: dict[tuple[int, str], Tensor] = {}
+        #: (_prefix, _flow) compiled by ``compile_for_inference``; None = eager. Compiled from the
+        #: class's functions, not bound methods: a deep copy of the policy then runs its own weights.
+        self._compiled: tuple[Any, Any] | None = None
         #: counts prefix passes (tests prove one per chunk, not one per step)
         self.prefix_calls = 0
 
@@ -147,72 +192,66 @@ class Pi0Policy(FlowPolicy):
         """Prefix pass (once per chunk) → per-layer keys/values (+ pi0's state token)."""
         self.prefix_calls += 1
         cond = self.process(cond)
+        # The one data-dependent branch of the prefix, taken here so that the tensor code below
+        # has none (torch.compile captures it whole): with every key valid (the usual batch-1
+        # case) attention runs without a mask. An exported program must not bake in the
+        # example's padding pattern: under torch.export the mask is always built.
+        padded = (torch.compiler.is_exporting() or not bool(cond["image_masks"].all())
+                  or not bool(cond["token_masks"].all()))
+        args = (cond["images"], cond["image_masks"], cond["tokens"], cond["token_masks"], cond["state"], padded)
+        if self._compiled is not None and not torch.is_grad_enabled():
+            # compiled code is specialised to strides too: one layout, whatever the observation format
+            return self._compiled[0](self, *(a.contiguous() if torch.is_tensor(a) else a for a in args))
+        return self._prefix(*args)
+
+    def _prefix(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor, state: Tensor,
+                padded: bool) -> PrefixCache:
         cfg = self.config
-        embs, valid = self.embed_prefix(cond["images"].to(self.dtype), cond["image_masks"], cond["tokens"],
-                                        cond["token_masks"])
-        dtype, b = embs.dtype, embs.shape[0]
-        pos = valid.long().cumsum(1) - 1
-        cos, sin = self._rope(pos, dtype)
-        mask = key_padding_mask(valid, dtype)
-        keys, values = [], []
+        embs, valid = self.embed_prefix(images.to(self.dtype), image_masks, tokens, token_masks)
+        dtype, (b, p) = embs.dtype, valid.shape
+        n_state, chunk = (0 if self.is_pi05 else 1), cfg.chunk_size
+        # Rotary tables of every position of the chunk in one go: prefix (cumsum(valid) − 1),
+        # pi0's state token (n_valid), then the actions.
+        n_valid = valid.long().sum(1, keepdim=True)
+        tail = n_valid + torch.arange(n_state + chunk, device=valid.device)[None]
+        cos, sin = self._rope(torch.cat([valid.long().cumsum(1) - 1, tail], 1), dtype)
+        key_valid = torch.cat([valid, valid.new_ones(b, n_state + chunk)], 1)
+        key_mask = key_padding_mask(key_valid, dtype) if padded else None
+        kv = _CacheWriter(p + n_state + chunk, inplace=not torch.is_grad_enabled())
+        mask = None if key_mask is None else key_mask[..., :p]
         h = embs
         last = len(self.vlm.layers) - 1
         for i, layer in enumerate(self.vlm.layers):
             x, _ = layer.input_layernorm(h)
             if i == last and cfg.prefix_skip_last:
-                k, v = layer.self_attn.kv(x, cos, sin)
-                keys.append(k)
-                values.append(v)
+                kv.append(i, *layer.self_attn.kv(x, cos[:, :, :p], sin[:, :, :p]))
                 break  # nobody reads the last layer's queries, attention output, MLP or final norm
-            q, k, v = layer.self_attn.qkv(x, cos, sin)
-            keys.append(k)
-            values.append(v)
+            q, k, v = layer.self_attn.qkv(x, cos[:, :, :p], sin[:, :, :p])
+            kv.append(i, k, v)
             h = h + layer.self_attn.o_proj(grouped_attention(q, k, v, mask, layer.self_attn.scaling))
             x, _ = layer.post_attention_layernorm(h)
             h = h + layer.mlp(x)
-        n_valid = valid.long().sum(1)
-        key_valid = [valid]
-        if not self.is_pi05:
-            self._append_state_token(cond["state"].to(dtype), n_valid, valid, keys, values)
-            key_valid.append(torch.ones(b, 1, dtype=torch.bool, device=valid.device))
-            start = n_valid + 1
-        else:
-            start = n_valid
-        chunk = cfg.chunk_size
-        key_valid.append(torch.ones(b, chunk, dtype=torch.bool, device=valid.device))
-        act_pos = start[:, None] + torch.arange(chunk, device=valid.device)[None]
-        cos_a, sin_a = self._rope(act_pos, dtype)
-        cache = PrefixCache(keys, values, key_padding_mask(torch.cat(key_valid, 1), dtype), cos_a, sin_a)
-        if not torch.is_grad_enabled():
-            cache.k_buf, cache.v_buf = [], []
-            for k, v in zip(keys, values):
-                kb = k.new_empty(k.shape[0], k.shape[1], k.shape[2] + chunk, k.shape[3])
-                vb = v.new_empty(kb.shape)
-                kb[:, :, : k.shape[2]] = k
-                vb[:, :, : v.shape[2]] = v
-                cache.k_buf.append(kb)
-                cache.v_buf.append(vb)
+        if n_state:
+            mask = None if key_mask is None else key_mask[..., : p + 1]
+            self._state_token(state.to(dtype), cos[:, :, p:p + 1], sin[:, :, p:p + 1], mask, kv)
+        cache = PrefixCache(kv.keys, kv.values, key_mask, cos[:, :, p + n_state:], sin[:, :, p + n_state:])
+        if kv.inplace:
+            cache.k_buf, cache.v_buf = kv.k_buf, kv.v_buf
         return cache
 
-    def _append_state_token(self, state: Tensor, n_valid: Tensor, valid: Tensor, keys: list[Tensor],
-                            values: list[Tensor]) -> None:
+    def _state_token(self, state: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, kv: "_CacheWriter") -> None:
         """pi0: run the state token (which sees the prefix and itself, never the actions) through
         the expert ONCE and append its per-layer keys/values to the cache."""
         s = self.state_proj(state)[:, None]
-        cos, sin = self._rope(n_valid[:, None], s.dtype)
-        mask = key_padding_mask(torch.cat([valid, torch.ones_like(valid[:, :1])], 1), s.dtype)
         last = len(self.expert.layers) - 1
         for i, layer in enumerate(self.expert.layers):
             x, _ = layer.input_layernorm(s)
             if i == last:
-                k, v = layer.self_attn.kv(x, cos, sin)
-            else:
-                q, k, v = layer.self_attn.qkv(x, cos, sin)
-            keys[i] = torch.cat([keys[i], k], dim=2)
-            values[i] = torch.cat([values[i], v], dim=2)
-            if i == last:
+                kv.append(i, *layer.self_attn.kv(x, cos, sin))
                 break
-            s = s + layer.self_attn.o_proj(grouped_attention(q, keys[i], values[i], mask, layer.self_attn.scaling))
+            q, k, v = layer.self_attn.qkv(x, cos, sin)
+            kv.append(i, k, v)
+            s = s + layer.self_attn.o_proj(grouped_attention(q, kv.keys[i], kv.values[i], mask, layer.self_attn.scaling))
             x, _ = layer.post_attention_layernorm(s)
             s = s + layer.mlp(x)
 
@@ -231,6 +270,14 @@ class Pi0Policy(FlowPolicy):
     def flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: PrefixCache) -> Tensor:
         """Average velocity from t to s for the action chunk x_t (B, chunk, max_action_dim):
         one suffix-only pass through the expert against the cached prefix."""
+        if self._compiled is not None and not torch.is_grad_enabled():
+            # Compiled code is specialised to strides and to aliasing: the sampler passes expanded
+            # (stride-0) times, and t itself as s for Euler steps. Fresh copies need one graph.
+            t, s = t.clone(memory_format=torch.contiguous_format), s.clone(memory_format=torch.contiguous_format)
+            return self._compiled[1](self, x_t.contiguous(), t, s, ctx)
+        return self._flow(x_t, t, s, ctx)
+
+    def _flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: PrefixCache) -> Tensor:
         dtype = self.action_in_proj.weight.dtype
         x_t = x_t.to(dtype)
         we = self.config.expert_width
@@ -349,10 +396,33 @@ class Pi0Policy(FlowPolicy):
 
         return to_lerobot(self, path)
 
-    def compile(self, **kwargs: Any) -> "Pi0Policy":  # type: ignore[override]
-        """Optional ``torch.compile`` of the per-step suffix pass (the part run N times)."""
-        self.flow = torch.compile(self.flow, **kwargs)  # type: ignore[method-assign]
+    def compile_for_inference(self, **kwargs: Any) -> "Pi0Policy":
+        """Compile the prefix pass and the denoising step with ``torch.compile`` (inductor)
+        for inference: under ``no_grad``/``inference_mode`` ``encode`` and ``flow`` run the
+        compiled code; with autograd on (training) they stay eager.
+
+        Each is one graph without breaks (``fullgraph``): the prefix's only data-dependent
+        branch (is there padding?) is decided in ``encode`` and the step's in-place writes
+        into the key/value buffers are input mutations, which inductor supports. Compilation
+        happens on the first call (one graph per input shape and padding case, tens of seconds
+        on a CPU). The compiled code reads the live weights, so training or loading weights
+        afterwards needs no recompilation. (Inductor's ``freezing``, which folds the weights
+        into the code as constants, gained under 3% here and would silently keep stale weights.)
+        ``kwargs`` go to ``torch.compile``; ``use_eager()`` undoes this."""
+        self.eval()
+        kw = {"fullgraph": True, "dynamic": False, **kwargs}
+        self._compiled = (torch.compile(type(self)._prefix, **kw), torch.compile(type(self)._flow, **kw))
         return self
+
+    def use_eager(self) -> "Pi0Policy":
+        """Back to the eager prefix and denoising step."""
+        self._compiled = None
+        return self
+
+    def compile(self, **kwargs: Any) -> "Pi0Policy":  # type: ignore[override]
+        """``nn.Module.compile`` compiles ``forward`` (training); for inference this is
+        ``compile_for_inference``."""
+        return self.compile_for_inference(**kwargs)
 
 
 class Pi05Policy(Pi0Policy):
