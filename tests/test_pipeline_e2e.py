@@ -71,4 +71,21 @@ def test_tiny_compare_trains_one_student_per_method(tmp_path, tiny_teacher):
     assert json.loads((tmp_path / "compare" / "compare.json").read_text())["nfes"] == [1, 2]
     assert (tmp_path / "compare" / "compare.png").stat().st_size > 1000
     assert best_method(report, 1) in ("snapflow", "psd")
+    assert report["default_method_verdict"]["method"] == best_method(report, 1)
     assert "n_action_steps_sweep" not in report
+
+
+def test_default_method_changes_only_beyond_noise():
+    from policydistill.pipeline.compare import best_method
+
+    def row(method, rate, ci, dist=0.1):
+        return {"name": "student", "nfe": 1, "method": method, "success_rate": rate, "success_ci95": ci,
+                "teacher_chunk_distance": dist}
+
+    overlapping = {"variants": [row("snapflow", 0.60, [0.47, 0.72]), row("psd", 0.70, [0.57, 0.80], 0.05)]}
+    assert best_method(overlapping, 1) == "snapflow"  # higher, but within the noise: the incumbent stays
+    clear = {"variants": [row("snapflow", 0.30, [0.19, 0.44]), row("psd", 0.70, [0.57, 0.80]),
+                          row("shortcut", 0.70, [0.57, 0.80], 0.05)]}
+    assert best_method(clear, 1) == "shortcut"  # both beat it beyond noise: tie on success → lower distance
+    assert best_method({"variants": [row("psd", 0.5, [0.4, 0.6])]}, 1) == "psd"  # no incumbent run
+    assert best_method(clear, 2) is None

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..checkpoint import write_json
+from ..methods import DEFAULT_METHOD
 from .distill import DistillConfig, Variant, load_job, train_student
 
 console = Console(width=150)
@@ -44,19 +45,32 @@ def compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], res
     report = evaluate_variants(variants, job.tasks, job.val_set, cfg, out)
     report.update({"methods": methods, "nfes": nfes, "teacher": str(job.teacher_dir), "tasks": job.tasks,
                    "budget": {"iters": cfg.iters, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}})
+    verdict = best_method(report, min(nfes))
+    report["default_method_verdict"] = {"nfe": min(nfes), "method": verdict, "incumbent": DEFAULT_METHOD,
+                                        "rule": "incumbent unless another's success CI95 lies wholly above it"}
     print_comparison(report)
+    console.print(f"default method at {min(nfes)} NFE by this comparison: [bold]{verdict}[/] "
+                  f"(the incumbent {DEFAULT_METHOD} stays unless another is better beyond the 95% intervals)")
     write_json(out / "compare.json", report)
     plot_comparison(report, out / "compare.png")
     console.print(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
     return report
 
 
-def best_method(report: dict[str, Any], nfe: int = 1) -> str | None:
-    """The method with the highest success at ``nfe`` (ties: lower chunk distance)."""
-    rows = [r for r in report["variants"] if r["name"] == "student" and r["nfe"] == nfe]
+def best_method(report: dict[str, Any], nfe: int = 1, incumbent: str = DEFAULT_METHOD) -> str | None:
+    """The method that earns the default at ``nfe``: the incumbent unless another method's
+    closed-loop success is higher beyond noise (its Wilson 95% interval lies wholly above the
+    incumbent's). Among several such, the highest success, then the lower chunk distance."""
+    rows = {r["method"]: r for r in report["variants"] if r["name"] == "student" and r["nfe"] == nfe}
     if not rows:
         return None
-    return max(rows, key=lambda r: (r["success_rate"], -r["teacher_chunk_distance"]))["method"]
+    if incumbent not in rows:
+        return max(rows.values(), key=lambda r: (r["success_rate"], -r["teacher_chunk_distance"]))["method"]
+    ceiling = (rows[incumbent].get("success_ci95") or [rows[incumbent]["success_rate"]] * 2)[1]
+    better = [r for m, r in rows.items() if m != incumbent and (r.get("success_ci95") or [0.0])[0] > ceiling]
+    if not better:
+        return incumbent
+    return max(better, key=lambda r: (r["success_rate"], -r["teacher_chunk_distance"]))["method"]
 
 
 def print_comparison(report: dict[str, Any]) -> None:
