@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..core.sampler import sample_with_ctx
+from .cpu_memory import keep_freed_memory
 
 ARCH_ENTRY = {
     "pi0": "policydistill.policies.pi0.model:Pi0Policy",
@@ -54,6 +55,10 @@ class BenchSettings:
     #: also time the policy after ``compile_for_inference()`` (torch.compile): a second row per
     #: size with ``mode="compiled"``, beside the eager one (``mode="eager"``), never instead of it
     compile: bool = False
+    #: CPU: raise glibc's mmap/trim thresholds first (``cpu_memory.keep_freed_memory``): without
+    #: it a ref-size prefix takes 900-2000 page faults (3-5 ms) whose count depends on the
+    #: allocator's history in the process. Recorded in the result as ``cpu_allocator``.
+    keep_freed_memory: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -213,6 +218,10 @@ def _time_policy(policy: Any, row: dict[str, Any], s: BenchSettings, big: bool) 
 def run(settings: BenchSettings, log: Callable[[str], None] = print,
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     torch.set_num_threads(settings.threads)
+    allocator = "glibc default"
+    if settings.device == "cpu" and settings.keep_freed_memory:
+        allocator = "keep freed memory (glibc mmap/trim thresholds raised)" if keep_freed_memory() else \
+            "default (keep_freed_memory unsupported here)"
     load_before = os.getloadavg()
     rows, skipped = [], []
     for arch in settings.archs:
@@ -231,7 +240,7 @@ def run(settings: BenchSettings, log: Callable[[str], None] = print,
     return {"settings": {k: v for k, v in settings.__dict__.items()}, "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
             "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]],
-            "threads": torch.get_num_threads(), "rows": rows, "skipped": skipped,
+            "threads": torch.get_num_threads(), "cpu_allocator": allocator, "rows": rows, "skipped": skipped,
             "lerobot_pi0_ref_quoted_ms": LEROBOT_PI0_REF_MS,
             "lerobot_note": ("lerobot 0.4.4 pi0 at the ref size, measured outside the project on this 2-core CPU "
                              "(float32, batch 1, 2 cameras, random weights); quoted, not re-measured")}
