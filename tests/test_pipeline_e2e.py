@@ -51,7 +51,9 @@ def test_tiny_pipeline_end_to_end(tmp_path, tiny_teacher):
     assert (tmp_path / "distill" / "report.png").stat().st_size > 1000
 
     student = load_model(tmp_path / "distill" / "student")
-    assert student.sampling_mode == "flowmap" and student.nfe == 1
+    from policydistill.methods import DEFAULT_METHOD, METHODS
+
+    assert student.sampling_mode == METHODS.load(DEFAULT_METHOD).sampling and student.nfe == 1
     # the student starts as the teacher and moved: its weights are no longer identical
     diff = sum(float((a - b).abs().sum()) for a, b in zip(student.state_dict().values(), teacher.state_dict().values()))
     assert diff > 0
@@ -75,17 +77,22 @@ def test_tiny_compare_trains_one_student_per_method(tmp_path, tiny_teacher):
     assert "n_action_steps_sweep" not in report
 
 
-def test_default_method_changes_only_beyond_noise():
+def test_default_method_is_earned_by_success_then_distance():
     from policydistill.pipeline.compare import best_method
 
-    def row(method, rate, ci, dist=0.1):
+    def row(method, rate, ci, dist):
         return {"name": "student", "nfe": 1, "method": method, "success_rate": rate, "success_ci95": ci,
                 "teacher_chunk_distance": dist}
 
-    overlapping = {"variants": [row("snapflow", 0.60, [0.47, 0.72]), row("psd", 0.70, [0.57, 0.80], 0.05)]}
-    assert best_method(overlapping, 1) == "snapflow"  # higher, but within the noise: the incumbent stays
-    clear = {"variants": [row("snapflow", 0.30, [0.19, 0.44]), row("psd", 0.70, [0.57, 0.80]),
-                          row("shortcut", 0.70, [0.57, 0.80], 0.05)]}
-    assert best_method(clear, 1) == "shortcut"  # both beat it beyond noise: tie on success → lower distance
-    assert best_method({"variants": [row("psd", 0.5, [0.4, 0.6])]}, 1) == "psd"  # no incumbent run
-    assert best_method(clear, 2) is None
+    incumbent = "snapflow"
+    # tied on success within the noise, the incumbent within 10% of the best distance: it stays
+    close = {"variants": [row("snapflow", 0.55, [0.40, 0.70], 0.105), row("psd", 0.60, [0.45, 0.74], 0.100)]}
+    assert best_method(close, 1, incumbent) == "snapflow"
+    # tied on success, another much closer to the teacher's action distribution: it takes over
+    closer = {"variants": [row("snapflow", 0.55, [0.40, 0.70], 0.099), row("reflow", 0.60, [0.45, 0.74], 0.069)]}
+    assert best_method(closer, 1, incumbent) == "reflow"
+    # the closest distribution does not win when its success is worse beyond the noise
+    worse = {"variants": [row("snapflow", 0.80, [0.70, 0.87], 0.099), row("reflow", 0.40, [0.30, 0.51], 0.050)]}
+    assert best_method(worse, 1, incumbent) == "snapflow"
+    assert best_method({"variants": [row("psd", 0.5, [0.4, 0.6], 0.1)]}, 1, incumbent) == "psd"  # no incumbent run
+    assert best_method(closer, 2, incumbent) is None

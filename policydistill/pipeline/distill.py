@@ -1,6 +1,6 @@
 """Distil a teacher policy into an N-step student and prove it on the same seeds.
 
-    policydistill distill pi0 --steps 1 [--method snapflow] [--checkpoint DIR] [--task ...]
+    policydistill distill pi0 --steps 1 [--method reflow] [--checkpoint DIR] [--task ...]
 
 1. load the teacher (bundled default, a policydistill checkpoint or a lerobot folder);
 2. initialise the student from it (target-time branch at zero: student == teacher at step 0);
@@ -28,6 +28,7 @@ from rich.console import Console
 
 from ..checkpoint import save_model, write_json
 from ..core.flowmap import student_from_teacher
+from ..methods import DEFAULT_METHOD
 
 console = Console(stderr=True)
 
@@ -37,7 +38,7 @@ class DistillConfig:
     model: str = "pi0"
     checkpoint: str | None = None       # None = the bundled teacher
     tokenizer: str | None = None        # local tokenizer for lerobot checkpoints
-    method: str = "snapflow"
+    method: str = DEFAULT_METHOD        # earned by `compare` on the bundled teacher (methods/__init__.py)
     steps: int = 1                      # the student's NFE
     iters: int = 1500                   # optimiser steps of distillation
     batch_size: int = 32
