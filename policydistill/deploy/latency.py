@@ -24,7 +24,7 @@ from ..core.sampler import sample_with_ctx
 
 
 #: back-to-back runs of the denoising loop per repeat (their median is one ``denoise`` sample)
-DENOISE_BACK_TO_BACK = 5
+DENOISE_BACK_TO_BACK = 10
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -75,6 +75,12 @@ def measure_interleaved(variants: list[tuple[str, Any, int, str]], obs: dict[str
                         warmup: int = 3, seed: int = 0) -> dict[str, LatencyResult]:
     """``measure_policy`` for several (name, policy, nfe, mode) at once, alternating between them
     every repeat so that background load affects every variant equally (fair ratios)."""
+    if any(policy.device.type == "cpu" for _, policy, *_ in variants):
+        # an inference process should keep freed memory (no page fault per pass, timings that do
+        # not depend on what the process allocated before): measure the way it should be deployed
+        from ..policies.cpu_memory import keep_freed_memory
+
+        keep_freed_memory()
     samples: dict[str, dict[str, list[float]]] = {name: {"p": [], "d": [], "c": [], "e": []} for name, *_ in variants}
     prepared = []
     for name, policy, nfe, mode in variants:
