@@ -25,9 +25,18 @@ def _single_obs(windows: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: Any, out: Path) -> dict[str, Any]:
+def closed_loop(v: Any, tasks: list[str], cfg: Any, episodes: int, n_action_steps: int | None,
+                video_dir: str | None = None) -> dict[str, Any]:
+    """Variant ``v`` on ``tasks`` with the job's seeds, workers and episode limit."""
     from ..eval.rollout import EvalConfig, evaluate_policy
 
+    ecfg = EvalConfig(tasks=tasks, episodes=episodes, nfe=v.nfe, mode=v.mode, workers=cfg.workers,
+                      n_action_steps=n_action_steps, seed=cfg.seed, image_size=v.policy.config.image_size,
+                      max_episode_steps=cfg.max_episode_steps, video_dir=video_dir, progress=cfg.progress)
+    return evaluate_policy(v.policy, ecfg)
+
+
+def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: Any, out: Path) -> dict[str, Any]:
     windows = held_out_windows(val_set, cfg.heldout_obs, seed=cfg.seed)
     teacher = variants[0]
     reference = sample_chunks(teacher.policy, windows, teacher.nfe, teacher.mode, cfg.chunk_samples, seed=cfg.seed + 1)
@@ -44,11 +53,8 @@ def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: 
         dist = chunk_distance(reference, chunks, seed=cfg.seed)
         mse = offline_action_mse(v.policy, windows, v.nfe, v.mode, seed=cfg.seed)
         lat = latencies[v.label]
-        ecfg = EvalConfig(tasks=tasks, episodes=cfg.episodes, nfe=v.nfe, mode=v.mode, workers=cfg.workers,
-                          n_action_steps=cfg.n_action_steps, seed=cfg.seed,
-                          image_size=v.policy.config.image_size, max_episode_steps=cfg.max_episode_steps,
-                          video_dir=str(out / "videos" / v.label) if cfg.video else None, progress=cfg.progress)
-        res = evaluate_policy(v.policy, ecfg)
+        res = closed_loop(v, tasks, cfg, cfg.episodes, cfg.n_action_steps,
+                          video_dir=str(out / "videos" / v.label) if cfg.video else None)
         rows.append({
             "name": v.name, "label": v.label, "method": v.method, "nfe": v.nfe, "mode": v.mode,
             "train_seconds": v.train_seconds,
@@ -70,7 +76,7 @@ def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: 
               "denoise_after_prefix_speedup": (rows[0]["latency_ms"]["denoise_after_prefix_p50"]
                                                / rows[-1]["latency_ms"]["denoise_after_prefix_p50"]),
               "heldout_observations": int(windows["action"].shape[0]), "chunk_samples": cfg.chunk_samples}
-    sweep = n_action_steps_sweep(variants, rows, tasks, cfg, out)
+    sweep = n_action_steps_sweep(variants, rows, tasks, cfg)
     if sweep:
         report["n_action_steps_sweep"] = sweep
     plot_report(report, out / "report.png")
@@ -91,12 +97,10 @@ def sweep_values(cfg: Any, chunk: int) -> list[int]:
     return sorted(set(values))
 
 
-def n_action_steps_sweep(variants: list[Any], rows: list[dict[str, Any]], tasks: list[str], cfg: Any,
-                         out: Path) -> list[dict[str, Any]]:
+def n_action_steps_sweep(variants: list[Any], rows: list[dict[str, Any]], tasks: list[str],
+                         cfg: Any) -> list[dict[str, Any]]:
     """Every variant at every execution horizon of the sweep, same seeds. The main evaluation's
     horizon is not re-run: its rows (with ``cfg.episodes`` episodes) stand in for it."""
-    from ..eval.rollout import EvalConfig, evaluate_policy
-
     chunk = int(variants[0].policy.config.chunk_size)
     main = int(cfg.n_action_steps or variants[0].policy.config.n_action_steps)
     values = sweep_values(cfg, chunk)
@@ -107,18 +111,11 @@ def n_action_steps_sweep(variants: list[Any], rows: list[dict[str, Any]], tasks:
         point: dict[str, Any] = {"n_action_steps": n, "variants": {}}
         for v, row in zip(variants, rows):
             if n == main:
-                res = {"success_rate": row["success_rate"], "steps_to_success": row["steps_to_success"],
-                       "episodes": row["episodes"]}
+                res = row
             else:
                 console.print(f"[bold]sweep[/] {v.label} with n_action_steps={n}")
-                ecfg = EvalConfig(tasks=tasks, episodes=cfg.sweep_episodes, nfe=v.nfe, mode=v.mode,
-                                  workers=cfg.workers, n_action_steps=n, seed=cfg.seed,
-                                  image_size=v.policy.config.image_size, max_episode_steps=cfg.max_episode_steps,
-                                  progress=cfg.progress)
-                full = evaluate_policy(v.policy, ecfg)
-                res = {"success_rate": full["success_rate"], "steps_to_success": full.get("steps_to_success"),
-                       "episodes": full["episodes"]}
-            point["variants"][v.label] = res
+                res = closed_loop(v, tasks, cfg, cfg.sweep_episodes, n)
+            point["variants"][v.label] = {k: res.get(k) for k in ("success_rate", "steps_to_success", "episodes")}
         points.append(point)
     return points
 
