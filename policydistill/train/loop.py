@@ -284,6 +284,8 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
                 f"{out} already holds a training run (checkpoint {latest_checkpoint(out)}). Pass --resume to "
                 "continue it, or choose another --out; nothing was overwritten.")
     writer = out if ctx.is_main else None  # rank 0 alone writes checkpoints
+    # ranks that take part in a save: the writer, and under FSDP every rank (gathering is collective)
+    saves = out is not None and (writer is not None or cfg.fsdp)
     student.to(device).train()
     distributed.broadcast_module(student)
     if teacher is not None:
@@ -390,17 +392,17 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
             done = step + 1
             if stop_signum and done < cfg.steps:
                 folder = None
-                if out is not None and (writer is not None or cfg.fsdp):
+                if saves:
                     folder = save_checkpoint(writer, done, student, optimizer, method, ema, history, cfg,
                                              checkpoint_extra)
                 distributed.barrier()
                 raise TrainingInterrupted(stop_signum, done, folder if out is not None else None)
             if out is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                if writer is not None or cfg.fsdp:
+                if saves:
                     save_checkpoint(writer, done, student, optimizer, method, ema, history, cfg, checkpoint_extra)
                 last_good = out / "checkpoints" / f"step-{done:08d}"
     wall = time.perf_counter() - t0
-    if out is not None and cfg.steps > start and (writer is not None or cfg.fsdp):
+    if saves and cfg.steps > start:
         save_checkpoint(writer, cfg.steps, student, optimizer, method, ema, history, cfg, checkpoint_extra)
     distributed.barrier()
     if cfg.fsdp:  # hand back plain full modules: callers save, sample and evaluate them as usual
