@@ -63,7 +63,7 @@ def latency(
     hz: float = typer.Option(20.0, min=0.1, max=1000.0, help="Control frequency of the loop."),
     seconds: float = typer.Option(30.0, min=0.1, help="Control-loop duration per (checkpoint, NFE)."),
     repeats: int = typer.Option(30, min=1, help="Timed repeats per measurement (after warm-up)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the policy first."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the policy first (pi0/pi0.5: compile_for_inference(), prefix and step with frozen weights)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here."),
     plot: Optional[Path] = typer.Option(None, help="Latency histogram PNG (default: beside --json)."),
@@ -84,7 +84,9 @@ def latency(
     policies = []
     for ckpt in checkpoints:
         policy = load_model(ckpt, map_location=device).eval()
-        if compile:
+        if compile and hasattr(policy, "compile_for_inference"):  # pi0/pi0.5: prefix and step, frozen weights
+            policy.compile_for_inference()
+        elif compile:
             policy.flow = torch.compile(policy.flow, dynamic=False)  # the hot path: suffix steps
         policies.append((ckpt, policy))
     cams = {tuple(p.config.cameras) for _, p in policies}

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from policydistill.core import sample_with_ctx
-from policydistill.policies.layers import gelu_tanh
+from policydistill.policies import layers
+from policydistill.policies.layers import Linear, gelu_tanh, linear
 from policydistill.policies.pi0 import Pi0Policy, preset
 
 
@@ -33,6 +34,58 @@ def _obs(b: int = 2, missing_wrist: bool = False) -> dict:
         pixels["wrist"] = rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8)
     return {"pixels": pixels, "agent_pos": rng.standard_normal((b, 4)).astype(np.float32),
             "task": ["pick up the cube", "open the drawer now please"][:b]}
+
+
+@pytest.mark.skipif(not layers._ONEDNN, reason="this torch build has no oneDNN")
+def test_linear_runs_large_float32_inference_through_onednn_and_matches_the_blas():
+    """``linear``: the oneDNN op for float32 CPU inference of a large enough product (checked
+    with the profiler, not assumed), ``F.linear`` for small products, under autograd and for
+    other dtypes; the results agree with ``F.linear`` to float32 rounding; ``Linear`` keeps
+    ``nn.Linear``'s parameters and state-dict keys."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    lin = Linear(128, 1024)
+    assert isinstance(lin, torch.nn.Linear) and set(lin.state_dict()) == {"weight", "bias"}
+    big, small = torch.randn(2, 50, 128), torch.randn(1, 128)
+    assert big.numel() * 1024 >= layers.ONEDNN_MIN_MACS > small.numel() * 1024
+
+    def ops(fn) -> set[str]:
+        with profile() as prof:
+            fn()
+        return {e.key for e in prof.key_averages()}
+
+    with torch.no_grad():
+        assert "mkldnn::_linear_pointwise" in ops(lambda: lin(big))
+        assert "mkldnn::_linear_pointwise" not in ops(lambda: lin(small))
+        assert "mkldnn::_linear_pointwise" not in ops(lambda: lin.double()(big.double()))
+        lin.float()
+        torch.testing.assert_close(lin(big), F.linear(big, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+        # a non-contiguous input and a bias-free call
+        x = torch.randn(2, 128, 50).transpose(1, 2)
+        torch.testing.assert_close(linear(x, lin.weight), F.linear(x, lin.weight), rtol=1e-5, atol=1e-5)
+    assert "mkldnn::_linear_pointwise" not in ops(lambda: lin(big).sum().backward())  # autograd: the BLAS
+    assert lin.weight.grad is not None
+
+
+@pytest.mark.skipif(not layers._ONEDNN, reason="this torch build has no oneDNN")
+def test_ref_size_pi0_chunk_with_onednn_equals_the_blas_chunk():
+    """The whole ref-size 10-step chunk (products above the oneDNN threshold in the vision
+    tower, the VLM and the expert) agrees with the all-BLAS computation to float32 rounding."""
+    torch.manual_seed(0)
+    p = Pi0Policy(preset("ref")).eval()
+    obs = {"pixels": {c: np.random.default_rng(0).integers(0, 256, (1, 128, 128, 3), dtype=np.uint8)
+                      for c in p.config.cameras},
+           "agent_pos": np.zeros((1, p.config.state_dim), np.float32), "task": ["pick up the cube"]}
+    noise = torch.randn(1, *p.sample_shape())
+    with torch.no_grad():
+        fast = p.sample_actions(obs, steps=10, noise=noise)
+        try:
+            layers._ONEDNN = False
+            blas = p.sample_actions(obs, steps=10, noise=noise)
+        finally:
+            layers._ONEDNN = True
+    assert (fast - blas).abs().max() < 1e-4, (fast - blas).abs().max()
 
 
 def test_gelu_tanh_form_matches_torch_and_its_gradient():
@@ -73,9 +126,12 @@ def test_inference_cache_is_views_of_the_step_buffers(variant):
     ("pi0", (True,), "aot_eager"),
     pytest.param("pi0", (False, True), "inductor", marks=pytest.mark.slow),
     pytest.param("pi05", (False, True), "inductor", marks=pytest.mark.slow)])
-def test_compiled_inference_matches_eager(variant, padding, backend):
+def test_compiled_inference_matches_eager(variant, padding, backend, monkeypatch):
     """compile_for_inference: the compiled prefix and step agree with eager (with and without
-    padding), read the live weights, leave the autograd path eager, and ``use_eager`` undoes it."""
+    padding), recompile when the frozen weights changed, leave the autograd path eager, and
+    ``use_eager`` undoes it. Every projection goes through oneDNN here (threshold 0), so that
+    inductor's lowering of it with frozen weights is exercised at this tiny size too."""
+    monkeypatch.setattr(layers, "ONEDNN_MIN_MACS", 0)
     torch._dynamo.reset()
     p = _policy(variant)
     noise = torch.randn(2, *p.sample_shape())
@@ -95,7 +151,9 @@ def test_compiled_inference_matches_eager(variant, padding, backend):
         p.expert.layers[0].mlp.down_proj.weight.mul_(1.5)
         eager = copy.deepcopy(p).use_eager()
         assert eager._compiled is None and p._compiled is not None
-        got, want = p.flow(noise, t, t, p.encode(conds[-1])), eager.flow(noise, t, t, eager.encode(conds[-1]))
+        with pytest.warns(UserWarning, match="weights changed after compile_for_inference"):
+            ctx = p.encode(conds[-1])
+        got, want = p.flow(noise, t, t, ctx), eager.flow(noise, t, t, eager.encode(conds[-1]))
         assert (got - want).abs().max() < 1e-5
     v = p(noise, t, t, conds[-1])  # autograd on: the eager path, gradients flow
     v.square().mean().backward()

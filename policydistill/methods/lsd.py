@@ -19,6 +19,9 @@ class LSDConfig:
     # w(s) = min(1, s/ε)²: near the data end b_s varies like 1/s, so unweighted residuals at tiny s
     # dominate the batch (gradient norms ~10–30 against ~1 for psd); 0 disables the weight
     small_s_eps: float = 0.0
+    # Differentiate through the end point inside the teacher's velocity b_s(X) as well (Boffi et
+    # al. 2024's Lagrangian map distillation), instead of holding b_s(X) fixed. Teacher only.
+    target_grad: bool = False
     jvp: JvpMode = "autograd"          # the loss differentiates THROUGH ∂_s X: keep its gradient exact
     fd_eps: float = 1e-3
     time_sampler: str | None = None    # diagonal FM times; None = the model's own
@@ -62,8 +65,11 @@ class LagrangianSelfDistillation(Method):
             gap = bcast(t - s, a)
             x_s = x_t - gap * F
             dX_ds = F - gap * dF_ds
-            with torch.no_grad():
-                b = teacher(x_s, s, s, lag.cond) if teacher is not None else student.flow(x_s.detach(), s, s, ctx)
+            if cfg.target_grad and teacher is not None:
+                b = teacher(x_s, s, s, lag.cond)
+            else:
+                with torch.no_grad():
+                    b = teacher(x_s, s, s, lag.cond) if teacher is not None else student.flow(x_s.detach(), s, s, ctx)
             per_sample = masked_mse(dX_ds, b, lag.mask)
             if cfg.small_s_eps > 0:
                 per_sample = per_sample * (s / cfg.small_s_eps).clamp(max=1.0).pow(2)

@@ -5,7 +5,7 @@ cache); one denoising step (``flow``, suffix only); denoising at NFE 1 and 10 on
 and their ratio (the physical limit is 10: the prefix is not part of it); a whole chunk
 (prefix + N steps from processed inputs — what lerobot's ``sample_actions`` times); and end to
 end from a raw observation (tokenizer, normalisation, images) to unnormalised actions.
-Medians over repeats after warm-up, batch 1. With ``compile`` every size gets a second row
+Medians over interleaved rounds (each function once per round) after warm-up, batch 1. With ``compile`` every size gets a second row
 timed after ``compile_for_inference()`` (torch.compile of the prefix and the step; compile time
 in ``compile_s``), beside the eager row.
 
@@ -42,7 +42,7 @@ LEROBOT_PI0_REF_MS = {"prefix_ms": 12.1, "step_ms": 2.5, "chunk10_ms": 38.7, "ch
 class BenchSettings:
     archs: tuple[str, ...] = ("pi0", "pi05", "smolvla")
     sizes: tuple[str, ...] = ("small", "ref", "full")
-    repeats: int = 20
+    repeats: int = 50
     warmup: int = 3
     full_repeats: int = 2          # the full sizes take seconds per call on a CPU
     #: dtype of the full sizes (None = ``dtype``). On a shared CPU box 3.3 B float32 parameters
@@ -114,28 +114,35 @@ def random_obs(policy: Any, batch: int = 1, seed: int = 0) -> dict[str, Any]:
             "task": ["pick up the red block and put it on the shelf"] * batch}
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None],
-               cpu_out: list[float] | None = None) -> float:
-    """Median wall time (ms); with ``cpu_out`` also the median CPU time of the calling thread,
-    which with one torch thread is all the work and much less sensitive to other processes
-    competing for the cores than wall time."""
+def _interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int, sync: Callable[[], None],
+                    cpu_time: bool = False) -> dict[str, list[float]]:
+    """Wall times (ms) of every function: ``rounds`` rounds in which each in turn runs once
+    untimed, then once timed — the timed call finds caches and threads in the state its own
+    work leaves them, as in a loop of that call alone.
+
+    Interleaving is what makes the ratios trustworthy on a shared machine: a slow spell of the
+    host hits all the measurements of a round alike instead of one whole series, and paired
+    per-round ratios cancel it. With ``cpu_time`` also ``<name>_cpu``: CPU time of the calling
+    thread, which with one torch thread is all the work and much less sensitive to other
+    processes competing for the cores than wall time."""
     for _ in range(warmup):
-        fn()
+        for fn in fns.values():
+            fn()
     sync()
-    times, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.thread_time()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-        cpu.append((time.thread_time() - c0) * 1e3)
-    if cpu_out is not None:
-        cpu_out.append(statistics.median(cpu))
-    _BEST[0] = min(times)
-    return statistics.median(times)
-
-
-_BEST = [0.0]  # fastest repeat of the last measurement (a noise-robust lower bound on a shared CPU)
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    if cpu_time:
+        out.update({f"{k}_cpu": [] for k in fns})
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            fn()
+            sync()
+            t0, c0 = time.perf_counter(), time.thread_time()
+            fn()
+            sync()
+            out[name].append((time.perf_counter() - t0) * 1e3)
+            if cpu_time:
+                out[f"{name}_cpu"].append((time.thread_time() - c0) * 1e3)
+    return out
 
 
 def bench_one(arch: str, size: str, s: BenchSettings) -> list[dict[str, Any]]:
@@ -183,33 +190,39 @@ def _time_policy(policy: Any, row: dict[str, Any], s: BenchSettings, big: bool) 
     gen = torch.Generator(device=s.device).manual_seed(s.seed)
     noise = torch.randn((1, *policy.sample_shape()), generator=gen, device=s.device).to(dtype)
     t = torch.full((1,), 0.5, device=s.device, dtype=dtype)
-    one_thread = s.threads == 1 and s.device == "cpu"
-
-    def timed(name: str, fn: Callable[[], Any]) -> None:
-        cpu: list[float] = []
-        row[name] = _median_ms(fn, repeats, warmup, sync, cpu if one_thread else None)
-        if cpu:
-            row[name.replace("_ms", "_cpu_ms")] = cpu[0]
 
     with torch.inference_mode():
         cond = policy.process(obs)
         ctx = policy.encode(cond)
-        timed("prefix_ms", lambda: policy.encode(cond))
-        timed("step_ms", lambda: policy.flow(noise, t, t, ctx))
-        for n in (1, 10):
-            timed(f"denoise{n}_ms", lambda: sample_with_ctx(policy, noise, ctx, n, "diagonal"))
-            row[f"denoise{n}_best_ms"] = _BEST[0]
-            if big:  # prefix + denoising, not re-measured (each call would cost another prefix)
-                row[f"chunk{n}_ms"] = row["prefix_ms"] + row[f"denoise{n}_ms"]
-                row["chunk_derived"] = True
-            else:
-                timed(f"chunk{n}_ms", lambda: sample_with_ctx(policy, noise, policy.encode(cond), n, "diagonal"))
+        fns: dict[str, Callable[[], Any]] = {
+            "prefix": lambda: policy.encode(cond),
+            "step": lambda: policy.flow(noise, t, t, ctx),
+            "denoise1": lambda: sample_with_ctx(policy, noise, ctx, 1, "diagonal"),
+            "denoise10": lambda: sample_with_ctx(policy, noise, ctx, 10, "diagonal")}
+        if not big:  # a full-size chunk is prefix + denoising, not re-measured (another prefix per call)
+            fns.update({
+                "chunk1": lambda: sample_with_ctx(policy, noise, policy.encode(cond), 1, "diagonal"),
+                "chunk10": lambda: sample_with_ctx(policy, noise, policy.encode(cond), 10, "diagonal"),
+                "e2e1": lambda: policy.sample_actions(obs, steps=1, noise=noise),
+                "e2e10": lambda: policy.sample_actions(obs, steps=10, noise=noise)})
+        one_thread = s.threads == 1 and s.device == "cpu"
+        times = _interleaved_ms(fns, repeats, warmup, sync, cpu_time=one_thread)
+        if big:  # once: each call is another full-size prefix
+            times["e2e10"] = _interleaved_ms({"e2e10": lambda: policy.sample_actions(obs, steps=10, noise=noise)},
+                                             1, 0, sync)["e2e10"]
+    for name in times:
+        if name.endswith("_cpu"):
+            continue
+        row[f"{name}_ms"] = statistics.median(times[name])
+        if one_thread and f"{name}_cpu" in times:
+            row[f"{name}_cpu_ms"] = statistics.median(times[f"{name}_cpu"])
+    for n in (1, 10):
+        row[f"denoise{n}_best_ms"] = min(times[f"denoise{n}"])
         if big:
-            row["e2e10_ms"] = _median_ms(lambda: policy.sample_actions(obs, steps=10, noise=noise), 1, 0, sync)
-        else:
-            row["e2e10_ms"] = _median_ms(lambda: policy.sample_actions(obs, steps=10, noise=noise), repeats, warmup, sync)
-            row["e2e1_ms"] = _median_ms(lambda: policy.sample_actions(obs, steps=1, noise=noise), repeats, warmup, sync)
-    row["ratio_10_1"] = row["denoise10_ms"] / row["denoise1_ms"]
+            row[f"chunk{n}_ms"] = row["prefix_ms"] + row[f"denoise{n}_ms"]
+            row["chunk_derived"] = True
+    # the median of the per-round ratios: each pairs two measurements taken moments apart
+    row["ratio_10_1"] = statistics.median(a / b for a, b in zip(times["denoise10"], times["denoise1"]))
     row["ratio_10_1_best"] = row["denoise10_best_ms"] / row["denoise1_best_ms"]
     row["repeats"] = repeats
     return row

@@ -4,6 +4,9 @@ grouped-query attention WITHOUT copying key/value heads, the gated MLP, and a Si
 
 Numerics follow openpi's patched HF Gemma/SigLIP (the lerobot 0.4.4 fixtures): RMSNorm
 variance in float32; RoPE tables in float32; softmax in float32 (SDPA does this).
+
+Every projection is a ``Linear`` (an ``nn.Linear`` with the same parameters and state-dict keys)
+whose float32 CPU inference runs through oneDNN: see ``linear``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,46 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+#: products (rows·in·out) from which oneDNN beats the BLAS (MKL) on a CPU; below it the call
+#: overhead of oneDNN (~10 µs) outweighs its faster kernel. Measured on this project's 2-core
+#: CPU, fp32: 50×128×320 (2.0 M) about even, 50×128×1024 1.6× faster, 144×256×2048 2.1×.
+ONEDNN_MIN_MACS = 2_000_000
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear``, except float32 CPU inference of a large enough product, which runs through
+    oneDNN (``mkldnn._linear_pointwise``, the kernel inductor uses for packed linears).
+
+    Why: torch's float32 CPU matmul goes to MKL, whose AVX-512 kernels are reserved for Intel
+    CPUs: on AMD (Zen 4/5) it runs its AVX2 path at about half of what oneDNN's AVX-512 JIT
+    reaches on the same cores (fp32 GEMM, 2 threads here: ~200 vs ~450 GFLOP/s). On an Intel
+    CPU both are fast. The result is the same product in float32 with another summation order
+    (differences at float32 rounding level). With autograd recording (training) it is
+    ``F.linear``: the oneDNN op has no backward.
+
+    In a compiled graph (``compile_for_inference``, inductor freezing) one pattern must be
+    avoided: the output of a bias-free ``linear`` as the LEFT operand of ``+``. Inductor's
+    freezing pass takes ``op(x, w) + b`` for a bias to fold and assumes a weight that it packed
+    itself (an assertion fails otherwise); ``b + op(x, w)`` is left alone. The compiled-vs-eager
+    test runs with every projection through oneDNN to catch such a sum."""
+    if (_ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
+            # inside a torch.compile graph inductor lowers this op only for a constant weight,
+            # i.e. under its freezing (what compile_for_inference turns on); else the BLAS
+            and (not torch.compiler.is_compiling() or torch._inductor.config.freezing)):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state-dict keys) computed by ``linear``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -27,7 +70,7 @@ class RMSNorm(nn.Module):
             self.weight = nn.Parameter(torch.zeros(dim))
             self.dense = None
         else:
-            self.dense = nn.Linear(cond_dim, 3 * dim)
+            self.dense = Linear(cond_dim, 3 * dim)
             # Zero-initialised modulation: a fresh adaRMS block starts as a plain RMSNorm with gate 0.
             nn.init.zeros_(self.dense.weight)
             nn.init.zeros_(self.dense.bias)
@@ -140,8 +183,8 @@ class GemmaAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scaling = head_dim ** -0.5
         self.q_rows, self.kv_rows = num_heads * head_dim, num_kv_heads * head_dim
-        self.qkv_proj = nn.Linear(width, self.q_rows + 2 * self.kv_rows, bias=False)
-        self.o_proj = nn.Linear(num_heads * head_dim, width, bias=False)
+        self.qkv_proj = Linear(width, self.q_rows + 2 * self.kv_rows, bias=False)
+        self.o_proj = Linear(num_heads * head_dim, width, bias=False)
 
     def split(self, x: Tensor, n: int) -> Tensor:
         b, l, _ = x.shape
@@ -155,7 +198,7 @@ class GemmaAttention(nn.Module):
 
     def kv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values only (the last prefix layer: nobody reads its queries)."""
-        k, v = F.linear(x, self.qkv_proj.weight[self.q_rows:]).split(self.kv_rows, dim=-1)
+        k, v = linear(x, self.qkv_proj.weight[self.q_rows:]).split(self.kv_rows, dim=-1)
         return apply_rope(self.split(k, self.num_kv_heads), cos, sin), self.split(v, self.num_kv_heads)
 
 
@@ -164,8 +207,8 @@ class GatedMLP(nn.Module):
 
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(width, 2 * hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, width, bias=False)
+        self.gate_up_proj = Linear(width, 2 * hidden, bias=False)
+        self.down_proj = Linear(hidden, width, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -200,10 +243,10 @@ class SiglipAttention(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, width // heads
-        self.q_proj = nn.Linear(width, width)
-        self.k_proj = nn.Linear(width, width)
-        self.v_proj = nn.Linear(width, width)
-        self.out_proj = nn.Linear(width, width)
+        self.q_proj = Linear(width, width)
+        self.k_proj = Linear(width, width)
+        self.v_proj = Linear(width, width)
+        self.out_proj = Linear(width, width)
 
     def forward(self, x: Tensor) -> Tensor:
         b, l, w = x.shape
@@ -219,8 +262,8 @@ class SiglipAttention(nn.Module):
 class SiglipMLP(nn.Module):
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
+        self.fc1 = Linear(width, hidden)
+        self.fc2 = Linear(hidden, width)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(gelu_tanh(self.fc1(x)))

@@ -43,10 +43,12 @@ from ...core.embedding import TargetTimeEmbedding
 from ..base import FlowPolicy
 from ..layers import (
     GemmaStack,
+    Linear,
     SiglipEncoder,
     gated_residual,
     grouped_attention,
     key_padding_mask,
+    linear,
     rope_cos_sin,
     scaled_embedding,
 )
@@ -129,28 +131,28 @@ class Pi0Policy(FlowPolicy):
         we = cfg.expert_width
         self.vision = SiglipEncoder(cfg.vision_width, cfg.vision_depth, cfg.vision_heads, cfg.vision_mlp_dim,
                                     cfg.patch_size, cfg.image_size, cfg.ln_eps)
-        self.projector = nn.Linear(cfg.vision_width, cfg.vlm_width)
+        self.projector = Linear(cfg.vision_width, cfg.vlm_width)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.vlm_width)
         nn.init.normal_(self.embed_tokens.weight, std=cfg.vlm_width ** -0.5)
         self.vlm = GemmaStack(cfg.vlm_width, cfg.vlm_depth, cfg.vlm_mlp_dim, cfg.num_heads, cfg.num_kv_heads,
                               cfg.head_dim, cfg.rms_eps)
         self.expert = GemmaStack(we, cfg.vlm_depth, cfg.expert_mlp_dim, cfg.num_heads, cfg.num_kv_heads,
                                  cfg.head_dim, cfg.rms_eps, cond_dim=we if self.is_pi05 else None)
-        self.action_in_proj = nn.Linear(cfg.max_action_dim, we)
-        self.action_out_proj = nn.Linear(we, cfg.max_action_dim)
+        self.action_in_proj = Linear(cfg.max_action_dim, we)
+        self.action_out_proj = Linear(we, cfg.max_action_dim)
         if self.is_pi05:
-            self.time_mlp_in = nn.Linear(we, we)
-            self.time_mlp_out = nn.Linear(we, we)
+            self.time_mlp_in = Linear(we, we)
+            self.time_mlp_out = Linear(we, we)
         else:
-            self.state_proj = nn.Linear(cfg.max_state_dim, we)
-            self.action_time_mlp_in = nn.Linear(2 * we, we)
-            self.action_time_mlp_out = nn.Linear(we, we)
+            self.state_proj = Linear(cfg.max_state_dim, we)
+            self.action_time_mlp_in = Linear(2 * we, we)
+            self.action_time_mlp_out = Linear(we, we)
         self.target_time = TargetTimeEmbedding(we, embed_dim=we, min_period=cfg.min_period, max_period=cfg.max_period)
         self._tokenizer = None
         self._time_scaling: dict[tuple[int, str], Tensor] = {}
-        #: (_prefix, _flow) compiled by ``compile_for_inference``; None = eager. Compiled from the
-        #: class's functions, not bound methods: a deep copy of the policy then runs its own weights.
-        self._compiled: tuple[Any, Any] | None = None
+        #: the prefix and step compiled by ``compile_for_inference`` (``compiled.CompiledInference``);
+        #: None = eager
+        self._compiled: Any = None
         #: counts prefix passes (tests prove one per chunk, not one per step)
         self.prefix_calls = 0
 
@@ -200,8 +202,7 @@ class Pi0Policy(FlowPolicy):
                   or not bool(cond["token_masks"].all()))
         args = (cond["images"], cond["image_masks"], cond["tokens"], cond["token_masks"], cond["state"], padded)
         if self._compiled is not None and not torch.is_grad_enabled():
-            # compiled code is specialised to strides too: one layout, whatever the observation format
-            return self._compiled[0](self, *(a.contiguous() if torch.is_tensor(a) else a for a in args))
+            return self._compiled.prefix(self, *args)
         return self._prefix(*args)
 
     def _prefix(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor, state: Tensor,
@@ -271,10 +272,7 @@ class Pi0Policy(FlowPolicy):
         """Average velocity from t to s for the action chunk x_t (B, chunk, max_action_dim):
         one suffix-only pass through the expert against the cached prefix."""
         if self._compiled is not None and not torch.is_grad_enabled():
-            # Compiled code is specialised to strides and to aliasing: the sampler passes expanded
-            # (stride-0) times, and t itself as s for Euler steps. Fresh copies need one graph.
-            t, s = t.clone(memory_format=torch.contiguous_format), s.clone(memory_format=torch.contiguous_format)
-            return self._compiled[1](self, x_t.contiguous(), t, s, ctx)
+            return self._compiled.step(self, x_t, t, s, ctx)
         return self._flow(x_t, t, s, ctx)
 
     def _flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: PrefixCache) -> Tensor:
@@ -289,8 +287,9 @@ class Pi0Policy(FlowPolicy):
             temb = temb + self.target_time(s).to(dtype)
             a = self.action_in_proj(x_t)
             w = self.action_time_mlp_in.weight
-            # mlp_in(action ⊕ time) = W_a·action + (W_t·time + b): the time half once per sample, not per token.
-            h = F.linear(a, w[:, :we]) + F.linear(temb, w[:, we:], self.action_time_mlp_in.bias)[:, None]
+            # mlp_in(action ⊕ time) = W_a·action + (W_t·time + b): the time half once per sample, not
+            # per token. (The sum in this order: see ``layers.linear`` on compiled graphs.)
+            h = linear(temb, w[:, we:], self.action_time_mlp_in.bias)[:, None] + linear(a, w[:, :we])
             h = self.action_time_mlp_out(F.silu(h))
             cond = None
         use_buf = ctx.k_buf is not None and not torch.is_grad_enabled()
@@ -396,7 +395,7 @@ class Pi0Policy(FlowPolicy):
 
         return to_lerobot(self, path)
 
-    def compile_for_inference(self, **kwargs: Any) -> "Pi0Policy":
+    def compile_for_inference(self, freeze: bool = True, **kwargs: Any) -> "Pi0Policy":
         """Compile the prefix pass and the denoising step with ``torch.compile`` (inductor)
         for inference: under ``no_grad``/``inference_mode`` ``encode`` and ``flow`` run the
         compiled code; with autograd on (training) they stay eager.
@@ -405,13 +404,14 @@ class Pi0Policy(FlowPolicy):
         branch (is there padding?) is decided in ``encode`` and the step's in-place writes
         into the key/value buffers are input mutations, which inductor supports. Compilation
         happens on the first call (one graph per input shape and padding case, tens of seconds
-        on a CPU). The compiled code reads the live weights, so training or loading weights
-        afterwards needs no recompilation. (Inductor's ``freezing``, which folds the weights
-        into the code as constants, gained under 3% here and would silently keep stale weights.)
+        on a CPU). With ``freeze`` (default) the weights are constants of the compiled code,
+        checked once per chunk and recompiled when they changed (see ``compiled.py``); on a
+        CPU that is what lets the float32 projections run through oneDNN inside the graph.
         ``kwargs`` go to ``torch.compile``; ``use_eager()`` undoes this."""
+        from ..compiled import CompiledInference
+
         self.eval()
-        kw = {"fullgraph": True, "dynamic": False, **kwargs}
-        self._compiled = (torch.compile(type(self)._prefix, **kw), torch.compile(type(self)._flow, **kw))
+        self._compiled = CompiledInference(type(self)._prefix, type(self)._flow, freeze=freeze, **kwargs)
         return self
 
     def use_eager(self) -> "Pi0Policy":

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ...core.embedding import TargetTimeEmbedding, sinusoidal_embedding
 from ..base import FlowPolicy
-from ..layers import SiglipEncoder
+from ..layers import Linear, SiglipEncoder
 from ..tokenizer import load_tokenizer
 from .configuration import PRESETS, SmolVLAConfig, preset
 from .processor import apply_padding_masks, resize_images, smolvla_prompts
@@ -112,10 +112,10 @@ class _Attention(nn.Module):
     def __init__(self, width: int, heads: int, kv_heads: int, head_dim: int, kv_in: int | None = None) -> None:
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
-        self.q_proj = nn.Linear(width, heads * head_dim, bias=False)
-        self.k_proj = nn.Linear(kv_in or width, kv_heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(kv_in or width, kv_heads * head_dim, bias=False)
-        self.o_proj = nn.Linear(heads * head_dim, width, bias=False)
+        self.q_proj = Linear(width, heads * head_dim, bias=False)
+        self.k_proj = Linear(kv_in or width, kv_heads * head_dim, bias=False)
+        self.v_proj = Linear(kv_in or width, kv_heads * head_dim, bias=False)
+        self.o_proj = Linear(heads * head_dim, width, bias=False)
 
     def split(self, x: Tensor, heads: int) -> Tensor:
         """(B, L, heads·D) → (B, heads, L, D)."""
@@ -125,9 +125,9 @@ class _Attention(nn.Module):
 class _GatedMLP(nn.Module):
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(width, hidden, bias=False)
-        self.up_proj = nn.Linear(width, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, width, bias=False)
+        self.gate_proj = Linear(width, hidden, bias=False)
+        self.up_proj = Linear(width, hidden, bias=False)
+        self.down_proj = Linear(hidden, width, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -232,7 +232,7 @@ class SmolVLA(FlowPolicy):
         kv_dim = cfg.num_kv_heads * cfg.head_dim
         self.vision = SiglipEncoder(cfg.vision_width, cfg.vision_depth, cfg.vision_heads, cfg.vision_mlp,
                                     cfg.patch_size, cfg.tower_image_size, cfg.vision_eps)
-        self.connector = nn.Linear(cfg.vision_width * cfg.scale_factor**2, cfg.vlm_width, bias=False)
+        self.connector = Linear(cfg.vision_width * cfg.scale_factor**2, cfg.vlm_width, bias=False)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.vlm_width)
         self.vlm_layers = nn.ModuleList(
             DecoderLayer(cfg.vlm_width, cfg.vlm_mlp, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_eps)
@@ -243,11 +243,11 @@ class SmolVLA(FlowPolicy):
                          kv_in=kv_dim if cfg.is_cross_layer(j) else None)
             for j in range(cfg.num_vlm_layers))
         self.expert_norm = LlamaRMSNorm(ew, cfg.rms_eps)
-        self.state_proj = nn.Linear(cfg.max_state_dim, cfg.vlm_width)
-        self.action_in_proj = nn.Linear(cfg.max_action_dim, ew)
-        self.action_out_proj = nn.Linear(ew, cfg.max_action_dim)
-        self.action_time_mlp_in = nn.Linear(2 * ew, ew)
-        self.action_time_mlp_out = nn.Linear(ew, ew)
+        self.state_proj = Linear(cfg.max_state_dim, cfg.vlm_width)
+        self.action_in_proj = Linear(cfg.max_action_dim, ew)
+        self.action_out_proj = Linear(ew, cfg.max_action_dim)
+        self.action_time_mlp_in = Linear(2 * ew, ew)
+        self.action_time_mlp_out = Linear(ew, ew)
         self.target_time = TargetTimeEmbedding(ew, embed_dim=ew, min_period=cfg.min_period,
                                                max_period=cfg.max_period)
         #: attention without fused kernels (set True for forward-mode AD through flow()).
