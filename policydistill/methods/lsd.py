@@ -22,6 +22,10 @@ class LSDConfig:
     # Differentiate through the end point inside the teacher's velocity b_s(X) as well (Boffi et
     # al. 2024's Lagrangian map distillation), instead of holding b_s(X) fixed. Teacher only.
     target_grad: bool = False
+    # Gap curriculum: the largest t − s allowed grows linearly from gap_start to 1 over the first
+    # gap_warmup share of training (0 = no curriculum: pairs uniform on the whole triangle).
+    gap_warmup: float = 0.0
+    gap_start: float = 0.05
     jvp: JvpMode = "autograd"          # the loss differentiates THROUGH ∂_s X: keep its gradient exact
     fd_eps: float = 1e-3
     time_sampler: str | None = None    # diagonal FM times; None = the model's own
@@ -41,6 +45,17 @@ class LagrangianSelfDistillation(Method):
     description = "Flow map trained so its end point obeys the ODE (Lagrangian residual, one JVP in the target time)."
     paper = "Boffi, Albergo & Vanden-Eijnden 2025, How to build a consistency model: Learning flow maps via self-distillation"
 
+    def setup(self, student: FlowMapModel, teacher: FlowMapModel | None, total_steps: int) -> None:
+        super().setup(student, teacher, total_steps)
+        self.total_steps = total_steps
+
+    def max_gap(self, step: int) -> float:
+        cfg = self.config
+        if cfg.gap_warmup <= 0:
+            return 1.0
+        progress = step / max(1.0, cfg.gap_warmup * getattr(self, "total_steps", 1))
+        return min(1.0, cfg.gap_start + (1.0 - cfg.gap_start) * progress)
+
     def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
              step: int) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
@@ -57,6 +72,9 @@ class LagrangianSelfDistillation(Method):
         if lag.batch_size:
             a = lag.data
             t, s = ordered_pair(a.shape[0], a)
+            gap_max = self.max_gap(step)
+            if gap_max < 1.0:  # keep t, shrink the gap into the allowed band
+                s = t - (t - s) * gap_max
             noise = torch.randn_like(a)
             x_t = bcast(t, a) * noise + (1 - bcast(t, a)) * a
             ctx = student.encode(lag.cond)

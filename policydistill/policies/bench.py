@@ -42,7 +42,7 @@ LEROBOT_PI0_REF_MS = {"prefix_ms": 12.1, "step_ms": 2.5, "chunk10_ms": 38.7, "ch
 class BenchSettings:
     archs: tuple[str, ...] = ("pi0", "pi05", "smolvla")
     sizes: tuple[str, ...] = ("small", "ref", "full")
-    repeats: int = 50
+    repeats: int = 30             # rounds; 3 timed calls of every measurement per round
     warmup: int = 3
     full_repeats: int = 2          # the full sizes take seconds per call on a CPU
     #: dtype of the full sizes (None = ``dtype``). On a shared CPU box 3.3 B float32 parameters
@@ -115,34 +115,44 @@ def random_obs(policy: Any, batch: int = 1, seed: int = 0) -> dict[str, Any]:
 
 
 def _interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int, sync: Callable[[], None],
-                    cpu_time: bool = False) -> dict[str, list[float]]:
-    """Wall times (ms) of every function: ``rounds`` rounds in which each in turn runs once
-    untimed, then once timed — the timed call finds caches and threads in the state its own
-    work leaves them, as in a loop of that call alone.
+                    cpu_time: bool = False, per_round: int = 3) -> dict[str, list[list[float]]]:
+    """Wall times (ms) of every function, per round: ``rounds`` rounds in which each function in
+    turn runs once untimed, then ``per_round`` times timed, back to back.
 
     Interleaving is what makes the ratios trustworthy on a shared machine: a slow spell of the
-    host hits all the measurements of a round alike instead of one whole series, and paired
-    per-round ratios cancel it. With ``cpu_time`` also ``<name>_cpu``: CPU time of the calling
-    thread, which with one torch thread is all the work and much less sensitive to other
+    host hits all the measurements of a round alike instead of one whole series, and per-round
+    ratios cancel it. The untimed call and the back-to-back repeats are what keep a measurement
+    about its own function: right after a heavy call (a prefix, say) the next few milliseconds of
+    work run measurably slower on this VM (~0.3 ms over a ~2 ms step), which would otherwise be
+    charged to whatever is timed next. With ``cpu_time`` also ``<name>_cpu``: CPU time of the
+    calling thread, which with one torch thread is all the work and much less sensitive to other
     processes competing for the cores than wall time."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync()
-    out: dict[str, list[float]] = {k: [] for k in fns}
+    out: dict[str, list[list[float]]] = {k: [] for k in fns}
     if cpu_time:
         out.update({f"{k}_cpu": [] for k in fns})
     for _ in range(rounds):
         for name, fn in fns.items():
             fn()
             sync()
-            t0, c0 = time.perf_counter(), time.thread_time()
-            fn()
-            sync()
-            out[name].append((time.perf_counter() - t0) * 1e3)
+            wall, cpu = [], []
+            for _ in range(per_round):
+                t0, c0 = time.perf_counter(), time.thread_time()
+                fn()
+                sync()
+                wall.append((time.perf_counter() - t0) * 1e3)
+                cpu.append((time.thread_time() - c0) * 1e3)
+            out[name].append(wall)
             if cpu_time:
-                out[f"{name}_cpu"].append((time.thread_time() - c0) * 1e3)
+                out[f"{name}_cpu"].append(cpu)
     return out
+
+
+def _flat(rounds: list[list[float]]) -> list[float]:
+    return [x for r in rounds for x in r]
 
 
 def bench_one(arch: str, size: str, s: BenchSettings) -> list[dict[str, Any]]:
@@ -206,23 +216,23 @@ def _time_policy(policy: Any, row: dict[str, Any], s: BenchSettings, big: bool) 
                 "e2e1": lambda: policy.sample_actions(obs, steps=1, noise=noise),
                 "e2e10": lambda: policy.sample_actions(obs, steps=10, noise=noise)})
         one_thread = s.threads == 1 and s.device == "cpu"
-        times = _interleaved_ms(fns, repeats, warmup, sync, cpu_time=one_thread)
+        times = _interleaved_ms(fns, repeats, warmup, sync, cpu_time=one_thread, per_round=1 if big else 3)
         if big:  # once: each call is another full-size prefix
             times["e2e10"] = _interleaved_ms({"e2e10": lambda: policy.sample_actions(obs, steps=10, noise=noise)},
-                                             1, 0, sync)["e2e10"]
-    for name in times:
-        if name.endswith("_cpu"):
-            continue
-        row[f"{name}_ms"] = statistics.median(times[name])
-        if one_thread and f"{name}_cpu" in times:
-            row[f"{name}_cpu_ms"] = statistics.median(times[f"{name}_cpu"])
+                                             1, 0, sync, per_round=1)["e2e10"]
+    for name, per_round in times.items():
+        if not name.endswith("_cpu"):
+            row[f"{name}_ms"] = statistics.median(_flat(per_round))
+        elif one_thread:
+            row[f"{name[:-4]}_cpu_ms"] = statistics.median(_flat(per_round))
     for n in (1, 10):
-        row[f"denoise{n}_best_ms"] = min(times[f"denoise{n}"])
+        row[f"denoise{n}_best_ms"] = min(_flat(times[f"denoise{n}"]))
         if big:
             row[f"chunk{n}_ms"] = row["prefix_ms"] + row[f"denoise{n}_ms"]
             row["chunk_derived"] = True
-    # the median of the per-round ratios: each pairs two measurements taken moments apart
-    row["ratio_10_1"] = statistics.median(a / b for a, b in zip(times["denoise10"], times["denoise1"]))
+    # the median over rounds of each round's ratio (two series measured moments apart)
+    row["ratio_10_1"] = statistics.median(statistics.median(a) / statistics.median(b)
+                                          for a, b in zip(times["denoise10"], times["denoise1"]))
     row["ratio_10_1_best"] = row["denoise10_best_ms"] / row["denoise1_best_ms"]
     row["repeats"] = repeats
     return row
