@@ -95,3 +95,32 @@ def test_autograd_jvp_gradient_matches_finite_differences():
         down = objective()
         model.k += 1e-6
     torch.testing.assert_close(grad, (up - down) / 2e-6, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{"target_grad": True}, {"small_s_eps": 1.0, "gap_warmup": 0.5}],
+                         ids=["target_grad", "weighted_curriculum"])
+def test_lsd_options_keep_the_exact_flow_map_a_zero_of_the_residual(options):
+    model = LinearFlowMap()
+    method = make_method("lsd", **options)
+    method.setup(model, None, 10)
+    _, metrics = method.loss(model, LinearFlowMap(), batch(), step=1)
+    assert metrics["lsd_loss"] < 1e-12, metrics
+    _, wrong = method.loss(model, LinearFlowMap(k=0.2), batch(), step=1)  # the teacher disagrees
+    assert wrong["lsd_loss"] > 1e-4, wrong
+
+
+def test_lsd_gap_curriculum_grows_the_largest_gap_to_the_whole_triangle():
+    method = make_method("lsd", gap_warmup=0.5, gap_start=0.1, fm_fraction=0.0)
+    method.setup(LinearFlowMap(), None, 100)
+    assert [round(method.max_gap(step), 6) for step in (0, 25, 50, 99)] == [0.1, 0.55, 1.0, 1.0]
+    seen: list[torch.Tensor] = []
+
+    class Recording(LinearFlowMap):
+        def flow(self, x_t, t, s, ctx):
+            seen.append((t - s).detach())
+            return super().flow(x_t, t, s, ctx)
+
+    method.loss(Recording(), None, batch(), step=0)
+    gaps = torch.cat(seen)
+    assert gaps.max() <= 0.1 + 1e-12 and gaps.min() >= 0
+    assert make_method("lsd").max_gap(0) == 1.0  # no curriculum by default

@@ -115,16 +115,18 @@ def random_obs(policy: Any, batch: int = 1, seed: int = 0) -> dict[str, Any]:
 
 
 def _interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int, sync: Callable[[], None],
-                    cpu_time: bool = False, per_round: int = 3) -> dict[str, list[list[float]]]:
+                    cpu_time: bool = False, per_round: int = 3, settle_ms: float = 10.0
+                    ) -> dict[str, list[list[float]]]:
     """Wall times (ms) of every function, per round: ``rounds`` rounds in which each function in
-    turn runs once untimed, then ``per_round`` times timed, back to back.
+    turn runs untimed (once, and again until ``settle_ms`` have passed), then ``per_round``
+    times timed, back to back.
 
     Interleaving is what makes the ratios trustworthy on a shared machine: a slow spell of the
     host hits all the measurements of a round alike instead of one whole series, and per-round
-    ratios cancel it. The untimed call and the back-to-back repeats are what keep a measurement
+    ratios cancel it. The untimed calls and the back-to-back repeats are what keep a measurement
     about its own function: right after a heavy call (a prefix, say) the next few milliseconds of
-    work run measurably slower on this VM (~0.3 ms over a ~2 ms step), which would otherwise be
-    charged to whatever is timed next. With ``cpu_time`` also ``<name>_cpu``: CPU time of the
+    work run measurably slower on this VM (~0.3 ms over a ~2 ms step, whatever the heavy call
+    was), which would otherwise be charged to whatever is timed next. With ``cpu_time`` also ``<name>_cpu``: CPU time of the
     calling thread, which with one torch thread is all the work and much less sensitive to other
     processes competing for the cores than wall time."""
     for _ in range(warmup):
@@ -136,8 +138,12 @@ def _interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int,
         out.update({f"{k}_cpu": [] for k in fns})
     for _ in range(rounds):
         for name, fn in fns.items():
+            start = time.perf_counter()
             fn()
             sync()
+            while (time.perf_counter() - start) * 1e3 < settle_ms:
+                fn()
+                sync()
             wall, cpu = [], []
             for _ in range(per_round):
                 t0, c0 = time.perf_counter(), time.thread_time()
