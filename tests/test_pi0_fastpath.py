@@ -140,12 +140,15 @@ def test_compiled_inference_matches_eager(variant, padding, backend, monkeypatch
     with torch.no_grad():
         want = [p.flow(noise, t, t, p.encode(c)) for c in conds]
         want_actions = sample_with_ctx(p, noise, p.encode(conds[-1]), 3, "diagonal")
+        want_chunk = p.sample_chunk(conds[-1], noise, 2, "flowmap")
         p.compile_for_inference(backend=backend)
         got = [p.flow(noise, t, t, p.encode(c)) for c in conds]
         got_actions = sample_with_ctx(p, noise, p.encode(conds[-1]), 3, "diagonal")
+        got_chunk = p.sample_chunk(conds[-1], noise, 2, "flowmap")  # prefix + 2 jumps as one program
     for a, b in zip(want, got):
         assert (a - b).abs().max() < 1e-5
     assert (want_actions - got_actions).abs().max() < 1e-5
+    assert (want_chunk - got_chunk).abs().max() < 1e-5
 
     with torch.no_grad():  # weights changed in place (a training step): no stale constants
         p.expert.layers[0].mlp.down_proj.weight.mul_(1.5)

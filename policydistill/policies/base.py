@@ -309,8 +309,14 @@ class FlowPolicy(FlowMapModel):
         b = cond["state"].shape[0]
         if noise is None:
             noise = torch.randn((b, *self.sample_shape()), generator=generator, device=self.device, dtype=self.dtype)
-        x = sample_with_ctx(self, noise.to(self.dtype), self.encode(cond), steps or self.nfe, mode or self.sampling_mode)
+        x = self.sample_chunk(cond, noise.to(self.dtype), steps or self.nfe, mode or self.sampling_mode)
         return self.normalizer.unnormalize("action", x[..., : self.config.action_dim].float())
+
+    def sample_chunk(self, cond: Any, noise: Tensor, steps: int, mode: str) -> Tensor:
+        """Processed inputs + noise → a normalised, padded action chunk: the prefix once, then
+        ``steps`` jumps (what lerobot's ``sample_actions`` times). A policy may run it as one
+        compiled program (pi0's ``compile_for_inference``)."""
+        return sample_with_ctx(self, noise, self.encode(cond), steps, mode)
 
     @torch.no_grad()
     def select_action(self, obs: Mapping[str, Any]) -> Tensor:

@@ -6,8 +6,8 @@ and their ratio (the physical limit is 10: the prefix is not part of it); a whol
 (prefix + N steps from processed inputs — what lerobot's ``sample_actions`` times); and end to
 end from a raw observation (tokenizer, normalisation, images) to unnormalised actions.
 Medians over interleaved rounds (each function once per round) after warm-up, batch 1. With ``compile`` every size gets a second row
-timed after ``compile_for_inference()`` (torch.compile of the prefix and the step; compile time
-in ``compile_s``), beside the eager row.
+timed after ``compile_for_inference()`` (torch.compile of the prefix, of the step and of the whole
+chunk — prefix + N steps as one program; compile time in ``compile_s``), beside the eager row.
 
 lerobot 0.4.4's numbers for pi0 at the ``ref`` size were measured outside the project on this
 2-core CPU (float32, batch 1, 2 cameras, random weights); they are QUOTED, not re-measured.
@@ -189,6 +189,8 @@ def bench_one(arch: str, size: str, s: BenchSettings) -> list[dict[str, Any]]:
             cond = policy.process(random_obs(policy, 1, s.seed))
             noise = torch.zeros((1, *policy.sample_shape()), device=s.device, dtype=dtype)
             sample_with_ctx(policy, noise, policy.encode(cond), 1, "diagonal")
+            for n in (1, 10):  # the whole-chunk programs
+                policy.sample_chunk(cond, noise, n, "diagonal")
             compiled["compile_s"] = time.perf_counter() - t0
         rows.append(_time_policy(policy, compiled, s, big))
         torch._dynamo.reset()  # the next size's graphs must not count against this one's recompile limit
@@ -217,8 +219,8 @@ def _time_policy(policy: Any, row: dict[str, Any], s: BenchSettings, big: bool) 
             "denoise10": lambda: sample_with_ctx(policy, noise, ctx, 10, "diagonal")}
         if not big:  # a full-size chunk is prefix + denoising, not re-measured (another prefix per call)
             fns.update({
-                "chunk1": lambda: sample_with_ctx(policy, noise, policy.encode(cond), 1, "diagonal"),
-                "chunk10": lambda: sample_with_ctx(policy, noise, policy.encode(cond), 10, "diagonal"),
+                "chunk1": lambda: policy.sample_chunk(cond, noise, 1, "diagonal"),
+                "chunk10": lambda: policy.sample_chunk(cond, noise, 10, "diagonal"),
                 "e2e1": lambda: policy.sample_actions(obs, steps=1, noise=noise),
                 "e2e10": lambda: policy.sample_actions(obs, steps=10, noise=noise)})
         one_thread = s.threads == 1 and s.device == "cpu"

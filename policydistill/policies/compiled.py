@@ -26,19 +26,29 @@ class CompiledInference:
     two unbound functions given (``type(policy)._prefix`` and ``._flow``: compiled from the
     class's functions, so that a deep copy of the policy runs its own weights)."""
 
-    def __init__(self, prefix_fn: Callable[..., Any], step_fn: Callable[..., Any], freeze: bool = True,
-                 **compile_kwargs: Any) -> None:
+    def __init__(self, prefix_fn: Callable[..., Any], step_fn: Callable[..., Any],
+                 chunk_fn: Callable[..., Any] | None = None, freeze: bool = True, **compile_kwargs: Any) -> None:
         import torch._inductor.config  # noqa: F401  (loaded by torch.compile anyway; _run reads it)
 
         self.freeze = freeze
         kw = {"fullgraph": True, "dynamic": False, **compile_kwargs}
         self._prefix, self._step = torch.compile(prefix_fn, **kw), torch.compile(step_fn, **kw)
+        # prefix + N steps in one graph (one per step count and sampling mode), compiled on first use
+        self._chunk = None if chunk_fn is None else torch.compile(chunk_fn, **kw)
         self._seen: list[tuple[torch.Tensor, int, int]] | None = None
 
     def prefix(self, policy: nn.Module, *args: Any) -> Any:
         if self.freeze:
             self._check_weights(policy)
         return self._run(self._prefix, policy, tuple(_graph_input(a) for a in args))
+
+    def chunk(self, policy: nn.Module, *args: Any) -> Any:
+        """``chunk_fn(policy, *prefix_args, noise, steps, mode)``: a whole action chunk."""
+        if self._chunk is None:
+            raise ValueError("this policy was compiled without a whole-chunk function")
+        if self.freeze:
+            self._check_weights(policy)
+        return self._run(self._chunk, policy, tuple(_graph_input(a) for a in args))
 
     def step(self, policy: nn.Module, x_t: Tensor, t: Tensor, s: Tensor, ctx: Any) -> Any:
         # The sampler passes expanded (stride-0) times, and t itself as s for Euler steps: the

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...core.embedding import TargetTimeEmbedding
+from ...core.sampler import sample_with_ctx
 from ..base import FlowPolicy
 from ..layers import (
     GemmaStack,
@@ -194,16 +195,31 @@ class Pi0Policy(FlowPolicy):
         """Prefix pass (once per chunk) → per-layer keys/values (+ pi0's state token)."""
         self.prefix_calls += 1
         cond = self.process(cond)
-        # The one data-dependent branch of the prefix, taken here so that the tensor code below
-        # has none (torch.compile captures it whole): with every key valid (the usual batch-1
-        # case) attention runs without a mask. An exported program must not bake in the
-        # example's padding pattern: under torch.export the mask is always built.
-        padded = (torch.compiler.is_exporting() or not bool(cond["image_masks"].all())
-                  or not bool(cond["token_masks"].all()))
-        args = (cond["images"], cond["image_masks"], cond["tokens"], cond["token_masks"], cond["state"], padded)
+        args = self._prefix_args(cond)
         if self._compiled is not None and not torch.is_grad_enabled():
             return self._compiled.prefix(self, *args)
         return self._prefix(*args)
+
+    def _prefix_args(self, cond: dict[str, Any]) -> tuple:
+        # The one data-dependent branch of the prefix, taken here so that the tensor code has
+        # none (torch.compile captures it whole): with every key valid (the usual batch-1 case)
+        # attention runs without a mask. An exported program must not bake in the example's
+        # padding pattern: under torch.export the mask is always built.
+        padded = (torch.compiler.is_exporting() or not bool(cond["image_masks"].all())
+                  or not bool(cond["token_masks"].all()))
+        return cond["images"], cond["image_masks"], cond["tokens"], cond["token_masks"], cond["state"], padded
+
+    def sample_chunk(self, cond: Any, noise: Tensor, steps: int, mode: str) -> Tensor:
+        if self._compiled is not None and not torch.is_grad_enabled():
+            # prefix and every step in ONE compiled program: no per-step dispatch or guard checks
+            return self._compiled.chunk(self, *self._prefix_args(self.process(cond)), noise, steps, mode)
+        return super().sample_chunk(cond, noise, steps, mode)
+
+    def _chunk(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor, state: Tensor,
+               padded: bool, noise: Tensor, steps: int, mode: str) -> Tensor:
+        """Prefix + ``steps`` jumps with the sampler's rule, written for one compiled graph."""
+        ctx = self._prefix(images, image_masks, tokens, token_masks, state, padded)
+        return sample_with_ctx(_EagerSteps(self), noise, ctx, steps, mode)
 
     def _prefix(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor, state: Tensor,
                 padded: bool) -> PrefixCache:
@@ -411,7 +427,8 @@ class Pi0Policy(FlowPolicy):
         from ..compiled import CompiledInference
 
         self.eval()
-        self._compiled = CompiledInference(type(self)._prefix, type(self)._flow, freeze=freeze, **kwargs)
+        self._compiled = CompiledInference(type(self)._prefix, type(self)._flow, type(self)._chunk, freeze=freeze,
+                                           **kwargs)
         return self
 
     def use_eager(self) -> "Pi0Policy":
@@ -423,6 +440,16 @@ class Pi0Policy(FlowPolicy):
         """``nn.Module.compile`` compiles ``forward`` (training); for inference this is
         ``compile_for_inference``."""
         return self.compile_for_inference(**kwargs)
+
+
+class _EagerSteps:
+    """The policy as the sampler sees it inside the compiled chunk: ``flow`` is the plain step."""
+
+    def __init__(self, policy: Pi0Policy) -> None:
+        self.policy = policy
+
+    def flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: PrefixCache) -> Tensor:
+        return self.policy._flow(x_t, t, s, ctx)
 
 
 class Pi05Policy(Pi0Policy):
