@@ -5,8 +5,8 @@ cache); one denoising step (``flow``, suffix only); denoising at NFE 1 and 10 on
 and their ratio (the physical limit is 10: the prefix is not part of it); a whole chunk
 (prefix + N steps from processed inputs — what lerobot's ``sample_actions`` times); and end to
 end from a raw observation (tokenizer, normalisation, images) to unnormalised actions.
-Medians over interleaved rounds (each function once per round) after warm-up, batch 1. With ``compile`` every size gets a second row
-timed after ``compile_for_inference()`` (torch.compile of the prefix, of the step and of the whole
+Medians over interleaved rounds (every function in turn: untimed calls for 10 ms, then 3 timed
+calls) after warm-up, batch 1. With ``compile`` every size gets a second row timed after ``compile_for_inference()`` (torch.compile of the prefix, of the step and of the whole
 chunk — prefix + N steps as one program; compile time in ``compile_s``), beside the eager row.
 
 lerobot 0.4.4's numbers for pi0 at the ``ref`` size were measured outside the project on this
@@ -118,17 +118,17 @@ def _interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int,
                     cpu_time: bool = False, per_round: int = 3, settle_ms: float = 10.0
                     ) -> dict[str, list[list[float]]]:
     """Wall times (ms) of every function, per round: ``rounds`` rounds in which each function in
-    turn runs untimed (once, and again until ``settle_ms`` have passed), then ``per_round``
-    times timed, back to back.
+    turn runs untimed until ``settle_ms`` have passed (at least once; not at all with 0), then
+    ``per_round`` times timed, back to back.
 
     Interleaving is what makes the ratios trustworthy on a shared machine: a slow spell of the
     host hits all the measurements of a round alike instead of one whole series, and per-round
     ratios cancel it. The untimed calls and the back-to-back repeats are what keep a measurement
     about its own function: right after a heavy call (a prefix, say) the next few milliseconds of
     work run measurably slower on this VM (~0.3 ms over a ~2 ms step, whatever the heavy call
-    was), which would otherwise be charged to whatever is timed next. With ``cpu_time`` also ``<name>_cpu``: CPU time of the
-    calling thread, which with one torch thread is all the work and much less sensitive to other
-    processes competing for the cores than wall time."""
+    was), which would otherwise be charged to whatever is timed next. With ``cpu_time`` also
+    ``<name>_cpu``: CPU time of the calling thread, which with one torch thread is all the work
+    and much less sensitive to other processes competing for the cores than wall time."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -139,11 +139,11 @@ def _interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int,
     for _ in range(rounds):
         for name, fn in fns.items():
             start = time.perf_counter()
-            fn()
-            sync()
-            while (time.perf_counter() - start) * 1e3 < settle_ms:
+            while settle_ms > 0:
                 fn()
                 sync()
+                if (time.perf_counter() - start) * 1e3 >= settle_ms:
+                    break
             wall, cpu = [], []
             for _ in range(per_round):
                 t0, c0 = time.perf_counter(), time.thread_time()
@@ -224,10 +224,12 @@ def _time_policy(policy: Any, row: dict[str, Any], s: BenchSettings, big: bool) 
                 "e2e1": lambda: policy.sample_actions(obs, steps=1, noise=noise),
                 "e2e10": lambda: policy.sample_actions(obs, steps=10, noise=noise)})
         one_thread = s.threads == 1 and s.device == "cpu"
-        times = _interleaved_ms(fns, repeats, warmup, sync, cpu_time=one_thread, per_round=1 if big else 3)
+        # a full-size call takes seconds on a CPU: no untimed calls, one timed call per round
+        times = _interleaved_ms(fns, repeats, warmup, sync, cpu_time=one_thread, per_round=1 if big else 3,
+                                settle_ms=0.0 if big else 10.0)
         if big:  # once: each call is another full-size prefix
             times["e2e10"] = _interleaved_ms({"e2e10": lambda: policy.sample_actions(obs, steps=10, noise=noise)},
-                                             1, 0, sync, per_round=1)["e2e10"]
+                                             1, 0, sync, per_round=1, settle_ms=0.0)["e2e10"]
     for name, per_round in times.items():
         if not name.endswith("_cpu"):
             row[f"{name}_ms"] = statistics.median(_flat(per_round))
