@@ -63,7 +63,7 @@ def latency(
     hz: float = typer.Option(20.0, min=0.1, max=1000.0, help="Control frequency of the loop."),
     seconds: float = typer.Option(30.0, min=0.1, help="Control-loop duration per (checkpoint, NFE)."),
     repeats: int = typer.Option(30, min=1, help="Timed repeats per measurement (after warm-up)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the policy first (pi0/pi0.5: compile_for_inference(), prefix and step with frozen weights)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the policy first (pi0/pi0.5: compile_for_inference(): prefix, step and whole chunk, frozen weights)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here."),
     plot: Optional[Path] = typer.Option(None, help="Latency histogram PNG (default: beside --json)."),

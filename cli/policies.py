@@ -19,7 +19,7 @@ def _names(text: str) -> tuple[str, ...]:
 def bench_policies_cmd(
     arch: str = typer.Option("pi0,pi05,smolvla", "--arch", help="Comma-separated architectures."),
     sizes: str = typer.Option("small,ref,full", "--sizes", help="Comma-separated presets (tiny, small, ref, full)."),
-    repeats: int = typer.Option(30, "--repeats", help="Rounds: every measurement in turn, one untimed call then 3 timed (medians reported)."),
+    repeats: int = typer.Option(30, "--repeats", help="Rounds: every measurement in turn, 10 ms of untimed calls then 3 timed (medians reported)."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed warm-up calls before each measurement."),
     full_repeats: int = typer.Option(2, "--full-repeats", help="Repeats for the full sizes (seconds per call on a CPU)."),
     threads: int = typer.Option(2, "--threads", help="torch CPU threads."),

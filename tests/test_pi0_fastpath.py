@@ -144,7 +144,9 @@ def test_compiled_inference_matches_eager(variant, padding, backend, monkeypatch
         p.compile_for_inference(backend=backend)
         got = [p.flow(noise, t, t, p.encode(c)) for c in conds]
         got_actions = sample_with_ctx(p, noise, p.encode(conds[-1]), 3, "diagonal")
+        before = p.prefix_calls
         got_chunk = p.sample_chunk(conds[-1], noise, 2, "flowmap")  # prefix + 2 jumps as one program
+        assert p.prefix_calls == before + 1
     for a, b in zip(want, got):
         assert (a - b).abs().max() < 1e-5
     assert (want_actions - got_actions).abs().max() < 1e-5

@@ -1,4 +1,4 @@
-"""A policy's prefix pass and denoising step compiled for inference, with frozen weights.
+"""A policy's prefix pass, denoising step and whole chunk compiled for inference, frozen weights.
 
 ``torch.compile`` (inductor) with ``freezing``: the weights become constants of the compiled
 code, which lets inductor fold what depends only on them and — on a CPU — run the float32
@@ -22,9 +22,9 @@ from torch import Tensor, nn
 
 
 class CompiledInference:
-    """``prefix(policy, *args)`` and ``step(policy, *args)`` run the compiled versions of the
-    two unbound functions given (``type(policy)._prefix`` and ``._flow``: compiled from the
-    class's functions, so that a deep copy of the policy runs its own weights)."""
+    """``prefix``, ``step`` and ``chunk`` (each ``(policy, *args)``) run the compiled versions of
+    the unbound functions given (``type(policy)._prefix``, ``._flow``, ``._chunk``: compiled from
+    the class's functions, so that a deep copy of the policy runs its own weights)."""
 
     def __init__(self, prefix_fn: Callable[..., Any], step_fn: Callable[..., Any],
                  chunk_fn: Callable[..., Any] | None = None, freeze: bool = True, **compile_kwargs: Any) -> None:

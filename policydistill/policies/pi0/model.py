@@ -151,8 +151,8 @@ class Pi0Policy(FlowPolicy):
         self.target_time = TargetTimeEmbedding(we, embed_dim=we, min_period=cfg.min_period, max_period=cfg.max_period)
         self._tokenizer = None
         self._time_scaling: dict[tuple[int, str], Tensor] = {}
-        #: the prefix and step compiled by ``compile_for_inference`` (``compiled.CompiledInference``);
-        #: None = eager
+        #: the prefix, step and whole chunk compiled by ``compile_for_inference``
+        #: (``compiled.CompiledInference``); None = eager
         self._compiled: Any = None
         #: counts prefix passes (tests prove one per chunk, not one per step)
         self.prefix_calls = 0
@@ -212,6 +212,7 @@ class Pi0Policy(FlowPolicy):
     def sample_chunk(self, cond: Any, noise: Tensor, steps: int, mode: str) -> Tensor:
         if self._compiled is not None and not torch.is_grad_enabled():
             # prefix and every step in ONE compiled program: no per-step dispatch or guard checks
+            self.prefix_calls += 1
             return self._compiled.chunk(self, *self._prefix_args(self.process(cond)), noise, steps, mode)
         return super().sample_chunk(cond, noise, steps, mode)
 
@@ -412,9 +413,10 @@ class Pi0Policy(FlowPolicy):
         return to_lerobot(self, path)
 
     def compile_for_inference(self, freeze: bool = True, **kwargs: Any) -> "Pi0Policy":
-        """Compile the prefix pass and the denoising step with ``torch.compile`` (inductor)
-        for inference: under ``no_grad``/``inference_mode`` ``encode`` and ``flow`` run the
-        compiled code; with autograd on (training) they stay eager.
+        """Compile the prefix pass, the denoising step and the whole chunk (prefix + N steps as
+        one program) with ``torch.compile`` (inductor) for inference: under ``no_grad``/
+        ``inference_mode`` ``encode``, ``flow`` and ``sample_chunk`` run the compiled code; with
+        autograd on (training) they stay eager.
 
         Each is one graph without breaks (``fullgraph``): the prefix's only data-dependent
         branch (is there padding?) is decided in ``encode`` and the step's in-place writes
