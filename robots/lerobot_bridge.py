@@ -65,5 +65,15 @@ class LerobotRobot(Robot):
         state = np.asarray([float(raw[k]) for k in raw if k not in pixels], dtype=np.float32)
         return {"pixels": pixels, "agent_pos": state, "task": self.task}
 
+    def measured_position(self) -> np.ndarray:
+        """The motors' present positions: lerobot reports each motor's reading under the same
+        key as its command (e.g. ``shoulder_pan.pos``), in the same normalised units."""
+        raw = self.inner.get_observation()
+        missing = [name for name in self._motor_names if name not in raw]
+        if missing:
+            raise RobotError(f"lerobot robot reports no measured value for {missing}, so robot {self.config.name} "
+                             "cannot hold its measured position: set hold_action in its robot config")
+        return np.asarray([float(raw[name]) for name in self._motor_names], dtype=np.float32)
+
     def _send(self, action: np.ndarray) -> None:
         self.inner.send_action({name: float(a) for name, a in zip(self._motor_names, action)})

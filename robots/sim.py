@@ -2,6 +2,10 @@
 
 Each ``send_action`` advances the simulation by one control period; ``get_observation``
 returns the observation after the last action (rendered cameras, proprioception, instruction).
+
+A config with ``control_mode: "position"`` (e.g. ``metaworld_sawyer_position``) drives
+Meta-World's Sawyer as a position-controlled arm, so that position-robot behaviour (holding the
+measured position) is exercised on real physics before a real arm is involved.
 """
 
 from __future__ import annotations
@@ -11,6 +15,32 @@ from typing import Any
 import numpy as np
 
 from .robot import Robot, RobotConfig, RobotError
+
+
+class _MetaWorldPositionServo:
+    """Meta-World's Sawyer driven by absolute targets: ``[x, y, z, finger]``. xyz is the hand's
+    setpoint in metres (Meta-World's mocap body, which the hand follows through a soft weld, so
+    the measured hand lags a moving setpoint); the setpoint walks toward the target by at most
+    Meta-World's ``action_scale`` (1 cm) per tick. ``finger`` is Meta-World's gripper command, a
+    finger-joint position target (metres along the finger slide; 1 closes, -1 opens fully).
+    The measured position is the hand body's position and the finger joints' mean opening, in
+    the same units, so that commanding the measured position holds the arm where it is."""
+
+    def __init__(self, env: Any) -> None:
+        mw = getattr(env.unwrapped, "mw", None)
+        if mw is None:
+            raise RobotError(f"position control in simulation needs a Meta-World task, not {type(env.unwrapped).__name__}:"
+                             " use control_mode 'delta' for this env")
+        self.mw = mw
+
+    def env_action(self, target: np.ndarray) -> np.ndarray:
+        delta = np.clip((target[:3] - self.mw.data.mocap_pos[0]) / self.mw.action_scale, -1.0, 1.0)
+        return np.concatenate([delta, target[3:4]]).astype(np.float32)
+
+    def measured(self) -> np.ndarray:
+        data = self.mw.data
+        finger = (data.joint("r_close").qpos[0] - data.joint("l_close").qpos[0]) / 2.0
+        return np.array([*data.body("hand").xpos, finger], np.float32)
 
 
 class SimRobot(Robot):
@@ -24,6 +54,7 @@ class SimRobot(Robot):
         self.last_info: dict[str, Any] = {}
         self.episode_return = 0.0
         self.sent_actions: list[np.ndarray] = []
+        self._servo: _MetaWorldPositionServo | None = None
 
     @property
     def env(self) -> Any:
@@ -57,6 +88,7 @@ class SimRobot(Robot):
         self._obs, self.last_info = obs, info
         self.sent_actions = []
         self.episode_return = 0.0
+        self._servo = _MetaWorldPositionServo(self.env) if self.config.control_mode == "position" else None
         self._connected = True
 
     def disconnect(self) -> None:
@@ -74,8 +106,16 @@ class SimRobot(Robot):
         task = getattr(self.env.unwrapped, "task_description", self.last_info.get("task", ""))
         return {**self._obs, "task": task}
 
+    def measured_position(self) -> np.ndarray:
+        if not self._connected:
+            raise RobotError(f"robot {self.config.name} is not connected; call connect() first")
+        if self._servo is None:
+            return super().measured_position()
+        return self._servo.measured()
+
     def _send(self, action: np.ndarray) -> None:
-        obs, reward, terminated, truncated, info = self.env.step(action)
+        env_action = self._servo.env_action(action) if self._servo is not None else action
+        obs, reward, terminated, truncated, info = self.env.step(env_action)
         self._obs, self.last_info = obs, info
         self.episode_return += float(reward)
         self.sent_actions.append(action.copy())

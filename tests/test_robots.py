@@ -15,6 +15,7 @@ from policydistill.robots.sim import SimRobot
 
 HZ = 20.0
 PERIOD = 1.0 / HZ
+IO = 2.0  # robot-call limit where the test is not about it: a busy shared machine steps the sim slowly
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def _within_limits(report, cfg):
 
 
 def test_loop_runs_at_rate_and_clips(robot):
-    rep = ControlLoop(robot, chunk_towards_goal, LoopConfig(hz=HZ, seconds=1.0, n_action_steps=8)).run()
+    cfg = LoopConfig(hz=HZ, seconds=1.0, n_action_steps=8, io_timeout_s=IO)
+    rep = ControlLoop(robot, chunk_towards_goal, cfg).run()
     assert rep.stopped is None and rep.ticks == 20
     assert rep.chunks >= 2
     assert _within_limits(rep, robot.config)
@@ -74,14 +76,14 @@ def test_loop_runs_at_rate_and_clips(robot):
 
 def test_dry_run_sends_nothing(robot):
     before = len(robot.sent_actions)
-    rep = ControlLoop(robot, chunk_towards_goal, LoopConfig(hz=HZ, seconds=0.5, dry_run=True)).run()
+    rep = ControlLoop(robot, chunk_towards_goal, LoopConfig(hz=HZ, seconds=0.5, dry_run=True, io_timeout_s=IO)).run()
     assert rep.ticks == 10 and len(robot.sent_actions) == before
 
 
 def test_inference_exception_holds_then_stops(robot):
     policy = FaultyPolicy(chunk_towards_goal, raise_on_call=2)
     t0 = time.perf_counter()
-    rep = ControlLoop(robot, policy, LoopConfig(hz=HZ, seconds=5.0, n_action_steps=4)).run()
+    rep = ControlLoop(robot, policy, LoopConfig(hz=HZ, seconds=5.0, n_action_steps=4, io_timeout_s=IO)).run()
     assert rep.stopped == "inference_exception"
     assert any(e["event"] == "inference_exception" for e in rep.events)
     # The tick that saw the exception sent the hold action, and nothing came after it.
@@ -93,7 +95,7 @@ def test_inference_exception_holds_then_stops(robot):
 def test_slow_inference_holds_and_watchdog_stops(robot):
     policy = FaultyPolicy(chunk_towards_goal, slow_from_call=1, delay_s=2.0)
     rep = ControlLoop(robot, policy, LoopConfig(hz=HZ, seconds=5.0, n_action_steps=4,
-                                                max_consecutive_misses=3)).run()
+                                                max_consecutive_misses=3, io_timeout_s=IO)).run()
     assert rep.stopped == "inference_too_slow"
     assert rep.starved_ticks == 3
     # every starved tick sent the safe hold action
