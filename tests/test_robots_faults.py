@@ -334,3 +334,36 @@ def test_loop_config_rejects_nonsense(kwargs, words):
     with pytest.raises(ValueError, match="LoopConfig: ") as exc:
         LoopConfig(**kwargs)
     assert words in str(exc.value)
+
+
+class _Lerobot6Dof:
+    """Stands in for a lerobot SO-100 follower (lerobot and the arm are not available here): the
+    same feature names and value types lerobot robots expose, with motor readings that are not
+    the last command (the servo has not arrived yet)."""
+
+    MOTORS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
+
+    def __init__(self, report_positions: bool = True) -> None:
+        self.action_features = {f"{m}.pos": float for m in self.MOTORS}
+        self.observation_features = {**self.action_features, "front": (224, 224, 3)}
+        self.is_connected, self.report_positions, self.sent = True, report_positions, []
+        self.present = dict(zip(self.action_features, [12.5, -40.0, 33.0, 5.0, -150.0, 20.0]))
+
+    def get_observation(self) -> dict:
+        obs = {"front": np.zeros((224, 224, 3), np.uint8)}
+        return {**obs, **self.present} if self.report_positions else obs
+
+    def send_action(self, action: dict) -> dict:
+        self.sent.append(action)
+        return action
+
+
+def test_lerobot_position_robot_holds_its_measured_joints():
+    from policydistill.robots.lerobot_bridge import LerobotRobot
+
+    robot = LerobotRobot(RobotConfig.named("so100_follower"), lerobot_robot=_Lerobot6Dof())
+    # the reading, clipped to the limits (wrist_roll reads -150, beyond the -100 limit)
+    np.testing.assert_allclose(robot.hold_action(), [12.5, -40.0, 33.0, 5.0, -100.0, 20.0])
+    silent = LerobotRobot(RobotConfig.named("so100_follower"), lerobot_robot=_Lerobot6Dof(report_positions=False))
+    with pytest.raises(RobotError, match="set hold_action in its robot config"):
+        silent.hold_action()
