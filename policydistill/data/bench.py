@@ -79,7 +79,7 @@ def run_data_bench(cfg: DataBenchConfig) -> dict[str, Any]:
     import torch
 
     from .io import open_dataset
-    from .lerobot_v3 import write_lerobot_v3
+    from .lerobot_write import write_lerobot_v3
     from .windows import FlowWindowDataset
     from .zarr_store import ZarrEpisodeStore
 

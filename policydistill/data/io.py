@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import DatasetError
-from .lerobot_v3 import LeRobotV3Dataset, is_lerobot_v3, write_lerobot_v3
+from .lerobot_read import LeRobotV3Dataset, is_lerobot_v3
+from .lerobot_write import write_lerobot_v3
 from .zarr_store import ZarrEpisodeStore
 
 EpisodeSource = ZarrEpisodeStore | LeRobotV3Dataset
