@@ -21,6 +21,8 @@ is :mod:`.lerobot_write`; the layout constants live here, beside the reader that
 from __future__ import annotations
 
 import json
+import os
+import string
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +175,37 @@ class LeRobotV3Dataset:
         self.video_path = info.get("video_path")
         if self.video_keys and not self.video_path:
             raise DatasetError(f"{where} declares video features {self.video_keys} but no 'video_path'. {REDO}")
+        self._file("data_path", chunk_index=0, file_index=0)  # a bad template fails on open, not mid-training
+        for key in self.video_keys:
+            self._file("video_path", video_key=key, chunk_index=0, file_index=0)
+
+    def _file(self, template_key: str, **fields: int | str) -> Path:
+        """The file that info.json's ``data_path``/``video_path`` template names for ``fields``.
+
+        The template may use only lerobot's fields, as plain names (``{chunk_index:03d}``, never
+        ``{chunk_index.attr}``, ``{0}`` or ``{x!r}``), and must name a file inside the dataset
+        folder. The check is on the path as written (no ``..``, not absolute); symbolic links
+        inside the dataset are followed as usual, as the hub cache is made of them."""
+        template = str(self.info.get(template_key))
+        where = f"{self.path / 'meta/info.json'}: {template_key} {template!r}"
+        try:
+            parts = list(string.Formatter().parse(template))
+        except ValueError as exc:
+            raise DatasetError(f"{where} is not a valid template ({exc}). {REDO}") from exc
+        for _, name, spec, conversion in parts:
+            if name is not None and (name not in fields or conversion is not None or "{" in (spec or "")):
+                raise DatasetError(f"{where} may use only the fields {{{'}, {'.join(fields)}}} as plain names with an "
+                                   f"optional format such as :03d (found {{{name}{'!' + conversion if conversion else ''}"
+                                   f"{':' + spec if spec else ''}}}). {REDO}")
+        try:
+            rel = template.format(**fields)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise DatasetError(f"{where} is not a valid template ({exc}). {REDO}") from exc
+        norm = os.path.normpath(rel)
+        if os.path.isabs(rel) or norm == ".." or norm.startswith(".." + os.sep) or norm == ".":
+            raise DatasetError(f"{where} points to {rel!r}, outside the dataset folder {self.path}; the dataset's files "
+                               f"must lie inside it. {REDO}")
+        return self.path / norm
 
     def _shape(self, key: str) -> tuple[int, ...]:
         shape = self.features[key].get("shape") if isinstance(self.features[key], dict) else None
@@ -301,12 +334,7 @@ class LeRobotV3Dataset:
         import pyarrow.compute as pc
 
         chunk, file = int(self._ep["data/chunk_index"][i]), int(self._ep["data/file_index"][i])
-        try:
-            rel = self.data_path.format(chunk_index=chunk, file_index=file)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise DatasetError(f"meta/info.json data_path {self.data_path!r} is not a valid template ({exc}). "
-                               f"{REDO}") from exc
-        path = self.path / rel
+        path = self._file("data_path", chunk_index=chunk, file_index=file)
         if (i, path) in self._rows_cache:
             return self._rows_cache[(i, path)], path
         table = self._table(path)
@@ -397,12 +425,8 @@ class LeRobotV3Dataset:
         pre = f"videos/{key}/"
         chunk, file = int(self._ep[pre + "chunk_index"][i]), int(self._ep[pre + "file_index"][i])
         start = float(self._ep[pre + "from_timestamp"][i])
-        try:
-            rel = str(self.video_path).format(video_key=key, chunk_index=chunk, file_index=file)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise DatasetError(f"meta/info.json video_path {self.video_path!r} is not a valid template ({exc}). "
-                               f"{REDO}") from exc
-        return decode_video_frames(self.path / rel, start + timestamps.astype(np.float64), self.fps, shape)
+        path = self._file("video_path", video_key=key, chunk_index=chunk, file_index=file)
+        return decode_video_frames(path, start + timestamps.astype(np.float64), self.fps, shape)
 
     def episode_record(self, i: int) -> dict[str, Any]:
         i = self._check_index(i)

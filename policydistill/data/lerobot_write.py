@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .destination import check_destination, staging_folder, swap_into_place
 from .episode import Episode
 from .errors import DatasetError
 from .layout import ACTION_KEY, STATE_KEY, Layout, checked_episode, image_key, json_safe_meta
@@ -280,7 +280,7 @@ def write_lerobot_v3(path: str | Path, episodes: Iterable[Episode], *, fps: floa
                      overwrite: bool = False, data_file_size_mb: float = 100.0, chunks_size: int = 1000,
                      names: dict[str, list[str]] | None = None, progress: bool = False,
                      total: int | None = None, video: bool = False, vcodec: str = "libsvtav1",
-                     video_file_size_mb: float = 200.0) -> LeRobotV3Dataset:
+                     video_file_size_mb: float = 200.0, sources: Iterable[str | Path] = ()) -> LeRobotV3Dataset:
     """Write ``episodes`` as a LeRobotDataset v3.0, atomically: image mode (lossless PNG
     frames in the parquet files) by default, or ``video=True`` (lossy MP4 per camera,
     ``vcodec`` "libsvtav1" like lerobot, or "libx264"/"mpeg4").
@@ -288,17 +288,16 @@ def write_lerobot_v3(path: str | Path, episodes: Iterable[Episode], *, fps: floa
     Episodes are packed into ``data/chunk-*/file-*.parquet`` files of about
     ``data_file_size_mb`` each (and videos of ``video_file_size_mb``), like lerobot does.
     ``names`` optionally gives per-dimension names for "observation.state" / "action"
-    (default ``state_0``, ``action_0``, ...)."""
+    (default ``state_0``, ``action_0``, ...). ``overwrite`` replaces only a dataset
+    policydistill wrote, never one of ``sources`` (the datasets the episodes are read from) or
+    a folder that contains one; see :mod:`.destination`."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise DatasetError(f"{path} already exists: pass overwrite=True (--overwrite) to replace it, or choose another "
-                           "path.")
+    check_destination(path, overwrite=overwrite, sources=sources)
     if not (fps > 0 and np.isfinite(fps)):
         raise DatasetError(f"fps must be a positive number, got {fps}.")
     if data_file_size_mb <= 0 or chunks_size < 1:
         raise DatasetError("data_file_size_mb must be > 0 and chunks_size >= 1.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = staging_folder(path, "lerobot")
     try:
         (tmp / "meta").mkdir(parents=True)
         writer = _LeRobotWriter(tmp, fps, data_file_size_mb, chunks_size, names, vcodec if video else None,
@@ -310,9 +309,7 @@ def write_lerobot_v3(path: str | Path, episodes: Iterable[Episode], *, fps: floa
         for ep in episodes:
             writer.add(ep)
         writer.finish(robot_type)
-        from .zarr_store import _swap_into_place
-
-        _swap_into_place(tmp, path)
+        swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
