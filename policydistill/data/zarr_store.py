@@ -122,10 +122,15 @@ class ZarrEpisodeStore:
             self.images = {cam: self.root[f"data/images/{cam}"] for cam in self.layout.cameras}
             ends = np.asarray(self.root["meta/episode_ends"][:], dtype=np.int64)
         self._validate(ends)
-        self._verify_chunks()
-        self._verify_stats(int(ends[-1]))
         self.episode_ends = ends
         self.episode_starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        self.verify()
+
+    def verify(self) -> None:
+        """What every open checks beyond the metadata: each chunk file exists, and the recorded
+        frame counts and action/state statistics describe the data (raises DatasetError)."""
+        self._verify_chunks()
+        self._verify_stats(self.num_frames)
 
     def _validate(self, ends: np.ndarray) -> None:
         n = int(self.action.shape[0])
