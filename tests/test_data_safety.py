@@ -295,3 +295,13 @@ def test_lerobot_policy_state_file_is_confined(tmp_path: Path) -> None:
     (folder / "policy_preprocessor.json").write_text(json.dumps(pre))
     with pytest.raises(CheckpointError, match="outside the policy folder"):
         read_lerobot_folder(folder)
+
+
+def test_lerobot_missing_data_file_is_refused_on_open(tmp_path: Path) -> None:
+    root = write_lerobot_v3(tmp_path / "lr", random_episodes(6), fps=10, data_file_size_mb=0.002).path
+    files = sorted(root.glob("data/*/*.parquet"))
+    assert len(files) > 2
+    files[-1].unlink()
+    files[1].unlink()
+    with pytest.raises(DatasetError, match=f"{files[1].name} is missing .also missing: {files[-1].relative_to(root)}"):
+        LeRobotV3Dataset(root)

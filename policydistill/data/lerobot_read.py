@@ -117,6 +117,7 @@ class LeRobotV3Dataset:
         self._parse_info()
         self.tasks = self._read_tasks()
         self._read_episodes()
+        self._check_files()
         self.stats = self._read_stats()
         self._extras = self._read_extras()
         self._tables: dict[Path, Any] = {}
@@ -271,6 +272,25 @@ class LeRobotV3Dataset:
         if total is not None and total != n:
             raise DatasetError(f"{self.path}: meta/info.json says total_episodes={total} but meta/episodes lists {n}; "
                                f"the dataset was not finalised. {REDO}")
+
+    def _check_files(self) -> None:
+        """Every data file and video that meta/episodes names must exist (one stat each, no
+        reads), so a partial copy is refused on open rather than in the middle of training."""
+        wanted: dict[Path, str] = {}
+        for chunk, file in sorted(set(zip(self._ep["data/chunk_index"].tolist(), self._ep["data/file_index"].tolist(),
+                                          strict=True))):
+            wanted[self._file("data_path", chunk_index=chunk, file_index=file)] = "LeRobot data file"
+        for key in self.video_keys:
+            pre = f"videos/{key}/"
+            for chunk, file in sorted(set(zip(self._ep[pre + "chunk_index"].tolist(),
+                                              self._ep[pre + "file_index"].tolist(), strict=True))):
+                wanted[self._file("video_path", video_key=key, chunk_index=chunk, file_index=file)] = "video file"
+        missing = [(p, what) for p, what in wanted.items() if not p.is_file()]
+        if missing:
+            (first, what), rest = missing[0], [str(p.relative_to(self.path)) for p, _ in missing[1:6]]
+            more = f" (also missing: {', '.join(rest)}{' and more' if len(missing) > 6 else ''})" if rest else ""
+            raise DatasetError(f"{what} {first} is missing{more}: the dataset is incomplete or was copied partly. "
+                               f"{REDO}")
 
     def _read_stats(self) -> Stats | None:
         path = self.path / "meta/stats.json"
