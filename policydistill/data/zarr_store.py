@@ -116,21 +116,39 @@ class ZarrEpisodeStore:
         if not (np.isfinite(self.fps) and self.fps > 0):
             raise DatasetError(f"{self.path / 'zarr.json'}: fps {attrs['fps']!r} is not a positive number; the store's "
                                "attributes were edited or damaged — re-create the store.")
+        self._check_metadata_files()
         with reading(self.path / "meta/episode_ends", "zarr array"):
             self.action = self.root["data/action"]
             self.state = self.root["data/state"]
             self.images = {cam: self.root[f"data/images/{cam}"] for cam in self.layout.cameras}
-            ends = np.asarray(self.root["meta/episode_ends"][:], dtype=np.int64)
+            self._ends_array = self.root["meta/episode_ends"]
+        self._verify_chunks()  # before the first chunk read: zarr would hang on a FIFO, or read zeros
+        with reading(self.path / "meta/episode_ends", "zarr array"):
+            ends = np.asarray(self._ends_array[:], dtype=np.int64)
         self._validate(ends)
         self.episode_ends = ends
         self.episode_starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
-        self.verify()
+        self._verify_stats(self.num_frames)
 
     def verify(self) -> None:
         """What every open checks beyond the metadata: each chunk file exists, and the recorded
         frame counts and action/state statistics describe the data (raises DatasetError)."""
         self._verify_chunks()
         self._verify_stats(self.num_frames)
+
+    def _check_metadata_files(self) -> None:
+        """Each array's zarr.json must be a regular file (zarr's reader thread would block
+        forever on a FIFO), and camera names must stay inside data/images/."""
+        for cam in self.layout.cameras:
+            if not cam or "/" in cam or "\\" in cam or cam in (".", ".."):
+                raise DatasetError(f"{self.path / 'zarr.json'}: camera name {cam!r} is not a plain name; the store's "
+                                   "attributes were edited or damaged — re-create the store.")
+        arrays = ["data/action", "data/state", "meta/episode_ends", *(f"data/images/{c}" for c in self.layout.cameras)]
+        for name in ["data", "meta", "data/images", *arrays]:
+            meta = self.path / name / "zarr.json"
+            if (name in arrays or meta.exists() or meta.is_symlink()) and not meta.is_file():
+                raise DatasetError(f"{meta} is missing or not a regular file; the store is damaged or was copied "
+                                   "incompletely: copy it again or re-create it.")
 
     def _validate(self, ends: np.ndarray) -> None:
         n = int(self.action.shape[0])
@@ -160,7 +178,7 @@ class ZarrEpisodeStore:
         value (zeros), which would silently train on zero actions and black frames. One stat
         per chunk, no decoding (stores are written with every chunk present)."""
         missing: list[str] = []
-        for name, arr in self._arrays().items():
+        for name, arr in {**self._arrays(), "meta/episode_ends": self._ends_array}.items():
             grid = [range(-(-int(s) // int(c))) for s, c in zip(arr.shape, arr.chunks, strict=True)]
             encode = arr.metadata.encode_chunk_key
             for coords in itertools.product(*grid):
@@ -195,7 +213,11 @@ class ZarrEpisodeStore:
                 x64 = x.astype(np.float64)
                 got = {"min": x64.min(axis=0), "max": x64.max(axis=0), "mean": x64.mean(axis=0)}
                 for name, value in got.items():
-                    want = np.asarray(st[name], np.float64)
+                    try:
+                        want = np.asarray(st[name], np.float64)
+                    except (TypeError, ValueError):
+                        bad.append(f"{key} {name} is {st[name]!r}, not a list of numbers")
+                        continue
                     if want.shape != value.shape or not np.allclose(value, want, rtol=1e-6, atol=1e-9, equal_nan=True):
                         bad.append(f"{key} {name} recorded as {np.round(want, 4).tolist()} but the data gives "
                                    f"{np.round(value, 4).tolist()}")
