@@ -38,13 +38,17 @@ def generate_cmd(
 ) -> None:
     """Run scripted experts, keep successful episodes, write them to a zarr store, and print the
     per-task success, speed and multimodality statistics (also saved as OUT/multimodality.json)."""
+    from ..data.destination import check_destination
+    from ..data.errors import DatasetError
     from ..data.scripted import FPS, GenerateConfig, generate, mean_of_modes_success, multimodality_summary
     from ..data.zarr_store import ZarrEpisodeStore
     from ..envs import expand
 
+    if workers < 1:
+        raise DatasetError(f"--workers {workers} is not a process count: pass 1 (roll out in this process) or more.")
     tasks = expand(task)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists: pass --overwrite to replace it or choose another --out")
+    # before any rollout: a refused --out must not cost the whole generation first
+    check_destination(out, overwrite=overwrite, flag="--overwrite")
     rows: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stat]}"),

@@ -115,11 +115,12 @@ def bench_data_cmd(
         res = run_data_bench(cfg)
     t = Table(title=f"dataset formats: {res['episodes']} episodes, {res['frames']} frames, "
                     f"{res['raw_mib']:.1f} MiB raw (1 thread)")
-    for col in ("format", "size MiB", "write fr/s", "read fr/s", "window load s", "sample/s in-memory",
-                "sample/s lazy"):
+    for col in ("format", "size MiB", "write fr/s", "open s", "verify s", "read fr/s", "window load s",
+                "sample/s in-memory", "sample/s lazy"):
         t.add_column(col, justify="left" if col == "format" else "right")
     for r in res["rows"]:
-        t.add_row(r["format"], f"{r['size_mib']:.2f}", f"{r['write_frames_per_s']:.0f}",
+        t.add_row(r["format"], f"{r['size_mib']:.2f}", f"{r['write_frames_per_s']:.0f}", f"{r['open_s']:.3f}",
+                  f"{r['verify_s']:.3f}",
                   f"{r['read_frames_per_s']:.0f}", f"{r['window_load_s']:.2f}", f"{r['sample_in_memory_per_s']:.0f}",
                   f"{r['sample_lazy_per_s']:.0f}")
     Console(width=max(console.width, 120)).print(t)  # never squeeze the numbers into a narrow terminal

@@ -45,7 +45,9 @@ def test_bench_data_runs_every_format(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "b.json").read_text())
     assert [r["format"] for r in out["rows"]] == ["zarr", "lerobot image (PNG)", "lerobot video (AV1)"]
-    assert out["frames"] == 2 * 30 and all(r["size_mib"] > 0 and r["sample_in_memory_per_s"] > 0 for r in out["rows"])
+    assert out["frames"] == 2 * 30 and all(r["size_mib"] > 0 and r["sample_in_memory_per_s"] > 0 and r["open_s"] > 0
+                                           and r["verify_s"] >= 0
+                                           for r in out["rows"])
 
 
 def test_importing_the_data_package_is_cheap() -> None:

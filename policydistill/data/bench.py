@@ -4,7 +4,10 @@ Formats: the zarr store, LeRobot v3 image mode (PNG) and video mode (AV1). The e
 either an existing dataset (``source``) or synthetic ones whose frames are smooth moving
 gradients (compress like renders, unlike random pixels). Window speed is measured as
 samples per second of :meth:`FlowWindowDataset.sample` (in-memory path) and of the lazy
-per-episode path, on one thread.
+per-episode path, on one thread. ``open_s`` is the time to open the written dataset (for the
+zarr store: every chunk file checked for presence and the action/state statistics recomputed;
+``verify_s`` times that verification again on its own), next to ``read_s``, the time to read
+every episode once.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def run_data_bench(cfg: DataBenchConfig) -> dict[str, Any]:
     import torch
 
     from .io import open_dataset
-    from .lerobot_v3 import write_lerobot_v3
+    from .lerobot_write import write_lerobot_v3
     from .windows import FlowWindowDataset
     from .zarr_store import ZarrEpisodeStore
 
@@ -104,7 +107,13 @@ def run_data_bench(cfg: DataBenchConfig) -> dict[str, Any]:
             t0 = time.perf_counter()
             write(path)
             t_write = time.perf_counter() - t0
-            ds = open_dataset(path)
+            t0 = time.perf_counter()
+            ds = open_dataset(path)  # includes the zarr store's chunk/statistics verification
+            t_open = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if isinstance(ds, ZarrEpisodeStore):
+                ds.verify()  # the part of open_s spent verifying (timed again on its own)
+            t_verify = time.perf_counter() - t0
             t0 = time.perf_counter()
             for i in range(len(ds)):
                 ds.episode(i)
@@ -115,7 +124,8 @@ def run_data_bench(cfg: DataBenchConfig) -> dict[str, Any]:
             lazy = FlowWindowDataset(ds, horizon=cfg.horizon, split="all", in_memory=False)
             rows.append({
                 "format": name, "frames": frames, "size_mib": _size_mib(path),
-                "write_frames_per_s": frames / t_write, "read_frames_per_s": frames / t_read,
+                "write_frames_per_s": frames / t_write, "read_frames_per_s": frames / t_read, "open_s": t_open,
+                "verify_s": t_verify, "read_s": t_read,
                 "window_load_s": t_load,
                 "sample_in_memory_per_s": _sample_rate(windows, cfg.batch_size, cfg.sample_seconds),
                 "sample_lazy_per_s": _sample_rate(lazy, cfg.batch_size, cfg.sample_seconds / 2),

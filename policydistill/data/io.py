@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from .destination import check_destination
 from .errors import DatasetError
-from .lerobot_v3 import LeRobotV3Dataset, is_lerobot_v3, write_lerobot_v3
+from .lerobot_read import LeRobotV3Dataset, is_lerobot_v3
+from .lerobot_write import write_lerobot_v3
 from .zarr_store import ZarrEpisodeStore
 
 EpisodeSource = ZarrEpisodeStore | LeRobotV3Dataset
@@ -49,15 +51,17 @@ def convert(src: str | Path, dst: str | Path, to: Format | None = None, *, overw
             vcodec: str = "libsvtav1") -> EpisodeSource:
     """Copy every episode of ``src`` into a new dataset at ``dst`` (format from ``to`` or the
     destination's name: ``*.zarr`` → zarr, anything else → LeRobot v3, image mode unless
-    ``video``). Only image mode and zarr are lossless."""
-    source = open_dataset(src)
+    ``video``). Only image mode and zarr are lossless. The destination may not be, contain or
+    lie inside the source, and ``overwrite`` replaces only a dataset policydistill wrote."""
     to = to or format_for_destination(dst)
-    if Path(src).resolve() == Path(dst).resolve():
-        raise DatasetError(f"source and destination are the same folder ({src}); choose a new destination.")
+    if to not in ("zarr", "lerobot"):
+        raise DatasetError(f"unknown destination format {to!r}: use 'zarr' or 'lerobot'.")
+    check_destination(dst, overwrite=overwrite, sources=[src])  # before reading anything: fail fast
+    source = open_dataset(src)
     episodes = (source.episode(i) for i in range(len(source)))
     if to == "zarr":
         return ZarrEpisodeStore.write(dst, episodes, fps=source.fps, mode="overwrite" if overwrite else "create",
-                                      progress=progress, total=len(source))
+                                      progress=progress, total=len(source), sources=[src])
     if to == "lerobot":
         robot, names = robot_type, None
         if isinstance(source, LeRobotV3Dataset):  # keep the source's robot type and per-dimension names
@@ -66,5 +70,6 @@ def convert(src: str | Path, dst: str | Path, to: Format | None = None, *, overw
                      if k in ("observation.state", "action") and isinstance(ft.get("names"), list)
                      and len(ft["names"]) == ft["shape"][0]}
         return write_lerobot_v3(dst, episodes, fps=source.fps, overwrite=overwrite, progress=progress,
-                                total=len(source), robot_type=robot, names=names, video=video, vcodec=vcodec)
-    raise DatasetError(f"unknown destination format {to!r}: use 'zarr' or 'lerobot'.")
+                                total=len(source), robot_type=robot, names=names, video=video, vcodec=vcodec,
+                                sources=[src])
+    raise AssertionError(to)

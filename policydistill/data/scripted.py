@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .episode import Episode
+from .errors import DatasetError
 
 FPS = 80.0  # Meta-World: 5 substeps of 2.5 ms per env step
 WALL_Y = 0.75  # the wall's centre line in the three wall tasks (it spans x in [-0.02, 0.22])
@@ -446,6 +447,8 @@ def generate(cfg: GenerateConfig, progress: Callable[[RolloutResult, int], None]
     ``cfg.episodes`` successes) are the same whatever ``workers`` is."""
     from policydistill.envs.suites import expand
 
+    if workers < 1:
+        raise DatasetError(f"workers={workers} is not a process count: use 1 (roll out in this process) or more.")
     (env_id,) = expand(cfg.task)
     make_expert(env_id, cfg.multimodal)  # fail fast on a task without an expert
     kept, tried = 0, 0

@@ -18,8 +18,8 @@ store intact. Statistics are exact and recomputed over every frame at each write
 
 from __future__ import annotations
 
+import itertools
 import shutil
-import uuid
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .destination import MARKER, check_destination, staging_folder, swap_into_place
 from .episode import Episode
 from .errors import DatasetError, reading
 from .layout import ACTION_KEY, STATE_KEY, Layout, check_finite, checked_episode, image_key, json_safe_meta
@@ -104,21 +105,50 @@ class ZarrEpisodeStore:
                                f"version {VERSION}. Upgrade policydistill or re-create the store.")
         with reading(self.path / "zarr.json", "zarr store metadata", "The store's attributes are malformed: re-create "
                      "the store."):
-            self.fps = float(attrs["fps"])
+            fps = attrs["fps"]
+            self.fps = float(fps) if isinstance(fps, int | float) and not isinstance(fps, bool) else float("nan")
             self.layout = Layout.from_json(attrs["layout"])
             self._episodes: list[dict[str, Any]] = [dict(e) for e in attrs["episodes"]]
             for e in self._episodes:
                 str(e["instruction"]), str(e["task"]), bool(e["success"]), dict(e["meta"])
             self.stats: Stats = check_stats(attrs["stats"], str(self.path))
             self._hist = {k: ImageHistogram.from_json(v) for k, v in attrs["image_histograms"].items()}
+        if not (np.isfinite(self.fps) and self.fps > 0):
+            raise DatasetError(f"{self.path / 'zarr.json'}: fps {attrs['fps']!r} is not a positive number; the store's "
+                               "attributes were edited or damaged — re-create the store.")
+        self._check_metadata_files()
         with reading(self.path / "meta/episode_ends", "zarr array"):
             self.action = self.root["data/action"]
             self.state = self.root["data/state"]
             self.images = {cam: self.root[f"data/images/{cam}"] for cam in self.layout.cameras}
-            ends = np.asarray(self.root["meta/episode_ends"][:], dtype=np.int64)
+            self._ends_array = self.root["meta/episode_ends"]
+        self._verify_chunks()  # before the first chunk read: zarr would hang on a FIFO, or read zeros
+        with reading(self.path / "meta/episode_ends", "zarr array"):
+            ends = np.asarray(self._ends_array[:], dtype=np.int64)
         self._validate(ends)
         self.episode_ends = ends
         self.episode_starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        self._verify_stats(self.num_frames)
+
+    def verify(self) -> None:
+        """What every open checks beyond the metadata: each chunk file exists, and the recorded
+        frame counts and action/state statistics describe the data (raises DatasetError)."""
+        self._verify_chunks()
+        self._verify_stats(self.num_frames)
+
+    def _check_metadata_files(self) -> None:
+        """Each array's zarr.json must be a regular file (zarr's reader thread would block
+        forever on a FIFO), and camera names must stay inside data/images/."""
+        for cam in self.layout.cameras:
+            if not cam or "/" in cam or "\\" in cam or cam in (".", ".."):
+                raise DatasetError(f"{self.path / 'zarr.json'}: camera name {cam!r} is not a plain name; the store's "
+                                   "attributes were edited or damaged — re-create the store.")
+        arrays = ["data/action", "data/state", "meta/episode_ends", *(f"data/images/{c}" for c in self.layout.cameras)]
+        for name in ["data", "meta", "data/images", *arrays]:
+            meta = self.path / name / "zarr.json"
+            if (name in arrays or meta.exists() or meta.is_symlink()) and not meta.is_file():
+                raise DatasetError(f"{meta} is missing or not a regular file; the store is damaged or was copied "
+                                   "incompletely: copy it again or re-create it.")
 
     def _validate(self, ends: np.ndarray) -> None:
         n = int(self.action.shape[0])
@@ -133,12 +163,67 @@ class ZarrEpisodeStore:
         want = {"data/action": (n, self.layout.action_dim), "data/state": (n, self.layout.state_dim)}
         for cam, shape in self.layout.cameras.items():
             want[f"data/images/{cam}"] = (n, *shape)
-        arrays = {"data/action": self.action, "data/state": self.state,
-                  **{f"data/images/{c}": a for c, a in self.images.items()}}
+        arrays = self._arrays()
         for name, shape in want.items():
             if tuple(arrays[name].shape) != shape:
                 raise DatasetError(f"{self.path}: {name} has shape {tuple(arrays[name].shape)}, expected {shape}; the "
                                    "store is corrupt — re-create it.")
+
+    def _arrays(self) -> dict[str, Any]:
+        return {"data/action": self.action, "data/state": self.state,
+                **{f"data/images/{c}": a for c, a in self.images.items()}}
+
+    def _verify_chunks(self) -> None:
+        """Every chunk file of every array must exist: zarr reads a missing chunk as the fill
+        value (zeros), which would silently train on zero actions and black frames. One stat
+        per chunk, no decoding (stores are written with every chunk present)."""
+        missing: list[str] = []
+        for name, arr in {**self._arrays(), "meta/episode_ends": self._ends_array}.items():
+            grid = [range(-(-int(s) // int(c))) for s, c in zip(arr.shape, arr.chunks, strict=True)]
+            encode = arr.metadata.encode_chunk_key
+            for coords in itertools.product(*grid):
+                key = f"{name}/{encode(coords)}"
+                if not (self.path / key).is_file():
+                    missing.append(key)
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise DatasetError(f"{self.path}: {len(missing)} chunk file(s) are missing ({shown}); reading on would give "
+                               "zeros in their place. The store is damaged or was copied incompletely: copy it again "
+                               "or re-create it.")
+
+    def _verify_stats(self, n: int) -> None:
+        """The recorded statistics must describe this data: frame counts of every feature, and
+        min/max/mean of action and state recomputed (they are small next to the images, whose
+        chunks are checked for presence only; decoding them all would cost a full read)."""
+        bad: list[str] = []
+        for key in (ACTION_KEY, STATE_KEY):
+            st = self.stats.get(key) or {}
+            if "count" in st and st["count"] != [n]:
+                bad.append(f"{key} count {st['count']} but the store holds {n} frames")
+        for cam, hist in self._hist.items():
+            if hist.frames != n:
+                bad.append(f"{image_key(cam)} histogram of {hist.frames} frames but the store holds {n}")
+        if not bad:
+            with reading(self.path, "zarr store arrays"):
+                data = {ACTION_KEY: np.asarray(self.action[:]), STATE_KEY: np.asarray(self.state[:])}
+            for key, x in data.items():
+                st = self.stats.get(key) or {}
+                if not x.shape[1] or not {"min", "max", "mean"} <= st.keys():
+                    continue
+                x64 = x.astype(np.float64)
+                got = {"min": x64.min(axis=0), "max": x64.max(axis=0), "mean": x64.mean(axis=0)}
+                for name, value in got.items():
+                    try:
+                        want = np.asarray(st[name], np.float64)
+                    except (TypeError, ValueError):
+                        bad.append(f"{key} {name} is {st[name]!r}, not a list of numbers")
+                        continue
+                    if want.shape != value.shape or not np.allclose(value, want, rtol=1e-6, atol=1e-9, equal_nan=True):
+                        bad.append(f"{key} {name} recorded as {np.round(want, 4).tolist()} but the data gives "
+                                   f"{np.round(value, 4).tolist()}")
+        if bad:
+            raise DatasetError(f"{self.path}: the recorded statistics do not match the data ({'; '.join(bad[:3])}); "
+                               "chunk files were replaced or the attributes edited. Re-create the store.")
 
     # ----------------------------------------------------------------------------------- reading
     def __len__(self) -> int:
@@ -212,53 +297,46 @@ class ZarrEpisodeStore:
     # ----------------------------------------------------------------------------------- writing
     @classmethod
     def write(cls, path: str | Path, episodes: Iterable[Episode], *, fps: float = 10.0, mode: WriteMode = "create",
-              progress: bool = False, total: int | None = None) -> ZarrEpisodeStore:
+              progress: bool = False, total: int | None = None,
+              sources: Iterable[str | Path] = ()) -> ZarrEpisodeStore:
         """Write ``episodes`` to a new store at ``path`` (atomically) and return it opened.
 
         mode: "create" fails if ``path`` exists, "overwrite" replaces it, "append" adds the
-        episodes to an existing store (its fps and layout must match)."""
+        episodes to an existing store (its fps and layout must match). "overwrite" replaces only
+        a dataset policydistill wrote, never one of ``sources`` (the datasets the episodes are
+        read from) or a folder that contains one; see :mod:`.destination`."""
         import zarr
 
         path = Path(path)
         if mode not in ("create", "overwrite", "append"):
             raise DatasetError(f"unknown write mode {mode!r}: use 'create', 'overwrite' or 'append'.")
-        if mode == "create" and path.exists():
-            raise DatasetError(f"{path} already exists: pass mode='overwrite' to replace it or mode='append' to add "
-                               "episodes, or choose another path.")
         if mode == "append" and not path.exists():
             mode = "create"
+        if mode != "append":
+            check_destination(path, overwrite=mode == "overwrite", sources=sources,
+                              flag="mode='overwrite' (--overwrite) to replace it or mode='append' to add episodes")
         if not (fps > 0 and np.isfinite(fps)):
             raise DatasetError(f"fps must be a positive number, got {fps}.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        old = cls(path) if mode == "append" else None  # validates the existing store before touching anything
+        if old is not None and abs(old.fps - fps) > 1e-9:
+            raise DatasetError(f"cannot append at fps {fps} to {path}, which was written at fps {old.fps}.")
+        tmp = staging_folder(path, "zarr")
         try:
-            if mode == "append":
-                old = cls(path)  # validates the existing store before touching anything
-                if abs(old.fps - fps) > 1e-9:
-                    raise DatasetError(f"cannot append at fps {fps} to {path}, which was written at fps {old.fps}.")
-                shutil.copytree(path, tmp)
-                writer = _StoreWriter(zarr.open_group(str(tmp), mode="r+"), fps, old)
-            else:
-                writer = _StoreWriter(zarr.open_group(str(tmp), mode="w"), fps, None)
-            writer.add_all(episodes, progress=progress, total=total)
-            writer.finish()
-            _swap_into_place(tmp, path)
+            # every chunk is written, even one equal to the fill value, so that a missing
+            # chunk file always means a damaged store (checked on open)
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                if old is not None:
+                    shutil.copytree(path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
+                    writer = _StoreWriter(zarr.open_group(str(tmp), mode="r+"), fps, old)
+                else:
+                    writer = _StoreWriter(zarr.open_group(str(tmp), mode="a"), fps, None)
+                writer.add_all(episodes, progress=progress, total=total)
+                writer.finish()
+            swap_into_place(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return cls(path)
-
-
-def _swap_into_place(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``; an existing ``path`` is moved aside first, then deleted.
-    A crash between the two renames leaves the old store at ``.<name>.old-*`` (never a mix)."""
-    if path.exists():
-        aside = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-        path.rename(aside)
-        tmp.rename(path)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        tmp.rename(path)
 
 
 class _StoreWriter:

@@ -14,6 +14,7 @@ refused (``checkpoint.read_safetensors``).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,14 @@ def read_lerobot_folder(path: str | Path) -> LerobotFolder:
     for proc in (folder.preprocessor, folder.postprocessor):
         for step in (proc or {}).get("steps", []):
             if step.get("registry_name") in ("normalizer_processor", "unnormalizer_processor") and step.get("state_file"):
-                for feature, d in split_stats(read_safetensors(path / step["state_file"])).items():
+                # the processor json names the file; it may only name one inside this folder
+                # (checked as written, without following links, like lerobot's own layout)
+                rel = os.path.normpath(str(step["state_file"]))
+                if os.path.isabs(rel) or rel == ".." or rel.startswith(".." + os.sep) or rel == ".":
+                    raise CheckpointError(f"{path}: a processor step's state_file {step['state_file']!r} points "
+                                          "outside the policy folder; it must name a .safetensors file inside it. "
+                                          "Re-save or re-download the policy.")
+                for feature, d in split_stats(read_safetensors(path / rel)).items():
                     folder.stats.setdefault(feature, {}).update(d)
     return folder
 
