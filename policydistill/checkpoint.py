@@ -45,12 +45,13 @@ def _atomic_write(path: Path, write: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp creates 0600; a file we publish gets the mode open() would give it (0666 less the
-    # umask), so a robot runner under another account can read a student checkpoint or a report.
-    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates 0600 (and a writer may replace the file): a file we publish gets the mode
+        # open() would give it, 0666 less the umask, so a robot runner under another account can
+        # read a student checkpoint or a report.
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
