@@ -120,6 +120,11 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return None
 
 
+def complete_checkpoints(out_dir: str | Path) -> list[Path]:
+    """The ``step-N`` folders resume could use, oldest first."""
+    return [f for f in checkpoint_dirs(out_dir) if checkpoint_problem(f) is None]
+
+
 def holds_a_run(out_dir: str | Path) -> bool:
     """Anything of an earlier run in ``out_dir/checkpoints`` (complete or not)."""
     root = checkpoint_root(out_dir)
@@ -137,7 +142,7 @@ def rotate(out_dir: Path, written: Path, keep: int) -> None:
     """Keep ``written`` and the ``keep - 1`` newest complete checkpoints before it. Folders after
     it and incomplete ones are left alone: they are not ours to judge."""
     step = _step_of(written)
-    older = [f for f in checkpoint_dirs(out_dir) if 0 <= _step_of(f) < step and checkpoint_problem(f) is None]
+    older = [f for f in complete_checkpoints(out_dir) if 0 <= _step_of(f) < step]
     for old in older[: max(0, len(older) - (max(1, keep) - 1))]:
         shutil.rmtree(old, ignore_errors=True)
 

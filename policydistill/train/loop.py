@@ -39,6 +39,7 @@ from . import distributed, fsdp
 from .checkpointing import (  # noqa: F401  (latest_checkpoint, check_output_dir: part of this module's API)
     check_output_dir,
     checkpoint_bytes,
+    complete_checkpoints,
     holds_a_run,
     latest_checkpoint,
     restore,
@@ -218,12 +219,12 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
         if writer is not None:
             scope.enter_context(RunLock(writer))
         if out is not None and not resume and holds_a_run(out):
-            found = latest_checkpoint(out)
+            found = complete_checkpoints(out)
             raise CheckpointError(
-                f"{out} already holds a training run (checkpoint {found}). Pass --resume to continue it, or choose "
-                "another --out; nothing was overwritten." if found else
-                f"{out} already holds checkpoints of an earlier run, none of them complete. Choose another --out "
-                "(or move that folder away); nothing was overwritten.")
+                f"{out} already holds a training run (checkpoint {found[-1]}). Pass --resume to continue it, or "
+                "choose another --out; nothing was overwritten." if found else
+                f"{out} already holds a training run whose checkpoints are all incomplete. Choose another --out (or "
+                "move that folder away); nothing was overwritten.")
         check_model(student, "student")
         if teacher is not None:
             check_model(teacher, "teacher")
@@ -254,8 +255,9 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
 
         ident = run_identity(method, cfg, n_micro, identity)
         start, history = 0, []
-        if resume and out is not None and (folder := latest_checkpoint(out)) is not None:
-            start, history = restore(folder, student, optimizer, method, ema, cfg, ident, extend)
+        last_good = latest_checkpoint(out) if resume and out is not None else None  # else there is none (checked above)
+        if last_good is not None:
+            start, history = restore(last_good, student, optimizer, method, ema, cfg, ident, extend)
         runlog = scope.enter_context(contextlib.closing(
             RunLog(writer, start, backends, config={**ident, "train_config": asdict(cfg)}, name=cfg.description,
                    device=device)))
@@ -266,7 +268,6 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
         progress = scope.enter_context(Progress(*columns, disable=not (cfg.progress and ctx.is_main), transient=False))
         stop = scope.enter_context(_StopRequest(cfg.handle_signals))
         task = progress.add_task(cfg.description, total=cfg.steps, completed=start, loss=float("nan"), rate=0.0)
-        last_good = latest_checkpoint(out) if out is not None else None
 
         def diverged(what: str, step: int, batch: FlowBatch | None) -> TrainingDiverged:
             where = (f"the last good checkpoint is {last_good} (continue from it with --resume)" if last_good

@@ -79,13 +79,12 @@ class _TensorBoard:
 
 
 class _WandB:
-    def __init__(self, folder: Path, config: dict[str, Any], name: str) -> None:
+    def __init__(self, out_dir: Path, config: dict[str, Any], name: str) -> None:
         import wandb
 
-        folder.mkdir(parents=True, exist_ok=True)
-        self.wandb = wandb
+        # wandb writes its runs to <dir>/wandb/ (offline-run-* until `wandb sync` uploads them)
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "policydistill"), name=name,
-                              dir=str(folder), config=config, mode=os.environ.get("WANDB_MODE", "offline"),
+                              dir=str(out_dir), config=config, mode=os.environ.get("WANDB_MODE", "offline"),
                               reinit=True)
 
     def log(self, record: dict[str, float], step: int) -> None:
@@ -125,7 +124,7 @@ class RunLog:
             if b == "tensorboard":
                 self._backends.append(_TensorBoard(self.path.parent / "tensorboard"))
             elif b == "wandb":
-                self._backends.append(_WandB(self.path.parent / "wandb", config or {}, name))
+                self._backends.append(_WandB(self.path.parent, config or {}, name))
 
     def restart_clock(self) -> None:
         self._t = time.perf_counter()
