@@ -249,6 +249,28 @@ def test_nan_in_config_json_is_named(tmp_path: Path) -> None:
     assert "rms_eps = nan" in str(info.value) and "--lr" not in str(info.value)
 
 
+@pytest.mark.parametrize("damage", ["nan weight", "nan rms_eps"])
+def test_damaged_teacher_is_named_before_any_work(tmp_path: Path, damage: str) -> None:
+    from policydistill.policies.pi0.model import Pi0Policy
+
+    torch.manual_seed(0)
+    teacher = Pi0Policy.from_preset("tiny", image_size=32, action_dim=4, max_action_dim=4)
+    if damage == "nan weight":
+        with torch.no_grad():
+            teacher.action_out_proj.weight[0, 0] = float("nan")
+    save_model(tmp_path / "teacher", teacher, extra={"role": "teacher", "tasks": ["metaworld/reach-wall-v3"]})
+    if damage == "nan rms_eps":
+        config = json.loads((tmp_path / "teacher" / "config.json").read_text())
+        (tmp_path / "teacher" / "config.json").write_text(json.dumps({**config, "rms_eps": float("nan")}))
+    proc = _cli(["distill", "pi0", "--preset", "tiny", "--checkpoint", str(tmp_path / "teacher"), "--out",
+                 str(tmp_path / "run")], timeout=60)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 1, err[-2000:]
+    want = "weight action_out_proj.weight holds 1 NaN" if damage == "nan weight" else "rms_eps = nan"
+    assert f"the teacher model's" in err and want in err and "--lr" not in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "demos.zarr").exists()
+
+
 # ------------------------------------------------------------------------------------ file modes
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])

@@ -122,6 +122,7 @@ class Job:
 def load_job(cfg: DistillConfig) -> Job:
     """Load the teacher and its demonstrations (regenerated with the teacher's seeds if missing)."""
     from ..train import distributed
+    from ..train.health import check_model
     from ..train.loop import check_output_dir
     from .demos import ensure_demos
     from .run_options import apply_threads, check_chunk_options, check_distill_options
@@ -136,6 +137,7 @@ def load_job(cfg: DistillConfig) -> Job:
         console.print(f"[bold]no --checkpoint given: using the bundled {cfg.model} teacher[/] ({BUNDLED_TEACHER})")
     teacher, teacher_dir = load_teacher(cfg.checkpoint, cfg.tokenizer)
     teacher.eval()
+    check_model(teacher, "teacher")  # damaged weights or config fail here, not as a "diverged" loss later
     if cfg.model and getattr(teacher, "architecture", cfg.model) != cfg.model:
         raise ValueError(f"the checkpoint is a {teacher.architecture} policy, not {cfg.model}: "
                          f"run `policydistill distill {teacher.architecture} ...`")

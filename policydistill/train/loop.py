@@ -225,9 +225,9 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
                 "choose another --out; nothing was overwritten." if found else
                 f"{out} already holds a training run whose checkpoints are all incomplete. Choose another --out (or "
                 "move that folder away); nothing was overwritten.")
-        check_model(student, "student")
         if teacher is not None:
             check_model(teacher, "teacher")
+        check_model(student, "student")
 
         student.to(device).train()
         distributed.broadcast_module(student)
