@@ -10,9 +10,14 @@ into micro-batches seeded from (seed, step, j), each rank computes its share, an
 summed over ranks by hand (covers ``torch.func.jvp`` methods, which bypass a DDP wrapper).
 With ``fsdp`` the student is sharded over the ranks instead (``fsdp``: FSDP2, same loop, same
 checkpoint format; the gradient sum is FSDP's reduce-scatter).
-Only rank 0 shows progress and writes checkpoints. SIGINT/SIGTERM finish the current step,
-write a checkpoint and raise ``TrainingInterrupted``; the output folder is checked for write
-access and free space before the first step.
+Only rank 0 shows progress, writes checkpoints and ``metrics.jsonl``, and holds the output
+folder's lock. SIGINT/SIGTERM finish the current step, write a checkpoint and raise
+``TrainingInterrupted``; the output folder is checked for write access and free space, and the
+models for finite weights and config, before the first step.
+
+What lives elsewhere: checkpoint and resume I/O (``checkpointing``), the run folder's lock
+(``run_lock``), the per-step log and optional TensorBoard / W&B (``runlog``), the checks that
+tell corrupt data or weights from a too-high learning rate (``health``).
 """
 
 from __future__ import annotations
@@ -182,7 +187,8 @@ def _unshard_all(student: nn.Module, ema: nn.Module | None, method: Method, twin
 def run_identity(method: Method, cfg: TrainConfig, n_micro: int, extra: dict[str, Any] | None) -> dict[str, Any]:
     """What makes a run the run it is: resuming under anything else would silently change it.
     ``n_micro`` (not the rank count) is what the result depends on."""
-    options = asdict(method.config) if dataclasses.is_dataclass(method.config) else {}
+    config = getattr(method, "config", None)
+    options = asdict(config) if dataclasses.is_dataclass(config) and not isinstance(config, type) else {}
     return {"method": type(method).__name__, "method_config": options, "steps": cfg.steps, "seed": cfg.seed,
             "batch_size": cfg.batch_size, "micro_batches": n_micro, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps,
             "min_lr_ratio": cfg.min_lr_ratio, "weight_decay": cfg.weight_decay, "betas": list(cfg.betas),
