@@ -203,9 +203,12 @@ def compare_cmd(
 
     if preset not in DISTILL_PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DISTILL_PRESETS)}")
-    nfes = sorted({int(x) for x in steps.split(",") if x.strip()})
+    try:
+        nfes = sorted({int(x) for x in steps.split(",") if x.strip()})
+    except ValueError:
+        nfes = []
     if not nfes or min(nfes) < 1:
-        raise typer.BadParameter(f"--steps must list NFEs >= 1, got {steps!r}")
+        raise typer.BadParameter(f"--steps must list comma-separated NFEs >= 1 (e.g. 1,2,4), got {steps!r}")
     cfg = _apply(DISTILL_PRESETS[preset], model=model, checkpoint=teacher, iters=iters, episodes=episodes, task=task,
                  workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=_threads(threads), out=out,
                  sweep_n_action_steps=_sweep(sweep), log=_log(log))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -18,7 +17,7 @@ console = Console(width=None if sys.stdout.isatty() else 130)
 def show_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder (--out of train/distill/compare) or a metrics.jsonl."),
     rows: int = typer.Option(20, "--rows", min=1, help="Table rows (each averages a window of steps)."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Where to write the plot (default: DIR/curves.png)."),
+    png: Path | None = typer.Option(None, "--png", help="Where to write the plot (default: DIR/curves.png)."),
 ) -> None:
     """Print a run's loss, gradient norm, learning rate, throughput and memory, and plot the curves."""
     from ..pipeline.runs import COLUMNS, curve_table, load_runs, plot_runs

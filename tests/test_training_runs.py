@@ -41,8 +41,9 @@ class Mixture:
         if step == self.signal_at:
             os.kill(os.getpid(), signal.SIGINT)
         modes = torch.tensor([[1.5, 1.0], [-1.5, -1.0]])
-        x = modes[torch.randint(0, 2, (batch_size,), generator=generator)] + 0.1 * torch.randn(batch_size, 2,
-                                                                                               generator=generator)
+        x = modes[torch.randint(0, 2, (batch_size,), generator=generator)] + 0.1 * torch.randn(
+            batch_size, 2, generator=generator
+        )
         if step == self.extreme_at:
             x[0, 1] = 1e30  # a corrupt action: finite, but its square overflows float32
         return FlowBatch(x)
@@ -70,8 +71,16 @@ def _run(out: Path | None, data: Mixture | None = None, **kw):
     resume = kw.pop("resume", False)
     extend = kw.pop("extend", False)
     identity = kw.pop("identity", None)
-    return train(_model(), make_method("flow_matching"), data or Mixture(), _cfg(**kw), out_dir=out, resume=resume,
-                 identity=identity, extend=extend)
+    return train(
+        _model(),
+        make_method("flow_matching"),
+        data or Mixture(),
+        _cfg(**kw),
+        out_dir=out,
+        resume=resume,
+        identity=identity,
+        extend=extend,
+    )
 
 
 def _losses(result) -> list[float]:
@@ -79,6 +88,7 @@ def _losses(result) -> list[float]:
 
 
 # ----------------------------------------------------------- resume from the newest valid checkpoint
+
 
 def test_dangling_latest_json_resumes_from_newest_valid_checkpoint(tmp_path: Path) -> None:
     reference = _run(None)
@@ -130,6 +140,7 @@ def test_rotation_never_deletes_the_checkpoint_resume_would_use(tmp_path: Path) 
 
 # ----------------------------------------------------------------------------- the run's identity
 
+
 def test_resume_with_a_different_identity_is_refused_naming_the_fields(tmp_path: Path) -> None:
     ident = {"teacher": "/runs/teacher-a", "nfe": 1, "data": "/data/demos.zarr"}
     _run(tmp_path, identity=ident)
@@ -168,8 +179,9 @@ sys.stdin.read()
 
 
 def test_second_run_into_a_locked_folder_is_refused(tmp_path: Path) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=ENV)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         data = Mixture()
@@ -186,8 +198,13 @@ def test_second_run_into_a_locked_folder_is_refused(tmp_path: Path) -> None:
 
 def test_cli_run_into_a_locked_folder_is_refused(tmp_path: Path) -> None:
     with RunLock(tmp_path / "run"):
-        proc = subprocess.run([*CLI, "train", "pi0", "--preset", "tiny", "--threads", "1", "--out",
-                               str(tmp_path / "run")], env=ENV, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [*CLI, "train", "pi0", "--preset", "tiny", "--threads", "1", "--out", str(tmp_path / "run")],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 1, proc.stderr[-2000:]
     err = " ".join(proc.stderr.split())
     assert f"is in use by another run (process {os.getpid()}" in err and "Traceback" not in err
@@ -198,8 +215,16 @@ def test_cli_run_into_a_locked_folder_is_refused(tmp_path: Path) -> None:
 def test_stale_lock_of_a_dead_process_is_reported_and_taken_over(tmp_path: Path, caplog) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
-                                                  "started": time.time() - 60, "command": "policydistill train"}))
+    (tmp_path / LOCK_NAME).write_text(
+        json.dumps(
+            {
+                "pid": dead.pid,
+                "host": socket.gethostname(),
+                "started": time.time() - 60,
+                "command": "policydistill train",
+            }
+        )
+    )
     with caplog.at_level(logging.WARNING):
         _run(tmp_path, steps=5)
     assert f"stale lock left by process {dead.pid}" in caplog.text
@@ -214,6 +239,7 @@ def test_lock_from_another_host_is_refused_with_how_to_clear_it(tmp_path: Path) 
 
 
 # ------------------------------------------------------------------- blame the right cause
+
 
 def test_corrupted_weights_are_named_before_any_step(tmp_path: Path) -> None:
     model = _model()
@@ -262,16 +288,28 @@ def test_damaged_teacher_is_named_before_any_work(tmp_path: Path, damage: str) -
     if damage == "nan rms_eps":
         config = json.loads((tmp_path / "teacher" / "config.json").read_text())
         (tmp_path / "teacher" / "config.json").write_text(json.dumps({**config, "rms_eps": float("nan")}))
-    proc = _cli(["distill", "pi0", "--preset", "tiny", "--checkpoint", str(tmp_path / "teacher"), "--out",
-                 str(tmp_path / "run")], timeout=60)
+    proc = _cli(
+        [
+            "distill",
+            "pi0",
+            "--preset",
+            "tiny",
+            "--checkpoint",
+            str(tmp_path / "teacher"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        timeout=60,
+    )
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 1, err[-2000:]
     want = "weight action_out_proj.weight holds 1 NaN" if damage == "nan weight" else "rms_eps = nan"
-    assert f"the teacher model's" in err and want in err and "--lr" not in err and "Traceback" not in err
+    assert "the teacher model's" in err and want in err and "--lr" not in err and "Traceback" not in err
     assert not (tmp_path / "run" / "demos.zarr").exists()
 
 
 # ------------------------------------------------------------------------------------ file modes
+
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
 def test_checkpoint_and_report_files_get_the_umask_mode(tmp_path: Path, umask: int, mode: int) -> None:
@@ -289,6 +327,7 @@ def test_checkpoint_and_report_files_get_the_umask_mode(tmp_path: Path, umask: i
 
 
 # ------------------------------------------------------------ options checked before any work
+
 
 def _plain(text: str) -> str:
     """stderr without rich's box drawing, on one line."""
@@ -325,8 +364,7 @@ def test_bad_sweep_fails_before_any_work(tmp_path: Path) -> None:
 
 
 def test_repeated_methods_fail_before_any_work(tmp_path: Path) -> None:
-    proc = _cli(["compare", "--preset", "tiny", "--methods", "reflow,reflow", "--out", str(tmp_path / "c")],
-                timeout=60)
+    proc = _cli(["compare", "--preset", "tiny", "--methods", "reflow,reflow", "--out", str(tmp_path / "c")], timeout=60)
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 1 and "--methods lists reflow more than once" in err, err[-2000:]
     assert "looks like a bug" not in err and "Traceback" not in err
@@ -339,8 +377,21 @@ def test_missing_data_path_is_an_error_not_a_regeneration(tmp_path: Path) -> Non
     torch.manual_seed(0)
     teacher = Pi0Policy.from_preset("tiny", image_size=32, action_dim=4, max_action_dim=4)
     save_model(tmp_path / "teacher", teacher, extra={"role": "teacher", "tasks": ["metaworld/reach-wall-v3"]})
-    proc = _cli(["distill", "pi0", "--preset", "tiny", "--checkpoint", str(tmp_path / "teacher"), "--data",
-                 str(tmp_path / "demso.zarr"), "--out", str(tmp_path / "run")], timeout=60)
+    proc = _cli(
+        [
+            "distill",
+            "pi0",
+            "--preset",
+            "tiny",
+            "--checkpoint",
+            str(tmp_path / "teacher"),
+            "--data",
+            str(tmp_path / "demso.zarr"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        timeout=60,
+    )
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 1, err[-2000:]
     assert f"--data {tmp_path / 'demso.zarr'} does not exist" in err and "Traceback" not in err
@@ -348,6 +399,7 @@ def test_missing_data_path_is_an_error_not_a_regeneration(tmp_path: Path) -> Non
 
 
 # ------------------------------------------------------------------------------------ run logs
+
 
 def test_metrics_jsonl_has_every_step_and_a_resume_rewrites_the_tail(tmp_path: Path) -> None:
     with pytest.raises(TrainingInterrupted):

@@ -237,7 +237,6 @@ def distill_policy(cfg: DistillConfig, resume: bool = False, extend: bool = Fals
     """Run the whole job; returns the report (also written to ``<out>/report.json``). ``<out>`` is
     locked for the run (one run per folder)."""
     from ..train import distributed
-
     from .run_options import check_distill_options, run_folder
 
     check_distill_options(cfg)  # a bad option fails before anything is created or loaded

@@ -24,8 +24,10 @@ def check_threads(threads: int | None) -> None:
         return
     cores = cpu_cores()
     if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= cores:
-        raise ValueError(f"--threads {threads!r} is not usable: pass a number of torch CPU threads from 1 to {cores} "
-                         f"(this machine's CPU cores), or leave --threads out to keep torch's default.")
+        raise ValueError(
+            f"--threads {threads!r} is not usable: pass a number of torch CPU threads from 1 to {cores} "
+            f"(this machine's CPU cores), or leave --threads out to keep torch's default."
+        )
 
 
 def apply_threads(threads: int | None) -> None:
@@ -41,8 +43,10 @@ def check_sweep(values: tuple[int, ...] | list[int] | None) -> None:
         return
     bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 1]
     if bad:
-        raise ValueError(f"--sweep values must be whole numbers of actions executed per chunk, at least 1; got "
-                         f"{', '.join(map(str, bad))}. Example: --sweep 8,12,16 (or --sweep none).")
+        raise ValueError(
+            f"--sweep values must be whole numbers of actions executed per chunk, at least 1; got "
+            f"{', '.join(map(str, bad))}. Example: --sweep 8,12,16 (or --sweep none)."
+        )
     dup = sorted(v for v, n in Counter(values).items() if n > 1)
     if dup:
         raise ValueError(f"--sweep lists {', '.join(map(str, dup))} more than once; give each value once.")
@@ -56,8 +60,10 @@ def check_methods(methods: list[str]) -> None:
         raise ValueError("--methods is empty: give comma-separated method names (see `policydistill methods`).")
     dup = sorted(m for m, n in Counter(methods).items() if n > 1)
     if dup:
-        raise ValueError(f"--methods lists {', '.join(dup)} more than once; each method is trained once and "
-                         "evaluated at every --steps value, so give each name once.")
+        raise ValueError(
+            f"--methods lists {', '.join(dup)} more than once; each method is trained once and "
+            "evaluated at every --steps value, so give each name once."
+        )
     for m in methods:
         METHODS.load(m)  # unknown name -> RegistryError with "did you mean"
 
@@ -85,19 +91,24 @@ def check_distill_options(cfg: Any) -> None:
         # never fall back to regenerating demonstrations: a mistyped path would train on other data
         raise FileNotFoundError(
             f"--data {cfg.data} does not exist. Pass an existing dataset (zarr store or LeRobot v3 folder), or leave "
-            "--data out to use the teacher's own demonstrations (generated with its seeds if missing).")
+            "--data out to use the teacher's own demonstrations (generated with its seeds if missing)."
+        )
 
 
 def check_chunk_options(cfg: Any, chunk: int) -> None:
     """The options bounded by the teacher's chunk length, checked as soon as it is loaded."""
     if cfg.n_action_steps is not None and cfg.n_action_steps > chunk:
-        raise ValueError(f"--n-action-steps {cfg.n_action_steps} is longer than the teacher's action chunk "
-                         f"({chunk} actions): pass 1..{chunk}.")
+        raise ValueError(
+            f"--n-action-steps {cfg.n_action_steps} is longer than the teacher's action chunk "
+            f"({chunk} actions): pass 1..{chunk}."
+        )
     if cfg.sweep_n_action_steps:
         bad = [n for n in cfg.sweep_n_action_steps if n > chunk]
         if bad:
-            raise ValueError(f"--sweep values {', '.join(map(str, bad))} are longer than the teacher's action chunk "
-                             f"({chunk} actions): pass values from 1 to {chunk}.")
+            raise ValueError(
+                f"--sweep values {', '.join(map(str, bad))} are longer than the teacher's action chunk "
+                f"({chunk} actions): pass values from 1 to {chunk}."
+            )
 
 
 def run_folder(out: Path) -> Any:

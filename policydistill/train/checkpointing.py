@@ -108,8 +108,12 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
             problem = checkpoint_problem(named)
             if problem is None:
                 return named
-            log.warning("%s names %s, which cannot be used (%s); looking for the newest complete checkpoint "
-                        "instead", pointer, named.name, problem)
+            log.warning(
+                "%s names %s, which cannot be used (%s); looking for the newest complete checkpoint instead",
+                pointer,
+                named.name,
+                problem,
+            )
     for folder in reversed(checkpoint_dirs(out_dir)):
         problem = checkpoint_problem(folder)
         if problem is None:
@@ -147,16 +151,29 @@ def rotate(out_dir: Path, written: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(out_dir: Path | None, step: int, student: nn.Module, optimizer: torch.optim.Optimizer,
-                    method: Method, ema: nn.Module | None, history: list[dict], cfg: TrainConfig,
-                    extra: dict[str, Any] | None = None, identity: dict[str, Any] | None = None) -> Path | None:
+def save_checkpoint(
+    out_dir: Path | None,
+    step: int,
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    method: Method,
+    ema: nn.Module | None,
+    history: list[dict],
+    cfg: TrainConfig,
+    extra: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None,
+) -> Path | None:
     """Write ``checkpoints/step-N/`` completely, then point ``checkpoints/latest.json`` at it.
     A crash at any moment leaves the previous checkpoint valid.
 
     Under FSDP every rank calls this (gathering the shards is a collective); ranks that do not
     write pass ``out_dir=None``. Without FSDP only the writing rank needs to call it."""
-    states = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict(),
-              "ema": ema.state_dict() if ema is not None else None}
+    states = {
+        "model": student.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "method": method.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+    }
     if cfg.fsdp:
         states = fsdp.gather(states, keep=out_dir is not None)
     if out_dir is None:
@@ -174,8 +191,16 @@ def save_checkpoint(out_dir: Path | None, step: int, student: nn.Module, optimiz
         "ema": flatten_state("ema", states["ema"], tensors) if ema is not None else None,
     }
     write_safetensors(tmp / "training_state.safetensors", tensors)
-    write_json(tmp / "training_state.json", {"step": step, "skeleton": skeleton, "history": history,
-                                             "train_config": asdict(cfg), "identity": identity or {}})
+    write_json(
+        tmp / "training_state.json",
+        {
+            "step": step,
+            "skeleton": skeleton,
+            "history": history,
+            "train_config": asdict(cfg),
+            "identity": identity or {},
+        },
+    )
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
@@ -188,44 +213,58 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def check_identity(recorded: dict[str, Any], current: dict[str, Any], folder: Path, at_step: int,
-                   extend: bool = False) -> None:
+def check_identity(
+    recorded: dict[str, Any], current: dict[str, Any], folder: Path, at_step: int, extend: bool = False
+) -> None:
     """Refuse to continue ``folder`` under a different identity; ``extend`` allows a larger step
     count (and only that)."""
     if not recorded:  # written before runs recorded their identity: nothing to compare
         log.warning("%s does not record the run's identity; resuming without checking it", folder)
         return
-    differ = [k for k in sorted(set(recorded) | set(current))
-              if _canonical(recorded.get(k)) != _canonical(current.get(k))]
+    differ = [
+        k for k in sorted(set(recorded) | set(current)) if _canonical(recorded.get(k)) != _canonical(current.get(k))
+    ]
     if differ == ["steps"] and extend and int(current["steps"]) > at_step:
         log.info("extending the run from %s to %s steps", recorded["steps"], current["steps"])
         return
     if not differ:
         return
-    lines = [f"{folder} belongs to a different run; --resume continues a run only with the settings it "
-             "was started with. Differing fields:"]
+    lines = [
+        f"{folder} belongs to a different run; --resume continues a run only with the settings it "
+        "was started with. Differing fields:"
+    ]
     for k in differ:
         lines.append(f"  {k}: {_canonical(recorded.get(k))} in the checkpoint, {_canonical(current.get(k))} now")
     if "steps" in differ:
         if int(current.get("steps") or 0) > at_step:
             lines.append("  To run more steps than the run was started with, add --extend.")
         else:
-            lines.append(f"  The checkpoint is already at step {at_step}: a step count at or below it cannot be "
-                         "continued.")
+            lines.append(
+                f"  The checkpoint is already at step {at_step}: a step count at or below it cannot be continued."
+            )
     lines.append("Run again with the recorded values, or choose another --out for a new run; nothing was changed.")
     raise CheckpointError("\n".join(lines))
 
 
-def restore(folder: Path, student: nn.Module, optimizer: torch.optim.Optimizer, method: Method,
-            ema: nn.Module | None, cfg: TrainConfig, identity: dict[str, Any], extend: bool = False
-            ) -> tuple[int, list[dict]]:
+def restore(
+    folder: Path,
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    method: Method,
+    ema: nn.Module | None,
+    cfg: TrainConfig,
+    identity: dict[str, Any],
+    extend: bool = False,
+) -> tuple[int, list[dict]]:
     """Load ``folder`` into the run's objects (re-sharding full tensors under FSDP); returns the
     step to continue from and the loss history so far."""
     try:
         state_json = json.loads((folder / "training_state.json").read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder / 'training_state.json'} cannot be read ({exc}); resume from an earlier "
-                              "checkpoint by pointing checkpoints/latest.json at it.") from None
+        raise CheckpointError(
+            f"{folder / 'training_state.json'} cannot be read ({exc}); resume from an earlier "
+            "checkpoint by pointing checkpoints/latest.json at it."
+        ) from None
     check_identity(state_json.get("identity") or {}, identity, folder, int(state_json["step"]), extend)
     tensors = read_safetensors(folder / "training_state.safetensors")
     model_state = read_safetensors(folder / "model.safetensors")

@@ -47,14 +47,16 @@ def check_model(model: nn.Module, role: str) -> None:
         if bad:
             raise CheckpointError(
                 f"the {role} model's config has non-finite values: {', '.join(bad[:5])}. Its config.json is damaged "
-                "or was edited by hand: restore the value (e.g. from the preset) before training; nothing was trained.")
+                "or was edited by hand: restore the value (e.g. from the preset) before training; nothing was trained."
+            )
     for kind, items in (("weight", model.named_parameters()), ("buffer", model.named_buffers())):
         for name, t in items:
             if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
                 n = int((~torch.isfinite(t)).sum())
                 raise CheckpointError(
                     f"the {role} model's {kind} {name} holds {n} NaN/inf value(s) of {t.numel()}: its weights are "
-                    "damaged. Re-copy the checkpoint or use an earlier one; nothing was trained.")
+                    "damaged. Re-copy the checkpoint or use an earlier one; nothing was trained."
+                )
 
 
 def _tensors(batch: FlowBatch) -> list[tuple[str, torch.Tensor]]:
@@ -91,16 +93,21 @@ def largest_weight(model: nn.Module) -> str:
     return f"{where} (|w| up to {best:.3g})"
 
 
-def explain_nonfinite(what: str, step: int, first_step: bool, batch: FlowBatch | None, model: nn.Module,
-                      where: str) -> str:
+def explain_nonfinite(
+    what: str, step: int, first_step: bool, batch: FlowBatch | None, model: nn.Module, where: str
+) -> str:
     """The message for a loss/gradient that became non-finite at ``step``: the data first, then
     the model when the optimiser has not changed anything yet, the learning rate last."""
     problem = batch_problem(batch) if batch is not None else None
     if problem is not None:
-        return (f"{what} at step {step} because {problem}: the training data is corrupt, not the learning rate. "
-                "Check and fix the dataset (`policydistill data info`), then run again; " + where + ".")
+        return (
+            f"{what} at step {step} because {problem}: the training data is corrupt, not the learning rate. "
+            "Check and fix the dataset (`policydistill data info`), then run again; " + where + "."
+        )
     if first_step:
-        return (f"{what} at step {step}, the first step of this run, before the optimiser changed any weight, and "
-                f"the batch is sound: the model itself produces it (largest weight {largest_weight(model)}). Its "
-                f"checkpoint or config is damaged; lowering --lr will not help. {where[0].upper() + where[1:]}.")
+        return (
+            f"{what} at step {step}, the first step of this run, before the optimiser changed any weight, and "
+            f"the batch is sound: the model itself produces it (largest weight {largest_weight(model)}). Its "
+            f"checkpoint or config is damaged; lowering --lr will not help. {where[0].upper() + where[1:]}."
+        )
     return f"{what} at step {step}. Lower --lr or raise the warm-up; {where}."

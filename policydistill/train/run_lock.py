@@ -37,8 +37,9 @@ class RunFolderLocked(RuntimeError):
 def _describe(owner: dict[str, Any]) -> str:
     started = owner.get("started")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
-    return (f"process {owner.get('pid', '?')} on host {owner.get('host', '?')}, started {when}"
-            + (f" ({owner['command']})" if owner.get("command") else ""))
+    return f"process {owner.get('pid', '?')} on host {owner.get('host', '?')}, started {when}" + (
+        f" ({owner['command']})" if owner.get("command") else ""
+    )
 
 
 class RunLock:
@@ -79,11 +80,20 @@ class RunLock:
                 raise RunFolderLocked(
                     f"{self.folder} is locked by {_describe(owner)}; from this host it cannot be checked whether "
                     f"that run is still going. If it has ended, delete {self.path} and run again (add --resume to "
-                    "continue its checkpoints); otherwise choose another --out. Nothing was changed.")
-            log.warning("%s: found a stale lock left by %s, which has exited without releasing it (killed or "
-                        "crashed); taking it over", self.folder, _describe(owner))
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                  "command": " ".join(shlex.quote(a) for a in sys.argv)}
+                    "continue its checkpoints); otherwise choose another --out. Nothing was changed."
+                )
+            log.warning(
+                "%s: found a stale lock left by %s, which has exited without releasing it (killed or "
+                "crashed); taking it over",
+                self.folder,
+                _describe(owner),
+            )
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "command": " ".join(shlex.quote(a) for a in sys.argv),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         os.fsync(fd)

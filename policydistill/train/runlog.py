@@ -2,8 +2,18 @@
 
 One JSON object per optimiser step, appended and flushed as the step ends::
 
-    {"step": 41, "loss": 0.213, "fm_loss": 0.2, "lr": 0.0003, "grad_norm": 0.91,
-     "step_s": 0.052, "samples_per_s": 615.4, "memory_mb": 812.3, "memory": "cpu_peak_rss", "time": 1.7e9}
+    {
+        "step": 41,
+        "loss": 0.213,
+        "fm_loss": 0.2,
+        "lr": 0.0003,
+        "grad_norm": 0.91,
+        "step_s": 0.052,
+        "samples_per_s": 615.4,
+        "memory_mb": 812.3,
+        "memory": "cpu_peak_rss",
+        "time": 1.7e9,
+    }
 
 ``memory_mb`` is the peak CUDA memory allocated by torch on a GPU (``"memory": "cuda_peak_allocated"``),
 else the process's peak resident set size. A resumed run first drops the lines at or after the
@@ -39,7 +49,7 @@ class MissingExtra(ImportError):
 
 
 def parse_backends(log: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """"tensorboard,wandb" → ["tensorboard", "wandb"]; unknown names and missing packages fail
+    """ "tensorboard,wandb" → ["tensorboard", "wandb"]; unknown names and missing packages fail
     here, before any work."""
     if not log:
         return []
@@ -47,14 +57,17 @@ def parse_backends(log: str | list[str] | tuple[str, ...] | None) -> list[str]:
     names = [n for n in names if n not in ("none", "jsonl")]  # metrics.jsonl is always written
     for name in names:
         if name not in BACKENDS:
-            raise ValueError(f"unknown --log backend {name!r}; valid: {', '.join(BACKENDS)} (metrics.jsonl is "
-                             "always written)")
+            raise ValueError(
+                f"unknown --log backend {name!r}; valid: {', '.join(BACKENDS)} (metrics.jsonl is always written)"
+            )
         extra, module = _EXTRAS[name]
         try:
             __import__(module)
         except ImportError:
-            raise MissingExtra(f"--log {name} needs the optional package {module!r}, which is not installed: "
-                               f"pip install 'policydistill[{extra}]' (or pip install {module}).") from None
+            raise MissingExtra(
+                f"--log {name} needs the optional package {module!r}, which is not installed: "
+                f"pip install 'policydistill[{extra}]' (or pip install {module})."
+            ) from None
     return list(dict.fromkeys(names))
 
 
@@ -83,9 +96,14 @@ class _WandB:
         import wandb
 
         # wandb writes its runs to <dir>/wandb/ (offline-run-* until `wandb sync` uploads them)
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "policydistill"), name=name,
-                              dir=str(out_dir), config=config, mode=os.environ.get("WANDB_MODE", "offline"),
-                              reinit=True)
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "policydistill"),
+            name=name,
+            dir=str(out_dir),
+            config=config,
+            mode=os.environ.get("WANDB_MODE", "offline"),
+            reinit=True,
+        )
 
     def log(self, record: dict[str, float], step: int) -> None:
         self.run.log({f"train/{k}": v for k, v in record.items()}, step=step)
@@ -105,9 +123,15 @@ class RunLog:
     """Writes the per-step records of one run (rank 0 only). ``start`` is the step the run
     continues from: later lines of an earlier attempt are dropped first."""
 
-    def __init__(self, out_dir: str | Path | None, start: int = 0, backends: list[str] | None = None,
-                 config: dict[str, Any] | None = None, name: str = "train", device: str | torch.device = "cpu"
-                 ) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path | None,
+        start: int = 0,
+        backends: list[str] | None = None,
+        config: dict[str, Any] | None = None,
+        name: str = "train",
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.device = torch.device(device)
         self.path = Path(out_dir) / METRICS_FILE if out_dir is not None else None
         self._fh = None
@@ -116,8 +140,9 @@ class RunLog:
         if self.path is None:
             return
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if _step(line) is not None
-                    and _step(line) < start]
+            kept = [
+                line for line in self.path.read_text().splitlines() if _step(line) is not None and _step(line) < start
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
         self._fh = open(self.path, "a")
         for b in backends or []:
@@ -135,8 +160,14 @@ class RunLog:
         now = time.perf_counter()
         step_s, self._t = now - self._t, now
         mem, kind = memory_mb(self.device)
-        full = {**record, "step_s": step_s, "samples_per_s": batch_size / max(step_s, 1e-9), "memory_mb": mem,
-                "memory": kind, "time": time.time()}
+        full = {
+            **record,
+            "step_s": step_s,
+            "samples_per_s": batch_size / max(step_s, 1e-9),
+            "memory_mb": mem,
+            "memory": kind,
+            "time": time.time(),
+        }
         if self._fh is None:
             return
         self._fh.write(json.dumps({k: _finite(v) for k, v in full.items()}) + "\n")
