@@ -290,7 +290,7 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             optimizer.zero_grad(set_to_none=True)
-            local_loss, sums, batch = 0.0, {}, None
+            local_loss, sums, suspect = 0.0, {}, None
             for j in mine:  # micro-batch j of this step: data and method randomness seeded from (seed, step, j)
                 torch.manual_seed(step_seed(cfg.seed, step, j))
                 gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, j))
@@ -301,7 +301,10 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
                 with _autocast(cfg, device):
                     loss, metrics = method.loss(student, teacher, batch, step)
                 (loss if n_micro == 1 else loss / n_micro).backward()
-                local_loss += float(loss.detach()) / n_micro
+                micro_loss = float(loss.detach())
+                local_loss += micro_loss / n_micro
+                if suspect is None and not math.isfinite(micro_loss):
+                    suspect = batch  # the micro-batch to inspect if the step's loss is not finite
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v) / len(mine)
             # one small all-reduce carries the global loss and any rank's stop request
@@ -309,7 +312,7 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
             global_loss = float(synced[0])
             stop_signum = stop.signum or (int(signal.SIGTERM) if float(synced[1]) > 0 else 0)
             if not math.isfinite(global_loss):
-                raise diverged(f"loss became {global_loss} ({sums})", step, batch)
+                raise diverged(f"loss became {global_loss} ({sums})", step, suspect)
             if not cfg.fsdp:  # FSDP already summed (reduce-scattered) the gradients during backward
                 distributed.all_reduce_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
