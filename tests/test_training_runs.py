@@ -299,7 +299,6 @@ def test_damaged_teacher_is_named_before_any_work(tmp_path: Path, damage: str) -
             "--out",
             str(tmp_path / "run"),
         ],
-        timeout=60,
     )
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 1, err[-2000:]
@@ -334,8 +333,27 @@ def _plain(text: str) -> str:
     return " ".join(text.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
 
 
-def _cli(args: list[str], timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+def _cli(args: list[str]) -> subprocess.CompletedProcess:
+    """The CLI entry point (``run_app`` on the typer app, as the console script runs it) in this
+    process: the exit code and what it printed."""
+    import contextlib
+    import io
+
+    from policydistill.cli.app import app
+    from policydistill.cli.errors import run_app
+
+    out, err, argv = io.StringIO(), io.StringIO(), sys.argv
+    sys.argv = ["policydistill", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_app(app)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.parametrize("threads", ["100000", "0", "-2"])
@@ -357,14 +375,14 @@ def test_library_thread_check(tmp_path: Path) -> None:
 
 
 def test_bad_sweep_fails_before_any_work(tmp_path: Path) -> None:
-    proc = _cli(["distill", "pi0", "--preset", "tiny", "--sweep", "0,-4", "--out", str(tmp_path / "d")], timeout=60)
+    proc = _cli(["distill", "pi0", "--preset", "tiny", "--sweep", "0,-4", "--out", str(tmp_path / "d")])
     err = _plain(proc.stderr)
     assert proc.returncode == 2 and "--sweep values must be whole numbers" in err and "0, -4" in err, err[-2000:]
     assert not (tmp_path / "d").exists()
 
 
 def test_repeated_methods_fail_before_any_work(tmp_path: Path) -> None:
-    proc = _cli(["compare", "--preset", "tiny", "--methods", "reflow,reflow", "--out", str(tmp_path / "c")], timeout=60)
+    proc = _cli(["compare", "--preset", "tiny", "--methods", "reflow,reflow", "--out", str(tmp_path / "c")])
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 1 and "--methods lists reflow more than once" in err, err[-2000:]
     assert "looks like a bug" not in err and "Traceback" not in err
@@ -390,7 +408,6 @@ def test_missing_data_path_is_an_error_not_a_regeneration(tmp_path: Path) -> Non
             "--out",
             str(tmp_path / "run"),
         ],
-        timeout=60,
     )
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 1, err[-2000:]
@@ -422,12 +439,12 @@ def test_metrics_jsonl_has_every_step_and_a_resume_rewrites_the_tail(tmp_path: P
 
 def test_runs_show_prints_a_table_and_writes_a_png(tmp_path: Path) -> None:
     _run(tmp_path / "run" / "train")
-    proc = _cli(["runs", "show", str(tmp_path / "run"), "--rows", "5"], timeout=60)
+    proc = _cli(["runs", "show", str(tmp_path / "run"), "--rows", "5"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "train: 15 steps" in proc.stdout and "samples/s" in proc.stdout and "12–14" in proc.stdout
     png = tmp_path / "run" / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    missing = _cli(["runs", "show", str(tmp_path / "nothing")], timeout=60)
+    missing = _cli(["runs", "show", str(tmp_path / "nothing")])
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
