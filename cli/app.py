@@ -78,6 +78,11 @@ from .envs import envs_app as _envs_app  # noqa: E402
 app.add_typer(_envs_app, name="envs")
 
 
+from .runs import runs_app as _runs_app  # noqa: E402
+
+app.add_typer(_runs_app, name="runs")
+
+
 def main() -> None:
     from .errors import run_app
 

@@ -39,14 +39,53 @@ def _apply(cfg, **flags):
 
 def _sweep(text: Optional[str]) -> Optional[tuple[int, ...]]:
     """--sweep "8,12,16" → (8, 12, 16); "none" → () (off); None → the preset's choice."""
+    from ..pipeline.run_options import check_sweep
+
     if text is None:
         return None
     if text.strip().lower() in ("none", "off", ""):
         return ()
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise typer.BadParameter(f"--sweep takes comma-separated integers or 'none', got {text!r}") from None
+    try:
+        check_sweep(values)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return values
+
+
+def _threads(value: Optional[int]) -> Optional[int]:
+    """--threads N: 1..(CPU cores); leaving it out keeps torch's default."""
+    from ..pipeline.run_options import check_threads, cpu_cores
+
+    if value is None:
+        return None
+    if value == 0:
+        raise typer.BadParameter(f"--threads 0 is not a thread count: pass 1 to {cpu_cores()} (this machine's CPU "
+                                 "cores), or leave --threads out to keep torch's default.")
+    try:
+        check_threads(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _log(value: Optional[str]) -> Optional[str]:
+    """--log tensorboard|wandb: checked (name, installed extra) before any work."""
+    from ..train.runlog import parse_backends
+
+    if value is None:
+        return None
+    parse_backends(value)  # unknown name: ValueError; package missing: MissingExtra naming the extra
+    return value
+
+
+THREADS_HELP = "Torch CPU threads, 1..(CPU cores) (default: torch's own choice)."
+LOG_HELP = ("Also log the run to tensorboard or wandb (offline unless WANDB_MODE says otherwise); needs the "
+            "extra of that name. metrics.jsonl is always written.")
+EXTEND_HELP = "With --resume: continue the run to a larger step count than it was started with."
 
 
 def train_cmd(
@@ -60,9 +99,11 @@ def train_cmd(
     batch_size: Optional[int] = typer.Option(None, min=1),
     lr: Optional[float] = typer.Option(None, min=0.0),
     seed: Optional[int] = typer.Option(None),
-    threads: Optional[int] = typer.Option(None, min=0),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     out: Optional[str] = typer.Option(None, help="Run folder (default runs/teacher)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    extend: bool = typer.Option(False, "--extend", help=EXTEND_HELP),
+    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
     option: list[str] = typer.Option([], "--option", "-o", help="Model config override key=value (repeatable)."),
     micro_batches: Optional[int] = typer.Option(None, "--micro-batches", min=0, help="Seeded micro-batches per "
                                                 "step (0 = one per torchrun rank; the result depends on this, not on the rank count)."),
@@ -74,11 +115,11 @@ def train_cmd(
 
     base = TEACHER_PRESETS.get(preset, TeacherConfig(preset=preset))
     cfg = _apply(base, model=model, preset=preset, task=task, data=data, episodes_per_task=episodes,
-                 multimodal=multimodal, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, out=out,
-                 micro_batches=micro_batches, fsdp=fsdp)
+                 multimodal=multimodal, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=_threads(threads),
+                 out=out, micro_batches=micro_batches, fsdp=fsdp, log=_log(log))
     if option:
         cfg = dataclasses.replace(cfg, overrides={**cfg.overrides, **_options(option)})
-    train_teacher(cfg, resume=resume)
+    train_teacher(cfg, resume=resume, extend=extend)
 
 
 def distill_cmd(
@@ -99,10 +140,12 @@ def distill_cmd(
     max_episode_steps: Optional[int] = typer.Option(None, min=1, help="Episode step limit (default: the task's)."),
     preset: str = typer.Option("default", help="Recipe preset: default or tiny (seconds-long smoke run)."),
     seed: Optional[int] = typer.Option(None),
-    threads: Optional[int] = typer.Option(None, min=0),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     out: Optional[str] = typer.Option(None, help="Output folder (default runs/distill-<model>-<method>-<steps>)."),
     video: bool = typer.Option(False, "--video", help="Save rollout videos."),
     resume: bool = typer.Option(False, "--resume", help="Continue the distillation from the last checkpoint in --out."),
+    extend: bool = typer.Option(False, "--extend", help=EXTEND_HELP),
+    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
     option: list[str] = typer.Option([], "--option", "-o", help="Method option key=value (repeatable)."),
     micro_batches: Optional[int] = typer.Option(None, "--micro-batches", min=0, help="Seeded micro-batches per "
                                                 "step (0 = one per torchrun rank)."),
@@ -124,12 +167,13 @@ def distill_cmd(
     cfg = _apply(DISTILL_PRESETS[preset], model=model, steps=steps, method=method, checkpoint=checkpoint,
                  tokenizer=tokenizer, task=task, data=data, iters=iters, episodes=episodes,
                  n_action_steps=n_action_steps, sweep_n_action_steps=_sweep(sweep), sweep_episodes=sweep_episodes,
-                 workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=threads,
-                 out=out or f"runs/distill-{model}-{method}-{steps}", video=video, micro_batches=micro_batches, fsdp=fsdp)
+                 workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=_threads(threads),
+                 out=out or f"runs/distill-{model}-{method}-{steps}", video=video, micro_batches=micro_batches, fsdp=fsdp,
+                 log=_log(log))
     options = _method_options(method, option)
     if options:
         cfg = dataclasses.replace(cfg, method_options=options)
-    distill_policy(cfg, resume=resume)
+    distill_policy(cfg, resume=resume, extend=extend)
 
 
 def compare_cmd(
@@ -147,9 +191,11 @@ def compare_cmd(
                               "default: every variant runs again per value."),
     preset: str = typer.Option("default", help="Recipe preset: default or tiny."),
     seed: Optional[int] = typer.Option(None),
-    threads: Optional[int] = typer.Option(None, min=0),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     out: str = typer.Option("runs/compare", help="Output folder."),
-    resume: bool = typer.Option(False, "--resume"),
+    resume: bool = typer.Option(False, "--resume", help="Continue every student's distillation from its last checkpoint."),
+    extend: bool = typer.Option(False, "--extend", help=EXTEND_HELP),
+    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
 ) -> None:
     """Distil the same teacher with several methods and NFEs (same budget) and compare them."""
     from ..pipeline.compare import compare_methods
@@ -157,10 +203,13 @@ def compare_cmd(
 
     if preset not in DISTILL_PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DISTILL_PRESETS)}")
-    nfes = sorted({int(x) for x in steps.split(",") if x.strip()})
+    try:
+        nfes = sorted({int(x) for x in steps.split(",") if x.strip()})
+    except ValueError:
+        nfes = []
     if not nfes or min(nfes) < 1:
-        raise typer.BadParameter(f"--steps must list NFEs >= 1, got {steps!r}")
+        raise typer.BadParameter(f"--steps must list comma-separated NFEs >= 1 (e.g. 1,2,4), got {steps!r}")
     cfg = _apply(DISTILL_PRESETS[preset], model=model, checkpoint=teacher, iters=iters, episodes=episodes, task=task,
-                 workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=threads, out=out,
-                 sweep_n_action_steps=_sweep(sweep))
-    compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()], nfes, resume=resume)
+                 workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=_threads(threads), out=out,
+                 sweep_n_action_steps=_sweep(sweep), log=_log(log))
+    compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()], nfes, resume=resume, extend=extend)

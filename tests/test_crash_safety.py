@@ -27,7 +27,7 @@ from policydistill.checkpoint import CheckpointError, read_safetensors
 from policydistill.core import FlowBatch
 from policydistill.methods import make_method
 from policydistill.models.mlp import MLPFlowMap
-from policydistill.train import loop as loop_mod
+from policydistill.train import checkpointing as checkpointing_mod
 from policydistill.train.loop import TrainConfig, TrainingDiverged, TrainingInterrupted, latest_checkpoint, train
 
 CLI = [sys.executable, "-m", "policydistill.cli"]
@@ -132,7 +132,7 @@ def test_unwritable_or_full_output_fails_before_training(tmp_path: Path, monkeyp
         train(_model(), make_method("flow_matching"), Mixture(), _cfg(), out_dir=blocker / "run")
 
     data = Mixture()
-    monkeypatch.setattr(loop_mod.shutil, "disk_usage", lambda p: type("U", (), {"free": 10_000})())
+    monkeypatch.setattr(checkpointing_mod.shutil, "disk_usage", lambda p: type("U", (), {"free": 10_000})())
     with pytest.raises(CheckpointError, match=r"MiB free but this run's checkpoints need about .*nothing was trained"):
         train(_model(), make_method("flow_matching"), data, _cfg(), out_dir=tmp_path / "full")
     assert data.calls == 0 and not (tmp_path / "full" / "checkpoints").exists()

@@ -19,16 +19,30 @@ from rich.table import Table
 from ..checkpoint import write_json
 from ..methods import DEFAULT_METHOD
 from .distill import DistillConfig, Variant, load_job, train_student
+from .run_options import run_folder
 
 console = Console(width=150)
 
 
-def compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], resume: bool = False) -> dict[str, Any]:
+def compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], resume: bool = False,
+                    extend: bool = False) -> dict[str, Any]:
+    """Distil one student per method and evaluate all on the same seeds; ``<out>`` is locked for
+    the run. Every option is checked before the teacher is loaded."""
+    from .run_options import check_distill_options, check_methods
+
+    check_methods(methods)  # unknown or repeated names fail before any training
+    if not nfes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in nfes):
+        raise ValueError(f"--steps must list NFEs >= 1, got {nfes}")
+    check_distill_options(dataclasses.replace(cfg, steps=min(nfes)))
+    with run_folder(Path(cfg.out)):
+        return _compare_methods(cfg, methods, sorted(set(nfes)), resume, extend)
+
+
+def _compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], resume: bool, extend: bool
+                     ) -> dict[str, Any]:
     from ..methods import METHODS
     from .evaluate import evaluate_variants
 
-    for m in methods:
-        METHODS.load(m)  # fail before any training on an unknown name
     out = Path(cfg.out)
     job = load_job(dataclasses.replace(cfg, steps=min(nfes)))
     cfg = job.settle(cfg)
@@ -39,7 +53,7 @@ def compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], res
         # schedule is its own option), so one student per method, trained once, is evaluated at
         # every NFE: N identical trainings would spend N× the budget on the same weights.
         sampling = METHODS.load(method).sampling
-        student, prov = train_student(job, cfg, method, min(nfes), out / method, resume)
+        student, prov = train_student(job, cfg, method, min(nfes), out / method, resume, extend)
         for n in nfes:
             variants.append(Variant("student", student, n, sampling, method, prov["train_seconds"]))
     report = evaluate_variants(variants, job.tasks, job.val_set, cfg, out)

@@ -45,7 +45,7 @@ class DistillConfig:
     lr: float = 1e-4
     warmup_steps: int = 100
     task: str | None = None             # default: the teacher's tasks
-    data: str | None = None             # default: the teacher's dataset (regenerated if missing)
+    data: str | None = None             # default: the teacher's dataset (regenerated if missing); given: must exist
     episodes: int = 50                  # closed-loop episodes per task and variant
     teacher_nfe: int = 10
     n_action_steps: int | None = None   # execution horizon in closed loop (default: the policy's)
@@ -65,6 +65,7 @@ class DistillConfig:
     micro_batches: int = 0              # seeded micro-batches per step (0 = one per torchrun rank)
     fsdp: bool = False                  # shard the student over the torchrun ranks (FSDP2, train/fsdp.py)
     method_options: dict[str, Any] = field(default_factory=dict)
+    log: str = ""                       # extra run logs besides metrics.jsonl: tensorboard, wandb
 
 
 DISTILL_PRESETS: dict[str, DistillConfig] = {
@@ -121,21 +122,22 @@ class Job:
 def load_job(cfg: DistillConfig) -> Job:
     """Load the teacher and its demonstrations (regenerated with the teacher's seeds if missing)."""
     from ..train import distributed
+    from ..train.health import check_model
     from ..train.loop import check_output_dir
     from .demos import ensure_demos
+    from .run_options import apply_threads, check_chunk_options, check_distill_options
     from .teacher import open_windows, tasks_of
     from .teacher_io import BUNDLED_TEACHER, load_teacher, provenance
 
-    if cfg.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {cfg.steps}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    check_distill_options(cfg)  # every option that needs no teacher, before any work
+    apply_threads(cfg.threads)
     out = Path(cfg.out)
     check_output_dir(out)  # an unwritable --out fails before any loading or training
     if cfg.checkpoint is None:
         console.print(f"[bold]no --checkpoint given: using the bundled {cfg.model} teacher[/] ({BUNDLED_TEACHER})")
     teacher, teacher_dir = load_teacher(cfg.checkpoint, cfg.tokenizer)
     teacher.eval()
+    check_model(teacher, "teacher")  # damaged weights or config fail here, not as a "diverged" loss later
     if cfg.model and getattr(teacher, "architecture", cfg.model) != cfg.model:
         raise ValueError(f"the checkpoint is a {teacher.architecture} policy, not {cfg.model}: "
                          f"run `policydistill distill {teacher.architecture} ...`")
@@ -145,9 +147,10 @@ def load_job(cfg: DistillConfig) -> Job:
         raise ValueError("the teacher does not record its tasks: pass --task (e.g. metaworld/push-v3)")
     if cfg.task:
         check_action_dim(teacher, tasks, prov.get("tasks", []))
+    check_chunk_options(cfg, int(teacher.config.chunk_size))
     data_path = Path(cfg.data or prov.get("dataset") or out / "demos.zarr")
     with distributed.main_first():  # rank 0 generates missing demos first; the others then find them on disk
-        if not data_path.exists():
+        if cfg.data is None and not data_path.exists():  # only the teacher's recorded demos are ever regenerated
             tc = prov.get("teacher_config", {})
             console.print(f"demonstrations {data_path} not found: generating them (same tasks and seeds as the teacher)")
             data_path = out / "demos.zarr"
@@ -195,8 +198,10 @@ def check_action_dim(policy: Any, tasks: list[str], teacher_tasks: list[str]) ->
 
 
 def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out: Path,
-                  resume: bool = False) -> tuple[Any, dict[str, Any]]:
-    """Distil ``job.teacher`` with ``method_name`` for ``nfe`` steps; saves ``out/student``."""
+                  resume: bool = False, extend: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Distil ``job.teacher`` with ``method_name`` for ``nfe`` steps; saves ``out/student``.
+    ``resume`` continues ``out/train`` only under the same teacher, NFE, iterations, seed, method,
+    method options and data (``extend`` allows more iterations)."""
     from ..methods import make_method
     from ..train import TrainConfig, distributed, train
     from .policy_data import PolicyDataSource
@@ -210,10 +215,13 @@ def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out:
             "distill_config": dataclasses.asdict(cfg)}
     tcfg = TrainConfig(steps=cfg.iters, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                        seed=cfg.seed, progress=cfg.progress, checkpoint_every=max(0, cfg.iters // 5),
-                       micro_batches=cfg.micro_batches, fsdp=cfg.fsdp, description=f"distil {method_name} → {nfe} NFE")
+                       micro_batches=cfg.micro_batches, fsdp=cfg.fsdp, log=cfg.log,
+                       description=f"distil {method_name} → {nfe} NFE")
+    identity = {"teacher": str(Path(job.teacher_dir).resolve()), "nfe": nfe, "method_name": method_name,
+                "method_options": cfg.method_options, "data": str(Path(job.data_path).resolve())}
     t0 = time.perf_counter()
     result = train(student, method, PolicyDataSource(job.train_set, student), tcfg, teacher=job.teacher,
-                   out_dir=out / "train", resume=resume, checkpoint_extra=prov)
+                   out_dir=out / "train", resume=resume, checkpoint_extra=prov, identity=identity, extend=extend)
     prov["train_seconds"] = time.perf_counter() - t0
     prov["final_loss"] = sum(h["loss"] for h in result.history[-20:]) / max(1, len(result.history[-20:]))
     student = method.sampling_model(result.model)
@@ -225,14 +233,24 @@ def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out:
     return student, prov
 
 
-def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
-    """Run the whole job; returns the report (also written to ``<out>/report.json``)."""
+def distill_policy(cfg: DistillConfig, resume: bool = False, extend: bool = False) -> dict[str, Any]:
+    """Run the whole job; returns the report (also written to ``<out>/report.json``). ``<out>`` is
+    locked for the run (one run per folder)."""
+    from ..train import distributed
+    from .run_options import check_distill_options, run_folder
+
+    check_distill_options(cfg)  # a bad option fails before anything is created or loaded
+    distributed.init_from_env()  # no-op unless launched by torchrun
+    with run_folder(Path(cfg.out)):
+        return _distill_policy(cfg, resume, extend)
+
+
+def _distill_policy(cfg: DistillConfig, resume: bool, extend: bool) -> dict[str, Any]:
     from ..methods import METHODS
     from ..train import distributed
     from .evaluate import evaluate_variants, print_report
 
     out = Path(cfg.out)
-    distributed.init_from_env()  # no-op unless launched by torchrun
     if cfg.fsdp:  # before the teacher and the data are loaded
         from ..methods import make_method
         from ..train.fsdp import check_ready
@@ -240,7 +258,7 @@ def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
         check_ready(make_method(cfg.method, **cfg.method_options))
     job = load_job(cfg)
     cfg = job.settle(cfg)
-    student, prov = train_student(job, cfg, cfg.method, cfg.steps, out, resume)
+    student, prov = train_student(job, cfg, cfg.method, cfg.steps, out, resume, extend)
     if not distributed.is_main():
         return {}
     sampling = METHODS.load(cfg.method).sampling

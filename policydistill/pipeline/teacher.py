@@ -55,6 +55,7 @@ class TeacherConfig:
     micro_batches: int = 0              # seeded micro-batches per step (0 = one per torchrun rank)
     fsdp: bool = False                  # shard the policy over the torchrun ranks (FSDP2, train/fsdp.py)
     overrides: dict[str, Any] = field(default_factory=dict)  # architecture config overrides
+    log: str = ""                       # extra run logs besides metrics.jsonl: tensorboard, wandb
 
 
 TEACHER_PRESETS: dict[str, TeacherConfig] = {
@@ -105,23 +106,35 @@ def open_windows(path: str | Path, policy_chunk: int, split: str, val_fraction: 
                              normalize=False)
 
 
-def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
-    """Train and save a teacher; returns the folder of the final model (``<out>/teacher``)."""
+def train_teacher(cfg: TeacherConfig, resume: bool = False, extend: bool = False) -> Path:
+    """Train and save a teacher; returns the folder of the final model (``<out>/teacher``).
+    ``<out>`` is locked for the run; ``resume`` continues only the same run (``extend``: to more
+    steps)."""
+    from ..train import distributed
+    from ..train.runlog import parse_backends
+    from .run_options import apply_threads, run_folder
+
+    apply_threads(cfg.threads)
+    parse_backends(cfg.log)
+    if cfg.data is not None and not Path(cfg.data).exists():
+        raise FileNotFoundError(f"--data {cfg.data} does not exist. Pass an existing dataset (zarr store or LeRobot "
+                                "v3 folder), or leave --data out to generate scripted demonstrations.")
+    distributed.init_from_env()  # no-op unless launched by torchrun
+    with run_folder(Path(cfg.out)):  # an unwritable --out fails here, before demos are generated
+        return _train_teacher(cfg, resume, extend)
+
+
+def _train_teacher(cfg: TeacherConfig, resume: bool, extend: bool) -> Path:
     from ..methods import make_method
     from ..train import TrainConfig, distributed, train
-    from ..train.loop import check_output_dir
     from .demos import ensure_demos
     from .policy_data import PolicyDataSource
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    distributed.init_from_env()  # no-op unless launched by torchrun
     if cfg.fsdp:  # before the demonstrations are generated
         from ..train.fsdp import check_ready
 
         check_ready(make_method("flow_matching"))
     out = Path(cfg.out)
-    check_output_dir(out)  # an unwritable --out fails before demos are generated
     tasks = tasks_of(cfg.task)
     from ..zoo import ARCHITECTURES
 
@@ -148,10 +161,14 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False) -> Path:
     tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                        warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
                        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, progress=cfg.progress,
-                       micro_batches=cfg.micro_batches, fsdp=cfg.fsdp, description=f"train {cfg.model} (flow matching)")
+                       micro_batches=cfg.micro_batches, fsdp=cfg.fsdp, log=cfg.log,
+                       description=f"train {cfg.model} (flow matching)")
+    identity = {"model": cfg.model, "preset": cfg.preset, "tasks": tasks, "data": str(data_path.resolve()),
+                "overrides": cfg.overrides, "val_fraction": cfg.val_fraction}
     t0 = time.perf_counter()
     result = train(policy, make_method("flow_matching"), PolicyDataSource(train_set, policy), tcfg,
-                   out_dir=out / "train", resume=resume, checkpoint_extra=provenance)
+                   out_dir=out / "train", resume=resume, checkpoint_extra=provenance, identity=identity,
+                   extend=extend)
     model = result.ema if result.ema is not None else result.model
     model.config.sampling_mode = "diagonal"
     if not distributed.is_main():  # under torchrun, rank 0 saves

@@ -10,16 +10,22 @@ into micro-batches seeded from (seed, step, j), each rank computes its share, an
 summed over ranks by hand (covers ``torch.func.jvp`` methods, which bypass a DDP wrapper).
 With ``fsdp`` the student is sharded over the ranks instead (``fsdp``: FSDP2, same loop, same
 checkpoint format; the gradient sum is FSDP's reduce-scatter).
-Only rank 0 shows progress and writes checkpoints. SIGINT/SIGTERM finish the current step,
-write a checkpoint and raise ``TrainingInterrupted``; the output folder is checked for write
-access and free space before the first step.
+Only rank 0 shows progress, writes checkpoints and ``metrics.jsonl``, and holds the output
+folder's lock. SIGINT/SIGTERM finish the current step, write a checkpoint and raise
+``TrainingInterrupted``; the output folder is checked for write access and free space, and the
+models for finite weights and config, before the first step.
+
+What lives elsewhere: checkpoint and resume I/O (``checkpointing``), the run folder's lock
+(``run_lock``), the per-step log and optional TensorBoard / W&B (``runlog``), the checks that
+tell corrupt data or weights from a too-high learning rate (``health``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import math
-import shutil
 import signal
 import threading
 import time
@@ -31,19 +37,22 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from ..checkpoint import (
-    CheckpointError,
-    flatten_state,
-    load_state_checked,
-    read_safetensors,
-    save_model,
-    unflatten_state,
-    write_json,
-    write_safetensors,
-)
+from ..checkpoint import CheckpointError
 from ..core.flowmap import FlowBatch, FlowMapModel
 from ..methods.base import Method, update_ema
 from . import distributed, fsdp
+from .checkpointing import (  # noqa: F401  (latest_checkpoint, check_output_dir: part of this module's API)
+    check_output_dir,
+    checkpoint_bytes,
+    complete_checkpoints,
+    holds_a_run,
+    latest_checkpoint,
+    restore,
+    save_checkpoint,
+)
+from .health import check_model, explain_nonfinite
+from .run_lock import RunLock
+from .runlog import RunLog, parse_backends
 
 
 class DataSource(Protocol):
@@ -73,6 +82,7 @@ class TrainConfig:
     micro_batches: int = 0          # the batch is cut into this many seeded micro-batches (0 = one per rank)
     fsdp: bool = False              # shard the student over the torchrun ranks with FSDP2 (see train/fsdp.py)
     handle_signals: bool = True     # SIGINT/SIGTERM: finish the step, checkpoint, raise TrainingInterrupted
+    log: str = ""                   # extra run logs besides metrics.jsonl: "tensorboard", "wandb" (comma-separated)
 
 
 @dataclass
@@ -152,95 +162,6 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def _checkpoint_dirs(out_dir: Path) -> list[Path]:
-    return sorted((out_dir / "checkpoints").glob("step-*"))
-
-
-def save_checkpoint(out_dir: Path | None, step: int, student: nn.Module, optimizer: torch.optim.Optimizer,
-                    method: Method, ema: nn.Module | None, history: list[dict], cfg: TrainConfig,
-                    extra: dict[str, Any] | None = None) -> Path | None:
-    """Write ``checkpoints/step-N/`` completely, then point ``checkpoints/latest.json`` at it.
-    A crash at any moment leaves the previous checkpoint valid.
-
-    Under FSDP every rank calls this (gathering the shards is a collective); ranks that do not
-    write pass ``out_dir=None``. Without FSDP only the writing rank needs to call it."""
-    states = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "method": method.state_dict(),
-              "ema": ema.state_dict() if ema is not None else None}
-    if cfg.fsdp:
-        states = fsdp.gather(states, keep=out_dir is not None)
-    if out_dir is None:
-        return None
-    ckpt_root = out_dir / "checkpoints"
-    folder = ckpt_root / f"step-{step:08d}"
-    tmp = ckpt_root / f".step-{step:08d}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model(tmp, student, extra=extra, state=states["model"])
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = {
-        "optimizer": flatten_state("optimizer", states["optimizer"], tensors),
-        "method": flatten_state("method", states["method"], tensors),
-        "ema": flatten_state("ema", states["ema"], tensors) if ema is not None else None,
-    }
-    write_safetensors(tmp / "training_state.safetensors", tensors)
-    write_json(tmp / "training_state.json", {"step": step, "skeleton": skeleton, "history": history,
-                                             "train_config": asdict(cfg)})
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    write_json(ckpt_root / "latest.json", {"step": step, "folder": folder.name})
-    for old in _checkpoint_dirs(out_dir)[: -max(1, cfg.keep_checkpoints)]:
-        shutil.rmtree(old, ignore_errors=True)
-    return folder
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    pointer = Path(out_dir) / "checkpoints" / "latest.json"
-    if not pointer.exists():
-        return None
-    import json
-
-    folder = pointer.parent / json.loads(pointer.read_text())["folder"]
-    return folder if folder.exists() else None
-
-
-def _check_writable(out_dir: Path, need_bytes: int = 0) -> None:
-    """Fail before the first step if ``out_dir`` cannot hold the checkpoints of this run."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-probe"
-        probe.write_bytes(b"0" * 1024)
-        probe.unlink()
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot write to the output folder {out_dir} ({exc.strerror or exc}). Choose a writable --out "
-            "folder with free space; nothing was trained."
-        ) from None
-    free = shutil.disk_usage(out_dir).free
-    if need_bytes and free < need_bytes:
-        raise CheckpointError(
-            f"the output folder {out_dir} has {free / 2**20:.1f} MiB free but this run's checkpoints need about "
-            f"{need_bytes / 2**20:.1f} MiB (model, optimiser moments, EMA and method state, kept checkpoints + 1). "
-            "Free some space or choose another --out; nothing was trained."
-        )
-
-
-check_output_dir = _check_writable
-
-
-def _tensor_bytes(tensors: Any) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
-
-
-def checkpoint_bytes(student: nn.Module, method: Method, ema: nn.Module | None, cfg: TrainConfig) -> int:
-    """Disk needed by this run's checkpoints: model + AdamW's two moments + EMA + method state, for
-    ``keep_checkpoints`` folders plus the one being written, with 10% slack for metadata."""
-    model = _tensor_bytes(student.state_dict().values())
-    moments = 2 * sum(p.numel() * p.element_size() for p in student.parameters() if p.requires_grad)
-    one = model + moments + (model if ema is not None else 0) + _tensor_bytes(method.state_dict().values())
-    return int(1.1 * one * (max(1, cfg.keep_checkpoints) + 1))
-
-
 def _shard_all(student: nn.Module, ema: nn.Module | None, method: Method, device: torch.device
                ) -> dict[str, nn.Module]:
     """Shard the student, the loop's EMA and the model copies the method keeps (its FlowMapModel
@@ -263,96 +184,113 @@ def _unshard_all(student: nn.Module, ema: nn.Module | None, method: Method, twin
     return fsdp.unshard(student, twins["student"]), fsdp.unshard(ema, twins["ema"]) if ema is not None else None
 
 
+def run_identity(method: Method, cfg: TrainConfig, n_micro: int, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """What makes a run the run it is: resuming under anything else would silently change it.
+    ``n_micro`` (not the rank count) is what the result depends on."""
+    config = getattr(method, "config", None)
+    options = asdict(config) if dataclasses.is_dataclass(config) and not isinstance(config, type) else {}
+    return {"method": type(method).__name__, "method_config": options, "steps": cfg.steps, "seed": cfg.seed,
+            "batch_size": cfg.batch_size, "micro_batches": n_micro, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps,
+            "min_lr_ratio": cfg.min_lr_ratio, "weight_decay": cfg.weight_decay, "betas": list(cfg.betas),
+            "grad_clip": cfg.grad_clip, "ema_decay": cfg.ema_decay, **(extra or {})}
+
+
 def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainConfig,
           teacher: FlowMapModel | None = None, out_dir: str | Path | None = None,
-          resume: bool = False, checkpoint_extra: dict[str, Any] | None = None) -> TrainResult:
+          resume: bool = False, checkpoint_extra: dict[str, Any] | None = None,
+          identity: dict[str, Any] | None = None, extend: bool = False) -> TrainResult:
     """Train ``student`` with ``method`` for ``cfg.steps`` optimiser steps.
+
+    ``out_dir`` receives the checkpoints and ``metrics.jsonl`` and is locked for the run.
+    ``identity`` adds the caller's fields (teacher, data, NFE, ...) to the run's recorded
+    identity; ``resume`` refuses a checkpoint of a different identity unless the only change
+    is a larger step count and ``extend`` is set.
 
     With ``cfg.fsdp`` the student (and the EMA and method copies) are sharded in place for the
     run; use the returned ``TrainResult.model`` / ``.ema``, which are plain full modules again."""
     device = torch.device(cfg.device)
+    backends = parse_backends(cfg.log)  # an unknown or missing logger fails before any work
     if cfg.fsdp:
         fsdp.check_ready(method)
     ctx = distributed.context()
     n_micro = distributed.resolve_micro_batches(cfg.batch_size, cfg.micro_batches, ctx.world_size)
     mine = distributed.my_micro_batches(n_micro, ctx)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        _check_writable(out)
-        if not resume and latest_checkpoint(out) is not None:
-            raise CheckpointError(
-                f"{out} already holds a training run (checkpoint {latest_checkpoint(out)}). Pass --resume to "
-                "continue it, or choose another --out; nothing was overwritten.")
-    writer = out if ctx.is_main else None  # rank 0 alone writes checkpoints
+    writer = out if ctx.is_main else None  # rank 0 alone writes checkpoints and logs
     # ranks that take part in a save: the writer, and under FSDP every rank (gathering is collective)
     saves = out is not None and (writer is not None or cfg.fsdp)
-    student.to(device).train()
-    distributed.broadcast_module(student)
-    if teacher is not None:
-        teacher.to(device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-    torch.manual_seed(cfg.seed)
-    method.to(device)
-    method.setup(student, teacher, cfg.steps)
-    method.to(device)
-    ema = copy.deepcopy(student).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
-    # after the copies (FSDP modules cannot be deep-copied), before the optimiser sees the parameters
-    twins = _shard_all(student, ema, method, device) if cfg.fsdp else {}
+    with contextlib.ExitStack() as scope:
+        if out is not None:
+            check_output_dir(out)
+        if writer is not None:
+            scope.enter_context(RunLock(writer))
+        if out is not None and not resume and holds_a_run(out):
+            found = complete_checkpoints(out)
+            raise CheckpointError(
+                f"{out} already holds a training run (checkpoint {found[-1]}). Pass --resume to continue it, or "
+                "choose another --out; nothing was overwritten." if found else
+                f"{out} already holds a training run whose checkpoints are all incomplete. Choose another --out (or "
+                "move that folder away); nothing was overwritten.")
+        if teacher is not None:
+            check_model(teacher, "teacher")
+        check_model(student, "student")
 
-    params = [p for p in student.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=cfg.betas, fused=False,
-    )
-    if writer is not None:
-        _check_writable(writer, checkpoint_bytes(student, method, ema, cfg))
+        student.to(device).train()
+        distributed.broadcast_module(student)
+        if teacher is not None:
+            teacher.to(device).eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+        torch.manual_seed(cfg.seed)
+        method.to(device)
+        method.setup(student, teacher, cfg.steps)
+        method.to(device)
+        ema = copy.deepcopy(student).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
+        # after the copies (FSDP modules cannot be deep-copied), before the optimiser sees the parameters
+        twins = _shard_all(student, ema, method, device) if cfg.fsdp else {}
 
-    start, history = 0, []
-    if resume and out is not None and (folder := latest_checkpoint(out)) is not None:
-        import json
+        params = [p for p in student.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=cfg.betas, fused=False,
+        )
+        if writer is not None:
+            check_output_dir(writer, checkpoint_bytes(student, method, ema, cfg))
 
-        state_json = json.loads((folder / "training_state.json").read_text())
-        tensors = read_safetensors(folder / "training_state.safetensors")
-        model_state = read_safetensors(folder / "model.safetensors")
-        optimizer_state = unflatten_state(state_json["skeleton"]["optimizer"], tensors)
-        method_state = unflatten_state(state_json["skeleton"]["method"], tensors)
-        ema_state = unflatten_state(state_json["skeleton"]["ema"], tensors) if ema is not None else None
-        if cfg.fsdp:  # the files hold full tensors: keep this rank's slice of each sharded one
-            model_state = fsdp.shard_state(model_state, student.state_dict())
-            optimizer_state = fsdp.shard_optimizer_state(optimizer_state, optimizer)
-            method_state = fsdp.shard_state(method_state, method.state_dict())
-            if ema is not None and ema_state is not None:
-                ema_state = fsdp.shard_state(ema_state, ema.state_dict())
-        load_state_checked(student, model_state, str(folder))
-        optimizer.load_state_dict(optimizer_state)
-        method.load_state_dict(method_state)
-        if ema is not None and ema_state is not None:
-            ema.load_state_dict(ema_state)
-        start, history = state_json["step"], state_json["history"]
+        ident = run_identity(method, cfg, n_micro, identity)
+        start, history = 0, []
+        last_good = latest_checkpoint(out) if resume and out is not None else None  # else there is none (checked above)
+        if last_good is not None:
+            start, history = restore(last_good, student, optimizer, method, ema, cfg, ident, extend)
+        runlog = scope.enter_context(contextlib.closing(
+            RunLog(writer, start, backends, config={**ident, "train_config": asdict(cfg)}, name=cfg.description,
+                   device=device)))
 
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} it/s"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    t0 = time.perf_counter()
-    last_good = latest_checkpoint(out) if out is not None else None
-
-    def diverged(what: str, step: int) -> TrainingDiverged:
-        where = (f"the last good checkpoint is {last_good} (continue from it with --resume)" if last_good
-                 else "no checkpoint was written yet")
-        return TrainingDiverged(f"{what} at step {step}. Lower --lr or raise the warm-up; {where}.")
-
-    done = start
-    with Progress(*columns, disable=not (cfg.progress and ctx.is_main), transient=False) as progress, \
-            _StopRequest(cfg.handle_signals) as stop:
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} it/s"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        progress = scope.enter_context(Progress(*columns, disable=not (cfg.progress and ctx.is_main), transient=False))
+        stop = scope.enter_context(_StopRequest(cfg.handle_signals))
         task = progress.add_task(cfg.description, total=cfg.steps, completed=start, loss=float("nan"), rate=0.0)
+
+        def diverged(what: str, step: int, batch: FlowBatch | None) -> TrainingDiverged:
+            where = (f"the last good checkpoint is {last_good} (continue from it with --resume)" if last_good
+                     else "no checkpoint was written yet")
+            return TrainingDiverged(explain_nonfinite(what, step, step == 0, batch, student, where))
+
+        def checkpoint(step: int) -> Path | None:
+            return save_checkpoint(writer, step, student, optimizer, method, ema, history, cfg, checkpoint_extra,
+                                   ident)
+
+        t0 = time.perf_counter()
+        runlog.restart_clock()
         for step in range(start, cfg.steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             optimizer.zero_grad(set_to_none=True)
-            local_loss, sums = 0.0, {}
+            local_loss, sums, suspect = 0.0, {}, None
             for j in mine:  # micro-batch j of this step: data and method randomness seeded from (seed, step, j)
                 torch.manual_seed(step_seed(cfg.seed, step, j))
                 gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, j))
@@ -363,7 +301,10 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
                 with _autocast(cfg, device):
                     loss, metrics = method.loss(student, teacher, batch, step)
                 (loss if n_micro == 1 else loss / n_micro).backward()
-                local_loss += float(loss.detach()) / n_micro
+                micro_loss = float(loss.detach())
+                local_loss += micro_loss / n_micro
+                if suspect is None and not math.isfinite(micro_loss):
+                    suspect = batch  # the micro-batch to inspect if the step's loss is not finite
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v) / len(mine)
             # one small all-reduce carries the global loss and any rank's stop request
@@ -371,14 +312,14 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
             global_loss = float(synced[0])
             stop_signum = stop.signum or (int(signal.SIGTERM) if float(synced[1]) > 0 else 0)
             if not math.isfinite(global_loss):
-                raise diverged(f"loss became {global_loss} ({sums})", step)
+                raise diverged(f"loss became {global_loss} ({sums})", step, suspect)
             if not cfg.fsdp:  # FSDP already summed (reduce-scattered) the gradients during backward
                 distributed.all_reduce_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if fsdp.is_sharded(grad_norm):
                 grad_norm = grad_norm.full_tensor()
             if not torch.isfinite(grad_norm):
-                raise diverged(f"gradient norm became {float(grad_norm)}", step)
+                raise diverged(f"gradient norm became {float(grad_norm)}", step, batch)
             optimizer.step()
             if ema is not None:
                 update_ema(ema, student, cfg.ema_decay)
@@ -387,24 +328,22 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
             record = {"step": step, **sums, "loss": global_loss, "grad_norm": float(grad_norm),
                       "lr": optimizer.param_groups[0]["lr"]}
             history.append(record)
-            elapsed = time.perf_counter() - t0
-            progress.update(task, advance=1, loss=record["loss"], rate=(step + 1 - start) / max(elapsed, 1e-9))
+            runlog.log(record, cfg.batch_size)
+            progress.update(task, advance=1, loss=global_loss,
+                            rate=(step + 1 - start) / max(time.perf_counter() - t0, 1e-9))
             done = step + 1
             if stop_signum and done < cfg.steps:
-                folder = None
-                if saves:
-                    folder = save_checkpoint(writer, done, student, optimizer, method, ema, history, cfg,
-                                             checkpoint_extra)
+                folder = checkpoint(done) if saves else None
                 distributed.barrier()
                 raise TrainingInterrupted(stop_signum, done, folder if out is not None else None)
             if out is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 if saves:
-                    save_checkpoint(writer, done, student, optimizer, method, ema, history, cfg, checkpoint_extra)
+                    checkpoint(done)
                 last_good = out / "checkpoints" / f"step-{done:08d}"
-    wall = time.perf_counter() - t0
-    if saves and cfg.steps > start:
-        save_checkpoint(writer, cfg.steps, student, optimizer, method, ema, history, cfg, checkpoint_extra)
-    distributed.barrier()
+        wall = time.perf_counter() - t0
+        if saves and cfg.steps > start:
+            checkpoint(cfg.steps)
+        distributed.barrier()
     if cfg.fsdp:  # hand back plain full modules: callers save, sample and evaluate them as usual
         student, ema = _unshard_all(student, ema, method, twins)
     student.eval()
