@@ -1,6 +1,6 @@
 """LeRobotDataset v3.0 read and write without lerobot: parquet via pyarrow plus JSON metadata.
 
-The layout (as lerobot 0.4 writes it; see ``../shared/fixtures/lerobot/dataset_v30_*``)::
+The layout (as lerobot 0.4 writes it; see ``tests/fixtures/lerobot/dataset_v30_*``)::
 
     meta/info.json                         codebase_version "v3.0", fps, features, path templates
     meta/stats.json                        per-feature min/max/mean/std/count/q01..q99

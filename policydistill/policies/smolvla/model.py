@@ -1,6 +1,6 @@
 """SmolVLA, native: lerobot's ``VLAFlowMatching`` rebuilt as a flow map F(x_t, t, s, obs).
 
-Data flow (lerobot 0.4.4 semantics, checked against ``shared/fixtures/lerobot/smolvla``):
+Data flow (lerobot 0.4.4 semantics, checked against ``tests/fixtures/lerobot/smolvla``):
 
   prefix  = [image tokens·√d per camera | language tokens·√d | state_proj(state)]
             images: SigLIP-style encoder → pixel shuffle → linear connector;
