@@ -2,7 +2,7 @@
 
 Meta-World's scripted experts (``metaworld.policies``) are deterministic functions of the state:
 one way to do each task. Real teleoperated data is multimodal, and distillation only shows its
-worth when the naive 1-step map averages modes into a failure (DESIGN §4, issue 4). So the
+worth when the naive 1-step map averages modes into a failure. So the
 generator has multimodal experts whose mode is drawn per episode at random, independent of the
 observation, and whose AVERAGE fails:
 

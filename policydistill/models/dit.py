@@ -145,7 +145,7 @@ class _Trunk(nn.Module):
         return self.label_emb(labels)
 
     def embed(self, t: Tensor, s_emb: Tensor, label_emb: Tensor) -> Tensor:
-        """time embedding + target-time embedding (added, DESIGN §3) + label embedding."""
+        """time embedding + target-time embedding (added: docs/architecture.md) + label embedding."""
         temb = self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(label_emb.dtype))
         return F.silu(temb + s_emb.to(label_emb.dtype) + label_emb)
 

@@ -19,7 +19,7 @@ Observation formats accepted (batched numpy or torch; a missing batch dimension 
              "observation.state": (B,D), "task": list[str] | str}
 Training windows (data engineers): lerobot keys plus "action" (B,H,A) and "action_is_pad" (B,H).
 
-Time convention (DESIGN.md §3): t = 1 noise, t = 0 data; x_t = t·ε + (1 − t)·a.
+Time convention (docs/architecture.md): t = 1 noise, t = 0 data; x_t = t·ε + (1 − t)·a.
 """
 
 from __future__ import annotations
