@@ -35,9 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.flowmap import FlowBatch, FlowMapModel
+from ..core.normalize import NORM_MODES, Normalizer
 from ..core.sampler import SAMPLING_MODES, sample_with_ctx
-
-NORM_MODES = ("MEAN_STD", "QUANTILES", "MIN_MAX", "IDENTITY")
 IMAGE_PREFIX = "observation.images."
 
 
@@ -59,59 +58,6 @@ class FlowPolicyConfig:
     state_norm: str = "MEAN_STD"
     action_norm: str = "MEAN_STD"
     norm_eps: float = 1e-8
-
-
-class Normalizer(nn.Module):
-    """Affine normalisation y = (x − shift) / scale for state and action, as buffers.
-
-    lerobot's modes are all affine: MEAN_STD shift=mean, scale=std+eps; QUANTILES maps
-    [q01, q99] → [−1, 1] (shift=(q01+q99)/2, scale=(q99−q01)/2); MIN_MAX likewise with
-    [min, max]; IDENTITY shift 0, scale 1. Storing shift/scale keeps one code path and puts
-    the stats into the policy's safetensors.
-    """
-
-    def __init__(self, state_dim: int, action_dim: int) -> None:
-        super().__init__()
-        self.register_buffer("state_shift", torch.zeros(state_dim))
-        self.register_buffer("state_scale", torch.ones(state_dim))
-        self.register_buffer("action_shift", torch.zeros(action_dim))
-        self.register_buffer("action_scale", torch.ones(action_dim))
-
-    @staticmethod
-    def affine(stats: Mapping[str, Any], mode: str, eps: float) -> tuple[Tensor, Tensor]:
-        def get(key: str) -> Tensor:
-            if key not in stats:
-                raise KeyError(f"normalisation mode {mode} needs stat {key!r}; have {sorted(stats)}")
-            return torch.as_tensor(np.asarray(stats[key], dtype=np.float32)).reshape(-1)
-
-        if mode == "MEAN_STD":
-            return get("mean"), get("std") + eps
-        if mode in ("QUANTILES", "MIN_MAX"):
-            lo, hi = (get("q01"), get("q99")) if mode == "QUANTILES" else (get("min"), get("max"))
-            half = (hi - lo) / 2
-            return (hi + lo) / 2, torch.where(half == 0, torch.full_like(half, eps), half)
-        if mode == "IDENTITY":
-            return None, None  # type: ignore[return-value]
-        raise ValueError(f"unknown normalisation mode {mode!r}; valid: {', '.join(NORM_MODES)}")
-
-    def set(self, which: str, stats: Mapping[str, Any], mode: str, eps: float = 1e-8) -> None:
-        shift_buf, scale_buf = getattr(self, f"{which}_shift"), getattr(self, f"{which}_scale")
-        shift, scale = self.affine(stats, mode, eps)
-        if shift is None:
-            shift_buf.zero_()
-            scale_buf.fill_(1.0)
-            return
-        if shift.numel() != shift_buf.numel():
-            raise ValueError(f"{which} stats have {shift.numel()} dims but the policy's {which}_dim is "
-                             f"{shift_buf.numel()}; build the policy with the dataset's dimensions")
-        shift_buf.copy_(shift)
-        scale_buf.copy_(scale)
-
-    def normalize(self, which: str, x: Tensor) -> Tensor:
-        return (x - getattr(self, f"{which}_shift")) / getattr(self, f"{which}_scale")
-
-    def unnormalize(self, which: str, x: Tensor) -> Tensor:
-        return x * getattr(self, f"{which}_scale") + getattr(self, f"{which}_shift")
 
 
 def _to_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
@@ -152,7 +98,7 @@ class FlowPolicy(FlowMapModel):
         if config.sampling_mode not in SAMPLING_MODES:
             raise ValueError(f"sampling_mode {config.sampling_mode!r}; valid: {', '.join(SAMPLING_MODES)}")
         self.config = config
-        self.normalizer = Normalizer(config.state_dim, config.action_dim)
+        self.normalizer = Normalizer({"state": config.state_dim, "action": config.action_dim})
         self._queue: deque[Tensor] = deque()
 
     # ------------------------------------------------------------------ settings
