@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ...core.embedding import TargetTimeEmbedding, sinusoidal_embedding
 from ..base import FlowPolicy
-from ..layers import Linear, SiglipEncoder
+from ..layers import Linear, SiglipEncoder, apply_rope, rope_cos_sin
 from ..tokenizer import load_tokenizer
 from .configuration import PRESETS, SmolVLAConfig, preset
 from .processor import apply_padding_masks, resize_images, smolvla_prompts
@@ -62,22 +62,6 @@ class LlamaRMSNorm(nn.Module):
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)
-
-
-def rope_tables(positions: Tensor, dim: int, max_wavelength: float) -> tuple[Tensor, Tensor]:
-    """cos/sin of lerobot's apply_rope for integer positions (B, L) → two (B, 1, L, dim/2) tables."""
-    half = dim // 2
-    exponents = (2.0 / dim) * torch.arange(half, dtype=torch.float32, device=positions.device)
-    timescale = max_wavelength**exponents
-    radians = positions[..., None].to(torch.float32) / timescale[None, None, :]
-    return torch.cos(radians)[:, None], torch.sin(radians)[:, None]
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (B, H, L, D) by precomputed tables (float32 maths, as lerobot)."""
-    dtype = x.dtype
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(dtype)
 
 
 def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
@@ -406,7 +390,7 @@ class SmolVLA(FlowPolicy):
         b, p = pad.shape
         dtype = h.dtype
         pos = torch.cumsum(pad.long(), dim=1) - 1
-        cos, sin = rope_tables(pos, cfg.head_dim, cfg.rope_max_wavelength)
+        cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_max_wavelength)
         mask = additive_mask(make_att_2d_masks(pad, att), dtype)
         kv: list[tuple[Tensor, Tensor]] = []
         last = len(self.vlm_layers) - 1
@@ -425,8 +409,8 @@ class SmolVLA(FlowPolicy):
         self_mask = additive_mask(torch.cat([allowed_prefix, causal], dim=2), dtype)
         cross_mask = additive_mask(allowed_prefix, dtype)
         steps = torch.arange(n, device=pad.device)[None]
-        rope_self = rope_tables(pad.long().sum(1, keepdim=True) + steps, cfg.head_dim, cfg.rope_max_wavelength)
-        rope_cross = rope_tables(steps.expand(b, n), cfg.head_dim, cfg.rope_max_wavelength)
+        rope_self = rope_cos_sin(pad.long().sum(1, keepdim=True) + steps, cfg.head_dim, cfg.rope_max_wavelength)
+        rope_cross = rope_cos_sin(steps.expand(b, n), cfg.head_dim, cfg.rope_max_wavelength)
         return SmolVLAContext(kv, self_mask, cross_mask, rope_self, rope_cross, p)
 
     # ---- suffix ----
@@ -477,8 +461,8 @@ class SmolVLA(FlowPolicy):
         mask = additive_mask(make_att_2d_masks(pad, att), hp.dtype)
         pos = torch.cumsum(pad.long(), dim=1) - 1
         wl = cfg.rope_max_wavelength
-        rp, rs = rope_tables(pos[:, :p], cfg.head_dim, wl), rope_tables(pos[:, p:], cfg.head_dim, wl)
-        rc = rope_tables(pos[:, p:] - pos[:, p:].min(dim=1, keepdim=True).values, cfg.head_dim, wl)
+        rp, rs = rope_cos_sin(pos[:, :p], cfg.head_dim, wl), rope_cos_sin(pos[:, p:], cfg.head_dim, wl)
+        rc = rope_cos_sin(pos[:, p:] - pos[:, p:].min(dim=1, keepdim=True).values, cfg.head_dim, wl)
         for i, (vl, el) in enumerate(zip(self.vlm_layers, self.expert_layers)):
             qp, kp, vp = self._qkv(vl, hp)
             qp, kp = apply_rope(qp, *rp), apply_rope(kp, *rp)
