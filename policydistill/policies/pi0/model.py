@@ -31,7 +31,6 @@ With its last layer at zero, the student equals the teacher exactly (tested).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...core.embedding import TargetTimeEmbedding
+from ...core.embedding import TargetTimeEmbedding, sinusoidal_embedding
 from ...core.sampler import sample_with_ctx
 from ..base import FlowPolicy
 from ..layers import (
@@ -150,7 +149,6 @@ class Pi0Policy(FlowPolicy):
             self.action_time_mlp_out = Linear(we, we)
         self.target_time = TargetTimeEmbedding(we, embed_dim=we, min_period=cfg.min_period, max_period=cfg.max_period)
         self._tokenizer = None
-        self._time_scaling: dict[tuple[int, str], Tensor] = {}
         #: the prefix, step and whole chunk compiled by ``compile_for_inference``
         #: (``compiled.CompiledInference``); None = eager
         self._compiled: Any = None
@@ -275,15 +273,10 @@ class Pi0Policy(FlowPolicy):
 
     # ------------------------------------------------------------------ suffix
     def time_embedding(self, t: Tensor, dtype: torch.dtype) -> Tensor:
-        """pi0's sin-cos embedding of t (float64 periods, as openpi), with the frequency table cached."""
-        dim = self.config.expert_width
-        key = (dim, str(t.device))
-        if key not in self._time_scaling:
-            fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=t.device)
-            period = self.config.min_period * (self.config.max_period / self.config.min_period) ** fraction
-            self._time_scaling[key] = 1.0 / period * 2 * math.pi
-        arg = self._time_scaling[key][None, :] * t.reshape(-1).to(torch.float64)[:, None]
-        return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1).to(dtype)
+        """pi0's sin-cos embedding of t (core's, float64 periods as openpi). Nothing is cached on
+        the module: torch.export traces it as a pure function."""
+        cfg = self.config
+        return sinusoidal_embedding(t, cfg.expert_width, cfg.min_period, cfg.max_period, dtype=dtype)
 
     def flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: PrefixCache) -> Tensor:
         """Average velocity from t to s for the action chunk x_t (B, chunk, max_action_dim):
@@ -359,7 +352,7 @@ class Pi0Policy(FlowPolicy):
         hs = [embs, suffix]
         stacks = [self.vlm, self.expert]
         for li in range(cfg.vlm_depth):
-            qs, ks, vs, gates, xs = [], [], [], [], []
+            qs, ks, vs, gates = [], [], [], []
             start = 0
             for j, h in enumerate(hs):
                 layer = stacks[j].layers[li]

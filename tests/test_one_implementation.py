@@ -1,0 +1,52 @@
+"""One implementation per concept: the policies, the training windows and the core share the
+normaliser, the time embedding and RoPE, and behave as the formulas they replace."""
+
+from __future__ import annotations
+
+import torch
+
+from policydistill.core import Normalizer, sinusoidal_embedding
+from policydistill.policies.layers import apply_rope, rope_cos_sin
+from policydistill.policies.pi0 import Pi0Policy, preset
+
+
+def _state(module: torch.nn.Module) -> dict[str, object]:
+    """Everything a module holds outside parameters, buffers and sub-modules, by identity and size."""
+    return {k: (id(v), len(v) if isinstance(v, (dict, list)) else None) for k, v in vars(module).items()
+            if k not in ("_parameters", "_buffers", "_modules")}
+
+
+def test_pi0_time_embedding_is_cores_and_keeps_no_cache() -> None:
+    # a cache filled on first use is a module attribute assigned during torch.export tracing
+    policy = Pi0Policy(preset("tiny"))
+    cfg = policy.config
+    before = _state(policy)
+    t = torch.tensor([0.0, 0.3, 0.7, 1.0])
+    emb = policy.time_embedding(t, torch.float32)
+    assert torch.equal(emb, sinusoidal_embedding(t, cfg.expert_width, cfg.min_period, cfg.max_period))
+    assert _state(policy) == before
+
+
+def test_normalizer_matches_lerobot_mean_std_and_passes_unknown_names() -> None:
+    norm = Normalizer({"observation.state": 2, "action": 3})
+    norm.set("action", {"mean": [1.0, 2.0, 3.0], "std": [0.5, 1.0, 2.0]}, "MEAN_STD", 1e-8)
+    x = torch.tensor([[2.0, 2.0, -1.0]])
+    assert torch.equal(norm.normalize("action", x), (x - torch.tensor([1.0, 2.0, 3.0])) / (torch.tensor([0.5, 1.0, 2.0]) + 1e-8))
+    assert torch.allclose(norm.unnormalize("action", norm.normalize("action", x)), x)
+    assert torch.equal(norm.normalize("observation.state", x[:, :2]), x[:, :2])  # identity until set
+    assert torch.equal(norm.normalize("other", x), x)
+    assert set(norm.state_dict()) == {"observation_state_shift", "observation_state_scale", "action_shift", "action_scale"}
+
+
+def test_apply_rope_is_the_pairwise_rotation() -> None:
+    # pairs (i, i + hd/2) rotated by pos / 10000^(2i/hd): the formula lerobot's SmolVLA writes out
+    hd, pos = 8, torch.tensor([[0, 1, 5]])
+    x = torch.randn(1, 2, 3, hd)
+    cos, sin = rope_cos_sin(pos, hd, 10000.0)
+    ang = pos[..., None].float() / 10000.0 ** (torch.arange(hd // 2).float() * 2 / hd)
+    c, s = ang.cos()[:, None], ang.sin()[:, None]
+    x1, x2 = x.chunk(2, -1)
+    want = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+    assert torch.allclose(apply_rope(x, cos, sin), want, atol=1e-6)
+    low = apply_rope(x.bfloat16(), cos, sin)  # float32 tables: rotated in float32, returned in bfloat16
+    assert low.dtype == torch.bfloat16 and torch.equal(low, apply_rope(x.bfloat16().float(), cos, sin).bfloat16())
