@@ -50,3 +50,30 @@ def test_apply_rope_is_the_pairwise_rotation() -> None:
     assert torch.allclose(apply_rope(x, cos, sin), want, atol=1e-6)
     low = apply_rope(x.bfloat16(), cos, sin)  # float32 tables: rotated in float32, returned in bfloat16
     assert low.dtype == torch.bfloat16 and torch.equal(low, apply_rope(x.bfloat16().float(), cos, sin).bfloat16())
+
+
+def test_smolvla_compile_for_inference_is_the_frozen_compile_contract() -> None:
+    """SmolVLA compiles like pi0 (prefix and step, frozen weights; autograd stays eager) instead of
+    replacing its ``flow`` on the instance; ``compile()`` means ``compile_for_inference()``."""
+    from policydistill.policies.smolvla import SmolVLA
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    p = SmolVLA.from_preset("tiny").eval()
+    img = torch.rand(2, 3, 32, 32)
+    cond = p.process({"observation.images.base": img, "observation.images.wrist": img,
+                      "observation.state": torch.randn(2, 4), "task": ["pick", "place"]})
+    noise, t = torch.randn(2, *p.sample_shape()), torch.tensor([0.9, 0.3])
+    with torch.no_grad():
+        want = p.flow(noise, t, t, p.encode(cond))
+        assert p.compile(backend="aot_eager") is p and p._compiled is not None
+        encodes = p.counters["encode"]
+        got = p.flow(noise, t, t, p.encode(cond))
+        assert p.counters["encode"] == encodes + 1
+    assert "flow" not in vars(p)  # nothing patched onto the instance
+    assert (want - got).abs().max() < 1e-5
+    v = p(noise, t, t, cond)  # autograd on: eager, gradients flow
+    v.square().mean().backward()
+    assert p.action_out_proj.weight.grad is not None
+    assert p.use_eager()._compiled is None
+    torch._dynamo.reset()

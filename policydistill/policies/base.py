@@ -32,11 +32,12 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..core.flowmap import FlowBatch, FlowMapModel
-from ..core.normalize import NORM_MODES, Normalizer
+from ..core.normalize import Normalizer
 from ..core.sampler import SAMPLING_MODES, sample_with_ctx
+
 IMAGE_PREFIX = "observation.images."
 
 
@@ -93,6 +94,9 @@ class FlowPolicy(FlowMapModel):
     architecture: ClassVar[str] = ""
     time_sampler = "beta"  # pi0's Beta(1.5, 1) training-time sampler
     config: FlowPolicyConfig
+    #: the prefix, step and whole chunk compiled by ``compile_for_inference``
+    #: (``compiled.CompiledInference``); None = eager
+    _compiled: Any = None
 
     def _init_policy(self, config: FlowPolicyConfig) -> None:
         if config.sampling_mode not in SAMPLING_MODES:
@@ -241,6 +245,41 @@ class FlowPolicy(FlowMapModel):
             mask = mask * (~is_pad)[..., None].to(mask.dtype)
         cond = self.process({k: v for k, v in sample.items() if k not in ("action", "action_is_pad")})
         return FlowBatch(data=data.to(self.dtype), cond=cond, mask=mask)
+
+    # ------------------------------------------------------------------ compiled inference
+    def _inference_functions(self) -> tuple[Any, Any, Any]:
+        """The class functions ``compile_for_inference`` compiles: (prefix, step, whole chunk or
+        None), each called as ``fn(policy, *args)``; ``encode``/``flow`` dispatch to them."""
+        raise NotImplementedError(f"{type(self).__name__} does not support compile_for_inference")
+
+    def compile_for_inference(self, freeze: bool = True, **kwargs: Any) -> FlowPolicy:
+        """Compile the prefix pass, the denoising step and (where the policy has one) the whole
+        chunk with ``torch.compile`` (inductor) for inference: under ``no_grad``/``inference_mode``
+        ``encode``, ``flow`` and ``sample_chunk`` run the compiled code; with autograd on
+        (training) they stay eager.
+
+        Each is one graph without breaks (``fullgraph``). Compilation happens on the first call
+        (one graph per input shape, tens of seconds on a CPU). With ``freeze`` (default) the
+        weights are constants of the compiled code, checked once per chunk and recompiled when
+        they changed (see ``compiled.py``); on a CPU that is what lets the float32 projections run
+        through oneDNN inside the graph. ``kwargs`` go to ``torch.compile``; ``use_eager()``
+        undoes this."""
+        from .compiled import CompiledInference
+
+        prefix_fn, step_fn, chunk_fn = self._inference_functions()
+        self.eval()
+        self._compiled = CompiledInference(prefix_fn, step_fn, chunk_fn, freeze=freeze, **kwargs)
+        return self
+
+    def use_eager(self) -> FlowPolicy:
+        """Back to the eager prefix and denoising step."""
+        self._compiled = None
+        return self
+
+    def compile(self, **kwargs: Any) -> FlowPolicy:  # type: ignore[override]
+        """``nn.Module.compile`` compiles ``forward`` (training); for a policy this is
+        ``compile_for_inference``."""
+        return self.compile_for_inference(**kwargs)
 
     # ------------------------------------------------------------------ inference
     def encode(self, cond: Any) -> Any:  # pragma: no cover - abstract

@@ -149,9 +149,6 @@ class Pi0Policy(FlowPolicy):
             self.action_time_mlp_out = Linear(we, we)
         self.target_time = TargetTimeEmbedding(we, embed_dim=we, min_period=cfg.min_period, max_period=cfg.max_period)
         self._tokenizer = None
-        #: the prefix, step and whole chunk compiled by ``compile_for_inference``
-        #: (``compiled.CompiledInference``); None = eager
-        self._compiled: Any = None
         #: counts prefix passes (tests prove one per chunk, not one per step)
         self.prefix_calls = 0
 
@@ -405,36 +402,9 @@ class Pi0Policy(FlowPolicy):
 
         return to_lerobot(self, path)
 
-    def compile_for_inference(self, freeze: bool = True, **kwargs: Any) -> "Pi0Policy":
-        """Compile the prefix pass, the denoising step and the whole chunk (prefix + N steps as
-        one program) with ``torch.compile`` (inductor) for inference: under ``no_grad``/
-        ``inference_mode`` ``encode``, ``flow`` and ``sample_chunk`` run the compiled code; with
-        autograd on (training) they stay eager.
-
-        Each is one graph without breaks (``fullgraph``): the prefix's only data-dependent
-        branch (is there padding?) is decided in ``encode`` and the step's in-place writes
-        into the key/value buffers are input mutations, which inductor supports. Compilation
-        happens on the first call (one graph per input shape and padding case, tens of seconds
-        on a CPU). With ``freeze`` (default) the weights are constants of the compiled code,
-        checked once per chunk and recompiled when they changed (see ``compiled.py``); on a
-        CPU that is what lets the float32 projections run through oneDNN inside the graph.
-        ``kwargs`` go to ``torch.compile``; ``use_eager()`` undoes this."""
-        from ..compiled import CompiledInference
-
-        self.eval()
-        self._compiled = CompiledInference(type(self)._prefix, type(self)._flow, type(self)._chunk, freeze=freeze,
-                                           **kwargs)
-        return self
-
-    def use_eager(self) -> "Pi0Policy":
-        """Back to the eager prefix and denoising step."""
-        self._compiled = None
-        return self
-
-    def compile(self, **kwargs: Any) -> "Pi0Policy":  # type: ignore[override]
-        """``nn.Module.compile`` compiles ``forward`` (training); for inference this is
-        ``compile_for_inference``."""
-        return self.compile_for_inference(**kwargs)
+    def _inference_functions(self) -> tuple[Any, Any, Any]:
+        # class functions, not bound methods: a deep copy of the policy runs its own weights
+        return type(self)._prefix, type(self)._flow, type(self)._chunk
 
 
 class _EagerSteps:

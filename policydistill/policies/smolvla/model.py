@@ -274,10 +274,9 @@ class SmolVLA(FlowPolicy):
 
         return save_lerobot(self, path, fold_target_time)
 
-    def compile(self, **kwargs: Any) -> "SmolVLA":  # type: ignore[override]
-        """Optional ``torch.compile`` of the per-step expert pass (the part run N times)."""
-        self.flow = torch.compile(self.flow, **kwargs)  # type: ignore[method-assign]
-        return self
+    def _inference_functions(self) -> tuple[Any, Any, Any]:
+        # class functions, not bound methods: a deep copy of the policy runs its own weights
+        return type(self)._prefix, type(self)._flow, None
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -384,9 +383,17 @@ class SmolVLA(FlowPolicy):
         if not isinstance(cond, dict) or "tokens" not in cond:
             raise TypeError("SmolVLA.encode expects a processed observation (policy.process(obs)): a dict with "
                             f"images, image_masks, tokens, token_masks, state; got {type(cond).__name__}")
-        cfg = self.config
         self.counters["encode"] += 1
-        h, pad, att = self.embed_prefix(cond)
+        args = (cond["images"], cond["image_masks"], cond["tokens"], cond["token_masks"], cond["state"])
+        if self._compiled is not None and not torch.is_grad_enabled():
+            return self._compiled.prefix(self, *args)
+        return self._prefix(*args)
+
+    def _prefix(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor,
+                state: Tensor) -> SmolVLAContext:
+        cfg = self.config
+        h, pad, att = self.embed_prefix({"images": images, "image_masks": image_masks, "tokens": tokens,
+                                         "token_masks": token_masks, "state": state})
         b, p = pad.shape
         dtype = h.dtype
         pos = torch.cumsum(pad.long(), dim=1) - 1
@@ -424,12 +431,17 @@ class SmolVLA(FlowPolicy):
         return self.action_time_mlp_out(F.silu(self.action_time_mlp_in(h)))
 
     def flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: SmolVLAContext) -> Tensor:
-        cfg = self.config
         b, b0 = x_t.shape[0], ctx.self_mask.shape[0]
         if b != b0:
             if b % b0:
                 raise ValueError(f"x_t has batch {b}, not a multiple of the encoded batch {b0}")
             ctx = ctx.expand(b // b0)
+        if self._compiled is not None and not torch.is_grad_enabled():
+            return self._compiled.step(self, x_t, t, s, ctx)
+        return self._flow(x_t, t, s, ctx)
+
+    def _flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: SmolVLAContext) -> Tensor:
+        cfg = self.config
         h = self.embed_suffix(x_t, t, s)
         for j, layer in enumerate(self.expert_layers):
             a = layer.self_attn
