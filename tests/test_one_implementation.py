@@ -77,3 +77,16 @@ def test_smolvla_compile_for_inference_is_the_frozen_compile_contract() -> None:
     assert p.action_out_proj.weight.grad is not None
     assert p.use_eager()._compiled is None
     torch._dynamo.reset()
+
+
+def test_every_architecture_declares_its_own_fsdp_units() -> None:
+    """train/fsdp.py asks the model (``shard_units``): DiT and MLP blocks, none for a model without."""
+    from policydistill.models.dit import DiTBlock, ImageDiT
+    from policydistill.models.mlp import MLPFlowMap
+    from policydistill.train import fsdp
+
+    dit = ImageDiT()
+    assert [u.module for u in fsdp.units_of(dit)] == [m for m in dit.modules() if isinstance(m, DiTBlock)]
+    mlp = MLPFlowMap()
+    assert [u.module for u in fsdp.units_of(mlp)] == list(mlp.blocks) and mlp.blocks
+    assert fsdp.units_of(torch.nn.Linear(2, 2)) == []

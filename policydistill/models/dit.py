@@ -222,6 +222,9 @@ class ImageDiT(FlowMapModel):
         h = self.trunk(h, emb)
         return unpatchify(self.final(h, emb), cfg.patch, cfg.channels, cfg.image_size, cfg.image_size)
 
+    def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
+        return [(block, ()) for block in self.trunk.blocks]  # FSDP: one unit per DiT block
+
     def sample_shape(self) -> tuple[int, ...]:
         c = self.config
         return (c.channels, c.image_size, c.image_size)
@@ -322,6 +325,9 @@ class VideoDiT(FlowMapModel):
         out = out.reshape(b * cfg.frames, n, -1)
         out = unpatchify(out, cfg.patch, cfg.channels, cfg.image_size, cfg.image_size)
         return out.reshape(x_t.shape)
+
+    def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
+        return [(block, ()) for block in self.trunk.blocks]  # FSDP: one unit per DiT block
 
     def sample_shape(self) -> tuple[int, ...]:
         c = self.config

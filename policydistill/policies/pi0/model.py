@@ -402,6 +402,23 @@ class Pi0Policy(FlowPolicy):
 
         return to_lerobot(self, path)
 
+    def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
+        """FSDP units (see ``train/fsdp.py``): the call sites inside each decoder layer, every
+        vision-tower layer, the projector and the token embedding."""
+        units: list[tuple[nn.Module, tuple[str, ...]]] = [(layer, ()) for layer in self.vision.encoder.layers]
+        units += [(self.projector, ()), (self.embed_tokens, ())]
+        for stack in (self.vlm, self.expert):
+            for layer in stack.layers:
+                # pi0.5's adaRMS norms hold a dense modulation layer (3·width outputs): worth a unit
+                units += [(norm.dense, ()) for norm in (layer.input_layernorm, layer.post_attention_layernorm)
+                          if norm.dense is not None]
+                # o_proj first (bottom-up): the self_attn unit then holds qkv_proj alone, which qkv() and
+                # kv() read (kv() slices qkv_proj.weight directly, so it must run inside the unit's hooks)
+                units += [(layer.self_attn.o_proj, ()), (layer.self_attn, ("qkv", "kv")), (layer.mlp, ())]
+            if stack.norm.dense is not None:
+                units.append((stack.norm.dense, ()))
+        return units
+
     def _inference_functions(self) -> tuple[Any, Any, Any]:
         # class functions, not bound methods: a deep copy of the policy runs its own weights
         return type(self)._prefix, type(self)._flow, type(self)._chunk

@@ -274,6 +274,16 @@ class SmolVLA(FlowPolicy):
 
         return save_lerobot(self, path, fold_target_time)
 
+    def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
+        """FSDP units (see ``train/fsdp.py``): every vision-tower layer, the connector, the token
+        embedding and the projections and MLP of each decoder layer (driven from outside the layer)."""
+        units: list[tuple[nn.Module, tuple[str, ...]]] = [(layer, ()) for layer in self.vision.encoder.layers]
+        units += [(self.connector, ()), (self.embed_tokens, ())]
+        for layer in [*self.vlm_layers, *self.expert_layers]:
+            a = layer.self_attn
+            units += [(a.q_proj, ()), (a.k_proj, ()), (a.v_proj, ()), (a.o_proj, ()), (layer.mlp, ())]
+        return units
+
     def _inference_functions(self) -> tuple[Any, Any, Any]:
         # class functions, not bound methods: a deep copy of the policy runs its own weights
         return type(self)._prefix, type(self)._flow, None
