@@ -444,7 +444,7 @@ def generate(cfg: GenerateConfig, progress: Callable[[RolloutResult, int], None]
     ``episode_seed(task, k, "demo", cfg.seed)`` and draws its mode and noise from its own
     generator, and attempts are consumed in order, so the episodes kept (the first
     ``cfg.episodes`` successes) are the same whatever ``workers`` is."""
-    from policydistill.envs.suites import expand
+    from policydistill.envs import expand
 
     (env_id,) = expand(cfg.task)
     make_expert(env_id, cfg.multimodal)  # fail fast on a task without an expert
@@ -468,7 +468,7 @@ def mean_of_modes_success(task: str, episodes: int = 20, seed: int = 0, action_n
     seeds (state-only rollouts: no rendering)."""
     from policydistill.envs import make
 
-    from policydistill.envs.suites import expand
+    from policydistill.envs import expand
 
     (env_id,) = expand(task)
     factory = MULTIMODAL_EXPERTS.get(_task_name(env_id))

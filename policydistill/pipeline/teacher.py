@@ -76,7 +76,7 @@ TEACHER_PRESETS: dict[str, TeacherConfig] = {
 
 
 def tasks_of(task: str) -> list[str]:
-    from ..envs.suites import expand
+    from ..envs import expand
 
     return expand([t.strip() for t in task.split(",") if t.strip()])
 
