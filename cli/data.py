@@ -38,7 +38,7 @@ def generate_cmd(
 ) -> None:
     """Run scripted experts, keep successful episodes, write them to a zarr store, and print the
     per-task success, speed and multimodality statistics (also saved as OUT/multimodality.json)."""
-    from ..data.scripted import FPS, GenerateConfig, generate, mean_of_modes_success, multimodality_summary
+    from ..envs.scripted import FPS, GenerateConfig, generate, mean_of_modes_success, multimodality_summary
     from ..data.zarr_store import ZarrEpisodeStore
     from ..envs import expand
 
@@ -79,7 +79,7 @@ def generate_cmd(
     modes = multimodality_summary(records)
     mean_runs = {}
     if measure_mean > 0:
-        from ..data.scripted import MULTIMODAL_EXPERTS
+        from ..envs.scripted import MULTIMODAL_EXPERTS
 
         for env_id in tasks:
             if multimodal and env_id.split("/", 1)[1] in MULTIMODAL_EXPERTS:

@@ -25,7 +25,6 @@ Design and measurements: docs/multimodal_demos.md.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,21 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from .episode import Episode
+from ..data.episode import Episode
+from ..seeding import episode_seed
 
 FPS = 80.0  # Meta-World: 5 substeps of 2.5 ms per env step
 WALL_Y = 0.75  # the wall's centre line in the three wall tasks (it spans x in [-0.02, 0.22])
 SIDES = ("left", "right")
-
-
-def episode_seed(task: str, index: int, split: str = "eval", base: int = 0) -> int:
-    """The reset seed of episode ``index`` of ``task``: sha256 of "split/base/task/index", 31 bits.
-
-    Depends only on these four values — not on which other tasks run or in which order — so a
-    teacher and a student evaluated separately see identical initial states. ``split`` keeps the
-    demonstration seeds ("demo") disjoint in practice from the evaluation seeds ("eval")."""
-    digest = hashlib.sha256(f"{split}/{base}/{task}/{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def _task_name(task: str) -> str:
