@@ -90,3 +90,19 @@ def test_every_architecture_declares_its_own_fsdp_units() -> None:
     mlp = MLPFlowMap()
     assert [u.module for u in fsdp.units_of(mlp)] == list(mlp.blocks) and mlp.blocks
     assert fsdp.units_of(torch.nn.Linear(2, 2)) == []
+
+
+def test_default_method_comes_from_one_table_per_domain(tmp_path) -> None:
+    """`distill image-dit` (the pipeline command) and `media distill` resolve the same default,
+    the media domain's, from methods.DEFAULT_METHODS; policies keep theirs."""
+    from typer.testing import CliRunner
+
+    from policydistill.cli.app import app
+    from policydistill.methods import DEFAULT_METHOD, DEFAULT_METHODS, default_method
+
+    assert default_method("actions") == DEFAULT_METHOD == DEFAULT_METHODS["actions"]
+    torch.set_num_threads(1)
+    result = CliRunner().invoke(app, ["distill", "image-dit", "--preset", "tiny", "--iters", "2",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "image-dit-tiny").glob("*-1nfe")] == [f"{default_method('images')}-1nfe"]
