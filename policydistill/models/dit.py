@@ -164,6 +164,26 @@ def _from_config(cls: type, cfg_cls: type, config: dict) -> Any:
 
 
 # --------------------------------------------------------------------------- image model
+class _PatchDiT(FlowMapModel):
+    """What the image and video DiTs share: the square frame cut into patches, and the trunk."""
+
+    trunk: _Trunk
+
+    def _patches(self, cfg: Any) -> int:
+        """Check the patch size, keep the config, build ``patch_in``; returns the patch's length."""
+        if cfg.image_size % cfg.patch:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch {cfg.patch}")
+        self.config = cfg
+        self.time_sampler = cfg.time_sampler
+        self.grid = cfg.image_size // cfg.patch
+        patch_dim = cfg.channels * cfg.patch ** 2
+        self.patch_in = nn.Linear(patch_dim, cfg.width)
+        return patch_dim
+
+    def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
+        return [(block, ()) for block in self.trunk.blocks]  # FSDP: one unit per DiT block
+
+
 @dataclass
 class ImageDiTConfig:
     image_size: int = 16
@@ -184,7 +204,7 @@ IMAGE_PRESETS: dict[str, ImageDiTConfig] = {
 }
 
 
-class ImageDiT(FlowMapModel):
+class ImageDiT(_PatchDiT):
     """Class- or task-conditioned image flow map; x is (B, C, H, W) in [-1, 1], cond is an
     integer label tensor (B,)."""
 
@@ -193,13 +213,7 @@ class ImageDiT(FlowMapModel):
     def __init__(self, config: ImageDiTConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
         cfg = config or ImageDiTConfig(**kwargs)
-        if cfg.image_size % cfg.patch:
-            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch {cfg.patch}")
-        self.config = cfg
-        self.time_sampler = cfg.time_sampler
-        self.grid = cfg.image_size // cfg.patch
-        patch_dim = cfg.channels * cfg.patch ** 2
-        self.patch_in = nn.Linear(patch_dim, cfg.width)
+        patch_dim = self._patches(cfg)
         self.register_buffer("pos", sincos_2d(self.grid, cfg.width), persistent=False)
         self.trunk = _Trunk(cfg.width, cfg.depth, cfg.heads, cfg.time_dim, cfg.num_classes)
         self.target_time = TargetTimeEmbedding(cfg.width, embed_dim=cfg.time_dim)
@@ -221,9 +235,6 @@ class ImageDiT(FlowMapModel):
         emb = self.trunk.embed(t, self.target_time(s), label.to(x_t.dtype))
         h = self.trunk(h, emb)
         return unpatchify(self.final(h, emb), cfg.patch, cfg.channels, cfg.image_size, cfg.image_size)
-
-    def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
-        return [(block, ()) for block in self.trunk.blocks]  # FSDP: one unit per DiT block
 
     def sample_shape(self) -> tuple[int, ...]:
         c = self.config
@@ -263,7 +274,7 @@ VIDEO_PRESETS: dict[str, VideoDiTConfig] = {
 }
 
 
-class VideoDiT(FlowMapModel):
+class VideoDiT(_PatchDiT):
     """Clip flow map: x is (B, T, C, H, W) in [-1, 1]; cond is {"first_frame": (B, C, H, W),
     "label": (B,)}. The conditioning frame is patchified once in ``encode`` and its tokens join
     every frame's tokens in one joint space-time attention (the world-model half of a
@@ -274,13 +285,7 @@ class VideoDiT(FlowMapModel):
     def __init__(self, config: VideoDiTConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
         cfg = config or VideoDiTConfig(**kwargs)
-        if cfg.image_size % cfg.patch:
-            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch {cfg.patch}")
-        self.config = cfg
-        self.time_sampler = cfg.time_sampler
-        self.grid = cfg.image_size // cfg.patch
-        patch_dim = cfg.channels * cfg.patch ** 2
-        self.patch_in = nn.Linear(patch_dim, cfg.width)
+        patch_dim = self._patches(cfg)
         self.cond_in = nn.Linear(patch_dim, cfg.width)
         self.register_buffer("pos", sincos_2d(self.grid, cfg.width), persistent=False)
         # learned frame-index embedding; index 0 = the conditioning frame
@@ -325,9 +330,6 @@ class VideoDiT(FlowMapModel):
         out = out.reshape(b * cfg.frames, n, -1)
         out = unpatchify(out, cfg.patch, cfg.channels, cfg.image_size, cfg.image_size)
         return out.reshape(x_t.shape)
-
-    def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
-        return [(block, ()) for block in self.trunk.blocks]  # FSDP: one unit per DiT block
 
     def sample_shape(self) -> tuple[int, ...]:
         c = self.config
