@@ -37,7 +37,7 @@ def ensure_demos(tasks: list[str], path: Path, episodes_per_task: int, image_siz
             bar = progress.add_task("demos", total=missing, info="")
             state = {"ok": 0}
 
-            def on_attempt(res, attempt: int) -> None:
+            def on_attempt(res, attempt: int, state: dict = state, bar: int = bar) -> None:  # bound to this task
                 state["ok"] += int(res.success)
                 progress.update(bar, completed=state["ok"], info=f"{state['ok']}/{attempt} successful")
 
