@@ -183,6 +183,11 @@ class _PatchDiT(FlowMapModel):
     def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
         return [(block, ()) for block in self.trunk.blocks]  # FSDP: one unit per DiT block
 
+    def _check_sample(self, x_t: Tensor, what: str) -> None:
+        if tuple(x_t.shape[1:]) != self.sample_shape():
+            raise ValueError(f"expected {what} of shape (B, {', '.join(map(str, self.sample_shape()))}), "
+                             f"got {tuple(x_t.shape)}")
+
 
 @dataclass
 class ImageDiTConfig:
@@ -227,9 +232,7 @@ class ImageDiT(_PatchDiT):
     def flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: Any) -> Tensor:
         cfg = self.config
         b = x_t.shape[0]
-        if tuple(x_t.shape[1:]) != self.sample_shape():
-            raise ValueError(f"expected images of shape (B, {', '.join(map(str, self.sample_shape()))}), "
-                             f"got {tuple(x_t.shape)}")
+        self._check_sample(x_t, "images")
         label = ctx if ctx is not None and ctx.shape[0] == b else self.trunk.label(None, b, self.patch_in.weight)
         h = self.patch_in(patchify(x_t, cfg.patch)) + self.pos.to(x_t.dtype)
         emb = self.trunk.embed(t, self.target_time(s), label.to(x_t.dtype))
@@ -311,9 +314,7 @@ class VideoDiT(_PatchDiT):
     def flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: Any) -> Tensor:
         cfg = self.config
         b = x_t.shape[0]
-        if tuple(x_t.shape[1:]) != self.sample_shape():
-            raise ValueError(f"expected clips of shape (B, {', '.join(map(str, self.sample_shape()))}), "
-                             f"got {tuple(x_t.shape)}")
+        self._check_sample(x_t, "clips")
         if not isinstance(ctx, dict):
             raise ValueError("video-dit flow() needs the context returned by encode(cond)")
         n = self.grid ** 2
