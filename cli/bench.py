@@ -62,9 +62,9 @@ def bench_methods_cmd(
     for r in rows:
         table.add_row(*r)
     wide.print(table)
-    from policydistill.bench.methods_bench import issue_checks
+    from policydistill.bench.methods_bench import bar_checks
 
-    for line in issue_checks(result["summary"]):
+    for line in bar_checks(result["summary"]):
         console.print(("[green]" if line.startswith("PASS") else "[red]") + line + "[/]")
     if markdown is not None:
         import sys

@@ -40,7 +40,7 @@ def generate_cmd(
     per-task success, speed and multimodality statistics (also saved as OUT/multimodality.json)."""
     from ..data.destination import check_destination
     from ..data.errors import DatasetError
-    from ..data.scripted import FPS, GenerateConfig, generate, mean_of_modes_success, multimodality_summary
+    from ..envs.scripted import FPS, GenerateConfig, generate, mean_of_modes_success, multimodality_summary
     from ..data.zarr_store import ZarrEpisodeStore
     from ..envs import expand
 
@@ -83,7 +83,7 @@ def generate_cmd(
     modes = multimodality_summary(records)
     mean_runs = {}
     if measure_mean > 0:
-        from ..data.scripted import MULTIMODAL_EXPERTS
+        from ..envs.scripted import MULTIMODAL_EXPERTS
 
         for env_id in tasks:
             if multimodal and env_id.split("/", 1)[1] in MULTIMODAL_EXPERTS:

@@ -32,7 +32,8 @@ def _metrics_table(title: str, rows: list[dict]) -> Table:
 @media_app.command("distill")
 def distill_cmd(
     model: str = typer.Argument(..., help="image-dit or video-dit"),
-    method: str = typer.Option("snapflow", "--method", "-m", help="Any registered method (policydistill methods)."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Any registered method (policydistill "
+                                         "methods; default: the domain's, policydistill.methods.DEFAULT_METHODS)."),
     steps: int = typer.Option(1, "--steps", help="NFE of the distilled sampler."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="image-dit: digits | metaworld; video-dit: metaworld."),
     train_steps: Optional[int] = typer.Option(None, "--train-steps", help="Distillation optimiser steps (preset default)."),
@@ -46,11 +47,11 @@ def distill_cmd(
 
     res = distill_media(model, method, steps, dataset=dataset, train_steps=train_steps, run_dir=run_dir, preset=preset,
                         method_options=_parse_options(option), progress=not as_json)
-    rows = [{"method": method, **m, "train_s": res.train_wall_s} for m in res.metrics]
+    rows = [{"method": res.method, **m, "train_s": res.train_wall_s} for m in res.metrics]
     if as_json:
         sys.stdout.write(json.dumps({"folder": str(res.folder), "sampling": res.sampling, "metrics": rows}, indent=2) + "\n")
         return
-    console.print(_metrics_table(f"{model}: {method} (sampling={res.sampling}) → {res.folder}", rows))
+    console.print(_metrics_table(f"{model}: {res.method} (sampling={res.sampling}) → {res.folder}", rows))
 
 
 @media_app.command("compare")

@@ -125,7 +125,8 @@ def train_cmd(
 def distill_cmd(
     model: str = typer.Argument("pi0", help="pi0 | pi05 | smolvla (policies) or image-dit | video-dit (media)."),
     steps: int = typer.Option(1, "--steps", min=1, help="NFE of the student."),
-    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m", help="Any registered method (policydistill methods)."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Any registered method (policydistill methods; "
+                                         f"default: {DEFAULT_METHOD} for policies, the domain's for media)."),
     checkpoint: Optional[str] = typer.Option(None, help="Teacher: policydistill checkpoint or lerobot policy folder."),
     tokenizer: Optional[str] = typer.Option(None, help="Local tokenizer folder for lerobot checkpoints."),
     task: Optional[str] = typer.Option(None, help="Tasks to evaluate (default: the teacher's)."),
@@ -161,6 +162,8 @@ def distill_cmd(
                       run_dir=Path(out or "runs/media"), as_json=False)
         return
     from ..pipeline.distill import DISTILL_PRESETS, distill_policy
+
+    method = method or DEFAULT_METHOD
 
     if preset not in DISTILL_PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DISTILL_PRESETS)}")

@@ -78,7 +78,7 @@ def bench_policies_cmd(
                   f"{q['chunk1_ms']}", f"{q['chunk10_ms']}", "", style="dim")
     console.print(table)
     console.print("[dim]lerobot row: measured outside the project on this 2-core CPU (float32, batch 1, 2 cameras, "
-                  "random weights), quoted from issue 3, not re-measured here. chunk = prefix + N denoising steps "
+                  "random weights), quoted, not re-measured here. chunk = prefix + N denoising steps "
                   "(lerobot's sample_actions); denoise = N steps on a cached prefix; * = prefix + denoise, not re-timed "
                   "(full sizes).[/dim]")
     cpu_rows = [r for r in result["rows"] if "chunk10_cpu_ms" in r]

@@ -120,24 +120,17 @@ def suite_env_ids(suite: str) -> list[str]:
     return [env_id(suite, i) for i in range(LIBERO_SUITES[suite].n_tasks)]
 
 
-def register_libero() -> list[str]:
-    """Register with gymnasium, without importing LIBERO: `libero/<suite>-v0` (+ `task_id=`)
-    for the five suites, one id per task `libero/<suite>-task<i>-v0` (130) so that evaluators
-    that take ids can run whole suites, and the suites `libero/<suite>` in `envs.suites`."""
-    from .suites import register_suite
-
-    ids = []
+def registrations() -> list[tuple[str, dict[str, Any]]]:
+    """(env id, gymnasium kwargs) of every LIBERO id, without importing LIBERO: `libero/<suite>-v0`
+    (+ `task_id=`) for the five suites and one id per task, `libero/<suite>-task<i>-v0` (130), so
+    that evaluators that take ids can run whole suites. ``envs.registry`` registers them and the
+    suites `libero/<suite>`."""
+    out = []
     for suite in LIBERO_SUITES.values():
-        # no max_episode_steps (TimeLimit): the env truncates itself, as the Meta-World envs do
         for task_id in (None, *range(suite.n_tasks)):
-            eid = env_id(suite.name, task_id)
             kwargs = {"suite": suite.name} if task_id is None else {"suite": suite.name, "task_id": task_id}
-            if eid not in gym.registry:
-                gym.register(id=eid, entry_point="policydistill.envs.libero_env:LiberoEnv",
-                             kwargs=kwargs, disable_env_checker=True)
-            ids.append(eid)
-        register_suite(f"libero/{suite.name}", suite_env_ids(suite.name))
-    return ids
+            out.append((env_id(suite.name, task_id), kwargs))
+    return out
 
 
 def task_instructions(suite: str | None = None) -> dict[str, str]:

@@ -12,7 +12,7 @@ Observation (``gymnasium.spaces.Dict``)::
 The image is Meta-World's ``corner2`` camera flipped on both axes (MuJoCo renders it upside
 down), rendered with shadows, MSAA and reflections off (``vis.quality.shadowsize = offsamples = 0``,
 ``mjRND_REFLECTION = 0``) because software/EGL rendering with the defaults is ~7x slower
-(DESIGN.md §6). Worker processes also set ``LP_NUM_THREADS=1`` (one llvmpipe thread each).
+(docs/architecture.md, Rendering). Worker processes also set ``LP_NUM_THREADS=1`` (one llvmpipe thread each).
 
 ``state="full"`` (default, D = 21): Meta-World's current-frame observation — hand xyz (3),
 gripper opening (1), first object xyz + quaternion (7), second object xyz + quaternion (7, zero
@@ -185,7 +185,7 @@ class MetaWorldEnv(gym.Env):
         mw.seeded_rand_vec = True
         mw._set_task_called = True
         mw.max_path_length = max(mw.max_path_length, limit)
-        # shadows and multisampling off before the first render: ~75 steps/s instead of ~10 (DESIGN §6)
+        # shadows and multisampling off before the first render: ~75 steps/s instead of ~10 (docs/architecture.md)
         mw.model.vis.quality.shadowsize = 0
         mw.model.vis.quality.offsamples = 0
         self.mw = mw

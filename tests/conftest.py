@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -21,15 +21,34 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # PD_RUN_SLOW=1 runs the slow tests too (the addopts default deselects them).
-    if os.environ.get("PD_RUN_SLOW") == "1":
-        return
+    """Deselect (never skip) what the default run leaves out.
+
+    - ``slow`` tests (minutes each) run with ``-m slow`` (only them), ``PD_RUN_SLOW=1`` (everything),
+      or any explicit ``-m`` expression, which then decides alone.
+    - ``lerobot`` tests need an interpreter with real lerobot installed (``PD_LEROBOT_PYTHON``); they
+      run when that variable is set, and fail (not skip) when selected explicitly without it.
+    """
+    explicit_markexpr = bool(config.getoption("markexpr", ""))
+    run_slow = explicit_markexpr or os.environ.get("PD_RUN_SLOW") == "1"
+    run_lerobot = explicit_markexpr or bool(os.environ.get("PD_LEROBOT_PYTHON"))
+    kept, dropped = [], []
+    for item in items:
+        if (not run_slow and item.get_closest_marker("slow")) or (
+                not run_lerobot and item.get_closest_marker("lerobot")):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    if not FIXTURES.exists():
-        pytest.skip(f"shared fixtures not found at {FIXTURES}")
+    """tests/fixtures, part of the repository: a missing fixture is an error, not a skip."""
+    if not (FIXTURES / "lerobot").is_dir():
+        pytest.fail(f"test fixtures missing at {FIXTURES / 'lerobot'}: they are part of the repository "
+                    "(git checkout tests/fixtures restores them)")
     return FIXTURES
 
 

@@ -124,8 +124,8 @@ def test_bench_rejects_bad_input():
 
 
 @pytest.mark.slow
-def test_full_32d_bench_meets_the_issue_targets(tmp_path):
-    # The issue's bar (3 seeds, 32-D): consistency distillation at 1 NFE at most half the exact
+def test_full_32d_bench_meets_its_bars(tmp_path):
+    # The bench's bars (3 seeds, 32-D): consistency distillation at 1 NFE at most half the exact
     # teacher's 2-step Euler error; SnapFlow within 10% of its own 2-step Euler map.
     from policydistill.bench.methods_bench import BenchConfig, run_bench
 

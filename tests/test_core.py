@@ -1,4 +1,4 @@
-"""Exact-answer tests for the flow numerics (DESIGN.md §3)."""
+"""Exact-answer tests for the flow numerics (docs/architecture.md)."""
 
 from __future__ import annotations
 

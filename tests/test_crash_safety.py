@@ -1,4 +1,4 @@
-"""Crash safety (issue 8): a run is never lost.
+"""Crash safety: a run is never lost.
 
 * ``kill -9`` in the middle of a real ``policydistill distill`` subprocess, then ``--resume``:
   the same final student weights and loss curve as an uninterrupted run (must show);

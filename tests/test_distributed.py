@@ -1,4 +1,4 @@
-"""Distributed training (issue 8): two gloo processes launched by the real ``torchrun`` train a
+"""Distributed training: two gloo processes launched by the real ``torchrun`` train a
 tiny MLPFlowMap and end with the same weights as one process with the same global batch.
 
 With ``micro_batches = 2`` the global batch of a step is two seeded micro-batches; one process

@@ -6,24 +6,35 @@ import numpy as np
 import pytest
 
 envs = pytest.importorskip("policydistill.envs")
-from policydistill.envs import checker, make, suites  # noqa: E402
+from policydistill.envs import checker, make, registry  # noqa: E402
 from policydistill.envs.metaworld_env import INSTRUCTIONS  # noqa: E402
 
 pytestmark = pytest.mark.sim
 METAWORLD_IDS = [i for i in envs.registered_ids() if i.startswith("metaworld/")]
 #: the default run checks the ids the project trains and evaluates on; the slow run checks all 50
-CORE_IDS = suites.expand("metaworld/mt10,metaworld/walls")
+CORE_IDS = registry.expand("metaworld/mt10,metaworld/walls")
 
 
 def test_registration_covers_mt10_mt50_and_suites():
     assert len(METAWORLD_IDS) == 50 and len(set(INSTRUCTIONS.values())) == 50
-    assert suites.expand("metaworld/mt10") == [f"metaworld/{t}" for t in suites.MT10]
-    assert suites.expand("push-v3, metaworld/push-v3,metaworld/walls")[:2] == ["metaworld/push-v3", "metaworld/push-wall-v3"]
-    assert len(suites.expand("metaworld/mt50")) == 50
+    assert registry.expand("metaworld/mt10") == [f"metaworld/{t}" for t in registry.MT10]
+    assert registry.expand("push-v3, metaworld/push-v3,metaworld/walls")[:2] == ["metaworld/push-v3", "metaworld/push-wall-v3"]
+    assert len(registry.expand("metaworld/mt50")) == 50
     with pytest.raises(ValueError, match="unknown task or suite"):
-        suites.expand("metaworld/nope-v3")
+        registry.expand("metaworld/nope-v3")
     with pytest.raises(ValueError, match="is a suite"):
         envs.make("metaworld/mt10")
+    with pytest.raises(ValueError, match="is a suite"):
+        envs.make("metaworld/mt50")  # MT50 is an ordinary suite
+
+
+def test_unknown_ids_suggest_the_closest_names():
+    with pytest.raises(ValueError, match="Did you mean 'metaworld/push-v3'"):
+        envs.make("metaworld/psuh-v3")
+    with pytest.raises(ValueError, match="Did you mean .*'metaworld/mt10'"):
+        registry.expand("mt01")
+    with pytest.raises(ValueError, match="Did you mean 'metaworld/push-wall-v3'"):
+        registry.expand("push-wal-v3")
 
 
 @pytest.mark.parametrize("env_id", CORE_IDS)

@@ -1,4 +1,4 @@
-"""Exported programs (torch.export, ONNX) reproduce the eager policy (issue 7, export)."""
+"""Exported programs (torch.export, ONNX) reproduce the eager policy."""
 
 from __future__ import annotations
 

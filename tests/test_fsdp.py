@@ -1,4 +1,4 @@
-"""FSDP (issue 8): two gloo processes launched by the real ``torchrun`` shard a tiny pi0 with FSDP2
+"""FSDP: two gloo processes launched by the real ``torchrun`` shard a tiny pi0 with FSDP2
 (``TrainConfig.fsdp``) and end with the same weights as one unsharded process with the same global
 batch (``micro_batches = 2``). Covered: flow matching with the loop's EMA, SnapFlow, MeanFlow (a
 ``torch.func.jvp`` through the sharded student) and Shortcut (a method keeping a sharded EMA copy

@@ -1,4 +1,4 @@
-"""Hostile and broken inputs through the real CLI (issue 8). One row per bad input: the command
+"""Hostile and broken inputs through the real CLI. One row per bad input: the command
 exits non-zero with a one-paragraph error that says what is wrong and what to do, prints no
 traceback (unless --debug), and leaves every input file byte-for-byte unchanged.
 

@@ -1,4 +1,4 @@
-"""One contract test for every registered method (DESIGN.md §3, "Method registry"): on a tiny
+"""One contract test for every registered method (the method registry of docs/architecture.md): on a tiny
 2-D two-mode mixture, a few steps through the ONE training loop give a finite loss that goes down,
 the method's sampler gives finite samples of the right shape at 1 and N steps, and the model and the
 method's own state (EMA copies, buffers) survive the checkpoint round trip."""
@@ -60,7 +60,7 @@ def teacher() -> MLPFlowMap:
 
 
 def test_every_registered_method_is_covered():
-    # the ten methods of DESIGN.md §4; a newly registered one is picked up by the parametrisation
+    # the ten shipped methods; a newly registered one is picked up by the parametrisation
     expected = {"flow_matching", "snapflow", "shortcut", "meanflow", "lsd", "psd", "consistency_distillation",
                 "consistency_training", "progressive_distillation", "reflow"}
     assert expected <= set(METHODS.names()), sorted(expected - set(METHODS.names()))

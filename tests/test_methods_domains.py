@@ -1,6 +1,6 @@
 """Every registered method runs on every domain — action chunks, images, video — through the one
 training loop, with no method-specific code here: that is the promise of the registry
-(DESIGN §2: a method sees only the flow-map contract)."""
+(a method sees only the flow-map contract: docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -99,6 +99,6 @@ def test_method_runs_on_domain(name: str, domain: str) -> None:
 
 
 def test_every_domain_is_covered() -> None:
-    # the contract test above must keep covering the three domains of DESIGN §1
+    # the contract test above must keep covering the three domains the registry serves
     assert set(DOMAINS) == {"actions", "images", "video"}
     assert "snapflow" in METHODS and "flow_matching" in METHODS

@@ -1,4 +1,4 @@
-"""The layout of DESIGN.md §2: mapped packages, data-only datasets/, a wheel that holds it all."""
+"""The layout of docs/architecture.md: mapped packages, data-only datasets/, a wheel that holds it all."""
 
 from __future__ import annotations
 

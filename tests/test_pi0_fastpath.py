@@ -1,4 +1,4 @@
-"""pi0 inference fast paths (issue 3): the float32 gelu form, the key/value buffers written in
+"""pi0 inference fast paths: the float32 gelu form, the key/value buffers written in
 place by the prefix, and the optional torch.compile'd prefix and denoising step."""
 
 from __future__ import annotations

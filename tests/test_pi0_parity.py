@@ -1,4 +1,4 @@
-"""pi0 / pi0.5 against lerobot 0.4.4's own outputs (../shared/fixtures/lerobot/{pi0,pi05})."""
+"""pi0 / pi0.5 against lerobot 0.4.4's own outputs (tests/fixtures/lerobot/{pi0,pi05})."""
 
 from __future__ import annotations
 

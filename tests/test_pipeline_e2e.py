@@ -1,5 +1,5 @@
 """The whole pipeline on the tiny preset: demos → teacher → distillation → closed-loop report
-(issue 5: "a CI test runs the whole pipeline end to end on the tiny preset")."""
+(CI runs the whole pipeline end to end on the tiny preset)."""
 
 from __future__ import annotations
 

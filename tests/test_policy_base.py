@@ -102,7 +102,6 @@ def test_sample_actions_shape_unnormalised_and_queue():
 
 def test_make_flow_batch_masks_padding():
     p = _policy()
-    obs = _env_obs()
     window = {"observation.images.corner2": torch.rand(2, 1, 3, 16, 16), "observation.state": torch.randn(2, 5),
               "action": torch.randn(2, 6, 3), "action_is_pad": torch.tensor([[False] * 6, [False] * 4 + [True] * 2]),
               "task": ["a", "b"]}
@@ -110,7 +109,10 @@ def test_make_flow_batch_masks_padding():
     assert fb.data.shape == (2, 6, 4) and fb.mask.shape == (2, 6, 4)
     assert fb.mask[0, :, :3].all() and not fb.mask[..., 3].any() and not fb.mask[1, 4:].any()
     assert fb.data[..., 3].abs().max() == 0
-    assert obs  # env obs unused here
+    assert torch.allclose(fb.data[..., :3], p.normalizer.normalize("action", window["action"]))
+    # the observation part of the window becomes the processed condition: images in [-1, 1], state padded
+    assert torch.allclose(fb.cond["images"], window["observation.images.corner2"] * 2 - 1)
+    assert torch.equal(fb.cond["state"][:, 5:], torch.zeros(2, 3))
 
 
 def test_nfe_and_mode_settings_validate():

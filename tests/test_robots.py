@@ -1,5 +1,5 @@
 """robots/: the interface, the sim robot on a real Meta-World scene, the control loop and its
-watchdog under injected faults (DESIGN: on-robot latency; issue 7)."""
+watchdog under injected faults (on-robot latency and safety)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("metaworld")
-from policydistill.data.scripted import (  # noqa: E402
+from policydistill.envs.scripted import (  # noqa: E402
     GenerateConfig, MeanOfModes, WallDetourExpert, bimodality_coefficient, episode_seed, generate,
     make_expert, multimodality_summary, rollout_expert,
 )

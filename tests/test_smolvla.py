@@ -1,4 +1,4 @@
-"""SmolVLA: parity with lerobot 0.4.4 (shared/fixtures/lerobot/smolvla), safe loading, the
+"""SmolVLA: parity with lerobot 0.4.4 (tests/fixtures/lerobot/smolvla), safe loading, the
 prefix-once contract, the target-time branch and the lerobot round trip."""
 
 from __future__ import annotations
@@ -32,11 +32,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def fixture_path() -> Path:
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "lerobot" / "smolvla"
-    if not path.exists():
-        pytest.skip(f"SmolVLA fixture not found at {path}")
-    return path
+def fixture_path(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "lerobot" / "smolvla"
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ For each seed:
 Reported per method and NFE: the per-coordinate MSE to the true flow map from the same noise,
 the sliced 2-Wasserstein distance to fresh target samples (with the exact map's own SW as the
 finite-sample floor), the 2-step Euler error of the student's own velocity field (the SnapFlow
-bound, DESIGN §4) and the training wall time; next to N-step Euler of the analytic teacher and
+bound) and the training wall time; next to N-step Euler of the analytic teacher and
 of the fitted MLP. Averages are over seeds, ± the standard deviation across seeds.
 """
 
@@ -203,7 +203,7 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print) -> dict
         trained = result.ema if (recipe.sample_with_ema and result.ema is not None) else result.model
         model = method.sampling_model(trained).eval()
         row["nfe"] = _evaluate(model, cls.sampling, list(cfg.nfe), noise, ref, target, dirs)
-        # The SnapFlow bound (DESIGN §4): the 2-step Euler map of the student's own velocity field.
+        # The SnapFlow bound: the 2-step Euler map of the student's own velocity field.
         row["own_euler2"] = _evaluate(trained.eval(), "diagonal", [2], noise, ref, target, dirs)["2"]
         row["status"] = "ok"
         rows[name] = row
@@ -371,7 +371,7 @@ def markdown_report(result: dict[str, Any], command: str) -> str:
         "",
     ]
     summary = result["summary"]
-    checks = issue_checks(summary)
+    checks = bar_checks(summary)
     if checks:
         lines += ["## Checks", ""] + [f"- {c}" for c in checks] + [""]
     lines += ["## Budgets and recipes (`policydistill/bench/recipes.py`)", ""]
@@ -388,8 +388,8 @@ def markdown_report(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def issue_checks(summary: dict[str, Any]) -> list[str]:
-    """The issue's bars, evaluated on the seed means: psd, shortcut, lsd and consistency_distillation
+def bar_checks(summary: dict[str, Any]) -> list[str]:
+    """The bench's bars, evaluated on the seed means: psd, shortcut, lsd and consistency_distillation
     at 1 NFE ≤ ½ × the exact teacher's 2-step Euler error; SnapFlow at 1 NFE within 10% of its own
     velocity field's 2-step Euler error."""
     out = []
@@ -439,5 +439,5 @@ def plot_results(result: dict[str, Any], path: str | Path) -> None:
     save_figure(fig, path)
 
 
-__all__ = ["BenchConfig", "VelocityRegression", "aggregate", "default_methods", "issue_checks", "markdown_table", "plot_results",
+__all__ = ["BenchConfig", "VelocityRegression", "aggregate", "default_methods", "bar_checks", "markdown_table", "plot_results",
            "markdown_report", "quick_config", "run_bench", "run_seed", "table_rows"]

@@ -5,6 +5,7 @@ from the package."""
 from .embedding import TargetTimeEmbedding, sinusoidal_embedding
 from .flowmap import FlowBatch, FlowMapModel, student_from_teacher
 from .interpolant import expand_time, interpolate, velocity_target
+from .normalize import NORM_MODES, Normalizer
 from .sampler import flow_step, sample, sample_with_ctx, time_grid
 from .time_sampling import TIME_SAMPLERS, sample_time
 from .tree import tree_cat, tree_map, tree_slice
@@ -12,6 +13,8 @@ from .tree import tree_cat, tree_map, tree_slice
 __all__ = [
     "FlowBatch",
     "FlowMapModel",
+    "NORM_MODES",
+    "Normalizer",
     "TIME_SAMPLERS",
     "TargetTimeEmbedding",
     "expand_time",

@@ -9,10 +9,11 @@ from torch import Tensor, nn
 
 
 def sinusoidal_embedding(
-    t: Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0
+    t: Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0, dtype: torch.dtype | None = None
 ) -> Tensor:
     """pi0's sin-cos embedding of a time in [0, 1]: periods spaced geometrically from
-    ``min_period`` to ``max_period``; returns (B, dim) as [sin | cos]."""
+    ``min_period`` to ``max_period``; returns (B, dim) as [sin | cos], in ``dtype`` (default: t's
+    floating dtype, else float32), rounded once from float64."""
     if dim % 2:
         raise ValueError(f"time embedding dim must be even, got {dim}")
     t = t.reshape(-1)
@@ -21,7 +22,9 @@ def sinusoidal_embedding(
     period = min_period * (max_period / min_period) ** fraction
     scaling = (1.0 / period * 2 * math.pi).to(torch.float64)
     arg = scaling[None, :] * t.to(torch.float64)[:, None]
-    return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1).to(t.dtype if t.is_floating_point() else torch.float32)
+    if dtype is None:
+        dtype = t.dtype if t.is_floating_point() else torch.float32
+    return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1).to(dtype)
 
 
 class TargetTimeEmbedding(nn.Module):

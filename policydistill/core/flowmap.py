@@ -64,6 +64,13 @@ class FlowMapModel(nn.Module):
         """JSON-serialisable configuration from which ``build_model`` rebuilds the model."""
         raise NotImplementedError
 
+    def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
+        """The sub-modules FSDP shards as units, bottom-up, each with the methods besides
+        ``forward`` that use its weights (FSDP gathers them in hooks on those calls). What no unit
+        holds is the root unit, gathered for a whole ``encode`` / ``flow``. Default: none (the
+        model is one root unit: sharded at rest, gathered whole for each call)."""
+        return []
+
     def freeze_target_time(self) -> None:
         """Teachers know only the diagonal: keep the s-branch at exactly zero."""
         self.target_time.reset_parameters()

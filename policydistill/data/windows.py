@@ -28,10 +28,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..core.normalize import Normalizer
 from .errors import DatasetError
 from .layout import ACTION_KEY, STATE_KEY, image_key
 
 Split = Literal["train", "val", "all"]
+NORM_EPS = 1e-8  # lerobot's: (x - mean) / (std + eps)
 
 
 @dataclass(frozen=True)
@@ -67,52 +69,36 @@ def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], l
     return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
 
 
-class Normalizer:
-    """MEAN_STD normalisation of "observation.state" and "action" from stored statistics."""
+def normalizer_from_stats(stats: dict[str, dict[str, Any]], dims: dict[str, int] | None = None) -> Normalizer:
+    """A MEAN_STD :class:`~policydistill.core.normalize.Normalizer` from stored statistics, checked.
 
-    EPS = 1e-8
-
-    def __init__(self, stats: dict[str, dict[str, Any]], dims: dict[str, int] | None = None) -> None:
-        """``dims`` ({key: width}) lists the keys to normalise and checks the statistics' widths;
-        by default "observation.state" and "action" with whatever width the statistics have."""
-        self.mean: dict[str, torch.Tensor] = {}
-        self.std: dict[str, torch.Tensor] = {}
-        for key, width in (dims or {STATE_KEY: -1, ACTION_KEY: -1}).items():
-            entry = stats.get(key) or {}
-            if not entry or width == 0:
-                continue
-            if "mean" not in entry or "std" not in entry:
-                raise DatasetError(f"statistics for {key!r} lack mean/std (have {sorted(entry)}); recompute them "
-                                   "(re-write the dataset) or train with normalize=False.")
-            try:
-                mean = np.asarray(entry["mean"], np.float32).reshape(-1)
-                std = np.asarray(entry["std"], np.float32).reshape(-1)
-            except (TypeError, ValueError) as exc:
-                raise DatasetError(f"statistics for {key!r} are not numeric vectors ({exc}); recompute them.") from exc
-            if width > 0 and (mean.shape != (width,) or std.shape != (width,)):
-                raise DatasetError(f"statistics for {key!r} have {mean.size} means and {std.size} stds but the data has "
-                                   f"{width} dims; the stats belong to another dataset — recompute them (e.g. "
-                                   "`policydistill data convert` re-writes them) or train with normalize=False.")
-            if not (np.isfinite(mean).all() and np.isfinite(std).all()) or (std < 0).any():
-                raise DatasetError(f"statistics for {key!r} contain NaN, inf or a negative std; recompute them.")
-            self.mean[key] = torch.from_numpy(mean)
-            self.std[key] = torch.from_numpy(std)
-
-    def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        if key not in self.mean:
-            return x
-        return (x - self.mean[key].to(x)) / (self.std[key].to(x) + self.EPS)
-
-    def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        if key not in self.mean:
-            return x
-        return x * (self.std[key].to(x) + self.EPS) + self.mean[key].to(x)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Flat tensors (``<key>.mean`` / ``<key>.std``) for safetensors checkpoints."""
-        out = {f"{k}.mean": v for k, v in self.mean.items()}
-        out.update({f"{k}.std": v for k, v in self.std.items()})
-        return out
+    ``dims`` ({key: width}) lists the keys to normalise and checks the statistics' widths; by
+    default "observation.state" and "action" with whatever width the statistics have. A key with
+    no statistics (or width 0) is left unnormalised."""
+    checked: dict[str, dict[str, np.ndarray]] = {}
+    for key, width in (dims or {STATE_KEY: -1, ACTION_KEY: -1}).items():
+        entry = stats.get(key) or {}
+        if not entry or width == 0:
+            continue
+        if "mean" not in entry or "std" not in entry:
+            raise DatasetError(f"statistics for {key!r} lack mean/std (have {sorted(entry)}); recompute them "
+                               "(re-write the dataset) or train with normalize=False.")
+        try:
+            mean = np.asarray(entry["mean"], np.float32).reshape(-1)
+            std = np.asarray(entry["std"], np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"statistics for {key!r} are not numeric vectors ({exc}); recompute them.") from exc
+        if width > 0 and (mean.shape != (width,) or std.shape != (width,)):
+            raise DatasetError(f"statistics for {key!r} have {mean.size} means and {std.size} stds but the data has "
+                               f"{width} dims; the stats belong to another dataset — recompute them (e.g. "
+                               "`policydistill data convert` re-writes them) or train with normalize=False.")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()) or (std < 0).any():
+            raise DatasetError(f"statistics for {key!r} contain NaN, inf or a negative std; recompute them.")
+        checked[key] = {"mean": mean, "std": std}
+    normalizer = Normalizer({key: s["mean"].size for key, s in checked.items()})
+    for key, s in checked.items():
+        normalizer.set(key, s, "MEAN_STD", NORM_EPS)
+    return normalizer
 
 
 class _Frames:
@@ -172,7 +158,7 @@ class FlowWindowDataset(torch.utils.data.Dataset):
             stats = self.source.compute_stats()
         self.stats = stats
         dims = {STATE_KEY: self.source.layout.state_dim, ACTION_KEY: self.source.layout.action_dim}
-        self.normalizer = Normalizer(stats, dims) if cfg.normalize else None
+        self.normalizer = normalizer_from_stats(stats, dims) if cfg.normalize else None
         lengths = np.asarray(self.source.lengths)[self.episode_ids]
         self._cum = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self._frames = _Frames(self._load(self.episode_ids, cfg.in_memory), self.episode_ids, self.normalizer,

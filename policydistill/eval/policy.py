@@ -66,7 +66,7 @@ class ScriptedPolicy:
         self._experts, self._tasks = [], []
 
     def _expert(self, row: int, text: str) -> Any:
-        from policydistill.data.scripted import make_expert
+        from policydistill.envs.scripted import make_expert
 
         if text not in self._by_text:
             raise ValueError(f"no scripted expert for instruction {text!r}: the scripted policy runs Meta-World tasks only")

@@ -1,7 +1,7 @@
 """Closed-loop evaluation: N episodes per task over a pool of env worker processes.
 
 Seeds: episode i of task T resets with ``episode_seed(T, i, "eval", seed)`` (sha256 of
-"eval/<seed>/<T>/<i>", see ``policydistill.data.scripted.episode_seed``): a pure function of the
+"eval/<seed>/<T>/<i>", see ``policydistill.seeding.episode_seed``): a pure function of the
 task id, the episode index and the base seed, so a teacher and a student evaluated in separate
 runs — with any worker count, batch size or task list — start from identical initial states.
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.scripted import episode_seed
+from ..seeding import episode_seed
 from .metrics import summarize_episodes
 from .policy import ChunkPolicy, to_numpy
 from .workers import WorkerPool

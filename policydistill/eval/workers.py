@@ -36,9 +36,9 @@ class _EnvHost:
             if self.current[slot][0] == env_id:
                 return self.current[slot][1]
             self.free.append(self.current.pop(slot))
-        for k, (eid, env) in enumerate(self.free):
+        for k, (eid, _) in enumerate(self.free):
             if eid == env_id:
-                del self.free[k]
+                env = self.free.pop(k)[1]
                 break
         else:
             env = make(env_id, **self.env_kwargs)

@@ -31,7 +31,6 @@ from .viz import save_gif, save_grid, save_mp4
 DEFAULT_METHODS = ("snapflow", "meanflow", "lsd", "psd", "shortcut")
 TEACHER_NFES = (1, 4, 32)
 STUDENT_NFES = (1, 2)
-METRIC_COLUMNS = ("mse_to_teacher", "psnr_to_teacher", "fd", "swd")
 
 
 def machine_info() -> dict[str, Any]:

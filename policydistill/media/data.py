@@ -170,7 +170,7 @@ def _make_env(task: str, cfg: RenderConfig) -> Any:
     env._partially_observable = False
     env._freeze_rand_vec = False
     env._set_task_called = True
-    # Software rendering is ~7x faster without shadows and multisampling (DESIGN §6).
+    # Software rendering is ~7x faster without shadows and multisampling (docs/architecture.md, Rendering).
     env.model.vis.quality.shadowsize = 0
     env.model.vis.quality.offsamples = 0
     return env

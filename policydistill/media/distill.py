@@ -22,7 +22,7 @@ from ..checkpoint import load_model, read_safetensors, save_model, write_json, w
 from ..core.flowmap import FlowMapModel, student_from_teacher
 from ..core.sampler import sample
 from ..core.tree import tree_slice
-from ..methods import METHODS, make_method
+from ..methods import METHODS, default_method, make_method
 from ..models.dit import IMAGE_PRESETS, VIDEO_PRESETS, ImageDiT, ImageDiTConfig, VideoDiT, VideoDiTConfig
 from ..train.loop import TrainConfig, train
 from .data import RENDER_PRESETS, load_digits, metaworld_clips, metaworld_images
@@ -251,16 +251,18 @@ def distill_with(teacher: FlowMapModel, evaluator: MediaEvaluator, method: str, 
     return MediaDistillResult(method, net, m.sampling, metrics, result.wall_time_s, folder, samples)
 
 
-def distill_media(model_name: str, method: str = "snapflow", steps: int = 1, dataset: str | None = None,
+def distill_media(model_name: str, method: str | None = None, steps: int = 1, dataset: str | None = None,
                   train_steps: int | None = None, run_dir: str | Path = "runs/media", preset: str | None = None,
                   method_options: dict[str, Any] | None = None, cache_dir: str | Path | None = None,
                   progress: bool = True) -> MediaDistillResult:
     """``policydistill distill image-dit|video-dit``: distil the domain's teacher with ``method``
-    into a ``steps``-NFE sampler. Returns the student and its metrics at ``steps`` NFE (and at
-    1 NFE when ``steps`` > 1); the student is saved in ``run_dir/<domain>/<method>-<steps>nfe``."""
+    into a ``steps``-NFE sampler (``method`` None: the domain's default, ``methods.default_method``).
+    Returns the student and its metrics at ``steps`` NFE (and at 1 NFE when ``steps`` > 1); the
+    student is saved in ``run_dir/<domain>/<method>-<steps>nfe``."""
     if steps < 1:
         raise ValueError(f"--steps must be >= 1 NFE, got {steps}")
     spec = get_spec(model_name, dataset, preset)
+    method = method or default_method("video" if spec.model == "video-dit" else "images")
     domain_dir = Path(run_dir) / f"{spec.model}-{preset or spec.dataset}"
     teacher, evaluator = prepare_domain(spec, domain_dir, cache_dir, progress=progress)
     nfes = tuple(sorted({1, steps}))

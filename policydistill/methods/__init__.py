@@ -28,6 +28,19 @@ METHODS.register("reflow", "policydistill.methods.reflow:Reflow")
 #: closest to the 10-step teacher's (sliced Wasserstein 0.069 vs SnapFlow's 0.099, naive 0.102).
 DEFAULT_METHOD = "reflow"
 
+#: The default per domain, each earned by a benchmark the project ships. Action chunks: reflow
+#: (above). Images and video: snapflow, the best 1-NFE student on the Meta-World frames of
+#: `policydistill bench media` (FD 8.1 vs the naive teacher's 106) and within a few percent of the
+#: best (lsd) on digits; reflow was not benchmarked there (docs/bench_media.md).
+DEFAULT_METHODS: dict[str, str] = {"actions": DEFAULT_METHOD, "images": "snapflow", "video": "snapflow"}
+
+
+def default_method(domain: str) -> str:
+    """The default method for ``domain`` ("actions", "images" or "video")."""
+    if domain not in DEFAULT_METHODS:
+        raise ValueError(f"unknown domain {domain!r}; valid: {', '.join(DEFAULT_METHODS)}")
+    return DEFAULT_METHODS[domain]
+
 
 def make_method(name: str, **overrides: Any) -> Method:
     """Instantiate a registered method; keyword overrides go to its config dataclass."""
@@ -52,4 +65,4 @@ def method_table() -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "Method", "make_method", "method_table"]
+__all__ = ["DEFAULT_METHOD", "DEFAULT_METHODS", "METHODS", "Method", "default_method", "make_method", "method_table"]

@@ -1,7 +1,7 @@
 """Building blocks shared by the flow-map self-distillation methods (shortcut, meanflow, lsd, psd):
 batch splitting, the diagonal flow-matching term, ordered time pairs and a forward-mode derivative.
 
-Convention (DESIGN.md §3): t = 1 noise, t = 0 data, F(x_t, t, s) = average velocity from t to s,
+Convention (docs/architecture.md): t = 1 noise, t = 0 data, F(x_t, t, s) = average velocity from t to s,
 x_s = x_t − (t − s)·F. A pair (t, s) always has s ≤ t.
 """
 
@@ -68,7 +68,7 @@ def ordered_pair(n: int, like: Tensor) -> tuple[Tensor, Tensor]:
 
 @contextlib.contextmanager
 def math_attention():
-    """Fused SDPA kernels have no forward-mode AD; the math kernel does (DESIGN.md §4, meanflow)."""
+    """Fused SDPA kernels have no forward-mode AD; the math kernel does (needed by meanflow's JVP)."""
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:  # pragma: no cover - older torch

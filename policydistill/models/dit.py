@@ -145,7 +145,7 @@ class _Trunk(nn.Module):
         return self.label_emb(labels)
 
     def embed(self, t: Tensor, s_emb: Tensor, label_emb: Tensor) -> Tensor:
-        """time embedding + target-time embedding (added, DESIGN §3) + label embedding."""
+        """time embedding + target-time embedding (added: docs/architecture.md) + label embedding."""
         temb = self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(label_emb.dtype))
         return F.silu(temb + s_emb.to(label_emb.dtype) + label_emb)
 
@@ -164,6 +164,31 @@ def _from_config(cls: type, cfg_cls: type, config: dict) -> Any:
 
 
 # --------------------------------------------------------------------------- image model
+class _PatchDiT(FlowMapModel):
+    """What the image and video DiTs share: the square frame cut into patches, and the trunk."""
+
+    trunk: _Trunk
+
+    def _patches(self, cfg: Any) -> int:
+        """Check the patch size, keep the config, build ``patch_in``; returns the patch's length."""
+        if cfg.image_size % cfg.patch:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch {cfg.patch}")
+        self.config = cfg
+        self.time_sampler = cfg.time_sampler
+        self.grid = cfg.image_size // cfg.patch
+        patch_dim = cfg.channels * cfg.patch ** 2
+        self.patch_in = nn.Linear(patch_dim, cfg.width)
+        return patch_dim
+
+    def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
+        return [(block, ()) for block in self.trunk.blocks]  # FSDP: one unit per DiT block
+
+    def _check_sample(self, x_t: Tensor, what: str) -> None:
+        if tuple(x_t.shape[1:]) != self.sample_shape():
+            raise ValueError(f"expected {what} of shape (B, {', '.join(map(str, self.sample_shape()))}), "
+                             f"got {tuple(x_t.shape)}")
+
+
 @dataclass
 class ImageDiTConfig:
     image_size: int = 16
@@ -184,7 +209,7 @@ IMAGE_PRESETS: dict[str, ImageDiTConfig] = {
 }
 
 
-class ImageDiT(FlowMapModel):
+class ImageDiT(_PatchDiT):
     """Class- or task-conditioned image flow map; x is (B, C, H, W) in [-1, 1], cond is an
     integer label tensor (B,)."""
 
@@ -193,13 +218,7 @@ class ImageDiT(FlowMapModel):
     def __init__(self, config: ImageDiTConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
         cfg = config or ImageDiTConfig(**kwargs)
-        if cfg.image_size % cfg.patch:
-            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch {cfg.patch}")
-        self.config = cfg
-        self.time_sampler = cfg.time_sampler
-        self.grid = cfg.image_size // cfg.patch
-        patch_dim = cfg.channels * cfg.patch ** 2
-        self.patch_in = nn.Linear(patch_dim, cfg.width)
+        patch_dim = self._patches(cfg)
         self.register_buffer("pos", sincos_2d(self.grid, cfg.width), persistent=False)
         self.trunk = _Trunk(cfg.width, cfg.depth, cfg.heads, cfg.time_dim, cfg.num_classes)
         self.target_time = TargetTimeEmbedding(cfg.width, embed_dim=cfg.time_dim)
@@ -213,9 +232,7 @@ class ImageDiT(FlowMapModel):
     def flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: Any) -> Tensor:
         cfg = self.config
         b = x_t.shape[0]
-        if tuple(x_t.shape[1:]) != self.sample_shape():
-            raise ValueError(f"expected images of shape (B, {', '.join(map(str, self.sample_shape()))}), "
-                             f"got {tuple(x_t.shape)}")
+        self._check_sample(x_t, "images")
         label = ctx if ctx is not None and ctx.shape[0] == b else self.trunk.label(None, b, self.patch_in.weight)
         h = self.patch_in(patchify(x_t, cfg.patch)) + self.pos.to(x_t.dtype)
         emb = self.trunk.embed(t, self.target_time(s), label.to(x_t.dtype))
@@ -260,7 +277,7 @@ VIDEO_PRESETS: dict[str, VideoDiTConfig] = {
 }
 
 
-class VideoDiT(FlowMapModel):
+class VideoDiT(_PatchDiT):
     """Clip flow map: x is (B, T, C, H, W) in [-1, 1]; cond is {"first_frame": (B, C, H, W),
     "label": (B,)}. The conditioning frame is patchified once in ``encode`` and its tokens join
     every frame's tokens in one joint space-time attention (the world-model half of a
@@ -271,13 +288,7 @@ class VideoDiT(FlowMapModel):
     def __init__(self, config: VideoDiTConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
         cfg = config or VideoDiTConfig(**kwargs)
-        if cfg.image_size % cfg.patch:
-            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch {cfg.patch}")
-        self.config = cfg
-        self.time_sampler = cfg.time_sampler
-        self.grid = cfg.image_size // cfg.patch
-        patch_dim = cfg.channels * cfg.patch ** 2
-        self.patch_in = nn.Linear(patch_dim, cfg.width)
+        patch_dim = self._patches(cfg)
         self.cond_in = nn.Linear(patch_dim, cfg.width)
         self.register_buffer("pos", sincos_2d(self.grid, cfg.width), persistent=False)
         # learned frame-index embedding; index 0 = the conditioning frame
@@ -303,9 +314,7 @@ class VideoDiT(FlowMapModel):
     def flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: Any) -> Tensor:
         cfg = self.config
         b = x_t.shape[0]
-        if tuple(x_t.shape[1:]) != self.sample_shape():
-            raise ValueError(f"expected clips of shape (B, {', '.join(map(str, self.sample_shape()))}), "
-                             f"got {tuple(x_t.shape)}")
+        self._check_sample(x_t, "clips")
         if not isinstance(ctx, dict):
             raise ValueError("video-dit flow() needs the context returned by encode(cond)")
         n = self.grid ** 2

@@ -69,6 +69,9 @@ class MLPFlowMap(FlowMapModel):
             h = block(h, emb)
         return self.out(self.out_norm(h)).reshape(x_t.shape)
 
+    def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
+        return [(block, ()) for block in self.blocks]  # FSDP: one unit per residual block
+
     def sample_shape(self) -> tuple[int, ...]:
         return self.config.sample_shape
 

@@ -15,7 +15,7 @@ def ensure_demos(tasks: list[str], path: Path, episodes_per_task: int, image_siz
                  action_noise: float = 0.1, seed: int = 0) -> Path:
     """``path`` holds ``episodes_per_task`` successful demonstrations of every task in ``tasks``
     (generated and appended task by task if missing; a crash leaves the finished tasks)."""
-    from ..data.scripted import GenerateConfig, generate
+    from ..envs.scripted import GenerateConfig, generate
     from ..data.zarr_store import ZarrEpisodeStore
 
     path = Path(path)
@@ -37,7 +37,7 @@ def ensure_demos(tasks: list[str], path: Path, episodes_per_task: int, image_siz
             bar = progress.add_task("demos", total=missing, info="")
             state = {"ok": 0}
 
-            def on_attempt(res, attempt: int) -> None:
+            def on_attempt(res, attempt: int, state: dict = state, bar: int = bar) -> None:  # bound to this task
                 state["ok"] += int(res.success)
                 progress.update(bar, completed=state["ok"], info=f"{state['ok']}/{attempt} successful")
 

@@ -10,7 +10,6 @@ normalisation from the dataset statistics, and runs the ONE training loop with t
 from __future__ import annotations
 
 import dataclasses
-import json
 import shlex
 import sys
 import time
@@ -77,7 +76,7 @@ TEACHER_PRESETS: dict[str, TeacherConfig] = {
 
 
 def tasks_of(task: str) -> list[str]:
-    from ..envs.suites import expand
+    from ..envs import expand
 
     return expand([t.strip() for t in task.split(",") if t.strip()])
 
@@ -196,8 +195,3 @@ def evaluate_teacher(policy: Any, tasks: list[str], cfg: TeacherConfig, folder: 
     console.print(results_table([{**result, "policy": "teacher", "nfe": policy.config.num_inference_steps}],
                                 title=f"teacher {cfg.model}/{cfg.preset}: {cfg.eval_episodes} episodes per task"))
     return result
-
-
-def load_provenance(folder: str | Path) -> dict[str, Any]:
-    cfg = json.loads((Path(folder) / "config.json").read_text())
-    return cfg.get("policydistill", {})

@@ -19,7 +19,7 @@ Observation formats accepted (batched numpy or torch; a missing batch dimension 
              "observation.state": (B,D), "task": list[str] | str}
 Training windows (data engineers): lerobot keys plus "action" (B,H,A) and "action_is_pad" (B,H).
 
-Time convention (DESIGN.md §3): t = 1 noise, t = 0 data; x_t = t·ε + (1 − t)·a.
+Time convention (docs/architecture.md): t = 1 noise, t = 0 data; x_t = t·ε + (1 − t)·a.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..core.flowmap import FlowBatch, FlowMapModel
+from ..core.normalize import Normalizer
 from ..core.sampler import SAMPLING_MODES, sample_with_ctx
 
-NORM_MODES = ("MEAN_STD", "QUANTILES", "MIN_MAX", "IDENTITY")
 IMAGE_PREFIX = "observation.images."
 
 
@@ -59,59 +59,6 @@ class FlowPolicyConfig:
     state_norm: str = "MEAN_STD"
     action_norm: str = "MEAN_STD"
     norm_eps: float = 1e-8
-
-
-class Normalizer(nn.Module):
-    """Affine normalisation y = (x − shift) / scale for state and action, as buffers.
-
-    lerobot's modes are all affine: MEAN_STD shift=mean, scale=std+eps; QUANTILES maps
-    [q01, q99] → [−1, 1] (shift=(q01+q99)/2, scale=(q99−q01)/2); MIN_MAX likewise with
-    [min, max]; IDENTITY shift 0, scale 1. Storing shift/scale keeps one code path and puts
-    the stats into the policy's safetensors.
-    """
-
-    def __init__(self, state_dim: int, action_dim: int) -> None:
-        super().__init__()
-        self.register_buffer("state_shift", torch.zeros(state_dim))
-        self.register_buffer("state_scale", torch.ones(state_dim))
-        self.register_buffer("action_shift", torch.zeros(action_dim))
-        self.register_buffer("action_scale", torch.ones(action_dim))
-
-    @staticmethod
-    def affine(stats: Mapping[str, Any], mode: str, eps: float) -> tuple[Tensor, Tensor]:
-        def get(key: str) -> Tensor:
-            if key not in stats:
-                raise KeyError(f"normalisation mode {mode} needs stat {key!r}; have {sorted(stats)}")
-            return torch.as_tensor(np.asarray(stats[key], dtype=np.float32)).reshape(-1)
-
-        if mode == "MEAN_STD":
-            return get("mean"), get("std") + eps
-        if mode in ("QUANTILES", "MIN_MAX"):
-            lo, hi = (get("q01"), get("q99")) if mode == "QUANTILES" else (get("min"), get("max"))
-            half = (hi - lo) / 2
-            return (hi + lo) / 2, torch.where(half == 0, torch.full_like(half, eps), half)
-        if mode == "IDENTITY":
-            return None, None  # type: ignore[return-value]
-        raise ValueError(f"unknown normalisation mode {mode!r}; valid: {', '.join(NORM_MODES)}")
-
-    def set(self, which: str, stats: Mapping[str, Any], mode: str, eps: float = 1e-8) -> None:
-        shift_buf, scale_buf = getattr(self, f"{which}_shift"), getattr(self, f"{which}_scale")
-        shift, scale = self.affine(stats, mode, eps)
-        if shift is None:
-            shift_buf.zero_()
-            scale_buf.fill_(1.0)
-            return
-        if shift.numel() != shift_buf.numel():
-            raise ValueError(f"{which} stats have {shift.numel()} dims but the policy's {which}_dim is "
-                             f"{shift_buf.numel()}; build the policy with the dataset's dimensions")
-        shift_buf.copy_(shift)
-        scale_buf.copy_(scale)
-
-    def normalize(self, which: str, x: Tensor) -> Tensor:
-        return (x - getattr(self, f"{which}_shift")) / getattr(self, f"{which}_scale")
-
-    def unnormalize(self, which: str, x: Tensor) -> Tensor:
-        return x * getattr(self, f"{which}_scale") + getattr(self, f"{which}_shift")
 
 
 def _to_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
@@ -147,12 +94,15 @@ class FlowPolicy(FlowMapModel):
     architecture: ClassVar[str] = ""
     time_sampler = "beta"  # pi0's Beta(1.5, 1) training-time sampler
     config: FlowPolicyConfig
+    #: the prefix, step and whole chunk compiled by ``compile_for_inference``
+    #: (``compiled.CompiledInference``); None = eager
+    _compiled: Any = None
 
     def _init_policy(self, config: FlowPolicyConfig) -> None:
         if config.sampling_mode not in SAMPLING_MODES:
             raise ValueError(f"sampling_mode {config.sampling_mode!r}; valid: {', '.join(SAMPLING_MODES)}")
         self.config = config
-        self.normalizer = Normalizer(config.state_dim, config.action_dim)
+        self.normalizer = Normalizer({"state": config.state_dim, "action": config.action_dim})
         self._queue: deque[Tensor] = deque()
 
     # ------------------------------------------------------------------ settings
@@ -295,6 +245,41 @@ class FlowPolicy(FlowMapModel):
             mask = mask * (~is_pad)[..., None].to(mask.dtype)
         cond = self.process({k: v for k, v in sample.items() if k not in ("action", "action_is_pad")})
         return FlowBatch(data=data.to(self.dtype), cond=cond, mask=mask)
+
+    # ------------------------------------------------------------------ compiled inference
+    def _inference_functions(self) -> tuple[Any, Any, Any]:
+        """The class functions ``compile_for_inference`` compiles: (prefix, step, whole chunk or
+        None), each called as ``fn(policy, *args)``; ``encode``/``flow`` dispatch to them."""
+        raise NotImplementedError(f"{type(self).__name__} does not support compile_for_inference")
+
+    def compile_for_inference(self, freeze: bool = True, **kwargs: Any) -> FlowPolicy:
+        """Compile the prefix pass, the denoising step and (where the policy has one) the whole
+        chunk with ``torch.compile`` (inductor) for inference: under ``no_grad``/``inference_mode``
+        ``encode``, ``flow`` and ``sample_chunk`` run the compiled code; with autograd on
+        (training) they stay eager.
+
+        Each is one graph without breaks (``fullgraph``). Compilation happens on the first call
+        (one graph per input shape, tens of seconds on a CPU). With ``freeze`` (default) the
+        weights are constants of the compiled code, checked once per chunk and recompiled when
+        they changed (see ``compiled.py``); on a CPU that is what lets the float32 projections run
+        through oneDNN inside the graph. ``kwargs`` go to ``torch.compile``; ``use_eager()``
+        undoes this."""
+        from .compiled import CompiledInference
+
+        prefix_fn, step_fn, chunk_fn = self._inference_functions()
+        self.eval()
+        self._compiled = CompiledInference(prefix_fn, step_fn, chunk_fn, freeze=freeze, **kwargs)
+        return self
+
+    def use_eager(self) -> FlowPolicy:
+        """Back to the eager prefix and denoising step."""
+        self._compiled = None
+        return self
+
+    def compile(self, **kwargs: Any) -> FlowPolicy:  # type: ignore[override]
+        """``nn.Module.compile`` compiles ``forward`` (training); for a policy this is
+        ``compile_for_inference``."""
+        return self.compile_for_inference(**kwargs)
 
     # ------------------------------------------------------------------ inference
     def encode(self, cond: Any) -> Any:  # pragma: no cover - abstract

@@ -34,7 +34,7 @@ ARCH_ENTRY = {
     "pi05": "policydistill.policies.pi0.model:Pi05Policy",
     "smolvla": "policydistill.policies.smolvla.model:SmolVLA",
 }
-#: lerobot 0.4.4 pi0 at the issue's reference size, 2-core CPU, float32, batch 1 (quoted, ms)
+#: lerobot 0.4.4 pi0 at the ``ref`` size, 2-core CPU, float32, batch 1 (quoted, ms)
 LEROBOT_PI0_REF_MS = {"prefix_ms": 12.1, "step_ms": 2.5, "chunk10_ms": 38.7, "chunk1_ms": 15.3}
 
 
@@ -280,7 +280,7 @@ def run(settings: BenchSettings, log: Callable[[str], None] = print,
 
 
 def checks(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
-    """The issue's must-show numbers, as (claim, passed, detail)."""
+    """The benchmark's bars (the 10/1 denoising ratios, pi0 ref against lerobot), as (claim, passed, detail)."""
     out = []
     for r in result["rows"]:
         limit = 9.5 if r["size"] == "ref" else 9.0

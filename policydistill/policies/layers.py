@@ -138,8 +138,12 @@ def rope_cos_sin(positions: Tensor, head_dim: int, theta: float = 10000.0,
 
 def apply_rope(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
     """x (B, H, L, hd) rotated with HF's rotate_half convention:
-    x·cos + rotate_half(x)·sin = x·cos + roll(x, hd/2)·[−sin | sin]."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
+    x·cos + rotate_half(x)·sin = x·cos + roll(x, hd/2)·[−sin | sin].
+
+    The one RoPE of every policy (pi0/Gemma and SmolVLA rotate the same pairs, i and i + hd/2, at
+    the same frequencies). It computes in the tables' dtype and returns x's: float32 tables give
+    lerobot SmolVLA's float32 rotation for a bfloat16 model, tables in x's dtype pi0's."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed).to(x.dtype)
 
 
 def grouped_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, scale: float) -> Tensor:
@@ -187,8 +191,8 @@ class GemmaAttention(nn.Module):
         self.o_proj = Linear(num_heads * head_dim, width, bias=False)
 
     def split(self, x: Tensor, n: int) -> Tensor:
-        b, l, _ = x.shape
-        return x.reshape(b, l, n, self.head_dim).transpose(1, 2)
+        b, length, _ = x.shape
+        return x.reshape(b, length, n, self.head_dim).transpose(1, 2)
 
     def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Rotated q (B, H, L, hd), rotated k and v (B, KVH, L, hd)."""
@@ -249,14 +253,14 @@ class SiglipAttention(nn.Module):
         self.out_proj = Linear(width, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, l, w = x.shape
+        b, length, w = x.shape
 
         def split(t: Tensor) -> Tensor:
-            return t.view(b, l, self.heads, self.head_dim).transpose(1, 2)
+            return t.view(b, length, self.heads, self.head_dim).transpose(1, 2)
 
         out = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)),
                                              scale=self.head_dim ** -0.5)
-        return self.out_proj(out.transpose(1, 2).reshape(b, l, w))
+        return self.out_proj(out.transpose(1, 2).reshape(b, length, w))
 
 
 class SiglipMLP(nn.Module):

@@ -17,7 +17,8 @@ registered as one). The policies drive their decoder layers from outside — pi0
 ``q_proj``/``k_proj``/``v_proj`` and ``layer.finish(...)`` — so a decoder layer has no forward to
 hook. The units are therefore the call sites inside each layer (attention in, attention out,
 MLP), every vision-tower layer, the image projector, the token embedding and, for the other
-models, their blocks. What is left (RMS-norm weights, the small action/time/state projections,
+models, their blocks: each model declares its own (``FlowMapModel.shard_units``), so this module
+knows no concrete model. What is left (RMS-norm weights, the small action/time/state projections,
 the target-time branch; 6.4 M of pi0's 3.24 B) is the root unit, gathered for the whole of
 ``encode`` / ``flow``. Weights are gathered in fp32 (no FSDP mixed-precision policy), so the
 numerics are those of the unsharded run; bf16 autocast on CUDA applies as usual.
@@ -58,46 +59,12 @@ class Unit:
     methods: tuple[str, ...] = ()
 
 
-def _pi0_units(model: nn.Module) -> list[Unit]:
-    units = [Unit(layer) for layer in model.vision.encoder.layers]
-    units += [Unit(model.projector), Unit(model.embed_tokens)]
-    for stack in (model.vlm, model.expert):
-        for layer in stack.layers:
-            # pi0.5's adaRMS norms hold a dense modulation layer (3·width outputs): worth a unit
-            units += [Unit(norm.dense) for norm in (layer.input_layernorm, layer.post_attention_layernorm)
-                      if norm.dense is not None]
-            # o_proj first (bottom-up): the self_attn unit then holds qkv_proj alone, which qkv() and
-            # kv() read (kv() slices qkv_proj.weight directly, so it must run inside the unit's hooks)
-            units += [Unit(layer.self_attn.o_proj), Unit(layer.self_attn, ("qkv", "kv")), Unit(layer.mlp)]
-        if stack.norm.dense is not None:
-            units.append(Unit(stack.norm.dense))
-    return units
-
-
-def _smolvla_units(model: nn.Module) -> list[Unit]:
-    units = [Unit(layer) for layer in model.vision.encoder.layers]
-    units += [Unit(model.connector), Unit(model.embed_tokens)]
-    for layer in [*model.vlm_layers, *model.expert_layers]:
-        a = layer.self_attn
-        units += [Unit(a.q_proj), Unit(a.k_proj), Unit(a.v_proj), Unit(a.o_proj), Unit(layer.mlp)]
-    return units
-
-
 def units_of(model: nn.Module) -> list[Unit]:
-    """The units of ``model`` below its root, bottom-up (the order ``fully_shard`` needs). A model
-    not listed here is one root unit: still sharded at rest, gathered whole for each call."""
-    from ..models.dit import DiTBlock
-    from ..models.mlp import MLPFlowMap
-    from ..policies.pi0.model import Pi0Policy
-    from ..policies.smolvla.model import SmolVLA
-
-    if isinstance(model, Pi0Policy):  # pi0 and pi0.5
-        return _pi0_units(model)
-    if isinstance(model, SmolVLA):
-        return _smolvla_units(model)
-    if isinstance(model, MLPFlowMap):
-        return [Unit(block) for block in model.blocks]
-    return [Unit(m) for m in model.modules() if isinstance(m, DiTBlock)]
+    """The units of ``model`` below its root, bottom-up (the order ``fully_shard`` needs), as the
+    model declares them (``FlowMapModel.shard_units``). A module that declares none is one root
+    unit: still sharded at rest, gathered whole for each call."""
+    declared = getattr(model, "shard_units", None)
+    return [Unit(module, tuple(methods)) for module, methods in (declared() if declared else [])]
 
 
 #: the root's entry points: the methods call ``encode`` and ``flow`` directly, not ``forward``

@@ -9,7 +9,7 @@ Presets (``PRESETS[variant][name]``):
   tiny   unit tests (< 1 M parameters)
   small  the bundled default, trainable on 2 CPU cores: Meta-World, ONE camera "corner2" at
          96 px, 39-d state, 4-d action, chunk 16 (executes 8), a short prompt (~3 M params)
-  ref    the size lerobot 0.4.4 was timed at in issue 3 (VLM 256×4, expert 128×4, SigLIP
+  ref    the size lerobot 0.4.4 was timed at for the latency reference (VLM 256×4, expert 128×4, SigLIP
          128×2 @128 px, chunk 50, 16 tokens, dims padded to 32, 2 cameras)
   full   PaliGemma 2B + Gemma 300M expert, SigLIP So400m @224 px, chunk 50, dims 32
 """
@@ -85,7 +85,7 @@ _SMALL = dict(cameras=["corner2"], image_size=96, state_dim=39, action_dim=4, ma
               expert_width=96, expert_mlp_dim=384, vision_width=128, vision_depth=3, vision_heads=4,
               vision_mlp_dim=512, patch_size=16)
 
-# The issue's lerobot reference size (timings quoted in cli/policies.py).
+# The lerobot latency reference size (timings quoted in cli/policies.py).
 _REF = dict(cameras=["base", "wrist"], image_size=128, state_dim=32, action_dim=32, max_state_dim=32,
             max_action_dim=32, chunk_size=50, n_action_steps=50, tokenizer_max_length=16, vocab_size=1024,
             vlm_width=256, vlm_depth=4, vlm_mlp_dim=1024, num_heads=8, num_kv_heads=1, head_dim=32,

@@ -31,7 +31,6 @@ With its last layer at zero, the student equals the teacher exactly (tested).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...core.embedding import TargetTimeEmbedding
+from ...core.embedding import TargetTimeEmbedding, sinusoidal_embedding
 from ...core.sampler import sample_with_ctx
 from ..base import FlowPolicy
 from ..layers import (
@@ -150,10 +149,6 @@ class Pi0Policy(FlowPolicy):
             self.action_time_mlp_out = Linear(we, we)
         self.target_time = TargetTimeEmbedding(we, embed_dim=we, min_period=cfg.min_period, max_period=cfg.max_period)
         self._tokenizer = None
-        self._time_scaling: dict[tuple[int, str], Tensor] = {}
-        #: the prefix, step and whole chunk compiled by ``compile_for_inference``
-        #: (``compiled.CompiledInference``); None = eager
-        self._compiled: Any = None
         #: counts prefix passes (tests prove one per chunk, not one per step)
         self.prefix_calls = 0
 
@@ -275,15 +270,10 @@ class Pi0Policy(FlowPolicy):
 
     # ------------------------------------------------------------------ suffix
     def time_embedding(self, t: Tensor, dtype: torch.dtype) -> Tensor:
-        """pi0's sin-cos embedding of t (float64 periods, as openpi), with the frequency table cached."""
-        dim = self.config.expert_width
-        key = (dim, str(t.device))
-        if key not in self._time_scaling:
-            fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=t.device)
-            period = self.config.min_period * (self.config.max_period / self.config.min_period) ** fraction
-            self._time_scaling[key] = 1.0 / period * 2 * math.pi
-        arg = self._time_scaling[key][None, :] * t.reshape(-1).to(torch.float64)[:, None]
-        return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1).to(dtype)
+        """pi0's sin-cos embedding of t (core's, float64 periods as openpi). Nothing is cached on
+        the module: torch.export traces it as a pure function."""
+        cfg = self.config
+        return sinusoidal_embedding(t, cfg.expert_width, cfg.min_period, cfg.max_period, dtype=dtype)
 
     def flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: PrefixCache) -> Tensor:
         """Average velocity from t to s for the action chunk x_t (B, chunk, max_action_dim):
@@ -359,7 +349,7 @@ class Pi0Policy(FlowPolicy):
         hs = [embs, suffix]
         stacks = [self.vlm, self.expert]
         for li in range(cfg.vlm_depth):
-            qs, ks, vs, gates, xs = [], [], [], [], []
+            qs, ks, vs, gates = [], [], [], []
             start = 0
             for j, h in enumerate(hs):
                 layer = stacks[j].layers[li]
@@ -412,36 +402,26 @@ class Pi0Policy(FlowPolicy):
 
         return to_lerobot(self, path)
 
-    def compile_for_inference(self, freeze: bool = True, **kwargs: Any) -> "Pi0Policy":
-        """Compile the prefix pass, the denoising step and the whole chunk (prefix + N steps as
-        one program) with ``torch.compile`` (inductor) for inference: under ``no_grad``/
-        ``inference_mode`` ``encode``, ``flow`` and ``sample_chunk`` run the compiled code; with
-        autograd on (training) they stay eager.
+    def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
+        """FSDP units (see ``train/fsdp.py``): the call sites inside each decoder layer, every
+        vision-tower layer, the projector and the token embedding."""
+        units: list[tuple[nn.Module, tuple[str, ...]]] = [(layer, ()) for layer in self.vision.encoder.layers]
+        units += [(self.projector, ()), (self.embed_tokens, ())]
+        for stack in (self.vlm, self.expert):
+            for layer in stack.layers:
+                # pi0.5's adaRMS norms hold a dense modulation layer (3·width outputs): worth a unit
+                units += [(norm.dense, ()) for norm in (layer.input_layernorm, layer.post_attention_layernorm)
+                          if norm.dense is not None]
+                # o_proj first (bottom-up): the self_attn unit then holds qkv_proj alone, which qkv() and
+                # kv() read (kv() slices qkv_proj.weight directly, so it must run inside the unit's hooks)
+                units += [(layer.self_attn.o_proj, ()), (layer.self_attn, ("qkv", "kv")), (layer.mlp, ())]
+            if stack.norm.dense is not None:
+                units.append((stack.norm.dense, ()))
+        return units
 
-        Each is one graph without breaks (``fullgraph``): the prefix's only data-dependent
-        branch (is there padding?) is decided in ``encode`` and the step's in-place writes
-        into the key/value buffers are input mutations, which inductor supports. Compilation
-        happens on the first call (one graph per input shape and padding case, tens of seconds
-        on a CPU). With ``freeze`` (default) the weights are constants of the compiled code,
-        checked once per chunk and recompiled when they changed (see ``compiled.py``); on a
-        CPU that is what lets the float32 projections run through oneDNN inside the graph.
-        ``kwargs`` go to ``torch.compile``; ``use_eager()`` undoes this."""
-        from ..compiled import CompiledInference
-
-        self.eval()
-        self._compiled = CompiledInference(type(self)._prefix, type(self)._flow, type(self)._chunk, freeze=freeze,
-                                           **kwargs)
-        return self
-
-    def use_eager(self) -> "Pi0Policy":
-        """Back to the eager prefix and denoising step."""
-        self._compiled = None
-        return self
-
-    def compile(self, **kwargs: Any) -> "Pi0Policy":  # type: ignore[override]
-        """``nn.Module.compile`` compiles ``forward`` (training); for inference this is
-        ``compile_for_inference``."""
-        return self.compile_for_inference(**kwargs)
+    def _inference_functions(self) -> tuple[Any, Any, Any]:
+        # class functions, not bound methods: a deep copy of the policy runs its own weights
+        return type(self)._prefix, type(self)._flow, type(self)._chunk
 
 
 class _EagerSteps:

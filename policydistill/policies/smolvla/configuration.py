@@ -137,7 +137,7 @@ PRESETS: dict[str, SmolVLAConfig] = {
         head_dim=64, vlm_mlp=512, chunk_size=50, n_action_steps=50, max_state_dim=32, max_action_dim=32,
         state_dim=32, action_dim=32, tokenizer_max_length=16,
     ),
-    # The size issue 3 uses for the lerobot pi0 latency reference (VLM 256 wide, 4 layers, 8 heads, 1 KV head,
+    # The size at which lerobot's pi0 latency was quoted (the pi0 ``ref`` preset) (VLM 256 wide, 4 layers, 8 heads, 1 KV head,
     # head_dim 32, MLP 1024; SigLIP 128 wide, 2 layers, patch 16, 128 px; chunk 50, 16 tokens, dims 32), in
     # SmolVLA's shape (expert 0.75×, interleaved cross-attention, pixel shuffle 2 → 16 tokens per camera).
     "ref": SmolVLAConfig(

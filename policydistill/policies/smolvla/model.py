@@ -1,6 +1,6 @@
 """SmolVLA, native: lerobot's ``VLAFlowMatching`` rebuilt as a flow map F(x_t, t, s, obs).
 
-Data flow (lerobot 0.4.4 semantics, checked against ``shared/fixtures/lerobot/smolvla``):
+Data flow (lerobot 0.4.4 semantics, checked against ``tests/fixtures/lerobot/smolvla``):
 
   prefix  = [image tokens·√d per camera | language tokens·√d | state_proj(state)]
             images: SigLIP-style encoder → pixel shuffle → linear connector;
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ...core.embedding import TargetTimeEmbedding, sinusoidal_embedding
 from ..base import FlowPolicy
-from ..layers import Linear, SiglipEncoder
+from ..layers import Linear, SiglipEncoder, apply_rope, rope_cos_sin
 from ..tokenizer import load_tokenizer
 from .configuration import PRESETS, SmolVLAConfig, preset
 from .processor import apply_padding_masks, resize_images, smolvla_prompts
@@ -62,22 +62,6 @@ class LlamaRMSNorm(nn.Module):
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)
-
-
-def rope_tables(positions: Tensor, dim: int, max_wavelength: float) -> tuple[Tensor, Tensor]:
-    """cos/sin of lerobot's apply_rope for integer positions (B, L) → two (B, 1, L, dim/2) tables."""
-    half = dim // 2
-    exponents = (2.0 / dim) * torch.arange(half, dtype=torch.float32, device=positions.device)
-    timescale = max_wavelength**exponents
-    radians = positions[..., None].to(torch.float32) / timescale[None, None, :]
-    return torch.cos(radians)[:, None], torch.sin(radians)[:, None]
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (B, H, L, D) by precomputed tables (float32 maths, as lerobot)."""
-    dtype = x.dtype
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(dtype)
 
 
 def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
@@ -290,10 +274,19 @@ class SmolVLA(FlowPolicy):
 
         return save_lerobot(self, path, fold_target_time)
 
-    def compile(self, **kwargs: Any) -> "SmolVLA":  # type: ignore[override]
-        """Optional ``torch.compile`` of the per-step expert pass (the part run N times)."""
-        self.flow = torch.compile(self.flow, **kwargs)  # type: ignore[method-assign]
-        return self
+    def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
+        """FSDP units (see ``train/fsdp.py``): every vision-tower layer, the connector, the token
+        embedding and the projections and MLP of each decoder layer (driven from outside the layer)."""
+        units: list[tuple[nn.Module, tuple[str, ...]]] = [(layer, ()) for layer in self.vision.encoder.layers]
+        units += [(self.connector, ()), (self.embed_tokens, ())]
+        for layer in [*self.vlm_layers, *self.expert_layers]:
+            a = layer.self_attn
+            units += [(a.q_proj, ()), (a.k_proj, ()), (a.v_proj, ()), (a.o_proj, ()), (layer.mlp, ())]
+        return units
+
+    def _inference_functions(self) -> tuple[Any, Any, Any]:
+        # class functions, not bound methods: a deep copy of the policy runs its own weights
+        return type(self)._prefix, type(self)._flow, None
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -400,13 +393,21 @@ class SmolVLA(FlowPolicy):
         if not isinstance(cond, dict) or "tokens" not in cond:
             raise TypeError("SmolVLA.encode expects a processed observation (policy.process(obs)): a dict with "
                             f"images, image_masks, tokens, token_masks, state; got {type(cond).__name__}")
-        cfg = self.config
         self.counters["encode"] += 1
-        h, pad, att = self.embed_prefix(cond)
+        args = (cond["images"], cond["image_masks"], cond["tokens"], cond["token_masks"], cond["state"])
+        if self._compiled is not None and not torch.is_grad_enabled():
+            return self._compiled.prefix(self, *args)
+        return self._prefix(*args)
+
+    def _prefix(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor,
+                state: Tensor) -> SmolVLAContext:
+        cfg = self.config
+        h, pad, att = self.embed_prefix({"images": images, "image_masks": image_masks, "tokens": tokens,
+                                         "token_masks": token_masks, "state": state})
         b, p = pad.shape
         dtype = h.dtype
         pos = torch.cumsum(pad.long(), dim=1) - 1
-        cos, sin = rope_tables(pos, cfg.head_dim, cfg.rope_max_wavelength)
+        cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_max_wavelength)
         mask = additive_mask(make_att_2d_masks(pad, att), dtype)
         kv: list[tuple[Tensor, Tensor]] = []
         last = len(self.vlm_layers) - 1
@@ -425,8 +426,8 @@ class SmolVLA(FlowPolicy):
         self_mask = additive_mask(torch.cat([allowed_prefix, causal], dim=2), dtype)
         cross_mask = additive_mask(allowed_prefix, dtype)
         steps = torch.arange(n, device=pad.device)[None]
-        rope_self = rope_tables(pad.long().sum(1, keepdim=True) + steps, cfg.head_dim, cfg.rope_max_wavelength)
-        rope_cross = rope_tables(steps.expand(b, n), cfg.head_dim, cfg.rope_max_wavelength)
+        rope_self = rope_cos_sin(pad.long().sum(1, keepdim=True) + steps, cfg.head_dim, cfg.rope_max_wavelength)
+        rope_cross = rope_cos_sin(steps.expand(b, n), cfg.head_dim, cfg.rope_max_wavelength)
         return SmolVLAContext(kv, self_mask, cross_mask, rope_self, rope_cross, p)
 
     # ---- suffix ----
@@ -440,12 +441,17 @@ class SmolVLA(FlowPolicy):
         return self.action_time_mlp_out(F.silu(self.action_time_mlp_in(h)))
 
     def flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: SmolVLAContext) -> Tensor:
-        cfg = self.config
         b, b0 = x_t.shape[0], ctx.self_mask.shape[0]
         if b != b0:
             if b % b0:
                 raise ValueError(f"x_t has batch {b}, not a multiple of the encoded batch {b0}")
             ctx = ctx.expand(b // b0)
+        if self._compiled is not None and not torch.is_grad_enabled():
+            return self._compiled.step(self, x_t, t, s, ctx)
+        return self._flow(x_t, t, s, ctx)
+
+    def _flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: SmolVLAContext) -> Tensor:
+        cfg = self.config
         h = self.embed_suffix(x_t, t, s)
         for j, layer in enumerate(self.expert_layers):
             a = layer.self_attn
@@ -477,8 +483,8 @@ class SmolVLA(FlowPolicy):
         mask = additive_mask(make_att_2d_masks(pad, att), hp.dtype)
         pos = torch.cumsum(pad.long(), dim=1) - 1
         wl = cfg.rope_max_wavelength
-        rp, rs = rope_tables(pos[:, :p], cfg.head_dim, wl), rope_tables(pos[:, p:], cfg.head_dim, wl)
-        rc = rope_tables(pos[:, p:] - pos[:, p:].min(dim=1, keepdim=True).values, cfg.head_dim, wl)
+        rp, rs = rope_cos_sin(pos[:, :p], cfg.head_dim, wl), rope_cos_sin(pos[:, p:], cfg.head_dim, wl)
+        rc = rope_cos_sin(pos[:, p:] - pos[:, p:].min(dim=1, keepdim=True).values, cfg.head_dim, wl)
         for i, (vl, el) in enumerate(zip(self.vlm_layers, self.expert_layers)):
             qp, kp, vp = self._qkv(vl, hp)
             qp, kp = apply_rope(qp, *rp), apply_rope(kp, *rp)

@@ -2,7 +2,7 @@
 
 Meta-World's scripted experts (``metaworld.policies``) are deterministic functions of the state:
 one way to do each task. Real teleoperated data is multimodal, and distillation only shows its
-worth when the naive 1-step map averages modes into a failure (DESIGN §4, issue 4). So the
+worth when the naive 1-step map averages modes into a failure. So the
 generator has multimodal experts whose mode is drawn per episode at random, independent of the
 observation, and whose AVERAGE fails:
 
@@ -25,7 +25,6 @@ Design and measurements: docs/multimodal_demos.md.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,22 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from .episode import Episode
-from .errors import DatasetError
+from ..data.episode import Episode
+from ..data.errors import DatasetError
+from ..seeding import episode_seed
 
 FPS = 80.0  # Meta-World: 5 substeps of 2.5 ms per env step
 WALL_Y = 0.75  # the wall's centre line in the three wall tasks (it spans x in [-0.02, 0.22])
 SIDES = ("left", "right")
-
-
-def episode_seed(task: str, index: int, split: str = "eval", base: int = 0) -> int:
-    """The reset seed of episode ``index`` of ``task``: sha256 of "split/base/task/index", 31 bits.
-
-    Depends only on these four values — not on which other tasks run or in which order — so a
-    teacher and a student evaluated separately see identical initial states. ``split`` keeps the
-    demonstration seeds ("demo") disjoint in practice from the evaluation seeds ("eval")."""
-    digest = hashlib.sha256(f"{split}/{base}/{task}/{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def _task_name(task: str) -> str:
@@ -445,7 +435,7 @@ def generate(cfg: GenerateConfig, progress: Callable[[RolloutResult, int], None]
     ``episode_seed(task, k, "demo", cfg.seed)`` and draws its mode and noise from its own
     generator, and attempts are consumed in order, so the episodes kept (the first
     ``cfg.episodes`` successes) are the same whatever ``workers`` is."""
-    from policydistill.envs.suites import expand
+    from policydistill.envs import expand
 
     if workers < 1:
         raise DatasetError(f"workers={workers} is not a process count: use 1 (roll out in this process) or more.")
@@ -471,7 +461,7 @@ def mean_of_modes_success(task: str, episodes: int = 20, seed: int = 0, action_n
     seeds (state-only rollouts: no rendering)."""
     from policydistill.envs import make
 
-    from policydistill.envs.suites import expand
+    from policydistill.envs import expand
 
     (env_id,) = expand(task)
     factory = MULTIMODAL_EXPERTS.get(_task_name(env_id))

@@ -1,0 +1,97 @@
+"""Affine normalisation of named vectors (state, action), the one implementation used by the
+policies (stats stored inside their safetensors) and by the training windows.
+
+Every lerobot mode is affine, y = (x − shift) / scale:
+
+* MEAN_STD: shift = mean, scale = std + eps (lerobot's formula, eps inside the division);
+* QUANTILES: [q01, q99] → [−1, 1], shift = (q01 + q99) / 2, scale = (q99 − q01) / 2;
+* MIN_MAX: the same with [min, max];
+* IDENTITY: shift 0, scale 1.
+
+Storing shift/scale as buffers keeps one code path for every mode and lets the statistics travel
+with a model's weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+NORM_MODES = ("MEAN_STD", "QUANTILES", "MIN_MAX", "IDENTITY")
+
+
+def affine_from_stats(stats: Mapping[str, Any], mode: str, eps: float) -> tuple[Tensor, Tensor] | None:
+    """(shift, scale) for ``mode`` from lerobot-style ``stats`` ({"mean", "std", "q01", ...}),
+    or None for IDENTITY."""
+
+    def get(key: str) -> Tensor:
+        if key not in stats:
+            raise KeyError(f"normalisation mode {mode} needs stat {key!r}; have {sorted(stats)}")
+        return torch.as_tensor(np.asarray(stats[key], dtype=np.float32)).reshape(-1)
+
+    if mode == "MEAN_STD":
+        return get("mean"), get("std") + eps
+    if mode in ("QUANTILES", "MIN_MAX"):
+        lo, hi = (get("q01"), get("q99")) if mode == "QUANTILES" else (get("min"), get("max"))
+        half = (hi - lo) / 2
+        return (hi + lo) / 2, torch.where(half == 0, torch.full_like(half, eps), half)
+    if mode == "IDENTITY":
+        return None
+    raise ValueError(f"unknown normalisation mode {mode!r}; valid: {', '.join(NORM_MODES)}")
+
+
+class Normalizer(nn.Module):
+    """Per-name affine normalisation with the statistics as buffers ``<name>_shift`` / ``<name>_scale``
+    (dots in a name become underscores: "observation.state" → ``observation_state_shift``).
+
+    ``dims`` maps each name to its width; every name starts as the identity. A name that was never
+    declared passes through unchanged (a dataset without statistics for a key)."""
+
+    def __init__(self, dims: Mapping[str, int]) -> None:
+        super().__init__()
+        for name, width in dims.items():
+            self.register_buffer(f"{self._attr(name)}_shift", torch.zeros(width))
+            self.register_buffer(f"{self._attr(name)}_scale", torch.ones(width))
+
+    @staticmethod
+    def _attr(name: str) -> str:
+        return name.replace(".", "_")
+
+    def _buffers_of(self, name: str) -> tuple[Tensor, Tensor] | None:
+        attr = self._attr(name)
+        if f"{attr}_shift" not in self._buffers:
+            return None
+        return self._buffers[f"{attr}_shift"], self._buffers[f"{attr}_scale"]
+
+    def set(self, name: str, stats: Mapping[str, Any], mode: str, eps: float = 1e-8) -> None:
+        """Load ``stats`` for ``name`` in ``mode``; the width must match the declared one."""
+        bufs = self._buffers_of(name)
+        if bufs is None:
+            raise KeyError(f"normaliser has no entry {name!r}; it has {sorted(self._names())}")
+        shift_buf, scale_buf = bufs
+        affine = affine_from_stats(stats, mode, eps)
+        if affine is None:
+            shift_buf.zero_()
+            scale_buf.fill_(1.0)
+            return
+        shift, scale = affine
+        if shift.numel() != shift_buf.numel():
+            raise ValueError(f"{name} stats have {shift.numel()} dims but the policy's {name}_dim is "
+                             f"{shift_buf.numel()}; build the policy with the dataset's dimensions")
+        shift_buf.copy_(shift)
+        scale_buf.copy_(scale)
+
+    def _names(self) -> list[str]:
+        return [k[: -len("_shift")] for k in self._buffers if k.endswith("_shift")]
+
+    def normalize(self, name: str, x: Tensor) -> Tensor:
+        bufs = self._buffers_of(name)
+        return x if bufs is None else (x - bufs[0]) / bufs[1]
+
+    def unnormalize(self, name: str, x: Tensor) -> Tensor:
+        bufs = self._buffers_of(name)
+        return x if bufs is None else x * bufs[1] + bufs[0]
