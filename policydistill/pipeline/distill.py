@@ -124,7 +124,7 @@ def load_job(cfg: DistillConfig) -> Job:
     from ..train.loop import check_output_dir
     from .demos import ensure_demos
     from .teacher import open_windows, tasks_of
-    from .teacher_io import BUNDLED_TEACHER, load_teacher, provenance
+    from .teacher_io import BUNDLED_TEACHER, load_teacher, provenance, resolve_data
 
     if cfg.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {cfg.steps}")
@@ -145,7 +145,7 @@ def load_job(cfg: DistillConfig) -> Job:
         raise ValueError("the teacher does not record its tasks: pass --task (e.g. metaworld/push-v3)")
     if cfg.task:
         check_action_dim(teacher, tasks, prov.get("tasks", []))
-    data_path = Path(cfg.data or prov.get("dataset") or out / "demos.zarr")
+    data_path = resolve_data(cfg.data) if cfg.data else Path(prov.get("dataset") or out / "demos.zarr")
     with distributed.main_first():  # rank 0 generates missing demos first; the others then find them on disk
         if not data_path.exists():
             tc = prov.get("teacher_config", {})

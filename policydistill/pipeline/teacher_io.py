@@ -22,8 +22,11 @@ def is_lerobot_folder(folder: Path) -> bool:
 
 
 def load_teacher(checkpoint: str | Path | None, tokenizer: str | None = None) -> tuple[Any, Path]:
-    """(policy, folder). ``None`` = the bundled teacher."""
-    folder = Path(checkpoint) if checkpoint else BUNDLED_TEACHER
+    """(policy, folder). ``None`` = the bundled teacher; a Hub id (``lerobot/pi05_base``) is looked up
+    in the local Hugging Face cache (and downloaded when online, see ``policies.hub``)."""
+    from ..policies.hub import resolve
+
+    folder = resolve(checkpoint, what="checkpoint") if checkpoint else BUNDLED_TEACHER
     if checkpoint is None and not (folder / "model.safetensors").exists():
         raise CheckpointError(
             f"no bundled teacher at {folder}: this version does not ship one yet (docs/bundled_teacher.md). "
@@ -46,3 +49,11 @@ def provenance(folder: Path) -> dict[str, Any]:
         return json.loads((folder / "config.json").read_text()).get("policydistill", {}) or {}
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def resolve_data(spec: str | Path) -> Path:
+    """``--data``: a local dataset path, or a Hub dataset id (``lerobot/pusht``) found in the Hugging Face
+    cache or lerobot's (``$HF_LEROBOT_HOME``); a miss says which folders were searched."""
+    from ..policies.hub import resolve
+
+    return resolve(spec, repo_type="dataset", what="dataset")

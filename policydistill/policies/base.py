@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..core.flowmap import FlowBatch, FlowMapModel
 from ..core.sampler import SAMPLING_MODES, sample_with_ctx
 
-NORM_MODES = ("MEAN_STD", "QUANTILES", "MIN_MAX", "IDENTITY")
+NORM_MODES = ("MEAN_STD", "QUANTILES", "QUANTILE10", "MIN_MAX", "IDENTITY")
 IMAGE_PREFIX = "observation.images."
 
 
@@ -59,19 +59,34 @@ class FlowPolicyConfig:
     state_norm: str = "MEAN_STD"
     action_norm: str = "MEAN_STD"
     norm_eps: float = 1e-8
+    #: lerobot's relative actions (``use_relative_actions``): the model predicts ``action − state``
+    #: on the dims marked True (the first ``len(mask)`` action dims against the same state dims);
+    #: ``sample_actions`` adds the raw state back after unnormalising and ``make_flow_batch``
+    #: subtracts it before normalising. None = absolute actions.
+    relative_action_mask: list[bool] | None = None
+
+
+#: the two stats each range mode maps to [−1, 1]
+BOUNDS = {"QUANTILES": ("q01", "q99"), "QUANTILE10": ("q10", "q90"), "MIN_MAX": ("min", "max")}
 
 
 class Normalizer(nn.Module):
     """Affine normalisation y = (x − shift) / scale for state and action, as buffers.
 
     lerobot's modes are all affine: MEAN_STD shift=mean, scale=std+eps; QUANTILES maps
-    [q01, q99] → [−1, 1] (shift=(q01+q99)/2, scale=(q99−q01)/2); MIN_MAX likewise with
-    [min, max]; IDENTITY shift 0, scale 1. Storing shift/scale keeps one code path and puts
-    the stats into the policy's safetensors.
+    [q01, q99] → [−1, 1] (shift=(q01+q99)/2, scale=(q99−q01)/2); QUANTILE10 likewise with
+    [q10, q90], MIN_MAX with [min, max]; IDENTITY shift 0, scale 1. Storing shift/scale keeps one
+    code path and puts the stats into the policy's safetensors.
+
+    A dimension whose two bounds are equal (a constant joint) is mapped as lerobot maps it:
+    lerobot divides by eps instead of 0, so y = 2(x − lo)/eps − 1 (−1 at x = lo). That is stored
+    as shift = lo, scale = eps/2, and a scale of exactly eps/2 means "subtract 1 after dividing"
+    (no real range is 5e-9 wide); checkpoints written before kept scale = eps and map to 0.
     """
 
-    def __init__(self, state_dim: int, action_dim: int) -> None:
+    def __init__(self, state_dim: int, action_dim: int, eps: float = 1e-8) -> None:
         super().__init__()
+        self.eps = float(eps)
         self.register_buffer("state_shift", torch.zeros(state_dim))
         self.register_buffer("state_scale", torch.ones(state_dim))
         self.register_buffer("action_shift", torch.zeros(action_dim))
@@ -86,10 +101,11 @@ class Normalizer(nn.Module):
 
         if mode == "MEAN_STD":
             return get("mean"), get("std") + eps
-        if mode in ("QUANTILES", "MIN_MAX"):
-            lo, hi = (get("q01"), get("q99")) if mode == "QUANTILES" else (get("min"), get("max"))
-            half = (hi - lo) / 2
-            return (hi + lo) / 2, torch.where(half == 0, torch.full_like(half, eps), half)
+        if mode in BOUNDS:
+            lo, hi = (get(k) for k in BOUNDS[mode])
+            same = hi == lo
+            half = torch.where(same, torch.full_like(lo, eps / 2), (hi - lo) / 2)
+            return torch.where(same, lo, (hi + lo) / 2), half
         if mode == "IDENTITY":
             return None, None  # type: ignore[return-value]
         raise ValueError(f"unknown normalisation mode {mode!r}; valid: {', '.join(NORM_MODES)}")
@@ -107,11 +123,30 @@ class Normalizer(nn.Module):
         shift_buf.copy_(shift)
         scale_buf.copy_(scale)
 
+    def _degenerate(self, scale: Tensor) -> Tensor:
+        return scale == torch.tensor(self.eps / 2, dtype=scale.dtype, device=scale.device)
+
     def normalize(self, which: str, x: Tensor) -> Tensor:
-        return (x - getattr(self, f"{which}_shift")) / getattr(self, f"{which}_scale")
+        scale = getattr(self, f"{which}_scale")
+        y = (x - getattr(self, f"{which}_shift")) / scale
+        return torch.where(self._degenerate(scale), y - 1, y)
 
     def unnormalize(self, which: str, x: Tensor) -> Tensor:
-        return x * getattr(self, f"{which}_scale") + getattr(self, f"{which}_shift")
+        scale = getattr(self, f"{which}_scale")
+        x = torch.where(self._degenerate(scale), x + 1, x)
+        return x * scale + getattr(self, f"{which}_shift")
+
+    def stats(self, which: str, mode: str) -> dict[str, Tensor]:
+        """lerobot stats that give back this affine map (what an exported folder stores)."""
+        shift = getattr(self, f"{which}_shift").detach().float()
+        scale = getattr(self, f"{which}_scale").detach().float()
+        if mode == "MEAN_STD":
+            return {"mean": shift.clone(), "std": scale - self.eps}
+        if mode in BOUNDS:
+            same = self._degenerate(scale)
+            lo, hi = torch.where(same, shift, shift - scale), torch.where(same, shift, shift + scale)
+            return dict(zip(BOUNDS[mode], (lo, hi)))
+        return {}
 
 
 def _to_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
@@ -152,7 +187,7 @@ class FlowPolicy(FlowMapModel):
         if config.sampling_mode not in SAMPLING_MODES:
             raise ValueError(f"sampling_mode {config.sampling_mode!r}; valid: {', '.join(SAMPLING_MODES)}")
         self.config = config
-        self.normalizer = Normalizer(config.state_dim, config.action_dim)
+        self.normalizer = Normalizer(config.state_dim, config.action_dim, config.norm_eps)
         self._queue: deque[Tensor] = deque()
 
     # ------------------------------------------------------------------ settings
@@ -266,6 +301,8 @@ class FlowPolicy(FlowMapModel):
         images = torch.stack([im * 2.0 - 1.0 for im in c["images"]], dim=1)  # (B, ncam, 3, H, W) in [−1, 1]
         cond = {"images": images.to(self.dtype), "image_masks": torch.stack(c["image_masks"], dim=1),
                 "state": state.to(self.dtype)}
+        if self.config.relative_action_mask:
+            cond["raw_state"] = c["state"]  # relative actions are offsets from the raw state
         cond.update(self.encode_inputs(c["task"], state))
         return cond
 
@@ -287,6 +324,10 @@ class FlowPolicy(FlowMapModel):
         actions = actions[:, : cfg.chunk_size]
         if actions.shape[-1] != cfg.action_dim:
             raise ValueError(f"actions have {actions.shape[-1]} dims; the policy was built with action_dim={cfg.action_dim}")
+        if cfg.relative_action_mask:
+            raw = _to_tensor(sample.get("observation.state", sample.get("agent_pos")), self.device, torch.float32)
+            raw = raw[None] if raw.dim() == 1 else raw
+            actions = self.relative_offset(actions, raw[:, -1] if raw.dim() == 3 else raw, -1)
         data = pad_last(self.normalizer.normalize("action", actions), cfg.max_action_dim)
         mask = torch.zeros_like(data)
         mask[..., : cfg.action_dim] = 1.0
@@ -310,7 +351,25 @@ class FlowPolicy(FlowMapModel):
         if noise is None:
             noise = torch.randn((b, *self.sample_shape()), generator=generator, device=self.device, dtype=self.dtype)
         x = self.sample_chunk(cond, noise.to(self.dtype), steps or self.nfe, mode or self.sampling_mode)
-        return self.normalizer.unnormalize("action", x[..., : self.config.action_dim].float())
+        actions = self.normalizer.unnormalize("action", x[..., : self.config.action_dim].float())
+        return self.relative_offset(actions, cond.get("raw_state"), +1)
+
+    def relative_offset(self, actions: Tensor, raw_state: Tensor | None, sign: int) -> Tensor:
+        """lerobot's relative actions: ``actions ± state`` on the masked dims (+1 after sampling,
+        −1 for training targets); unchanged for absolute-action policies."""
+        mask = self.config.relative_action_mask
+        if not mask:
+            return actions
+        n = len(mask)
+        if raw_state is None:
+            raise ValueError("this policy predicts relative actions: sample from an observation with its raw state, "
+                             "not from an already processed batch")
+        if raw_state.shape[-1] < n:
+            raise ValueError(f"relative actions need the first {n} state dims but the state has {raw_state.shape[-1]}")
+        offset = raw_state[..., :n].float() * torch.tensor(mask, dtype=torch.float32, device=actions.device)
+        out = actions.clone()
+        out[..., :n] += sign * (offset[:, None] if actions.dim() == 3 else offset)
+        return out
 
     def sample_chunk(self, cond: Any, noise: Tensor, steps: int, mode: str) -> Tensor:
         """Processed inputs + noise → a normalised, padded action chunk: the prefix once, then

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ...checkpoint import CheckpointError, load_state_checked, write_json
-from ..lerobot_io import read_lerobot_folder, write_lerobot_folder
+from ..lerobot_io import read_lerobot_folder, target_time_to_fold, write_lerobot_folder
 from .configuration import SmolVLAConfig, preset
 
 ROOT = "model.vlm_with_expert."
@@ -73,8 +73,18 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def resolve_vlm(folder: Path, name: str) -> Path | None:
-    """The local SmolVLM folder named by ``vlm_model_name`` (relative to the policy folder first)."""
+    """The local SmolVLM folder named by ``vlm_model_name``: relative to the policy folder first,
+    then as a path, then as a Hub id in the local Hugging Face cache."""
+    from ..hub import HubNotCached, is_repo_id, resolve
+
     for cand in (folder / name, Path(name).expanduser()):
+        if (cand / "config.json").is_file():
+            return cand
+    if is_repo_id(name):
+        try:
+            cand = resolve(name, what="SmolVLA's vlm_model_name")
+        except HubNotCached:
+            return None
         if (cand / "config.json").is_file():
             return cand
     return None
@@ -97,10 +107,13 @@ def _vlm_sizes(folder: Path, name: str) -> tuple[dict[str, Any], Path | None]:
                            "patch_size": full.patch_size, "image_size": full.tower_image_size,
                            "layer_norm_eps": full.vision_eps},
                 "scale_factor": full.scale_factor}, None
+    from ..hub import hub_cache
+
     raise CheckpointError(
-        f"vlm_model_name {name!r} is neither a folder beside {folder / 'config.json'} nor a local path with a "
-        "SmolVLM config.json, and it cannot be downloaded here. Copy the SmolVLM folder (config.json + "
-        "tokenizer.json) next to the policy and set vlm_model_name to its relative name.")
+        f"vlm_model_name {name!r} is neither a folder beside {folder / 'config.json'}, nor a local path with a "
+        f"SmolVLM config.json, nor in the Hugging Face cache ({hub_cache()}). Fill the cache with `hf download {name}` "
+        "while online, or copy the SmolVLM folder (config.json + tokenizer.json) next to the policy and set "
+        "vlm_model_name to its relative name.")
 
 
 def _default_tokenizer(vlm_dir: Path | None, name: str) -> str:
@@ -118,8 +131,15 @@ def _default_tokenizer(vlm_dir: Path | None, name: str) -> str:
 
 
 def config_from_lerobot(folder: Path, tokenizer: str | None = None) -> tuple[SmolVLAConfig, dict[str, Any]]:
-    """SmolVLAConfig from a lerobot SmolVLA folder; also returns the raw lerobot config."""
+    """SmolVLAConfig from a lerobot SmolVLA folder; also returns the raw lerobot config. The tokenizer is
+    the one the preprocessor names when it lies inside the checkpoint (lerobot's saved ``tokenizer/``
+    artifact), else the VLM folder's."""
     lr = _read_json(folder / "config.json")
+    if tokenizer is None:
+        named = read_lerobot_folder(folder, weights=False).tokenizer_name()
+        if named is not None and Path(named).is_absolute() and any(
+                (Path(named) / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+            tokenizer = named
     if lr.get("type", "smolvla") != "smolvla":
         raise CheckpointError(f"{folder} holds a lerobot {lr.get('type')!r} policy, not smolvla")
     if lr.get("add_image_special_tokens"):
@@ -178,7 +198,9 @@ def load_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict
     from .model import SmolVLA
 
     folder = read_lerobot_folder(path)  # config, safetensors weights, processors and their stats
+    folder.check_supported()
     cfg, lr = config_from_lerobot(folder.path, tokenizer)
+    cfg.relative_action_mask = folder.relative_action_mask()
     for key, value in (overrides or {}).items():
         setattr(cfg, key, value)
     state: dict[str, Tensor] = {}
@@ -209,34 +231,26 @@ def load_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict
 # ------------------------------------------------------------------------------------------ writing
 def _stats_to_write(policy: Any) -> dict[str, dict[str, Tensor]]:
     """Normaliser stats in lerobot's layout, recovered from our affine buffers."""
-    cfg, nz, out = policy.config, policy.normalizer, {}
+    cfg, out = policy.config, {}
     for which, feature, mode in (("state", "observation.state", cfg.state_norm),
                                  ("action", "action", cfg.action_norm)):
-        shift, scale = getattr(nz, f"{which}_shift").float(), getattr(nz, f"{which}_scale").float()
-        if mode == "MEAN_STD":
-            out[feature] = {"mean": shift, "std": scale - cfg.norm_eps}
-        elif mode in ("MIN_MAX", "QUANTILES"):
-            lo, hi = ("min", "max") if mode == "MIN_MAX" else ("q01", "q99")
-            out[feature] = {lo: shift - scale, hi: shift + scale}
+        stats = policy.normalizer.stats(which, mode)
+        if stats:
+            out[feature] = stats
     return out
 
 
 def _folded_target_time(policy: Any, fold_target_time: float | None) -> dict[str, Tensor]:
-    """lerobot's SmolVLA has no target time. A zero branch needs nothing; a trained one can be folded
-    into action_time_mlp_in's bias for ONE fixed s (a 1-step student: s = 0), exactly, because the
-    target-time output is added to the time embedding, which enters that layer linearly."""
-    tt = policy.target_time
-    nonzero = bool(tt.fc2.weight.abs().max() > 0 or tt.fc2.bias.abs().max() > 0)
-    if not nonzero:
+    """lerobot's SmolVLA has no target time. A zero branch needs nothing; a trained one is folded
+    into action_time_mlp_in's bias for ONE fixed s (``lerobot_io.target_time_to_fold``), exactly,
+    because the target-time output is added to the time embedding, which enters that layer linearly."""
+    s_star = target_time_to_fold(policy, fold_target_time)
+    if s_star is None:
         return {}
-    if fold_target_time is None:
-        raise CheckpointError(
-            "this SmolVLA has a trained target-time branch (a flow-map student); lerobot's SmolVLA cannot "
-            "represent it. Pass fold_target_time=0.0 to export the 1-step map x0 = x1 - F(x1, 1, 0) "
-            "(num_steps is set to 1).")
+    tt = policy.target_time
     ew = policy.config.expert_width
     with torch.no_grad():
-        s = torch.tensor([float(fold_target_time)], device=tt.fc2.weight.device)
+        s = torch.tensor([s_star], device=tt.fc2.weight.device)
         offset = tt(s)[0]
         w_time = policy.action_time_mlp_in.weight[:, ew:]
         bias = policy.action_time_mlp_in.bias + w_time @ offset.to(w_time.dtype)
