@@ -130,12 +130,19 @@ class LerobotFolder:
     def lerobot_version_hint(self) -> str | None:
         """"0.4" / "0.5+" when the files tell which lerobot wrote them, else None.
 
-        config.json alone cannot tell 0.4.x from 0.5.0 (same fields). Signs of ≥ 0.5: fields added
-        in 0.5.1 (``use_relative_actions``), the relative/absolute action steps, tokenizer
-        ``artifacts`` (0.6.2), and ``cudnn_deterministic`` in train_config.json (0.5.0); a
-        train_config.json without it was written by 0.4.x."""
-        if "use_relative_actions" in self.config or any(k in self.config for k in (
-                "use_visual_memory", "rtc_training_max_delay")):
+        config.json alone cannot tell 0.4.x from 0.5.x (same fields). Signs of ≥ 0.5: fields added
+        in 0.5.1 (pi0/pi0.5 ``use_relative_actions``) and 0.6.0 (``pretrained_revision``, every
+        policy), the relative/absolute action steps, tokenizer ``artifacts`` (0.6.2), and
+        ``cudnn_deterministic`` in train_config.json (0.5.0); a train_config.json without it was
+        written by 0.4.x. A ``reference.json`` that records the lerobot version (our parity fixtures)
+        is believed."""
+        ref = self.path / "reference.json"
+        if ref.is_file():
+            version = str(((_read_json(ref) or {}).get("versions") or {}).get("lerobot", ""))
+            if version:
+                return "0.4" if version.startswith(("0.3", "0.4")) else "0.5+"
+        if any(k in self.config for k in ("use_relative_actions", "pretrained_revision", "use_visual_memory",
+                                          "rtc_training_max_delay")):
             return "0.5+"
         if self.step("relative_actions_processor") or self.step("absolute_actions_processor", post=True):
             return "0.5+"

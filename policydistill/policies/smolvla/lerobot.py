@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,26 @@ def _stats_from_old_buffers(old: dict[str, Tensor]) -> dict[str, dict[str, Tenso
     return stats
 
 
+def detect_vision_positions(folder: Any, cfg: SmolVLAConfig) -> str:
+    """The SigLIP patch-position rule of the transformers that the checkpoint's lerobot ran with:
+    "hf457" for lerobot 0.4.x (transformers 4.57), "hf5" for lerobot >= 0.5 (transformers 5). When the
+    files do not tell, the current release's, with a warning naming the override. A folder we wrote
+    records the rule in vlm/policydistill.json."""
+    vlm = resolve_vlm(folder.path, str(folder.config.get("vlm_model_name", SMOLVLM2_500M)))
+    if vlm is not None and (vlm / MARKER).is_file():
+        recorded = _read_json(vlm / MARKER).get("vision_positions")
+        if recorded:
+            return str(recorded)
+    hint = folder.lerobot_version_hint()
+    if hint == "0.4":
+        return "hf457"
+    if hint is None:
+        warnings.warn(f"{folder.path}: cannot tell which lerobot wrote this SmolVLA checkpoint; computing its patch "
+                      "positions as lerobot >= 0.5 (transformers 5) does. A checkpoint from lerobot 0.4.x needs "
+                      "overrides={'vision_positions': 'hf457'}.", stacklevel=3)
+    return "hf5"
+
+
 def load_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict[str, Any] | None = None) -> Any:
     """Build our SmolVLA from a lerobot SmolVLA folder (weights, normaliser, tokenizer path)."""
     from .model import SmolVLA
@@ -201,6 +222,8 @@ def load_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict
     folder.check_supported()
     cfg, lr = config_from_lerobot(folder.path, tokenizer)
     cfg.relative_action_mask = folder.relative_action_mask()
+    if "vision_positions" not in (overrides or {}):
+        cfg.vision_positions = detect_vision_positions(folder, cfg)
     for key, value in (overrides or {}).items():
         setattr(cfg, key, value)
     state: dict[str, Tensor] = {}
@@ -325,7 +348,9 @@ def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None =
             if f.is_file() and f.name != "config.json":
                 shutil.copy2(f, vlm / f.name)
     write_json(vlm / "config.json", vlm_config_dict(cfg))
+    marker = {"vision_positions": cfg.vision_positions}
     if cfg.tokenizer == "builtin":
-        write_json(vlm / MARKER, {"tokenizer": "builtin", "note": "policydistill's built-in word-level tokenizer; "
-                                  "lerobot needs a real SmolVLM tokenizer.json here"})
+        marker.update({"tokenizer": "builtin", "note": "policydistill's built-in word-level tokenizer; "
+                       "lerobot needs a real SmolVLM tokenizer.json here"})
+    write_json(vlm / MARKER, marker)
     return folder
