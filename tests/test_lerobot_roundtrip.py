@@ -1,0 +1,167 @@
+"""A distilled 1-step student, exported with ``to_lerobot``, run by REAL lerobot (opt-in).
+
+lerobot cannot live in the project's environment, so lerobot runs in a separate interpreter named by
+``PD_LEROBOT_PYTHON`` (skipped otherwise). The test distils a tiny 1-step student (SnapFlow, a few
+optimiser steps) from the current-lerobot parity fixtures, exports it, and has lerobot load the folder
+with its own ``from_pretrained`` and ``make_pre_post_processors``, then run its own preprocessor,
+``predict_action_chunk`` (its sampler, ``num_inference_steps`` = 1 as exported) on fixed inputs and
+noise, and its postprocessor. The actions must equal our student's 1-step chunk within 1e-5.
+
+Setting up the interpreter (the current release from the package registry)::
+
+    python3.12 -m venv /work/lerobot-venv
+    /work/lerobot-venv/bin/pip install "lerobot[pi,smolvla]"
+    PD_LEROBOT_PYTHON=/work/lerobot-venv/bin/python .venv/bin/python -m pytest tests/test_lerobot_roundtrip.py
+
+Two things in the lerobot-side script are not stock lerobot, both because the fixtures are tiny:
+lerobot builds pi0/pi0.5 only at the Gemma-2B / Gemma-300M widths (our export writes ``"custom"``
+variants for other sizes, which lerobot refuses), so the script builds lerobot's classes at the
+student's sizes exactly as the fixture builder did; and lerobot <= 0.6.1 resolves a tokenizer saved
+inside the checkpoint against the working directory (0.6.2 resolves the ``"artifacts"`` entry we
+write), so the script passes the folder's ``tokenizer/`` as a preprocessor override.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from policydistill.methods import make_method
+from policydistill.pipeline.distill import make_student
+from policydistill.policies.pi0.model import Pi0Policy
+from policydistill.policies.smolvla.model import SmolVLA
+from policydistill.train import TrainConfig, train
+
+LEROBOT_PYTHON = os.environ.get("PD_LEROBOT_PYTHON")
+pytestmark = pytest.mark.skipif(not LEROBOT_PYTHON, reason="set PD_LEROBOT_PYTHON to a python with lerobot")
+HERE = Path(__file__).resolve().parent / "fixtures" / "lerobot_current"
+TASKS = ["pick the cube", "push_block to the goal\n"]
+
+SCRIPT = textwrap.dedent('''
+    import json, shutil, sys
+    from pathlib import Path
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src, out = Path(sys.argv[1]), sys.argv[2]
+    cfg = json.loads((src / "config.json").read_text())
+    kind = cfg["type"]
+    ours = json.loads((src / "policydistill.json").read_text()) if (src / "policydistill.json").exists() else None
+    folder = src
+    overrides = {}
+    if kind in ("pi0", "pi05"):
+        mp = __import__(f"lerobot.policies.{kind}.modeling_{kind}", fromlist=["x"])
+        if "custom" in (cfg["paligemma_variant"], cfg["action_expert_variant"]):
+            # tiny sizes: build lerobot's own classes at the student's sizes (as the fixture builder did)
+            folder = Path(out).with_suffix(".folder")
+            shutil.copytree(src, folder)
+            cfg["paligemma_variant"], cfg["action_expert_variant"] = "gemma_2b", "gemma_300m"
+            (folder / "config.json").write_text(json.dumps(cfg))
+            o = ours
+            vlm = dict(width=o["vlm_width"], depth=o["vlm_depth"], mlp_dim=o["vlm_mlp_dim"], num_heads=o["num_heads"],
+                       num_kv_heads=o["num_kv_heads"], head_dim=o["head_dim"])
+            exp = dict(vlm, width=o["expert_width"], mlp_dim=o["expert_mlp_dim"])
+            real_pg, real_gemma = mp.PaliGemmaForConditionalGenerationWithPiGemma, mp.PiGemmaForCausalLM
+            def tiny_pg(config):
+                vc = config.vision_config
+                vc.hidden_size, vc.intermediate_size = o["vision_width"], o["vision_mlp_dim"]
+                vc.num_hidden_layers, vc.num_attention_heads, vc.patch_size = o["vision_depth"], o["vision_heads"], o["patch_size"]
+                vc.projection_dim = config.projection_dim = o["vlm_width"]
+                config.text_config.vocab_size = config._vocab_size = o["vocab_size"]
+                config.image_token_index = o["vocab_size"] - 1
+                config.text_config.num_image_tokens = (o["image_size"] // o["patch_size"]) ** 2
+                return real_pg(config=config)
+            def tiny_gemma(config):
+                config.vocab_size = o["vocab_size"]
+                return real_gemma(config=config)
+            mp.get_gemma_config = lambda v: mp.GemmaConfig(**(vlm if v == "gemma_2b" else exp))
+            mp.PaliGemmaForConditionalGenerationWithPiGemma = tiny_pg
+            mp.PiGemmaForCausalLM = tiny_gemma
+        Policy = getattr(mp, "PI0Policy" if kind == "pi0" else "PI05Policy")
+        if (folder / "tokenizer").is_dir():  # lerobot <= 0.6.1 does not resolve the artifact itself
+            overrides = {"tokenizer_processor": {"tokenizer_name": str(folder / "tokenizer")}}
+    else:
+        import os
+        from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy as Policy
+        os.chdir(folder)  # vlm_model_name "vlm" is read relative to the working directory
+    from lerobot.policies.factory import make_pre_post_processors
+    policy = Policy.from_pretrained(str(folder)).eval()
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(folder), preprocessor_overrides=overrides)
+    ref = load_file(sys.argv[3])
+    obs = {"observation.images.base": ref["in.image.base"], "observation.images.wrist": ref["in.image.wrist"],
+           "observation.state": ref["in.state"], "task": %r}
+    with torch.no_grad():
+        batch = pre(obs)
+        chunk = policy.predict_action_chunk(batch, noise=ref["in.noise"].clone())
+        actions = post(chunk)
+    steps = cfg.get("num_inference_steps", cfg.get("num_steps"))
+    import importlib.metadata as ilm
+    save_file({"actions": actions.contiguous(), "tokens": batch["observation.language.tokens"].contiguous()}, out)
+    print(json.dumps({"lerobot": ilm.version("lerobot"), "steps": steps}))
+''' % (TASKS,))
+
+
+class Windows:
+    """Training windows from the fixture's observations with random action chunks (the loop's DataSource)."""
+
+    def __init__(self, policy, ref: dict) -> None:
+        self.policy, self.ref = policy, ref
+
+    def sample(self, batch_size: int, generator: torch.Generator):
+        b = self.ref["in.state"].shape[0]
+        obs = {"observation.images.base": self.ref["in.image.base"], "observation.images.wrist": self.ref["in.image.wrist"],
+               "observation.state": self.ref["in.state"], "task": list(TASKS)}
+        chunk, dim = self.policy.config.chunk_size, self.policy.config.action_dim
+        action = torch.randn(b, chunk, dim, generator=generator) * 0.3 + self.ref["in.state"][:, None, :dim]
+        return self.policy.make_flow_batch({**obs, "action": action})
+
+
+@pytest.mark.parametrize("name", ["pi0", "pi05", "smolvla"])
+def test_exported_one_step_student_runs_identically_in_lerobot(name: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "hf"  # PaliGemma's id in a temporary cache (the fixtures' tiny tokenizer)
+    snap = home / "hub" / "models--google--paligemma-3b-pt-224" / "snapshots" / ("0" * 40)
+    shutil.copytree(HERE / "pi0" / "tokenizer", snap)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text(snap.name)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ref = load_file(str(HERE / name / "reference.safetensors"))
+    teacher = (SmolVLA if name == "smolvla" else Pi0Policy).from_lerobot(HERE / name).eval()
+    method = make_method("snapflow")
+    torch.manual_seed(0)
+    student = make_student(teacher, method.sampling, 1)
+    result = train(student, method, Windows(student, ref), TrainConfig(steps=3, batch_size=2, lr=1e-3, progress=False),
+                   teacher=teacher)
+    student = method.sampling_model(result.model).eval()
+    assert float(student.target_time.fc2.weight.detach().abs().max()) > 0  # a trained target-time branch to fold
+    obs = {"observation.images.base": ref["in.image.base"], "observation.images.wrist": ref["in.image.wrist"],
+           "observation.state": ref["in.state"], "task": list(TASKS)}
+    ours = student.sample_actions(obs, noise=ref["in.noise"])
+    folder = student.to_lerobot(tmp_path / f"{name}_student")
+    refs = tmp_path / "ref.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(refs))
+    out = tmp_path / "lerobot_actions.safetensors"
+    script = tmp_path / "run_lerobot.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "HF_HOME": str(home)}
+    proc = subprocess.run([LEROBOT_PYTHON, str(script), str(folder), str(out), str(refs)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    theirs = load_file(str(out))
+    diff = float((theirs["actions"] - ours).abs().max())
+    naive = float((theirs["actions"] - teacher.sample_actions(obs, steps=1, noise=ref["in.noise"])).abs().max())
+    print(f"{name}: lerobot {info['lerobot']}, {info['steps']} step, max |lerobot - ours| = {diff:.2e} "
+          f"(the teacher's own 1-step chunk differs by {naive:.2e})")
+    assert info["steps"] == 1
+    assert diff <= 1e-5 < naive
