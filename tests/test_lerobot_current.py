@@ -336,3 +336,25 @@ def test_relative_actions_survive_export(tmp_path: Path, hf_home: Path) -> None:
     folder = read_lerobot_folder(out)
     assert folder.relative_action_mask() == [True, True, False]
     assert folder.step("absolute_actions_processor", post=True)["config"]["enabled"] is True
+
+
+def test_distill_writes_the_lerobot_folder_with_a_model_card(tmp_path: Path, hf_home: Path) -> None:
+    from policydistill.pipeline.teacher_io import export_lerobot_student
+
+    teacher = load("pi05")
+    student = student_from_teacher(teacher).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(student.target_time.fc2.weight, std=0.5)
+    student.config.num_inference_steps, student.config.sampling_mode = 1, "flowmap"
+    row = {"label": "snapflow@1", "nfe": 1, "success_rate": 0.5, "action_mse": 0.1, "teacher_chunk_distance": 0.2,
+           "latency_ms": {"denoise_p50": 1.5}}
+    report = {"method": "snapflow", "steps": 1, "command": "policydistill distill pi0 ...", "variants": [row],
+              "denoise_speedup": 9.0, "e2e_speedup": 3.0, "tasks": ["metaworld/push-v3"]}
+    done = export_lerobot_student(student, HERE / "pi05", tmp_path, report)
+    assert done == {"written": True, "path": str(tmp_path / "student_lerobot")}
+    card = (tmp_path / "student_lerobot" / "README.md").read_text()
+    assert "**snapflow**" in card and "| snapflow@1 | 1 | 0.500 |" in card and str(HERE / "pi05") in card
+    student.config.num_inference_steps = 2  # a multi-step flow-map student: no folder, and the reason
+    done = export_lerobot_student(student, HERE / "pi05", tmp_path / "two", report)
+    assert not done["written"] and "no target time" in done["reason"]
+    assert not export_lerobot_student(student, tmp_path, tmp_path / "ours", report)["written"]  # our own teacher

@@ -96,17 +96,33 @@ SCRIPT = textwrap.dedent('''
     policy = Policy.from_pretrained(str(folder)).eval()
     pre, post = make_pre_post_processors(policy.config, pretrained_path=str(folder), preprocessor_overrides=overrides)
     ref = load_file(sys.argv[3])
-    obs = {"observation.images.base": ref["in.image.base"], "observation.images.wrist": ref["in.image.wrist"],
-           "observation.state": ref["in.state"], "task": %r}
+    obs = {k: v for k, v in ref.items() if k.startswith("observation.")}
+    obs["task"] = json.loads(sys.argv[4])
     with torch.no_grad():
         batch = pre(obs)
-        chunk = policy.predict_action_chunk(batch, noise=ref["in.noise"].clone())
+        chunk = policy.predict_action_chunk(batch, noise=ref["noise"].clone())
         actions = post(chunk)
     steps = cfg.get("num_inference_steps", cfg.get("num_steps"))
     import importlib.metadata as ilm
     save_file({"actions": actions.contiguous(), "tokens": batch["observation.language.tokens"].contiguous()}, out)
     print(json.dumps({"lerobot": ilm.version("lerobot"), "steps": steps}))
-''' % (TASKS,))
+''')
+
+
+def run_in_lerobot(folder: Path, obs: dict, noise: torch.Tensor, tasks: list[str], tmp_path: Path,
+                   home: Path) -> tuple[dict, dict]:
+    """lerobot's preprocessor → predict_action_chunk(noise) → postprocessor on ``folder``, in PD_LEROBOT_PYTHON."""
+    refs = tmp_path / "lerobot_inputs.safetensors"
+    save_file({**{k: v.contiguous() for k, v in obs.items()}, "noise": noise.contiguous()}, str(refs))
+    out = tmp_path / "lerobot_actions.safetensors"
+    script = tmp_path / "run_lerobot.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "HF_HOME": str(home)}
+    proc = subprocess.run([LEROBOT_PYTHON, str(script), str(folder), str(out), str(refs), json.dumps(tasks)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), load_file(str(out))
 
 
 class Windows:
@@ -147,21 +163,41 @@ def test_exported_one_step_student_runs_identically_in_lerobot(name: str, tmp_pa
            "observation.state": ref["in.state"], "task": list(TASKS)}
     ours = student.sample_actions(obs, noise=ref["in.noise"])
     folder = student.to_lerobot(tmp_path / f"{name}_student")
-    refs = tmp_path / "ref.safetensors"
-    save_file({k: v.contiguous() for k, v in ref.items()}, str(refs))
-    out = tmp_path / "lerobot_actions.safetensors"
-    script = tmp_path / "run_lerobot.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "HF_HOME": str(home)}
-    proc = subprocess.run([LEROBOT_PYTHON, str(script), str(folder), str(out), str(refs)], capture_output=True,
-                          text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
-    theirs = load_file(str(out))
+    info, theirs = run_in_lerobot(folder, {k: v for k, v in obs.items() if k != "task"}, ref["in.noise"], TASKS,
+                                  tmp_path, home)
     diff = float((theirs["actions"] - ours).abs().max())
     naive = float((theirs["actions"] - teacher.sample_actions(obs, steps=1, noise=ref["in.noise"])).abs().max())
     print(f"{name}: lerobot {info['lerobot']}, {info['steps']} step, max |lerobot - ours| = {diff:.2e} "
           f"(the teacher's own 1-step chunk differs by {naive:.2e})")
     assert info["steps"] == 1
     assert diff <= 1e-5 < naive
+
+
+@pytest.mark.slow
+def test_cli_distill_of_a_lerobot_06_pi05_folder_reproduces_in_lerobot(tmp_path: Path) -> None:
+    """`policydistill distill pi0 --checkpoint <lerobot 0.6 pi0.5 folder>` end to end (demos, SnapFlow,
+    closed-loop Meta-World evaluation, export), then lerobot runs the exported student."""
+    teacher_dir = HERE / "pi05_metaworld"
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MUJOCO_GL": "egl", "OPENBLAS_NUM_THREADS": "1"}
+    cmd = [str(Path(os.sys.executable).parent / "policydistill"), "distill", "pi0", "--checkpoint", str(teacher_dir),
+           "--tokenizer", str(teacher_dir / "tokenizer"), "--task", "metaworld/push-v3", "-m", "snapflow", "--steps", "1",
+           "--preset", "tiny", "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["lerobot_export"]["written"], report["lerobot_export"]
+    folder = Path(report["lerobot_export"]["path"])
+    card = (folder / "README.md").read_text()
+    assert "snapflow" in card and str(teacher_dir) in card and "| snapflow@1 | 1 |" in card
+    student = Pi0Policy.from_lerobot(folder).eval()  # our own reading (policydistill.json) of the export
+    g = torch.Generator().manual_seed(3)
+    obs = {"observation.images.corner2": torch.rand(2, 3, 32, 32, generator=g),
+           "observation.state": torch.randn(2, 21, generator=g)}
+    noise = torch.randn(2, student.config.chunk_size, student.config.max_action_dim, generator=g)
+    tasks = ["push the puck to the goal", "push the puck to the goal"]
+    ours = student.sample_actions({**obs, "task": tasks}, noise=noise)
+    info, theirs = run_in_lerobot(folder, obs, noise, tasks, tmp_path, tmp_path / "hf")
+    diff = float((theirs["actions"] - ours).abs().max())
+    print(f"cli export: lerobot {info['lerobot']}, {info['steps']} step, max |lerobot - ours| = {diff:.2e}")
+    assert info["steps"] == 1 and diff <= 1e-5

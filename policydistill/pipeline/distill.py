@@ -136,7 +136,9 @@ def load_job(cfg: DistillConfig) -> Job:
         console.print(f"[bold]no --checkpoint given: using the bundled {cfg.model} teacher[/] ({BUNDLED_TEACHER})")
     teacher, teacher_dir = load_teacher(cfg.checkpoint, cfg.tokenizer)
     teacher.eval()
-    if cfg.model and getattr(teacher, "architecture", cfg.model) != cfg.model:
+    family = {"pi05": "pi0"}  # pi0.5 is a variant of pi0: `distill pi0` takes either checkpoint
+    arch = getattr(teacher, "architecture", cfg.model)
+    if cfg.model and family.get(arch, arch) != family.get(cfg.model, cfg.model):
         raise ValueError(f"the checkpoint is a {teacher.architecture} policy, not {cfg.model}: "
                          f"run `policydistill distill {teacher.architecture} ...`")
     prov = provenance(teacher_dir)
@@ -251,7 +253,12 @@ def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
     report.update({"method": cfg.method, "steps": cfg.steps, "teacher": str(job.teacher_dir),
                    "student": str(out / "student"), "tasks": job.tasks, "train_seconds": prov["train_seconds"],
                    "final_loss": prov["final_loss"], "command": prov["command"]})
+    from .teacher_io import export_lerobot_student
+
+    report["lerobot_export"] = export_lerobot_student(student, job.teacher_dir, out, report)
     write_json(out / "report.json", report)
     print_report(report)
+    if report["lerobot_export"]["written"]:
+        console.print(f"wrote the lerobot folder of the student to {report['lerobot_export']['path']}")
     console.print(f"wrote {out / 'report.json'} and {out / 'report.png'}")
     return report
