@@ -229,7 +229,7 @@ def detect_state_prompt(folder) -> str:
     if hint is None:
         warnings.warn(f"{folder.path}: cannot tell which lerobot wrote this pi0.5 checkpoint; reading its state prompt "
                       "the lerobot >= 0.5 way (unpadded state). A checkpoint fine-tuned with lerobot 0.4.x needs "
-                      "overrides={'state_prompt': 'padded'} (CLI: --state-prompt padded).", stacklevel=3)
+                      "overrides={'state_prompt': 'padded'}.", stacklevel=3)
     return "raw"
 
 
