@@ -358,3 +358,21 @@ def test_distill_writes_the_lerobot_folder_with_a_model_card(tmp_path: Path, hf_
     done = export_lerobot_student(student, HERE / "pi05", tmp_path / "two", report)
     assert not done["written"] and "no target time" in done["reason"]
     assert not export_lerobot_student(student, tmp_path, tmp_path / "ours", report)["written"]  # our own teacher
+
+
+def test_peft_adapter_only_folder_says_merge_first(tmp_path: Path) -> None:
+    folder = tmp_path / "peft"
+    folder.mkdir()
+    shutil.copy(HERE / "pi05" / "config.json", folder / "config.json")
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="PEFT adapters only.*merge"):
+        read_lerobot_folder(folder)
+
+
+@pytest.mark.parametrize("name", ["pi0", "smolvla"])
+def test_export_rename_map_feeds_lerobot_env_camera_names(name: str, tmp_path: Path, hf_home: Path) -> None:
+    rename = {"observation.images.image": "observation.images.base", "observation.images.image2": "observation.images.wrist"}
+    out = load(name).to_lerobot(tmp_path / name, rename_map=rename)
+    step = json.loads((out / "policy_preprocessor.json").read_text())["steps"][0]
+    assert step["registry_name"] == "rename_observations_processor" and step["config"]["rename_map"] == rename

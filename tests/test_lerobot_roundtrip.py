@@ -40,8 +40,16 @@ from policydistill.policies.pi0.model import Pi0Policy
 from policydistill.policies.smolvla.model import SmolVLA
 from policydistill.train import TrainConfig, train
 
-LEROBOT_PYTHON = os.environ.get("PD_LEROBOT_PYTHON")
-pytestmark = pytest.mark.skipif(not LEROBOT_PYTHON, reason="set PD_LEROBOT_PYTHON to a python with lerobot")
+#: one or more interpreters with lerobot (separated by os.pathsep: e.g. lerobot 0.4.4 and the current release)
+LEROBOT_PYTHONS = [p for p in os.environ.get("PD_LEROBOT_PYTHON", "").split(os.pathsep) if p]
+LEROBOT_PYTHON = LEROBOT_PYTHONS[0] if LEROBOT_PYTHONS else None
+pytestmark = pytest.mark.skipif(not LEROBOT_PYTHONS, reason="set PD_LEROBOT_PYTHON to a python with lerobot")
+
+
+def lerobot_version(python: str) -> str:
+    out = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('lerobot'))"],
+                         capture_output=True, text=True, timeout=120)
+    return out.stdout.strip() or "unknown"
 HERE = Path(__file__).resolve().parent / "fixtures" / "lerobot_current"
 TASKS = ["pick the cube", "push_block to the goal\n"]
 
@@ -59,6 +67,9 @@ SCRIPT = textwrap.dedent('''
     overrides = {}
     if kind in ("pi0", "pi05"):
         mp = __import__(f"lerobot.policies.{kind}.modeling_{kind}", fromlist=["x"])
+        # lerobot >= 0.5 (transformers 5 port) / 0.4.x (openpi-patched transformers) class names
+        PG = "PaliGemmaForConditionalGenerationWithPiGemma" if hasattr(mp, "PiGemmaForCausalLM") else "PaliGemmaForConditionalGeneration"
+        GM = "PiGemmaForCausalLM" if hasattr(mp, "PiGemmaForCausalLM") else "GemmaForCausalLM"
         if "custom" in (cfg["paligemma_variant"], cfg["action_expert_variant"]):
             # tiny sizes: build lerobot's own classes at the student's sizes (as the fixture builder did)
             folder = Path(out).with_suffix(".folder")
@@ -69,7 +80,7 @@ SCRIPT = textwrap.dedent('''
             vlm = dict(width=o["vlm_width"], depth=o["vlm_depth"], mlp_dim=o["vlm_mlp_dim"], num_heads=o["num_heads"],
                        num_kv_heads=o["num_kv_heads"], head_dim=o["head_dim"])
             exp = dict(vlm, width=o["expert_width"], mlp_dim=o["expert_mlp_dim"])
-            real_pg, real_gemma = mp.PaliGemmaForConditionalGenerationWithPiGemma, mp.PiGemmaForCausalLM
+            real_pg, real_gemma = getattr(mp, PG), getattr(mp, GM)
             def tiny_pg(config):
                 vc = config.vision_config
                 vc.hidden_size, vc.intermediate_size = o["vision_width"], o["vision_mlp_dim"]
@@ -83,8 +94,8 @@ SCRIPT = textwrap.dedent('''
                 config.vocab_size = o["vocab_size"]
                 return real_gemma(config=config)
             mp.get_gemma_config = lambda v: mp.GemmaConfig(**(vlm if v == "gemma_2b" else exp))
-            mp.PaliGemmaForConditionalGenerationWithPiGemma = tiny_pg
-            mp.PiGemmaForCausalLM = tiny_gemma
+            setattr(mp, PG, tiny_pg)
+            setattr(mp, GM, tiny_gemma)
         Policy = getattr(mp, "PI0Policy" if kind == "pi0" else "PI05Policy")
         if (folder / "tokenizer").is_dir():  # lerobot <= 0.6.1 does not resolve the artifact itself
             overrides = {"tokenizer_processor": {"tokenizer_name": str(folder / "tokenizer")}}
@@ -110,7 +121,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def run_in_lerobot(folder: Path, obs: dict, noise: torch.Tensor, tasks: list[str], tmp_path: Path,
-                   home: Path) -> tuple[dict, dict]:
+                   home: Path, python: str | None = None) -> tuple[dict, dict]:
     """lerobot's preprocessor → predict_action_chunk(noise) → postprocessor on ``folder``, in PD_LEROBOT_PYTHON."""
     refs = tmp_path / "lerobot_inputs.safetensors"
     save_file({**{k: v.contiguous() for k, v in obs.items()}, "noise": noise.contiguous()}, str(refs))
@@ -119,7 +130,7 @@ def run_in_lerobot(folder: Path, obs: dict, noise: torch.Tensor, tasks: list[str
     script.write_text(SCRIPT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
            "HF_HOME": str(home)}
-    proc = subprocess.run([LEROBOT_PYTHON, str(script), str(folder), str(out), str(refs), json.dumps(tasks)],
+    proc = subprocess.run([python or LEROBOT_PYTHON, str(script), str(folder), str(out), str(refs), json.dumps(tasks)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), load_file(str(out))
@@ -140,8 +151,9 @@ class Windows:
         return self.policy.make_flow_batch({**obs, "action": action})
 
 
+@pytest.mark.parametrize("python", LEROBOT_PYTHONS or ["none"])
 @pytest.mark.parametrize("name", ["pi0", "pi05", "smolvla"])
-def test_exported_one_step_student_runs_identically_in_lerobot(name: str, tmp_path: Path,
+def test_exported_one_step_student_runs_identically_in_lerobot(name: str, python: str, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "hf"  # PaliGemma's id in a temporary cache (the fixtures' tiny tokenizer)
     snap = home / "hub" / "models--google--paligemma-3b-pt-224" / "snapshots" / ("0" * 40)
@@ -151,7 +163,18 @@ def test_exported_one_step_student_runs_identically_in_lerobot(name: str, tmp_pa
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ref = load_file(str(HERE / name / "reference.safetensors"))
-    teacher = (SmolVLA if name == "smolvla" else Pi0Policy).from_lerobot(HERE / name).eval()
+    version = lerobot_version(python)
+    old = version.startswith(("0.3", "0.4"))
+    # lerobot 0.4.x pads the pi0.5 state before its prompt, has no relative-action steps and runs
+    # transformers 4.5x patch positions: the student is built for the lerobot it will run in
+    overrides = {}
+    if old and name == "pi05":
+        overrides = {"state_prompt": "padded"}
+    elif old and name == "smolvla":
+        overrides = {"vision_positions": "hf457"}
+    teacher = (SmolVLA if name == "smolvla" else Pi0Policy).from_lerobot(HERE / name, overrides=overrides).eval()
+    if old:
+        teacher.config.relative_action_mask = None
     method = make_method("snapflow")
     torch.manual_seed(0)
     student = make_student(teacher, method.sampling, 1)
@@ -162,9 +185,10 @@ def test_exported_one_step_student_runs_identically_in_lerobot(name: str, tmp_pa
     obs = {"observation.images.base": ref["in.image.base"], "observation.images.wrist": ref["in.image.wrist"],
            "observation.state": ref["in.state"], "task": list(TASKS)}
     ours = student.sample_actions(obs, noise=ref["in.noise"])
-    folder = student.to_lerobot(tmp_path / f"{name}_student")
+    folder = (student.to_lerobot(tmp_path / f"{name}_student", allow_padded_state_prompt=True) if name == "pi05"
+              else student.to_lerobot(tmp_path / f"{name}_student"))
     info, theirs = run_in_lerobot(folder, {k: v for k, v in obs.items() if k != "task"}, ref["in.noise"], TASKS,
-                                  tmp_path, home)
+                                  tmp_path, home, python)
     diff = float((theirs["actions"] - ours).abs().max())
     naive = float((theirs["actions"] - teacher.sample_actions(obs, steps=1, noise=ref["in.noise"])).abs().max())
     print(f"{name}: lerobot {info['lerobot']}, {info['steps']} step, max |lerobot - ours| = {diff:.2e} "

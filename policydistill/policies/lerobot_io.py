@@ -224,12 +224,14 @@ def _features(cameras: list[str], image_size: int, state_dim: int, action_dim: i
 def write_lerobot_folder(path: str | Path, config: dict[str, Any], state: dict[str, Tensor],
                          stats: dict[str, dict[str, Tensor]], cameras: list[str], image_size: int, state_dim: int,
                          action_dim: int, norm_map: dict[str, str], extra_pre_steps: list[dict] | None = None,
-                         pre_steps_after_norm: list[dict] | None = None, post_steps: list[dict] | None = None) -> Path:
+                         pre_steps_after_norm: list[dict] | None = None, post_steps: list[dict] | None = None,
+                         rename_map: dict[str, str] | None = None) -> Path:
     """Write a folder lerobot's ``from_pretrained`` and processor loaders read (atomic files).
 
     ``config`` is the policy-specific part (``type``, sizes, ...); features, normalisation map
     and the processor pipelines (rename → batch → [extra] → normaliser → [after]; unnormaliser →
-    device) are filled in here.
+    [post] → device) are filled in here. ``rename_map`` goes into lerobot's rename step: the keys an
+    environment or dataset sends (``observation.images.image``) → the policy's camera keys.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -238,7 +240,7 @@ def write_lerobot_folder(path: str | Path, config: dict[str, Any], state: dict[s
     write_json(path / "config.json", full)
     write_safetensors(path / "model.safetensors", state, metadata={"format": "pt"})
     features = {**inputs, **outputs}
-    steps: list[dict] = [{"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
+    steps: list[dict] = [{"registry_name": "rename_observations_processor", "config": {"rename_map": dict(rename_map or {})}},
                          {"registry_name": "to_batch_processor", "config": {}}]
     steps += extra_pre_steps or []
     norm_index = len(steps)

@@ -331,7 +331,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 
 
 def to_lerobot(policy, path: str | Path, fold_target_time_at: float | None = None,
-               allow_padded_state_prompt: bool = False) -> Path:
+               allow_padded_state_prompt: bool = False, rename_map: dict[str, str] | None = None) -> Path:
     """Write ``policy`` as a lerobot policy folder that lerobot runs unchanged.
 
     * A trained target-time branch (a 1-step flow-map student) is folded into lerobot's own biases
@@ -347,6 +347,9 @@ def to_lerobot(policy, path: str | Path, fold_target_time_at: float | None = Non
       for lerobot 0.4.x).
     * lerobot builds only the full PaliGemma-2B / Gemma-300M widths; other sizes are written with
       ``"custom"`` variants, which lerobot refuses loudly (never loaded into a wrong-sized model).
+
+    * ``rename_map`` (e.g. ``{"observation.images.image": "observation.images.agentview"}``) is written
+      into lerobot's rename step, so lerobot's envs and datasets feed the policy's cameras.
 
     Our exact config goes into ``policydistill.json`` beside it (lerobot ignores it); ``from_lerobot``
     reads the folder back as the same policy."""
@@ -402,7 +405,7 @@ def to_lerobot(policy, path: str | Path, fold_target_time_at: float | None = Non
         before = rel_steps[:1]
         after = [{"registry_name": "pi05_prepare_state_tokenizer_processor_step", "config": {}}, tok]
     write_lerobot_folder(path, config, lr_state, stats, cfg.cameras, cfg.image_size, cfg.state_dim, cfg.action_dim,
-                         modes, before, after, post_steps=rel_steps[1:])
+                         modes, before, after, post_steps=rel_steps[1:], rename_map=rename_map)
     own = policy.config_dict()
     extra = {k: v for k, v in state.items() if k.startswith("target_time.")}
     if s_star is not None:  # the branch now lives in lerobot's biases: read back, it must not apply twice

@@ -413,12 +413,12 @@ class Pi0Policy(FlowPolicy):
 
         return from_lerobot(path, tokenizer, overrides)
 
-    def to_lerobot(self, path: Any, fold_target_time: float | None = None,
-                   allow_padded_state_prompt: bool = False) -> Any:
+    def to_lerobot(self, path: Any, fold_target_time: float | None = None, allow_padded_state_prompt: bool = False,
+                   rename_map: dict[str, str] | None = None) -> Any:
         """Write a lerobot policy folder that lerobot runs unchanged (see ``convert.to_lerobot``)."""
         from .convert import to_lerobot
 
-        return to_lerobot(self, path, fold_target_time, allow_padded_state_prompt)
+        return to_lerobot(self, path, fold_target_time, allow_padded_state_prompt, rename_map)
 
     def compile_for_inference(self, freeze: bool = True, **kwargs: Any) -> "Pi0Policy":
         """Compile the prefix pass, the denoising step and the whole chunk (prefix + N steps as

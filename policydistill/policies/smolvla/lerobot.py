@@ -316,7 +316,8 @@ def vlm_config_dict(cfg: SmolVLAConfig) -> dict[str, Any]:
     }
 
 
-def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None = None) -> Path:
+def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None = None,
+                 rename_map: dict[str, str] | None = None) -> Path:
     """Write a lerobot SmolVLA folder (config, weights, processors with normaliser stats, vlm/)."""
     folder = Path(path)
     cfg = policy.config
@@ -338,7 +339,8 @@ def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None =
         extra_pre_steps=[{"registry_name": "smolvla_new_line_processor", "config": {}},
                          {"registry_name": "tokenizer_processor", "config": {
                              "max_length": cfg.tokenizer_max_length, "task_key": "task", "padding_side": "right",
-                             "padding": "longest", "truncation": True, "tokenizer_name": "vlm"}}])
+                             "padding": "longest", "truncation": True, "tokenizer_name": "vlm"}}],
+        rename_map=rename_map)
     # vlm/: the SmolVLM config and, when we have one, the tokenizer folder's files
     vlm = folder / "vlm"
     vlm.mkdir(exist_ok=True)

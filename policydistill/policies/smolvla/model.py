@@ -289,12 +289,13 @@ class SmolVLA(FlowPolicy):
 
         return load_lerobot(path, tokenizer, overrides)
 
-    def to_lerobot(self, path: str | Path, fold_target_time: float | None = None) -> Path:
+    def to_lerobot(self, path: str | Path, fold_target_time: float | None = None,
+                   rename_map: dict[str, str] | None = None) -> Path:
         """Write a lerobot SmolVLA policy folder. A distilled student's target-time branch can be
         folded in for one fixed s (``fold_target_time=0.0``: the 1-step map, num_steps=1)."""
         from .lerobot import save_lerobot
 
-        return save_lerobot(self, path, fold_target_time)
+        return save_lerobot(self, path, fold_target_time, rename_map)
 
     def compile(self, **kwargs: Any) -> "SmolVLA":  # type: ignore[override]
         """Optional ``torch.compile`` of the per-step expert pass (the part run N times)."""
