@@ -286,3 +286,27 @@ def target_time_to_fold(policy: Any, fold_target_time: float | None = None) -> f
             "weights: distil with --steps 1, export our own programs (policydistill export) for the multi-step "
             "student, or pass fold_target_time=0.0 to export its 1-step map x0 = x1 - F(x1, 1, 0).")
     return 1.0 if cfg.sampling_mode == "diagonal" else 0.0
+
+
+_STANDARD_TOKENS = {f"{n}_token" for n in ("bos", "eos", "unk", "sep", "pad", "cls", "mask")}
+
+
+def portable_tokenizer_config(path: Path) -> None:
+    """Make a copied ``tokenizer_config.json`` load in transformers 4.5x (lerobot 0.4.x) as in 5.x:
+    transformers 5 writes ``"tokenizer_class": "TokenizersBackend"`` (4.x: ``PreTrainedTokenizerFast``,
+    which 5.x still reads) and ``extra_special_tokens`` as a list with the named extra tokens at the
+    top level (4.x wants them as a dict)."""
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    changed = False
+    if data.get("tokenizer_class") == "TokenizersBackend":
+        data["tokenizer_class"] = "PreTrainedTokenizerFast"
+        changed = True
+    if isinstance(data.get("extra_special_tokens"), list):
+        named = {k: v for k, v in data.items() if k.endswith("_token") and k not in _STANDARD_TOKENS
+                 and isinstance(v, str)}
+        data["extra_special_tokens"] = named
+        changed = True
+    if changed:
+        write_json(path, data)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ...checkpoint import CheckpointError, load_state_checked, read_safetensors, write_json, write_safetensors
-from ..lerobot_io import read_lerobot_folder, target_time_to_fold, write_lerobot_folder
+from ..lerobot_io import portable_tokenizer_config, read_lerobot_folder, target_time_to_fold, write_lerobot_folder
 from .configuration import Pi0Config
 
 PG = "model.paligemma_with_expert.paligemma."
@@ -323,6 +323,7 @@ def _copy_tokenizer(cfg: Pi0Config, path: Path) -> str | None:
     for f in files:
         if f.name in TOKENIZER_FILES and f.resolve() != (dst / f.name).resolve():
             shutil.copy2(f, dst / f.name)
+    portable_tokenizer_config(dst / "tokenizer_config.json")
     return "tokenizer"
 
 
@@ -403,7 +404,10 @@ def to_lerobot(policy, path: str | Path, fold_target_time_at: float | None = Non
         after: list[dict] = []
     else:  # relative, normaliser, state prompt, tokenizer, device
         before = rel_steps[:1]
-        after = [{"registry_name": "pi05_prepare_state_tokenizer_processor_step", "config": {}}, tok]
+        # lerobot saves this step's config as {} and rebuilds it with max_state_dim=32; lerobot 0.4.x pads
+        # the prompt's state to that, so the policy's own value is written
+        after = [{"registry_name": "pi05_prepare_state_tokenizer_processor_step",
+                  "config": {"max_state_dim": cfg.max_state_dim, "task_key": "task"}}, tok]
     write_lerobot_folder(path, config, lr_state, stats, cfg.cameras, cfg.image_size, cfg.state_dim, cfg.action_dim,
                          modes, before, after, post_steps=rel_steps[1:], rename_map=rename_map)
     own = policy.config_dict()

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ...checkpoint import CheckpointError, load_state_checked, write_json
-from ..lerobot_io import read_lerobot_folder, target_time_to_fold, write_lerobot_folder
+from ..lerobot_io import portable_tokenizer_config, read_lerobot_folder, target_time_to_fold, write_lerobot_folder
 from .configuration import SmolVLAConfig, preset
 
 ROOT = "model.vlm_with_expert."
@@ -295,7 +295,10 @@ def lerobot_config_dict(policy: Any, num_steps: int, base: dict[str, Any] | None
         "expert_width_multiplier": cfg.expert_width_multiplier, "min_period": cfg.min_period,
         "max_period": cfg.max_period,
     }
-    base = {k: v for k, v in (base or {}).items() if k not in ("input_features", "output_features")}
+    # fields newer lerobot adds with a None default are left out when unset: older lerobot (0.4.x)
+    # refuses unknown fields, newer lerobot fills the default back in
+    base = {k: v for k, v in (base or {}).items() if k not in ("input_features", "output_features")
+            and not (k in ("pretrained_revision",) and v is None)}
     return {**base, **ours}
 
 
@@ -349,6 +352,7 @@ def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None =
         for f in tok.iterdir():
             if f.is_file() and f.name != "config.json":
                 shutil.copy2(f, vlm / f.name)
+    portable_tokenizer_config(vlm / "tokenizer_config.json")
     write_json(vlm / "config.json", vlm_config_dict(cfg))
     marker = {"vision_positions": cfg.vision_positions}
     if cfg.tokenizer == "builtin":
