@@ -126,14 +126,15 @@ def test_pi05_prompt_matches_lerobot(fixtures_dir):
 def test_to_lerobot_round_trip(loaded, tmp_path):
     name, _, policy, ref, cond = loaded
     with torch.no_grad():
-        policy.target_time.fc2.weight.normal_()  # a "student": the s-branch must survive the trip
+        policy.target_time.fc2.weight.normal_()  # a 1-step "student": its s = 0 branch is folded into lerobot's biases
         before = policy.flow(ref["in.x_t"], ref["in.time_velocity"], torch.zeros(2), policy.encode(cond))
-    out = policy.to_lerobot(tmp_path / name)
+    policy.config.num_inference_steps, policy.config.sampling_mode = 1, "flowmap"
+    out = policy.to_lerobot(tmp_path / name, allow_padded_state_prompt=True)  # a lerobot 0.4.4 fixture
     keys = set(load_file(str(out / "model.safetensors")))
     assert "model.paligemma_with_expert.paligemma.lm_head.weight" in keys
     assert not any(k.startswith(("target_time", "normalizer")) for k in keys)
     again = Pi0Policy.from_lerobot(out)
     with torch.no_grad():
         after = again.flow(ref["in.x_t"], ref["in.time_velocity"], torch.zeros(2), again.encode(cond))
-    assert torch.equal(before, after)
+    assert float((before - after).abs().max()) <= 1e-5
     assert torch.equal(again.normalizer.action_scale, policy.normalizer.action_scale)

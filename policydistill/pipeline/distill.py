@@ -127,7 +127,7 @@ def load_job(cfg: DistillConfig) -> Job:
     from .demos import ensure_demos
     from .run_options import apply_threads, check_chunk_options, check_distill_options
     from .teacher import open_windows, tasks_of
-    from .teacher_io import BUNDLED_TEACHER, load_teacher, provenance
+    from .teacher_io import BUNDLED_TEACHER, load_teacher, provenance, resolve_data
 
     check_distill_options(cfg)  # every option that needs no teacher, before any work
     apply_threads(cfg.threads)
@@ -138,7 +138,9 @@ def load_job(cfg: DistillConfig) -> Job:
     teacher, teacher_dir = load_teacher(cfg.checkpoint, cfg.tokenizer)
     teacher.eval()
     check_model(teacher, "teacher")  # damaged weights or config fail here, not as a "diverged" loss later
-    if cfg.model and getattr(teacher, "architecture", cfg.model) != cfg.model:
+    family = {"pi05": "pi0"}  # pi0.5 is a variant of pi0: `distill pi0` takes either checkpoint
+    arch = getattr(teacher, "architecture", cfg.model)
+    if cfg.model and family.get(arch, arch) != family.get(cfg.model, cfg.model):
         raise ValueError(f"the checkpoint is a {teacher.architecture} policy, not {cfg.model}: "
                          f"run `policydistill distill {teacher.architecture} ...`")
     prov = provenance(teacher_dir)
@@ -148,7 +150,7 @@ def load_job(cfg: DistillConfig) -> Job:
     if cfg.task:
         check_action_dim(teacher, tasks, prov.get("tasks", []))
     check_chunk_options(cfg, int(teacher.config.chunk_size))
-    data_path = Path(cfg.data or prov.get("dataset") or out / "demos.zarr")
+    data_path = resolve_data(cfg.data) if cfg.data else Path(prov.get("dataset") or out / "demos.zarr")
     with distributed.main_first():  # rank 0 generates missing demos first; the others then find them on disk
         if cfg.data is None and not data_path.exists():  # only the teacher's recorded demos are ever regenerated
             tc = prov.get("teacher_config", {})
@@ -269,7 +271,12 @@ def _distill_policy(cfg: DistillConfig, resume: bool, extend: bool) -> dict[str,
     report.update({"method": cfg.method, "steps": cfg.steps, "teacher": str(job.teacher_dir),
                    "student": str(out / "student"), "tasks": job.tasks, "train_seconds": prov["train_seconds"],
                    "final_loss": prov["final_loss"], "command": prov["command"]})
+    from .teacher_io import export_lerobot_student
+
+    report["lerobot_export"] = export_lerobot_student(student, job.teacher_dir, out, report)
     write_json(out / "report.json", report)
     print_report(report)
+    if report["lerobot_export"]["written"]:
+        console.print(f"wrote the lerobot folder of the student to {report['lerobot_export']['path']}")
     console.print(f"wrote {out / 'report.json'} and {out / 'report.png'}")
     return report

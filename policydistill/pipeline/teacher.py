@@ -142,7 +142,9 @@ def _train_teacher(cfg: TeacherConfig, resume: bool, extend: bool) -> Path:
     with torch.device("meta"):  # only the preset's input sizes are needed here: allocate no weights
         probe = ARCHITECTURES.load(cfg.model).from_preset(cfg.preset, **cfg.overrides)
     image_size, chunk = probe.config.image_size, probe.config.chunk_size
-    data_path = Path(cfg.data) if cfg.data else out / "demos.zarr"
+    from .teacher_io import resolve_data
+
+    data_path = resolve_data(cfg.data) if cfg.data else out / "demos.zarr"
     if cfg.data is None:
         with distributed.main_first():  # rank 0 generates; the other ranks then find the demos on disk
             ensure_demos(tasks, data_path, cfg.episodes_per_task, image_size, cfg.multimodal, cfg.action_noise,

@@ -59,6 +59,13 @@ class FlowPolicyConfig:
     state_norm: str = "MEAN_STD"
     action_norm: str = "MEAN_STD"
     norm_eps: float = 1e-8
+    #: lerobot's relative actions (``use_relative_actions``): the model predicts ``action − state``
+    #: on the dims marked True (the first ``len(mask)`` action dims against the same state dims);
+    #: ``sample_actions`` adds the raw state back after unnormalising and ``make_flow_batch``
+    #: subtracts it before normalising. None = absolute actions.
+    relative_action_mask: list[bool] | None = None
+
+
 
 
 def _to_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
@@ -102,7 +109,7 @@ class FlowPolicy(FlowMapModel):
         if config.sampling_mode not in SAMPLING_MODES:
             raise ValueError(f"sampling_mode {config.sampling_mode!r}; valid: {', '.join(SAMPLING_MODES)}")
         self.config = config
-        self.normalizer = Normalizer({"state": config.state_dim, "action": config.action_dim})
+        self.normalizer = Normalizer({"state": config.state_dim, "action": config.action_dim}, config.norm_eps)
         self._queue: deque[Tensor] = deque()
 
     # ------------------------------------------------------------------ settings
@@ -216,6 +223,8 @@ class FlowPolicy(FlowMapModel):
         images = torch.stack([im * 2.0 - 1.0 for im in c["images"]], dim=1)  # (B, ncam, 3, H, W) in [−1, 1]
         cond = {"images": images.to(self.dtype), "image_masks": torch.stack(c["image_masks"], dim=1),
                 "state": state.to(self.dtype)}
+        if self.config.relative_action_mask:
+            cond["raw_state"] = c["state"]  # relative actions are offsets from the raw state
         cond.update(self.encode_inputs(c["task"], state))
         return cond
 
@@ -237,6 +246,10 @@ class FlowPolicy(FlowMapModel):
         actions = actions[:, : cfg.chunk_size]
         if actions.shape[-1] != cfg.action_dim:
             raise ValueError(f"actions have {actions.shape[-1]} dims; the policy was built with action_dim={cfg.action_dim}")
+        if cfg.relative_action_mask:
+            raw = _to_tensor(sample.get("observation.state", sample.get("agent_pos")), self.device, torch.float32)
+            raw = raw[None] if raw.dim() == 1 else raw
+            actions = self.relative_offset(actions, raw[:, -1] if raw.dim() == 3 else raw, -1)
         data = pad_last(self.normalizer.normalize("action", actions), cfg.max_action_dim)
         mask = torch.zeros_like(data)
         mask[..., : cfg.action_dim] = 1.0
@@ -295,7 +308,25 @@ class FlowPolicy(FlowMapModel):
         if noise is None:
             noise = torch.randn((b, *self.sample_shape()), generator=generator, device=self.device, dtype=self.dtype)
         x = self.sample_chunk(cond, noise.to(self.dtype), steps or self.nfe, mode or self.sampling_mode)
-        return self.normalizer.unnormalize("action", x[..., : self.config.action_dim].float())
+        actions = self.normalizer.unnormalize("action", x[..., : self.config.action_dim].float())
+        return self.relative_offset(actions, cond.get("raw_state"), +1)
+
+    def relative_offset(self, actions: Tensor, raw_state: Tensor | None, sign: int) -> Tensor:
+        """lerobot's relative actions: ``actions ± state`` on the masked dims (+1 after sampling,
+        −1 for training targets); unchanged for absolute-action policies."""
+        mask = self.config.relative_action_mask
+        if not mask:
+            return actions
+        n = len(mask)
+        if raw_state is None:
+            raise ValueError("this policy predicts relative actions: sample from an observation with its raw state, "
+                             "not from an already processed batch")
+        if raw_state.shape[-1] < n:
+            raise ValueError(f"relative actions need the first {n} state dims but the state has {raw_state.shape[-1]}")
+        offset = raw_state[..., :n].float() * torch.tensor(mask, dtype=torch.float32, device=actions.device)
+        out = actions.clone()
+        out[..., :n] += sign * (offset[:, None] if actions.dim() == 3 else offset)
+        return out
 
     def sample_chunk(self, cond: Any, noise: Tensor, steps: int, mode: str) -> Tensor:
         """Processed inputs + noise → a normalised, padded action chunk: the prefix once, then

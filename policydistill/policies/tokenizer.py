@@ -4,8 +4,8 @@
   ids 0 pad, 1 eos, 2 bos, 3 unk, integers 0..255 and −1 get their own ids (so pi0.5's
   discretised state is exact), every other word is hashed (crc32) into the rest of the vocab.
 * a local tokenizer for real checkpoints: a folder or file with ``tokenizer.json`` (needs the
-  ``tokenizers`` package) or ``tokenizer.model`` (needs ``sentencepiece``). Nothing is ever
-  downloaded; the error says which file or package is missing.
+  ``tokenizers`` package) or ``tokenizer.model`` (needs ``sentencepiece``), or a Hub id found in
+  the Hugging Face cache (``hub.resolve``); the error says which file, cache or package is missing.
 
 Every tokenizer returns right-padded (B, max_length) ids and a bool mask, like lerobot's
 ``TokenizerProcessorStep(padding="max_length", padding_side="right", truncation=True)``.
@@ -94,16 +94,20 @@ class SentencePieceTokenizer:
 
 
 def load_tokenizer(spec: str, vocab_size: int) -> Tokenizer:
-    """``"builtin"`` or a local path (folder with tokenizer.json / tokenizer.model, or the file)."""
+    """``"builtin"``, a local path (folder with tokenizer.json / tokenizer.model, or the file) or a
+    Hub id (``google/paligemma-3b-pt-224``) in the local Hugging Face cache."""
     if spec == "builtin":
         return BuiltinTokenizer(vocab_size)
-    path = Path(spec).expanduser()
+    from .hub import resolve
+
+    path = resolve(spec, what="tokenizer")
     candidates = [path] if path.is_file() else [path / "tokenizer.json", path / "tokenizer.model"]
     for c in candidates:
         if c.is_file():
             return HFTokenizer(c) if c.suffix == ".json" else SentencePieceTokenizer(c)
     raise FileNotFoundError(
         f"tokenizer {spec!r} not found: expected tokenizer.json or tokenizer.model at {path}. Real pi0/pi0.5 "
-        "checkpoints need PaliGemma's tokenizer (google/paligemma-3b-pt-224), which cannot be downloaded here: "
-        "copy it to a local folder and pass tokenizer=<folder>, or use tokenizer='builtin' for our own presets."
+        "checkpoints need PaliGemma's tokenizer (google/paligemma-3b-pt-224): fill the Hugging Face cache with "
+        "`hf download google/paligemma-3b-pt-224` or copy it to a local folder and pass tokenizer=<folder>; "
+        "use tokenizer='builtin' for our own presets."
     )

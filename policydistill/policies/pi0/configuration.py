@@ -22,13 +22,19 @@ from dataclasses import dataclass
 from ..base import FlowPolicyConfig
 
 VARIANTS = ("pi0", "pi05")
+STATE_PROMPTS = ("raw", "padded")
 
 
 @dataclass
 class Pi0Config(FlowPolicyConfig):
     variant: str = "pi0"               # "pi0" (state token + action_time MLP) | "pi05" (adaRMS, state in prompt)
     vocab_size: int = 1024
-    tokenizer: str = "builtin"         # "builtin" or a local folder with tokenizer.json / tokenizer.model
+    tokenizer: str = "builtin"         # "builtin", a local folder with tokenizer.json / tokenizer.model, or a Hub id
+    #: pi0.5 only: which state is discretised into the prompt. "raw" = the state_dim real dims
+    #: (openpi, lerobot >= 0.5); "padded" = zero-padded to max_state_dim first (lerobot 0.4.x,
+    #: which adds max_state_dim − state_dim "128" tokens). A checkpoint must be run the way it
+    #: was trained: from_lerobot detects it, our checkpoints record it.
+    state_prompt: str = "raw"
     # VLM (Gemma) prefix
     vlm_width: int = 128
     vlm_depth: int = 4
@@ -58,6 +64,8 @@ class Pi0Config(FlowPolicyConfig):
     def validate(self) -> "Pi0Config":
         if self.variant not in VARIANTS:
             raise ValueError(f"variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
+        if self.state_prompt not in STATE_PROMPTS:
+            raise ValueError(f"state_prompt {self.state_prompt!r}; valid: {', '.join(STATE_PROMPTS)}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
         if self.image_size % self.patch_size:

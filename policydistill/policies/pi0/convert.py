@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ...checkpoint import CheckpointError, load_state_checked, read_safetensors, write_json, write_safetensors
-from ..lerobot_io import read_lerobot_folder, write_lerobot_folder
+from ..lerobot_io import portable_tokenizer_config, read_lerobot_folder, target_time_to_fold, write_lerobot_folder
 from .configuration import Pi0Config
 
 PG = "model.paligemma_with_expert.paligemma."
@@ -216,25 +218,52 @@ def _fixture_overrides(path: Path) -> dict[str, Any]:
     return out
 
 
+def detect_state_prompt(folder) -> str:
+    """How the pi0.5 checkpoint in ``folder`` was trained to read the state in its prompt: "padded"
+    for lerobot 0.4.x, "raw" for ≥ 0.5 (and openpi). When the files do not tell (0.4.4 and 0.5.0 write
+    the same config.json and no train_config.json is beside it), "raw" — the current release and
+    the published base checkpoints — with a warning naming the override."""
+    hint = folder.lerobot_version_hint()
+    if hint == "0.4":
+        return "padded"
+    if hint is None:
+        warnings.warn(f"{folder.path}: cannot tell which lerobot wrote this pi0.5 checkpoint; reading its state prompt "
+                      "the lerobot >= 0.5 way (unpadded state). A checkpoint fine-tuned with lerobot 0.4.x needs "
+                      "overrides={'state_prompt': 'padded'}.", stacklevel=3)
+    return "raw"
+
+
 def from_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict[str, Any] | None = None):
-    """Build a Pi0Policy (pi0 or pi0.5 by config.json "type") from a lerobot policy folder."""
+    """Build a Pi0Policy (pi0 or pi0.5 by config.json "type") from a lerobot policy folder or a cached
+    Hub id. ``overrides`` sets config fields that the files do not tell (``num_heads``, ``vision_heads``)
+    or that the caller knows better (``state_prompt``: "raw" | "padded", see ``detect_state_prompt``)."""
     from .model import Pi0Policy, Pi05Policy
 
-    path = Path(path)
-    folder = read_lerobot_folder(path)
+    folder = read_lerobot_folder(path)  # a folder or a cached Hub id
+    path = folder.path
+    folder.check_supported()
     variant = folder.policy_type
     if variant not in ("pi0", "pi05"):
         raise CheckpointError(f"{path}/config.json has type {variant!r}; from_lerobot here reads 'pi0' or 'pi05'")
     state = lerobot_to_ours(fix_lerobot_keys(folder.state, variant))
     extra_cfg = path / EXTRA_CONFIG
     if extra_cfg.exists():  # written by our to_lerobot: exact config, target-time branch
-        cfg = Pi0Policy.config_from_dict(Pi0Config, json.loads(extra_cfg.read_text())).validate()
+        own = json.loads(extra_cfg.read_text())
+        if own.get("variant") == "pi05" and "state_prompt" not in own:
+            own["state_prompt"] = "padded"  # exported before the choice was recorded (lerobot 0.4.x prompts)
+        cfg = Pi0Policy.config_from_dict(Pi0Config, own).validate()
+        inside = folder.tokenizer_name()
+        if cfg.tokenizer != "builtin" and inside and Path(inside).is_dir():
+            cfg.tokenizer = inside  # the copy that travels with the folder
     else:
         ovr = {**_fixture_overrides(path), **(overrides or {})}
         cfg = infer_config(state, folder.config, variant, folder.cameras(), folder.state_dim(), folder.action_dim(), ovr)
         cfg.state_norm = folder.norm_mode("STATE")
         cfg.action_norm = folder.norm_mode("ACTION")
         cfg.tokenizer = tokenizer or folder.tokenizer_name() or "builtin"
+        cfg.relative_action_mask = folder.relative_action_mask()
+        if variant == "pi05" and "state_prompt" not in ovr:
+            cfg.state_prompt = detect_state_prompt(folder)
     if tokenizer is not None:
         cfg.tokenizer = tokenizer
     state = _fuse(state)
@@ -250,51 +279,159 @@ def from_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict
     return policy.eval()
 
 
-def to_lerobot(policy, path: str | Path) -> Path:
-    """Write ``policy`` as a lerobot 0.4.4 folder; our exact config and the target-time branch go
-    into ``policydistill.json`` / ``policydistill_extra.safetensors`` beside it (lerobot ignores them,
-    and would run the policy on the diagonal only: Euler with the teacher's velocity)."""
+LEROBOT_SIZES = {"gemma_2b": 2048, "gemma_300m": 1024}  # the only widths lerobot's PI0Config/PI05Config build
+
+
+def fold_target_time(policy, s_star: float) -> dict[str, Tensor]:
+    """Our tensors with the target-time branch evaluated at ``s_star`` and folded into the biases lerobot
+    has, exactly (the branch's output enters those layers linearly):
+      pi0:   target_time(s) is added to the time embedding, the second half of action_time_mlp_in's
+             input → action_time_mlp_in.bias += W[:, width:] @ target_time(s*);
+      pi0.5: target_time(s) is added to the adaRMS conditioning vector, which reaches the expert only
+             through every adaRMS ``dense`` → dense.bias += dense.weight @ target_time(s*)."""
+    cfg = policy.config
+    with torch.no_grad():
+        tt = policy.target_time
+        offset = tt(torch.tensor([float(s_star)], device=tt.fc2.weight.device))[0].float()
+        out: dict[str, Tensor] = {}
+        if cfg.variant == "pi0":
+            w = policy.action_time_mlp_in.weight.float()
+            out["action_time_mlp_in.bias"] = policy.action_time_mlp_in.bias.float() + w[:, cfg.expert_width:] @ offset
+        else:
+            for name, module in policy.expert.named_modules():
+                dense = getattr(module, "dense", None)
+                if dense is not None:
+                    out[f"expert.{name}.dense.bias"] = dense.bias.float() + dense.weight.float() @ offset
+    return out
+
+
+def _copy_tokenizer(cfg: Pi0Config, path: Path) -> str | None:
+    """Copy the policy's tokenizer into ``<path>/tokenizer`` (lerobot's artifact folder); returns the
+    name to write, or None for our built-in tokenizer (which lerobot cannot run) and for a Hub id that
+    is not in the local cache (lerobot resolves the id itself)."""
+    if cfg.tokenizer == "builtin":
+        return None
+    from ..hub import HubNotCached, resolve
+
+    try:
+        src = resolve(cfg.tokenizer, what="tokenizer")
+    except HubNotCached:
+        return None  # a Hub id we do not have: lerobot finds it by its id
+    dst = path / "tokenizer"
+    dst.mkdir(parents=True, exist_ok=True)
+    files = [src] if src.is_file() else [f for f in src.iterdir() if f.is_file()]
+    for f in files:
+        if f.name in TOKENIZER_FILES and f.resolve() != (dst / f.name).resolve():
+            shutil.copy2(f, dst / f.name)
+    portable_tokenizer_config(dst / "tokenizer_config.json")
+    return "tokenizer"
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
+def to_lerobot(policy, path: str | Path, fold_target_time_at: float | None = None,
+               allow_padded_state_prompt: bool = False, rename_map: dict[str, str] | None = None) -> Path:
+    """Write ``policy`` as a lerobot policy folder that lerobot runs unchanged.
+
+    * A trained target-time branch (a 1-step flow-map student) is folded into lerobot's own biases
+      (``fold_target_time``; which s, and why multi-step students are refused:
+      ``lerobot_io.target_time_to_fold``) and ``num_inference_steps`` is written as 1, so lerobot's
+      own 1-step Euler computes the student's jump x0 = x1 − F(x1, 1, s*).
+    * The tokenizer is copied into ``tokenizer/`` and declared as lerobot's processor artifact
+      (lerobot ≥ 0.6.2 resolves it against the folder; older releases take
+      ``preprocessor_overrides={"tokenizer_processor": {"tokenizer_name": "<folder>/tokenizer"}}``).
+      A tokenizer that came from the Hub keeps its id in ``tokenizer_name``.
+    * pi0.5 with padded state prompts (lerobot 0.4.x) is refused: lerobot ≥ 0.5 discretises the
+      unpadded state and would run a different policy (``allow_padded_state_prompt=True`` writes it
+      for lerobot 0.4.x).
+    * lerobot builds only the full PaliGemma-2B / Gemma-300M widths; other sizes are written with
+      ``"custom"`` variants, which lerobot refuses loudly (never loaded into a wrong-sized model).
+
+    * ``rename_map`` (e.g. ``{"observation.images.image": "observation.images.agentview"}``) is written
+      into lerobot's rename step, so lerobot's envs and datasets feed the policy's cameras.
+
+    Our exact config goes into ``policydistill.json`` beside it (lerobot ignores it); ``from_lerobot``
+    reads the folder back as the same policy."""
     cfg: Pi0Config = policy.config
     path = Path(path)
+    if cfg.variant == "pi05" and cfg.state_prompt == "padded" and not allow_padded_state_prompt:
+        raise CheckpointError(
+            "this pi0.5 policy reads its state prompt padded to max_state_dim (lerobot 0.4.x); lerobot >= 0.5 "
+            "discretises the unpadded state and would feed it different prompts. Distil from the teacher loaded "
+            "with state_prompt='raw', or pass allow_padded_state_prompt=True to write it for lerobot 0.4.x.")
+    s_star = target_time_to_fold(policy, fold_target_time_at)
     state = {k: v.float() for k, v in policy.state_dict().items()}
+    steps = cfg.num_inference_steps
+    if s_star is not None:
+        state.update(fold_target_time(policy, s_star))
+        steps = 1
     lr_state = ours_to_lerobot(_unfuse(state, cfg))
     modes = {"VISUAL": "IDENTITY", "STATE": cfg.state_norm, "ACTION": cfg.action_norm}
-    stats = {"observation.state": _stats_from_affine(policy.normalizer, "state", cfg.state_norm, cfg.norm_eps),
-             "action": _stats_from_affine(policy.normalizer, "action", cfg.action_norm, cfg.norm_eps)}
+    stats = {"observation.state": policy.normalizer.stats("state", cfg.state_norm),
+             "action": policy.normalizer.stats("action", cfg.action_norm)}
     stats = {k: v for k, v in stats.items() if v}
-    full = cfg.vlm_width == 2048 and cfg.expert_width == 1024
+    vlm = next((n for n, w in LEROBOT_SIZES.items() if w == cfg.vlm_width), "custom")
+    exp = next((n for n, w in LEROBOT_SIZES.items() if w == cfg.expert_width), "custom")
     config = {"type": cfg.variant, "n_obs_steps": 1, "device": "cpu", "use_amp": False,
-              "paligemma_variant": "gemma_2b" if full else "custom", "action_expert_variant": "gemma_300m" if full else "custom",
+              "paligemma_variant": vlm, "action_expert_variant": exp,
               "dtype": "float32", "chunk_size": cfg.chunk_size, "n_action_steps": cfg.n_action_steps,
               "max_state_dim": cfg.max_state_dim, "max_action_dim": cfg.max_action_dim,
-              "num_inference_steps": cfg.num_inference_steps, "time_sampling_beta_alpha": 1.5,
+              "num_inference_steps": steps, "time_sampling_beta_alpha": 1.5,
               "time_sampling_beta_beta": 1.0, "time_sampling_scale": 0.999, "time_sampling_offset": 0.001,
               "min_period": cfg.min_period, "max_period": cfg.max_period,
               "image_resolution": [cfg.image_size, cfg.image_size], "empty_cameras": 0,
               "tokenizer_max_length": cfg.tokenizer_max_length}
-    tok = {"registry_name": "tokenizer_processor", "config": {
+    rel_steps = _relative_steps(cfg, config)
+    tok_name = _copy_tokenizer(cfg, path)
+    tok: dict[str, Any] = {"registry_name": "tokenizer_processor", "config": {
         "max_length": cfg.tokenizer_max_length, "task_key": "task", "padding_side": "right", "padding": "max_length",
-        "truncation": True, "tokenizer_name": cfg.tokenizer if cfg.tokenizer != "builtin" else "google/paligemma-3b-pt-224"}}
-    if cfg.variant == "pi0":
-        before, after = [{"registry_name": "pi0_new_line_processor", "config": {}}, tok], []
+        "truncation": True}}
+    from ..hub import is_repo_id
+
+    if cfg.tokenizer == "builtin":
+        # lerobot cannot run our built-in tokenizer; only our own loader (policydistill.json) reads it back
+        tok["config"]["tokenizer_name"] = "google/paligemma-3b-pt-224"
     else:
-        before, after = [], [{"registry_name": "pi05_prepare_state_tokenizer_processor_step", "config": {}}, tok]
+        tok["config"]["tokenizer_name"] = cfg.tokenizer if is_repo_id(cfg.tokenizer) else tok_name
+    if tok_name is not None:
+        tok["artifacts"] = {"tokenizer_name": tok_name}
+    if cfg.variant == "pi0":  # lerobot's order: newline, tokenizer, device, relative, normaliser
+        before = [{"registry_name": "pi0_new_line_processor", "config": {}}, tok,
+                  {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}},
+                  *rel_steps[:1]]
+        after: list[dict] = []
+    else:  # relative, normaliser, state prompt, tokenizer, device
+        before = rel_steps[:1]
+        # lerobot saves this step's config as {} and rebuilds it with max_state_dim=32; lerobot 0.4.x pads
+        # the prompt's state to that, so the policy's own value is written
+        after = [{"registry_name": "pi05_prepare_state_tokenizer_processor_step",
+                  "config": {"max_state_dim": cfg.max_state_dim, "task_key": "task"}}, tok]
     write_lerobot_folder(path, config, lr_state, stats, cfg.cameras, cfg.image_size, cfg.state_dim, cfg.action_dim,
-                         modes, before, after)
-    write_json(path / EXTRA_CONFIG, policy.config_dict())
-    write_safetensors(path / EXTRA_TENSORS, {k: v for k, v in state.items() if k.startswith("target_time.")})
+                         modes, before, after, post_steps=rel_steps[1:], rename_map=rename_map)
+    own = policy.config_dict()
+    extra = {k: v for k, v in state.items() if k.startswith("target_time.")}
+    if s_star is not None:  # the branch now lives in lerobot's biases: read back, it must not apply twice
+        own["num_inference_steps"] = 1
+        extra = {k: torch.zeros_like(v) if k.startswith("target_time.fc2.") else v for k, v in extra.items()}
+    write_json(path / EXTRA_CONFIG, own)
+    write_safetensors(path / EXTRA_TENSORS, extra)
     return path
 
 
-def _stats_from_affine(norm, which: str, mode: str, eps: float) -> dict[str, Tensor]:
-    shift, scale = getattr(norm, f"{which}_shift").float(), getattr(norm, f"{which}_scale").float()
-    if mode == "MEAN_STD":
-        return {"mean": shift.clone(), "std": scale - eps}
-    if mode == "QUANTILES":
-        return {"q01": shift - scale, "q99": shift + scale}
-    if mode == "MIN_MAX":
-        return {"min": shift - scale, "max": shift + scale}
-    return {}
+def _relative_steps(cfg: Pi0Config, config: dict[str, Any]) -> list[dict]:
+    """lerobot's relative-action steps [pre, post] and config fields for a policy with a mask (dims are
+    named ``dim_000``…: fixed width, so lerobot's substring match excludes exactly the masked-out ones)."""
+    mask = cfg.relative_action_mask
+    if not mask:
+        return []
+    names = [f"dim_{i:03d}" for i in range(cfg.action_dim)]
+    exclude = [n for n, m in zip(names, list(mask) + [True] * cfg.action_dim) if not m]
+    config.update({"use_relative_actions": True, "relative_exclude_joints": exclude, "action_feature_names": names})
+    return [{"registry_name": "relative_actions_processor",
+             "config": {"enabled": True, "exclude_joints": exclude, "action_names": names}},
+            {"registry_name": "absolute_actions_processor", "config": {"enabled": True}}]
 
 
-__all__ = ["from_lerobot", "to_lerobot", "fix_lerobot_keys", "lerobot_to_ours", "ours_to_lerobot", "infer_config"]
+__all__ = ["from_lerobot", "to_lerobot", "fold_target_time", "fix_lerobot_keys", "lerobot_to_ours", "ours_to_lerobot", "infer_config"]

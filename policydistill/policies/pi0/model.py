@@ -164,7 +164,11 @@ class Pi0Policy(FlowPolicy):
         return self._tokenizer
 
     def encode_inputs(self, tasks: list[str], state_normalized: Tensor) -> dict[str, Tensor]:
-        prompts = pi05_prompts(tasks, state_normalized) if self.is_pi05 else pi0_prompts(tasks)
+        if self.is_pi05:
+            raw = self.config.state_prompt == "raw"
+            prompts = pi05_prompts(tasks, state_normalized[:, : self.config.state_dim] if raw else state_normalized)
+        else:
+            prompts = pi0_prompts(tasks)
         tokens, masks = self.tokenizer(prompts, self.config.tokenizer_max_length)
         if int(tokens.max()) >= self.config.vocab_size:
             raise ValueError(f"tokenizer produced id {int(tokens.max())} >= vocab_size {self.config.vocab_size}")
@@ -383,6 +387,9 @@ class Pi0Policy(FlowPolicy):
 
     @classmethod
     def from_config(cls, config: dict) -> "Pi0Policy":
+        if config.get("variant") == "pi05" and "state_prompt" not in config:
+            # written before the choice was recorded: those pi0.5 policies were trained on padded prompts
+            config = {**config, "state_prompt": "padded"}
         return cls(cls.config_from_dict(Pi0Config, config))
 
     @classmethod
@@ -391,16 +398,17 @@ class Pi0Policy(FlowPolicy):
 
     @classmethod
     def from_lerobot(cls, path: Any, tokenizer: str | None = None, overrides: dict | None = None) -> "Pi0Policy":
-        """Load a lerobot 0.4.x pi0/pi0.5 policy folder (see ``convert.py``)."""
+        """Load a lerobot pi0/pi0.5 policy folder or cached Hub id (see ``convert.from_lerobot``)."""
         from .convert import from_lerobot
 
         return from_lerobot(path, tokenizer, overrides)
 
-    def to_lerobot(self, path: Any) -> Any:
-        """Write a lerobot 0.4.x policy folder (see ``convert.py``)."""
+    def to_lerobot(self, path: Any, fold_target_time: float | None = None, allow_padded_state_prompt: bool = False,
+                   rename_map: dict[str, str] | None = None) -> Any:
+        """Write a lerobot policy folder that lerobot runs unchanged (see ``convert.to_lerobot``)."""
         from .convert import to_lerobot
 
-        return to_lerobot(self, path)
+        return to_lerobot(self, path, fold_target_time, allow_padded_state_prompt, rename_map)
 
     def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
         """FSDP units (see ``train/fsdp.py``): the call sites inside each decoder layer, every

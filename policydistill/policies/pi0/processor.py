@@ -1,8 +1,9 @@
-"""Prompts for pi0 and pi0.5, exactly as lerobot 0.4.4's processor steps build them.
+"""Prompts for pi0 and pi0.5, exactly as lerobot's processor steps build them.
 
 pi0:   the task with a trailing newline (``pi0_new_line_processor``).
-pi0.5: ``Pi05PrepareStateTokenizerProcessorStep``: the NORMALISED state, zero-padded to
-       max_state_dim, discretised with ``np.digitize(x, np.linspace(-1, 1, 257)[:-1]) - 1``
+pi0.5: ``Pi05PrepareStateTokenizerProcessorStep``: the NORMALISED state (its real dims since
+       lerobot 0.5 and in openpi; zero-padded to max_state_dim first in lerobot 0.4.x, see
+       ``Pi0Config.state_prompt``), discretised with ``np.digitize(x, np.linspace(-1, 1, 257)[:-1]) - 1``
        (so x < −1 → −1 and x ≥ 1 → 255) and written into
        ``"Task: {task}, State: {s0 s1 ...};\\nAction: "`` with the task stripped, "_" and "\\n" → " ".
 """
@@ -20,12 +21,12 @@ def pi0_prompts(tasks: list[str]) -> list[str]:
 
 
 def discretize_state(state: Tensor) -> np.ndarray:
-    """(B, D) normalised, padded state → int bins in {−1, 0, …, 255} (np.digitize semantics)."""
+    """(B, D) normalised state → int bins in {−1, 0, …, 255} (np.digitize semantics)."""
     return np.digitize(state.detach().float().cpu().numpy(), bins=_BINS) - 1
 
 
-def pi05_prompts(tasks: list[str], state_padded: Tensor) -> list[str]:
-    bins = discretize_state(state_padded)
+def pi05_prompts(tasks: list[str], state: Tensor) -> list[str]:
+    bins = discretize_state(state)
     out = []
     for task, row in zip(tasks, bins):
         cleaned = task.strip().replace("_", " ").replace("\n", " ")

@@ -51,8 +51,8 @@ class SmolVLAConfig(FlowPolicyConfig):
     vision_mlp: int = 64
     vision_eps: float = 1e-6
     scale_factor: int = 2               # pixel shuffle: scale_factor² patches → one token
-    # patch position ids: "hf457" = what transformers 4.57 (lerobot 0.4.4) computes, "identity" = older
-    # transformers; see model.vision_position_ids
+    # patch position ids: "hf5" = transformers 5 (lerobot >= 0.5), "hf457" = transformers 4.57 (lerobot
+    # 0.4.4), "identity" = older transformers; see model.vision_position_ids. from_lerobot detects it.
     vision_positions: str = "hf457"
     # --- text model (Llama / SmolLM2) ---
     vocab_size: int = 512

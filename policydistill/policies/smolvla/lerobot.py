@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ...checkpoint import CheckpointError, load_state_checked, write_json
-from ..lerobot_io import read_lerobot_folder, write_lerobot_folder
+from ..lerobot_io import portable_tokenizer_config, read_lerobot_folder, target_time_to_fold, write_lerobot_folder
 from .configuration import SmolVLAConfig, preset
 
 ROOT = "model.vlm_with_expert."
@@ -73,8 +74,18 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def resolve_vlm(folder: Path, name: str) -> Path | None:
-    """The local SmolVLM folder named by ``vlm_model_name`` (relative to the policy folder first)."""
+    """The local SmolVLM folder named by ``vlm_model_name``: relative to the policy folder first,
+    then as a path, then as a Hub id in the local Hugging Face cache."""
+    from ..hub import HubNotCached, is_repo_id, resolve
+
     for cand in (folder / name, Path(name).expanduser()):
+        if (cand / "config.json").is_file():
+            return cand
+    if is_repo_id(name):
+        try:
+            cand = resolve(name, what="SmolVLA's vlm_model_name")
+        except HubNotCached:
+            return None
         if (cand / "config.json").is_file():
             return cand
     return None
@@ -97,10 +108,13 @@ def _vlm_sizes(folder: Path, name: str) -> tuple[dict[str, Any], Path | None]:
                            "patch_size": full.patch_size, "image_size": full.tower_image_size,
                            "layer_norm_eps": full.vision_eps},
                 "scale_factor": full.scale_factor}, None
+    from ..hub import hub_cache
+
     raise CheckpointError(
-        f"vlm_model_name {name!r} is neither a folder beside {folder / 'config.json'} nor a local path with a "
-        "SmolVLM config.json, and it cannot be downloaded here. Copy the SmolVLM folder (config.json + "
-        "tokenizer.json) next to the policy and set vlm_model_name to its relative name.")
+        f"vlm_model_name {name!r} is neither a folder beside {folder / 'config.json'}, nor a local path with a "
+        f"SmolVLM config.json, nor in the Hugging Face cache ({hub_cache()}). Fill the cache with `hf download {name}` "
+        "while online, or copy the SmolVLM folder (config.json + tokenizer.json) next to the policy and set "
+        "vlm_model_name to its relative name.")
 
 
 def _default_tokenizer(vlm_dir: Path | None, name: str) -> str:
@@ -118,8 +132,15 @@ def _default_tokenizer(vlm_dir: Path | None, name: str) -> str:
 
 
 def config_from_lerobot(folder: Path, tokenizer: str | None = None) -> tuple[SmolVLAConfig, dict[str, Any]]:
-    """SmolVLAConfig from a lerobot SmolVLA folder; also returns the raw lerobot config."""
+    """SmolVLAConfig from a lerobot SmolVLA folder; also returns the raw lerobot config. The tokenizer is
+    the one the preprocessor names when it lies inside the checkpoint (lerobot's saved ``tokenizer/``
+    artifact), else the VLM folder's."""
     lr = _read_json(folder / "config.json")
+    if tokenizer is None:
+        named = read_lerobot_folder(folder, weights=False).tokenizer_name()
+        if named is not None and Path(named).is_absolute() and any(
+                (Path(named) / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+            tokenizer = named
     if lr.get("type", "smolvla") != "smolvla":
         raise CheckpointError(f"{folder} holds a lerobot {lr.get('type')!r} policy, not smolvla")
     if lr.get("add_image_special_tokens"):
@@ -173,12 +194,36 @@ def _stats_from_old_buffers(old: dict[str, Tensor]) -> dict[str, dict[str, Tenso
     return stats
 
 
+def detect_vision_positions(folder: Any, cfg: SmolVLAConfig) -> str:
+    """The SigLIP patch-position rule of the transformers that the checkpoint's lerobot ran with:
+    "hf457" for lerobot 0.4.x (transformers 4.57), "hf5" for lerobot >= 0.5 (transformers 5). When the
+    files do not tell, the current release's, with a warning naming the override. A folder we wrote
+    records the rule in vlm/policydistill.json."""
+    vlm = resolve_vlm(folder.path, str(folder.config.get("vlm_model_name", SMOLVLM2_500M)))
+    if vlm is not None and (vlm / MARKER).is_file():
+        recorded = _read_json(vlm / MARKER).get("vision_positions")
+        if recorded:
+            return str(recorded)
+    hint = folder.lerobot_version_hint()
+    if hint == "0.4":
+        return "hf457"
+    if hint is None:
+        warnings.warn(f"{folder.path}: cannot tell which lerobot wrote this SmolVLA checkpoint; computing its patch "
+                      "positions as lerobot >= 0.5 (transformers 5) does. A checkpoint from lerobot 0.4.x needs "
+                      "overrides={'vision_positions': 'hf457'}.", stacklevel=3)
+    return "hf5"
+
+
 def load_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict[str, Any] | None = None) -> Any:
     """Build our SmolVLA from a lerobot SmolVLA folder (weights, normaliser, tokenizer path)."""
     from .model import SmolVLA
 
     folder = read_lerobot_folder(path)  # config, safetensors weights, processors and their stats
+    folder.check_supported()
     cfg, lr = config_from_lerobot(folder.path, tokenizer)
+    cfg.relative_action_mask = folder.relative_action_mask()
+    if "vision_positions" not in (overrides or {}):
+        cfg.vision_positions = detect_vision_positions(folder, cfg)
     for key, value in (overrides or {}).items():
         setattr(cfg, key, value)
     state: dict[str, Tensor] = {}
@@ -209,34 +254,26 @@ def load_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict
 # ------------------------------------------------------------------------------------------ writing
 def _stats_to_write(policy: Any) -> dict[str, dict[str, Tensor]]:
     """Normaliser stats in lerobot's layout, recovered from our affine buffers."""
-    cfg, nz, out = policy.config, policy.normalizer, {}
+    cfg, out = policy.config, {}
     for which, feature, mode in (("state", "observation.state", cfg.state_norm),
                                  ("action", "action", cfg.action_norm)):
-        shift, scale = getattr(nz, f"{which}_shift").float(), getattr(nz, f"{which}_scale").float()
-        if mode == "MEAN_STD":
-            out[feature] = {"mean": shift, "std": scale - cfg.norm_eps}
-        elif mode in ("MIN_MAX", "QUANTILES"):
-            lo, hi = ("min", "max") if mode == "MIN_MAX" else ("q01", "q99")
-            out[feature] = {lo: shift - scale, hi: shift + scale}
+        stats = policy.normalizer.stats(which, mode)
+        if stats:
+            out[feature] = stats
     return out
 
 
 def _folded_target_time(policy: Any, fold_target_time: float | None) -> dict[str, Tensor]:
-    """lerobot's SmolVLA has no target time. A zero branch needs nothing; a trained one can be folded
-    into action_time_mlp_in's bias for ONE fixed s (a 1-step student: s = 0), exactly, because the
-    target-time output is added to the time embedding, which enters that layer linearly."""
-    tt = policy.target_time
-    nonzero = bool(tt.fc2.weight.abs().max() > 0 or tt.fc2.bias.abs().max() > 0)
-    if not nonzero:
+    """lerobot's SmolVLA has no target time. A zero branch needs nothing; a trained one is folded
+    into action_time_mlp_in's bias for ONE fixed s (``lerobot_io.target_time_to_fold``), exactly,
+    because the target-time output is added to the time embedding, which enters that layer linearly."""
+    s_star = target_time_to_fold(policy, fold_target_time)
+    if s_star is None:
         return {}
-    if fold_target_time is None:
-        raise CheckpointError(
-            "this SmolVLA has a trained target-time branch (a flow-map student); lerobot's SmolVLA cannot "
-            "represent it. Pass fold_target_time=0.0 to export the 1-step map x0 = x1 - F(x1, 1, 0) "
-            "(num_steps is set to 1).")
+    tt = policy.target_time
     ew = policy.config.expert_width
     with torch.no_grad():
-        s = torch.tensor([float(fold_target_time)], device=tt.fc2.weight.device)
+        s = torch.tensor([s_star], device=tt.fc2.weight.device)
         offset = tt(s)[0]
         w_time = policy.action_time_mlp_in.weight[:, ew:]
         bias = policy.action_time_mlp_in.bias + w_time @ offset.to(w_time.dtype)
@@ -258,7 +295,10 @@ def lerobot_config_dict(policy: Any, num_steps: int, base: dict[str, Any] | None
         "expert_width_multiplier": cfg.expert_width_multiplier, "min_period": cfg.min_period,
         "max_period": cfg.max_period,
     }
-    base = {k: v for k, v in (base or {}).items() if k not in ("input_features", "output_features")}
+    # fields newer lerobot adds with a None default are left out when unset: older lerobot (0.4.x)
+    # refuses unknown fields, newer lerobot fills the default back in
+    base = {k: v for k, v in (base or {}).items() if k not in ("input_features", "output_features")
+            and not (k in ("pretrained_revision",) and v is None)}
     return {**base, **ours}
 
 
@@ -279,7 +319,8 @@ def vlm_config_dict(cfg: SmolVLAConfig) -> dict[str, Any]:
     }
 
 
-def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None = None) -> Path:
+def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None = None,
+                 rename_map: dict[str, str] | None = None) -> Path:
     """Write a lerobot SmolVLA folder (config, weights, processors with normaliser stats, vlm/)."""
     folder = Path(path)
     cfg = policy.config
@@ -301,7 +342,8 @@ def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None =
         extra_pre_steps=[{"registry_name": "smolvla_new_line_processor", "config": {}},
                          {"registry_name": "tokenizer_processor", "config": {
                              "max_length": cfg.tokenizer_max_length, "task_key": "task", "padding_side": "right",
-                             "padding": "longest", "truncation": True, "tokenizer_name": "vlm"}}])
+                             "padding": "longest", "truncation": True, "tokenizer_name": "vlm"}}],
+        rename_map=rename_map)
     # vlm/: the SmolVLM config and, when we have one, the tokenizer folder's files
     vlm = folder / "vlm"
     vlm.mkdir(exist_ok=True)
@@ -310,8 +352,11 @@ def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None =
         for f in tok.iterdir():
             if f.is_file() and f.name != "config.json":
                 shutil.copy2(f, vlm / f.name)
+    portable_tokenizer_config(vlm / "tokenizer_config.json")
     write_json(vlm / "config.json", vlm_config_dict(cfg))
+    marker = {"vision_positions": cfg.vision_positions}
     if cfg.tokenizer == "builtin":
-        write_json(vlm / MARKER, {"tokenizer": "builtin", "note": "policydistill's built-in word-level tokenizer; "
-                                  "lerobot needs a real SmolVLM tokenizer.json here"})
+        marker.update({"tokenizer": "builtin", "note": "policydistill's built-in word-level tokenizer; "
+                       "lerobot needs a real SmolVLM tokenizer.json here"})
+    write_json(vlm / MARKER, marker)
     return folder

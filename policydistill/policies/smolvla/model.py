@@ -140,15 +140,21 @@ def vision_position_ids(side: int, rule: str) -> Tensor:
 
     transformers ≥ 4.5x (what lerobot 0.4.4 runs, and the parity fixture) computes the fractional
     coordinates as i/n·(1−1e−6), which falls just below the bucket boundary i/n, so every row/column
-    after the first is shifted down by one: positions per axis are [0, 0, 1, …, n−2]. Older versions
-    used arange(0, 1−1e−6, 1/n), the identity. ``rule`` picks one ("hf457" or "identity")."""
+    after the first is shifted down by one: positions per axis are [0, 0, 1, …, n−2]. transformers 5
+    (lerobot ≥ 0.5) computes i·(1/n) again, the identity for the usual sizes. Older versions used
+    arange(0, 1−1e−6, 1/n), the identity. ``rule`` picks one ("hf5", "hf457" or "identity")."""
     boundaries = torch.arange(1 / side, 1.0, 1 / side)
-    if rule == "hf457":
+    if rule == "hf5":
+        # transformers 5 (lerobot >= 0.5): i·(1/n) in float32, clamped below 1 (the identity whenever
+        # 1/n is exact, e.g. n a power of two)
+        step = 1.0 / torch.tensor(side)
+        frac = torch.clamp(torch.arange(side, dtype=torch.float32) * step, max=1.0 - 1e-6)
+    elif rule == "hf457":
         frac = torch.arange(side, dtype=torch.float32) / side * (1 - 1e-6)
     elif rule == "identity":
         frac = torch.arange(0, 1 - 1e-6, 1 / side)
     else:
-        raise ValueError(f"vision_positions must be 'hf457' or 'identity', got {rule!r}")
+        raise ValueError(f"vision_positions must be 'hf5', 'hf457' or 'identity', got {rule!r}")
     bucket = torch.bucketize(frac, boundaries, right=True)
     return (bucket[:, None] * side + bucket[None, :]).flatten()
 
@@ -267,12 +273,13 @@ class SmolVLA(FlowPolicy):
 
         return load_lerobot(path, tokenizer, overrides)
 
-    def to_lerobot(self, path: str | Path, fold_target_time: float | None = None) -> Path:
+    def to_lerobot(self, path: str | Path, fold_target_time: float | None = None,
+                   rename_map: dict[str, str] | None = None) -> Path:
         """Write a lerobot SmolVLA policy folder. A distilled student's target-time branch can be
         folded in for one fixed s (``fold_target_time=0.0``: the 1-step map, num_steps=1)."""
         from .lerobot import save_lerobot
 
-        return save_lerobot(self, path, fold_target_time)
+        return save_lerobot(self, path, fold_target_time, rename_map)
 
     def shard_units(self) -> list[tuple[nn.Module, tuple[str, ...]]]:
         """FSDP units (see ``train/fsdp.py``): every vision-tower layer, the connector, the token
