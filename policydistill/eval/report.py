@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,11 @@ def results_table(runs: list[dict[str, Any]], title: str = "evaluation") -> Tabl
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
-    return path
+    """The results as strict JSON (atomically; NaN/inf as null with a note, see ``checkpoint.write_json``)."""
+    from ..checkpoint import write_json as _write
+
+    _write(path, payload)
+    return Path(path)
 
 
 def plot_runs(runs: list[dict[str, Any]], path: str | Path) -> Path:
