@@ -260,12 +260,43 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
     return config
 
 
+#: what the ``policydistill`` record of a config.json holds, by type (written by ``save_model(extra=...)``)
+PROVENANCE_TYPES: dict[str, tuple[type, ...]] = {"role": (str,), "tasks": (list,), "dataset": (str,),
+                                                 "teacher_config": (dict,), "seed": (int,)}
+
+
+def check_provenance(config: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """The ``policydistill`` record of a model config ({} when absent), refused with the field named
+    when it has the wrong shape: a ``tasks`` string would otherwise be read letter by letter."""
+    record = config.get("policydistill")
+    if record is None:
+        return {}
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{source}: field 'policydistill' must be an object (tasks, dataset, ...), got "
+                              f"{json.dumps(record)[:40]}; re-copy the checkpoint or remove the field.")
+    for key, types in PROVENANCE_TYPES.items():
+        value = record.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            what = "a list of task ids" if key == "tasks" else f"a {types[0].__name__}"
+            hint = f' such as ["{value}"]' if key == "tasks" and isinstance(value, str) else ""
+            raise CheckpointError(f"{source}: field 'policydistill.{key}' must be {what}{hint}, got "
+                                  f"{json.dumps(value)[:60]}; fix it or re-copy the checkpoint.")
+    tasks = record.get("tasks") or []
+    if any(not isinstance(t, str) or not t for t in tasks):
+        raise CheckpointError(f"{source}: field 'policydistill.tasks' must list task ids (strings) such as "
+                              f"\"metaworld/push-v3\", got {json.dumps(tasks)[:60]}")
+    return record
+
+
 def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model from ``config.json`` and load ``model.safetensors`` (strictly)."""
     from .zoo import build_model
 
     folder = Path(folder)
     config = read_model_config(folder)
+    check_provenance(config, folder / "config.json")
     model = build_from_config(config, folder / "config.json")
     weights = folder / "model.safetensors"
     if not weights.exists() and not weights.is_symlink():

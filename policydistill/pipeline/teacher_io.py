@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CheckpointError, check_finite, load_model, read_model_config
+from ..checkpoint import CheckpointError, check_finite, check_provenance, load_model, read_model_config
 
 #: the bundled default teacher (trained by the command in its README)
 BUNDLED_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "teacher"
@@ -43,35 +43,11 @@ def load_teacher(checkpoint: str | Path | None, tokenizer: str | None = None) ->
     return load_model(folder), folder
 
 
-#: what the ``policydistill`` record in a checkpoint's config.json holds, by type
-_PROVENANCE_TYPES: dict[str, tuple[type, ...]] = {"role": (str,), "tasks": (list,), "dataset": (str,),
-                                                  "teacher_config": (dict,), "seed": (int,)}
-
-
 def provenance(folder: Path) -> dict[str, Any]:
     """The ``policydistill`` record of a checkpoint's config.json (tasks, dataset, recipe); {} when
     the checkpoint has none (a lerobot folder). A record of the wrong shape is refused with the
-    field named: a ``tasks`` string would otherwise be read letter by letter."""
+    field named (``checkpoint.check_provenance``)."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         return {}
-    config = read_model_config(folder)
-    record = config.get("policydistill")
-    if record is None:
-        return {}
-    if not isinstance(record, dict):
-        raise CheckpointError(f"{path}: field 'policydistill' must be an object (tasks, dataset, ...), got "
-                              f"{json.dumps(record)[:40]}; re-copy the checkpoint or remove the field.")
-    for key, types in _PROVENANCE_TYPES.items():
-        value = record.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, types):
-            what = "a list of task ids" if key == "tasks" else f"a {types[0].__name__}"
-            hint = f' such as ["{value}"]' if key == "tasks" and isinstance(value, str) else ""
-            raise CheckpointError(f"{path}: field 'policydistill.{key}' must be {what}{hint}, got "
-                                  f"{json.dumps(value)[:60]}; fix it or re-copy the checkpoint.")
-    if any(not isinstance(t, str) for t in record.get("tasks") or []):
-        raise CheckpointError(f"{path}: field 'policydistill.tasks' must list task ids (strings) such as "
-                              f"\"metaworld/push-v3\", got {json.dumps(record['tasks'])[:60]}")
-    return record
+    return check_provenance(read_model_config(folder), path)
