@@ -198,8 +198,8 @@ def load_state_checked(module: nn.Module, state: dict[str, Tensor], source: str 
             lines.append(f"  shape mismatch: {k} is {got} in the file but {want} in the model")
         for k, got, want in kinds[:20]:
             lines.append(f"  dtype mismatch: {k} is {str(got).replace('torch.', '')} in the file but the model "
-                         f"holds {str(want).replace('torch.', '')} (a {_dtype_kind(got)} tensor is never cast to a "
-                         f"{_dtype_kind(want)} one)")
+                         f"holds {str(want).replace('torch.', '')} ({_dtype_kind(got)} tensors are never cast to "
+                         f"{_dtype_kind(want)} ones)")
         lines.append("  Check that the config matches the weights (same preset / architecture).")
         raise CheckpointError("\n".join(lines))
     check_finite(state, source)

@@ -461,7 +461,7 @@ CHECKPOINT_ROWS = {
     "config.json tasks given as a string": Row(config_tasks_string, 1, "'policydistill.tasks' must be a list"),
     "config.json is a folder": Row(config_is_a_folder, 1, "is a folder, not a file"),
     "model.safetensors is a FIFO": Row(weights_fifo, 1, "is a FIFO (named pipe), not a file"),
-    "boolean weights": Row(boolean_weights, 1, "is bool in the file but the model holds float32"),
+    "boolean weights": Row(boolean_weights, 1, "is bool in the file but the model holds float32 (boolean tensors are never cast"),
     "integer weights": Row(integer_weights, 1, "is int64 in the file but the model holds float32"),
     "NaN in the normaliser (distill)": Row(nan_normaliser_distill, 1, "normalizer.action_scale (1 of 4 values)"),
     "NaN in the normaliser (eval)": Row(nan_normaliser_eval, 1, "normalizer.action_scale (1 of 4 values)"),

@@ -142,7 +142,8 @@ def check_loop_ran(name: str, loop: dict[str, Any]) -> None:
     hanging, a robot not answering): a miss rate of 0.000 over the ticks before the stop would read
     as a perfect real-time result."""
     if loop.get("stopped"):
-        events = "; ".join(str(e) for e in (loop.get("events") or [])[-2:])
+        events = "; ".join(" ".join(str(e.get(k, "")) for k in ("during", "error") if e.get(k)) if isinstance(e, dict)
+                           else str(e) for e in (loop.get("events") or [])[-2:])
         raise ControlLoopStopped(
             f"the control loop of {name} was stopped at tick {loop.get('ticks', 0)} ({loop['stopped']}"
             f"{': ' + events if events else ''}); its deadline-miss rate is not a measurement. Fix the cause "
