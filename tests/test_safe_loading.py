@@ -144,7 +144,8 @@ def test_disk_full_mid_run_names_the_last_good_checkpoint(small_disk: Path, tmp_
     from policydistill.data.synthetic import random_episodes
 
     torch.set_num_threads(1)
-    data = write_lerobot_v3(tmp_path / "data", random_episodes(3, seed=0), fps=10)
+    data = tmp_path / "data"
+    write_lerobot_v3(data, random_episodes(3, seed=0), fps=10)
     out = small_disk / "run"
     first = out / "train" / "checkpoints" / "step-00000010"
     stop = threading.Event()
@@ -162,7 +163,7 @@ def test_disk_full_mid_run_names_the_last_good_checkpoint(small_disk: Path, tmp_
 
     filler = threading.Thread(target=fill_the_disk, daemon=True)
     filler.start()
-    monkeypatch.setattr(sys, "argv", ["policydistill", "train", "pi0", "--preset", "tiny", "--data", str(data.path if hasattr(data, "path") else tmp_path / "data"),
+    monkeypatch.setattr(sys, "argv", ["policydistill", "train", "pi0", "--preset", "tiny", "--data", str(data),
                                       "--steps", "400", "--out", str(out)])
     monkeypatch.setenv("COLUMNS", "200")
     try:
@@ -171,7 +172,7 @@ def test_disk_full_mid_run_names_the_last_good_checkpoint(small_disk: Path, tmp_
     finally:
         stop.set()
         filler.join(5)
-    text = " ".join((capsys.readouterr().err).split())
+    text = " ".join(capsys.readouterr().err.split())
     assert exc.value.code == 1, text
     assert "looks like a bug" not in text and "Traceback" not in text
     assert "the disk is full" in text, text
