@@ -48,6 +48,10 @@ def user_message(exc: BaseException, argv: list[str]) -> str | None:
     is a folder, an unreadable path and running out of memory are the machine's state, not bugs."""
     if _is_disk_full(exc):
         return _disk_full_message(exc, argv)
+    if isinstance(exc, json.JSONDecodeError):
+        damaged = _find_json_file(exc.doc, argv)
+        if damaged is not None:
+            return _damaged_json_message(damaged, exc)
     if isinstance(exc, USER_ERRORS):
         return str(exc)
     if isinstance(exc, OSError) and exc.filename:
@@ -101,3 +105,38 @@ def _last_good_checkpoints(out: Path | None) -> list[str]:
         if folder.is_dir():
             found.append(f"{folder} (step {record.get('step', '?')})")
     return found
+
+
+def _find_json_file(text: str, argv: list[str], limit: int = 2000) -> Path | None:
+    """The JSON file under the folders named on the command line whose content is ``text`` (the
+    document a JSONDecodeError failed on), so that the message can name it."""
+    roots = [Path(a.split("=", 1)[-1]) for a in argv[1:] if not a.startswith("-") or a.startswith("--out=")]
+    seen = 0
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in root.rglob("*.json"):
+            seen += 1
+            if seen > limit:
+                return None
+            try:
+                if path.is_file() and path.stat().st_size == len(text.encode()) and path.read_text() == text:
+                    return path
+            except (OSError, UnicodeDecodeError):
+                continue
+    return None
+
+
+def _damaged_json_message(path: Path, exc: json.JSONDecodeError) -> str:
+    head = f"{path} is damaged ({exc.msg}: line {exc.lineno} column {exc.colno}): it was cut short (a full disk, a crash " \
+           "during a copy) or edited by hand."
+    if path.name == "latest.json" and path.parent.name == "checkpoints":
+        complete = sorted(p.name for p in path.parent.glob("step-*") if (p / "model.safetensors").is_file())
+        if complete:
+            newest = complete[-1]
+            step = int(newest.split("-")[-1])
+            return (f"{head} The checkpoints beside it are untouched ({', '.join(complete)}): rewrite it as "
+                    f'{{"step": {step}, "folder": "{newest}"}} to continue from the newest, then run the same command '
+                    "with --resume; or choose another --out.")
+        return f"{head} No complete checkpoint is beside it: choose another --out, or remove the folder {path.parent} yourself."
+    return f"{head} Re-copy it, or use an earlier checkpoint."

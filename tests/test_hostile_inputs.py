@@ -445,6 +445,14 @@ def eval_n_action_steps_above_chunk(tmp: Path) -> list[str]:
             "--workers", "0", "--n-action-steps", "100"]
 
 
+def truncated_latest_json(tmp: Path) -> list[str]:
+    ckpt = tmp / "run" / "train" / "checkpoints"
+    _pi0(ckpt / "step-00000010")
+    (ckpt / "latest.json").write_text('{\n  "step": 10,\n  "fold')  # cut short by a full disk
+    folder = _lerobot(tmp / "data")
+    return ["train", "pi0", "--preset", "tiny", "--data", str(folder), "--out", str(tmp / "run"), "--resume"]
+
+
 CHECKPOINT_ROWS = {
     "config.json is null": Row(config_null, 1, "holds null"),
     "config.json is a list": Row(config_list, 1, "holds [1, 2]"),
@@ -478,6 +486,8 @@ CHECKPOINT_ROWS = {
     "model option of the wrong type": Row(model_option_wrong_type, 1, "vlm_width must be an integer"),
     "method option of the wrong type": Row(method_option_wrong_type, 1, "fm_fraction must be a number"),
     "eval --n-action-steps above the chunk": Row(eval_n_action_steps_above_chunk, 1, "exceeds the policy's chunk"),
+    "truncated latest.json on --resume": Row(truncated_latest_json, 1, 'latest.json is damaged (Unterminated string '
+                                             'starting at: line 3 column 3)'),
 }
 ROWS.update(CHECKPOINT_ROWS)
 
