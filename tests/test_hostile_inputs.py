@@ -445,6 +445,10 @@ def eval_n_action_steps_above_chunk(tmp: Path) -> list[str]:
             "--workers", "0", "--n-action-steps", "100"]
 
 
+def media_method_option_typo(tmp: Path) -> list[str]:
+    return ["distill", "image-dit", "--preset", "tiny", "--method", "snapflow", "-o", "fm_fractoin=0.5"]
+
+
 def truncated_latest_json(tmp: Path) -> list[str]:
     ckpt = tmp / "run" / "train" / "checkpoints"
     _pi0(ckpt / "step-00000010")
@@ -486,6 +490,8 @@ CHECKPOINT_ROWS = {
     "model option of the wrong type": Row(model_option_wrong_type, 1, "vlm_width must be an integer"),
     "method option of the wrong type": Row(method_option_wrong_type, 1, "fm_fraction must be a number"),
     "eval --n-action-steps above the chunk": Row(eval_n_action_steps_above_chunk, 1, "exceeds the policy's chunk"),
+    "mistyped method option (media)": Row(media_method_option_typo, 1, "method 'snapflow' has no option(s) "
+                                          "['fm_fractoin']"),
     "truncated latest.json on --resume": Row(truncated_latest_json, 1, 'latest.json is damaged (Unterminated string '
                                              'starting at: line 3 column 3)'),
 }
