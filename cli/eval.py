@@ -77,6 +77,10 @@ def eval_cmd(
     from ..eval import EvalConfig, evaluate_policy
     from ..eval.report import plot_runs, results_table, write_json
 
+    from .options import check_output_file
+
+    check_output_file(json_out, "--json")
+    check_output_file(png, "--png")
     model, name = _load_policy(policy, seed, task)
     nfes: list[int | None] = [int(x) for x in nfe.split(",") if x.strip()] or [None]
     if policy in BUILTIN and nfes != [None]:
@@ -117,6 +121,9 @@ def bench_rollouts_cmd(
     from ..bench.rollouts import RolloutBenchConfig, run
     from ..eval.report import write_json
 
+    from .options import check_output_file
+
+    check_output_file(json_out, "--json")
     cfg = RolloutBenchConfig(task=task, workers=tuple(int(w) for w in workers.split(",")), steps=steps,
                              image_size=image_size, slots_per_worker=slots_per_worker)
     rows = run(cfg, progress=lambda r: console.print(

@@ -16,9 +16,6 @@ media_app = typer.Typer(no_args_is_help=True, help="Image and video flow models:
 console = Console()
 
 
-from .options import parse_options as _parse_options  # noqa: E402
-
-
 def _metrics_table(title: str, rows: list[dict]) -> Table:
     table = Table(title=title)
     for col in ("method", "NFE", "MSE→teacher", "PSNR dB", "FD", "SWD", "train s"):
@@ -44,9 +41,14 @@ def distill_cmd(
 ) -> None:
     """Distil the domain's flow-matching teacher (trained once and cached) with a registered method."""
     from ..media.distill import distill_media
+    from .pipeline import _method_options
 
+    from ..methods import default_method
+
+    method = method or default_method("video" if model == "video-dit" else "images")
+    options = _method_options(method, option)  # unknown keys / wrong types fail before the teacher is trained
     res = distill_media(model, method, steps, dataset=dataset, train_steps=train_steps, run_dir=run_dir, preset=preset,
-                        method_options=_parse_options(option), progress=not as_json)
+                        method_options=options, progress=not as_json)
     rows = [{"method": res.method, **m, "train_s": res.train_wall_s} for m in res.metrics]
     if as_json:
         sys.stdout.write(json.dumps({"folder": str(res.folder), "sampling": res.sampling, "metrics": rows}, indent=2) + "\n")

@@ -29,6 +29,15 @@ def _method_options(method: str, items: list[str]) -> dict:
     if unknown:
         raise ValueError(f"method {method!r} has no option(s) {unknown}; valid options: "
                          f"{', '.join(sorted(names)) or 'none'} (see `policydistill methods`)")
+    import typing
+
+    from ..fields import field_problem
+
+    hints = typing.get_type_hints(cls.Config) if dc.is_dataclass(cls.Config) else {}
+    problems = [p for k, v in opts.items() if (p := field_problem(k, hints.get(k), v, ranges=False))]
+    if problems:
+        raise ValueError(f"method {method!r}: " + "; ".join(problems) + " (-o key=value takes JSON values: "
+                         "numbers, true/false, or text)")
     return opts
 
 

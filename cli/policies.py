@@ -41,6 +41,10 @@ def bench_policies_cmd(
 
     from policydistill.policies.bench import LEROBOT_PI0_REF_MS, BenchSettings, checks, run
 
+    from .options import check_device, check_output_file
+
+    check_device(device)
+    check_output_file(json_out, "--json")
     for value, flag in ((dtype, "--dtype"), (full_dtype, "--full-dtype")):
         if value not in ("float32", "bfloat16", "float16", "auto") or (flag == "--dtype" and value == "auto"):
             raise typer.BadParameter(f"{flag} must be float32, bfloat16 or float16, got {value!r}")

@@ -9,8 +9,11 @@ A model folder holds ``config.json`` (``architecture`` + hyper-parameters, rebui
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -61,12 +64,46 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+#: the key a JSON object written by ``write_json`` gets when some of its numbers were NaN or inf
+NON_FINITE_KEY = "null_values"
+
+
+def _replace_non_finite(obj: Any, where: str, found: dict[str, str]) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found[where or "(top level)"] = str(obj)  # "nan", "inf", "-inf"
+        return None
+    if isinstance(obj, dict):
+        return {k: _replace_non_finite(v, f"{where}.{k}" if where else str(k), found) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_replace_non_finite(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
+    return obj
+
+
+def strict_json(obj: Any) -> tuple[Any, dict[str, str]]:
+    """``obj`` as plain JSON types with every NaN/inf replaced by None (bare ``NaN`` is not JSON:
+    strict parsers refuse the whole file), and {path: "nan" | "inf" | "-inf"} of what was replaced."""
+    plain = json.loads(json.dumps(obj, default=_json_default))
+    found: dict[str, str] = {}
+    return _replace_non_finite(plain, "", found), found
+
+
 def write_json(path: str | Path, obj: Any) -> None:
+    """Write strict JSON atomically. A value that is NaN or infinite is written as ``null``, and a
+    JSON object gets a ``null_values`` entry saying which fields those are and what they were, so a
+    reader can tell "not measured" from "the measurement was NaN"."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give a file path to write the JSON to, e.g. {path / 'results.json'}")
+    obj, found = strict_json(obj)
+    if found and isinstance(obj, dict):
+        obj[NON_FINITE_KEY] = {"why": "these values were NaN or infinite (not a number JSON can hold) and are "
+                                      "written as null", "fields": found}
+
     def write(tmp: str) -> None:
         with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
+            json.dump(obj, fh, indent=2, sort_keys=False, allow_nan=False)
             fh.write("\n")
-    _atomic_write(Path(path), write)
+    _atomic_write(path, write)
 
 
 def _json_default(o: Any) -> Any:
@@ -84,7 +121,48 @@ def _json_default(o: Any) -> Any:
 def write_safetensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     # safetensors refuses shared or non-contiguous storage: store independent contiguous copies.
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    _atomic_write(Path(path), lambda tmp: save_file(flat, tmp, metadata=metadata))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(flat, tmp, metadata=metadata)
+        except SafetensorError as exc:  # its I/O errors arrive as text: a full disk must read as one
+            if "code: 28" in str(exc) or "StorageFull" in str(exc):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+            raise
+    _atomic_write(Path(path), write)
+
+
+def require_regular_file(path: str | Path, what: str = "file") -> Path:
+    """``path`` if it is a regular file (symlinks followed); otherwise a CheckpointError that says
+    what it is. Opening a FIFO would block forever and a device would be read without end, so
+    nothing else is ever opened."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist; the {what} is missing: re-copy the checkpoint folder.") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc.strerror}).") from None
+    if stat.S_ISREG(mode):
+        return path
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+    raise CheckpointError(f"{path} is {kind}, not a file; the {what} must be a regular file: "
+                          "replace it with the real file (re-copy the checkpoint folder).")
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Parse a small JSON file we wrote, with errors that name the file (missing, not a regular
+    file, unreadable, truncated or not UTF-8)."""
+    path = require_regular_file(path, what)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is damaged (truncated by a full disk "
+                              "or an interrupted copy?): re-copy it, or use an earlier checkpoint.") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc.strerror}).") from None
 
 
 def _looks_like_pickle(path: Path) -> bool:
@@ -100,6 +178,7 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist. Point at a folder with model.safetensors and config.json.")
+    require_regular_file(path, "weights file")
     if path.suffix in PICKLE_SUFFIXES or _looks_like_pickle(path):
         raise CheckpointError(
             f"{path} is a pickle/torch.save file. policydistill never unpickles files it is handed "
@@ -123,7 +202,9 @@ def load_state_checked(module: nn.Module, state: dict[str, Tensor], source: str 
     unexpected = [k for k in state if k not in own]
     shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in state
               if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
+    kinds = [(k, state[k].dtype, own[k].dtype) for k in state
+             if k in own and _dtype_kind(state[k].dtype) != _dtype_kind(own[k].dtype)]
+    if missing or unexpected or shapes or kinds:
         lines = [f"{source} does not fit {type(module).__name__}:"]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): " + ", ".join(f"{k} {tuple(own[k].shape)}" for k in missing[:20])
@@ -133,9 +214,38 @@ def load_state_checked(module: nn.Module, state: dict[str, Tensor], source: str 
                 f"{k} {tuple(state[k].shape)}" for k in unexpected[:20]) + (" ..." if len(unexpected) > 20 else ""))
         for k, got, want in shapes[:20]:
             lines.append(f"  shape mismatch: {k} is {got} in the file but {want} in the model")
+        for k, got, want in kinds[:20]:
+            lines.append(f"  dtype mismatch: {k} is {str(got).replace('torch.', '')} in the file but the model "
+                         f"holds {str(want).replace('torch.', '')} ({_dtype_kind(got)} tensors are never cast to "
+                         f"{_dtype_kind(want)} ones)")
         lines.append("  Check that the config matches the weights (same preset / architecture).")
         raise CheckpointError("\n".join(lines))
+    check_finite(state, source)
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "boolean"
+    if dtype.is_complex:
+        return "complex"
+    return "floating-point" if dtype.is_floating_point else "integer"
+
+
+def check_finite(tensors: dict[str, Tensor], source: str) -> None:
+    """Refuse tensors holding NaN or inf (weights and buffers alike: a NaN in a normaliser's
+    scale makes every action NaN), naming each and how many of its values are bad."""
+    bad = []
+    for k, v in tensors.items():
+        if v.dtype.is_floating_point or v.dtype.is_complex:
+            n = int((~torch.isfinite(v)).sum())
+            if n:
+                bad.append(f"{k} ({n} of {v.numel()} values)")
+    if bad:
+        raise CheckpointError(
+            f"{source} holds NaN or inf in {len(bad)} tensor(s): {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. "
+            "A policy with non-finite weights or normalisation statistics outputs NaN actions; it was not loaded. "
+            "Use an earlier checkpoint (a run that diverged), or recompute the statistics it was built with.")
 
 
 def save_model(folder: str | Path, model: nn.Module, extra: dict[str, Any] | None = None,
@@ -158,12 +268,44 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
     cfg_path = folder / "config.json"
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder. Pass the checkpoint folder (config.json + model.safetensors).")
-    if not cfg_path.exists():
+    if not cfg_path.exists() and not cfg_path.is_symlink():
         raise CheckpointError(f"{folder} has no config.json; is it a policydistill or lerobot checkpoint folder?")
-    try:
-        return json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({exc}); the file is damaged.") from None
+    config = read_json(cfg_path, "model config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_path} holds {json.dumps(config)[:40]} ({type(config).__name__}) where a JSON object "
+                              "of settings ({\"architecture\": ..., ...}) belongs; the file was overwritten or edited "
+                              "by hand: re-copy the checkpoint.")
+    return config
+
+
+#: what the ``policydistill`` record of a config.json holds, by type (written by ``save_model(extra=...)``)
+PROVENANCE_TYPES: dict[str, tuple[type, ...]] = {"role": (str,), "tasks": (list,), "dataset": (str,),
+                                                 "teacher_config": (dict,), "seed": (int,)}
+
+
+def check_provenance(config: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """The ``policydistill`` record of a model config ({} when absent), refused with the field named
+    when it has the wrong shape: a ``tasks`` string would otherwise be read letter by letter."""
+    record = config.get("policydistill")
+    if record is None:
+        return {}
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{source}: field 'policydistill' must be an object (tasks, dataset, ...), got "
+                              f"{json.dumps(record)[:40]}; re-copy the checkpoint or remove the field.")
+    for key, types in PROVENANCE_TYPES.items():
+        value = record.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            what = "a list of task ids" if key == "tasks" else f"a {types[0].__name__}"
+            hint = f' such as ["{value}"]' if key == "tasks" and isinstance(value, str) else ""
+            raise CheckpointError(f"{source}: field 'policydistill.{key}' must be {what}{hint}, got "
+                                  f"{json.dumps(value)[:60]}; fix it or re-copy the checkpoint.")
+    tasks = record.get("tasks") or []
+    if any(not isinstance(t, str) or not t for t in tasks):
+        raise CheckpointError(f"{source}: field 'policydistill.tasks' must list task ids (strings) such as "
+                              f"\"metaworld/push-v3\", got {json.dumps(tasks)[:60]}")
+    return record
 
 
 def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -172,14 +314,60 @@ def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> 
 
     folder = Path(folder)
     config = read_model_config(folder)
-    model = build_model(config)
+    check_provenance(config, folder / "config.json")
+    model = build_from_config(config, folder / "config.json")
     weights = folder / "model.safetensors"
-    if not weights.exists():
+    if not weights.exists() and not weights.is_symlink():
         pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
         hint = f" Found {pickles}: convert to safetensors first." if pickles else ""
         raise CheckpointError(f"{folder} has no model.safetensors.{hint}")
     load_state_checked(model, read_safetensors(weights), source=str(weights))
     return model.to(map_location)
+
+
+def build_from_config(config: dict[str, Any], source: str | Path) -> nn.Module:
+    """``zoo.build_model`` with errors that name the config file: a wrong field (type, range,
+    unknown name) or sizes too large to allocate are the file's fault, not a crash."""
+    from .registry import RegistryError
+    from .zoo import build_model
+
+    arch = config.get("architecture")
+    if "architecture" in config and not isinstance(arch, str):
+        raise CheckpointError(f"{source}: 'architecture' must be a name such as \"pi0\", got {json.dumps(arch)[:40]}")
+    try:
+        _check_fits_in_memory(config, source)
+        return build_model(config)
+    except RegistryError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{source} describes a model that cannot be built: {exc}. Fix the field(s) named "
+                              "(or re-copy the checkpoint folder).") from None
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+            raise
+        raise CheckpointError(f"{source} describes a model too large to allocate on this machine ("
+                              f"{' '.join(str(exc).split())[:160]}). Check its sizes (widths, depths, vocab_size, "
+                              "chunk_size): a typo here makes a model of terabytes.") from None
+
+
+def _check_fits_in_memory(config: dict[str, Any], source: str | Path) -> None:
+    """Build the model on the meta device first (no memory, milliseconds) and refuse sizes whose
+    weights alone exceed this machine's RAM: a typo'd width would otherwise allocate until the
+    kernel kills the process, or fail with the allocator's own text."""
+    from .zoo import build_model
+
+    try:
+        with torch.device("meta"):
+            model = build_model(config)
+    except Exception:  # noqa: BLE001 - the real build below reports what is wrong with the config
+        return
+    need = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > ram:
+        raise MemoryError(f"its weights alone need {need / 2**30:.1f} GiB but this machine has {ram / 2**30:.1f} GiB")
 
 
 def flatten_state(prefix: str, obj: Any, tensors: dict[str, Tensor]) -> Any:

@@ -132,6 +132,24 @@ def run_control_loop(policy: Any, robot: Any, nfe: int, mode: str, hz: float, se
     return out
 
 
+class ControlLoopStopped(RuntimeError):
+    """The control loop was stopped by its watchdog: its miss rate and jitter describe a loop that
+    did not run, so no latency figure may be reported from it."""
+
+
+def check_loop_ran(name: str, loop: dict[str, Any]) -> None:
+    """Refuse a control-loop summary whose loop was stopped (a policy returning NaN, raising or
+    hanging, a robot not answering): a miss rate of 0.000 over the ticks before the stop would read
+    as a perfect real-time result."""
+    if loop.get("stopped"):
+        events = "; ".join(" ".join(str(e.get(k, "")) for k in ("during", "error") if e.get(k)) if isinstance(e, dict)
+                           else str(e) for e in (loop.get("events") or [])[-2:])
+        raise ControlLoopStopped(
+            f"the control loop of {name} was stopped at tick {loop.get('ticks', 0)} ({loop['stopped']}"
+            f"{': ' + events if events else ''}); its deadline-miss rate is not a measurement. Fix the cause "
+            "(a policy that returns NaN/inf actions needs an earlier checkpoint) and run again.")
+
+
 def speedup(teacher: LatencyResult, student: LatencyResult) -> dict[str, float]:
     return {"denoise": teacher.denoise_ms["p50"] / student.denoise_ms["p50"],
             "e2e": teacher.e2e_ms["p50"] / student.e2e_ms["p50"],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +31,11 @@ def results_table(runs: list[dict[str, Any]], title: str = "evaluation") -> Tabl
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Atomic: a temporary file beside ``path`` renamed over it, removed if anything fails."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder; pass a file name for the JSON report (e.g. {path / 'eval.json'}).")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(payload, indent=2))
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """The results as strict JSON (atomically; NaN/inf as null with a note, see ``checkpoint.write_json``)."""
+    from ..checkpoint import write_json as _write
+
+    _write(path, payload)
+    return Path(path)
 
 
 def plot_runs(runs: list[dict[str, Any]], path: str | Path) -> Path:

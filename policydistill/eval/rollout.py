@@ -95,8 +95,29 @@ def _configure(policy: Any, cfg: EvalConfig) -> None:
 
 
 def _chunk_horizon(policy: Any, cfg: EvalConfig, chunk_len: int) -> int:
+    if cfg.n_action_steps is not None and cfg.n_action_steps > chunk_len:
+        raise ValueError(f"n_action_steps {cfg.n_action_steps} exceeds the policy's chunk of {chunk_len} actions: "
+                         f"execute at most {chunk_len} actions per chunk")
     n = cfg.n_action_steps or getattr(getattr(policy, "config", None), "n_action_steps", None) or chunk_len
     return max(1, min(int(n), chunk_len))
+
+
+class NonFiniteActions(ValueError):
+    """The policy produced NaN/inf actions; nothing of them reached the simulator."""
+
+
+def _check_finite_actions(actions: np.ndarray, slots: list[_Slot]) -> None:
+    """NaN/inf actions are never stepped: MuJoCo would integrate them into a NaN state and the
+    episode would simply read as a failure, hiding a broken policy behind a 0% success rate."""
+    finite = np.isfinite(actions)
+    if finite.all():
+        return
+    row = int(np.argwhere(~finite)[0][0])
+    slot = slots[row]
+    raise NonFiniteActions(
+        f"the policy returned NaN or inf actions ({int((~finite).sum())} of {finite.size} values; first for "
+        f"{slot.task} episode {slot.index} at step {slot.steps}); they were not sent to the simulator. Its weights "
+        "overflow or were trained into NaN: evaluate an earlier checkpoint.")
 
 
 def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
@@ -183,6 +204,7 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
                     if chunk.ndim != 3 or chunk.shape[0] != len(need):
                         raise ValueError(f"sample_actions returned shape {chunk.shape}; expected (B={len(need)}, H, A)")
                     counters["policy_calls"] += 1
+                    _check_finite_actions(chunk, [slots[s] for s in need])
                     h = _chunk_horizon(policy, cfg, chunk.shape[1])
                     for row, s in enumerate(need):
                         slots[s].queue.extend(chunk[row, :h])
@@ -203,6 +225,7 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
                     counters["policy_calls"] += 1
                     if act.ndim != 2 or act.shape[0] != len(order):
                         raise ValueError(f"select_action returned shape {act.shape}; expected (B={len(order)}, A)")
+                    _check_finite_actions(act, [slots[s] for s in order])
                     apply(pool, slots, {s: act[row] for row, s in enumerate(order) if not slots[s].done})
     seconds = time.perf_counter() - t0
     records.sort(key=lambda r: (tasks.index(r["task"]), r["index"]))

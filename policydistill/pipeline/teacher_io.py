@@ -3,11 +3,10 @@ bundled default."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CheckpointError, load_model, read_model_config
+from ..checkpoint import CheckpointError, check_finite, check_provenance, load_model, read_model_config
 
 #: the bundled default teacher (trained by the command in its README)
 BUNDLED_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "teacher"
@@ -36,19 +35,24 @@ def load_teacher(checkpoint: str | Path | None, tokenizer: str | None = None) ->
         raise CheckpointError(f"checkpoint folder {folder} does not exist: pass the folder that holds config.json and "
                               "model.safetensors (e.g. runs/teacher/teacher), or leave --checkpoint out for the bundled teacher")
     if is_lerobot_folder(folder):
-        kind = json.loads((folder / "config.json").read_text())["type"]
+        kind = read_model_config(folder)["type"]
         from ..zoo import ARCHITECTURES
 
         cls = ARCHITECTURES.load(kind)
-        return cls.from_lerobot(folder, tokenizer=tokenizer), folder
+        policy = cls.from_lerobot(folder, tokenizer=tokenizer)
+        check_finite(policy.state_dict(), str(folder))  # stats files feed the normaliser too
+        return policy, folder
     return load_model(folder), folder
 
 
 def provenance(folder: Path) -> dict[str, Any]:
-    try:
-        return json.loads((folder / "config.json").read_text()).get("policydistill", {}) or {}
-    except (OSError, json.JSONDecodeError):
+    """The ``policydistill`` record of a checkpoint's config.json (tasks, dataset, recipe); {} when
+    the checkpoint has none (a lerobot folder). A record of the wrong shape is refused with the
+    field named (``checkpoint.check_provenance``)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
         return {}
+    return check_provenance(read_model_config(folder), path)
 
 
 def resolve_data(spec: str | Path) -> Path:

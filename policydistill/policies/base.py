@@ -37,6 +37,7 @@ from torch import Tensor
 from ..core.flowmap import FlowBatch, FlowMapModel
 from ..core.normalize import Normalizer
 from ..core.sampler import SAMPLING_MODES, sample_with_ctx
+from ..fields import check_fields, unknown_keys
 
 IMAGE_PREFIX = "observation.images."
 
@@ -64,6 +65,29 @@ class FlowPolicyConfig:
     #: ``sample_actions`` adds the raw state back after unnormalising and ``make_flow_batch``
     #: subtracts it before normalising. None = absolute actions.
     relative_action_mask: list[bool] | None = None
+
+    #: integer fields whose smallest meaningful value is not 1 (0 or -1 means "derive it")
+    INT_MIN: ClassVar[dict[str, int]] = {}
+    #: integer fields bounded below ``fields.MAX_SIZE`` (layer counts: each layer is built in turn)
+    INT_MAX: ClassVar[dict[str, int]] = {}
+
+    def check(self) -> None:
+        """Refuse values no policy can mean: wrong types (``"16"``, ``true`` for an int), sizes
+        <= 0 or absurdly large, NaN/inf/negative eps, ``n_action_steps`` outside 1..chunk_size, an
+        unknown normalisation or sampling mode. The message names every offending field."""
+        problems = check_fields(self, self.INT_MIN, int_max=self.INT_MAX)
+        if not problems:
+            if self.n_action_steps > self.chunk_size:
+                problems.append(f"n_action_steps ({self.n_action_steps}) must not exceed chunk_size "
+                                f"({self.chunk_size}): a chunk has only {self.chunk_size} actions to execute")
+            for name in ("state_norm", "action_norm"):
+                if getattr(self, name) not in NORM_MODES:
+                    problems.append(f"{name} {getattr(self, name)!r} is not a normalisation mode "
+                                    f"(valid: {', '.join(NORM_MODES)})")
+            if self.sampling_mode not in SAMPLING_MODES:
+                problems.append(f"sampling_mode {self.sampling_mode!r} is not one of {', '.join(SAMPLING_MODES)}")
+        if problems:
+            raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
 
 
 
@@ -354,7 +378,9 @@ class FlowPolicy(FlowMapModel):
     @classmethod
     def config_from_dict(cls, config_cls: type, config: Mapping[str, Any]) -> Any:
         names = {f.name for f in dataclasses.fields(config_cls)}
-        unknown = set(config) - names - {"architecture", "policydistill"}
+        unknown = unknown_keys(config_cls, config, ignore=("architecture", "policydistill"))
         if unknown:
-            raise ValueError(f"{config_cls.__name__} has no field(s) {sorted(unknown)}")
-        return config_cls(**{k: v for k, v in config.items() if k in names})
+            raise ValueError(f"{config_cls.__name__} has no field(s) {', '.join(unknown)}")
+        cfg = config_cls(**{k: v for k, v in config.items() if k in names})
+        cfg.check()
+        return cfg

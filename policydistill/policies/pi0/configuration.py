@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
+from ...fields import unknown_keys
 from ..base import FlowPolicyConfig
 
 VARIANTS = ("pi0", "pi05")
@@ -61,7 +63,10 @@ class Pi0Config(FlowPolicyConfig):
     #: (only its keys/values are ever read). Off only for the parity check of the full path.
     prefix_skip_last: bool = True
 
+    INT_MAX: ClassVar[dict[str, int]] = {"vlm_depth": 1024, "vision_depth": 1024}
+
     def validate(self) -> "Pi0Config":
+        self.check()  # types and ranges of every field first: the checks below compare them
         if self.variant not in VARIANTS:
             raise ValueError(f"variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
         if self.state_prompt not in STATE_PROMPTS:
@@ -121,6 +126,10 @@ def preset(name: str, variant: str = "pi0", **overrides) -> Pi0Config:
         fields["tokenizer_max_length"] = {"tiny": 24, "small": 64, "ref": 48, "full": 200}[name]
         # MEAN_STD (as our data pipeline computes) puts ~68% of states inside the [-1, 1) bins;
         # checkpoints from lerobot bring their own QUANTILES mode through from_lerobot.
+    unknown = unknown_keys(Pi0Config, overrides)
+    if unknown:
+        raise ValueError(f"Pi0Config has no field(s) {', '.join(unknown)}; see the fields of "
+                         "policydistill.policies.pi0.configuration.Pi0Config")
     fields.update(overrides)
     return Pi0Config(variant=variant, **fields).validate()
 

@@ -15,7 +15,7 @@ Presets:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from ..base import FlowPolicyConfig
 
@@ -76,7 +76,12 @@ class SmolVLAConfig(FlowPolicyConfig):
     min_period: float = 4e-3
     max_period: float = 4.0
 
+    INT_MIN: ClassVar[dict[str, int]] = {"vision_image_size": 0, "expert_mlp": 0, "num_expert_layers": -1,
+                                         "prefix_length": -1}
+    INT_MAX: ClassVar[dict[str, int]] = {"vision_depth": 1024, "num_vlm_layers": 1024, "num_expert_layers": 1024}
+
     def __post_init__(self) -> None:
+        self.check()  # types and ranges of every field first: the checks below compare them
         self.cameras = list(self.cameras)
         if self.attention_mode not in ("cross_attn", "self_attn"):
             raise ValueError(f"attention_mode must be 'cross_attn' or 'self_attn', got {self.attention_mode!r}")
