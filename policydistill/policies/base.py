@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.flowmap import FlowBatch, FlowMapModel
-from ..core.normalize import Normalizer
+from ..core.normalize import NORM_MODES, Normalizer
 from ..core.sampler import SAMPLING_MODES, sample_with_ctx
 from ..fields import check_fields, unknown_keys
 
