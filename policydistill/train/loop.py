@@ -311,6 +311,9 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
         for p in teacher.parameters():
             p.requires_grad_(False)
     torch.manual_seed(cfg.seed)
+    method.check_student(student)
+    # the trained model samples the way its method was trained (saved with it, used by default)
+    student.sampling_mode = type(method).sampling
     method.to(device)
     method.setup(student, teacher, cfg.steps)
     method.to(device)
