@@ -227,7 +227,6 @@ def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out:
 
 def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
     """Run the whole job; returns the report (also written to ``<out>/report.json``)."""
-    from ..methods import METHODS
     from ..train import distributed
     from .evaluate import evaluate_variants, print_report
 
@@ -243,7 +242,7 @@ def distill_policy(cfg: DistillConfig, resume: bool = False) -> dict[str, Any]:
     student, prov = train_student(job, cfg, cfg.method, cfg.steps, out, resume)
     if not distributed.is_main():
         return {}
-    sampling = METHODS.load(cfg.method).sampling
+    sampling = student.sampling_mode  # stored by train(): the mode the method was trained for
     variants = [Variant("teacher", job.teacher, cfg.teacher_nfe, "diagonal"),
                 Variant("naive", job.teacher, cfg.steps, "diagonal"),
                 Variant("student", student, cfg.steps, sampling, cfg.method, prov["train_seconds"])]
