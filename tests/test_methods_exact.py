@@ -245,3 +245,14 @@ def test_method_papers_cite_what_is_implemented():
     assert "Consistency Policy" not in cd.paper + (cd.__doc__ or "") and "Song" in cd.paper
     assert "2026" in METHODS.load("snapflow").paper
     assert "every power-of-two count above it from earlier rounds" not in METHODS.load("progressive_distillation").nfe_supported
+
+
+def test_lsd_bench_recipe_keeps_the_data_end_supervised():
+    """The s² weight (small_s_eps = 1) left s < 0.3 almost unsupervised (w(0.2) = 0.04) and a
+    4-step lsd map came out worse than its 2-step map: the recipe's weight must reach full
+    strength by s = 0.1, where the last jump of a 4-step sampler lands."""
+    from policydistill.bench.recipes import recipe_for
+
+    eps = recipe_for("lsd").method.get("small_s_eps", make_method("lsd").config.small_s_eps)
+    weight = (lambda s: 1.0 if eps <= 0 else min(1.0, s / eps) ** 2)
+    assert all(weight(s) == 1.0 for s in (0.1, 0.2, 0.25, 0.5))

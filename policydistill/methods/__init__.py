@@ -26,6 +26,8 @@ METHODS.register("reflow", "policydistill.methods.reflow:Reflow")
 #: (README "Which method for policies"; the rule is pipeline.compare.best_method): at 1 NFE every
 #: method's success was within the noise of the others, and reflow's action chunks were the
 #: closest to the 10-step teacher's (sliced Wasserstein 0.069 vs SnapFlow's 0.099, naive 0.102).
+#: That comparison predates the independent data/noise streams and the re-noising consistency
+#: sampler; the README says what a re-run may move.
 DEFAULT_METHOD = "reflow"
 
 
