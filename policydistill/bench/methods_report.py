@@ -177,7 +177,9 @@ def markdown_report(result: dict[str, Any], command: str) -> str:
             "Target: `policydistill.bench.mixture.make_mixture` (8 modes at random ±1 sign vectors, per-mode "
             "per-axis std log-uniform in [0.05, 0.2], unequal weights; 2-D: 8 modes on a circle of radius 2). "
             f"True flow map: RK4 in float64 ({cfg['solver_steps']} steps). SW: sliced 2-Wasserstein to "
-            "stratified target samples (the exact map's own SW is the finite-sample floor).",
+            "stratified target samples (the exact map's own SW is the finite-sample floor). The consistency "
+            "methods' sampler re-noises at every step, so beyond 1 NFE their samples are not a map of the "
+            "noise: read their SW there, not their MSE.",
             "",
             markdown_table(result, "mixture"),
             "",
