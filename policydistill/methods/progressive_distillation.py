@@ -41,8 +41,9 @@ class ProgressiveDistillation(Method):
     Config = ProgressiveDistillationConfig
     needs_teacher = True
     extra_networks = ("round_teacher",)
-    nfe_supported = ("final_steps and every power of two up to teacher_steps/2 (earlier rounds' counts are "
-                     "kept by keep_fraction of each batch; with keep_fraction=0 only final_steps)")
+    nfe_supported = ("final_steps (trained); powers of two up to teacher_steps/2 only approximately: "
+                     "keep_fraction of each batch holds the earlier rounds' counts, which can still end "
+                     "less accurate than final_steps (keep_fraction=0: final_steps only)")
     sampling = "flowmap"
     description = "Student step = two teacher steps; halve N each round, the student becomes the next teacher."
     paper = "Salimans & Ho 2022, Progressive Distillation for Fast Sampling of Diffusion Models"

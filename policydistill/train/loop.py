@@ -63,7 +63,7 @@ class DataSource(Protocol):
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
-    lr: float = 3e-4                # the loop's (and teacher training's) default; distill/compare use 1e-4, bench methods its recipes
+    lr: float = 3e-4                # teacher training's default; distill/compare: 1e-4 (README)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 50
