@@ -29,10 +29,10 @@ def methods_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON i
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     table = Table(title="policydistill methods")
-    for col in ("name", "needs teacher", "extra networks", "NFE supported", "description"):
+    for col in ("name", "teacher", "sampling", "extra networks", "NFE supported", "description"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], "yes" if r["needs_teacher"] else "no", ", ".join(r["extra_networks"]) or "-",
+        table.add_row(r["name"], r["teacher"], r["sampling"], ", ".join(r["extra_networks"]) or "-",
                       r["nfe_supported"], r["description"])
     console.print(table)
 

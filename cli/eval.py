@@ -59,7 +59,8 @@ def eval_cmd(
                              "(metaworld/mt10, push-v3,reach-v3, libero/libero_spatial...)."),
     nfe: str = typer.Option("", "--nfe", help="Denoising steps to evaluate, comma-separated (e.g. 1,10); "
                             "default: the policy's own. Ignored by scripted/random policies."),
-    mode: str = typer.Option("", "--mode", help="Sampling mode for flow policies: flowmap | diagonal | consistency."),
+    mode: str = typer.Option("", "--mode", help="Sampling mode for flow policies: flowmap | diagonal | consistency | "
+                            "consistency_deterministic (default: the one stored in the checkpoint)."),
     episodes: int = typer.Option(10, "--episodes", "-n", help="Episodes per task."),
     workers: int = typer.Option(1, "--workers", "-w", help="Env worker processes (0: in this process)."),
     batch_size: int = typer.Option(0, "--batch-size", help="Concurrent episodes (policy batch); 0: 4 per worker."),

@@ -255,6 +255,9 @@ def save_model(folder: str | Path, model: nn.Module, extra: dict[str, Any] | Non
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config_dict()  # type: ignore[operator]
+    mode = getattr(model, "sampling_mode", None)
+    if mode is not None and "sampling_mode" not in config:  # policies keep it in their own config
+        extra = {**(extra or {}), "sampling_mode": mode}
     if extra:
         config = {**config, "policydistill": extra}
     write_safetensors(folder / "model.safetensors", model.state_dict() if state is None else state,
@@ -322,6 +325,9 @@ def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> 
         hint = f" Found {pickles}: convert to safetensors first." if pickles else ""
         raise CheckpointError(f"{folder} has no model.safetensors.{hint}")
     load_state_checked(model, read_safetensors(weights), source=str(weights))
+    mode = (config.get("policydistill") or {}).get("sampling_mode")
+    if mode is not None and "sampling_mode" not in config:
+        model.sampling_mode = mode
     return model.to(map_location)
 
 

@@ -84,6 +84,29 @@ def test_progressive_distillation_halves_steps_and_hands_over_the_teacher():
     assert metrics["student_steps"] == 1.0
 
 
+def test_progressive_distillation_keeps_the_step_counts_of_earlier_rounds():
+    """From round 1 on, part of the batch regresses the student's jumps at EARLIER step sizes on
+    the round teacher's: a student equal to its round teacher has zero keep loss, one whose
+    jumps of an earlier size moved does not (without the term a later round overwrites them)."""
+    teacher = AnalyticGMMTeacher(make_mixture(2))
+    student = tiny()
+    method = make_method("progressive_distillation", teacher_steps=8)
+    method.setup(student, teacher, 30)
+    method.after_step(student, 9)  # round 1: the round teacher is a copy of the student
+    batch = MixtureData(make_mixture(2)).sample(64, torch.Generator().manual_seed(0))
+    _, metrics = method.loss(student, teacher, batch, 15)
+    assert metrics["student_steps"] == 2.0 and metrics["keep_loss"] < 1e-12
+    with torch.no_grad():
+        student.out.bias.add_(0.5)
+    _, metrics = method.loss(student, teacher, batch, 15)
+    assert metrics["keep_loss"] == pytest.approx(0.25, rel=1e-4)
+    _, metrics = method.loss(student, teacher, batch, 0)  # round 0 has no earlier count to keep
+    assert "keep_loss" not in metrics
+    none = make_method("progressive_distillation", teacher_steps=8, keep_fraction=0.0)
+    none.setup(student, teacher, 30)
+    assert "keep_loss" not in none.loss(student, teacher, batch, 15)[1]
+
+
 def test_reflow_fills_a_fixed_buffer_of_teacher_pairs_and_restores_it():
     mix = make_mixture(2)
     teacher = AnalyticGMMTeacher(mix)

@@ -124,3 +124,135 @@ def test_lsd_gap_curriculum_grows_the_largest_gap_to_the_whole_triangle():
     gaps = torch.cat(seen)
     assert gaps.max() <= 0.1 + 1e-12 and gaps.min() >= 0
     assert make_method("lsd").max_gap(0) == 1.0  # no curriculum by default
+
+
+# ---------------------------------------------------------------- exact answers on a wide Gaussian
+from policydistill.bench.gaussian import ExactGaussianFlowMap, gaussian_flow_map  # noqa: E402
+from policydistill.core import sample  # noqa: E402
+
+WIDE_MEAN = torch.tensor([0.5, -1.0, 0.2, 0.0], dtype=torch.float64)
+WIDE_STD = torch.tensor([2.0, 0.1, 1.0, 0.5], dtype=torch.float64)
+
+
+def test_closed_form_gaussian_flow_map_is_a_semigroup_and_ends_at_the_target():
+    x = torch.randn(5, 4, dtype=torch.float64)
+    t, m, s = (torch.full((5,), v, dtype=torch.float64) for v in (0.9, 0.4, 0.1))
+    two = gaussian_flow_map(WIDE_MEAN, WIDE_STD, gaussian_flow_map(WIDE_MEAN, WIDE_STD, x, t, m), m, s)
+    torch.testing.assert_close(two, gaussian_flow_map(WIDE_MEAN, WIDE_STD, x, t, s))
+    ones, zeros = torch.ones(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    torch.testing.assert_close(gaussian_flow_map(WIDE_MEAN, WIDE_STD, x, ones, zeros), WIDE_MEAN + WIDE_STD * x)
+    # the diagonal is the derivative of the map in its end time
+    model, h = ExactGaussianFlowMap(WIDE_MEAN, WIDE_STD), 1e-6
+    fd = (gaussian_flow_map(WIDE_MEAN, WIDE_STD, x, t, t + h) - gaussian_flow_map(WIDE_MEAN, WIDE_STD, x, t, t - h)) / (2 * h)
+    torch.testing.assert_close(model.flow(x, t, t, None), fd, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_perfect_consistency_function_is_exact_in_distribution_at_every_nfe(steps):
+    """Multistep consistency sampling (predict x̂₀, re-noise with fresh noise) of the PERFECT
+    consistency function of N(μ, diag σ²), σ up to 2, reproduces the target's mean and std."""
+    model = ExactGaussianFlowMap(WIDE_MEAN, WIDE_STD)
+    g = torch.Generator().manual_seed(steps)
+    noise = torch.randn(200_000, 4, generator=g, dtype=torch.float64)
+    x = sample(model, noise, None, steps, "consistency", generator=g)
+    torch.testing.assert_close(x.mean(0), WIDE_MEAN, atol=0.015, rtol=0)
+    torch.testing.assert_close(x.std(0), WIDE_STD, atol=0, rtol=0.01)
+
+
+def test_deterministic_consistency_jump_is_only_an_explicit_option_and_wrong_beyond_one_step():
+    model = ExactGaussianFlowMap(WIDE_MEAN, WIDE_STD)
+    noise = torch.randn(50_000, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    one = sample(model, noise, None, 1, "consistency_deterministic")
+    torch.testing.assert_close(one, WIDE_MEAN + WIDE_STD * noise)
+    four = sample(model, noise, None, 4, "consistency_deterministic")
+    assert float((four.std(0) / WIDE_STD - 1).abs().max()) > 0.05  # visibly off the target
+
+
+# ---------------------------------------------------------------- fd JVP accuracy on real models
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_fd_jvp_matches_autograd_on_the_mlp_and_pi0():
+    """pi0's time embedding reaches ~1571 rad per unit time: the fd step must resolve it."""
+    from policydistill.deploy.export import example_observation
+    from policydistill.models.mlp import MLPFlowMap, MLPFlowMapConfig
+    from policydistill.policies.pi0 import Pi0Policy
+
+    torch.manual_seed(0)
+    mlp = MLPFlowMap(MLPFlowMapConfig(sample_shape=(8,), width=64, depth=2, time_dim=64))
+    for prm in mlp.target_time.parameters():  # a live target-time branch
+        torch.nn.init.normal_(prm, std=0.3)
+    pi0 = Pi0Policy.from_preset("tiny", state_dim=21, action_dim=4, max_state_dim=24, max_action_dim=8).eval()
+    for prm in pi0.parameters():
+        torch.nn.init.normal_(prm, std=0.1)
+    ctx = pi0.encode(pi0.process(example_observation(pi0, batch=2)))
+    for model, x, c in [(mlp, torch.randn(16, 8), None), (pi0, torch.randn(2, *pi0.sample_shape()), ctx)]:
+        b = x.shape[0]
+        t = torch.rand(b) * 0.8 + 0.2
+        s = t * torch.rand(b)
+
+        def fn(xx, tt, ss, model=model, c=c):
+            return model.flow(xx, tt, ss, c)
+
+        # meanflow's tangent (v, 1, 0) and lsd's (0, 0, 1)
+        for tangents in [(torch.randn_like(x), torch.ones(b), torch.zeros(b)),
+                         (torch.zeros_like(x), torch.zeros(b), torch.ones(b))]:
+            _, exact = jvp(fn, (x, t, s), tangents, mode="autograd")
+            _, fd = jvp(fn, (x, t, s), tangents, mode="fd")
+            assert _rel(fd.detach(), exact.detach()) <= 0.01, (type(model).__name__, _rel(fd.detach(), exact.detach()))
+
+
+# ---------------------------------------------------------------- meanflow's adaptive weight
+class ConstantField(FlowMapModel):
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.value = torch.nn.Parameter(value.clone())
+        self.target_time = TargetTimeEmbedding(4)
+
+    def flow(self, x_t, t, s, ctx):
+        return self.value.expand_as(x_t)
+
+
+@pytest.mark.parametrize("with_teacher", [False, True])
+def test_meanflow_adaptive_weight_uses_the_papers_sum_over_coordinates(with_teacher):
+    """Student F ≡ 0 and velocity ≡ c (a constant teacher, or data a = ε − c): every sample's
+    Δ = ‖c‖² exactly, so the loss is ‖c‖²/(‖c‖² + c_ad) — the paper's normalisation (sum over
+    coordinates); a per-coordinate mean gives a loss D× smaller in Δ."""
+    dim = 64
+    c = torch.full((dim,), 0.01, dtype=torch.float64)
+    student = ConstantField(torch.zeros(dim, dtype=torch.float64))
+    method = make_method("meanflow")
+    torch.manual_seed(0)
+    if with_teacher:
+        _, metrics = method.loss(student, ConstantField(c), FlowBatch(torch.randn(32, dim, dtype=torch.float64)), 0)
+    else:
+        # the method draws noise after the batch: reproduce its draw to build a = ε − c exactly
+        gen_state = torch.get_rng_state()
+        method._times(32, torch.zeros(1, dtype=torch.float64))
+        eps = torch.randn(32, dim, dtype=torch.float64)
+        torch.set_rng_state(gen_state)
+        _, metrics = method.loss(student, None, FlowBatch(eps - c), 0)
+    sq = float(c.pow(2).sum())
+    assert metrics["loss"] == pytest.approx(sq / (sq + method.config.adaptive_c), rel=1e-6)
+
+
+# ---------------------------------------------------------------- the docstrings cite what runs
+def test_method_papers_cite_what_is_implemented():
+    from policydistill.methods import METHODS
+
+    cd = METHODS.load("consistency_distillation")
+    assert "Consistency Policy" not in cd.paper + (cd.__doc__ or "") and "Song" in cd.paper
+    assert "2026" in METHODS.load("snapflow").paper
+    assert "every power-of-two count above it from earlier rounds" not in METHODS.load("progressive_distillation").nfe_supported
+
+
+def test_lsd_bench_recipe_keeps_the_data_end_supervised():
+    """The s² weight (small_s_eps = 1) left s < 0.3 almost unsupervised (w(0.2) = 0.04) and a
+    4-step lsd map came out worse than its 2-step map: the recipe's weight must reach full
+    strength by s = 0.1, where the last jump of a 4-step sampler lands."""
+    from policydistill.bench.recipes import recipe_for
+
+    eps = recipe_for("lsd").method.get("small_s_eps", make_method("lsd").config.small_s_eps)
+    weight = (lambda s: 1.0 if eps <= 0 else min(1.0, s / eps) ** 2)
+    assert all(weight(s) == 1.0 for s in (0.1, 0.2, 0.25, 0.5))

@@ -71,3 +71,18 @@ def test_mean_squared_error_is_per_coordinate():
     assert mean_squared_error(x, x + 3.0) == pytest.approx(9.0)
     with pytest.raises(ValueError, match="same shape"):
         mean_squared_error(torch.zeros(2, 3), torch.zeros(3, 2))
+
+
+def test_gaussian_w2_has_the_closed_form_answers():
+    from policydistill.core.metrics import gaussian_w2
+
+    g = torch.Generator().manual_seed(0)
+    mean, std = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([2.0, 0.1, 1.0])
+    z = torch.randn(200_000, 3, generator=g, dtype=torch.float64)
+    assert gaussian_w2(mean + std * z, mean, std) < 1e-4
+    # a shifted mean costs |δ|²/D; a scaled axis (σ → kσ) costs (k − 1)²σ²/D
+    assert gaussian_w2(mean + std * z + torch.tensor([0.3, 0.0, 0.0]), mean, std) == pytest.approx(0.09 / 3, abs=2e-4)
+    scaled = mean + std * z * torch.tensor([1.5, 1.0, 1.0], dtype=torch.float64)
+    assert gaussian_w2(scaled, mean, std) == pytest.approx(0.25 * 4.0 / 3, rel=0.01)
+    with pytest.raises(ValueError, match="dimension"):
+        gaussian_w2(z[:, :2], mean, std)

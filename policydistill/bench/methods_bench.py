@@ -1,9 +1,11 @@
-"""The correctness benchmark of every distillation method on an exactly solvable target.
+"""The correctness benchmark of every distillation method on two exactly solvable targets
+(running; tables, checks and the plot are in ``bench.methods_report``).
 
-For each seed:
-  1. The target is the benchmark Gaussian mixture (``bench.mixture``), whose velocity field is
-     known in closed form (``AnalyticGMMTeacher``) and whose true noise → data map is computed
-     by RK4 in float64.
+For each problem and seed:
+  1. The target is either the benchmark Gaussian mixture (``bench.mixture``: narrow modes, σ ≤ 0.2;
+     true noise → data map by RK4 in float64) or one anisotropic WIDE Gaussian (``bench.gaussian``:
+     σ from 0.1 to 2; true map closed form). Both velocity fields are known in closed form
+     (``AnalyticGMMTeacher``).
   2. Warm start: an MLP velocity field is fitted to the analytic teacher through the training
      loop (``VelocityRegression``: F(x_t, t, t) regressed on the EXACT velocity, not the noisy
      ε − a target). Every student starts as ``student_from_teacher`` of that fit; methods that
@@ -15,8 +17,10 @@ For each seed:
 
 Reported per method and NFE: the per-coordinate MSE to the true flow map from the same noise,
 the sliced 2-Wasserstein distance to fresh target samples (with the exact map's own SW as the
-finite-sample floor), the 2-step Euler error of the student's own velocity field (the SnapFlow
-bound) and the training wall time; next to N-step Euler of the analytic teacher and
+finite-sample floor), on the Gaussian the squared W2 per coordinate between the samples' Gaussian
+fit and the target (``core.metrics.gaussian_w2``: the error of samplers that re-noise, whose samples
+are not a pointwise map of the noise), the 2-step Euler error of the student's own velocity field (the SnapFlow
+bound, docs/architecture.md) and the training wall time; next to N-step Euler of the analytic teacher and
 of the fitted MLP. Averages are over seeds, ± the standard deviation across seeds.
 """
 
@@ -38,13 +42,14 @@ from torch import Tensor
 from ..checkpoint import load_model, save_model
 from ..core.flowmap import FlowBatch, FlowMapModel, student_from_teacher
 from ..core.interpolant import interpolate
-from ..core.metrics import mean_squared_error, random_directions, sliced_wasserstein
+from ..core.metrics import gaussian_w2, mean_squared_error, random_directions, sliced_wasserstein
 from ..core.sampler import sample
 from ..core.time_sampling import sample_time
 from ..methods import METHODS, make_method
 from ..methods.base import Method, masked_mse
 from ..models.mlp import MLPFlowMap, MLPFlowMapConfig
 from ..train import TrainConfig, TrainingDiverged, train
+from .gaussian import ExactGaussianFlowMap, make_wide_gaussian
 from .mixture import AnalyticGMMTeacher, GaussianMixture, MixtureData, make_mixture, true_flow_map
 from .recipes import FIT_RECIPE, Recipe, recipe_for
 
@@ -70,6 +75,11 @@ class BenchConfig:
     progress: bool = True
     quick: bool = False
     cache_dir: str | None = None             # reuse fitted velocity fields across runs (keyed by config)
+    problems: tuple[str, ...] = ("mixture", "gaussian")  # see PROBLEMS
+
+
+#: the exactly solvable targets: narrow-mode mixture and one wide anisotropic Gaussian
+PROBLEMS = ("mixture", "gaussian")
 
 
 def quick_config(dim: int = 2, **overrides: Any) -> BenchConfig:
@@ -83,6 +93,7 @@ class VelocityRegression(Method):
     """Bench-only warm start: ‖F(x_t, t, t) − v*(x_t, t)‖² against the teacher's exact velocity."""
 
     needs_teacher = True
+    uses_target_time = False
     sampling = "diagonal"
     Config = type("VelocityRegressionConfig", (), {})
 
@@ -113,11 +124,15 @@ def _train_config(recipe: Recipe, cfg: BenchConfig, seed: int, steps: int | None
 
 
 def _evaluate(model: FlowMapModel, mode: str, nfes: list[int], noise: Tensor, ref: Tensor, target: Tensor,
-              dirs: Tensor) -> dict[str, dict[str, float]]:
+              dirs: Tensor, gaussian: GaussianMixture | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
     out = {}
     for k in nfes:
-        x = sample(model, noise, None, k, mode).to(torch.float64)
+        # the consistency sampler's fresh noise: the same draws for every model at this NFE
+        g = torch.Generator().manual_seed(20_000 + 100 * seed + k)
+        x = sample(model, noise, None, k, mode, generator=g).to(torch.float64)
         out[str(k)] = {"mse": mean_squared_error(x, ref), "sw": sliced_wasserstein(x, target, directions=dirs)}
+        if gaussian is not None:
+            out[str(k)]["w2"] = gaussian_w2(x, gaussian.means[0], gaussian.stds[0])
     return out
 
 
@@ -132,31 +147,45 @@ def _stratified_target(mix: GaussianMixture, n: int, g: torch.Generator) -> Tens
     return mix.means[comp] + mix.stds[comp] * z
 
 
-def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print) -> dict[str, Any]:
+def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print, problem: str = "mixture") -> dict[str, Any]:
+    if problem not in PROBLEMS:
+        raise ValueError(f"unknown problem {problem!r}; valid: {', '.join(PROBLEMS)}")
     torch.manual_seed(seed)
-    mix = make_mixture(cfg.dim)
+    wide = problem == "gaussian"
+    mix = make_wide_gaussian(cfg.dim) if wide else make_mixture(cfg.dim)
+    gauss = mix if wide else None
     teacher = AnalyticGMMTeacher(mix)
     data = MixtureData(mix)
     g = torch.Generator().manual_seed(10_000 + seed)
     noise64 = torch.randn(cfg.eval_samples, cfg.dim, generator=g, dtype=torch.float64)
     noise = noise64.to(torch.float32)
     t0 = time.perf_counter()
-    ref = true_flow_map(mix, noise64, cfg.solver_steps)
+    ref = mix.means[0] + mix.stds[0] * noise64 if wide else true_flow_map(mix, noise64, cfg.solver_steps)
     solver_s = time.perf_counter() - t0
-    target = _stratified_target(mix, cfg.eval_samples, g)
+    if wide:
+        target = mix.means[0] + mix.stds[0] * torch.randn(cfg.eval_samples, cfg.dim, generator=g, dtype=torch.float64)
+    else:
+        target = _stratified_target(mix, cfg.eval_samples, g)
     dirs = random_directions(cfg.n_projections, cfg.dim, g)
     euler_nfes = sorted(set(cfg.nfe) | {cfg.teacher_steps})
+    ev = dict(ref=ref, target=target, dirs=dirs, gaussian=gauss, seed=seed)
     rows: dict[str, Any] = {}
-    rows["exact flow map (RK4)"] = {"kind": "reference", "nfe": {
-        "exact": {"mse": 0.0, "sw": sliced_wasserstein(ref, target, directions=dirs)}}, "solver_s": solver_s}
+    exact = {"mse": 0.0, "sw": sliced_wasserstein(ref, target, directions=dirs)}
+    if wide:
+        exact["w2"] = gaussian_w2(ref, mix.means[0], mix.stds[0])
+    rows["exact flow map (closed form)" if wide else "exact flow map (RK4)"] = {
+        "kind": "reference", "nfe": {"exact": exact}, "solver_s": solver_s}
     rows["teacher: exact Euler"] = {"kind": "baseline",
-                                    "nfe": _evaluate(teacher, "diagonal", euler_nfes, noise, ref, target, dirs)}
+                                    "nfe": _evaluate(teacher, "diagonal", euler_nfes, noise, **ev)}
+    if wide:  # the sampler alone: the PERFECT consistency function through the multistep sampler
+        rows["exact map: consistency sampler"] = {"kind": "baseline", "nfe": _evaluate(
+            ExactGaussianFlowMap(mix.means[0], mix.stds[0]), "consistency", list(cfg.nfe), noise, **ev)}
 
     # Warm start: the MLP velocity field fitted to the analytic teacher.
     velocity = MLPFlowMap(MLPFlowMapConfig(sample_shape=(cfg.dim,), width=cfg.width, depth=cfg.depth,
                                            time_dim=cfg.time_dim))
     fit_cfg = _train_config(FIT_RECIPE, cfg, seed, cfg.fit_steps, f"seed {seed} fit velocity")
-    key = (f"fit-d{cfg.dim}-w{cfg.width}-l{cfg.depth}-e{cfg.time_dim}-s{fit_cfg.steps}-b{fit_cfg.batch_size}"
+    key = (f"fit-{problem}-d{cfg.dim}-w{cfg.width}-l{cfg.depth}-e{cfg.time_dim}-s{fit_cfg.steps}-b{fit_cfg.batch_size}"
            f"-lr{fit_cfg.lr:g}-seed{seed}")
     cached = Path(cfg.cache_dir) / key if cfg.cache_dir else None
     t0 = time.perf_counter()
@@ -174,7 +203,7 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print) -> dict
             (cached / "fit.json").write_text(json.dumps({"train_s": fit_s, "final_loss": fit_loss}))
     rows["teacher: MLP-fit Euler"] = {"kind": "baseline", "train_s": fit_s, "steps": fit_cfg.steps,
                                       "batch_size": fit_cfg.batch_size, "final_loss": fit_loss,
-                                      "nfe": _evaluate(velocity, "diagonal", euler_nfes, noise, ref, target, dirs)}
+                                      "nfe": _evaluate(velocity, "diagonal", euler_nfes, noise, **ev)}
 
     for name in methods:
         recipe = recipe_for(name)
@@ -202,18 +231,19 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print) -> dict
         row["final_loss"] = result.history[-1]["loss"] if result.history else float("nan")
         trained = result.ema if (recipe.sample_with_ema and result.ema is not None) else result.model
         model = method.sampling_model(trained).eval()
-        row["nfe"] = _evaluate(model, cls.sampling, list(cfg.nfe), noise, ref, target, dirs)
+        # sampled the way it was trained: train() stored the method's mode in the model
+        row["nfe"] = _evaluate(model, model.sampling_mode, list(cfg.nfe), noise, **ev)
         # The SnapFlow bound: the 2-step Euler map of the student's own velocity field.
-        row["own_euler2"] = _evaluate(trained.eval(), "diagonal", [2], noise, ref, target, dirs)["2"]
+        row["own_euler2"] = _evaluate(trained.eval(), "diagonal", [2], noise, **ev)["2"]
         row["status"] = "ok"
         rows[name] = row
     return rows
 
 
-def _run_seed_worker(args: tuple[BenchConfig, int, list[str]]) -> dict[str, Any]:
-    cfg, seed, methods = args
+def _run_seed_worker(args: tuple[BenchConfig, int, list[str], str]) -> dict[str, Any]:
+    cfg, seed, methods, problem = args
     torch.set_num_threads(max(1, cfg.threads))
-    return run_seed(cfg, seed, methods, log=lambda msg: print(msg, flush=True))
+    return run_seed(cfg, seed, methods, log=lambda msg: print(msg, flush=True), problem=problem)
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -262,35 +292,48 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path | None = None, log=print) ->
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(default_methods())}")
+    problems = [p for p in cfg.problems]
+    bad = [p for p in problems if p not in PROBLEMS]
+    if bad or not problems:
+        raise ValueError(f"unknown problem(s) {bad}; valid: {', '.join(PROBLEMS)}")
     torch.set_num_threads(max(1, cfg.threads))
     t0 = time.perf_counter()
-    if cfg.jobs > 1 and len(cfg.seeds) > 1:
+    tasks = [(p, seed) for p in problems for seed in cfg.seeds]
+    if cfg.jobs > 1 and len(tasks) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        # One process per seed: the networks are small, so processes scale where threads do not.
+        # One process per (problem, seed): the networks are small, so processes scale where threads do not.
         worker_cfg = replace(cfg, progress=False)
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(cfg.jobs, len(cfg.seeds)), mp_context=ctx) as pool:
-            per_seed = list(pool.map(_run_seed_worker, [(worker_cfg, seed, methods) for seed in cfg.seeds]))
+        with ProcessPoolExecutor(max_workers=min(cfg.jobs, len(tasks)), mp_context=ctx) as pool:
+            runs = list(pool.map(_run_seed_worker, [(worker_cfg, seed, methods, p) for p, seed in tasks]))
     else:
-        per_seed = [run_seed(cfg, seed, methods, log) for seed in cfg.seeds]
+        runs = [run_seed(cfg, seed, methods, log, problem=p) for p, seed in tasks]
+    per_problem = {p: [r for (q, _), r in zip(tasks, runs) if q == p] for p in problems}
     result = {
-        "benchmark": "methods on an exact Gaussian mixture",
+        "benchmark": "methods on exactly solvable targets (Gaussian mixture, wide anisotropic Gaussian)",
         "config": {**asdict(cfg), "methods": methods},
         "fit_recipe": FIT_RECIPE.as_dict(),
         "mixture": {"dim": cfg.dim, "construction": "policydistill.bench.mixture.make_mixture (see its docstring)",
                     "n_modes": int(make_mixture(cfg.dim).weights.numel())},
+        "gaussian": {"dim": cfg.dim, "construction": "policydistill.bench.gaussian.make_wide_gaussian (see its docstring)",
+                     "stds": make_wide_gaussian(cfg.dim).stds[0].tolist()},
         "metrics": {"mse": "mean over samples and coordinates of (x - x_true)^2, same noise",
-                    "sw": f"sliced 2-Wasserstein to {cfg.eval_samples} stratified target samples, "
+                    "sw": f"sliced 2-Wasserstein to {cfg.eval_samples} target samples, "
                           f"{cfg.n_projections} directions",
+                    "w2": "Gaussian problem: squared W2 per coordinate between the samples' Gaussian fit and the target",
                     "own_euler2": "the 2-step Euler map of the trained student's own velocity field (SnapFlow bound)"},
         "machine": machine_info(),
         "total_s": time.perf_counter() - t0,
-        "per_seed": per_seed,
-        "summary": aggregate(per_seed),
+        "problems": {p: {"per_seed": per_problem[p], "summary": aggregate(per_problem[p])} for p in problems},
     }
+    first = "mixture" if "mixture" in problems else problems[0]
+    # the first problem's numbers also at the top level (what earlier readers of results.json expect)
+    result["per_seed"], result["summary"] = per_problem[first], result["problems"][first]["summary"]
     if out_dir is not None:
+        from .methods_report import plot_results
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
@@ -298,146 +341,5 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path | None = None, log=print) ->
     return result
 
 
-def _fmt(stat: dict[str, float] | None, digits: int = 3) -> str:
-    if stat is None:
-        return "-"
-    m, s = stat["mean"], stat["std"]
-    if stat.get("n", 1) > 1:
-        return f"{m:.{digits}g} ± {s:.2g}"
-    return f"{m:.{digits}g}"
-
-
-def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the summary table (shared by the rich table and the markdown file)."""
-    cfg = result["config"]
-    nfes = [str(k) for k in cfg["nfe"]]
-    n = str(cfg["teacher_steps"])
-    header = (["method", "budget"] + [f"MSE@{k}" for k in nfes] + ([f"MSE@{n}"] if n not in nfes else [])
-              + [f"SW@{k}" for k in nfes] + ["own Euler-2 MSE", "train s"])
-    rows = []
-    for name, agg in result["summary"].items():
-        nfe = agg.get("nfe", {})
-        if name.startswith("exact"):
-            cells = [name, "-"] + ["0"] * len(nfes) + (["0"] if n not in nfes else []) \
-                + [_fmt(nfe["exact"]["sw"])] * len(nfes) + ["-", "-"]
-            rows.append(cells)
-            continue
-        if not nfe:
-            rows.append([name, "-", agg.get("status", "")[:60]] + [""] * (len(header) - 3))
-            continue
-        budget = f"{agg['steps']}×{agg['batch_size']}" if "steps" in agg and "batch_size" in agg else (
-            f"{agg['steps']} steps" if "steps" in agg else "-")
-        cells = [name, budget] + [_fmt(nfe.get(k, {}).get("mse")) for k in nfes]
-        if n not in nfes:
-            cells.append(_fmt(nfe.get(n, {}).get("mse")))
-        cells += [_fmt(nfe.get(k, {}).get("sw")) for k in nfes]
-        cells.append(_fmt(agg.get("own_euler2", {}).get("mse")))
-        cells.append(_fmt(agg.get("train_s"), 3))
-        rows.append(cells)
-    return header, rows
-
-
-def markdown_table(result: dict[str, Any]) -> str:
-    header, rows = table_rows(result)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def markdown_report(result: dict[str, Any], command: str) -> str:
-    """The benchmark as a markdown page: command, machine, construction, budgets and the table."""
-    cfg, m = result["config"], result["machine"]
-    lines = [
-        f"# Distillation methods on an exact {cfg['dim']}-D Gaussian mixture",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {m['platform']}, {m['cpu_count']} CPU cores (shared), torch {m['torch']} with "
-        f"{cfg['threads']} thread(s); total wall time {result['total_s'] / 60:.1f} min.",
-        "",
-        "Target: `policydistill.bench.mixture.make_mixture` (8 modes at random ±1 sign vectors, per-mode "
-        "per-axis std log-uniform in [0.05, 0.2], unequal weights; 2-D: 8 modes on a circle of radius 2). "
-        "The teacher is the exact velocity field of the mixture; the true flow map is RK4 in float64 "
-        f"({cfg['solver_steps']} steps). Every student starts from an MLP velocity field "
-        f"(width {cfg['width']}, depth {cfg['depth']}) fitted to the exact teacher; every method is "
-        "trained by the one training loop with the budget in the table (steps × batch) and gets the "
-        "exact teacher. MSE: per coordinate, to the true flow map from the same noise "
-        f"({cfg['eval_samples']} samples). SW: sliced 2-Wasserstein to stratified target samples "
-        "(the exact map's own SW is the finite-sample floor). own Euler-2 MSE: the 2-step Euler map "
-        "of the student's own velocity field, SnapFlow's bound. Mean ± std over seeds "
-        f"{list(cfg['seeds'])}.",
-        "",
-        markdown_table(result),
-        "",
-    ]
-    summary = result["summary"]
-    checks = bar_checks(summary)
-    if checks:
-        lines += ["## Checks", ""] + [f"- {c}" for c in checks] + [""]
-    lines += ["## Budgets and recipes (`policydistill/bench/recipes.py`)", ""]
-    lines.append(f"- velocity fit (warm start of every student): {result['fit_recipe']['steps']} steps × "
-                 f"{result['fit_recipe']['batch_size']}, lr {result['fit_recipe']['lr']:g}")
-    for name, agg in summary.items():
-        if agg.get("kind") == "method" and "recipe" in agg:
-            rec = agg["recipe"]
-            extra = f", method options {rec['method']}" if rec["method"] else ""
-            note = f" — {rec['note']}" if rec["note"] else ""
-            lines.append(f"- {name}: {agg['steps']} steps × {agg['batch_size']}, lr {rec['lr']:g}"
-                         f"{', EMA ' + str(rec['ema_decay']) if rec['ema_decay'] else ''}{extra}{note}")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def bar_checks(summary: dict[str, Any]) -> list[str]:
-    """The bench's bars, evaluated on the seed means: psd, shortcut, lsd and consistency_distillation
-    at 1 NFE ≤ ½ × the exact teacher's 2-step Euler error; SnapFlow at 1 NFE within 10% of its own
-    velocity field's 2-step Euler error."""
-    out = []
-    euler2 = summary.get("teacher: exact Euler", {}).get("nfe", {}).get("2", {}).get("mse", {}).get("mean")
-    for name in ("psd", "shortcut", "lsd", "consistency_distillation"):
-        m1 = summary.get(name, {}).get("nfe", {}).get("1", {}).get("mse", {}).get("mean")
-        if euler2 is not None and m1 is not None:
-            ok = "PASS" if m1 <= 0.5 * euler2 else "FAIL"
-            out.append(f"{ok}: {name} 1-NFE MSE {m1:.4g} vs ½ × exact-teacher 2-step Euler "
-                       f"{0.5 * euler2:.4g} (ratio {m1 / euler2:.3f} of the Euler-2 error)")
-    snap = summary.get("snapflow", {})
-    s1 = snap.get("nfe", {}).get("1", {}).get("mse", {}).get("mean")
-    bound = snap.get("own_euler2", {}).get("mse", {}).get("mean")
-    if s1 is not None and bound is not None:
-        ok = "PASS" if s1 <= 1.1 * bound else "FAIL"
-        out.append(f"{ok}: snapflow 1-NFE MSE {s1:.4g} vs its own 2-step Euler map {bound:.4g} "
-                   f"({100 * (s1 / bound - 1):+.1f}%; the bar is +10%)")
-    return out
-
-
-def plot_results(result: dict[str, Any], path: str | Path) -> None:
-    """Flow-map MSE vs NFE per method (log-log), Euler baselines dashed, ± std error bars."""
-    from ..plotting import pyplot, save_figure
-
-    plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    colours = plt.get_cmap("tab20").colors  # > 10 lines: the default cycle would repeat colours
-    for i, (name, agg) in enumerate(result["summary"].items()):
-        nfe = agg.get("nfe")
-        if not nfe or name.startswith("exact"):
-            continue
-        ks = sorted(int(k) for k in nfe)
-        mean = [max(nfe[str(k)]["mse"]["mean"], 1e-12) for k in ks]
-        std = [nfe[str(k)]["mse"]["std"] for k in ks]
-        style = "--" if agg["kind"] == "baseline" else "-"
-        ax.errorbar(ks, mean, yerr=std, fmt=style + "o", ms=4, capsize=3, label=name,
-                    color=colours[(2 * i) % 20 + (2 * i) // 20 % 2])
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("NFE")
-    ax.set_ylabel("MSE to the true flow map (per coordinate)")
-    cfg = result["config"]
-    ax.set_title(f"{cfg['dim']}-D Gaussian mixture, {len(cfg['seeds'])} seed(s)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    save_figure(fig, path)
-
-
-__all__ = ["BenchConfig", "VelocityRegression", "aggregate", "default_methods", "bar_checks", "markdown_table", "plot_results",
-           "markdown_report", "quick_config", "run_bench", "run_seed", "table_rows"]
+__all__ = ["BenchConfig", "PROBLEMS", "VelocityRegression", "aggregate", "default_methods", "quick_config",
+           "run_bench", "run_seed"]

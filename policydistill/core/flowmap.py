@@ -39,13 +39,19 @@ class FlowBatch:
 
 
 class FlowMapModel(nn.Module):
-    """Base class of every generator. Subclasses implement ``encode`` and ``flow`` and own a
+    """Base class of every generator. Subclasses implement ``encode`` and ``flow`` and MUST own a
     ``target_time`` (:class:`TargetTimeEmbedding`) whose output they add to their time
-    embedding. ``sample_shape`` is the per-sample shape of x (e.g. (chunk, action_dim))."""
+    embedding — also a model that ignores s (a flow-matching teacher keeps it frozen at zero):
+    the distillation methods train that branch, and ``train()`` refuses a model without it.
+    ``sample_shape`` is the per-sample shape of x (e.g. (chunk, action_dim))."""
 
     target_time: TargetTimeEmbedding
     #: training-time sampler of t for flow matching ("beta" for pi0-style policies).
     time_sampler: str = "uniform"
+    #: how this model is sampled (``core.sampler``): ``train()`` sets it to the method's mode, the
+    #: checkpoint stores it, and ``sample`` / eval / latency / export use it when no mode is given.
+    #: None = "flowmap" (which equals Euler for a model whose target-time branch is zero).
+    sampling_mode: str | None = None
 
     def encode(self, cond: Any) -> Any:
         """Encode conditioning once; the result is passed to every ``flow`` call."""

@@ -122,6 +122,7 @@ class ExportedPolicy:
 
     @torch.no_grad()
     def sample_actions(self, obs: dict[str, Any], steps: int, mode: str, noise: Tensor | None = None) -> Tensor:
+        from ..core.interpolant import interpolate
         from ..core.sampler import time_grid
 
         cond = self.policy.process(obs)
@@ -132,7 +133,11 @@ class ExportedPolicy:
         step = self._step_fn
         for i in range(steps):
             t, s_next = grid[i].expand(b), grid[i + 1].expand(b)
-            target = {"flowmap": s_next, "diagonal": t, "consistency": torch.zeros_like(t)}[mode]
+            if mode == "consistency":  # predict x̂₀, re-noise to s with fresh noise (core.sampler)
+                x0 = step(x, t, torch.zeros_like(t), t, *flat)
+                x = interpolate(x0, torch.randn(x.shape, dtype=x.dtype), s_next)
+                continue
+            target = {"flowmap": s_next, "diagonal": t, "consistency_deterministic": torch.zeros_like(t)}[mode]
             x = step(x, t, target, t - s_next, *flat)
         return self.policy.normalizer.unnormalize("action", x[..., : self.policy.config.action_dim].float())
 
@@ -207,7 +212,13 @@ class OnnxPolicy:
         for i in range(steps):
             t = np.full(b, grid[i], np.float32)
             s_next = np.full(b, grid[i + 1], np.float32)
-            target = {"flowmap": s_next, "diagonal": t, "consistency": np.zeros_like(t)}[mode]
+            if mode == "consistency":  # predict x̂₀, re-noise to s with fresh noise (core.sampler)
+                x0 = self.step.run(None, dict(zip(self.step_inputs, [x, t, np.zeros_like(t), t, *flat])))[0]
+                z = torch.randn(x.shape, dtype=torch.float32).numpy()
+                x = (s_next.reshape(-1, *[1] * (x.ndim - 1)) * z
+                     + (1 - s_next.reshape(-1, *[1] * (x.ndim - 1))) * x0).astype(np.float32)
+                continue
+            target = {"flowmap": s_next, "diagonal": t, "consistency_deterministic": np.zeros_like(t)}[mode]
             x = self.step.run(None, dict(zip(self.step_inputs, [x, t, target, t - s_next, *flat])))[0]
         out = torch.from_numpy(x)
         return self.policy.normalizer.unnormalize("action", out[..., : self.policy.config.action_dim].float())

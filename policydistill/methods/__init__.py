@@ -26,6 +26,8 @@ METHODS.register("reflow", "policydistill.methods.reflow:Reflow")
 #: (README "Which method for policies"; the rule is pipeline.compare.best_method): at 1 NFE every
 #: method's success was within the noise of the others, and reflow's action chunks were the
 #: closest to the 10-step teacher's (sliced Wasserstein 0.069 vs SnapFlow's 0.099, naive 0.102).
+#: That comparison predates the independent data/noise streams and the re-noising consistency
+#: sampler; the README says what a re-run may move.
 DEFAULT_METHOD = "reflow"
 
 #: The default per domain, each earned by a benchmark the project ships. Action chunks: reflow
@@ -53,9 +55,15 @@ def method_table() -> list[dict[str, Any]]:
     rows = []
     for name in METHODS:
         cls = METHODS.load(name)
+        default = cls()
+        use = default.teacher_use()
+        teacher = {"required": "required", "not used": "not used",
+                   "used": "optional: use_teacher=True (default) distils from a given teacher; False ignores it",
+                   "ignored": "optional: use_teacher=False (default) ignores a given teacher"}[use]
         rows.append({
             "name": name,
             "needs_teacher": cls.needs_teacher,
+            "teacher": teacher,
             "extra_networks": list(cls.extra_networks),
             "nfe_supported": cls.nfe_supported,
             "sampling": cls.sampling,

@@ -3,6 +3,7 @@
 A method is an ``nn.Module`` (so that extra networks such as EMA targets are saved and moved
 with it) holding a typed config dataclass. The training loop calls, in order:
 
+    method.check_student(student)                          # once: the flow-map contract
     method.setup(student, teacher, total_steps)            # once
     loss, metrics = method.loss(student, teacher, batch, step)   # every step
     method.after_step(student, step)                       # after the optimiser step
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..core.embedding import TargetTimeEmbedding
 from ..core.flowmap import FlowBatch, FlowMapModel
 from ..core.sampler import SamplingMode
 
@@ -27,6 +29,9 @@ from ..core.sampler import SamplingMode
 class Method(nn.Module):
     #: registry metadata, shown by ``policydistill methods``
     needs_teacher: ClassVar[bool] = False
+    #: whether the method trains off the diagonal (s ≠ t), i.e. needs a trainable ``target_time``
+    #: branch; flow matching and reflow train the velocity only and freeze it
+    uses_target_time: ClassVar[bool] = True
     extra_networks: ClassVar[tuple[str, ...]] = ()
     nfe_supported: ClassVar[str] = "any"
     description: ClassVar[str] = ""
@@ -48,6 +53,35 @@ class Method(nn.Module):
                 f"{type(self).__name__} has no option(s) {sorted(unknown)}; valid options: {sorted(names) or 'none'}"
             )
         self.config = self.Config(**overrides)
+
+    def teacher_use(self) -> str:
+        """How a teacher passed to ``train`` is used: "required", "used" (an optional teacher this
+        configuration distils from), "ignored" (an optional teacher switched off by the config) or
+        "not used" (the method has no teacher variant). Shown by ``policydistill methods``."""
+        if self.needs_teacher:
+            return "required"
+        if any(f.name == "use_teacher" for f in dataclasses.fields(self.config)):
+            return "used" if self.config.use_teacher else "ignored"
+        return "not used"
+
+    def active_teacher(self, teacher: FlowMapModel | None) -> FlowMapModel | None:
+        """The teacher this configuration actually distils from (None: self-distillation)."""
+        return teacher if self.teacher_use() in ("required", "used") else None
+
+    def check_student(self, student: nn.Module) -> None:
+        """Refuse, before any step, a student that breaks the flow-map contract."""
+        branch = getattr(student, "target_time", None)
+        if not isinstance(branch, TargetTimeEmbedding):
+            raise TypeError(
+                f"{type(student).__name__} has no target_time branch: every FlowMapModel must own a "
+                "policydistill.core.TargetTimeEmbedding named `target_time` and add its output to the time "
+                "embedding, even a model that ignores s (flow matching freezes it at zero).")
+        if self.uses_target_time and any(not p.requires_grad for p in branch.parameters()):
+            raise ValueError(
+                f"{type(self).__name__} trains the flow map off the diagonal, but the student's target_time "
+                "branch is frozen (a copy of a flow-matching teacher keeps it frozen at zero and it would never "
+                "learn). Build the student with policydistill.core.student_from_teacher(teacher), or call "
+                "student.target_time.requires_grad_(True) before training.")
 
     def setup(self, student: FlowMapModel, teacher: FlowMapModel | None, total_steps: int) -> None:
         """Called once before training (build EMA copies, pair buffers, schedules)."""

@@ -1,4 +1,4 @@
-"""Consistency distillation (Song, Dhariwal, Chen & Sutskever 2023, "Consistency Models", Eq. 7: L_CD = λ·d(f_θ(x_{t_{n+1}}, t_{n+1}), f_θ⁻(x̂_{t_n}, t_n)); Consistency Policy recipe, Prasad et al. 2024)."""
+"""Consistency distillation (Song, Dhariwal, Chen & Sutskever 2023, "Consistency Models", Eq. 7: L_CD = λ·d(f_θ(x_{t_{n+1}}, t_{n+1}), f_θ⁻(x̂_{t_n}, t_n)); Algorithm 1 multistep sampling)."""
 
 from __future__ import annotations
 
@@ -46,16 +46,17 @@ class ConsistencyDistillation(Method):
     """Pick n, noise the data to x_{t_{n+1}}, take ONE teacher ODE step (Euler or Heun) to
     x̂_{t_n}, and regress the consistency function f_θ(x_{t_{n+1}}, t_{n+1}) on the EMA target
     network's f_θ⁻(x̂_{t_n}, t_n), where f(x, t) = x − t·F(x, t, 0). Warm start from the teacher
-    makes f at step 0 the teacher's denoiser E[a | x_t]. Sampling: the (multistep) consistency
-    sampler, x_s = x_t − (t − s)·F(x_t, t, 0)."""
+    makes f at step 0 the teacher's denoiser E[a | x_t]. Sampling: the multistep consistency
+    sampler of the paper's Algorithm 1 (``core.sampler`` "consistency"): x̂₀ = x_t − t·F(x_t, t, 0),
+    then x_s = s·z + (1 − s)·x̂₀ with fresh noise z."""
 
     Config = ConsistencyDistillationConfig
     needs_teacher = True
     extra_networks = ("target_net",)
-    nfe_supported = "1 (trained); any via the multistep consistency sampler"
+    nfe_supported = "1 (trained); any via the multistep consistency sampler (fresh noise per step)"
     sampling = "consistency"
     description = "Consistency function x − t·F(x,t,0) matched across one teacher ODE step, EMA target network."
-    paper = "Song et al. 2023, Consistency Models (CD); Prasad et al. 2024, Consistency Policy"
+    paper = "Song, Dhariwal, Chen & Sutskever 2023, Consistency Models (CD, Algorithm 2; sampling Algorithm 1)"
 
     def setup(self, student: FlowMapModel, teacher: FlowMapModel | None, total_steps: int) -> None:
         super().setup(student, teacher, total_steps)

@@ -43,7 +43,7 @@ class ConsistencyTraining(Method):
 
     Config = ConsistencyTrainingConfig
     needs_teacher = False
-    nfe_supported = "1 (trained); any via the multistep consistency sampler"
+    nfe_supported = "1 (trained); any via the multistep consistency sampler (fresh noise per step)"
     sampling = "consistency"
     description = "Teacher-free consistency training: adjacent noise levels, sg(θ) target, pseudo-Huber, curriculum."
     paper = "Song & Dhariwal 2023, Improved Techniques for Training Consistency Models (iCT)"

@@ -24,6 +24,7 @@ class FlowMatching(Method):
 
     Config = FlowMatchingConfig
     needs_teacher = False
+    uses_target_time = False
     nfe_supported = "any (Euler)"
     sampling = "diagonal"
     description = "Teacher training: regress the velocity field on the diagonal (s = t)."

@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 
 from ..core.flowmap import FlowBatch, FlowMapModel
+from ..core.interpolant import interpolate
 from .base import Method, bcast, masked_mse
-from .flowmap_terms import JvpMode, count_of, diagonal_fm_loss, jvp, ordered_pair, split_batch
+from .flowmap_terms import FD_EPS, JvpMode, count_of, diagonal_fm_loss, jvp, ordered_pair, split_batch
 
 
 @dataclass
@@ -27,8 +28,11 @@ class LSDConfig:
     gap_warmup: float = 0.0
     gap_start: float = 0.05
     jvp: JvpMode = "autograd"          # the loss differentiates THROUGH ∂_s X: keep its gradient exact
-    fd_eps: float = 1e-3
+    fd_eps: float = FD_EPS
     time_sampler: str | None = None    # diagonal FM times; None = the model's own
+    # With a teacher given to train(): True = its velocity is the diagonal target and the b_s of the
+    # residual (teacher-distilled variant); False = ignore it (self-distillation).
+    use_teacher: bool = True
 
 
 class LagrangianSelfDistillation(Method):
@@ -59,6 +63,7 @@ class LagrangianSelfDistillation(Method):
     def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
              step: int) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
+        teacher = self.active_teacher(teacher)
         n_fm = count_of(cfg.fm_fraction, batch.batch_size)
         fm_part, lag = split_batch(batch, n_fm)
         metrics: dict[str, float] = {}
@@ -76,7 +81,7 @@ class LagrangianSelfDistillation(Method):
             if gap_max < 1.0:  # keep t, shrink the gap into the allowed band
                 s = t - (t - s) * gap_max
             noise = torch.randn_like(a)
-            x_t = bcast(t, a) * noise + (1 - bcast(t, a)) * a
+            x_t = interpolate(a, noise, t)
             ctx = student.encode(lag.cond)
             F, dF_ds = jvp(lambda ss: student.flow(x_t, t, ss, ctx), (s,), (torch.ones_like(s),),
                            mode=cfg.jvp, fd_eps=cfg.fd_eps)

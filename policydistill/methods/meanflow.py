@@ -11,7 +11,7 @@ from torch import Tensor
 from ..core.flowmap import FlowBatch, FlowMapModel
 from ..core.interpolant import interpolate, velocity_target
 from .base import Method, bcast, masked_mse
-from .flowmap_terms import JvpMode, count_of, jvp
+from .flowmap_terms import FD_EPS, JvpMode, count_of, jvp
 
 # The MeanFlow identity in OUR convention (t = 1 noise, path runs from t down to s < t).
 # Let x_τ solve dx_τ/dτ = v(x_τ, τ) (v = ε − a points from data towards noise, i.e. towards
@@ -33,7 +33,10 @@ class MeanFlowConfig:
     adaptive_p: float = 1.0              # loss = Δ / sg(Δ + c)^p (paper: p = 1)
     adaptive_c: float = 1e-3
     jvp: JvpMode = "func"                # "func" (torch.func.jvp, math attention) or "fd" fallback
-    fd_eps: float = 1e-3
+    fd_eps: float = FD_EPS
+    # With a teacher given to train(): True = its velocity replaces ε − a in the target (teacher-
+    # distilled variant); False = ignore it (the paper's teacher-free setup).
+    use_teacher: bool = True
 
 
 class MeanFlow(Method):
@@ -65,6 +68,7 @@ class MeanFlow(Method):
     def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
              step: int) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
+        teacher = self.active_teacher(teacher)
         a = batch.data
         t, s = self._times(a.shape[0], a)
         noise = torch.randn_like(a)
@@ -79,14 +83,29 @@ class MeanFlow(Method):
         F, dF_dt = jvp(lambda x, tt, ss: student.flow(x, tt, ss, ctx), (x_t, t, s),
                        (v, torch.ones_like(t), torch.zeros_like(s)), mode=cfg.jvp, fd_eps=cfg.fd_eps)
         target = (v - bcast(t - s, a) * dF_dt).detach()
-        delta = masked_mse(F, target, batch.mask)
-        weight = (delta.detach() + cfg.adaptive_c).pow(-cfg.adaptive_p)
+        # the paper's Δ = ‖u − u_tgt‖², SUMMED over coordinates (a mean would make c effectively D× larger)
+        err = (F - target).pow(2)
+        if batch.mask is not None:
+            err = err * batch.mask.to(err.dtype).expand_as(err)
+        delta = err.flatten(1).sum(1)
+        diag = s == t
+        if teacher is None:
+            # paper: per-sample adaptive weight w = 1/sg(Δ + c)^p
+            weight = (delta.detach() + cfg.adaptive_c).pow(-cfg.adaptive_p)
+        else:
+            # With a teacher the diagonal target is noise-free and its Δ falls far below the
+            # off-diagonal one; per-sample 1/Δ weights then blow the diagonal samples up and the
+            # jumps go unlearnt. Each group gets one weight from its own mean Δ instead.
+            weight = torch.empty_like(delta)
+            for sel in (diag, ~diag):
+                if bool(sel.any()):
+                    weight[sel] = (delta.detach()[sel].mean() + cfg.adaptive_c).pow(-cfg.adaptive_p)
         loss = (weight * delta).mean()
         metrics = {"loss": float(loss.detach())}
-        # the raw errors, split: on the diagonal the target is the plain velocity (flow matching),
-        # off it the target moves with the model, so only the former must fall steadily
-        diag = s == t
+        # the raw per-coordinate errors, split: on the diagonal the target is the plain velocity (flow
+        # matching), off it the target moves with the model, so only the former must fall steadily
+        per_coord = masked_mse(F.detach(), target, batch.mask)
         for key, sel in (("fm_loss", diag), ("meanflow_loss", ~diag)):
             if bool(sel.any()):
-                metrics[key] = float(delta.detach()[sel].mean())
+                metrics[key] = float(per_coord[sel].mean())
         return loss, metrics

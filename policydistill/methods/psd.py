@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..core.flowmap import FlowBatch, FlowMapModel
+from ..core.interpolant import interpolate
 from .base import Method, bcast, masked_mse
 from .flowmap_terms import count_of, diagonal_fm_loss, ordered_pair, split_batch
 
@@ -19,6 +20,9 @@ class PSDConfig:
     psd_weight: float = 1.0                       # weight of the composition loss
     split: Literal["uniform", "midpoint"] = "uniform"  # where the intermediate time m lies in (s, t)
     time_sampler: str | None = None               # diagonal FM times; None = the model's own
+    # With a teacher given to train(): True = its velocity is the diagonal target (teacher-distilled
+    # variant); False = ignore it (self-distillation on ε − a).
+    use_teacher: bool = True
 
 
 class ProgressiveSelfDistillation(Method):
@@ -39,6 +43,7 @@ class ProgressiveSelfDistillation(Method):
     def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
              step: int) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
+        teacher = self.active_teacher(teacher)
         n_fm = count_of(cfg.fm_fraction, batch.batch_size)
         fm_part, comp = split_batch(batch, n_fm)
         metrics: dict[str, float] = {}
@@ -60,7 +65,7 @@ class ProgressiveSelfDistillation(Method):
             else:
                 raise ValueError(f"unknown split {cfg.split!r}; valid: uniform, midpoint")
             noise = torch.randn_like(a)
-            x_t = bcast(t, a) * noise + (1 - bcast(t, a)) * a
+            x_t = interpolate(a, noise, t)
             ctx = student.encode(comp.cond)
             with torch.no_grad():
                 f1 = student.flow(x_t, t, m, ctx)

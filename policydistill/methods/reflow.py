@@ -37,6 +37,7 @@ masks are the same for every sample). Sampling: Euler on the diagonal (1 step = 
 
     Config = ReflowConfig
     needs_teacher = True
+    uses_target_time = False
     nfe_supported = "any (Euler); 1 is the point"
     sampling = "diagonal"
     description = "Retrain flow matching on fixed (noise, N-step teacher sample) pairs; straight paths, 1-step Euler."

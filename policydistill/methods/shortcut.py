@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.flowmap import FlowBatch, FlowMapModel
+from ..core.interpolant import interpolate
 from .base import Method, bcast, masked_mse, update_ema
 from .flowmap_terms import count_of, diagonal_fm_loss, split_batch
 
@@ -21,6 +22,9 @@ class ShortcutConfig:
     clip: float | None = 10.0          # clip the bootstrap target (paper: ±4 on image latents)
     sample_with_ema: bool = False      # sample with the EMA weights after training
     time_sampler: str | None = None    # diagonal FM times; None = the model's own
+    # With a teacher given to train(): True = the teacher's velocity replaces ε − a on the diagonal
+    # and at the finest level (teacher-distilled variant); False = ignore it (self-distillation).
+    use_teacher: bool = True
 
 
 class Shortcut(Method):
@@ -66,6 +70,7 @@ class Shortcut(Method):
         cfg = self.config
         if not hasattr(self, "ema"):
             raise RuntimeError("Shortcut.loss called before setup(); the training loop calls setup first")
+        teacher = self.active_teacher(teacher)
         n_boot = count_of(cfg.bootstrap_fraction, batch.batch_size)
         boot, fm_part = split_batch(batch, n_boot)
         metrics: dict[str, float] = {}
@@ -83,7 +88,7 @@ class Shortcut(Method):
             d = 0.5 * two_d
             finest = two_d <= 2.0 ** (1 - cfg.max_steps_log2) + 1e-9
             noise = torch.randn_like(a)
-            x_t = bcast(t, a) * noise + (1 - bcast(t, a)) * a
+            x_t = interpolate(a, noise, t)
             with torch.no_grad():
                 ctx_ema = self.ema.encode(boot.cond)
                 # at the finest level the inner steps are velocity (diagonal) evaluations

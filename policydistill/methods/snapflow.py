@@ -1,4 +1,4 @@
-"""SnapFlow: one-step self-distillation of flow-matching VLAs (2025; Eq. for the two-half-step consistency target ½(v₁ + v½))."""
+"""SnapFlow: one-step self-distillation of flow-matching VLAs (2026; Eq. for the two-half-step consistency target ½(v₁ + v½))."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class SnapFlow(Method):
     needs_teacher = False
     nfe_supported = "1 (trained); 2, 4 via the flow map"
     description = "Self-distillation: F(x1,1,0) regressed on the mean of two half-step velocities of its own field."
-    paper = "SnapFlow (2025): one-step action generation for flow-matching VLAs"
+    paper = "SnapFlow (2026): one-step action generation for flow-matching VLAs"
 
     def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
              step: int) -> tuple[Tensor, dict[str, float]]:

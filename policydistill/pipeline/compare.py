@@ -52,10 +52,9 @@ def _compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], re
         # No method's loss depends on the NFE it is sampled with (progressive distillation's
         # schedule is its own option), so one student per method, trained once, is evaluated at
         # every NFE: N identical trainings would spend N× the budget on the same weights.
-        sampling = METHODS.load(method).sampling
         student, prov = train_student(job, cfg, method, min(nfes), out / method, resume, extend)
-        for n in nfes:
-            variants.append(Variant("student", student, n, sampling, method, prov["train_seconds"]))
+        for n in nfes:  # sampled the way it was trained (train() stored the method's mode in it)
+            variants.append(Variant("student", student, n, student.sampling_mode, method, prov["train_seconds"]))
     report = evaluate_variants(variants, job.tasks, job.val_set, cfg, out)
     report.update({"methods": methods, "nfes": nfes, "teacher": str(job.teacher_dir), "tasks": job.tasks,
                    "budget": {"iters": cfg.iters, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}})

@@ -248,7 +248,6 @@ def distill_policy(cfg: DistillConfig, resume: bool = False, extend: bool = Fals
 
 
 def _distill_policy(cfg: DistillConfig, resume: bool, extend: bool) -> dict[str, Any]:
-    from ..methods import METHODS
     from ..train import distributed
     from .evaluate import evaluate_variants, print_report
 
@@ -263,7 +262,7 @@ def _distill_policy(cfg: DistillConfig, resume: bool, extend: bool) -> dict[str,
     student, prov = train_student(job, cfg, cfg.method, cfg.steps, out, resume, extend)
     if not distributed.is_main():
         return {}
-    sampling = METHODS.load(cfg.method).sampling
+    sampling = student.sampling_mode  # stored by train(): the mode the method was trained for
     variants = [Variant("teacher", job.teacher, cfg.teacher_nfe, "diagonal"),
                 Variant("naive", job.teacher, cfg.steps, "diagonal"),
                 Variant("student", student, cfg.steps, sampling, cfg.method, prov["train_seconds"])]

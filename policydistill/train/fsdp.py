@@ -83,7 +83,7 @@ def check_ready(method: Any) -> None:
         raise ValueError(
             f"method {name!r} with jvp='autograd' (a double-backward JVP) cannot train under --fsdp: FSDP frees "
             "each layer's gathered weights after the first backward pass, which the second one still needs. "
-            "Pass `-o jvp=fd` (finite differences, ~1e-4 relative), or drop --fsdp. Under --fsdp every other "
+            "Pass `-o jvp=fd` (a fourth-order finite difference, ≤ 4e-4 relative on pi0), or drop --fsdp. Under --fsdp every other "
             "method trains as it is, meanflow's torch.func.jvp included.")
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("--fsdp shards the model over the ranks of torchrun: launch with `torchrun "

@@ -2,8 +2,15 @@
 
 AdamW, linear warm-up then cosine decay, optional EMA of the weights, gradient clipping,
 bf16 autocast on CUDA, a rich progress bar (loss, it/s, ETA), periodic atomic checkpoints
-and exact resume. Each step re-seeds torch from (seed, step), and the data source is asked
-for the batch of that step, so a resumed run follows the uninterrupted loss curve bit for bit.
+and exact resume. Randomness comes from two independent streams, both re-seeded for every
+micro-batch j of every step k, so a resumed run follows the uninterrupted loss curve bit for bit:
+  * the DATA stream: ``DataSource.sample`` gets a ``torch.Generator`` seeded from
+    ``data_seed(seed, k, j)`` (which samples, which augmentations);
+  * the METHOD stream: torch's global RNG, seeded from ``step_seed(seed, k, j)`` (the method's
+    noise, times and pair draws).
+They are kept apart on purpose: a data source that draws ``torch.randn(B, D, generator=g)`` from
+a generator seeded like the global RNG would hand the method the very tensor it then draws as
+noise, and every training pair would be the exact noise → data coupling.
 
 Under torchrun the same loop runs on every rank (see ``distributed``): a step's batch is cut
 into micro-batches seeded from (seed, step, j), each rank computes its share, and gradients are
@@ -65,7 +72,7 @@ class DataSource(Protocol):
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
-    lr: float = 3e-4
+    lr: float = 3e-4                # teacher training's default; distill/compare: 1e-4 (README)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 50
@@ -152,7 +159,18 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """Seed of the METHOD stream (torch's global RNG) for micro-batch ``rank`` of ``step``."""
     return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
+
+
+def data_seed(seed: int, step: int, rank: int = 0) -> int:
+    """Seed of the DATA stream for micro-batch ``rank`` of ``step``: the method stream's seed
+    passed through splitmix64 (a bijection that scrambles every bit), so the two streams never
+    start from the same state."""
+    z = (step_seed(seed, step, rank) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) % (2**63 - 1)
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -242,6 +260,9 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
             for p in teacher.parameters():
                 p.requires_grad_(False)
         torch.manual_seed(cfg.seed)
+        method.check_student(student)
+        # the trained model samples the way its method was trained (saved with it, used by default)
+        student.sampling_mode = type(method).sampling
         method.to(device)
         method.setup(student, teacher, cfg.steps)
         method.to(device)
@@ -291,9 +312,9 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
                 group["lr"] = lr_at(step, cfg)
             optimizer.zero_grad(set_to_none=True)
             local_loss, sums, suspect = 0.0, {}, None
-            for j in mine:  # micro-batch j of this step: data and method randomness seeded from (seed, step, j)
+            for j in mine:  # micro-batch j of this step: two independent streams seeded from (seed, step, j)
                 torch.manual_seed(step_seed(cfg.seed, step, j))
-                gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, j))
+                gen = torch.Generator().manual_seed(data_seed(cfg.seed, step, j))
                 batch = data.sample(cfg.batch_size // n_micro, gen)
                 batch.data = batch.data.to(device)
                 if batch.mask is not None:
