@@ -95,7 +95,8 @@ def test_cli_wrapper_exit_codes_for_signals(capsys: pytest.CaptureFixture[str], 
 
         @app.command()
         def boom() -> None:
-            raise TrainingInterrupted(signum, 8, Path("runs/x/train/checkpoints/step-00000008"))
+            # the command runs within this iteration, so the loop variable is the one meant
+            raise TrainingInterrupted(signum, 8, Path("runs/x/train/checkpoints/step-00000008"))  # noqa: B023
 
         monkeypatch.setattr(sys, "argv", ["policydistill"])
         with pytest.raises(SystemExit) as exc:

@@ -58,8 +58,10 @@ def test_seeding_images_flip_and_limits():
         firsts = [env.reset(seed=s)[0]["agent_pos"] for s in (7, 8, 7)]
         assert np.array_equal(firsts[0], firsts[2]) and not np.allclose(firsts[0], firsts[1])
         # an unseeded reset after a seeded one continues deterministically
-        env.reset(seed=5); a = env.reset()[0]["agent_pos"]
-        env.reset(seed=5); b = env.reset()[0]["agent_pos"]
+        env.reset(seed=5)
+        a = env.reset()[0]["agent_pos"]
+        env.reset(seed=5)
+        b = env.reset()[0]["agent_pos"]
         assert np.array_equal(a, b)
         # the image is the flipped corner2 frame: the robot base (dark) is in the lower half
         img = env.reset(seed=0)[0]["pixels"]["corner2"]

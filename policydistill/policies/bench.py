@@ -96,7 +96,7 @@ def build_random(arch: str, size: str, device: str, dtype: torch.dtype) -> Any:
         policy = policy.to(dtype).to_empty(device=device)  # allocate once, directly in the target dtype
         gen = torch.Generator(device=device).manual_seed(0)
         with torch.no_grad():
-            for name, p in policy.named_parameters():
+            for p in policy.parameters():
                 p.uniform_(-0.02, 0.02, generator=gen)
             for name, b in policy.named_buffers():  # normaliser: identity
                 b.fill_(1.0 if name.endswith(("scale", "std")) else 0.0)

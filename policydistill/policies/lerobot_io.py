@@ -46,7 +46,7 @@ class LerobotFolder:
         return [k[len(IMAGE_PREFIX):] for k, v in feats.items() if v.get("type") == "VISUAL" and k.startswith(IMAGE_PREFIX)]
 
     def image_shape(self) -> list[int] | None:
-        for k, v in self.config.get("input_features", {}).items():
+        for v in self.config.get("input_features", {}).values():
             if v.get("type") == "VISUAL":
                 return list(v["shape"])
         return None
