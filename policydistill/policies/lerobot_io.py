@@ -45,12 +45,6 @@ class LerobotFolder:
         feats = self.config.get("input_features", {})
         return [k[len(IMAGE_PREFIX):] for k, v in feats.items() if v.get("type") == "VISUAL" and k.startswith(IMAGE_PREFIX)]
 
-    def image_shape(self) -> list[int] | None:
-        for v in self.config.get("input_features", {}).values():
-            if v.get("type") == "VISUAL":
-                return list(v["shape"])
-        return None
-
     def state_dim(self) -> int:
         f = self.config.get("input_features", {}).get("observation.state")
         return int(f["shape"][0]) if f else 0
