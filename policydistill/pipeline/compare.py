@@ -42,7 +42,6 @@ def compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], res
 
 def _compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], resume: bool, extend: bool,
                      console: Console | None) -> dict[str, Any]:
-    from ..methods import METHODS
     from .evaluate import evaluate_variants
 
     out = Path(cfg.out)
