@@ -60,7 +60,7 @@ def bench_methods_cmd(
     if cache is not None:
         overrides["cache_dir"] = str(cache)
     cfg = base.__class__(**{**base.__dict__, **overrides})
-    result = run_bench(cfg, out, log=console.print)
+    result = run_bench(cfg, out)
 
     checks = all_checks(result)
     for problem in wanted:

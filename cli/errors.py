@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import sys
 from pathlib import Path
 
+import rich
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
+from rich.text import Text
 
 from ..checkpoint import CheckpointError
 from ..registry import RegistryError
@@ -19,10 +23,42 @@ USER_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, RegistryError, 
                                                  PermissionError, ImportError, RuntimeError)
 
 
+class _LogHandler(RichHandler):
+    """The library's log lines as the CLI shows them: the message alone (no time, level column or
+    source path), with ``warning:`` / ``error:`` in front of those levels."""
+
+    def render_message(self, record: logging.LogRecord, message: str) -> Text:
+        text = super().render_message(record, message)
+        if record.levelno >= logging.WARNING:
+            style = "red" if record.levelno >= logging.ERROR else "yellow"
+            text = Text.assemble((f"{record.levelname.lower()}: ", style), text)
+        return text
+
+
+def install_log_handler(debug: bool = False) -> logging.Handler:
+    """Render the ``policydistill`` loggers on stderr through rich: INFO and above (DEBUG with
+    ``--debug``). Progress bars use rich's global console, pointed at stderr here too, so log lines
+    print above a live bar instead of through it; stdout carries only the commands' results.
+    Idempotent: a second call (``run_app`` in the same process) reuses the handler."""
+    rich.reconfigure(stderr=True)
+    log = logging.getLogger("policydistill")
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    for handler in log.handlers:
+        if isinstance(handler, _LogHandler):
+            return handler
+    # rich's global console resolves sys.stderr at each write (so pytest's capture sees the lines);
+    # markup is off: messages are plain text, and a path with [brackets] prints as it is
+    handler = _LogHandler(console=rich.get_console(), show_time=False, show_level=False, show_path=False,
+                          markup=False, rich_tracebacks=False)
+    log.addHandler(handler)
+    return handler
+
+
 def run_app(app: typer.Typer) -> None:
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
+    install_log_handler(debug)
     try:
         app()  # typer's standalone mode handles usage errors itself (exit code 2)
     except TrainingInterrupted as exc:  # SIGINT/SIGTERM during training: a checkpoint was written

@@ -128,7 +128,9 @@ def train_cmd(
                  out=out, micro_batches=micro_batches, fsdp=fsdp, log=_log(log))
     if option:
         cfg = dataclasses.replace(cfg, overrides={**cfg.overrides, **_options(option)})
-    train_teacher(cfg, resume=resume, extend=extend)
+    from .app import console
+
+    train_teacher(cfg, resume=resume, extend=extend, console=console)
 
 
 def distill_cmd(
@@ -185,7 +187,9 @@ def distill_cmd(
     options = _method_options(method, option)
     if options:
         cfg = dataclasses.replace(cfg, method_options=options)
-    distill_policy(cfg, resume=resume, extend=extend)
+    from .app import console
+
+    distill_policy(cfg, resume=resume, extend=extend, console=console)
 
 
 def compare_cmd(
@@ -224,4 +228,7 @@ def compare_cmd(
     cfg = _apply(DISTILL_PRESETS[preset], model=model, checkpoint=teacher, iters=iters, episodes=episodes, task=task,
                  workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=_threads(threads), out=out,
                  sweep_n_action_steps=_sweep(sweep), log=_log(log))
-    compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()], nfes, resume=resume, extend=extend)
+    from .app import console
+
+    compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()], nfes, resume=resume, extend=extend,
+                    console=console)

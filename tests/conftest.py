@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -50,6 +51,17 @@ def fixtures_dir() -> Path:
         pytest.fail(f"test fixtures missing at {FIXTURES / 'lerobot'}: they are part of the repository "
                     "(git checkout tests/fixtures restores them)")
     return FIXTURES
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    they gain nothing from a second thread, and on a shared, oversubscribed machine OpenMP workers
+    spinning on each small matmul made such tests several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -21,13 +21,7 @@ from policydistill.zoo import build_model
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # small tensors on a shared machine: one thread avoids intra-op synchronisation stalls
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_velocity_matches_monte_carlo_posterior_mean():
     # v(x, t) = E[ε − a | x_t = x]: estimate it by importance weighting data samples a with the

@@ -15,13 +15,7 @@ from policydistill.models.mlp import MLPFlowMap
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # small tensors on a shared machine: one thread avoids intra-op synchronisation stalls
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny(dim: int = 2) -> MLPFlowMap:
     return MLPFlowMap(sample_shape=(dim,), width=16, depth=1, time_dim=8)

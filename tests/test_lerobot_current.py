@@ -155,6 +155,17 @@ def test_pi05_memory_is_refused_naming_the_field(field: str, tmp_path: Path, hf_
         load("pi05", folder)
 
 
+def _name_tokenizer_artifact(folder: Path) -> None:
+    """Rewrite the preprocessor as lerobot >= 0.6.2 saves it: the tokenizer is the artifact ``tokenizer``
+    inside the checkpoint."""
+    pre = json.loads((folder / "policy_preprocessor.json").read_text())
+    for step in pre["steps"]:
+        if step["registry_name"] == "tokenizer_processor":
+            step["config"]["tokenizer_name"] = "tokenizer"
+            step["artifacts"] = {"tokenizer_name": "tokenizer"}
+    (folder / "policy_preprocessor.json").write_text(json.dumps(pre))
+
+
 def test_tokenizer_artifact_resolves_against_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """lerobot >= 0.6.2 saves the tokenizer inside the checkpoint and writes "tokenizer_name": "tokenizer"."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf"))  # nothing cached: only the artifact can serve
@@ -162,12 +173,7 @@ def test_tokenizer_artifact_resolves_against_the_checkpoint(tmp_path: Path, monk
     ref = load_file(str(HERE / "pi05" / "reference.safetensors"))
     folder = tmp_path / "pi05"
     shutil.copytree(HERE / "pi05", folder)
-    pre = json.loads((folder / "policy_preprocessor.json").read_text())
-    for step in pre["steps"]:
-        if step["registry_name"] == "tokenizer_processor":
-            step["config"]["tokenizer_name"] = "tokenizer"
-            step["artifacts"] = {"tokenizer_name": "tokenizer"}
-    (folder / "policy_preprocessor.json").write_text(json.dumps(pre))
+    _name_tokenizer_artifact(folder)
     elsewhere = tmp_path / "cwd"
     (elsewhere / "tokenizer").mkdir(parents=True)  # a decoy folder of that name in the working directory
     monkeypatch.chdir(elsewhere)
@@ -184,12 +190,7 @@ def test_smolvla_tokenizer_artifact_inside_checkpoint(tmp_path: Path) -> None:
     shutil.copytree(HERE / "smolvla", folder)
     shutil.copytree(folder / "vlm", folder / "tokenizer")
     (folder / "tokenizer" / "config.json").unlink()
-    pre = json.loads((folder / "policy_preprocessor.json").read_text())
-    for step in pre["steps"]:
-        if step["registry_name"] == "tokenizer_processor":
-            step["config"]["tokenizer_name"] = "tokenizer"
-            step["artifacts"] = {"tokenizer_name": "tokenizer"}
-    (folder / "policy_preprocessor.json").write_text(json.dumps(pre))
+    _name_tokenizer_artifact(folder)
     assert Path(load("smolvla", folder).config.tokenizer) == (folder / "tokenizer").resolve()
 
 

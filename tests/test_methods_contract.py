@@ -42,13 +42,7 @@ def quiet(steps: int, seed: int, **kw) -> TrainConfig:
     return TrainConfig(steps=steps, batch_size=BATCH, lr=3e-3, warmup_steps=5, seed=seed, progress=False, **kw)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny matrices: one thread is fastest, and the machine is shared
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

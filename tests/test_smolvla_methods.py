@@ -13,14 +13,7 @@ from policydistill.methods import METHODS, make_method
 from policydistill.policies.smolvla import SmolVLA
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared, oversubscribed 2-core machine
-    OpenMP workers spinning on each small matmul made these tests ~5x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def window(b: int) -> dict:

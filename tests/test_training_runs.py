@@ -49,12 +49,7 @@ class Mixture:
         return FlowBatch(x)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model() -> MLPFlowMap:
@@ -274,31 +269,32 @@ def test_nan_in_config_json_is_named(tmp_path: Path) -> None:
     assert "rms_eps must be a finite number, got nan" in str(info.value) and "--lr" not in str(info.value)
 
 
-@pytest.mark.parametrize("damage", ["nan weight", "nan rms_eps"])
-def test_damaged_teacher_is_named_before_any_work(tmp_path: Path, damage: str) -> None:
+def _tiny_teacher():
     from policydistill.policies.pi0.model import Pi0Policy
 
     torch.manual_seed(0)
-    teacher = Pi0Policy.from_preset("tiny", image_size=32, action_dim=4, max_action_dim=4)
+    return Pi0Policy.from_preset("tiny", image_size=32, action_dim=4, max_action_dim=4)
+
+
+def _save_teacher(teacher, folder: Path) -> None:
+    save_model(folder, teacher, extra={"role": "teacher", "tasks": ["metaworld/reach-wall-v3"]})
+
+
+def _distill_cli(teacher: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _cli(["distill", "pi0", "--preset", "tiny", "--checkpoint", str(teacher), *extra, "--out", str(out)])
+
+
+@pytest.mark.parametrize("damage", ["nan weight", "nan rms_eps"])
+def test_damaged_teacher_is_named_before_any_work(tmp_path: Path, damage: str) -> None:
+    teacher = _tiny_teacher()
     if damage == "nan weight":
         with torch.no_grad():
             teacher.action_out_proj.weight[0, 0] = float("nan")
-    save_model(tmp_path / "teacher", teacher, extra={"role": "teacher", "tasks": ["metaworld/reach-wall-v3"]})
+    _save_teacher(teacher, tmp_path / "teacher")
     if damage == "nan rms_eps":
         config = json.loads((tmp_path / "teacher" / "config.json").read_text())
         (tmp_path / "teacher" / "config.json").write_text(json.dumps({**config, "rms_eps": float("nan")}))
-    proc = _cli(
-        [
-            "distill",
-            "pi0",
-            "--preset",
-            "tiny",
-            "--checkpoint",
-            str(tmp_path / "teacher"),
-            "--out",
-            str(tmp_path / "run"),
-        ],
-    )
+    proc = _distill_cli(tmp_path / "teacher", tmp_path / "run")
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 1, err[-2000:]
     # refused when the checkpoint is loaded, naming the tensor or field (never blamed on the learning rate)
@@ -391,25 +387,8 @@ def test_repeated_methods_fail_before_any_work(tmp_path: Path) -> None:
 
 
 def test_missing_data_path_is_an_error_not_a_regeneration(tmp_path: Path) -> None:
-    from policydistill.policies.pi0.model import Pi0Policy
-
-    torch.manual_seed(0)
-    teacher = Pi0Policy.from_preset("tiny", image_size=32, action_dim=4, max_action_dim=4)
-    save_model(tmp_path / "teacher", teacher, extra={"role": "teacher", "tasks": ["metaworld/reach-wall-v3"]})
-    proc = _cli(
-        [
-            "distill",
-            "pi0",
-            "--preset",
-            "tiny",
-            "--checkpoint",
-            str(tmp_path / "teacher"),
-            "--data",
-            str(tmp_path / "demso.zarr"),
-            "--out",
-            str(tmp_path / "run"),
-        ],
-    )
+    _save_teacher(_tiny_teacher(), tmp_path / "teacher")
+    proc = _distill_cli(tmp_path / "teacher", tmp_path / "run", "--data", str(tmp_path / "demso.zarr"))
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 1, err[-2000:]
     assert f"--data {tmp_path / 'demso.zarr'} does not exist" in err and "Traceback" not in err

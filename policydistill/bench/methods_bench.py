@@ -27,6 +27,7 @@ of the fitted MLP. Averages are over seeds, ± the standard deviation across see
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import statistics
@@ -52,6 +53,8 @@ from ..train import TrainConfig, TrainingDiverged, train
 from .gaussian import ExactGaussianFlowMap, make_wide_gaussian
 from .mixture import AnalyticGMMTeacher, GaussianMixture, MixtureData, make_mixture, true_flow_map
 from .recipes import FIT_RECIPE, Recipe, recipe_for
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -147,7 +150,7 @@ def _stratified_target(mix: GaussianMixture, n: int, g: torch.Generator) -> Tens
     return mix.means[comp] + mix.stds[comp] * z
 
 
-def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print, problem: str = "mixture") -> dict[str, Any]:
+def run_seed(cfg: BenchConfig, seed: int, methods: list[str], problem: str = "mixture") -> dict[str, Any]:
     if problem not in PROBLEMS:
         raise ValueError(f"unknown problem {problem!r}; valid: {', '.join(PROBLEMS)}")
     torch.manual_seed(seed)
@@ -194,7 +197,7 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print, problem
         # the stored loss, not NaN: statistics.pstdev over NaNs raises (AttributeError 'numerator')
         fit_info = json.loads((cached / "fit.json").read_text())
         fit_s, fit_loss = float(fit_info["train_s"]), float(fit_info.get("final_loss", 0.0))
-        log(f"seed {seed}: reusing the fitted velocity field {cached}")
+        logger.info(f"seed {seed}: reusing the fitted velocity field {cached}")
     else:
         fit = train(velocity, VelocityRegression(), data, fit_cfg, teacher=teacher)
         velocity, fit_s, fit_loss = fit.model.eval(), time.perf_counter() - t0, fit.history[-1]["loss"]
@@ -211,7 +214,7 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print, problem
             cls = METHODS.load(name)
             method = make_method(name, **recipe.method)
         except (ImportError, AttributeError) as exc:
-            log(f"[yellow]seed {seed}: {name} is not available ({type(exc).__name__}: {exc}); skipped[/]")
+            logger.warning(f"seed {seed}: {name} is not available ({type(exc).__name__}: {exc}); skipped")
             rows[name] = {"kind": "method", "status": f"unavailable: {exc}"}
             continue
         student = student_from_teacher(velocity)
@@ -222,7 +225,7 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print, problem
         try:
             result = train(student, method, data, tcfg, teacher=teacher)
         except (TrainingDiverged, RuntimeError, ValueError) as exc:
-            log(f"[red]seed {seed}: {name} failed: {exc}[/]")
+            logger.error(f"seed {seed}: {name} failed: {exc}")
             row["status"] = f"failed: {type(exc).__name__}: {exc}"
             row["traceback"] = traceback.format_exc(limit=5)
             rows[name] = row
@@ -240,10 +243,12 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], log=print, problem
     return rows
 
 
-def _run_seed_worker(args: tuple[BenchConfig, int, list[str], str]) -> dict[str, Any]:
-    cfg, seed, methods, problem = args
+def _run_seed_worker(args: tuple[BenchConfig, int, list[str], str, int]) -> dict[str, Any]:
+    cfg, seed, methods, problem, level = args
+    # a spawned process starts with logging unconfigured: its messages as plain lines on stderr, at the parent's level
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s" if level > logging.INFO else "%(message)s")
     torch.set_num_threads(max(1, cfg.threads))
-    return run_seed(cfg, seed, methods, log=lambda msg: print(msg, flush=True), problem=problem)
+    return run_seed(cfg, seed, methods, problem=problem)
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -280,7 +285,7 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
-def run_bench(cfg: BenchConfig, out_dir: str | Path | None = None, log=print) -> dict[str, Any]:
+def run_bench(cfg: BenchConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Run every seed, aggregate, and (with ``out_dir``) write ``results.json`` and ``error_vs_nfe.png``."""
     if cfg.dim < 1:
         raise ValueError(f"--dim must be >= 1, got {cfg.dim}")
@@ -307,9 +312,10 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path | None = None, log=print) ->
         worker_cfg = replace(cfg, progress=False)
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(cfg.jobs, len(tasks)), mp_context=ctx) as pool:
-            runs = list(pool.map(_run_seed_worker, [(worker_cfg, seed, methods, p) for p, seed in tasks]))
+            runs = list(pool.map(_run_seed_worker, [(worker_cfg, seed, methods, p, logger.getEffectiveLevel())
+                                                        for p, seed in tasks]))
     else:
-        runs = [run_seed(cfg, seed, methods, log, problem=p) for p, seed in tasks]
+        runs = [run_seed(cfg, seed, methods, problem=p) for p, seed in tasks]
     per_problem = {p: [r for (q, _), r in zip(tasks, runs) if q == p] for p in problems}
     result = {
         "benchmark": "methods on exactly solvable targets (Gaussian mixture, wide anisotropic Gaussian)",

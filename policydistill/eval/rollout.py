@@ -262,11 +262,10 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if self.enabled:
-            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=Console(stderr=True))
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn())
             self._bar.__enter__()
             self._id = self._bar.add_task("eval", total=self.total, info="")
         return self

@@ -9,6 +9,7 @@ and, on request, a Markdown table.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
@@ -25,6 +26,8 @@ from ..checkpoint import write_json
 from ..methods import METHODS
 from .distill import distill_with, get_spec, prepare_domain
 from .viz import save_gif, save_grid, save_mp4
+
+logger = logging.getLogger(__name__)
 
 #: methods run by default: the self-distillation family (SnapFlow and the flow-map methods),
 #: which share one budget here; any registered method can be named with --methods.
@@ -51,7 +54,7 @@ def _domain_specs(domain: str, image_dataset: str, preset: str | None) -> list[t
 
 
 def run_domain(name: str, spec: Any, methods: tuple[str, ...], out: Path, distill_steps: int | None,
-               retrain_teacher: bool, progress: bool, console: Console) -> dict[str, Any]:
+               retrain_teacher: bool, progress: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     folder = out / f"{spec.model}-{spec.dataset}"
     teacher, ev = prepare_domain(spec, folder, retrain_teacher=retrain_teacher, progress=progress)
@@ -70,7 +73,7 @@ def run_domain(name: str, spec: Any, methods: tuple[str, ...], out: Path, distil
                          "train_s": round(res.train_wall_s, 1)})
         for nfe, x in res.samples.items():
             pictures.append((f"{method} {nfe} NFE", x))
-        console.print(f"[dim]{name}: {method} done in {res.train_wall_s:.0f} s[/dim]")
+        logger.info(f"{name}: {method} done in {res.train_wall_s:.0f} s")
 
     naive = next(r for r in rows if r["method"] == "flow_matching" and r["nfe"] == 1)
     verdict = {}
@@ -138,7 +141,8 @@ def run_media_bench(domain: str = "all", methods: tuple[str, ...] | None = None,
                     image_dataset: str = "digits", preset: str | None = None, distill_steps: int | None = None,
                     retrain_teacher: bool = False, progress: bool = True, console: Console | None = None,
                     command: str = "") -> dict[str, Any]:
-    console = console or Console()
+    """Run the benchmark per domain and write its JSON after each; every domain's table goes to
+    ``console`` when one is given (messages go to ``logging``)."""
     methods = tuple(methods or DEFAULT_METHODS)
     for m in methods:
         METHODS.load(m)  # fail before any training with the list of valid names
@@ -149,8 +153,9 @@ def run_media_bench(domain: str = "all", methods: tuple[str, ...] | None = None,
     results: dict[str, Any] = {"command": command or f"policydistill bench media --domain {domain}",
                                "machine": machine_info(), "methods": list(methods), "domains": []}
     for name, spec in _domain_specs(domain, image_dataset, preset):
-        result = run_domain(name, spec, methods, out, distill_steps, retrain_teacher, progress, console)
-        print_domain(result, console)
+        result = run_domain(name, spec, methods, out, distill_steps, retrain_teacher, progress)
+        if console is not None:
+            print_domain(result, console)
         results["domains"].append(result)
         results["wall_s"] = time.perf_counter() - t0
         write_json(json_path, results)

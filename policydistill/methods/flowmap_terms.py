@@ -1,5 +1,5 @@
 """Building blocks shared by the flow-map self-distillation methods (shortcut, meanflow, lsd, psd):
-batch splitting, the diagonal flow-matching term, ordered time pairs and a forward-mode derivative.
+batch splitting, the diagonal flow-matching term (and the flow-matching share of a batch), ordered time pairs and a forward-mode derivative.
 
 Convention (docs/architecture.md): t = 1 noise, t = 0 data, F(x_t, t, s) = average velocity from t to s,
 x_s = x_t − (t − s)·F. A pair (t, s) always has s ≤ t.
@@ -58,6 +58,22 @@ def diagonal_fm_loss(student: FlowMapModel, teacher: FlowMapModel | None, batch:
     else:
         target = velocity_target(a, noise)
     return masked_mse(student(x_t, t, t, batch.cond), target, batch.mask).mean()
+
+
+def diagonal_fm_share(student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, fm_fraction: float,
+                      time_sampler: str | None = None) -> tuple[FlowBatch, Tensor, dict[str, float]]:
+    """The first ``fm_fraction`` of the batch trains on the diagonal (``diagonal_fm_loss``); returns the
+    rest of the batch (for the off-diagonal term), the running total (the flow-matching term, zero when
+    that share is empty) and its metrics. The flow-matching term draws its noise and times before the
+    caller draws anything for the rest, so the random stream is that of writing both out inline."""
+    fm_part, rest = split_batch(batch, count_of(fm_fraction, batch.batch_size))
+    metrics: dict[str, float] = {}
+    total = batch.data.new_zeros(())
+    if fm_part.batch_size:
+        fm = diagonal_fm_loss(student, teacher, fm_part, time_sampler)
+        total = total + fm
+        metrics["fm_loss"] = float(fm.detach())
+    return rest, total, metrics
 
 
 def ordered_pair(n: int, like: Tensor) -> tuple[Tensor, Tensor]:

@@ -10,7 +10,7 @@ from torch import Tensor
 from ..core.flowmap import FlowBatch, FlowMapModel
 from ..core.interpolant import interpolate
 from .base import Method, bcast, masked_mse
-from .flowmap_terms import FD_EPS, JvpMode, count_of, diagonal_fm_loss, jvp, ordered_pair, split_batch
+from .flowmap_terms import FD_EPS, JvpMode, diagonal_fm_share, jvp, ordered_pair
 
 
 @dataclass
@@ -64,15 +64,7 @@ class LagrangianSelfDistillation(Method):
              step: int) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
         teacher = self.active_teacher(teacher)
-        n_fm = count_of(cfg.fm_fraction, batch.batch_size)
-        fm_part, lag = split_batch(batch, n_fm)
-        metrics: dict[str, float] = {}
-        total = batch.data.new_zeros(())
-
-        if fm_part.batch_size:
-            fm = diagonal_fm_loss(student, teacher, fm_part, cfg.time_sampler)
-            total = total + fm
-            metrics["fm_loss"] = float(fm.detach())
+        lag, total, metrics = diagonal_fm_share(student, teacher, batch, cfg.fm_fraction, cfg.time_sampler)
 
         if lag.batch_size:
             a = lag.data

@@ -11,7 +11,7 @@ from torch import Tensor
 from ..core.flowmap import FlowBatch, FlowMapModel
 from ..core.interpolant import interpolate
 from .base import Method, bcast, masked_mse
-from .flowmap_terms import count_of, diagonal_fm_loss, ordered_pair, split_batch
+from .flowmap_terms import diagonal_fm_share, ordered_pair
 
 
 @dataclass
@@ -44,15 +44,7 @@ class ProgressiveSelfDistillation(Method):
              step: int) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
         teacher = self.active_teacher(teacher)
-        n_fm = count_of(cfg.fm_fraction, batch.batch_size)
-        fm_part, comp = split_batch(batch, n_fm)
-        metrics: dict[str, float] = {}
-        total = batch.data.new_zeros(())
-
-        if fm_part.batch_size:
-            fm = diagonal_fm_loss(student, teacher, fm_part, cfg.time_sampler)
-            total = total + fm
-            metrics["fm_loss"] = float(fm.detach())
+        comp, total, metrics = diagonal_fm_share(student, teacher, batch, cfg.fm_fraction, cfg.time_sampler)
 
         if comp.batch_size:
             a = comp.data

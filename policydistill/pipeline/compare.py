@@ -10,6 +10,7 @@ same seeds and held-out observations, in one report (table, ``compare.json``, ``
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,14 @@ from ..methods import DEFAULT_METHOD
 from .distill import DistillConfig, Variant, load_job, train_student
 from .run_options import run_folder
 
-console = Console(width=150)
+logger = logging.getLogger(__name__)
 
 
 def compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], resume: bool = False,
-                    extend: bool = False) -> dict[str, Any]:
+                    extend: bool = False, console: Console | None = None) -> dict[str, Any]:
     """Distil one student per method and evaluate all on the same seeds; ``<out>`` is locked for
-    the run. Every option is checked before the teacher is loaded."""
+    the run. Every option is checked before the teacher is loaded. The comparison table and the
+    verdict go to ``console`` when one is given (messages go to ``logging``)."""
     from .run_options import check_distill_options, check_methods
 
     check_methods(methods)  # unknown or repeated names fail before any training
@@ -35,12 +37,11 @@ def compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], res
         raise ValueError(f"--steps must list NFEs >= 1, got {nfes}")
     check_distill_options(dataclasses.replace(cfg, steps=min(nfes)))
     with run_folder(Path(cfg.out)):
-        return _compare_methods(cfg, methods, sorted(set(nfes)), resume, extend)
+        return _compare_methods(cfg, methods, sorted(set(nfes)), resume, extend, console)
 
 
-def _compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], resume: bool, extend: bool
-                     ) -> dict[str, Any]:
-    from ..methods import METHODS
+def _compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], resume: bool, extend: bool,
+                     console: Console | None) -> dict[str, Any]:
     from .evaluate import evaluate_variants
 
     out = Path(cfg.out)
@@ -62,12 +63,13 @@ def _compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], re
     report["default_method_verdict"] = {"nfe": min(nfes), "method": verdict, "incumbent": DEFAULT_METHOD,
                                         "rule": "success first within the 95% intervals, then chunk distance; the incumbent "
                                                 "stays within 10% of the best distance"}
-    print_comparison(report)
-    console.print(f"default method at {min(nfes)} NFE by this comparison: [bold]{verdict}[/] "
-                  f"(success within the 95% intervals, then chunk distance to the teacher; see best_method)")
+    if console is not None:
+        print_comparison(report, console)
+        console.print(f"default method at {min(nfes)} NFE by this comparison: [bold]{verdict}[/] "
+                      f"(success within the 95% intervals, then chunk distance to the teacher; see best_method)")
     write_json(out / "compare.json", report)
     plot_comparison(report, out / "compare.png")
-    console.print(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
+    logger.info(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
     return report
 
 
@@ -90,7 +92,8 @@ def best_method(report: dict[str, Any], nfe: int = 1, incumbent: str = DEFAULT_M
     return winner["method"]
 
 
-def print_comparison(report: dict[str, Any]) -> None:
+def print_comparison(report: dict[str, Any], console: Console) -> None:
+    """The comparison table on the caller's ``console``."""
     table = Table(title=f"methods compared on {', '.join(report['tasks'])} (same teacher, seeds, budget)")
     for col in ("variant", "NFE", "success", "95% CI", "steps to success", "chunk dist ↓", "action MSE",
                 "denoise p50 ms", "speedup", "train s"):

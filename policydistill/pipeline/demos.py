@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-console = Console(stderr=True)
 
 
 def ensure_demos(tasks: list[str], path: Path, episodes_per_task: int, image_size: int, multimodal: bool = True,
@@ -33,7 +30,7 @@ def ensure_demos(tasks: list[str], path: Path, episodes_per_task: int, image_siz
                              seed=seed + have.get(task, 0), image_size=image_size)
         columns = [TextColumn(f"[bold]demos {task}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                    TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=console) as progress:
+        with Progress(*columns) as progress:  # rich's own console, which the CLI points at stderr
             bar = progress.add_task("demos", total=missing, info="")
             state = {"ok": 0}
 

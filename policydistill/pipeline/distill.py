@@ -16,21 +16,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from rich.console import Console
 
 from ..checkpoint import save_model, write_json
 from ..core.flowmap import student_from_teacher
 from ..methods import DEFAULT_METHOD
 
-console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,8 +116,8 @@ class Job:
     def settle(self, cfg: DistillConfig) -> DistillConfig:
         """``cfg`` with what it left open filled in from the teacher's record."""
         if cfg.max_episode_steps is None and self.episode_limit:
-            console.print(f"episodes are limited to {self.episode_limit} steps, as in the teacher's evaluation "
-                          "(--max-episode-steps to change)")
+            logger.info(f"episodes are limited to {self.episode_limit} steps, as in the teacher's evaluation "
+                        "(--max-episode-steps to change)")
             return dataclasses.replace(cfg, max_episode_steps=self.episode_limit)
         return cfg
 
@@ -134,7 +137,7 @@ def load_job(cfg: DistillConfig) -> Job:
     out = Path(cfg.out)
     check_output_dir(out)  # an unwritable --out fails before any loading or training
     if cfg.checkpoint is None:
-        console.print(f"[bold]no --checkpoint given: using the bundled {cfg.model} teacher[/] ({BUNDLED_TEACHER})")
+        logger.info(f"no --checkpoint given: using the bundled {cfg.model} teacher ({BUNDLED_TEACHER})")
     teacher, teacher_dir = load_teacher(cfg.checkpoint, cfg.tokenizer)
     teacher.eval()
     check_model(teacher, "teacher")  # damaged weights or config fail here, not as a "diverged" loss later
@@ -154,7 +157,7 @@ def load_job(cfg: DistillConfig) -> Job:
     with distributed.main_first():  # rank 0 generates missing demos first; the others then find them on disk
         if cfg.data is None and not data_path.exists():  # only the teacher's recorded demos are ever regenerated
             tc = prov.get("teacher_config", {})
-            console.print(f"demonstrations {data_path} not found: generating them (same tasks and seeds as the teacher)")
+            logger.info(f"demonstrations {data_path} not found: generating them (same tasks and seeds as the teacher)")
             data_path = out / "demos.zarr"
             ensure_demos(tasks, data_path, tc.get("episodes_per_task", 50), teacher.config.image_size,
                          tc.get("multimodal", True), tc.get("action_noise", 0.1), tc.get("seed", 0))
@@ -231,23 +234,25 @@ def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out:
     if not distributed.is_main():  # under torchrun, rank 0 saves and evaluates
         return student, prov
     save_model(out / "student", student, extra=prov)
-    console.print(f"saved the student to {out / 'student'} ({prov['train_seconds']:.0f} s of distillation)")
+    logger.info(f"saved the student to {out / 'student'} ({prov['train_seconds']:.0f} s of distillation)")
     return student, prov
 
 
-def distill_policy(cfg: DistillConfig, resume: bool = False, extend: bool = False) -> dict[str, Any]:
+def distill_policy(cfg: DistillConfig, resume: bool = False, extend: bool = False,
+                   console: Console | None = None) -> dict[str, Any]:
     """Run the whole job; returns the report (also written to ``<out>/report.json``). ``<out>`` is
-    locked for the run (one run per folder)."""
+    locked for the run (one run per folder). The report's tables go to ``console`` when one is
+    given (messages go to ``logging``)."""
     from ..train import distributed
     from .run_options import check_distill_options, run_folder
 
     check_distill_options(cfg)  # a bad option fails before anything is created or loaded
     distributed.init_from_env()  # no-op unless launched by torchrun
     with run_folder(Path(cfg.out)):
-        return _distill_policy(cfg, resume, extend)
+        return _distill_policy(cfg, resume, extend, console)
 
 
-def _distill_policy(cfg: DistillConfig, resume: bool, extend: bool) -> dict[str, Any]:
+def _distill_policy(cfg: DistillConfig, resume: bool, extend: bool, console: Console | None) -> dict[str, Any]:
     from ..train import distributed
     from .evaluate import evaluate_variants, print_report
 
@@ -274,8 +279,9 @@ def _distill_policy(cfg: DistillConfig, resume: bool, extend: bool) -> dict[str,
 
     report["lerobot_export"] = export_lerobot_student(student, job.teacher_dir, out, report)
     write_json(out / "report.json", report)
-    print_report(report)
+    if console is not None:
+        print_report(report, console)
     if report["lerobot_export"]["written"]:
-        console.print(f"wrote the lerobot folder of the student to {report['lerobot_export']['path']}")
-    console.print(f"wrote {out / 'report.json'} and {out / 'report.png'}")
+        logger.info(f"wrote the lerobot folder of the student to {report['lerobot_export']['path']}")
+    logger.info(f"wrote {out / 'report.json'} and {out / 'report.png'}")
     return report

@@ -3,6 +3,7 @@ offline action MSE, chunk-distribution distance to the 10-step teacher, and late
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from .policy_data import chunk_distance, held_out_windows, offline_action_mse, sample_chunks
 
-console = Console(width=150)
+logger = logging.getLogger(__name__)
 
 
 
@@ -47,7 +48,7 @@ def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: 
     latencies = measure_interleaved([(v.label, v.policy, v.nfe, v.mode) for v in variants], obs1, cfg.latency_repeats)
     rows = []
     for v in variants:
-        console.print(f"[bold]evaluating {v.label}[/] ({v.name}, {v.mode})")
+        logger.info(f"evaluating {v.label} ({v.name}, {v.mode})")
         # The teacher is compared with an independent draw of itself: the distance's noise floor.
         chunks = sample_chunks(v.policy, windows, v.nfe, v.mode, cfg.chunk_samples, seed=cfg.seed + 2)
         dist = chunk_distance(reference, chunks, seed=cfg.seed)
@@ -113,14 +114,15 @@ def n_action_steps_sweep(variants: list[Any], rows: list[dict[str, Any]], tasks:
             if n == main:
                 res = row
             else:
-                console.print(f"[bold]sweep[/] {v.label} with n_action_steps={n}")
+                logger.info(f"sweep: {v.label} with n_action_steps={n}")
                 res = closed_loop(v, tasks, cfg, cfg.sweep_episodes, n)
             point["variants"][v.label] = {k: res.get(k) for k in ("success_rate", "steps_to_success", "episodes")}
         points.append(point)
     return points
 
 
-def print_report(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any], console: Console) -> None:
+    """The report's tables (and the speedup line) on the caller's ``console``."""
     table = Table(title="teacher vs naive vs student (same seeds)")
     for col in ("variant", "role", "NFE", "success", "per task", "steps to success", "chunk dist ↓", "action MSE",
                 "denoise p50 ms", "e2e p50 ms"):

@@ -10,19 +10,22 @@ normalisation from the dataset statistics, and runs the ONE training loop with t
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from rich.console import Console
 
 from ..checkpoint import save_model, write_json
 
-console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,8 +108,10 @@ def open_windows(path: str | Path, policy_chunk: int, split: str, val_fraction: 
                              normalize=False)
 
 
-def train_teacher(cfg: TeacherConfig, resume: bool = False, extend: bool = False) -> Path:
-    """Train and save a teacher; returns the folder of the final model (``<out>/teacher``).
+def train_teacher(cfg: TeacherConfig, resume: bool = False, extend: bool = False,
+                  console: Console | None = None) -> Path:
+    """Train and save a teacher; returns the folder of the final model (``<out>/teacher``); the final
+    evaluation's table goes to ``console`` when one is given (messages go to ``logging``).
     ``<out>`` is locked for the run; ``resume`` continues only the same run (``extend``: to more
     steps)."""
     from ..train import distributed
@@ -120,10 +125,10 @@ def train_teacher(cfg: TeacherConfig, resume: bool = False, extend: bool = False
                                 "v3 folder), or leave --data out to generate scripted demonstrations.")
     distributed.init_from_env()  # no-op unless launched by torchrun
     with run_folder(Path(cfg.out)):  # an unwritable --out fails here, before demos are generated
-        return _train_teacher(cfg, resume, extend)
+        return _train_teacher(cfg, resume, extend, console)
 
 
-def _train_teacher(cfg: TeacherConfig, resume: bool, extend: bool) -> Path:
+def _train_teacher(cfg: TeacherConfig, resume: bool, extend: bool, console: Console | None) -> Path:
     from ..methods import make_method
     from ..train import TrainConfig, distributed, train
     from .demos import ensure_demos
@@ -153,8 +158,8 @@ def _train_teacher(cfg: TeacherConfig, resume: bool, extend: bool) -> Path:
     torch.manual_seed(cfg.seed)  # the initial weights are a function of the run's seed (same on every rank)
     policy = build_policy(cfg.model, cfg.preset, train_set, cfg.overrides)
     n_params = sum(p.numel() for p in policy.parameters())
-    console.print(f"[bold]teacher[/] {cfg.model}/{cfg.preset}: {n_params / 1e6:.2f} M parameters, "
-                  f"{len(train_set)} training windows from {data_path}")
+    logger.info(f"teacher {cfg.model}/{cfg.preset}: {n_params / 1e6:.2f} M parameters, "
+                f"{len(train_set)} training windows from {data_path}")
 
     command = " ".join(shlex.quote(a) for a in sys.argv)
     provenance = {"role": "teacher", "command": command, "seed": cfg.seed, "dataset": str(data_path),
@@ -178,15 +183,17 @@ def _train_teacher(cfg: TeacherConfig, resume: bool, extend: bool) -> Path:
     provenance["final_loss"] = sum(h["loss"] for h in result.history[-50:]) / max(1, len(result.history[-50:]))
     folder = save_model(out / "teacher", model, extra=provenance)
     write_json(out / "teacher" / "history.json", result.history[-2000:])
-    console.print(f"saved the teacher to {folder} (final loss {provenance['final_loss']:.4f})")
+    logger.info(f"saved the teacher to {folder} (final loss {provenance['final_loss']:.4f})")
     if cfg.eval_episodes:
-        evaluate_teacher(model, tasks, cfg, folder)
+        evaluate_teacher(model, tasks, cfg, folder, console)
     return folder
 
 
-def evaluate_teacher(policy: Any, tasks: list[str], cfg: TeacherConfig, folder: Path) -> dict[str, Any]:
+def evaluate_teacher(policy: Any, tasks: list[str], cfg: TeacherConfig, folder: Path,
+                     console: Console | None = None) -> dict[str, Any]:
     """The final closed-loop evaluation (the policy's own NFE): ``<folder>/eval.json``, next to
-    the weights it judges, so a shipped teacher carries its measured success with it."""
+    the weights it judges, so a shipped teacher carries its measured success with it. Its results
+    table is printed to ``console`` when one is given."""
     from ..eval.rollout import EvalConfig, evaluate_policy
     from ..eval.report import results_table
 
@@ -194,6 +201,7 @@ def evaluate_teacher(policy: Any, tasks: list[str], cfg: TeacherConfig, folder: 
                       max_episode_steps=cfg.eval_max_steps, progress=cfg.progress)
     result = evaluate_policy(policy, ecfg)
     write_json(folder / "eval.json", result)
-    console.print(results_table([{**result, "policy": "teacher", "nfe": policy.config.num_inference_steps}],
-                                title=f"teacher {cfg.model}/{cfg.preset}: {cfg.eval_episodes} episodes per task"))
+    if console is not None:
+        console.print(results_table([{**result, "policy": "teacher", "nfe": policy.config.num_inference_steps}],
+                                    title=f"teacher {cfg.model}/{cfg.preset}: {cfg.eval_episodes} episodes per task"))
     return result
