@@ -60,7 +60,7 @@ def config_parameters(cls: type, exclude: Iterable[str] = (),
         default = spec.get("default")
         kwargs = {k: spec[k] for k in ("min", "max") if k in spec}
         option = typer.Option(default, *spec.get("flags", ()), help=spec.get("help"), **kwargs)
-        annotation = tp if default is not None else Optional[tp]
+        annotation = tp if default is not None else Optional[tp]  # noqa: UP045 (built at run time)
         name = spec.get("name", f.name)
         out.append((f.name, inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                               annotation=annotation)))

@@ -1,5 +1,7 @@
 """`policydistill train | distill | compare`: build a typed config from a named preset plus the
-flags given, then call the library function."""
+flags given, then call the library function. The config options are the fields of ``TeacherConfig``
+and ``DistillConfig`` that carry command-line metadata (``config_options``); each command declares
+only its own arguments (model, preset, --resume, ...)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ from typing import Optional
 import typer
 
 from ..methods import DEFAULT_METHOD
-from ..pipeline import cli_help
 from ..pipeline.distill import DistillConfig
 from ..pipeline.teacher import TeacherConfig
 from .config_options import config_command
@@ -43,15 +44,6 @@ def _method_options(method: str, items: list[str]) -> dict:
         raise ValueError(f"method {method!r}: " + "; ".join(problems) + " (-o key=value takes JSON values: "
                          "numbers, true/false, or text)")
     return opts
-
-
-#: fields whose command-line text is parsed (and checked) before it becomes the field's value
-_PARSERS = {"sweep_n_action_steps": lambda v: _sweep(v), "threads": lambda v: _threads(v), "log": lambda v: _log(v)}
-
-
-def _parsed(fields: dict) -> dict:
-    """The command-line values of config fields, each through its parser (in field order)."""
-    return {k: (_PARSERS[k](v) if k in _PARSERS else v) for k, v in fields.items()}
 
 
 def _apply(cfg, **flags):
@@ -104,8 +96,15 @@ def _log(value: Optional[str]) -> Optional[str]:
     return value
 
 
-THREADS_HELP = cli_help.THREADS["help"]
-LOG_HELP = cli_help.LOG["help"]
+#: fields whose command-line text is parsed (and checked) before it becomes the field's value
+_PARSERS = {"sweep_n_action_steps": _sweep, "threads": _threads, "log": _log}
+
+
+def _parsed(fields: dict) -> dict:
+    """The command-line values of config fields, each through its parser (in field order)."""
+    return {k: (_PARSERS[k](v) if k in _PARSERS else v) for k, v in fields.items()}
+
+
 EXTEND_HELP = "With --resume: continue the run to a larger step count than it was started with."
 
 
