@@ -1,5 +1,7 @@
 """`policydistill train | distill | compare`: build a typed config from a named preset plus the
-flags given, then call the library function."""
+flags given, then call the library function. The config options are the fields of ``TeacherConfig``
+and ``DistillConfig`` that carry command-line metadata (``config_options``); each command declares
+only its own arguments (model, preset, --resume, ...)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ from typing import Optional
 import typer
 
 from ..methods import DEFAULT_METHOD
+from ..pipeline.distill import DistillConfig
+from ..pipeline.teacher import TeacherConfig
+from .config_options import config_command
 
 
 from .options import parse_options as _options  # noqa: E402
@@ -91,41 +96,33 @@ def _log(value: Optional[str]) -> Optional[str]:
     return value
 
 
-THREADS_HELP = "Torch CPU threads, 1..(CPU cores) (default: torch's own choice)."
-LOG_HELP = ("Also log the run to tensorboard or wandb (offline unless WANDB_MODE says otherwise); needs the "
-            "extra of that name. metrics.jsonl is always written.")
+#: fields whose command-line text is parsed (and checked) before it becomes the field's value
+_PARSERS = {"sweep_n_action_steps": _sweep, "threads": _threads, "log": _log}
+
+
+def _parsed(fields: dict) -> dict:
+    """The command-line values of config fields, each through its parser (in field order)."""
+    return {k: (_PARSERS[k](v) if k in _PARSERS else v) for k, v in fields.items()}
+
+
 EXTEND_HELP = "With --resume: continue the run to a larger step count than it was started with."
 
 
+@config_command(TeacherConfig, after=("resume", "extend", "option"))
 def train_cmd(
     model: str = typer.Argument("pi0", help="Policy architecture: pi0, pi05 or smolvla."),
     preset: str = typer.Option("small", help="Model size preset (tiny, small, ...); also picks the recipe."),
-    task: Optional[str] = typer.Option(None, help="Task id or suite, e.g. metaworld/mt10 or metaworld/push-v3."),
-    data: Optional[str] = typer.Option(None, help="Existing dataset (zarr or LeRobot v3 folder) instead of generated demos."),
-    episodes: Optional[int] = typer.Option(None, min=1, help="Demonstrations per task to generate."),
-    multimodal: Optional[bool] = typer.Option(None, "--multimodal/--no-multimodal", help="Multimodal demonstrations."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps."),
-    batch_size: Optional[int] = typer.Option(None, min=1),
-    lr: Optional[float] = typer.Option(None, min=0.0),
-    seed: Optional[int] = typer.Option(None),
-    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
-    out: Optional[str] = typer.Option(None, help="Run folder (default runs/teacher)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
     extend: bool = typer.Option(False, "--extend", help=EXTEND_HELP),
-    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
     option: list[str] = typer.Option([], "--option", "-o", help="Model config override key=value (repeatable)."),
-    micro_batches: Optional[int] = typer.Option(None, "--micro-batches", min=0, help="Seeded micro-batches per "
-                                                "step (0 = one per torchrun rank; the result depends on this, not on the rank count)."),
-    fsdp: Optional[bool] = typer.Option(None, "--fsdp/--no-fsdp", help="Shard the model's weights, gradients and "
-                                        "optimiser state over the torchrun ranks (FSDP2; for full-size pi0)."),
+    *,
+    fields: dict,
 ) -> None:
     """Train a flow-matching teacher policy on scripted (multimodal) Meta-World demonstrations."""
-    from ..pipeline.teacher import TEACHER_PRESETS, TeacherConfig, train_teacher
+    from ..pipeline.teacher import TEACHER_PRESETS, train_teacher
 
     base = TEACHER_PRESETS.get(preset, TeacherConfig(preset=preset))
-    cfg = _apply(base, model=model, preset=preset, task=task, data=data, episodes_per_task=episodes,
-                 multimodal=multimodal, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=_threads(threads),
-                 out=out, micro_batches=micro_batches, fsdp=fsdp, log=_log(log))
+    cfg = _apply(base, **_parsed(fields), model=model, preset=preset)
     if option:
         cfg = dataclasses.replace(cfg, overrides={**cfg.overrides, **_options(option)})
     from .app import console
@@ -133,42 +130,22 @@ def train_cmd(
     train_teacher(cfg, resume=resume, extend=extend, console=console)
 
 
+@config_command(DistillConfig, after=("preset", "resume", "extend", "option"))
 def distill_cmd(
     model: str = typer.Argument("pi0", help="pi0 | pi05 | smolvla (policies) or image-dit | video-dit (media)."),
-    steps: int = typer.Option(1, "--steps", min=1, help="NFE of the student."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Any registered method (policydistill methods; "
-                                         f"default: {DEFAULT_METHOD} for policies, the domain's for media)."),
-    checkpoint: Optional[str] = typer.Option(None, help="Teacher: policydistill checkpoint or lerobot policy folder."),
-    tokenizer: Optional[str] = typer.Option(None, help="Local tokenizer folder for lerobot checkpoints."),
-    task: Optional[str] = typer.Option(None, help="Tasks to evaluate (default: the teacher's)."),
-    data: Optional[str] = typer.Option(None, help="Demonstrations (default: the teacher's)."),
-    iters: Optional[int] = typer.Option(None, min=1, help="Distillation optimiser steps."),
-    episodes: Optional[int] = typer.Option(None, min=1, help="Evaluation episodes per task and variant."),
-    n_action_steps: Optional[int] = typer.Option(None, min=1, help="Actions executed per chunk in closed loop."),
-    sweep: Optional[str] = typer.Option(None, help="n_action_steps values to also evaluate, e.g. 8,12,16 "
-                                        "(default: 8, midpoint, chunk length; 'none' = off)."),
-    sweep_episodes: Optional[int] = typer.Option(None, min=1, help="Episodes per task at each extra sweep value."),
-    workers: Optional[int] = typer.Option(None, min=0, help="Simulator worker processes (0 = in this process)."),
-    max_episode_steps: Optional[int] = typer.Option(None, min=1, help="Episode step limit (default: the task's)."),
     preset: str = typer.Option("default", help="Recipe preset: default or tiny (seconds-long smoke run)."),
-    seed: Optional[int] = typer.Option(None),
-    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
-    out: Optional[str] = typer.Option(None, help="Output folder (default runs/distill-<model>-<method>-<steps>)."),
-    video: bool = typer.Option(False, "--video", help="Save rollout videos."),
     resume: bool = typer.Option(False, "--resume", help="Continue the distillation from the last checkpoint in --out."),
     extend: bool = typer.Option(False, "--extend", help=EXTEND_HELP),
-    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
     option: list[str] = typer.Option([], "--option", "-o", help="Method option key=value (repeatable)."),
-    micro_batches: Optional[int] = typer.Option(None, "--micro-batches", min=0, help="Seeded micro-batches per "
-                                                "step (0 = one per torchrun rank)."),
-    fsdp: Optional[bool] = typer.Option(None, "--fsdp/--no-fsdp", help="Shard the model's weights, gradients and "
-                                        "optimiser state over the torchrun ranks (FSDP2; for full-size pi0)."),
+    *,
+    fields: dict,
 ) -> None:
     """Distil a teacher into an N-step student and evaluate teacher / naive / student on the same seeds."""
+    method, steps, out = fields["method"], fields["steps"], fields["out"]
     if model in ("image-dit", "video-dit"):
         from .media import distill_cmd as media_distill
 
-        media_distill(model=model, method=method, steps=steps, dataset=None, train_steps=iters,
+        media_distill(model=model, method=method, steps=steps, dataset=None, train_steps=fields["iters"],
                       preset=None if preset == "default" else preset, option=option,
                       run_dir=Path(out or "runs/media"), as_json=False)
         return
@@ -178,12 +155,8 @@ def distill_cmd(
 
     if preset not in DISTILL_PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DISTILL_PRESETS)}")
-    cfg = _apply(DISTILL_PRESETS[preset], model=model, steps=steps, method=method, checkpoint=checkpoint,
-                 tokenizer=tokenizer, task=task, data=data, iters=iters, episodes=episodes,
-                 n_action_steps=n_action_steps, sweep_n_action_steps=_sweep(sweep), sweep_episodes=sweep_episodes,
-                 workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=_threads(threads),
-                 out=out or f"runs/distill-{model}-{method}-{steps}", video=video, micro_batches=micro_batches, fsdp=fsdp,
-                 log=_log(log))
+    cfg = _apply(DISTILL_PRESETS[preset], **{**_parsed(fields), "model": model, "method": method,
+                                              "out": out or f"runs/distill-{model}-{method}-{steps}"})
     options = _method_options(method, option)
     if options:
         cfg = dataclasses.replace(cfg, method_options=options)
@@ -192,26 +165,30 @@ def distill_cmd(
     distill_policy(cfg, resume=resume, extend=extend, console=console)
 
 
+#: compare runs every method at every NFE of its own --steps list on the teacher's data and horizon
+_COMPARE_FIELDS = dict(
+    exclude=("tokenizer", "method", "steps", "data", "n_action_steps", "sweep_episodes", "video", "micro_batches",
+             "fsdp"),
+    overrides={"checkpoint": {"name": "teacher", "flags": ("--teacher",),
+                              "help": "Teacher checkpoint (default: the bundled one)."},
+               "iters": {"help": "Distillation steps per student (same for all)."},
+               "task": {"help": None}, "workers": {"help": None}, "max_episode_steps": {"help": None},
+               "sweep_n_action_steps": {"default": "none", "help": "n_action_steps values to also evaluate (e.g. "
+                                        "8,12,16); off by default: every variant runs again per value."},
+               "out": {"default": "runs/compare", "help": "Output folder."}})
+
+
+@config_command(DistillConfig, after=("preset", "resume", "extend"), **_COMPARE_FIELDS)
 def compare_cmd(
-    teacher: Optional[str] = typer.Option(None, help="Teacher checkpoint (default: the bundled one)."),
     model: str = typer.Option("pi0", help="Architecture of the teacher."),
     methods: str = typer.Option("snapflow,shortcut,meanflow,lsd,psd,consistency_distillation,"
                                 "progressive_distillation,reflow", help="Comma-separated registered methods."),
     steps: str = typer.Option("1,2,4", help="Comma-separated student NFEs."),
-    iters: Optional[int] = typer.Option(None, min=1, help="Distillation steps per student (same for all)."),
-    episodes: Optional[int] = typer.Option(None, min=1, help="Evaluation episodes per task and variant."),
-    task: Optional[str] = typer.Option(None),
-    workers: Optional[int] = typer.Option(None, min=0),
-    max_episode_steps: Optional[int] = typer.Option(None, min=1),
-    sweep: str = typer.Option("none", help="n_action_steps values to also evaluate (e.g. 8,12,16); off by "
-                              "default: every variant runs again per value."),
     preset: str = typer.Option("default", help="Recipe preset: default or tiny."),
-    seed: Optional[int] = typer.Option(None),
-    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
-    out: str = typer.Option("runs/compare", help="Output folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue every student's distillation from its last checkpoint."),
     extend: bool = typer.Option(False, "--extend", help=EXTEND_HELP),
-    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
+    *,
+    fields: dict,
 ) -> None:
     """Distil the same teacher with several methods and NFEs (same budget) and compare them."""
     from ..pipeline.compare import compare_methods
@@ -225,9 +202,7 @@ def compare_cmd(
         nfes = []
     if not nfes or min(nfes) < 1:
         raise typer.BadParameter(f"--steps must list comma-separated NFEs >= 1 (e.g. 1,2,4), got {steps!r}")
-    cfg = _apply(DISTILL_PRESETS[preset], model=model, checkpoint=teacher, iters=iters, episodes=episodes, task=task,
-                 workers=workers, max_episode_steps=max_episode_steps, seed=seed, threads=_threads(threads), out=out,
-                 sweep_n_action_steps=_sweep(sweep), log=_log(log))
+    cfg = _apply(DISTILL_PRESETS[preset], **_parsed(fields), model=model)
     from .app import console
 
     compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()], nfes, resume=resume, extend=extend,

@@ -13,8 +13,10 @@ control loop at ``hz`` for ``seconds`` and we record its deadline-miss rate and 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -22,6 +24,7 @@ import torch
 
 from ..core.sampler import sample_with_ctx
 
+logger = logging.getLogger(__name__)
 
 #: back-to-back runs of the denoising loop per repeat (their median is one ``denoise`` sample)
 DENOISE_BACK_TO_BACK = 10
@@ -154,3 +157,116 @@ def speedup(teacher: LatencyResult, student: LatencyResult) -> dict[str, float]:
     return {"denoise": teacher.denoise_ms["p50"] / student.denoise_ms["p50"],
             "e2e": teacher.e2e_ms["p50"] / student.e2e_ms["p50"],
             "e2e_p99": teacher.e2e_ms["p99"] / student.e2e_ms["p99"]}
+
+
+def machine_info() -> dict[str, str]:
+    """The platform, Python/torch versions, CPU count, torch threads and GPU a measurement ran on."""
+    import os
+    import platform
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": str(os.cpu_count()), "threads": str(torch.get_num_threads())}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def make_robot(robot: str, policy: Any, task: str | None = None, seed: int = 0) -> Any:
+    """The robot a latency run drives: ``"sim"`` (the simulated Sawyer), a shipped robot config name,
+    or a robot config JSON path. A simulated robot gets ``policy``'s cameras and image size, and
+    ``task`` (when given) as its environment."""
+    from ..robots.robot import RobotConfig
+
+    cfg = RobotConfig.from_file(robot) if robot.endswith(".json") else RobotConfig.named(
+        "metaworld_sawyer" if robot == "sim" else robot)
+    if cfg.kind == "lerobot":
+        from ..robots.lerobot_bridge import LerobotRobot
+
+        return LerobotRobot(cfg, lerobot_config=None)  # raises with the extra to install, or asks for a config
+    from ..robots.sim import SimRobot
+
+    if task:
+        cfg.env_id = task
+    cfg.cameras = list(policy.config.cameras)
+    return SimRobot(cfg, seed=seed, image_size=policy.config.image_size)
+
+
+@dataclass
+class LatencyReport:
+    """What :func:`measure_checkpoints` measured: one :class:`LatencyResult` per (checkpoint, NFE)
+    in the order given, the JSON-ready ``summary`` (machine, hz, seconds, results and, for two or
+    more variants, the last one's ``speedup`` over the first), and the files written."""
+
+    results: list[LatencyResult]
+    summary: dict[str, Any]
+    json_path: Path | None = None
+    plot_path: Path | None = None
+
+
+def measure_checkpoints(checkpoints: list[Path], nfes: list[int] | None = None, robot: str = "sim",
+                        task: str | None = None, hz: float = 20.0, seconds: float = 30.0, repeats: int = 30,
+                        compile: bool = False, device: str = "cpu", json_out: Path | None = None,
+                        plot: Path | None = None, threads: int = 0, seed: int = 0) -> LatencyReport:
+    """Time every checkpoint at every NFE (default: each checkpoint's own) and drive the robot with
+    each through the real-time control loop, teacher and student in one run.
+
+    Inference is timed by :func:`measure_interleaved` (``repeats`` interleaved repeats, so background
+    load hits every variant alike); then each variant runs the control loop at ``hz`` for ``seconds``
+    from the same seeded scene. A loop stopped by its watchdog raises :class:`ControlLoopStopped`.
+    ``compile`` compiles each policy for inference first (pi0/pi0.5: ``compile_for_inference()``,
+    others: ``torch.compile`` of the flow). ``threads`` > 0 sets torch's CPU threads. Writes the
+    summary to ``json_out`` and a latency histogram to ``plot`` (default: ``json_out`` with ``.png``)
+    when given; the caller checks that those paths are writable files beforehand.
+    """
+    from ..checkpoint import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    policies = []
+    for ckpt in checkpoints:
+        policy = load_model(ckpt, map_location=device).eval()
+        if compile and hasattr(policy, "compile_for_inference"):  # pi0/pi0.5: prefix and step, frozen weights
+            policy.compile_for_inference()
+        elif compile:
+            policy.flow = torch.compile(policy.flow, dynamic=False)  # the hot path: suffix steps
+        policies.append((ckpt, policy))
+    cams = {tuple(p.config.cameras) for _, p in policies}
+    if len(cams) > 1:
+        raise ValueError(f"the checkpoints use different cameras {sorted(cams)}; compare policies of one robot")
+    robot_ = make_robot(robot, policies[0][1], task, seed)
+    robot_.connect()
+    obs = robot_.get_observation()
+    variants = [(f"{Path(ckpt).name}@{n}", policy, n, policy.sampling_mode, ckpt)
+                for ckpt, policy in policies for n in (nfes or [policy.nfe])]
+    logger.info("timing %d variants, %d interleaved repeats each", len(variants), repeats)
+    timed = measure_interleaved([v[:4] for v in variants], obs, repeats=repeats)
+    results, dicts = [], []
+    for name, policy, n, mode, ckpt in variants:
+        logger.info("%s (%s): %.0f s control loop at %g Hz", name, mode, seconds, hz)
+        robot_.connect()  # same seed: every variant starts from the same scene
+        res = timed[name]
+        res.loop = run_control_loop(policy, robot_, n, mode, hz, seconds)
+        check_loop_ran(name, res.loop)
+        d = res.to_dict()
+        d["checkpoint"] = str(ckpt)
+        results.append(res)
+        dicts.append(d)
+    if hasattr(robot_, "close"):
+        robot_.close()
+    summary: dict[str, Any] = {"machine": machine_info(), "hz": hz, "seconds": seconds, "results": dicts}
+    if len(results) >= 2:
+        first, last = results[0], results[-1]
+        summary["speedup"] = {"baseline": first.name, "candidate": last.name, **speedup(first, last)}
+    report = LatencyReport(results=results, summary=summary)
+    if json_out:
+        from ..checkpoint import write_json
+
+        write_json(json_out, summary)
+        report.json_path = Path(json_out)
+    png = plot or (Path(json_out).with_suffix(".png") if json_out else None)
+    if png:
+        from .plots import latency_histogram
+
+        latency_histogram(results, png)
+        report.plot_path = Path(png)
+    return report

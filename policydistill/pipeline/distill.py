@@ -29,6 +29,7 @@ import torch
 from ..checkpoint import save_model, write_json
 from ..core.flowmap import student_from_teacher
 from ..methods import DEFAULT_METHOD
+from . import cli_help
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -38,37 +39,52 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DistillConfig:
+    """A distillation run. A field with ``metadata`` is a ``policydistill distill``/``compare`` option
+    (help text, flags, bounds: see ``policydistill.cli.config_options``)."""
+
     model: str = "pi0"
-    checkpoint: str | None = None       # None = the bundled teacher
-    tokenizer: str | None = None        # local tokenizer for lerobot checkpoints
-    method: str = DEFAULT_METHOD        # earned by `compare` on the bundled teacher (methods/__init__.py)
-    steps: int = 1                      # the student's NFE
-    iters: int = 1500                   # optimiser steps of distillation
+    checkpoint: str | None = field(default=None, metadata={  # None = the bundled teacher
+        "help": "Teacher: policydistill checkpoint or lerobot policy folder."})
+    tokenizer: str | None = field(default=None, metadata={  # local tokenizer for lerobot checkpoints
+        "help": "Local tokenizer folder for lerobot checkpoints."})
+    method: str = field(default=DEFAULT_METHOD, metadata={  # earned by `compare` on the bundled teacher
+        "flags": ("--method", "-m"), "help": "Any registered method (policydistill methods; "
+        f"default: {DEFAULT_METHOD} for policies, the domain's for media)."})
+    steps: int = field(default=1, metadata={"flags": ("--steps",), "default": 1, "min": 1, "help": "NFE of the student."})
+    iters: int = field(default=1500, metadata={"min": 1, "help": "Distillation optimiser steps."})
     batch_size: int = 32
     lr: float = 1e-4
     warmup_steps: int = 100
-    task: str | None = None             # default: the teacher's tasks
-    data: str | None = None             # default: the teacher's dataset (regenerated if missing); given: must exist
-    episodes: int = 50                  # closed-loop episodes per task and variant
+    task: str | None = field(default=None, metadata={"help": "Tasks to evaluate (default: the teacher's)."})
+    # default: the teacher's dataset (regenerated if missing); given: must exist
+    data: str | None = field(default=None, metadata={"help": "Demonstrations (default: the teacher's)."})
+    episodes: int = field(default=50, metadata={"min": 1, "help": "Evaluation episodes per task and variant."})
     teacher_nfe: int = 10
-    n_action_steps: int | None = None   # execution horizon in closed loop (default: the policy's)
+    n_action_steps: int | None = field(default=None, metadata={  # default: the policy's
+        "min": 1, "help": "Actions executed per chunk in closed loop."})
     # Extra closed-loop runs at other execution horizons (None: 8, midpoint, chunk length; (): off)
-    sweep_n_action_steps: tuple[int, ...] | None = None
-    sweep_episodes: int = 20            # episodes per task and variant at each extra horizon
-    workers: int = 2
-    max_episode_steps: int | None = None  # None = the teacher's recorded eval limit, else the task's own
+    sweep_n_action_steps: tuple[int, ...] | None = field(default=None, metadata={
+        "flags": ("--sweep",), "type": str, "help": "n_action_steps values to also evaluate, e.g. 8,12,16 "
+        "(default: 8, midpoint, chunk length; 'none' = off)."})
+    sweep_episodes: int = field(default=20, metadata={"min": 1, "help": "Episodes per task at each extra sweep value."})
+    workers: int = field(default=2, metadata={"min": 0, "help": "Simulator worker processes (0 = in this process)."})
+    # None = the teacher's recorded eval limit, else the task's own
+    max_episode_steps: int | None = field(default=None, metadata={
+        "min": 1, "help": "Episode step limit (default: the task's)."})
     heldout_obs: int = 32               # held-out observations for MSE and chunk distance
     chunk_samples: int = 16             # sampled chunks per observation for the distance
     latency_repeats: int = 50
-    seed: int = 0
-    threads: int = 0
-    out: str = "runs/distill"
-    video: bool = False
+    seed: int = field(default=0, metadata={"help": None})
+    threads: int = field(default=0, metadata=cli_help.THREADS)
+    out: str = field(default="runs/distill", metadata={
+        "help": "Output folder (default runs/distill-<model>-<method>-<steps>)."})
+    video: bool = field(default=False, metadata={"flags": ("--video",), "default": False, "help": "Save rollout videos."})
     progress: bool = True
-    micro_batches: int = 0              # seeded micro-batches per step (0 = one per torchrun rank)
-    fsdp: bool = False                  # shard the student over the torchrun ranks (FSDP2, train/fsdp.py)
+    micro_batches: int = field(default=0, metadata={  # 0 = one per torchrun rank
+        "flags": ("--micro-batches",), "min": 0, "help": "Seeded micro-batches per step (0 = one per torchrun rank)."})
+    fsdp: bool = field(default=False, metadata=cli_help.FSDP)  # shard the student over the torchrun ranks (FSDP2)
     method_options: dict[str, Any] = field(default_factory=dict)
-    log: str = ""                       # extra run logs besides metrics.jsonl: tensorboard, wandb
+    log: str = field(default="", metadata=cli_help.LOG)  # extra run logs besides metrics.jsonl: tensorboard, wandb
 
 
 DISTILL_PRESETS: dict[str, DistillConfig] = {

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..checkpoint import save_model, write_json
+from . import cli_help
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -30,34 +31,42 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TeacherConfig:
+    """A teacher training run. A field with ``metadata`` is a ``policydistill train`` option (help
+    text, flags, bounds: see ``policydistill.cli.config_options``)."""
+
     model: str = "pi0"                  # architecture: pi0 | pi05 | smolvla
     preset: str = "small"
-    task: str = "metaworld/multimodal"  # a task id or suite name (comma-separated allowed)
-    data: str | None = None             # an existing zarr / LeRobot v3 dataset; None = generate demos
-    episodes_per_task: int = 50
-    multimodal: bool = True
+    task: str = field(default="metaworld/multimodal", metadata={  # a task id or suite name (comma-separated allowed)
+        "help": "Task id or suite, e.g. metaworld/mt10 or metaworld/push-v3."})
+    data: str | None = field(default=None, metadata={  # an existing zarr / LeRobot v3 dataset; None = generate demos
+        "help": "Existing dataset (zarr or LeRobot v3 folder) instead of generated demos."})
+    episodes_per_task: int = field(default=50, metadata={
+        "name": "episodes", "flags": ("--episodes",), "min": 1, "help": "Demonstrations per task to generate."})
+    multimodal: bool = field(default=True, metadata={
+        "flags": ("--multimodal/--no-multimodal",), "help": "Multimodal demonstrations."})
     action_noise: float = 0.1
-    steps: int = 20000
-    batch_size: int = 32
-    lr: float = 3e-4
+    steps: int = field(default=20000, metadata={"min": 1, "help": "Optimiser steps."})
+    batch_size: int = field(default=32, metadata={"min": 1, "help": None})
+    lr: float = field(default=3e-4, metadata={"min": 0.0, "help": None})
     warmup_steps: int = 500
     weight_decay: float = 1e-4
     ema_decay: float = 0.0
     grad_clip: float = 1.0
     val_fraction: float = 0.1
     checkpoint_every: int = 1000
-    seed: int = 0
-    threads: int = 0                    # torch threads (0 = leave as is)
-    out: str = "runs/teacher"
+    seed: int = field(default=0, metadata={"help": None})
+    threads: int = field(default=0, metadata=cli_help.THREADS)  # torch threads (0 = leave as is)
+    out: str = field(default="runs/teacher", metadata={"help": "Run folder (default runs/teacher)."})
     eval_episodes: int = 0              # final closed-loop evaluation per task (0 = skip)
     # Episode limit the teacher is judged with (here and by `distill`/`compare` by default);
     # None = the task's own (500 steps in Meta-World).
     eval_max_steps: int | None = None
     progress: bool = True
-    micro_batches: int = 0              # seeded micro-batches per step (0 = one per torchrun rank)
-    fsdp: bool = False                  # shard the policy over the torchrun ranks (FSDP2, train/fsdp.py)
+    micro_batches: int = field(default=0, metadata={  # seeded micro-batches per step (0 = one per torchrun rank)
+        "flags": ("--micro-batches",), "min": 0, "help": "Seeded micro-batches per step (0 = one per torchrun rank; the result depends on this, not on the rank count)."})
+    fsdp: bool = field(default=False, metadata=cli_help.FSDP)  # shard the policy over the torchrun ranks (FSDP2)
     overrides: dict[str, Any] = field(default_factory=dict)  # architecture config overrides
-    log: str = ""                       # extra run logs besides metrics.jsonl: tensorboard, wandb
+    log: str = field(default="", metadata=cli_help.LOG)  # extra run logs besides metrics.jsonl: tensorboard, wandb
 
 
 TEACHER_PRESETS: dict[str, TeacherConfig] = {
