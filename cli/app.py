@@ -9,8 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Distil flow-matching robot policies into 1-step policies, and prove it.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Distil flow-matching robot policies into 1-step policies, and prove it.",
+)
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
@@ -32,23 +36,33 @@ def methods_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON i
     for col in ("name", "teacher", "sampling", "extra networks", "NFE supported", "description"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["teacher"], r["sampling"], ", ".join(r["extra_networks"]) or "-",
-                      r["nfe_supported"], r["description"])
+        table.add_row(
+            r["name"],
+            r["teacher"],
+            r["sampling"],
+            ", ".join(r["extra_networks"]) or "-",
+            r["nfe_supported"],
+            r["description"],
+        )
     console.print(table)
 
 
-from .deploy import export as _export, latency as _latency  # noqa: E402
+from .deploy import export as _export  # noqa: E402
+from .deploy import latency as _latency
 
 app.command("latency")(_latency)
 app.command("export")(_export)
 
-from .pipeline import compare_cmd as _compare, distill_cmd as _distill, train_cmd as _train  # noqa: E402
+from .pipeline import compare_cmd as _compare  # noqa: E402
+from .pipeline import distill_cmd as _distill
+from .pipeline import train_cmd as _train
 
 app.command("train")(_train)
 app.command("distill")(_distill)
 app.command("compare")(_compare)
 
-from .media import bench_media_cmd as _bench_media, media_app as _media_app  # noqa: E402
+from .media import bench_media_cmd as _bench_media  # noqa: E402
+from .media import media_app as _media_app
 
 app.add_typer(_media_app, name="media")
 bench_app = typer.Typer(no_args_is_help=True, help="Shipped benchmarks (rich table + JSON + PNG).")
@@ -58,6 +72,7 @@ from .bench import bench_methods_cmd as _bench_methods  # noqa: E402
 
 bench_app.command("methods")(_bench_methods)
 from .policies import bench_policies_cmd as _bench_policies  # noqa: E402
+
 bench_app.command("policies")(_bench_policies)
 
 from .data_io import data_app as _data_app  # noqa: E402  (`data` sub-app; other data commands register on it)

@@ -37,9 +37,12 @@ def bench_methods_cmd(
     quick: bool = typer.Option(False, "--quick", help="Tiny smoke run (one seed, a few steps; seconds)."),
     cache: Path = typer.Option(None, "--cache", help="Folder to keep/reuse the fitted velocity fields (tuning runs)."),
     markdown: Path = typer.Option(None, "--markdown", help="Also write the table as a markdown page here."),
-    problems: str = typer.Option("mixture,gaussian", "--problems",
-                                 help="Comma-separated exactly solvable targets: mixture (narrow modes), gaussian "
-                                      "(one wide anisotropic Gaussian)."),
+    problems: str = typer.Option(
+        "mixture,gaussian",
+        "--problems",
+        help="Comma-separated exactly solvable targets: mixture (narrow modes), gaussian "
+        "(one wide anisotropic Gaussian).",
+    ),
 ) -> None:
     """Distil exact teachers (mixture, wide Gaussian) with every method; errors against the exact maps."""
     from policydistill.bench.methods_bench import PROBLEMS, BenchConfig, quick_config, run_bench
@@ -50,8 +53,14 @@ def bench_methods_cmd(
     bad = [p for p in wanted if p not in PROBLEMS]
     if bad or not wanted:
         raise typer.BadParameter(f"unknown problem(s) {bad or problems!r}; valid: {', '.join(PROBLEMS)}")
-    overrides = {"nfe": _ints(nfe, "--nfe"), "teacher_steps": teacher_steps, "threads": threads, "jobs": jobs,
-                 "methods": tuple(m.strip() for m in methods.split(",") if m.strip()) or None, "problems": wanted}
+    overrides = {
+        "nfe": _ints(nfe, "--nfe"),
+        "teacher_steps": teacher_steps,
+        "threads": threads,
+        "jobs": jobs,
+        "methods": tuple(m.strip() for m in methods.split(",") if m.strip()) or None,
+        "problems": wanted,
+    }
     if not quick:
         overrides["seeds"] = _ints(seeds, "--seeds")
         overrides["eval_samples"] = eval_samples
@@ -65,8 +74,11 @@ def bench_methods_cmd(
     checks = all_checks(result)
     for problem in wanted:
         header, rows = table_rows(result, problem)
-        what = ("Gaussian mixture; MSE to the true flow map per coordinate" if problem == "mixture"
-                else "wide anisotropic Gaussian; MSE to the exact map, W2 of the sample distribution")
+        what = (
+            "Gaussian mixture; MSE to the true flow map per coordinate"
+            if problem == "mixture"
+            else "wide anisotropic Gaussian; MSE to the exact map, W2 of the sample distribution"
+        )
         table = Table(title=f"bench methods: {dim}-D {what}, seeds {list(cfg.seeds)} (mean ± std over seeds)")
         for col in header:
             table.add_column(col, justify="left" if col == "method" else "right")

@@ -42,8 +42,9 @@ def _scalar(tp: Any) -> Any:
     return tp
 
 
-def config_parameters(cls: type, exclude: Iterable[str] = (),
-                      overrides: Mapping[str, Mapping[str, Any]] | None = None) -> list[tuple[str, inspect.Parameter]]:
+def config_parameters(
+    cls: type, exclude: Iterable[str] = (), overrides: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[tuple[str, inspect.Parameter]]:
     """(field name, typer parameter) for every field of dataclass ``cls`` that has command-line metadata,
     in field order; the parameter's name is the field's unless ``name`` renames it."""
     hints = typing.get_type_hints(cls)
@@ -62,13 +63,18 @@ def config_parameters(cls: type, exclude: Iterable[str] = (),
         option = typer.Option(default, *spec.get("flags", ()), help=spec.get("help"), **kwargs)
         annotation = tp if default is not None else Optional[tp]  # noqa: UP045 (built at run time)
         name = spec.get("name", f.name)
-        out.append((f.name, inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                              annotation=annotation)))
+        out.append(
+            (f.name, inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+        )
     return out
 
 
-def config_command(cls: type, exclude: Iterable[str] = (), overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                   after: Iterable[str] = ()) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def config_command(
+    cls: type,
+    exclude: Iterable[str] = (),
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    after: Iterable[str] = (),
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Decorate ``command(*own parameters, fields: dict)``: its typer signature becomes its own
     parameters (those named in ``after`` go last) with ``cls``'s command-line fields between them, and
     it is called with ``fields`` = {field name: value given or None}."""
@@ -88,8 +94,11 @@ def config_command(cls: type, exclude: Iterable[str] = (), overrides: Mapping[st
             command(**kwargs, fields=fields)
 
         kw = inspect.Parameter.KEYWORD_ONLY
-        ordered = ([p.replace(kind=kw) for p in own if p.name not in tail] + [p for _, p in params]
-                   + [p.replace(kind=kw) for p in own if p.name in tail])
+        ordered = (
+            [p.replace(kind=kw) for p in own if p.name not in tail]
+            + [p for _, p in params]
+            + [p.replace(kind=kw) for p in own if p.name in tail]
+        )
         run.__signature__ = inspect.Signature(ordered, return_annotation=None)  # type: ignore[attr-defined]
         run.__annotations__ = {p.name: p.annotation for p in ordered}
         del run.__wrapped__  # typer must read the built signature, not the command's

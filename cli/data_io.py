@@ -35,8 +35,16 @@ def convert_cmd(
 
     if to not in ("", "zarr", "lerobot"):
         raise DatasetError(f"--to must be 'zarr' or 'lerobot', got {to!r}.")
-    out = convert(src, dst, to or None, overwrite=overwrite, progress=True, robot_type=robot_type,  # type: ignore[arg-type]
-                  video=video, vcodec=vcodec)
+    out = convert(
+        src,
+        dst,
+        to or None,
+        overwrite=overwrite,
+        progress=True,
+        robot_type=robot_type,  # type: ignore[arg-type]
+        video=video,
+        vcodec=vcodec,
+    )
     console.print(f"[green]wrote[/] {dst}: {len(out)} episodes, {int(np.sum(out.lengths))} frames")
 
 
@@ -60,11 +68,15 @@ def overview_table(s: dict[str, Any]) -> Table:
     t.add_column("field", style="bold")
     t.add_column("value")
     length = s["length"]
-    rows = [("episodes", str(s["episodes"])), ("frames", str(s["frames"])), ("fps", f"{s['fps']:g}"),
-            ("cameras", ", ".join(f"{c} {'x'.join(map(str, hw))}" for c, hw in s["cameras"].items()) or "-"),
-            ("state / action dims", f"{s['state_dim']} / {s['action_dim']}"),
-            ("length min/mean/max", f"{length['min']} / {length['mean']:.1f} / {length['max']}"),
-            ("success rate", f"{s['success_rate']:.2f}")]
+    rows = [
+        ("episodes", str(s["episodes"])),
+        ("frames", str(s["frames"])),
+        ("fps", f"{s['fps']:g}"),
+        ("cameras", ", ".join(f"{c} {'x'.join(map(str, hw))}" for c, hw in s["cameras"].items()) or "-"),
+        ("state / action dims", f"{s['state_dim']} / {s['action_dim']}"),
+        ("length min/mean/max", f"{length['min']} / {length['mean']:.1f} / {length['max']}"),
+        ("success rate", f"{s['success_rate']:.2f}"),
+    ]
     rows += [(f"task: {k or '(none)'}", str(v)) for k, v in s["tasks"].items()]
     rows += [(f"mode: {k}", str(v)) for k, v in s["modes"].items()]
     for k, v in rows:
@@ -102,27 +114,49 @@ def bench_data_cmd(
     """Dataset I/O speed and size per format (zarr, LeRobot PNG, LeRobot AV1) and window sampling speed."""
     from dataclasses import replace
 
+    from ..checkpoint import write_json
     from ..data.bench import PRESETS, run_data_bench
     from ..data.errors import DatasetError
-    from ..checkpoint import write_json
 
     if preset not in PRESETS:
         raise DatasetError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}.")
     cfg = PRESETS[preset]
-    cfg = replace(cfg, source=str(source) if source else None, episodes=episodes or cfg.episodes,
-                  image_size=image_size or cfg.image_size)
+    cfg = replace(
+        cfg,
+        source=str(source) if source else None,
+        episodes=episodes or cfg.episodes,
+        image_size=image_size or cfg.image_size,
+    )
     with console.status("benchmarking dataset formats"):
         res = run_data_bench(cfg)
-    t = Table(title=f"dataset formats: {res['episodes']} episodes, {res['frames']} frames, "
-                    f"{res['raw_mib']:.1f} MiB raw (1 thread)")
-    for col in ("format", "size MiB", "write fr/s", "open s", "verify s", "read fr/s", "window load s",
-                "sample/s in-memory", "sample/s lazy"):
+    t = Table(
+        title=f"dataset formats: {res['episodes']} episodes, {res['frames']} frames, "
+        f"{res['raw_mib']:.1f} MiB raw (1 thread)"
+    )
+    for col in (
+        "format",
+        "size MiB",
+        "write fr/s",
+        "open s",
+        "verify s",
+        "read fr/s",
+        "window load s",
+        "sample/s in-memory",
+        "sample/s lazy",
+    ):
         t.add_column(col, justify="left" if col == "format" else "right")
     for r in res["rows"]:
-        t.add_row(r["format"], f"{r['size_mib']:.2f}", f"{r['write_frames_per_s']:.0f}", f"{r['open_s']:.3f}",
-                  f"{r['verify_s']:.3f}",
-                  f"{r['read_frames_per_s']:.0f}", f"{r['window_load_s']:.2f}", f"{r['sample_in_memory_per_s']:.0f}",
-                  f"{r['sample_lazy_per_s']:.0f}")
+        t.add_row(
+            r["format"],
+            f"{r['size_mib']:.2f}",
+            f"{r['write_frames_per_s']:.0f}",
+            f"{r['open_s']:.3f}",
+            f"{r['verify_s']:.3f}",
+            f"{r['read_frames_per_s']:.0f}",
+            f"{r['window_load_s']:.2f}",
+            f"{r['sample_in_memory_per_s']:.0f}",
+            f"{r['sample_lazy_per_s']:.0f}",
+        )
     Console(width=max(console.width, 120)).print(t)  # never squeeze the numbers into a narrow terminal
     write_json(out, res)
     console.print(f"wrote {out}")

@@ -55,8 +55,13 @@ def check_cmd(
     for eid in expand(task):
         try:
             rep = check(eid, image_size=image_size, steps=steps, gym_check=gym_check)
-            table.add_row(eid, "[green]ok[/] " + ", ".join(rep.passed), str(rep.state_dim),
-                          ", ".join(f"{c} {s}" for c, s in rep.image_shapes.items()), rep.instruction)
+            table.add_row(
+                eid,
+                "[green]ok[/] " + ", ".join(rep.passed),
+                str(rep.state_dim),
+                ", ".join(f"{c} {s}" for c, s in rep.image_shapes.items()),
+                rep.instruction,
+            )
         except AssertionError as exc:
             failed += 1
             table.add_row(eid, f"[red]FAIL[/] {exc}", "", "", "")

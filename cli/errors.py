@@ -19,8 +19,15 @@ from ..registry import RegistryError
 from ..train.loop import TrainingInterrupted
 
 #: exceptions whose message is written for the user; anything else is a bug and says so.
-USER_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, RegistryError, ValueError, FileNotFoundError,
-                                                 PermissionError, ImportError, RuntimeError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    CheckpointError,
+    RegistryError,
+    ValueError,
+    FileNotFoundError,
+    PermissionError,
+    ImportError,
+    RuntimeError,
+)
 
 
 class _LogHandler(RichHandler):
@@ -48,8 +55,14 @@ def install_log_handler(debug: bool = False) -> logging.Handler:
             return handler
     # rich's global console resolves sys.stderr at each write (so pytest's capture sees the lines);
     # markup is off: messages are plain text, and a path with [brackets] prints as it is
-    handler = _LogHandler(console=rich.get_console(), show_time=False, show_level=False, show_path=False,
-                          markup=False, rich_tracebacks=False)
+    handler = _LogHandler(
+        console=rich.get_console(),
+        show_time=False,
+        show_level=False,
+        show_path=False,
+        markup=False,
+        rich_tracebacks=False,
+    )
     log.addHandler(handler)
     return handler
 
@@ -75,7 +88,9 @@ def run_app(app: typer.Typer) -> None:
         if message is not None:
             err.print(f"[red]error:[/] {message}", highlight=False)
         else:
-            err.print(f"[red]error:[/] {type(exc).__name__}: {exc}\n(this looks like a bug; run with --debug for the traceback)")
+            err.print(
+                f"[red]error:[/] {type(exc).__name__}: {exc}\n(this looks like a bug; run with --debug for the traceback)"
+            )
         sys.exit(1)
 
 
@@ -91,13 +106,16 @@ def user_message(exc: BaseException, argv: list[str]) -> str | None:
     if isinstance(exc, USER_ERRORS):
         return str(exc)
     if isinstance(exc, OSError) and exc.filename:
-        what = {errno.EISDIR: "is a folder where a file was expected", errno.ENOTDIR: "has a file where a folder "
-                "was expected", errno.EROFS: "is on a read-only file system"}.get(exc.errno or 0, f"cannot be used "
-                                                                                       f"({exc.strerror})")
+        what = {
+            errno.EISDIR: "is a folder where a file was expected",
+            errno.ENOTDIR: "has a file where a folder was expected",
+            errno.EROFS: "is on a read-only file system",
+        }.get(exc.errno or 0, f"cannot be used ({exc.strerror})")
         return f"{exc.filename} {what}: check the path you passed (and its parents)."
     if isinstance(exc, MemoryError):
-        return ("ran out of memory: use a smaller preset, batch size or number of workers, or a machine with more "
-                "memory.")
+        return (
+            "ran out of memory: use a smaller preset, batch size or number of workers, or a machine with more memory."
+        )
     return None
 
 
@@ -111,10 +129,15 @@ def _is_disk_full(exc: BaseException) -> bool:
 def _disk_full_message(exc: BaseException, argv: list[str]) -> str:
     where = f" while writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
     good = _last_good_checkpoints(_out_folder(argv))
-    kept = ("The last good checkpoint is " + ", ".join(good) + " (earlier results are intact)" if good
-            else "Files written before this one are intact")
-    return (f"the disk is full{where} (No space left on device). {kept}. Free some space (or choose another --out) "
-            "and run the same command again with --resume to continue.")
+    kept = (
+        "The last good checkpoint is " + ", ".join(good) + " (earlier results are intact)"
+        if good
+        else "Files written before this one are intact"
+    )
+    return (
+        f"the disk is full{where} (No space left on device). {kept}. Free some space (or choose another --out) "
+        "and run the same command again with --resume to continue."
+    )
 
 
 def _out_folder(argv: list[str]) -> Path | None:
@@ -164,15 +187,19 @@ def _find_json_file(text: str, argv: list[str], limit: int = 2000) -> Path | Non
 
 
 def _damaged_json_message(path: Path, exc: json.JSONDecodeError) -> str:
-    head = f"{path} is damaged ({exc.msg}: line {exc.lineno} column {exc.colno}): it was cut short (a full disk, a crash " \
-           "during a copy) or edited by hand."
+    head = (
+        f"{path} is damaged ({exc.msg}: line {exc.lineno} column {exc.colno}): it was cut short (a full disk, a crash "
+        "during a copy) or edited by hand."
+    )
     if path.name == "latest.json" and path.parent.name == "checkpoints":
         complete = sorted(p.name for p in path.parent.glob("step-*") if (p / "model.safetensors").is_file())
         if complete:
             newest = complete[-1]
             step = int(newest.split("-")[-1])
-            return (f"{head} The checkpoints beside it are untouched ({', '.join(complete)}): rewrite it as "
-                    f'{{"step": {step}, "folder": "{newest}"}} to continue from the newest, then run the same command '
-                    "with --resume; or choose another --out.")
+            return (
+                f"{head} The checkpoints beside it are untouched ({', '.join(complete)}): rewrite it as "
+                f'{{"step": {step}, "folder": "{newest}"}} to continue from the newest, then run the same command '
+                "with --resume; or choose another --out."
+            )
         return f"{head} No complete checkpoint is beside it: choose another --out, or remove the folder {path.parent} yourself."
     return f"{head} Re-copy it, or use an earlier checkpoint."

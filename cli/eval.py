@@ -11,9 +11,11 @@ from rich.console import Console
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 
-BUILTIN = {"scripted": "Meta-World scripted experts (privileged state, one mode)",
-           "scripted-multimodal": "multimodal scripted experts (privileged state, mode drawn per episode)",
-           "random": "uniform random actions"}
+BUILTIN = {
+    "scripted": "Meta-World scripted experts (privileged state, one mode)",
+    "scripted-multimodal": "multimodal scripted experts (privileged state, mode drawn per episode)",
+    "random": "uniform random actions",
+}
 
 
 def _action_dim(task: str) -> int:
@@ -53,21 +55,35 @@ def _load_policy(spec: str, seed: int, task: str) -> tuple[Any, str]:
 
 
 def eval_cmd(
-    policy: str = typer.Argument(..., help="Checkpoint folder (policydistill or lerobot), or "
-                                           "'scripted', 'scripted-multimodal', 'random'."),
-    task: str = typer.Option("metaworld/push-v3", "--task", "-t", help="Env ids / suites, comma-separated "
-                             "(metaworld/mt10, push-v3,reach-v3, libero/libero_spatial...)."),
-    nfe: str = typer.Option("", "--nfe", help="Denoising steps to evaluate, comma-separated (e.g. 1,10); "
-                            "default: the policy's own. Ignored by scripted/random policies."),
-    mode: str = typer.Option("", "--mode", help="Sampling mode for flow policies: flowmap | diagonal | consistency | "
-                            "consistency_deterministic (default: the one stored in the checkpoint)."),
+    policy: str = typer.Argument(
+        ..., help="Checkpoint folder (policydistill or lerobot), or 'scripted', 'scripted-multimodal', 'random'."
+    ),
+    task: str = typer.Option(
+        "metaworld/push-v3",
+        "--task",
+        "-t",
+        help="Env ids / suites, comma-separated (metaworld/mt10, push-v3,reach-v3, libero/libero_spatial...).",
+    ),
+    nfe: str = typer.Option(
+        "",
+        "--nfe",
+        help="Denoising steps to evaluate, comma-separated (e.g. 1,10); "
+        "default: the policy's own. Ignored by scripted/random policies.",
+    ),
+    mode: str = typer.Option(
+        "",
+        "--mode",
+        help="Sampling mode for flow policies: flowmap | diagonal | consistency | "
+        "consistency_deterministic (default: the one stored in the checkpoint).",
+    ),
     episodes: int = typer.Option(10, "--episodes", "-n", help="Episodes per task."),
     workers: int = typer.Option(1, "--workers", "-w", help="Env worker processes (0: in this process)."),
     batch_size: int = typer.Option(0, "--batch-size", help="Concurrent episodes (policy batch); 0: 4 per worker."),
     n_action_steps: int = typer.Option(0, "--n-action-steps", help="Actions executed per chunk; 0: the policy's own."),
     seed: int = typer.Option(0, "--seed", help="Base of the episode seeds (same seed = same initial states)."),
-    image_size: int = typer.Option(0, "--image-size", help="Camera size the env renders; 0: the policy's input "
-                                   "size (config.image_size), else 96."),
+    image_size: int = typer.Option(
+        0, "--image-size", help="Camera size the env renders; 0: the policy's input size (config.image_size), else 96."
+    ),
     max_steps: int = typer.Option(0, "--max-steps", help="Episode limit; 0: the env's default."),
     json_out: Path = typer.Option(None, "--json", help="Write the results JSON here."),
     png: Path = typer.Option(None, "--png", help="Write a success plot here (default: next to --json)."),
@@ -77,7 +93,6 @@ def eval_cmd(
     """Evaluate a policy for N episodes per task on fixed seeds; prints a table with Wilson 95% intervals."""
     from ..eval import EvalConfig, evaluate_policy
     from ..eval.report import plot_runs, results_table, write_json
-
     from .options import check_output_file
 
     check_output_file(json_out, "--json")
@@ -89,11 +104,20 @@ def eval_cmd(
         nfes = [None]
     runs = []
     for k in nfes:
-        cfg = EvalConfig(tasks=task, episodes=episodes, nfe=k, mode=mode or None, workers=workers,
-                         batch_size=batch_size or None, n_action_steps=n_action_steps or None, seed=seed,
-                         image_size=image_size or None, max_episode_steps=max_steps or None,
-                         video_dir=str(video_dir / (f"nfe{k}" if k else name)) if video_dir else None,
-                         videos_per_task=videos_per_task)
+        cfg = EvalConfig(
+            tasks=task,
+            episodes=episodes,
+            nfe=k,
+            mode=mode or None,
+            workers=workers,
+            batch_size=batch_size or None,
+            n_action_steps=n_action_steps or None,
+            seed=seed,
+            image_size=image_size or None,
+            max_episode_steps=max_steps or None,
+            video_dir=str(video_dir / (f"nfe{k}" if k else name)) if video_dir else None,
+            videos_per_task=videos_per_task,
+        )
         res = evaluate_policy(model, cfg)
         res["policy"] = name
         runs.append(res)
@@ -121,24 +145,61 @@ def bench_rollouts_cmd(
 
     from ..bench.rollouts import RolloutBenchConfig, run
     from ..eval.report import write_json
-
     from .options import check_output_file
 
     check_output_file(json_out, "--json")
-    cfg = RolloutBenchConfig(task=task, workers=tuple(int(w) for w in workers.split(",")), steps=steps,
-                             image_size=image_size, slots_per_worker=slots_per_worker)
-    rows = run(cfg, progress=lambda r: console.print(
-        f"workers={r['workers']} render={r['render']}: {r['steps_per_second']:.1f} steps/s"))
+    cfg = RolloutBenchConfig(
+        task=task,
+        workers=tuple(int(w) for w in workers.split(",")),
+        steps=steps,
+        image_size=image_size,
+        slots_per_worker=slots_per_worker,
+    )
+    rows = run(
+        cfg,
+        progress=lambda r: console.print(
+            f"workers={r['workers']} render={r['render']}: {r['steps_per_second']:.1f} steps/s"
+        ),
+    )
     table = Table(title=f"rollout throughput: {task}, {image_size} px corner2, random actions")
-    for col in ("workers", "slots", "render", "steps", "seconds", "steps/s", "speedup", "env CPU ms/step",
-                "steps/s on idle cores", "load avg (1 min)"):
+    for col in (
+        "workers",
+        "slots",
+        "render",
+        "steps",
+        "seconds",
+        "steps/s",
+        "speedup",
+        "env CPU ms/step",
+        "steps/s on idle cores",
+        "load avg (1 min)",
+    ):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["workers"]), str(r["slots"]), "yes" if r["render"] else "no (state only)", str(r["steps"]),
-                      f"{r['seconds']:.1f}", f"{r['steps_per_second']:.1f}", f"{r['speedup_vs_first']:.2f}×",
-                      f"{r['worker_cpu_ms_per_step']:.1f}", f"{r['idle_machine_steps_per_second']:.0f}",
-                      f"{r['load_average_1min']:.1f} / {r['cpu_count']} cores")
+        table.add_row(
+            str(r["workers"]),
+            str(r["slots"]),
+            "yes" if r["render"] else "no (state only)",
+            str(r["steps"]),
+            f"{r['seconds']:.1f}",
+            f"{r['steps_per_second']:.1f}",
+            f"{r['speedup_vs_first']:.2f}×",
+            f"{r['worker_cpu_ms_per_step']:.1f}",
+            f"{r['idle_machine_steps_per_second']:.0f}",
+            f"{r['load_average_1min']:.1f} / {r['cpu_count']} cores",
+        )
     console.print(table)
-    write_json(json_out, {"config": {"task": task, "workers": cfg.workers, "steps": steps, "image_size": image_size,
-                                     "slots_per_worker": slots_per_worker}, "rows": rows})
+    write_json(
+        json_out,
+        {
+            "config": {
+                "task": task,
+                "workers": cfg.workers,
+                "steps": steps,
+                "image_size": image_size,
+                "slots_per_worker": slots_per_worker,
+            },
+            "rows": rows,
+        },
+    )
     console.print(f"[green]wrote[/] {json_out}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -21,37 +20,61 @@ def _metrics_table(title: str, rows: list[dict]) -> Table:
     for col in ("method", "NFE", "MSE→teacher", "PSNR dB", "FD", "SWD", "train s"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
-        table.add_row(r["method"], str(r["nfe"]), f"{r['mse_to_teacher']:.4f}", f"{r['psnr_to_teacher']:.1f}",
-                      f"{r['fd']:.3f}", f"{r['swd']:.4f}", f"{r.get('train_s') or 0:.0f}")
+        table.add_row(
+            r["method"],
+            str(r["nfe"]),
+            f"{r['mse_to_teacher']:.4f}",
+            f"{r['psnr_to_teacher']:.1f}",
+            f"{r['fd']:.3f}",
+            f"{r['swd']:.4f}",
+            f"{r.get('train_s') or 0:.0f}",
+        )
     return table
 
 
 @media_app.command("distill")
 def distill_cmd(
     model: str = typer.Argument(..., help="image-dit or video-dit"),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Any registered method (policydistill "
-                                         "methods; default: the domain's, policydistill.methods.DEFAULT_METHODS)."),
+    method: str | None = typer.Option(
+        None,
+        "--method",
+        "-m",
+        help="Any registered method (policydistill "
+        "methods; default: the domain's, policydistill.methods.DEFAULT_METHODS).",
+    ),
     steps: int = typer.Option(1, "--steps", help="NFE of the distilled sampler."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="image-dit: digits | metaworld; video-dit: metaworld."),
-    train_steps: Optional[int] = typer.Option(None, "--train-steps", help="Distillation optimiser steps (preset default)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="'tiny' for a seconds-long smoke run."),
+    dataset: str | None = typer.Option(None, "--dataset", help="image-dit: digits | metaworld; video-dit: metaworld."),
+    train_steps: int | None = typer.Option(
+        None, "--train-steps", help="Distillation optimiser steps (preset default)."
+    ),
+    preset: str | None = typer.Option(None, "--preset", help="'tiny' for a seconds-long smoke run."),
     option: list[str] = typer.Option([], "--option", "-o", help="Method config override key=value (repeatable)."),
     run_dir: Path = typer.Option(Path("runs/media"), "--run-dir", help="Teacher cache and outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Distil the domain's flow-matching teacher (trained once and cached) with a registered method."""
     from ..media.distill import distill_media
-    from .pipeline import _method_options
-
     from ..methods import default_method
+    from .pipeline import _method_options
 
     method = method or default_method("video" if model == "video-dit" else "images")
     options = _method_options(method, option)  # unknown keys / wrong types fail before the teacher is trained
-    res = distill_media(model, method, steps, dataset=dataset, train_steps=train_steps, run_dir=run_dir, preset=preset,
-                        method_options=options, progress=not as_json)
+    res = distill_media(
+        model,
+        method,
+        steps,
+        dataset=dataset,
+        train_steps=train_steps,
+        run_dir=run_dir,
+        preset=preset,
+        method_options=options,
+        progress=not as_json,
+    )
     rows = [{"method": res.method, **m, "train_s": res.train_wall_s} for m in res.metrics]
     if as_json:
-        sys.stdout.write(json.dumps({"folder": str(res.folder), "sampling": res.sampling, "metrics": rows}, indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps({"folder": str(res.folder), "sampling": res.sampling, "metrics": rows}, indent=2) + "\n"
+        )
         return
     console.print(_metrics_table(f"{model}: {res.method} (sampling={res.sampling}) → {res.folder}", rows))
 
@@ -61,9 +84,9 @@ def compare_cmd(
     model: str = typer.Argument("image-dit", help="image-dit or video-dit"),
     methods: str = typer.Option("snapflow,meanflow,lsd,psd", "--methods", help="Comma-separated registered methods."),
     nfe: str = typer.Option("1,2", "--nfe", help="Comma-separated NFE to score each student at."),
-    dataset: Optional[str] = typer.Option(None, "--dataset"),
-    train_steps: Optional[int] = typer.Option(None, "--train-steps"),
-    preset: Optional[str] = typer.Option(None, "--preset"),
+    dataset: str | None = typer.Option(None, "--dataset"),
+    train_steps: int | None = typer.Option(None, "--train-steps"),
+    preset: str | None = typer.Option(None, "--preset"),
     run_dir: Path = typer.Option(Path("runs/media"), "--run-dir"),
 ) -> None:
     """Distil one teacher with several methods; print a table (teacher Euler rows included)."""
@@ -72,7 +95,10 @@ def compare_cmd(
     spec = get_spec(model, dataset, preset)
     nfes = tuple(int(n) for n in nfe.split(","))
     teacher, ev = prepare_domain(spec, run_dir / f"{spec.model}-{preset or spec.dataset}")
-    rows = [{"method": "teacher (Euler)", **ev.evaluate(teacher, n, "diagonal")[0]} for n in sorted({*nfes, spec.teacher_nfe})]
+    rows = [
+        {"method": "teacher (Euler)", **ev.evaluate(teacher, n, "diagonal")[0]}
+        for n in sorted({*nfes, spec.teacher_nfe})
+    ]
     for m in [m.strip() for m in methods.split(",") if m.strip()]:
         res = distill_with(teacher, ev, m, nfes, train_steps)
         rows += [{"method": m, **r, "train_s": res.train_wall_s} for r in res.metrics]
@@ -83,7 +109,9 @@ def compare_cmd(
 def render_cmd(
     preset: str = typer.Option("default", "--preset", help="Render preset (default | tiny)."),
     size: int = typer.Option(32, "--size", help="Stored frame size in pixels."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Default: $POLICYDISTILL_CACHE or runs/media/cache."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Default: $POLICYDISTILL_CACHE or runs/media/cache."
+    ),
 ) -> None:
     """Render and cache frames from Meta-World rollouts of the noisy scripted experts."""
     from dataclasses import replace
@@ -103,12 +131,14 @@ def render_cmd(
 
 def bench_media_cmd(
     domain: str = typer.Option("all", "--domain", help="image | video | all"),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: six flow-map/teacher methods)."),
+    methods: str | None = typer.Option(
+        None, "--methods", help="Comma-separated methods (default: six flow-map/teacher methods)."
+    ),
     image_dataset: str = typer.Option("digits", "--image-dataset", help="digits | metaworld"),
-    preset: Optional[str] = typer.Option(None, "--preset", help="'tiny' for a smoke run."),
-    distill_steps: Optional[int] = typer.Option(None, "--distill-steps", help="Override the preset's distillation steps."),
+    preset: str | None = typer.Option(None, "--preset", help="'tiny' for a smoke run."),
+    distill_steps: int | None = typer.Option(None, "--distill-steps", help="Override the preset's distillation steps."),
     out: Path = typer.Option(Path("runs/media/bench"), "--out", help="Output folder (JSON, PNG grid, GIF/MP4)."),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the tables as Markdown here."),
+    markdown: Path | None = typer.Option(None, "--markdown", help="Also write the tables as Markdown here."),
     retrain_teacher: bool = typer.Option(False, "--retrain-teacher", help="Ignore the cached teacher."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = leave torch's default)."),
 ) -> None:
@@ -121,8 +151,17 @@ def bench_media_cmd(
     if threads > 0:
         torch.set_num_threads(threads)
     method_list = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None
-    results = run_media_bench(domain, method_list, out, image_dataset, preset, distill_steps, retrain_teacher,
-                              console=console, command="policydistill bench media " + " ".join(sys.argv[3:]))
+    results = run_media_bench(
+        domain,
+        method_list,
+        out,
+        image_dataset,
+        preset,
+        distill_steps,
+        retrain_teacher,
+        console=console,
+        command="policydistill bench media " + " ".join(sys.argv[3:]),
+    )
     console.print(f"wrote {results['json']}")
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)

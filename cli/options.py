@@ -31,14 +31,20 @@ def check_device(device: str, flag: str = "--device") -> str:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
-        raise typer.BadParameter(f"{flag} {device!r} is not a device; use cpu or cuda (cuda:1 for the second GPU)") from None
+        raise typer.BadParameter(
+            f"{flag} {device!r} is not a device; use cpu or cuda (cuda:1 for the second GPU)"
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise typer.BadParameter(f"{flag} {device}: this machine has no usable CUDA GPU (torch "
-                                     f"{torch.__version__} sees none); use --device cpu")
+            raise typer.BadParameter(
+                f"{flag} {device}: this machine has no usable CUDA GPU (torch "
+                f"{torch.__version__} sees none); use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise typer.BadParameter(f"{flag} {device}: this machine has {torch.cuda.device_count()} GPU(s) "
-                                     f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+            raise typer.BadParameter(
+                f"{flag} {device}: this machine has {torch.cuda.device_count()} GPU(s) "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
     elif dev.type != "cpu":
         raise typer.BadParameter(f"{flag} {device!r}: policydistill runs on cpu or cuda")
     return device

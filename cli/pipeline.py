@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,8 +14,6 @@ from ..methods import DEFAULT_METHOD
 from ..pipeline.distill import DistillConfig
 from ..pipeline.teacher import TeacherConfig
 from .config_options import config_command
-
-
 from .options import parse_options as _options  # noqa: E402
 
 
@@ -32,8 +29,10 @@ def _method_options(method: str, items: list[str]) -> dict:
     names = {f.name for f in dc.fields(cls.Config)} if dc.is_dataclass(cls.Config) else set()
     unknown = sorted(set(opts) - names)
     if unknown:
-        raise ValueError(f"method {method!r} has no option(s) {unknown}; valid options: "
-                         f"{', '.join(sorted(names)) or 'none'} (see `policydistill methods`)")
+        raise ValueError(
+            f"method {method!r} has no option(s) {unknown}; valid options: "
+            f"{', '.join(sorted(names)) or 'none'} (see `policydistill methods`)"
+        )
     import typing
 
     from ..fields import field_problem
@@ -41,8 +40,10 @@ def _method_options(method: str, items: list[str]) -> dict:
     hints = typing.get_type_hints(cls.Config) if dc.is_dataclass(cls.Config) else {}
     problems = [p for k, v in opts.items() if (p := field_problem(k, hints.get(k), v, ranges=False))]
     if problems:
-        raise ValueError(f"method {method!r}: " + "; ".join(problems) + " (-o key=value takes JSON values: "
-                         "numbers, true/false, or text)")
+        raise ValueError(
+            f"method {method!r}: " + "; ".join(problems) + " (-o key=value takes JSON values: "
+            "numbers, true/false, or text)"
+        )
     return opts
 
 
@@ -51,7 +52,7 @@ def _apply(cfg, **flags):
     return dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
 
 
-def _sweep(text: Optional[str]) -> Optional[tuple[int, ...]]:
+def _sweep(text: str | None) -> tuple[int, ...] | None:
     """--sweep "8,12,16" → (8, 12, 16); "none" → () (off); None → the preset's choice."""
     from ..pipeline.run_options import check_sweep
 
@@ -70,15 +71,17 @@ def _sweep(text: Optional[str]) -> Optional[tuple[int, ...]]:
     return values
 
 
-def _threads(value: Optional[int]) -> Optional[int]:
+def _threads(value: int | None) -> int | None:
     """--threads N: 1..(CPU cores); leaving it out keeps torch's default."""
     from ..pipeline.run_options import check_threads, cpu_cores
 
     if value is None:
         return None
     if value == 0:
-        raise typer.BadParameter(f"--threads 0 is not a thread count: pass 1 to {cpu_cores()} (this machine's CPU "
-                                 "cores), or leave --threads out to keep torch's default.")
+        raise typer.BadParameter(
+            f"--threads 0 is not a thread count: pass 1 to {cpu_cores()} (this machine's CPU "
+            "cores), or leave --threads out to keep torch's default."
+        )
     try:
         check_threads(value)
     except ValueError as exc:
@@ -86,7 +89,7 @@ def _threads(value: Optional[int]) -> Optional[int]:
     return value
 
 
-def _log(value: Optional[str]) -> Optional[str]:
+def _log(value: str | None) -> str | None:
     """--log tensorboard|wandb: checked (name, installed extra) before any work."""
     from ..train.runlog import parse_backends
 
@@ -145,9 +148,17 @@ def distill_cmd(
     if model in ("image-dit", "video-dit"):
         from .media import distill_cmd as media_distill
 
-        media_distill(model=model, method=method, steps=steps, dataset=None, train_steps=fields["iters"],
-                      preset=None if preset == "default" else preset, option=option,
-                      run_dir=Path(out or "runs/media"), as_json=False)
+        media_distill(
+            model=model,
+            method=method,
+            steps=steps,
+            dataset=None,
+            train_steps=fields["iters"],
+            preset=None if preset == "default" else preset,
+            option=option,
+            run_dir=Path(out or "runs/media"),
+            as_json=False,
+        )
         return
     from ..pipeline.distill import DISTILL_PRESETS, distill_policy
 
@@ -155,8 +166,10 @@ def distill_cmd(
 
     if preset not in DISTILL_PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DISTILL_PRESETS)}")
-    cfg = _apply(DISTILL_PRESETS[preset], **{**_parsed(fields), "model": model, "method": method,
-                                              "out": out or f"runs/distill-{model}-{method}-{steps}"})
+    cfg = _apply(
+        DISTILL_PRESETS[preset],
+        **{**_parsed(fields), "model": model, "method": method, "out": out or f"runs/distill-{model}-{method}-{steps}"},
+    )
     options = _method_options(method, option)
     if options:
         cfg = dataclasses.replace(cfg, method_options=options)
@@ -167,25 +180,49 @@ def distill_cmd(
 
 #: compare runs every method at every NFE of its own --steps list on the teacher's data and horizon
 _COMPARE_FIELDS = dict(
-    exclude=("tokenizer", "method", "steps", "data", "n_action_steps", "sweep_episodes", "video", "micro_batches",
-             "fsdp"),
-    overrides={"checkpoint": {"name": "teacher", "flags": ("--teacher",),
-                              "help": "Teacher checkpoint (default: the bundled one)."},
-               "iters": {"help": "Distillation steps per student (same for all)."},
-               "task": {"help": None}, "workers": {"help": None}, "max_episode_steps": {"help": None},
-               "sweep_n_action_steps": {"default": "none", "help": "n_action_steps values to also evaluate (e.g. "
-                                        "8,12,16); off by default: every variant runs again per value."},
-               "out": {"default": "runs/compare", "help": "Output folder."}})
+    exclude=(
+        "tokenizer",
+        "method",
+        "steps",
+        "data",
+        "n_action_steps",
+        "sweep_episodes",
+        "video",
+        "micro_batches",
+        "fsdp",
+    ),
+    overrides={
+        "checkpoint": {
+            "name": "teacher",
+            "flags": ("--teacher",),
+            "help": "Teacher checkpoint (default: the bundled one).",
+        },
+        "iters": {"help": "Distillation steps per student (same for all)."},
+        "task": {"help": None},
+        "workers": {"help": None},
+        "max_episode_steps": {"help": None},
+        "sweep_n_action_steps": {
+            "default": "none",
+            "help": "n_action_steps values to also evaluate (e.g. "
+            "8,12,16); off by default: every variant runs again per value.",
+        },
+        "out": {"default": "runs/compare", "help": "Output folder."},
+    },
+)
 
 
 @config_command(DistillConfig, after=("preset", "resume", "extend"), **_COMPARE_FIELDS)
 def compare_cmd(
     model: str = typer.Option("pi0", help="Architecture of the teacher."),
-    methods: str = typer.Option("snapflow,shortcut,meanflow,lsd,psd,consistency_distillation,"
-                                "progressive_distillation,reflow", help="Comma-separated registered methods."),
+    methods: str = typer.Option(
+        "snapflow,shortcut,meanflow,lsd,psd,consistency_distillation,progressive_distillation,reflow",
+        help="Comma-separated registered methods.",
+    ),
     steps: str = typer.Option("1,2,4", help="Comma-separated student NFEs."),
     preset: str = typer.Option("default", help="Recipe preset: default or tiny."),
-    resume: bool = typer.Option(False, "--resume", help="Continue every student's distillation from its last checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue every student's distillation from its last checkpoint."
+    ),
     extend: bool = typer.Option(False, "--extend", help=EXTEND_HELP),
     *,
     fields: dict,
@@ -205,5 +242,6 @@ def compare_cmd(
     cfg = _apply(DISTILL_PRESETS[preset], **_parsed(fields), model=model)
     from .app import console
 
-    compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()], nfes, resume=resume, extend=extend,
-                    console=console)
+    compare_methods(
+        cfg, [m.strip() for m in methods.split(",") if m.strip()], nfes, resume=resume, extend=extend, console=console
+    )

@@ -19,21 +19,33 @@ def _names(text: str) -> tuple[str, ...]:
 def bench_policies_cmd(
     arch: str = typer.Option("pi0,pi05,smolvla", "--arch", help="Comma-separated architectures."),
     sizes: str = typer.Option("small,ref,full", "--sizes", help="Comma-separated presets (tiny, small, ref, full)."),
-    repeats: int = typer.Option(30, "--repeats", help="Rounds: every measurement in turn, 10 ms of untimed calls then 3 timed (medians reported)."),
+    repeats: int = typer.Option(
+        30,
+        "--repeats",
+        help="Rounds: every measurement in turn, 10 ms of untimed calls then 3 timed (medians reported).",
+    ),
     warmup: int = typer.Option(3, "--warmup", help="Untimed warm-up calls before each measurement."),
-    full_repeats: int = typer.Option(2, "--full-repeats", help="Repeats for the full sizes (seconds per call on a CPU)."),
+    full_repeats: int = typer.Option(
+        2, "--full-repeats", help="Repeats for the full sizes (seconds per call on a CPU)."
+    ),
     threads: int = typer.Option(2, "--threads", help="torch CPU threads."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
-    full_dtype: str = typer.Option("auto", "--full-dtype",
-                                   help="dtype of the full sizes; auto = bfloat16 on CPU (13 GB in float32), else --dtype."),
-    compile: bool = typer.Option(False, "--compile",
-                                 help="Also time each policy after compile_for_inference() (torch.compile of the "
-                                      "prefix and the denoising step): compiled rows beside the eager ones."),
+    full_dtype: str = typer.Option(
+        "auto", "--full-dtype", help="dtype of the full sizes; auto = bfloat16 on CPU (13 GB in float32), else --dtype."
+    ),
+    compile: bool = typer.Option(
+        False,
+        "--compile",
+        help="Also time each policy after compile_for_inference() (torch.compile of the "
+        "prefix and the denoising step): compiled rows beside the eager ones.",
+    ),
     keep_freed_memory: bool = typer.Option(
-        True, "--keep-freed-memory/--default-malloc",
+        True,
+        "--keep-freed-memory/--default-malloc",
         help="CPU: raise glibc's mmap/trim thresholds first so that freed activations are reused instead of "
-             "page-faulted back in (3-5 ms of a ref-size prefix, varying with the process's history)."),
+        "page-faulted back in (3-5 ms of a ref-size prefix, varying with the process's history).",
+    ),
     json_out: Path = typer.Option(None, "--json", help="Write the results as JSON to this file."),
 ) -> None:
     """Parameters, prefix time, per-step time, denoising and chunk time at NFE 1 and 10."""
@@ -50,9 +62,19 @@ def bench_policies_cmd(
             raise typer.BadParameter(f"{flag} must be float32, bfloat16 or float16, got {value!r}")
     if full_dtype == "auto":
         full_dtype = "bfloat16" if device == "cpu" else dtype
-    settings = BenchSettings(archs=_names(arch), sizes=_names(sizes), repeats=repeats, warmup=warmup,
-                             full_repeats=full_repeats, threads=threads, device=device, dtype=dtype,
-                             full_dtype=full_dtype, compile=compile, keep_freed_memory=keep_freed_memory)
+    settings = BenchSettings(
+        archs=_names(arch),
+        sizes=_names(sizes),
+        repeats=repeats,
+        warmup=warmup,
+        full_repeats=full_repeats,
+        threads=threads,
+        device=device,
+        dtype=dtype,
+        full_dtype=full_dtype,
+        compile=compile,
+        keep_freed_memory=keep_freed_memory,
+    )
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("bench", total=len(settings.archs) * len(settings.sizes))
 
@@ -64,38 +86,82 @@ def bench_policies_cmd(
 
         result = run(settings, log=console.print, progress=on_start)
 
-    table = Table(title=f"bench policies — random weights, batch 1, {device}, {threads} threads, medians (ms)",
-                  caption=f"CPU allocator: {result['cpu_allocator']}" if device == "cpu" else None)
-    cols = ["arch", "size", "mode", "dtype", "params (M)", "prefix", "step", "denoise 1", "denoise 10", "10/1",
-            "chunk 1", "chunk 10", "e2e 10 (obs→action)"]
+    table = Table(
+        title=f"bench policies — random weights, batch 1, {device}, {threads} threads, medians (ms)",
+        caption=f"CPU allocator: {result['cpu_allocator']}" if device == "cpu" else None,
+    )
+    cols = [
+        "arch",
+        "size",
+        "mode",
+        "dtype",
+        "params (M)",
+        "prefix",
+        "step",
+        "denoise 1",
+        "denoise 10",
+        "10/1",
+        "chunk 1",
+        "chunk 10",
+        "e2e 10 (obs→action)",
+    ]
     for c in cols:
         table.add_column(c, justify="left" if c in ("arch", "size", "mode", "dtype") else "right")
     for r in result["rows"]:
-        table.add_row(r["arch"], r["size"], r["mode"], r["dtype"], f"{r['params_M']:.1f}", f"{r['prefix_ms']:.2f}",
-                      f"{r['step_ms']:.2f}", f"{r['denoise1_ms']:.2f}", f"{r['denoise10_ms']:.2f}",
-                      f"{r['ratio_10_1']:.2f}", f"{r['chunk1_ms']:.2f}" + ("*" if r.get("chunk_derived") else ""),
-                      f"{r['chunk10_ms']:.2f}" + ("*" if r.get("chunk_derived") else ""), f"{r['e2e10_ms']:.2f}")
+        table.add_row(
+            r["arch"],
+            r["size"],
+            r["mode"],
+            r["dtype"],
+            f"{r['params_M']:.1f}",
+            f"{r['prefix_ms']:.2f}",
+            f"{r['step_ms']:.2f}",
+            f"{r['denoise1_ms']:.2f}",
+            f"{r['denoise10_ms']:.2f}",
+            f"{r['ratio_10_1']:.2f}",
+            f"{r['chunk1_ms']:.2f}" + ("*" if r.get("chunk_derived") else ""),
+            f"{r['chunk10_ms']:.2f}" + ("*" if r.get("chunk_derived") else ""),
+            f"{r['e2e10_ms']:.2f}",
+        )
     q = LEROBOT_PI0_REF_MS
-    table.add_row("lerobot 0.4.4 pi0 (QUOTED)", "ref", "eager", "float32", "", f"{q['prefix_ms']}", f"{q['step_ms']}",
-                  "", "",
-                  f"{(q['chunk10_ms'] - q['prefix_ms']) / (q['chunk1_ms'] - q['prefix_ms']):.2f}",
-                  f"{q['chunk1_ms']}", f"{q['chunk10_ms']}", "", style="dim")
+    table.add_row(
+        "lerobot 0.4.4 pi0 (QUOTED)",
+        "ref",
+        "eager",
+        "float32",
+        "",
+        f"{q['prefix_ms']}",
+        f"{q['step_ms']}",
+        "",
+        "",
+        f"{(q['chunk10_ms'] - q['prefix_ms']) / (q['chunk1_ms'] - q['prefix_ms']):.2f}",
+        f"{q['chunk1_ms']}",
+        f"{q['chunk10_ms']}",
+        "",
+        style="dim",
+    )
     console.print(table)
-    console.print("[dim]lerobot row: measured outside the project on this 2-core CPU (float32, batch 1, 2 cameras, "
-                  "random weights), quoted, not re-measured here. chunk = prefix + N denoising steps "
-                  "(lerobot's sample_actions); denoise = N steps on a cached prefix; * = prefix + denoise, not re-timed "
-                  "(full sizes).[/dim]")
+    console.print(
+        "[dim]lerobot row: measured outside the project on this 2-core CPU (float32, batch 1, 2 cameras, "
+        "random weights), quoted, not re-measured here. chunk = prefix + N denoising steps "
+        "(lerobot's sample_actions); denoise = N steps on a cached prefix; * = prefix + denoise, not re-timed "
+        "(full sizes).[/dim]"
+    )
     cpu_rows = [r for r in result["rows"] if "chunk10_cpu_ms" in r]
     if cpu_rows:
         console.print("CPU time of the (single) torch thread, medians (ms) — little affected by other processes:")
         for r in cpu_rows:
-            console.print(f"  {r['arch']} {r['size']} {r['mode']}: prefix {r['prefix_cpu_ms']:.2f}, step {r['step_cpu_ms']:.2f}, "
-                          f"denoise 1 {r['denoise1_cpu_ms']:.2f}, denoise 10 {r['denoise10_cpu_ms']:.2f}, "
-                          f"chunk 1 {r['chunk1_cpu_ms']:.2f}, chunk 10 {r['chunk10_cpu_ms']:.2f}")
+            console.print(
+                f"  {r['arch']} {r['size']} {r['mode']}: prefix {r['prefix_cpu_ms']:.2f}, step {r['step_cpu_ms']:.2f}, "
+                f"denoise 1 {r['denoise1_cpu_ms']:.2f}, denoise 10 {r['denoise10_cpu_ms']:.2f}, "
+                f"chunk 1 {r['chunk1_cpu_ms']:.2f}, chunk 10 {r['chunk10_cpu_ms']:.2f}"
+            )
     load = result["loadavg_1min_before_after"]
     if max(load) > (result["cpu_count"] or 1):
-        console.print(f"[yellow]warning:[/] 1-min load average {load[0]:.1f} → {load[1]:.1f} on {result['cpu_count']} "
-                      "cores: other processes competed for the CPU, the times above are inflated")
+        console.print(
+            f"[yellow]warning:[/] 1-min load average {load[0]:.1f} → {load[1]:.1f} on {result['cpu_count']} "
+            "cores: other processes competed for the CPU, the times above are inflated"
+        )
     for claim, ok, detail in checks(result):
         console.print(f"{'[green]PASS' if ok else '[red]FAIL'}[/] {claim}: {detail}")
     for r in result["rows"]:

@@ -27,8 +27,9 @@ def _state_and_images(obs: dict[str, Any]) -> tuple[np.ndarray, dict[str, np.nda
     return np.asarray(obs["agent_pos"]), {k: np.asarray(v) for k, v in obs["pixels"].items()}
 
 
-def check(env_id: str, image_size: int = 64, steps: int = 3, seed: int = 123, gym_check: bool = False,
-          **make_kwargs: Any) -> CheckReport:
+def check(
+    env_id: str, image_size: int = 64, steps: int = 3, seed: int = 123, gym_check: bool = False, **make_kwargs: Any
+) -> CheckReport:
     from . import make
 
     rep = CheckReport(env_id)
@@ -37,9 +38,12 @@ def check(env_id: str, image_size: int = 64, steps: int = 3, seed: int = 123, gy
         base = env.unwrapped
         # -- spaces
         obs_space, act_space = env.observation_space, env.action_space
-        assert isinstance(obs_space, spaces.Dict) and {"pixels", "agent_pos"} <= set(obs_space.spaces), \
+        assert isinstance(obs_space, spaces.Dict) and {"pixels", "agent_pos"} <= set(obs_space.spaces), (
             f"{env_id}: observation space must be a Dict with 'pixels' and 'agent_pos', got {obs_space}"
-        assert isinstance(act_space, spaces.Box) and act_space.dtype == np.float32, f"{env_id}: action space {act_space}"
+        )
+        assert isinstance(act_space, spaces.Box) and act_space.dtype == np.float32, (
+            f"{env_id}: action space {act_space}"
+        )
         assert np.all(act_space.low == -1) and np.all(act_space.high == 1), f"{env_id}: actions must lie in [-1, 1]"
         rep.passed.append("spaces")
         # -- instruction
@@ -49,21 +53,31 @@ def check(env_id: str, image_size: int = 64, steps: int = 3, seed: int = 123, gy
         # -- reset: types, shapes, containment, info
         obs, info = env.reset(seed=seed)
         assert obs_space.contains(obs), f"{env_id}: reset observation outside the observation space"
-        assert info.get("task") == text and "is_success" in info, f"{env_id}: reset info must carry 'task' and 'is_success'"
+        assert info.get("task") == text and "is_success" in info, (
+            f"{env_id}: reset info must carry 'task' and 'is_success'"
+        )
         state0, images0 = _state_and_images(obs)
         for cam, img in images0.items():
-            assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, f"{env_id}: camera {cam} image {img.shape} {img.dtype}"
-            assert img.shape[:2] == (image_size, image_size), f"{env_id}: camera {cam} is {img.shape[:2]}, asked {image_size}"
+            assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, (
+                f"{env_id}: camera {cam} image {img.shape} {img.dtype}"
+            )
+            assert img.shape[:2] == (image_size, image_size), (
+                f"{env_id}: camera {cam} is {img.shape[:2]}, asked {image_size}"
+            )
             assert img.std() > 1.0, f"{env_id}: camera {cam} image is blank"
             rep.image_shapes[cam] = img.shape
         rep.state_dim = int(state0.shape[0])
         rendered = env.render()
-        assert rendered is not None and rendered.shape == next(iter(images0.values())).shape, f"{env_id}: render() shape"
+        assert rendered is not None and rendered.shape == next(iter(images0.values())).shape, (
+            f"{env_id}: render() shape"
+        )
         rep.passed.append("reset+render")
         # -- seeding: same seed -> same initial state and image; another seed -> another state
         rng = np.random.default_rng(seed)
-        actions = [act_space.low + (act_space.high - act_space.low) * rng.random(act_space.shape, dtype=np.float32)
-                   for _ in range(steps)]
+        actions = [
+            act_space.low + (act_space.high - act_space.low) * rng.random(act_space.shape, dtype=np.float32)
+            for _ in range(steps)
+        ]
         traj = []
         for a in actions:
             obs, reward, terminated, truncated, info = env.step(a)

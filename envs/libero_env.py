@@ -379,9 +379,7 @@ class LiberoEnv(gym.Env):
             [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
         ).astype(np.float32)
         return {
-            "pixels": {
-                key: self._flip(raw[name]) for key, name in CAMERA_OBSERVABLES.items()
-            },
+            "pixels": {key: self._flip(raw[name]) for key, name in CAMERA_OBSERVABLES.items()},
             "agent_pos": agent_pos,
         }
 

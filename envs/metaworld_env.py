@@ -6,8 +6,12 @@ Ids: ``metaworld/<task>-v3`` (gymnasium grammar namespace/name-vN), one per Meta
 
 Observation (``gymnasium.spaces.Dict``)::
 
-    {"pixels":    {"corner2": uint8 (H, W, 3)},   # H = W = image_size (default 96; 64..128 recommended)
-     "agent_pos": float32 (D,)}                   # see `state` below
+    {
+        "pixels": {"corner2": uint8(H, W, 3)},  # H = W = image_size (default 96; 64..128 recommended)
+        "agent_pos": float32(
+            D,
+        ),
+    }  # see `state` below
 
 The image is Meta-World's ``corner2`` camera flipped on both axes (MuJoCo renders it upside
 down), rendered with shadows, MSAA and reflections off (``vis.quality.shadowsize = offsamples = 0``,
@@ -149,9 +153,17 @@ class MetaWorldEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
 
-    def __init__(self, task: str, image_size: int = DEFAULT_IMAGE_SIZE, state: str = "full",
-                 max_steps: int | None = None, terminate_on_success: bool = True,
-                 render_mode: str | None = "rgb_array", camera: str = CAMERA, render_images: bool = True) -> None:
+    def __init__(
+        self,
+        task: str,
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        state: str = "full",
+        max_steps: int | None = None,
+        terminate_on_success: bool = True,
+        render_mode: str | None = "rgb_array",
+        camera: str = CAMERA,
+        render_images: bool = True,
+    ) -> None:
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         if task not in ALL_V3_ENVIRONMENTS or task not in INSTRUCTIONS:
@@ -176,8 +188,9 @@ class MetaWorldEnv(gym.Env):
         self.render_mode = render_mode
         self.render_images = render_images
 
-        mw = ALL_V3_ENVIRONMENTS[task](render_mode="rgb_array", camera_name=camera,
-                                       width=self.image_size, height=self.image_size)
+        mw = ALL_V3_ENVIRONMENTS[task](
+            render_mode="rgb_array", camera_name=camera, width=self.image_size, height=self.image_size
+        )
         # goal-observable, per-reset random positions drawn from the env's own seeded generator
         mw._partially_observable = False
         del mw.sawyer_observation_space  # cached_property: recompute with the goal visible
@@ -201,11 +214,13 @@ class MetaWorldEnv(gym.Env):
 
         # finite bounds from Meta-World's own observation space (same slices as the state vector)
         low, high = mw.sawyer_observation_space.low, mw.sawyer_observation_space.high
-        keep = np.r_[0:18, len(low) - 3:len(low)] if state == "full" else np.r_[0:4]
-        self.observation_space = spaces.Dict({
-            "pixels": spaces.Dict({camera: spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)}),
-            "agent_pos": spaces.Box(low[keep].astype(np.float32), high[keep].astype(np.float32), dtype=np.float32),
-        })
+        keep = np.r_[0:18, len(low) - 3 : len(low)] if state == "full" else np.r_[0:4]
+        self.observation_space = spaces.Dict(
+            {
+                "pixels": spaces.Dict({camera: spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)}),
+                "agent_pos": spaces.Box(low[keep].astype(np.float32), high[keep].astype(np.float32), dtype=np.float32),
+            }
+        )
         self.action_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
         self._raw: np.ndarray | None = None
         self._image: np.ndarray | None = None

@@ -19,8 +19,18 @@ from typing import Any
 
 import gymnasium as gym
 
-MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
-        "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
+MT10 = [
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+]
 WALLS = ["push-wall-v3", "pick-place-wall-v3", "reach-wall-v3"]
 MULTIMODAL = ["push-v3", "pick-place-v3", "push-wall-v3", "pick-place-wall-v3", "reach-wall-v3"]
 
@@ -45,8 +55,12 @@ def _register_metaworld() -> list[str]:
         eid = env_id(task)
         if eid not in gym.registry:
             # no max_episode_steps here: the env truncates itself (per-task limits, see metaworld_env)
-            gym.register(id=eid, entry_point="policydistill.envs.metaworld_env:MetaWorldEnv",
-                         kwargs={"task": task}, disable_env_checker=True)
+            gym.register(
+                id=eid,
+                entry_point="policydistill.envs.metaworld_env:MetaWorldEnv",
+                kwargs={"task": task},
+                disable_env_checker=True,
+            )
         ids.append(eid)
     register_suite("metaworld/mt50", ids)  # every v3 task: the one place MT50 is defined
     return ids
@@ -61,8 +75,9 @@ def _register_libero() -> list[str]:
     for eid, kwargs in registrations():
         if eid not in gym.registry:
             # no max_episode_steps (TimeLimit): the env truncates itself, as the Meta-World envs do
-            gym.register(id=eid, entry_point="policydistill.envs.libero_env:LiberoEnv",
-                         kwargs=kwargs, disable_env_checker=True)
+            gym.register(
+                id=eid, entry_point="policydistill.envs.libero_env:LiberoEnv", kwargs=kwargs, disable_env_checker=True
+            )
         ids.append(eid)
     for name in LIBERO_SUITES:
         register_suite(f"libero/{name}", suite_env_ids(name))
@@ -113,9 +128,11 @@ def expand(names: str | Iterable[str]) -> list[str]:
         elif f"metaworld/{name}" in known:
             ids = [f"metaworld/{name}"]
         else:
-            raise ValueError(f"unknown task or suite {name!r}: use an env id such as metaworld/push-v3 "
-                             f"or a suite ({', '.join(suite_names())}); `policydistill envs list` shows all "
-                             f"ids.{_did_you_mean(name)}")
+            raise ValueError(
+                f"unknown task or suite {name!r}: use an env id such as metaworld/push-v3 "
+                f"or a suite ({', '.join(suite_names())}); `policydistill envs list` shows all "
+                f"ids.{_did_you_mean(name)}"
+            )
         out.extend(i for i in ids if i not in out)
     if not out:
         raise ValueError("no task given")
@@ -126,14 +143,17 @@ def make(env_id: str, **kwargs: Any) -> gym.Env:
     """``gymnasium.make`` for our ids, with a helpful error for unknown ones or suite names."""
     ids = register_all()
     if env_id in SUITES:
-        raise ValueError(f"{env_id!r} is a suite, not an env: make one of its ids "
-                         f"(policydistill.envs.expand({env_id!r}))")
+        raise ValueError(
+            f"{env_id!r} is a suite, not an env: make one of its ids (policydistill.envs.expand({env_id!r}))"
+        )
     if env_id not in gym.registry:
         if f"metaworld/{env_id}" in gym.registry:
             env_id = f"metaworld/{env_id}"
         else:
-            raise ValueError(f"unknown env id {env_id!r}; registered: {', '.join(ids[:12])}, ... "
-                             f"(`policydistill envs list` shows all).{_did_you_mean(env_id)}")
+            raise ValueError(
+                f"unknown env id {env_id!r}; registered: {', '.join(ids[:12])}, ... "
+                f"(`policydistill envs list` shows all).{_did_you_mean(env_id)}"
+            )
     if env_id.startswith(("metaworld/", "libero/")) and "max_episode_steps" in kwargs:
         # gymnasium.make would swallow it into a TimeLimit wrapper; the env truncates itself
         kwargs["max_steps"] = kwargs.pop("max_episode_steps")

@@ -51,8 +51,10 @@ def full_to_raw(state: np.ndarray) -> np.ndarray:
     expert reads, is filled with the current one)."""
     s = np.asarray(state, dtype=np.float64)
     if s.shape[-1] != 21:
-        raise ValueError(f"scripted experts need the 21-D state of state='full' envs, got {s.shape[-1]}-D; "
-                         "make the env with state='full' (the default)")
+        raise ValueError(
+            f"scripted experts need the 21-D state of state='full' envs, got {s.shape[-1]}-D; "
+            "make the env with state='full' (the default)"
+        )
     return np.concatenate([s[:18], s[:18], s[18:21]])
 
 
@@ -97,10 +99,10 @@ class MetaWorldExpert(Expert):
 class _Grasp:
     """Meta-World's approach-and-grasp logic for a puck (push / pick-place family)."""
 
-    xy_tol: float       # hand over the object within this XY distance before descending
-    above: float        # approach height above the object
-    down: float         # descend to object z + down
-    effort: float       # gripper effort once around the object
+    xy_tol: float  # hand over the object within this XY distance before descending
+    above: float  # approach height above the object
+    down: float  # descend to object z + down
+    effort: float  # gripper effort once around the object
     only_on_table: bool  # pick-place: descend only while the object is still on the table
 
     def target(self, hand: np.ndarray, obj: np.ndarray, carrying: bool = False) -> np.ndarray | None:
@@ -166,7 +168,10 @@ class WaypointExpert(Expert):
         if target is None:
             if not self._route:  # fixed when transport starts: from where the object is now
                 self._route = self.route(hand, obj, goal)
-            while self._next < len(self._route) and np.linalg.norm(hand[:2] - self._route[self._next][:2]) < self.reach_tol:
+            while (
+                self._next < len(self._route)
+                and np.linalg.norm(hand[:2] - self._route[self._next][:2]) < self.reach_tol
+            ):
                 self._next += 1
             target = self._route[self._next] if self._next < len(self._route) else goal
         action = np.zeros(4, np.float32)
@@ -192,8 +197,11 @@ class WallDetourExpert(WaypointExpert):
         x = self.side_x[self.mode]
         z = hand[2] if self.z is None else self.z
         after_z = hand[2] if self.z is None else goal[2]
-        return [np.array([x, self.before_y, z]), np.array([x, self.after_y, z]),
-                np.array([goal[0], self.after_y + 0.02, after_z])]
+        return [
+            np.array([x, self.before_y, z]),
+            np.array([x, self.after_y, z]),
+            np.array([goal[0], self.after_y + 0.02, after_z]),
+        ]
 
 
 class ArcExpert(WaypointExpert):
@@ -215,8 +223,11 @@ class ArcExpert(WaypointExpert):
 
 
 MULTIMODAL_EXPERTS: dict[str, Callable[[str], Expert]] = {
-    "push-wall-v3": WallDetourExpert, "pick-place-wall-v3": WallDetourExpert, "reach-wall-v3": WallDetourExpert,
-    "push-v3": ArcExpert, "pick-place-v3": ArcExpert,
+    "push-wall-v3": WallDetourExpert,
+    "pick-place-wall-v3": WallDetourExpert,
+    "reach-wall-v3": WallDetourExpert,
+    "push-v3": ArcExpert,
+    "pick-place-v3": ArcExpert,
 }
 
 
@@ -280,7 +291,7 @@ def bimodality_coefficient(x: np.ndarray) -> float:
         return float("nan")
     z = (x - x.mean()) / x.std()
     g = np.mean(z**3) * np.sqrt(n * (n - 1)) / (n - 2)
-    k = (np.mean(z**4) - 3.0)
+    k = np.mean(z**4) - 3.0
     k = ((n + 1) * k + 6) * (n - 1) / ((n - 2) * (n - 3))
     return float((g**2 + 1) / (k + 3 * (n - 1) ** 2 / ((n - 2) * (n - 3))))
 
@@ -297,8 +308,11 @@ def multimodality_summary(episodes: list[Episode] | list[dict[str, Any]]) -> dic
     for task, modes in by_task.items():
         xs = np.array([x for v in modes.values() for x in v if x is not None], dtype=np.float64)
         row: dict[str, Any] = {"episodes_per_mode": {m: len(v) for m, v in modes.items()}}
-        row["fork_x_per_mode"] = {m: {"mean": float(np.mean(v)), "std": float(np.std(v))}
-                                  for m, vals in modes.items() if (v := [x for x in vals if x is not None])}
+        row["fork_x_per_mode"] = {
+            m: {"mean": float(np.mean(v)), "std": float(np.std(v))}
+            for m, vals in modes.items()
+            if (v := [x for x in vals if x is not None])
+        }
         if len(xs) >= 4:
             row["fork_x_bimodality"] = bimodality_coefficient(xs)
             row["fork_x_share_near_mean"] = float(np.mean(np.abs(xs - xs.mean()) < 0.02))
@@ -312,8 +326,8 @@ class GenerateConfig:
     task: str = "metaworld/push-v3"
     episodes: int = 50
     multimodal: bool = True
-    action_noise: float = 0.1   # std of Gaussian noise added to the xyz action (executed and recorded)
-    seed: int = 0               # base of the per-episode reset seeds (split "demo")
+    action_noise: float = 0.1  # std of Gaussian noise added to the xyz action (executed and recorded)
+    seed: int = 0  # base of the per-episode reset seeds (split "demo")
     image_size: int = 96
     max_attempts_factor: float = 3.0  # give up after episodes * factor attempts
     render_images: bool = True
@@ -334,8 +348,16 @@ class RolloutResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def rollout_expert(env: Any, expert: Expert, seed: int, rng: np.random.Generator, action_noise: float,
-                   task: str, mode: str | None = None, keep_images: bool = True) -> RolloutResult:
+def rollout_expert(
+    env: Any,
+    expert: Expert,
+    seed: int,
+    rng: np.random.Generator,
+    action_noise: float,
+    task: str,
+    mode: str | None = None,
+    keep_images: bool = True,
+) -> RolloutResult:
     """One episode of ``expert`` in ``env`` (a policydistill.envs Meta-World env)."""
     t0 = time.perf_counter()
     obs, info = env.reset(seed=seed)
@@ -358,11 +380,21 @@ def rollout_expert(env: Any, expert: Expert, seed: int, rng: np.random.Generator
         success = success or bool(info["is_success"])
         done = terminated or truncated
     states_arr = np.stack(states).astype(np.float32)
-    meta = {"mode": expert.mode, "seed": int(seed), "action_noise": float(action_noise),
-            "fork_x": fork_coordinate(task, states_arr)}
-    ep = Episode(images={cam: np.stack(images)} if keep_images else {}, state=states_arr,
-                 action=np.stack(actions), instruction=env.unwrapped.task_description, task=task,
-                 success=success, meta=meta)
+    meta = {
+        "mode": expert.mode,
+        "seed": int(seed),
+        "action_noise": float(action_noise),
+        "fork_x": fork_coordinate(task, states_arr),
+    }
+    ep = Episode(
+        images={cam: np.stack(images)} if keep_images else {},
+        state=states_arr,
+        action=np.stack(actions),
+        instruction=env.unwrapped.task_description,
+        task=task,
+        success=success,
+        meta=meta,
+    )
     return RolloutResult(ep, success, len(actions), time.perf_counter() - t0)
 
 
@@ -390,8 +422,9 @@ def _worker_init(cfg: GenerateConfig, env_id: str, spawned: bool = True) -> None
 def _worker_attempt(attempt: int) -> tuple[int, RolloutResult]:
     cfg, env_id = _WORKER["cfg"], _WORKER["env_id"]
     seed = episode_seed(env_id, attempt, split="demo", base=cfg.seed)
-    return attempt, rollout_expert(_WORKER["env"], _WORKER["expert"], seed, _attempt_rng(cfg, env_id, attempt),
-                                   cfg.action_noise, env_id)
+    return attempt, rollout_expert(
+        _WORKER["env"], _WORKER["expert"], seed, _attempt_rng(cfg, env_id, attempt), cfg.action_noise, env_id
+    )
 
 
 def _attempts(cfg: GenerateConfig, env_id: str, workers: int) -> Iterator[tuple[int, RolloutResult]]:
@@ -408,8 +441,9 @@ def _attempts(cfg: GenerateConfig, env_id: str, workers: int) -> Iterator[tuple[
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(cfg, env_id)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(cfg, env_id)
+    ) as pool:
         nxt, pending, ready, next_out = 0, set(), {}, 0
         try:
             while nxt < max_attempts or pending:
@@ -428,8 +462,9 @@ def _attempts(cfg: GenerateConfig, env_id: str, workers: int) -> Iterator[tuple[
                 fut.cancel()
 
 
-def generate(cfg: GenerateConfig, progress: Callable[[RolloutResult, int], None] | None = None,
-             workers: int = 1) -> Iterator[Episode]:
+def generate(
+    cfg: GenerateConfig, progress: Callable[[RolloutResult, int], None] | None = None, workers: int = 1
+) -> Iterator[Episode]:
     """Yield ``cfg.episodes`` successful episodes of ``cfg.task`` (failed attempts are dropped;
     ``progress(result, attempt)`` is called after every attempt). Attempt k resets with
     ``episode_seed(task, k, "demo", cfg.seed)`` and draws its mode and noise from its own
@@ -452,16 +487,16 @@ def generate(cfg: GenerateConfig, progress: Callable[[RolloutResult, int], None]
             yield res.episode
         if kept >= cfg.episodes:
             return
-    raise RuntimeError(f"{env_id}: only {kept}/{cfg.episodes} successful episodes after {tried} attempts; "
-                       "lower --action-noise or use --no-multimodal")
+    raise RuntimeError(
+        f"{env_id}: only {kept}/{cfg.episodes} successful episodes after {tried} attempts; "
+        "lower --action-noise or use --no-multimodal"
+    )
 
 
 def mean_of_modes_success(task: str, episodes: int = 20, seed: int = 0, action_noise: float = 0.0) -> dict[str, Any]:
     """Success of executing the mean of the modes' actions, next to each mode alone, on the same
     seeds (state-only rollouts: no rendering)."""
-    from policydistill.envs import make
-
-    from policydistill.envs import expand
+    from policydistill.envs import expand, make
 
     (env_id,) = expand(task)
     factory = MULTIMODAL_EXPERTS.get(_task_name(env_id))
@@ -473,11 +508,23 @@ def mean_of_modes_success(task: str, episodes: int = 20, seed: int = 0, action_n
         for mode in (*factory(env_id).modes, "mean"):
             expert = MeanOfModes(env_id) if mode == "mean" else factory(env_id)
             rng = np.random.default_rng([seed, 2])
-            results = [rollout_expert(env, expert, episode_seed(env_id, i, "modes", seed), rng, action_noise,
-                                      env_id, mode=None if mode == "mean" else mode, keep_images=False)
-                       for i in range(episodes)]
-            out[mode] = {"success_rate": float(np.mean([r.success for r in results])),
-                         "mean_steps": float(np.mean([r.steps for r in results]))}
+            results = [
+                rollout_expert(
+                    env,
+                    expert,
+                    episode_seed(env_id, i, "modes", seed),
+                    rng,
+                    action_noise,
+                    env_id,
+                    mode=None if mode == "mean" else mode,
+                    keep_images=False,
+                )
+                for i in range(episodes)
+            ]
+            out[mode] = {
+                "success_rate": float(np.mean([r.success for r in results])),
+                "mean_steps": float(np.mean([r.steps for r in results])),
+            }
     finally:
         env.close()
     return out

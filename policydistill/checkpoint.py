@@ -93,16 +93,21 @@ def write_json(path: str | Path, obj: Any) -> None:
     reader can tell "not measured" from "the measurement was NaN"."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; give a file path to write the JSON to, e.g. {path / 'results.json'}")
+        raise CheckpointError(
+            f"{path} is a folder; give a file path to write the JSON to, e.g. {path / 'results.json'}"
+        )
     obj, found = strict_json(obj)
     if found and isinstance(obj, dict):
-        obj[NON_FINITE_KEY] = {"why": "these values were NaN or infinite (not a number JSON can hold) and are "
-                                      "written as null", "fields": found}
+        obj[NON_FINITE_KEY] = {
+            "why": "these values were NaN or infinite (not a number JSON can hold) and are written as null",
+            "fields": found,
+        }
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as fh:
             json.dump(obj, fh, indent=2, sort_keys=False, allow_nan=False)
             fh.write("\n")
+
     _atomic_write(path, write)
 
 
@@ -129,6 +134,7 @@ def write_safetensors(path: str | Path, tensors: dict[str, Tensor], metadata: di
             if "code: 28" in str(exc) or "StorageFull" in str(exc):
                 raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
             raise
+
     _atomic_write(Path(path), write)
 
 
@@ -145,11 +151,21 @@ def require_regular_file(path: str | Path, what: str = "file") -> Path:
         raise CheckpointError(f"cannot read {path} ({exc.strerror}).") from None
     if stat.S_ISREG(mode):
         return path
-    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "not a regular file")
-    raise CheckpointError(f"{path} is {kind}, not a file; the {what} must be a regular file: "
-                          "replace it with the real file (re-copy the checkpoint folder).")
+    kind = (
+        "a folder"
+        if stat.S_ISDIR(mode)
+        else "a FIFO (named pipe)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "not a regular file"
+    )
+    raise CheckpointError(
+        f"{path} is {kind}, not a file; the {what} must be a regular file: "
+        "replace it with the real file (re-copy the checkpoint folder)."
+    )
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
@@ -159,8 +175,10 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is damaged (truncated by a full disk "
-                              "or an interrupted copy?): re-copy it, or use an earlier checkpoint.") from None
+        raise CheckpointError(
+            f"{path} is not valid JSON ({exc}); the file is damaged (truncated by a full disk "
+            "or an interrupted copy?): re-copy it, or use an earlier checkpoint."
+        ) from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {path} ({exc.strerror}).") from None
 
@@ -194,30 +212,45 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
         ) from None
 
 
-def load_state_checked(module: nn.Module, state: dict[str, Tensor], source: str = "checkpoint",
-                       ignore_missing: tuple[str, ...] = ()) -> None:
+def load_state_checked(
+    module: nn.Module, state: dict[str, Tensor], source: str = "checkpoint", ignore_missing: tuple[str, ...] = ()
+) -> None:
     """load_state_dict with an error that lists every missing, unexpected and mis-shaped key."""
     own = module.state_dict()
     missing = [k for k in own if k not in state and not any(k.startswith(p) for p in ignore_missing)]
     unexpected = [k for k in state if k not in own]
-    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in state
-              if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-    kinds = [(k, state[k].dtype, own[k].dtype) for k in state
-             if k in own and _dtype_kind(state[k].dtype) != _dtype_kind(own[k].dtype)]
+    shapes = [
+        (k, tuple(state[k].shape), tuple(own[k].shape))
+        for k in state
+        if k in own and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    kinds = [
+        (k, state[k].dtype, own[k].dtype)
+        for k in state
+        if k in own and _dtype_kind(state[k].dtype) != _dtype_kind(own[k].dtype)
+    ]
     if missing or unexpected or shapes or kinds:
         lines = [f"{source} does not fit {type(module).__name__}:"]
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): " + ", ".join(f"{k} {tuple(own[k].shape)}" for k in missing[:20])
-                         + (" ..." if len(missing) > 20 else ""))
+            lines.append(
+                f"  missing keys ({len(missing)}): "
+                + ", ".join(f"{k} {tuple(own[k].shape)}" for k in missing[:20])
+                + (" ..." if len(missing) > 20 else "")
+            )
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(
-                f"{k} {tuple(state[k].shape)}" for k in unexpected[:20]) + (" ..." if len(unexpected) > 20 else ""))
+            lines.append(
+                f"  unexpected keys ({len(unexpected)}): "
+                + ", ".join(f"{k} {tuple(state[k].shape)}" for k in unexpected[:20])
+                + (" ..." if len(unexpected) > 20 else "")
+            )
         for k, got, want in shapes[:20]:
             lines.append(f"  shape mismatch: {k} is {got} in the file but {want} in the model")
         for k, got, want in kinds[:20]:
-            lines.append(f"  dtype mismatch: {k} is {str(got).replace('torch.', '')} in the file but the model "
-                         f"holds {str(want).replace('torch.', '')} ({_dtype_kind(got)} tensors are never cast to "
-                         f"{_dtype_kind(want)} ones)")
+            lines.append(
+                f"  dtype mismatch: {k} is {str(got).replace('torch.', '')} in the file but the model "
+                f"holds {str(want).replace('torch.', '')} ({_dtype_kind(got)} tensors are never cast to "
+                f"{_dtype_kind(want)} ones)"
+            )
         lines.append("  Check that the config matches the weights (same preset / architecture).")
         raise CheckpointError("\n".join(lines))
     check_finite(state, source)
@@ -245,11 +278,13 @@ def check_finite(tensors: dict[str, Tensor], source: str) -> None:
         raise CheckpointError(
             f"{source} holds NaN or inf in {len(bad)} tensor(s): {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. "
             "A policy with non-finite weights or normalisation statistics outputs NaN actions; it was not loaded. "
-            "Use an earlier checkpoint (a run that diverged), or recompute the statistics it was built with.")
+            "Use an earlier checkpoint (a run that diverged), or recompute the statistics it was built with."
+        )
 
 
-def save_model(folder: str | Path, model: nn.Module, extra: dict[str, Any] | None = None,
-               state: dict[str, Tensor] | None = None) -> Path:
+def save_model(
+    folder: str | Path, model: nn.Module, extra: dict[str, Any] | None = None, state: dict[str, Tensor] | None = None
+) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``folder`` (atomically, each).
     ``state`` replaces ``model.state_dict()`` (e.g. the full tensors gathered from FSDP shards)."""
     folder = Path(folder)
@@ -260,8 +295,9 @@ def save_model(folder: str | Path, model: nn.Module, extra: dict[str, Any] | Non
         extra = {**(extra or {}), "sampling_mode": mode}
     if extra:
         config = {**config, "policydistill": extra}
-    write_safetensors(folder / "model.safetensors", model.state_dict() if state is None else state,
-                      metadata={"format": "pt"})
+    write_safetensors(
+        folder / "model.safetensors", model.state_dict() if state is None else state, metadata={"format": "pt"}
+    )
     write_json(folder / "config.json", config)
     return folder
 
@@ -270,20 +306,29 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not folder.is_dir():
-        raise CheckpointError(f"{folder} is not a folder. Pass the checkpoint folder (config.json + model.safetensors).")
+        raise CheckpointError(
+            f"{folder} is not a folder. Pass the checkpoint folder (config.json + model.safetensors)."
+        )
     if not cfg_path.exists() and not cfg_path.is_symlink():
         raise CheckpointError(f"{folder} has no config.json; is it a policydistill or lerobot checkpoint folder?")
     config = read_json(cfg_path, "model config")
     if not isinstance(config, dict):
-        raise CheckpointError(f"{cfg_path} holds {json.dumps(config)[:40]} ({type(config).__name__}) where a JSON object "
-                              "of settings ({\"architecture\": ..., ...}) belongs; the file was overwritten or edited "
-                              "by hand: re-copy the checkpoint.")
+        raise CheckpointError(
+            f"{cfg_path} holds {json.dumps(config)[:40]} ({type(config).__name__}) where a JSON object "
+            'of settings ({"architecture": ..., ...}) belongs; the file was overwritten or edited '
+            "by hand: re-copy the checkpoint."
+        )
     return config
 
 
 #: what the ``policydistill`` record of a config.json holds, by type (written by ``save_model(extra=...)``)
-PROVENANCE_TYPES: dict[str, tuple[type, ...]] = {"role": (str,), "tasks": (list,), "dataset": (str,),
-                                                 "teacher_config": (dict,), "seed": (int,)}
+PROVENANCE_TYPES: dict[str, tuple[type, ...]] = {
+    "role": (str,),
+    "tasks": (list,),
+    "dataset": (str,),
+    "teacher_config": (dict,),
+    "seed": (int,),
+}
 
 
 def check_provenance(config: dict[str, Any], source: str | Path) -> dict[str, Any]:
@@ -293,8 +338,10 @@ def check_provenance(config: dict[str, Any], source: str | Path) -> dict[str, An
     if record is None:
         return {}
     if not isinstance(record, dict):
-        raise CheckpointError(f"{source}: field 'policydistill' must be an object (tasks, dataset, ...), got "
-                              f"{json.dumps(record)[:40]}; re-copy the checkpoint or remove the field.")
+        raise CheckpointError(
+            f"{source}: field 'policydistill' must be an object (tasks, dataset, ...), got "
+            f"{json.dumps(record)[:40]}; re-copy the checkpoint or remove the field."
+        )
     for key, types in PROVENANCE_TYPES.items():
         value = record.get(key)
         if value is None:
@@ -302,18 +349,21 @@ def check_provenance(config: dict[str, Any], source: str | Path) -> dict[str, An
         if isinstance(value, bool) or not isinstance(value, types):
             what = "a list of task ids" if key == "tasks" else f"a {types[0].__name__}"
             hint = f' such as ["{value}"]' if key == "tasks" and isinstance(value, str) else ""
-            raise CheckpointError(f"{source}: field 'policydistill.{key}' must be {what}{hint}, got "
-                                  f"{json.dumps(value)[:60]}; fix it or re-copy the checkpoint.")
+            raise CheckpointError(
+                f"{source}: field 'policydistill.{key}' must be {what}{hint}, got "
+                f"{json.dumps(value)[:60]}; fix it or re-copy the checkpoint."
+            )
     tasks = record.get("tasks") or []
     if any(not isinstance(t, str) or not t for t in tasks):
-        raise CheckpointError(f"{source}: field 'policydistill.tasks' must list task ids (strings) such as "
-                              f"\"metaworld/push-v3\", got {json.dumps(tasks)[:60]}")
+        raise CheckpointError(
+            f"{source}: field 'policydistill.tasks' must list task ids (strings) such as "
+            f'"metaworld/push-v3", got {json.dumps(tasks)[:60]}'
+        )
     return record
 
 
 def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model from ``config.json`` and load ``model.safetensors`` (strictly)."""
-    from .zoo import build_model
 
     folder = Path(folder)
     config = read_model_config(folder)
@@ -346,14 +396,18 @@ def build_from_config(config: dict[str, Any], source: str | Path) -> nn.Module:
     except RegistryError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
     except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{source} describes a model that cannot be built: {exc}. Fix the field(s) named "
-                              "(or re-copy the checkpoint folder).") from None
+        raise CheckpointError(
+            f"{source} describes a model that cannot be built: {exc}. Fix the field(s) named "
+            "(or re-copy the checkpoint folder)."
+        ) from None
     except (MemoryError, RuntimeError) as exc:
         if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
             raise
-        raise CheckpointError(f"{source} describes a model too large to allocate on this machine ("
-                              f"{' '.join(str(exc).split())[:160]}). Check its sizes (widths, depths, vocab_size, "
-                              "chunk_size): a typo here makes a model of terabytes.") from None
+        raise CheckpointError(
+            f"{source} describes a model too large to allocate on this machine ("
+            f"{' '.join(str(exc).split())[:160]}). Check its sizes (widths, depths, vocab_size, "
+            "chunk_size): a typo here makes a model of terabytes."
+        ) from None
 
 
 def _check_fits_in_memory(config: dict[str, Any], source: str | Path) -> None:
@@ -382,11 +436,17 @@ def flatten_state(prefix: str, obj: Any, tensors: dict[str, Tensor]) -> Any:
         tensors[prefix] = obj
         return {"__tensor__": prefix}
     if isinstance(obj, dict):
-        return {"__dict__": [[flatten_state(f"{prefix}.{i}", k, tensors), flatten_state(f"{prefix}.{i}v", v, tensors)]
-                             for i, (k, v) in enumerate(obj.items())]}
+        return {
+            "__dict__": [
+                [flatten_state(f"{prefix}.{i}", k, tensors), flatten_state(f"{prefix}.{i}v", v, tensors)]
+                for i, (k, v) in enumerate(obj.items())
+            ]
+        }
     if isinstance(obj, (list, tuple)):
-        return {"__list__": [flatten_state(f"{prefix}.{i}", v, tensors) for i, v in enumerate(obj)],
-                "tuple": isinstance(obj, tuple)}
+        return {
+            "__list__": [flatten_state(f"{prefix}.{i}", v, tensors) for i, v in enumerate(obj)],
+            "tuple": isinstance(obj, tuple),
+        }
     return obj
 
 

@@ -22,7 +22,8 @@ import difflib
 import math
 import types
 import typing
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 #: no size of any shipped architecture comes near this (PaliGemma's vocabulary is 257 152);
 #: larger values are typos that would otherwise surface as allocator errors.
@@ -45,8 +46,15 @@ def _describe(value: Any) -> str:
     return f"{text[:40]}..." if len(text) > 40 else f"{text} ({type(value).__name__})"
 
 
-def field_problem(name: str, annotation: Any, value: Any, int_min: int = 1, zero_ok: bool = False,
-                  int_max: int = MAX_SIZE, ranges: bool = True) -> str | None:
+def field_problem(
+    name: str,
+    annotation: Any,
+    value: Any,
+    int_min: int = 1,
+    zero_ok: bool = False,
+    int_max: int = MAX_SIZE,
+    ranges: bool = True,
+) -> str | None:
     """Why ``value`` does not fit a field ``name: annotation`` (None when it fits). ``ranges=False``
     checks the type (and finiteness) only, for configs whose numbers may be negative."""
     origin = typing.get_origin(annotation)
@@ -84,23 +92,34 @@ def field_problem(name: str, annotation: Any, value: Any, int_min: int = 1, zero
         if not value:
             return f"{name} must not be empty"
         for i, v in enumerate(value):
-            problem = (field_problem(f"{name}[{i}]", item, v, int_min, zero_ok, int_max, ranges)
-                       if item is not Any else None)
+            problem = (
+                field_problem(f"{name}[{i}]", item, v, int_min, zero_ok, int_max, ranges) if item is not Any else None
+            )
             if problem:
                 return problem
         return None
     return None  # other annotations (Optional[...], dicts, ...) are the config's own business
 
 
-def check_fields(config: Any, int_min: Mapping[str, int] | None = None, may_be_zero: Iterable[str] = (),
-                 int_max: Mapping[str, int] | None = None) -> list[str]:
+def check_fields(
+    config: Any,
+    int_min: Mapping[str, int] | None = None,
+    may_be_zero: Iterable[str] = (),
+    int_max: Mapping[str, int] | None = None,
+) -> list[str]:
     """Every problem of dataclass instance ``config`` (empty when all fields fit their types)."""
     hints = typing.get_type_hints(type(config))
     int_min, int_max, zero = dict(int_min or {}), dict(int_max or {}), set(may_be_zero)
     problems = []
     for f in dataclasses.fields(config):
-        problem = field_problem(f.name, hints.get(f.name, Any), getattr(config, f.name),
-                                int_min.get(f.name, 1), f.name in zero, int_max.get(f.name, MAX_SIZE))
+        problem = field_problem(
+            f.name,
+            hints.get(f.name, Any),
+            getattr(config, f.name),
+            int_min.get(f.name, 1),
+            f.name in zero,
+            int_max.get(f.name, MAX_SIZE),
+        )
         if problem:
             problems.append(problem)
     return problems

@@ -4,8 +4,9 @@ strings, imported only when first used; an unknown name fails with the list of v
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -39,9 +40,7 @@ class Registry(Generic[T]):
 
     def load(self, name: str) -> T:
         if name not in self.entries:
-            raise RegistryError(
-                f"unknown {self.kind} {name!r}. Valid {self.kind}s: {', '.join(self.entries)}"
-            )
+            raise RegistryError(f"unknown {self.kind} {name!r}. Valid {self.kind}s: {', '.join(self.entries)}")
         if name not in self._loaded:
             module_name, attr = self.entries[name].split(":", 1)
             obj: Any = importlib.import_module(module_name)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def did_you_mean(name: str, valid: Iterable[str]) -> str:

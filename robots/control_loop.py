@@ -45,10 +45,11 @@ import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -73,16 +74,20 @@ def check_chunk(chunk: Any, action_dim: int) -> np.ndarray:
     try:
         arr = np.asarray(chunk, dtype=np.float32)
     except Exception as exc:  # noqa: BLE001 - text, ragged lists, tensors on a GPU or still requiring grad, ...
-        raise InvalidPolicyOutput(f"the policy returned a {type(chunk).__name__} that cannot be read as an array of "
-                                  f"numbers ({exc}); {expected}") from None
+        raise InvalidPolicyOutput(
+            f"the policy returned a {type(chunk).__name__} that cannot be read as an array of "
+            f"numbers ({exc}); {expected}"
+        ) from None
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != action_dim:
         hint = " (drop the batch dimension: return chunk[0])" if arr.ndim == 3 and arr.shape[0] == 1 else ""
         raise InvalidPolicyOutput(f"the policy returned shape {tuple(arr.shape)}; {expected}{hint}")
     bad = ~np.isfinite(arr)
     if bad.any():
         step, dim = (int(i) for i in np.argwhere(bad)[0])
-        raise InvalidPolicyOutput(f"the policy's chunk holds {int(bad.sum())} NaN/inf value(s), first at step {step}, "
-                                  f"dimension {dim} (value {arr[step, dim]}); none of the chunk was sent")
+        raise InvalidPolicyOutput(
+            f"the policy's chunk holds {int(bad.sum())} NaN/inf value(s), first at step {step}, "
+            f"dimension {dim} (value {arr[step, dim]}); none of the chunk was sent"
+        )
     return arr
 
 
@@ -98,9 +103,9 @@ class LoopConfig:
 
     hz: float = 20.0
     seconds: float = 30.0
-    n_action_steps: int = 8           # actions of each chunk that may be executed
+    n_action_steps: int = 8  # actions of each chunk that may be executed
     request_margin: int | None = None  # request the next chunk when this many actions remain; None = from latency
-    max_consecutive_misses: int = 5   # starved ticks in a row before the watchdog stops the robot
+    max_consecutive_misses: int = 5  # starved ticks in a row before the watchdog stops the robot
     io_timeout_s: float | None = None  # robot call limit; None = one control period
     first_inference_timeout_s: float = 30.0  # wait for the first chunk before the clock starts
     dry_run: bool = False
@@ -115,8 +120,9 @@ class LoopConfig:
             checks.integer(self.max_consecutive_misses, "max_consecutive_misses (1 stops at the first starved tick)", 1)
             if self.io_timeout_s is not None:
                 self.io_timeout_s = checks.positive(self.io_timeout_s, "io_timeout_s (or None: one control period)")
-            self.first_inference_timeout_s = checks.positive(self.first_inference_timeout_s,
-                                                             "first_inference_timeout_s")
+            self.first_inference_timeout_s = checks.positive(
+                self.first_inference_timeout_s, "first_inference_timeout_s"
+            )
             if not isinstance(self.dry_run, bool):
                 raise ValueError(f"dry_run must be True or False, got {self.dry_run!r}")
             if self.n_ticks < 1:
@@ -133,9 +139,9 @@ class LoopConfig:
 class LoopReport:
     hz: float
     ticks: int = 0
-    starved_ticks: int = 0            # no policy action ready: the hold action was sent
-    late_ticks: int = 0               # the tick's action went out after its deadline
-    stopped: str | None = None        # why the watchdog stopped the loop, if it did
+    starved_ticks: int = 0  # no policy action ready: the hold action was sent
+    late_ticks: int = 0  # the tick's action went out after its deadline
+    stopped: str | None = None  # why the watchdog stopped the loop, if it did
     events: list[dict[str, Any]] = field(default_factory=list)
     inference_ms: list[float] = field(default_factory=list)
     tick_jitter_ms: list[float] = field(default_factory=list)
@@ -149,12 +155,19 @@ class LoopReport:
     def summary(self) -> dict[str, Any]:
         jitter = np.asarray(self.tick_jitter_ms or [0.0])
         return {
-            "hz": self.hz, "ticks": self.ticks, "chunks": self.chunks,
+            "hz": self.hz,
+            "ticks": self.ticks,
+            "chunks": self.chunks,
             "deadline_miss_rate": self.deadline_miss_rate,
-            "starved_ticks": self.starved_ticks, "late_ticks": self.late_ticks,
-            "jitter_ms": {"p50": float(np.percentile(jitter, 50)), "p99": float(np.percentile(jitter, 99)),
-                          "max": float(jitter.max())},
-            "stopped": self.stopped, "events": self.events,
+            "starved_ticks": self.starved_ticks,
+            "late_ticks": self.late_ticks,
+            "jitter_ms": {
+                "p50": float(np.percentile(jitter, 50)),
+                "p99": float(np.percentile(jitter, 99)),
+                "max": float(jitter.max()),
+            },
+            "stopped": self.stopped,
+            "events": self.events,
         }
 
 
@@ -228,7 +241,7 @@ class ControlLoop:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robot-io")
         self._io_dead = False
         self._last_sent: np.ndarray | None = None  # what this run last sent (None: nothing yet)
-        self._hold: np.ndarray | None = None       # the hold latched for the current run of starved ticks
+        self._hold: np.ndarray | None = None  # the hold latched for the current run of starved ticks
 
     # -------------------------------------------------------------- robot calls with a time limit
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -240,8 +253,9 @@ class ControlLoop:
             return fut.result(timeout=self.io_timeout)
         except FutureTimeout:
             self._io_dead = True  # the hung call still occupies the I/O thread: never queue more behind it
-            raise _RobotFault("robot_unresponsive", during,
-                              f"robot did not answer within {self.io_timeout * 1e3:.0f} ms") from None
+            raise _RobotFault(
+                "robot_unresponsive", during, f"robot did not answer within {self.io_timeout * 1e3:.0f} ms"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - any robot failure (RobotError, OSError from a bus, ...)
             raise _RobotFault("robot_error", during, f"{type(exc).__name__}: {exc}") from None
 
@@ -298,14 +312,16 @@ class ControlLoop:
             raise
         except Exception as exc:  # noqa: BLE001 - a defect must still leave the robot held and reported
             log.exception("control loop failed")
-            return self._stop(rep, progress["tick"], "loop_error", "loop_error", error=repr(exc),
-                              traceback=traceback.format_exc())
+            return self._stop(
+                rep, progress["tick"], "loop_error", "loop_error", error=repr(exc), traceback=traceback.format_exc()
+            )
         finally:
             worker.close()
             self._io.shutdown(wait=False, cancel_futures=True)
 
-    def _run(self, rep: LoopReport, worker: _InferenceWorker, first_chunk_latency_ms: float | None,
-             progress: dict[str, int]) -> LoopReport:
+    def _run(
+        self, rep: LoopReport, worker: _InferenceWorker, first_chunk_latency_ms: float | None, progress: dict[str, int]
+    ) -> LoopReport:
         cfg = self.cfg
         action_queue: list[np.ndarray] = []
         misses_in_row = 0
@@ -316,8 +332,9 @@ class ControlLoop:
         worker.submit(self._call(self.robot.get_observation), 0)
         res = worker.poll(timeout=cfg.first_inference_timeout_s)
         if res is None:
-            return self._stop(rep, 0, "inference_too_slow", "first_inference_timeout",
-                              budget_s=cfg.first_inference_timeout_s)
+            return self._stop(
+                rep, 0, "inference_too_slow", "first_inference_timeout", budget_s=cfg.first_inference_timeout_s
+            )
         status, payload, _, ms = res
         rep.inference_ms.append(ms)
         if status != "ok":
@@ -339,7 +356,7 @@ class ControlLoop:
                 if status != "ok":
                     return self._inference_fault(rep, tick, status, payload)
                 # Align: actions meant for ticks before this one are stale.
-                fresh = payload[: cfg.n_action_steps][max(0, tick - obs_tick):]
+                fresh = payload[: cfg.n_action_steps][max(0, tick - obs_tick) :]
                 action_queue = list(fresh)
                 rep.chunks += 1
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -23,9 +24,16 @@ class FaultyPolicy:
       call (e.g. ``lambda c: None``, a NaN, a wrong shape).
     """
 
-    def __init__(self, chunk_fn: Callable[[dict[str, Any]], np.ndarray], raise_on_call: int | None = None,
-                 slow_from_call: int | None = None, delay_s: float = 0.0, hang_on_call: int | None = None,
-                 corrupt_on_call: int | None = None, corrupt: Callable[[np.ndarray], Any] | None = None) -> None:
+    def __init__(
+        self,
+        chunk_fn: Callable[[dict[str, Any]], np.ndarray],
+        raise_on_call: int | None = None,
+        slow_from_call: int | None = None,
+        delay_s: float = 0.0,
+        hang_on_call: int | None = None,
+        corrupt_on_call: int | None = None,
+        corrupt: Callable[[np.ndarray], Any] | None = None,
+    ) -> None:
         self.chunk_fn, self.raise_on_call = chunk_fn, raise_on_call
         self.slow_from_call, self.delay_s = slow_from_call, delay_s
         self.hang_on_call = hang_on_call
@@ -110,8 +118,9 @@ class FailingRobot(_WrappedRobot):
     serial bus that dropped out) on sends number ``fail_from_send`` .. ``fail_from_send +
     failures - 1`` (counted from 0; ``failures=None``: every send from then on)."""
 
-    def __init__(self, robot: Robot, fail_from_send: int, failures: int | None = 1,
-                 error: BaseException | None = None) -> None:
+    def __init__(
+        self, robot: Robot, fail_from_send: int, failures: int | None = 1, error: BaseException | None = None
+    ) -> None:
         super().__init__(robot)
         self.fail_from_send, self.failures, self.sends = fail_from_send, failures, 0
         self.error = error or OSError(5, "Input/output error (injected: the motor bus dropped out)")

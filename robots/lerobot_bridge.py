@@ -17,8 +17,8 @@ from .robot import Robot, RobotConfig, RobotError
 
 def _import_lerobot() -> Any:
     try:
-        from lerobot.robots import make_robot_from_config  # type: ignore[import-not-found]
         from lerobot.robots import config as robot_config  # type: ignore[import-not-found]  # noqa: F401
+        from lerobot.robots import make_robot_from_config  # type: ignore[import-not-found]
     except ImportError as exc:
         raise ImportError(
             "the lerobot robot bridge needs lerobot: pip install 'policydistill[lerobot]' "
@@ -31,8 +31,9 @@ class LerobotRobot(Robot):
     """Wraps ``lerobot_robot`` (an already built lerobot Robot) or builds one from
     ``lerobot_config`` (a lerobot RobotConfig instance)."""
 
-    def __init__(self, config: RobotConfig, lerobot_robot: Any = None, lerobot_config: Any = None,
-                 task: str = "") -> None:
+    def __init__(
+        self, config: RobotConfig, lerobot_robot: Any = None, lerobot_config: Any = None, task: str = ""
+    ) -> None:
         super().__init__(config)
         if lerobot_robot is None:
             if lerobot_config is None:
@@ -42,8 +43,10 @@ class LerobotRobot(Robot):
         self.task = task
         self._motor_names = [k for k, v in lerobot_robot.action_features.items() if v is float]
         if len(self._motor_names) != config.action_dim:
-            raise RobotError(f"lerobot robot has {len(self._motor_names)} motors {self._motor_names} but the "
-                             f"robot config {config.name} has action_dim {config.action_dim}")
+            raise RobotError(
+                f"lerobot robot has {len(self._motor_names)} motors {self._motor_names} but the "
+                f"robot config {config.name} has action_dim {config.action_dim}"
+            )
 
     @property
     def observation_features(self) -> dict[str, Any]:
@@ -71,8 +74,10 @@ class LerobotRobot(Robot):
         raw = self.inner.get_observation()
         missing = [name for name in self._motor_names if name not in raw]
         if missing:
-            raise RobotError(f"lerobot robot reports no measured value for {missing}, so robot {self.config.name} "
-                             "cannot hold its measured position: set hold_action in its robot config")
+            raise RobotError(
+                f"lerobot robot reports no measured value for {missing}, so robot {self.config.name} "
+                "cannot hold its measured position: set hold_action in its robot config"
+            )
         return np.asarray([float(raw[name]) for name in self._motor_names], dtype=np.float32)
 
     def _send(self, action: np.ndarray) -> None:

@@ -40,9 +40,9 @@ class RobotConfigError(ValueError):
 #: how the robot reads an action; decides what "hold still" means when ``hold_action`` is null
 CONTROL_MODES = {
     "delta": "the action moves the robot relative to where it is (end-effector or joint deltas, "
-             "velocities): null hold_action holds with the zero action",
+    "velocities): null hold_action holds with the zero action",
     "position": "the action is an absolute target in the units the robot measures (joint positions): "
-                "null hold_action holds the measured position, read when the hold begins",
+    "null hold_action holds the measured position, read when the hold begins",
 }
 KINDS = ("sim", "lerobot")
 
@@ -60,17 +60,17 @@ class RobotConfig:
     """
 
     name: str
-    kind: str = "sim"                       # "sim" or "lerobot"
+    kind: str = "sim"  # "sim" or "lerobot"
     control_hz: float = 20.0
     action_low: list[float] = field(default_factory=lambda: [-1.0, -1.0, -1.0, -1.0])
     action_high: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     #: safe action held when the loop has nothing better (e.g. zero velocity, gripper unchanged)
     hold_action: list[float] | None = None
-    control_mode: str = "delta"             # see CONTROL_MODES
+    control_mode: str = "delta"  # see CONTROL_MODES
     cameras: list[str] = field(default_factory=lambda: ["corner2"])
     image_size: int = 96
-    env_id: str | None = None               # sim robots: the gymnasium id they wrap
-    lerobot_type: str | None = None         # lerobot robots: the robot type for the bridge
+    env_id: str | None = None  # sim robots: the gymnasium id they wrap
+    lerobot_type: str | None = None  # lerobot robots: the robot type for the bridge
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,26 +83,35 @@ class RobotConfig:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.kind, str) or self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}"
-                             f"{checks.did_you_mean(str(self.kind), KINDS)}")
+            raise ValueError(
+                f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}{checks.did_you_mean(str(self.kind), KINDS)}"
+            )
         if not isinstance(self.control_mode, str) or self.control_mode not in CONTROL_MODES:
-            raise ValueError(f"control_mode must be one of {', '.join(CONTROL_MODES)}, got {self.control_mode!r}"
-                             f"{checks.did_you_mean(str(self.control_mode), CONTROL_MODES)}")
+            raise ValueError(
+                f"control_mode must be one of {', '.join(CONTROL_MODES)}, got {self.control_mode!r}"
+                f"{checks.did_you_mean(str(self.control_mode), CONTROL_MODES)}"
+            )
         self.control_hz = checks.positive(self.control_hz, "control_hz")
         self.action_low = checks.finite_list(self.action_low, "action_low")
         self.action_high = checks.finite_list(self.action_high, "action_high")
         if len(self.action_low) != len(self.action_high):
-            raise ValueError(f"action_low has {len(self.action_low)} values but action_high has "
-                             f"{len(self.action_high)}: give one limit per action dimension")
+            raise ValueError(
+                f"action_low has {len(self.action_low)} values but action_high has "
+                f"{len(self.action_high)}: give one limit per action dimension"
+            )
         bad = [i for i, (lo, hi) in enumerate(zip(self.action_low, self.action_high)) if lo > hi]
         if bad:
-            raise ValueError(f"action_low exceeds action_high at index {bad} "
-                             f"({[(self.action_low[i], self.action_high[i]) for i in bad]})")
+            raise ValueError(
+                f"action_low exceeds action_high at index {bad} "
+                f"({[(self.action_low[i], self.action_high[i]) for i in bad]})"
+            )
         if self.hold_action is not None:
             self.hold_action = checks.finite_list(self.hold_action, "hold_action")
             if len(self.hold_action) != self.action_dim:
-                raise ValueError(f"hold_action has {len(self.hold_action)} values but the robot has {self.action_dim} "
-                                 "action dimensions (action_low/action_high): give one value per dimension, or null")
+                raise ValueError(
+                    f"hold_action has {len(self.hold_action)} values but the robot has {self.action_dim} "
+                    "action dimensions (action_low/action_high): give one value per dimension, or null"
+                )
             self._check_within_limits(self.hold_action, "hold_action")
         elif self.control_mode == "delta":
             self._check_within_limits([0.0] * self.action_dim, "hold_action null (the zero action)")
@@ -118,9 +127,11 @@ class RobotConfig:
         out = [i for i, v in enumerate(values) if not self.action_low[i] <= v <= self.action_high[i]]
         if out:
             i = out[0]
-            raise ValueError(f"{what} is outside the action limits at index {out} (value {values[i]} not in "
-                             f"[{self.action_low[i]}, {self.action_high[i]}]): a hold must be an action the robot "
-                             "accepts as is")
+            raise ValueError(
+                f"{what} is outside the action limits at index {out} (value {values[i]} not in "
+                f"[{self.action_low[i]}, {self.action_high[i]}]): a hold must be an action the robot "
+                "accepts as is"
+            )
 
     @property
     def action_dim(self) -> int:
@@ -131,13 +142,15 @@ class RobotConfig:
         robot with a null ``hold_action`` has no fixed hold (use :meth:`Robot.hold_action`)."""
         if self.hold_action is None:
             if self.control_mode == "position":
-                raise RobotError(f"robot {self.name} holds its measured position (position control, hold_action "
-                                 "null): ask the robot for it with Robot.hold_action()")
+                raise RobotError(
+                    f"robot {self.name} holds its measured position (position control, hold_action "
+                    "null): ask the robot for it with Robot.hold_action()"
+                )
             return np.zeros(self.action_dim, np.float32)
         return np.asarray(self.hold_action, np.float32)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "robot config") -> "RobotConfig":
+    def from_dict(cls, data: Any, source: str = "robot config") -> RobotConfig:
         """Build from parsed JSON; ``source`` (a file name) starts every error message."""
         if not isinstance(data, dict):
             raise RobotConfigError(f"{source} must hold a JSON object of robot fields, got {type(data).__name__}")
@@ -145,33 +158,38 @@ class RobotConfig:
         unknown = [k for k in data if k not in valid]
         if unknown:
             key = str(unknown[0])
-            raise RobotConfigError(f"{source}: unknown field {key!r}{checks.did_you_mean(key, valid)}; "
-                                   f"valid fields: {', '.join(valid)}")
+            raise RobotConfigError(
+                f"{source}: unknown field {key!r}{checks.did_you_mean(key, valid)}; valid fields: {', '.join(valid)}"
+            )
         if "name" not in data:
-            raise RobotConfigError(f"{source}: the field 'name' is required (e.g. \"name\": \"my_arm\")")
+            raise RobotConfigError(f'{source}: the field \'name\' is required (e.g. "name": "my_arm")')
         try:
             return cls(**data)
         except RobotConfigError as exc:
             raise RobotConfigError(f"{source}: {exc.detail}", detail=exc.detail) from None
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "RobotConfig":
+    def from_file(cls, path: str | Path) -> RobotConfig:
         path = Path(path)
         if not path.exists():
-            raise RobotConfigError(f"robot config {path} does not exist: pass a JSON file or a shipped "
-                                   f"config name ({', '.join(shipped_config_names())})")
+            raise RobotConfigError(
+                f"robot config {path} does not exist: pass a JSON file or a shipped "
+                f"config name ({', '.join(shipped_config_names())})"
+            )
         if not path.is_file():
             raise RobotConfigError(f"robot config {path} is not a regular file: pass the JSON file itself")
         return cls.from_dict(_parse_json(path.read_text(), str(path)), str(path))
 
     @classmethod
-    def named(cls, name: str) -> "RobotConfig":
+    def named(cls, name: str) -> RobotConfig:
         """A config shipped in ``robots/configs/<name>.json``."""
         path = _configs_folder() / f"{name}.json"
         if not path.is_file():
             names = shipped_config_names()
-            raise RobotConfigError(f"unknown robot config {name!r}{checks.did_you_mean(name, names)}; shipped "
-                                   f"configs: {', '.join(names)} (or pass a path to your own JSON file)")
+            raise RobotConfigError(
+                f"unknown robot config {name!r}{checks.did_you_mean(name, names)}; shipped "
+                f"configs: {', '.join(names)} (or pass a path to your own JSON file)"
+            )
         return cls.from_dict(_parse_json(path.read_text(), f"{name}.json"), f"shipped robot config {name}.json")
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,8 +255,9 @@ class Robot(abc.ABC):
     def measured_position(self) -> np.ndarray:
         """The robot's current position in action units (a ``position`` robot's joint readings).
         Robots that cannot measure it raise; their config then needs an explicit ``hold_action``."""
-        raise RobotError(f"robot {self.config.name} does not report a measured position: set hold_action "
-                         "in its robot config")
+        raise RobotError(
+            f"robot {self.config.name} does not report a measured position: set hold_action in its robot config"
+        )
 
     def hold_action(self) -> np.ndarray:
         """The action that keeps the robot where it is now, within the limits: the configured
@@ -258,7 +277,7 @@ class Robot(abc.ABC):
         self._send(sent)
         return sent
 
-    def __enter__(self) -> "Robot":
+    def __enter__(self) -> Robot:
         self.connect()
         return self
 

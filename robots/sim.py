@@ -29,8 +29,10 @@ class _MetaWorldPositionServo:
     def __init__(self, env: Any) -> None:
         mw = getattr(env.unwrapped, "mw", None)
         if mw is None:
-            raise RobotError(f"position control in simulation needs a Meta-World task, not {type(env.unwrapped).__name__}:"
-                             " use control_mode 'delta' for this env")
+            raise RobotError(
+                f"position control in simulation needs a Meta-World task, not {type(env.unwrapped).__name__}:"
+                " use control_mode 'delta' for this env"
+            )
         self.mw = mw
 
     def env_action(self, target: np.ndarray) -> np.ndarray:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -35,7 +35,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     kept, dropped = [], []
     for item in items:
         if (not run_slow and item.get_closest_marker("slow")) or (
-                not run_lerobot and item.get_closest_marker("lerobot")):
+            not run_lerobot and item.get_closest_marker("lerobot")
+        ):
             dropped.append(item)
         else:
             kept.append(item)
@@ -48,8 +49,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def fixtures_dir() -> Path:
     """tests/fixtures, part of the repository: a missing fixture is an error, not a skip."""
     if not (FIXTURES / "lerobot").is_dir():
-        pytest.fail(f"test fixtures missing at {FIXTURES / 'lerobot'}: they are part of the repository "
-                    "(git checkout tests/fixtures restores them)")
+        pytest.fail(
+            f"test fixtures missing at {FIXTURES / 'lerobot'}: they are part of the repository "
+            "(git checkout tests/fixtures restores them)"
+        )
     return FIXTURES
 
 

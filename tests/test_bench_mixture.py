@@ -19,9 +19,8 @@ from policydistill.bench.mixture import (
 from policydistill.core import interpolate, sample
 from policydistill.zoo import build_model
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_velocity_matches_monte_carlo_posterior_mean():
     # v(x, t) = E[ε − a | x_t = x]: estimate it by importance weighting data samples a with the
@@ -31,7 +30,7 @@ def test_velocity_matches_monte_carlo_posterior_mean():
     a = mix.sample(100_000, g)
     x = torch.tensor([[0.7, 1.1], [-1.5, 0.2], [0.1, -0.3]], dtype=torch.float64)
     for t in (0.3, 0.6, 0.9):
-        logw = -((x[:, None, :] - (1 - t) * a[None]) ** 2).sum(-1) / (2 * t * t)   # (3, N)
+        logw = -((x[:, None, :] - (1 - t) * a[None]) ** 2).sum(-1) / (2 * t * t)  # (3, N)
         w = torch.softmax(logw, dim=1)
         eps = (x[:, None, :] - (1 - t) * a[None]) / t
         mc = (w[..., None] * (eps - a[None])).sum(1)
@@ -100,7 +99,10 @@ def test_bench_methods_quick_writes_json_and_png(tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert (out / "error_vs_nfe.png").stat().st_size > 1000
     summary = data["summary"]
-    assert summary["teacher: exact Euler"]["nfe"]["1"]["mse"]["mean"] > summary["teacher: exact Euler"]["nfe"]["10"]["mse"]["mean"]
+    assert (
+        summary["teacher: exact Euler"]["nfe"]["1"]["mse"]["mean"]
+        > summary["teacher: exact Euler"]["nfe"]["10"]["mse"]["mean"]
+    )
     for name in data["config"]["methods"]:
         assert summary[name]["status"] == "ok", (name, summary[name]["status"])
         for k in ("1", "2", "4"):
@@ -124,8 +126,7 @@ def test_full_32d_bench_meets_its_bars(tmp_path):
     from policydistill.bench.methods_bench import BenchConfig, run_bench
 
     torch.set_num_threads(int(os.environ.get("PD_THREADS", "2")))
-    result = run_bench(BenchConfig(dim=32, methods=("consistency_distillation", "snapflow"), progress=False),
-                       tmp_path)
+    result = run_bench(BenchConfig(dim=32, methods=("consistency_distillation", "snapflow"), progress=False), tmp_path)
     s = result["summary"]
     euler2 = s["teacher: exact Euler"]["nfe"]["2"]["mse"]["mean"]
     assert s["consistency_distillation"]["nfe"]["1"]["mse"]["mean"] <= 0.5 * euler2

@@ -27,8 +27,7 @@ def _app(**kw) -> tuple[typer.Typer, list]:
     seen = []
 
     @config_command(_Config, after=("verbose",), **kw)
-    def cmd(name: str = typer.Argument("x"), verbose: bool = typer.Option(False, "--verbose"), *,
-            fields: dict) -> None:
+    def cmd(name: str = typer.Argument("x"), verbose: bool = typer.Option(False, "--verbose"), *, fields: dict) -> None:
         seen.append((name, verbose, fields))
 
     app = typer.Typer()
@@ -70,8 +69,9 @@ def test_unknown_metadata_key_is_refused():
         config_command(Bad)(lambda *, fields: None)
 
 
-@pytest.mark.parametrize("command,cls_name", [("distill", "DistillConfig"), ("compare", "DistillConfig"),
-                                              ("train", "TeacherConfig")])
+@pytest.mark.parametrize(
+    "command,cls_name", [("distill", "DistillConfig"), ("compare", "DistillConfig"), ("train", "TeacherConfig")]
+)
 def test_every_command_line_field_of_the_config_is_an_option(command, cls_name):
     """A config field given command-line metadata is an option of the commands built from it (unless the
     command excludes it): adding a field with its metadata is all it takes."""
@@ -83,8 +83,19 @@ def test_every_command_line_field_of_the_config_is_an_option(command, cls_name):
     group = typer.main.get_command(app)
     cmd = group.commands[command]
     opts = {o for p in cmd.params if p.param_type_name == "option" for o in [*p.opts, *p.secondary_opts]}
-    excluded = {"compare": {"tokenizer", "method", "steps", "data", "n_action_steps", "sweep_episodes", "video",
-                            "micro_batches", "fsdp"}}.get(command, set())
+    excluded = {
+        "compare": {
+            "tokenizer",
+            "method",
+            "steps",
+            "data",
+            "n_action_steps",
+            "sweep_episodes",
+            "video",
+            "micro_batches",
+            "fsdp",
+        }
+    }.get(command, set())
     for f in dataclasses.fields(cls):
         if f.metadata and f.name not in excluded:
             flags = f.metadata.get("flags") or ("--" + f.metadata.get("name", f.name).replace("_", "-"),)

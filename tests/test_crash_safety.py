@@ -44,8 +44,9 @@ class Mixture:
         if step == self.signal_at:
             os.kill(os.getpid(), self.signum)  # arrives mid-step, like a Ctrl-C
         modes = torch.tensor([[1.5, 1.0], [-1.5, -1.0]])
-        x = modes[torch.randint(0, 2, (batch_size,), generator=generator)] + 0.1 * torch.randn(batch_size, 2,
-                                                                                               generator=generator)
+        x = modes[torch.randint(0, 2, (batch_size,), generator=generator)] + 0.1 * torch.randn(
+            batch_size, 2, generator=generator
+        )
         if step == self.nan_at:
             x[0, 0] = float("nan")
         return FlowBatch(x)
@@ -60,8 +61,9 @@ def _model() -> MLPFlowMap:
 
 
 def _cfg(steps: int = 12, **kw) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=32, lr=3e-3, warmup_steps=2, seed=5, progress=False,
-                       checkpoint_every=5, **kw)
+    return TrainConfig(
+        steps=steps, batch_size=32, lr=3e-3, warmup_steps=2, seed=5, progress=False, checkpoint_every=5, **kw
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -144,6 +146,7 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ kill -9 in the middle of distill
 
+
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from policydistill.pipeline.teacher import TEACHER_PRESETS, train_teacher
@@ -163,14 +166,32 @@ def _latest_step(run: Path) -> int:
 @pytest.mark.sim
 def test_kill9_mid_distill_then_resume_matches_uninterrupted(tiny_teacher: Path, tmp_path: Path) -> None:
     iters = 40
-    args = ["distill", "pi0", "--preset", "tiny", "--checkpoint", str(tiny_teacher), "--iters", str(iters),
-            "--episodes", "1", "--max-episode-steps", "5", "--workers", "0", "--threads", "1"]
+    args = [
+        "distill",
+        "pi0",
+        "--preset",
+        "tiny",
+        "--checkpoint",
+        str(tiny_teacher),
+        "--iters",
+        str(iters),
+        "--episodes",
+        "1",
+        "--max-episode-steps",
+        "5",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+    ]
     run, ref = tmp_path / "killed", tmp_path / "uninterrupted"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    reference = subprocess.Popen([*CLI, *args, "--out", str(ref)], env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE)
-    proc = subprocess.Popen([*CLI, *args, "--out", str(run)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    reference = subprocess.Popen(
+        [*CLI, *args, "--out", str(ref)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    proc = subprocess.Popen(
+        [*CLI, *args, "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 120
     while _latest_step(run) < 8 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -181,8 +202,9 @@ def test_kill9_mid_distill_then_resume_matches_uninterrupted(tiny_teacher: Path,
     assert 8 <= killed_at < iters, f"the run was not interrupted in the middle (latest checkpoint {killed_at})"
     assert not (run / "student").exists()
 
-    resumed = subprocess.run([*CLI, *args, "--out", str(run), "--resume"], env=env, capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run(
+        [*CLI, *args, "--out", str(run), "--resume"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()[-3000:]
 
@@ -204,9 +226,27 @@ def test_kill9_mid_distill_then_resume_matches_uninterrupted(tiny_teacher: Path,
 def test_sigterm_to_real_train_command_checkpoints_and_exits_143(tiny_teacher: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     demos = tiny_teacher.parent / "demos.zarr"
-    proc = subprocess.Popen([*CLI, "train", "pi0", "--preset", "tiny", "--data", str(demos), "--steps", "100000",
-                             "--threads", "1", "--out", str(run)], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "train",
+            "pi0",
+            "--preset",
+            "tiny",
+            "--data",
+            str(demos),
+            "--steps",
+            "100000",
+            "--threads",
+            "1",
+            "--out",
+            str(run),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while _latest_step(run) < 10 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

@@ -40,14 +40,28 @@ def test_convert_refuses_to_clobber(tmp_path: Path) -> None:
 
 
 def test_bench_data_runs_every_format(tmp_path: Path) -> None:
-    res = CliRunner().invoke(app, ["bench", "data", "--preset", "quick", "--episodes", "2", "--image-size", "8",
-                                   "--out", str(tmp_path / "b.json")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "data",
+            "--preset",
+            "quick",
+            "--episodes",
+            "2",
+            "--image-size",
+            "8",
+            "--out",
+            str(tmp_path / "b.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "b.json").read_text())
     assert [r["format"] for r in out["rows"]] == ["zarr", "lerobot image (PNG)", "lerobot video (AV1)"]
-    assert out["frames"] == 2 * 30 and all(r["size_mib"] > 0 and r["sample_in_memory_per_s"] > 0 and r["open_s"] > 0
-                                           and r["verify_s"] >= 0
-                                           for r in out["rows"])
+    assert out["frames"] == 2 * 30 and all(
+        r["size_mib"] > 0 and r["sample_in_memory_per_s"] > 0 and r["open_s"] > 0 and r["verify_s"] >= 0
+        for r in out["rows"]
+    )
 
 
 def test_importing_the_data_package_is_cheap() -> None:
@@ -55,7 +69,9 @@ def test_importing_the_data_package_is_cheap() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, policydistill.data; from policydistill.data import Episode, DatasetError; "
-            "print([m for m in ('torch', 'zarr', 'pyarrow', 'av') if m in sys.modules])")
+    code = (
+        "import sys, policydistill.data; from policydistill.data import Episode, DatasetError; "
+        "print([m for m in ('torch', 'zarr', 'pyarrow', 'av') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

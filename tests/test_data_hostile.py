@@ -64,12 +64,15 @@ def _replace_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     return table.set_column(table.column_names.index(name), name, values)
 
 
-@pytest.mark.parametrize("missing,match", [
-    ("meta/info.json", "info.json is missing"),
-    ("meta/tasks.parquet", "tasks.parquet is missing"),
-    ("meta/episodes", "no episode metadata"),
-    (DATA, "file-000.parquet is missing"),
-])
+@pytest.mark.parametrize(
+    "missing,match",
+    [
+        ("meta/info.json", "info.json is missing"),
+        ("meta/tasks.parquet", "tasks.parquet is missing"),
+        ("meta/episodes", "no episode metadata"),
+        (DATA, "file-000.parquet is missing"),
+    ],
+)
 def test_missing_files(lerobot: Path, missing: str, match: str) -> None:
     target = lerobot / missing
     shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -124,9 +127,17 @@ def test_wrong_dims(lerobot: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"must have shape \(T=4, D\)"):
         ZarrEpisodeStore.write(tmp_path / "dims2.zarr", [flat])
     with pytest.raises(DatasetError, match=r"uint8 \(T, H, W, 3\)"):
-        ZarrEpisodeStore.write(tmp_path / "dims3.zarr", [Episode(images={"c": np.zeros((2, 4, 4), np.uint8)},
-                                                                 state=np.zeros((2, 1)), action=np.zeros((2, 1)),
-                                                                 instruction="")])
+        ZarrEpisodeStore.write(
+            tmp_path / "dims3.zarr",
+            [
+                Episode(
+                    images={"c": np.zeros((2, 4, 4), np.uint8)},
+                    state=np.zeros((2, 1)),
+                    action=np.zeros((2, 1)),
+                    instruction="",
+                )
+            ],
+        )
 
 
 def test_image_shape_disagrees_with_info(lerobot: Path) -> None:
@@ -223,12 +234,17 @@ def episodes_strategy(draw: st.DrawFn) -> list[Episode]:
     out = []
     for _ in range(n):
         t = draw(st.integers(1, 5))
-        out.append(Episode(
-            images={c: draw(hnp.arrays(np.uint8, (t, h, w, 3))) for c in cams},
-            state=draw(hnp.arrays(np.float32, (t, d), elements=floats)),
-            action=draw(hnp.arrays(np.float32, (t, a), elements=floats)),
-            instruction=draw(st.text(max_size=12)), task=draw(st.text(max_size=6)), success=draw(st.booleans()),
-            meta=draw(st.dictionaries(st.text(max_size=4), st.integers(-5, 5) | st.text(max_size=4), max_size=2))))
+        out.append(
+            Episode(
+                images={c: draw(hnp.arrays(np.uint8, (t, h, w, 3))) for c in cams},
+                state=draw(hnp.arrays(np.float32, (t, d), elements=floats)),
+                action=draw(hnp.arrays(np.float32, (t, a), elements=floats)),
+                instruction=draw(st.text(max_size=12)),
+                task=draw(st.text(max_size=6)),
+                success=draw(st.booleans()),
+                meta=draw(st.dictionaries(st.text(max_size=4), st.integers(-5, 5) | st.text(max_size=4), max_size=2)),
+            )
+        )
     return out
 
 
@@ -261,13 +277,21 @@ def _clean_copy(kind: str, dst: Path) -> Path:
 
 
 # PD_FUZZ_EXAMPLES=2000 for a long fuzzing run (5,000+ corruptions were run while writing the readers)
-@settings(max_examples=int(os.environ.get("PD_FUZZ_EXAMPLES", "30")), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(["zarr", "lerobot", "lerobot_video"]), file_pick=st.integers(0, 10_000),
-       action=st.sampled_from(["delete", "truncate", "flip", "garbage", "empty"]), pos=st.floats(0, 1),
-       seed=st.integers(0, 2**31 - 1))
-def test_random_corruptions_raise_dataset_error_only(kind: str, file_pick: int, action: str, pos: float,
-                                                     seed: int) -> None:
+@settings(
+    max_examples=int(os.environ.get("PD_FUZZ_EXAMPLES", "30")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    kind=st.sampled_from(["zarr", "lerobot", "lerobot_video"]),
+    file_pick=st.integers(0, 10_000),
+    action=st.sampled_from(["delete", "truncate", "flip", "garbage", "empty"]),
+    pos=st.floats(0, 1),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_corruptions_raise_dataset_error_only(
+    kind: str, file_pick: int, action: str, pos: float, seed: int
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = _clean_copy(kind, Path(tmp) / "ds")
         files = sorted(p for p in root.rglob("*") if p.is_file())

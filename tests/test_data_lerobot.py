@@ -66,8 +66,9 @@ def test_video_fixture_metadata_and_lossy_pixels(video_dir: Path) -> None:
         assert fr["observation.images.cam"].shape == (12, H, W, 3)
         np.testing.assert_array_equal(fr["action"], np.asarray(e["action"], np.float32))
         for k in range(12):
-            errs.append(np.abs(fr["observation.images.cam"][k].astype(np.int64)
-                               - formula_image(e["episode_index"], k)).mean())
+            errs.append(
+                np.abs(fr["observation.images.cam"][k].astype(np.int64) - formula_image(e["episode_index"], k)).mean()
+            )
     # the fixture documents ~8/255 mean abs error for AV1 + libdav1d; frame k must match frame k
     assert np.mean(errs) < 9.0 and max(errs) < 12.0
     np.testing.assert_allclose(errs, exp["pyav_decode"]["mean_abs_pixel_error_vs_formula_per_frame"], atol=0.01)
@@ -75,8 +76,13 @@ def test_video_fixture_metadata_and_lossy_pixels(video_dir: Path) -> None:
 
 def test_writer_matches_fixture_schema_and_reads_back(image_dir: Path, tmp_path: Path) -> None:
     eps = [LeRobotV3Dataset(image_dir).episode(i) for i in range(2)]
-    ds = write_lerobot_v3(tmp_path / "out", eps, fps=10, robot_type="sim",
-                          names={"observation.state": ["s0", "s1", "s2", "s3"], "action": ["a0", "a1", "a2"]})
+    ds = write_lerobot_v3(
+        tmp_path / "out",
+        eps,
+        fps=10,
+        robot_type="sim",
+        names={"observation.state": ["s0", "s1", "s2", "s3"], "action": ["a0", "a1", "a2"]},
+    )
     for rel in ("data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet", "meta/tasks.parquet"):
         ours, theirs = pq.read_schema(tmp_path / "out" / rel), pq.read_schema(image_dir / rel)
         assert ours.remove_metadata().equals(theirs.remove_metadata()), rel
@@ -157,8 +163,9 @@ def test_rows_in_any_order_read_the_same(tmp_path: Path) -> None:
 
 def smooth_episodes(n: int, seed: int) -> list[Episode]:
     """Episodes whose frames follow the fixture's formula (codecs need smooth content to be near-lossless)."""
-    eps = make_episodes(n, seed=seed, cameras=("cam", "wrist"), image_hw=(H, W), length=(8, 20), state_dim=4,
-                        action_dim=3)
+    eps = make_episodes(
+        n, seed=seed, cameras=("cam", "wrist"), image_hw=(H, W), length=(8, 20), state_dim=4, action_dim=3
+    )
     for k, ep in enumerate(eps):
         for cam in ep.images:
             ep.images[cam][:] = np.stack([formula_image(k, i) for i in range(len(ep))])
@@ -168,16 +175,22 @@ def smooth_episodes(n: int, seed: int) -> list[Episode]:
 @pytest.mark.parametrize("vcodec", ["libsvtav1", "libx264"])
 def test_video_mode_write_read(tmp_path: Path, video_dir: Path, vcodec: str) -> None:
     eps = smooth_episodes(5, seed=2)
-    ds = write_lerobot_v3(tmp_path / "v", eps, fps=10, video=True, vcodec=vcodec, video_file_size_mb=0.002,
-                          chunks_size=2)
+    ds = write_lerobot_v3(
+        tmp_path / "v", eps, fps=10, video=True, vcodec=vcodec, video_file_size_mb=0.002, chunks_size=2
+    )
     assert ds.video_keys == ["observation.images.cam", "observation.images.wrist"]
-    files = ds._ep["videos/observation.images.cam/file_index"] + 10 * ds._ep["videos/observation.images.cam/chunk_index"]
+    files = (
+        ds._ep["videos/observation.images.cam/file_index"] + 10 * ds._ep["videos/observation.images.cam/chunk_index"]
+    )
     assert len(set(files.tolist())) > 2, "small size limit must roll over to new files and chunks"
     ours = pq.read_schema(tmp_path / "v/meta/episodes/chunk-000/file-000.parquet").remove_metadata()
     theirs = pq.read_schema(video_dir / "meta/episodes/chunk-000/file-000.parquet").remove_metadata()
     assert [n for n in theirs.names if "wrist" not in n] == [n for n in ours.names if "wrist" not in n]
-    assert pq.read_schema(tmp_path / "v/data/chunk-000/file-000.parquet").remove_metadata().equals(
-        pq.read_schema(video_dir / "data/chunk-000/file-000.parquet").remove_metadata())
+    assert (
+        pq.read_schema(tmp_path / "v/data/chunk-000/file-000.parquet")
+        .remove_metadata()
+        .equals(pq.read_schema(video_dir / "data/chunk-000/file-000.parquet").remove_metadata())
+    )
     info = json.loads((tmp_path / "v/meta/info.json").read_text())
     ref = json.loads((video_dir / "meta/info.json").read_text())
     if vcodec == "libsvtav1":
@@ -211,8 +224,10 @@ def test_pusht_style_image_key_and_depth_stream(tmp_path: Path) -> None:
     write_lerobot_v3(tmp_path / "lr", eps, fps=10)
     data = tmp_path / "lr/data/chunk-000/file-000.parquet"
     table = pq.read_table(data)
-    pq.write_table(table.rename_columns(["observation.image" if c == "observation.images.cam" else c
-                                         for c in table.column_names]), data)
+    pq.write_table(
+        table.rename_columns(["observation.image" if c == "observation.images.cam" else c for c in table.column_names]),
+        data,
+    )
     info = json.loads((tmp_path / "lr/meta/info.json").read_text())
     info["features"]["observation.image"] = info["features"].pop("observation.images.cam")
     info["features"]["observation.depth"] = {"dtype": "image", "shape": [12, 10, 1], "names": None}

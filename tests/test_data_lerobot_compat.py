@@ -64,13 +64,25 @@ def test_lerobot_reads_our_writer_and_windows_match(tmp_path: Path, fixtures_dir
     write_lerobot_v3(tmp_path / "lr", eps, fps=10, data_file_size_mb=0.002, chunks_size=2)
     (tmp_path / "check.py").write_text(SCRIPT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([LEROBOT_PYTHON, str(tmp_path / "check.py"), str(tmp_path / "lr"), str(tmp_path / "out.npz"),
-                           str(fixtures_dir / "lerobot/make")], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            LEROBOT_PYTHON,
+            str(tmp_path / "check.py"),
+            str(tmp_path / "lr"),
+            str(tmp_path / "out.npz"),
+            str(fixtures_dir / "lerobot/make"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = np.load(tmp_path / "out.npz")
     assert int(theirs["total_episodes"]) == 4
     ours = FlowWindowDataset(tmp_path / "lr", horizon=6, split="all", normalize=False).batch(
-        torch.arange(sum(len(e) for e in eps)))
+        torch.arange(sum(len(e) for e in eps))
+    )
     np.testing.assert_array_equal(theirs["action"], ours["action"].numpy())
     np.testing.assert_array_equal(theirs["action_is_pad"], ours["action_is_pad"].numpy())
     np.testing.assert_array_equal(theirs["state"], ours["observation.state"].numpy())

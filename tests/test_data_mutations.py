@@ -155,8 +155,11 @@ def test_every_zarr_attribute_mutated(tmp_path: Path) -> None:
     root = clean_copy("zarr", tmp_path / "base")
     meta = json.loads((root / "zarr.json").read_text())
     attrs = meta["attributes"]
-    fields = [(k,) for k in attrs] + [("layout", k) for k in attrs["layout"]] + [("stats", "action", k)
-                                                                                  for k in attrs["stats"]["action"]]
+    fields = (
+        [(k,) for k in attrs]
+        + [("layout", k) for k in attrs["layout"]]
+        + [("stats", "action", k) for k in attrs["stats"]["action"]]
+    )
     for field in fields:
         for value in BAD_VALUES:
             mutated = json.loads(json.dumps(meta))

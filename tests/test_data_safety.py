@@ -56,8 +56,11 @@ def test_convert_into_the_sources_parent_with_overwrite_deletes_nothing(tmp_path
     ZarrEpisodeStore.write(project / "mydemos.zarr", random_episodes(2), fps=10)
     (project / "notes.txt").write_text("my notes")
     before = snapshot(project)
-    code, text = run_cli(["data", "convert", str(project / "mydemos.zarr"), str(project), "--to", "zarr",
-                          "--overwrite"], monkeypatch, capsys)
+    code, text = run_cli(
+        ["data", "convert", str(project / "mydemos.zarr"), str(project), "--to", "zarr", "--overwrite"],
+        monkeypatch,
+        capsys,
+    )
     assert_user_error(code, text, "contains the source", "nothing was changed")
     assert snapshot(project) == before
 
@@ -107,8 +110,9 @@ def test_generate_overwrite_never_deletes_a_project_folder(tmp_path: Path, monke
     (proj / "src/robot.py").write_text("print('hello')")
     before = snapshot(proj)
     t0 = time.perf_counter()
-    code, text = run_cli(["data", "generate", "reach-v3", "-n", "1", "--out", str(proj), "--overwrite"],
-                         monkeypatch, capsys)
+    code, text = run_cli(
+        ["data", "generate", "reach-v3", "-n", "1", "--out", str(proj), "--overwrite"], monkeypatch, capsys
+    )
     assert_user_error(code, text, "not a dataset policydistill wrote", "nothing was deleted")
     assert snapshot(proj) == before
     assert time.perf_counter() - t0 < 5, "refused only after generating the demonstrations"
@@ -122,8 +126,11 @@ def test_generate_into_existing_out_is_a_clear_error(tmp_path: Path, monkeypatch
 
 
 def test_generate_refuses_negative_workers(tmp_path: Path, monkeypatch, capsys) -> None:
-    code, text = run_cli(["data", "generate", "reach-v3", "-n", "1", "--workers", "-1", "--out",
-                          str(tmp_path / "d.zarr")], monkeypatch, capsys)
+    code, text = run_cli(
+        ["data", "generate", "reach-v3", "-n", "1", "--workers", "-1", "--out", str(tmp_path / "d.zarr")],
+        monkeypatch,
+        capsys,
+    )
     assert_user_error(code, text, "--workers", "-1")
     assert not (tmp_path / "d.zarr").exists()
 
@@ -158,8 +165,12 @@ def test_missing_image_chunk_is_refused(tmp_path: Path) -> None:
 
 def test_all_zero_data_still_round_trips(tmp_path: Path) -> None:
     """zarr skips chunks equal to the fill value unless told otherwise; ours must all exist."""
-    ep = Episode(images={"cam": np.zeros((5, 4, 4, 3), np.uint8)}, state=np.zeros((5, 2), np.float32),
-                 action=np.zeros((5, 3), np.float32), instruction="rest")
+    ep = Episode(
+        images={"cam": np.zeros((5, 4, 4, 3), np.uint8)},
+        state=np.zeros((5, 2), np.float32),
+        action=np.zeros((5, 3), np.float32),
+        instruction="rest",
+    )
     store = ZarrEpisodeStore.write(tmp_path / "z.zarr", [ep], fps=10)
     assert_same_episode(ep, ZarrEpisodeStore(store.path).episode(0))
     again = ZarrEpisodeStore.write(store.path, [ep], fps=10, mode="append")
@@ -228,8 +239,9 @@ def test_killed_write_leaves_a_temporary_that_the_next_write_removes(tmp_path: P
     (foreign / "keep.txt").write_text("not ours")
     live = tmp_path / ".other.tmp-89abcdef"
     live.mkdir()
-    (live / MARKER).write_text(leftover[0].joinpath(MARKER).read_text().replace(f'"pid": {proc.pid}',
-                                                                                f'"pid": {os.getppid()}'))
+    (live / MARKER).write_text(
+        leftover[0].joinpath(MARKER).read_text().replace(f'"pid": {proc.pid}', f'"pid": {os.getppid()}')
+    )
     if kind == "zarr":
         ZarrEpisodeStore.write(dst, random_episodes(1), fps=10)
     else:
@@ -255,13 +267,16 @@ def _edit_info(root: Path, **changes: object) -> None:
     (root / "meta/info.json").write_text(json.dumps(info))
 
 
-@pytest.mark.parametrize("template, match", [
-    ("../../outside/file-{file_index:03d}.parquet", "outside the dataset"),
-    ("/etc/passwd", "outside the dataset"),
-    ("data/{chunk_index.__class__}/x.parquet", "only the fields"),
-    ("data/{chunk_index}/{0}.parquet", "only the fields"),
-    ("data/{chunk_index!r}.parquet", "only the fields"),
-])
+@pytest.mark.parametrize(
+    "template, match",
+    [
+        ("../../outside/file-{file_index:03d}.parquet", "outside the dataset"),
+        ("/etc/passwd", "outside the dataset"),
+        ("data/{chunk_index.__class__}/x.parquet", "only the fields"),
+        ("data/{chunk_index}/{0}.parquet", "only the fields"),
+        ("data/{chunk_index!r}.parquet", "only the fields"),
+    ],
+)
 def test_lerobot_data_path_is_confined(tmp_path: Path, template: str, match: str) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -273,8 +288,9 @@ def test_lerobot_data_path_is_confined(tmp_path: Path, template: str, match: str
 
 
 def test_lerobot_video_path_is_confined(tmp_path: Path) -> None:
-    root = write_lerobot_v3(tmp_path / "lr", random_episodes(1, image_hw=(8, 8)), fps=10, video=True,
-                            vcodec="libx264").path
+    root = write_lerobot_v3(
+        tmp_path / "lr", random_episodes(1, image_hw=(8, 8)), fps=10, video=True, vcodec="libx264"
+    ).path
     _edit_info(root, video_path="../{video_key}/{chunk_index:03d}/{file_index:03d}.mp4")
     with pytest.raises(DatasetError, match="outside the dataset"):
         LeRobotV3Dataset(root).episode(0)
@@ -287,8 +303,9 @@ def test_lerobot_policy_state_file_is_confined(tmp_path: Path) -> None:
     from policydistill.policies.lerobot_io import read_lerobot_folder, write_lerobot_folder
 
     stats = {"action": {"mean": torch.zeros(2), "std": torch.ones(2)}}
-    folder = write_lerobot_folder(tmp_path / "policy", {"type": "pi0"}, {"w": torch.zeros(2)}, stats, [], 8, 0, 2,
-                                  {"ACTION": "MEAN_STD"})
+    folder = write_lerobot_folder(
+        tmp_path / "policy", {"type": "pi0"}, {"w": torch.zeros(2)}, stats, [], 8, 0, 2, {"ACTION": "MEAN_STD"}
+    )
     write_safetensors(tmp_path / "secret.safetensors", {"action.mean": torch.full((2,), 7.0)})
     pre = json.loads((folder / "policy_preprocessor.json").read_text())
     pre["steps"][2]["state_file"] = "../secret.safetensors"

@@ -22,8 +22,14 @@ def ramp_episode(ep: int, t: int) -> Episode:
     i = np.arange(t, dtype=np.float32)
     img = np.zeros((t, 4, 4, 3), np.uint8)
     img[:, 0, 0, 0] = np.arange(t)
-    return Episode(images={"cam": img}, state=np.stack([i, -i], 1), action=(100 * ep + i)[:, None],
-                   instruction=f"task {ep}", task="ramp", meta={"mode": "a"})
+    return Episode(
+        images={"cam": img},
+        state=np.stack([i, -i], 1),
+        action=(100 * ep + i)[:, None],
+        instruction=f"task {ep}",
+        task="ramp",
+        meta={"mode": "a"},
+    )
 
 
 @pytest.fixture
@@ -138,8 +144,9 @@ def test_fixture_windows(fixtures_dir: Path) -> None:
 
 
 def test_in_memory_throughput(tmp_path: Path) -> None:
-    eps = random_episodes(10, seed=0, cameras=("corner2",), image_hw=(64, 64), state_dim=8, action_dim=4,
-                          length=(80, 120))
+    eps = random_episodes(
+        10, seed=0, cameras=("corner2",), image_hw=(64, 64), state_dim=8, action_dim=4, length=(80, 120)
+    )
     ds = FlowWindowDataset(ZarrEpisodeStore.write(tmp_path / "s.zarr", eps, fps=10), horizon=16)
     gen = torch.Generator().manual_seed(0)
     ds.sample(256, gen)
@@ -163,14 +170,19 @@ def test_bad_config_is_a_dataset_error(ramp_store: ZarrEpisodeStore) -> None:
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lengths=st.lists(st.integers(1, 7), min_size=1, max_size=4), horizon=st.integers(1, 9),
-       n_obs=st.integers(1, 3), in_memory=st.booleans())
+@given(
+    lengths=st.lists(st.integers(1, 7), min_size=1, max_size=4),
+    horizon=st.integers(1, 9),
+    n_obs=st.integers(1, 3),
+    in_memory=st.booleans(),
+)
 def test_windows_match_a_brute_force_reference(lengths: list[int], horizon: int, n_obs: int, in_memory: bool) -> None:
     eps = [ramp_episode(e, t) for e, t in enumerate(lengths)]
     with tempfile.TemporaryDirectory() as tmp:
         store = ZarrEpisodeStore.write(Path(tmp) / "s.zarr", eps, fps=10)
-        ds = FlowWindowDataset(store, horizon=horizon, n_obs_steps=n_obs, split="all", normalize=False,
-                               in_memory=in_memory)
+        ds = FlowWindowDataset(
+            store, horizon=horizon, n_obs_steps=n_obs, split="all", normalize=False, in_memory=in_memory
+        )
         got = ds.batch(torch.arange(len(ds)))
     k = 0
     for e, t in enumerate(lengths):

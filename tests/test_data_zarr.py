@@ -10,7 +10,6 @@ import pytest
 
 from policydistill.data import DatasetError, Episode, ZarrEpisodeStore, open_dataset
 from policydistill.data.stats import ImageHistogram, lowdim_stats
-
 from policydistill.data.synthetic import assert_same_episode
 from policydistill.data.synthetic import random_episodes as make_episodes
 
@@ -80,8 +79,7 @@ def test_failed_write_leaves_existing_store_intact(tmp_path: Path, mode: str) ->
     ZarrEpisodeStore.write(tmp_path / "s.zarr", eps[:2])
     with pytest.raises(RuntimeError, match="mid-write"):
         ZarrEpisodeStore.write(tmp_path / "s.zarr", _then_fail(eps), mode=mode)  # type: ignore[arg-type]
-    bad = Episode(images={}, state=np.zeros((2, 5), np.float32), action=np.zeros((2, 2), np.float32),
-                  instruction="x")
+    bad = Episode(images={}, state=np.zeros((2, 5), np.float32), action=np.zeros((2, 2), np.float32), instruction="x")
     with pytest.raises(DatasetError, match="layout"):
         ZarrEpisodeStore.write(tmp_path / "s.zarr", [eps[2], bad], mode=mode)
     store = ZarrEpisodeStore(tmp_path / "s.zarr")
@@ -118,8 +116,13 @@ def test_summary_counts_tasks_modes_lengths(tmp_path: Path) -> None:
 
 
 def test_no_cameras_and_numpy_meta(tmp_path: Path) -> None:
-    ep = Episode(images={}, state=np.ones((3, 1), np.float64), action=np.arange(6).reshape(3, 2), instruction="",
-                 meta={"seed": np.int64(4), "offsets": np.array([0.5, 1.5])})
+    ep = Episode(
+        images={},
+        state=np.ones((3, 1), np.float64),
+        action=np.arange(6).reshape(3, 2),
+        instruction="",
+        meta={"seed": np.int64(4), "offsets": np.array([0.5, 1.5])},
+    )
     store = ZarrEpisodeStore.write(tmp_path / "s.zarr", [ep])
     back = store.episode(0)
     assert back.meta == {"seed": 4, "offsets": [0.5, 1.5]} and back.images == {}

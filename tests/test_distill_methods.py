@@ -13,9 +13,8 @@ from policydistill.methods.consistency_distillation import consistency_function
 from policydistill.methods.consistency_training import karras_sigmas
 from policydistill.models.mlp import MLPFlowMap
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def tiny(dim: int = 2) -> MLPFlowMap:
     return MLPFlowMap(sample_shape=(dim,), width=16, depth=1, time_dim=8)
@@ -69,9 +68,9 @@ def test_progressive_distillation_halves_steps_and_hands_over_the_teacher():
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.25)
-    method.after_step(student, 8)      # not a boundary: the round teacher is untouched
+    method.after_step(student, 8)  # not a boundary: the round teacher is untouched
     assert not torch.equal(method.round_teacher.inp.weight, student.inp.weight)
-    method.after_step(student, 9)      # step 9 → 10 changes round
+    method.after_step(student, 9)  # step 9 → 10 changes round
     assert torch.equal(method.round_teacher.inp.weight, student.inp.weight)
     batch = MixtureData(make_mixture(2)).sample(16, torch.Generator())
     _, metrics = method.loss(student, teacher, batch, 25)

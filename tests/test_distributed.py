@@ -49,8 +49,9 @@ def run_method(name: str, micro_batches: int) -> tuple[dict[str, torch.Tensor], 
     student = _model(1)
     if teacher is not None:
         student.load_state_dict(teacher.state_dict())
-    cfg = TrainConfig(steps=STEPS, batch_size=BATCH, lr=3e-3, warmup_steps=1, seed=3, progress=False,
-                      micro_batches=micro_batches)
+    cfg = TrainConfig(
+        steps=STEPS, batch_size=BATCH, lr=3e-3, warmup_steps=1, seed=3, progress=False, micro_batches=micro_batches
+    )
     result = train(student, make_method(name), TwoModes(), cfg, teacher=teacher)
     return result.model.state_dict(), [h["loss"] for h in result.history]
 
@@ -69,8 +70,22 @@ def _worker(out: Path) -> None:
 
 def test_two_gloo_processes_equal_one_process_same_global_batch(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(Path(__file__)), str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(Path(__file__)),
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     torch.set_num_threads(1)
     for name in METHODS:
@@ -78,8 +93,15 @@ def test_two_gloo_processes_equal_one_process_same_global_batch(tmp_path: Path) 
         dist_state = read_safetensors(tmp_path / f"{name}.safetensors")
         dist_losses = json.loads((tmp_path / f"{name}.json").read_text())["losses"]
         assert dist_losses == pytest.approx(single_losses, rel=1e-5, abs=1e-6), name
-        moved = max(float((single[k] - _model(1).state_dict()[k]).abs().max()) for k in single
-                    if k in _model(1).state_dict()) if name != "snapflow" else 1.0
+        moved = (
+            max(
+                float((single[k] - _model(1).state_dict()[k]).abs().max())
+                for k in single
+                if k in _model(1).state_dict()
+            )
+            if name != "snapflow"
+            else 1.0
+        )
         assert moved > 1e-4, f"{name}: training did not move the weights"
         for k, v in single.items():
             torch.testing.assert_close(dist_state[k], v, rtol=1e-5, atol=1e-6, msg=f"{name}: {k}")
@@ -116,16 +138,21 @@ def test_sharded_evaluation_merges_to_the_single_process_report() -> None:
     from policydistill.eval import EvalConfig, ScriptedPolicy, evaluate_policy, merge_results
 
     # the scripted expert acts on the state: its successes and episode lengths depend on the initial states
-    cfg = EvalConfig(tasks="metaworld/reach-v3", episodes=4, workers=0, image_size=32, max_episode_steps=60,
-                     progress=False, seed=4)
+    cfg = EvalConfig(
+        tasks="metaworld/reach-v3", episodes=4, workers=0, image_size=32, max_episode_steps=60, progress=False, seed=4
+    )
     single = evaluate_policy(ScriptedPolicy(multimodal=False, seed=0), cfg)
     assert single["success_rate"] > 0
-    shards = [evaluate_policy(ScriptedPolicy(multimodal=False, seed=0), dataclasses.replace(cfg, rank=r, world_size=2))
-              for r in (0, 1)]
+    shards = [
+        evaluate_policy(ScriptedPolicy(multimodal=False, seed=0), dataclasses.replace(cfg, rank=r, world_size=2))
+        for r in (0, 1)
+    ]
     assert [len(s["episodes_detail"]) for s in shards] == [2, 2]
     assert distributed.all_gather_objects(single) == [single]
     merged = merge_results(shards)
     timing = {"seconds", "steps_per_second", "config", "policy_calls"}
     assert {k: v for k, v in merged.items() if k not in timing} == {k: v for k, v in single.items() if k not in timing}
-    assert [e["initial_state"] for e in merged["episodes_detail"]] == [e["initial_state"] for e in single["episodes_detail"]]
+    assert [e["initial_state"] for e in merged["episodes_detail"]] == [
+        e["initial_state"] for e in single["episodes_detail"]
+    ]
     assert distributed.context().world_size == 1  # evaluate_sharded = evaluate_policy outside torchrun

@@ -20,9 +20,11 @@ def test_wilson_interval_known_values():
 
 
 def test_summarize_episodes_steps_to_success_only_counts_successes():
-    eps = [{"task": "a", "success": True, "length": 10, "steps_to_success": 10},
-           {"task": "a", "success": False, "length": 200, "steps_to_success": None},
-           {"task": "b", "success": True, "length": 30, "steps_to_success": 30}]
+    eps = [
+        {"task": "a", "success": True, "length": 10, "steps_to_success": 10},
+        {"task": "a", "success": False, "length": 200, "steps_to_success": None},
+        {"task": "b", "success": True, "length": 30, "steps_to_success": 30},
+    ]
     s = summarize_episodes(eps)
     assert s["episodes"] == 3 and s["successes"] == 2 and s["steps_to_success"] == 20.0
     assert s["per_task"]["a"]["success_rate"] == 0.5 and s["per_task"]["a"]["episode_length"] == 105.0
@@ -44,8 +46,10 @@ class _ChunkRecorder:
 
     def sample_actions(self, obs, steps=None, noise=None, mode=None):
         self.calls.append((len(obs["task"]), steps, mode))
-        self.min_image_std = min(getattr(self, "min_image_std", 1e9), float(obs["pixels"]["corner2"].reshape(
-            len(obs["task"]), -1).std(axis=1).min()))
+        self.min_image_std = min(
+            getattr(self, "min_image_std", 1e9),
+            float(obs["pixels"]["corner2"].reshape(len(obs["task"]), -1).std(axis=1).min()),
+        )
         self.inner.reset()
         a = self.inner.select_action(obs)
         return np.repeat(a[:, None], 6, axis=1)  # (B, 6, 4): hold the expert's action
@@ -58,16 +62,23 @@ def test_scripted_policy_in_process_and_seeds_identical_across_schedules():
     lo, hi = res["success_ci95"]
     assert 0 < lo < 1 and hi == 1.0
     # a different batch size schedules differently but must use the same seeds per episode index
-    res2 = evaluate_policy(ScriptedPolicy(), EvalConfig(tasks="reach-v3", episodes=2, workers=0, batch_size=2,
-                                                        image_size=32, progress=False))
+    res2 = evaluate_policy(
+        ScriptedPolicy(),
+        EvalConfig(tasks="reach-v3", episodes=2, workers=0, batch_size=2, image_size=32, progress=False),
+    )
     assert [e["seed"] for e in res["episodes_detail"]] == [e["seed"] for e in res2["episodes_detail"]]
     assert [e["initial_state"] for e in res["episodes_detail"]] == [e["initial_state"] for e in res2["episodes_detail"]]
     assert len({e["initial_state"] for e in res["episodes_detail"]}) == 2
     assert [e["length"] for e in res["episodes_detail"]] == [e["length"] for e in res2["episodes_detail"]]
     json.dumps(res)  # JSON-serialisable
     # two ranks run disjoint halves; merged, they are the single-process result
-    shards = [evaluate_policy(ScriptedPolicy(), EvalConfig(tasks="reach-v3", episodes=2, workers=0, image_size=32,
-                                                           progress=False, rank=r, world_size=2)) for r in (0, 1)]
+    shards = [
+        evaluate_policy(
+            ScriptedPolicy(),
+            EvalConfig(tasks="reach-v3", episodes=2, workers=0, image_size=32, progress=False, rank=r, world_size=2),
+        )
+        for r in (0, 1)
+    ]
     merged = merge_results(shards)
     assert [e["seed"] for e in merged["episodes_detail"]] == [e["seed"] for e in res["episodes_detail"]]
     assert merged["success_rate"] == res["success_rate"] and merged["episodes"] == 2
@@ -75,8 +86,19 @@ def test_scripted_policy_in_process_and_seeds_identical_across_schedules():
 
 def test_chunk_policy_over_worker_processes_with_horizon_and_video(tmp_path):
     pol = _ChunkRecorder()
-    cfg = EvalConfig(tasks="reach-v3", episodes=2, workers=2, batch_size=2, image_size=32, nfe=3, mode="flowmap",
-                     n_action_steps=2, video_dir=str(tmp_path), videos_per_task=1, progress=False)
+    cfg = EvalConfig(
+        tasks="reach-v3",
+        episodes=2,
+        workers=2,
+        batch_size=2,
+        image_size=32,
+        nfe=3,
+        mode="flowmap",
+        n_action_steps=2,
+        video_dir=str(tmp_path),
+        videos_per_task=1,
+        progress=False,
+    )
     res = evaluate_policy(pol, cfg)
     assert res["interface"] == "chunk" and res["success_rate"] == 1.0
     assert all(steps == 3 and mode == "flowmap" for _, steps, mode in pol.calls)
@@ -88,8 +110,10 @@ def test_chunk_policy_over_worker_processes_with_horizon_and_video(tmp_path):
 
 
 def test_random_policy_fails_and_episode_limit_applies():
-    res = evaluate_policy(RandomPolicy(), EvalConfig(tasks="push-v3", episodes=2, workers=0, image_size=32,
-                                                     max_episode_steps=15, progress=False))
+    res = evaluate_policy(
+        RandomPolicy(),
+        EvalConfig(tasks="push-v3", episodes=2, workers=0, image_size=32, max_episode_steps=15, progress=False),
+    )
     assert res["success_rate"] == 0.0 and res["steps_to_success"] is None
     assert [e["length"] for e in res["episodes_detail"]] == [15, 15]
 
@@ -100,8 +124,9 @@ def test_cli_eval_scripted_writes_json_and_png(tmp_path):
     from policydistill.cli.app import app
 
     out = tmp_path / "eval.json"
-    res = CliRunner().invoke(app, ["eval", "scripted", "--task", "reach-v3", "-n", "2", "-w", "0",
-                                   "--image-size", "32", "--json", str(out)])
+    res = CliRunner().invoke(
+        app, ["eval", "scripted", "--task", "reach-v3", "-n", "2", "-w", "0", "--image-size", "32", "--json", str(out)]
+    )
     assert res.exit_code == 0, res.output
     payload = json.loads(out.read_text())
     run = payload["runs"][0]

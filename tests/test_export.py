@@ -7,8 +7,14 @@ import importlib.util
 import pytest
 import torch
 
-from policydistill.deploy.export import example_observation, export_onnx, export_policy, onnx_sample_actions, save_exported
-from policydistill.policies.pi0 import Pi05Policy, Pi0Policy
+from policydistill.deploy.export import (
+    example_observation,
+    export_onnx,
+    export_policy,
+    onnx_sample_actions,
+    save_exported,
+)
+from policydistill.policies.pi0 import Pi0Policy, Pi05Policy
 
 
 def _policy(cls):
@@ -25,8 +31,13 @@ def test_torch_export_matches_eager(cls, tmp_path):
     obs = example_observation(policy, batch=2)
     exported = export_policy(policy, obs)
     noise = torch.randn(2, *policy.sample_shape())
-    for mode, steps in (("diagonal", 10), ("flowmap", 1), ("flowmap", 2), ("consistency", 2),
-                        ("consistency_deterministic", 2)):
+    for mode, steps in (
+        ("diagonal", 10),
+        ("flowmap", 1),
+        ("flowmap", 2),
+        ("consistency", 2),
+        ("consistency_deterministic", 2),
+    ):
         torch.manual_seed(1)  # the consistency sampler's fresh noise comes from the global RNG
         eager = policy.sample_actions(obs, steps=steps, mode=mode, noise=noise)
         torch.manual_seed(1)
@@ -37,8 +48,10 @@ def test_torch_export_matches_eager(cls, tmp_path):
     assert reloaded.graph_signature is not None
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None,
-                    reason="the onnx extra is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None,
+    reason="the onnx extra is not installed",
+)
 def test_onnx_export_matches_eager(tmp_path):
     policy = _policy(Pi0Policy)
     obs = example_observation(policy, batch=1)

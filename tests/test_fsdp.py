@@ -47,24 +47,52 @@ class Windows:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> FlowBatch:
         b, g = batch_size, generator
-        return self.policy.make_flow_batch({
-            "observation.images.corner2": torch.rand(b, 3, 32, 32, generator=g),
-            "observation.state": torch.randn(b, 4, generator=g), "task": ["reach the goal"] * b,
-            "action": torch.randn(b, 8, 3, generator=g), "action_is_pad": torch.zeros(b, 8, dtype=torch.bool)})
+        return self.policy.make_flow_batch(
+            {
+                "observation.images.corner2": torch.rand(b, 3, 32, 32, generator=g),
+                "observation.state": torch.randn(b, 4, generator=g),
+                "task": ["reach the goal"] * b,
+                "action": torch.randn(b, 8, 3, generator=g),
+                "action_is_pad": torch.zeros(b, 8, dtype=torch.bool),
+            }
+        )
 
 
-def run_method(name: str, micro_batches: int, sharded: bool, steps: int = STEPS, out: Path | None = None,
-               resume: bool = False, checkpoint_every: int = 0) -> tuple[dict[str, torch.Tensor], list[float]]:
+def run_method(
+    name: str,
+    micro_batches: int,
+    sharded: bool,
+    steps: int = STEPS,
+    out: Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 0,
+) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Train a fresh tiny-pi0 student; returns the weights the method samples with (+ the loop's EMA)."""
     torch.manual_seed(0)
     teacher = Pi0Policy.from_preset("tiny").eval()
     student = student_from_teacher(teacher)
     method = make_method(name)
-    cfg = TrainConfig(steps=steps, batch_size=BATCH, lr=LR, warmup_steps=1, seed=3, progress=False,
-                      micro_batches=micro_batches, fsdp=sharded, checkpoint_every=checkpoint_every,
-                      ema_decay=0.9 if name == "flow_matching" else 0.0)
-    result = train(student, method, Windows(student), cfg, teacher=teacher if method.needs_teacher else None,
-                   out_dir=out, resume=resume)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=BATCH,
+        lr=LR,
+        warmup_steps=1,
+        seed=3,
+        progress=False,
+        micro_batches=micro_batches,
+        fsdp=sharded,
+        checkpoint_every=checkpoint_every,
+        ema_decay=0.9 if name == "flow_matching" else 0.0,
+    )
+    result = train(
+        student,
+        method,
+        Windows(student),
+        cfg,
+        teacher=teacher if method.needs_teacher else None,
+        out_dir=out,
+        resume=resume,
+    )
     state = dict(method.sampling_model(result.model).state_dict())
     if result.ema is not None:
         state.update({f"ema.{k}": v for k, v in result.ema.state_dict().items()})
@@ -108,8 +136,22 @@ def _assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Ten
 def fsdp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fsdp")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(Path(__file__)), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(Path(__file__)),
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -147,8 +189,9 @@ def test_fsdp_checkpoint_has_the_single_process_format_and_resumes(fsdp_run: Pat
     (tmp_path / "continue").mkdir()
     shutil.copytree(ckpt, tmp_path / "continue" / "checkpoints" / ckpt.name)
     write_json(tmp_path / "continue" / "checkpoints" / "latest.json", {"step": 2, "folder": ckpt.name})
-    continued, _ = run_method("flow_matching", 2, False, steps=4, out=tmp_path / "continue", resume=True,
-                              checkpoint_every=2)
+    continued, _ = run_method(
+        "flow_matching", 2, False, steps=4, out=tmp_path / "continue", resume=True, checkpoint_every=2
+    )
     _assert_same_weights(continued, full, "unsharded resume of an FSDP checkpoint")
 
 
@@ -166,8 +209,10 @@ def test_units_are_the_call_sites_of_every_layer(cls: type) -> None:
     assert id(model.embed_tokens) in modules
     if cls is SmolVLA:
         layers = [*model.vlm_layers, *model.expert_layers]
-        parts = [(lay.self_attn.q_proj, lay.self_attn.k_proj, lay.self_attn.v_proj, lay.self_attn.o_proj, lay.mlp)
-                 for lay in layers]
+        parts = [
+            (lay.self_attn.q_proj, lay.self_attn.k_proj, lay.self_attn.v_proj, lay.self_attn.o_proj, lay.mlp)
+            for lay in layers
+        ]
     else:
         layers = [*model.vlm.layers, *model.expert.layers]
         parts = [(lay.self_attn.o_proj, lay.self_attn, lay.mlp) for lay in layers]

@@ -18,9 +18,9 @@ import os
 import pickle
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -72,6 +72,7 @@ def _empty(folder: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the bad inputs
+
 
 def corrupted_safetensors(tmp: Path) -> list[str]:
     folder = _pi0(tmp / "ckpt")
@@ -194,8 +195,20 @@ def non_numeric_lr(tmp: Path) -> list[str]:
 
 def batch_not_divisible_by_micro_batches(tmp: Path) -> list[str]:
     folder = _lerobot(tmp / "data")
-    return ["train", "pi0", "--preset", "tiny", "--data", str(folder), "--batch-size", "6", "--micro-batches", "4",
-            "--steps", "1"]
+    return [
+        "train",
+        "pi0",
+        "--preset",
+        "tiny",
+        "--data",
+        str(folder),
+        "--batch-size",
+        "6",
+        "--micro-batches",
+        "4",
+        "--steps",
+        "1",
+    ]
 
 
 def unwritable_output(tmp: Path) -> list[str]:
@@ -215,8 +228,8 @@ def existing_run_without_resume(tmp: Path) -> list[str]:
 @dataclass
 class Row:
     make: Callable[[Path], list[str]]
-    code: int          # exit code: 1 = our error paragraph, 2 = a usage error from the option parser
-    expect: str        # a phrase of the message (what is wrong / what to do)
+    code: int  # exit code: 1 = our error paragraph, 2 = a usage error from the option parser
+    expect: str  # a phrase of the message (what is wrong / what to do)
 
 
 ROWS = {
@@ -253,6 +266,7 @@ ROWS = {
 # policy refuses (config.json fields, weights and buffers, files that are not regular files), the
 # comparisons that must fail on NaN, and user errors that used to be reported as bugs.
 
+
 def _set_config(folder: Path, **fields: object) -> Path:
     path = folder / "config.json"
     config = json.loads(path.read_text())
@@ -274,8 +288,9 @@ def _pi0_env(folder: Path) -> Path:
     from policydistill.policies.pi0.model import Pi0Policy
 
     torch.manual_seed(0)
-    policy = Pi0Policy.from_preset("tiny", image_size=32, state_dim=21, max_state_dim=24, action_dim=4,
-                                   max_action_dim=4)
+    policy = Pi0Policy.from_preset(
+        "tiny", image_size=32, state_dim=21, max_state_dim=24, action_dim=4, max_action_dim=4
+    )
     save_model(folder, policy, extra={"role": "teacher", "tasks": ["metaworld/reach-wall-v3"]})
     return folder
 
@@ -336,7 +351,9 @@ def config_unknown_action_norm(tmp: Path) -> list[str]:
 
 def config_nan_eps(tmp: Path) -> list[str]:
     folder = _pi0(tmp / "ckpt")
-    (folder / "config.json").write_text((folder / "config.json").read_text().replace('"rms_eps": 1e-06', '"rms_eps": NaN'))
+    (folder / "config.json").write_text(
+        (folder / "config.json").read_text().replace('"rms_eps": 1e-06', '"rms_eps": NaN')
+    )
     return ["distill", "pi0", "--checkpoint", str(folder)]
 
 
@@ -350,8 +367,12 @@ def config_misspelt_field(tmp: Path) -> list[str]:
 
 def config_tasks_string(tmp: Path) -> list[str]:
     folder = _pi0(tmp / "ckpt")
-    return ["distill", "pi0", "--checkpoint", str(_set_config(folder, policydistill={"role": "teacher",
-                                                                                    "tasks": "metaworld/reach-wall-v3"}))]
+    return [
+        "distill",
+        "pi0",
+        "--checkpoint",
+        str(_set_config(folder, policydistill={"role": "teacher", "tasks": "metaworld/reach-wall-v3"})),
+    ]
 
 
 def config_is_a_folder(tmp: Path) -> list[str]:
@@ -377,7 +398,12 @@ def integer_weights(tmp: Path) -> list[str]:
 
 
 def nan_normaliser_distill(tmp: Path) -> list[str]:
-    return ["distill", "pi0", "--checkpoint", str(_set_tensor(_pi0(tmp / "ckpt"), "normalizer.action_scale", _nan_scale))]
+    return [
+        "distill",
+        "pi0",
+        "--checkpoint",
+        str(_set_tensor(_pi0(tmp / "ckpt"), "normalizer.action_scale", _nan_scale)),
+    ]
 
 
 def nan_normaliser_eval(tmp: Path) -> list[str]:
@@ -399,6 +425,7 @@ def inf_weight(tmp: Path) -> list[str]:
         t = t.clone()
         t.view(-1)[0] = float("inf")
         return t
+
     return ["export", str(_set_tensor(_pi0(tmp / "ckpt"), "action_out_proj.weight", poison))]
 
 
@@ -443,8 +470,18 @@ def method_option_wrong_type(tmp: Path) -> list[str]:
 
 
 def eval_n_action_steps_above_chunk(tmp: Path) -> list[str]:
-    return ["eval", str(_pi0_env(tmp / "ckpt")), "--task", "metaworld/reach-wall-v3", "--episodes", "1",
-            "--workers", "0", "--n-action-steps", "100"]
+    return [
+        "eval",
+        str(_pi0_env(tmp / "ckpt")),
+        "--task",
+        "metaworld/reach-wall-v3",
+        "--episodes",
+        "1",
+        "--workers",
+        "0",
+        "--n-action-steps",
+        "100",
+    ]
 
 
 def media_method_option_typo(tmp: Path) -> list[str]:
@@ -458,7 +495,9 @@ CHECKPOINT_ROWS = {
     "config.json negative size": Row(config_negative_size, 1, "vlm_width must be between 1 and"),
     "config.json huge size": Row(config_huge_size, 1, "vlm_width must be between 1 and"),
     "config.json huge depth": Row(config_huge_depth, 1, "vlm_depth must be between 1 and 1024"),
-    "config.json n_action_steps above the chunk": Row(config_n_action_steps_above_chunk, 1, "must not exceed chunk_size"),
+    "config.json n_action_steps above the chunk": Row(
+        config_n_action_steps_above_chunk, 1, "must not exceed chunk_size"
+    ),
     "config.json n_action_steps 0": Row(config_n_action_steps_zero, 1, "n_action_steps must be between 1"),
     "config.json num_inference_steps 0": Row(config_zero_inference_steps, 1, "num_inference_steps must be between 1"),
     "config.json unknown action_norm": Row(config_unknown_action_norm, 1, "is not a normalisation mode"),
@@ -467,7 +506,9 @@ CHECKPOINT_ROWS = {
     "config.json tasks given as a string": Row(config_tasks_string, 1, "'policydistill.tasks' must be a list"),
     "config.json is a folder": Row(config_is_a_folder, 1, "is a folder, not a file"),
     "model.safetensors is a FIFO": Row(weights_fifo, 1, "is a FIFO (named pipe), not a file"),
-    "boolean weights": Row(boolean_weights, 1, "is bool in the file but the model holds float32 (boolean tensors are never cast"),
+    "boolean weights": Row(
+        boolean_weights, 1, "is bool in the file but the model holds float32 (boolean tensors are never cast"
+    ),
     "integer weights": Row(integer_weights, 1, "is int64 in the file but the model holds float32"),
     "NaN in the normaliser (distill)": Row(nan_normaliser_distill, 1, "normalizer.action_scale (1 of 4 values)"),
     "NaN in the normaliser (eval)": Row(nan_normaliser_eval, 1, "normalizer.action_scale (1 of 4 values)"),
@@ -476,7 +517,9 @@ CHECKPOINT_ROWS = {
     "inf in a weight": Row(inf_weight, 1, "holds NaN or inf in 1 tensor(s): action_out_proj.weight"),
     "policy whose actions overflow (export)": Row(overflowing_policy_export, 1, "itself returns NaN or inf actions"),
     "policy whose actions overflow (eval)": Row(overflowing_policy_eval, 1, "returned NaN or inf actions"),
-    "policy whose actions overflow (latency)": Row(overflowing_policy_latency, 1, "its deadline-miss rate is not a measurement"),
+    "policy whose actions overflow (latency)": Row(
+        overflowing_policy_latency, 1, "its deadline-miss rate is not a measurement"
+    ),
     "--json is a folder (latency)": Row(json_is_a_folder_latency, 2, "is a folder; give a file name"),
     "--json is a folder (eval)": Row(json_is_a_folder_eval, 2, "is a folder; give a file name"),
     "--device cuda without CUDA": Row(cuda_without_cuda, 2, "no usable CUDA GPU"),
@@ -484,15 +527,19 @@ CHECKPOINT_ROWS = {
     "model option of the wrong type": Row(model_option_wrong_type, 1, "vlm_width must be an integer"),
     "method option of the wrong type": Row(method_option_wrong_type, 1, "fm_fraction must be a number"),
     "eval --n-action-steps above the chunk": Row(eval_n_action_steps_above_chunk, 1, "exceeds the policy's chunk"),
-    "mistyped method option (media)": Row(media_method_option_typo, 1, "method 'snapflow' has no option(s) "
-                                          "['fm_fractoin']"),
+    "mistyped method option (media)": Row(
+        media_method_option_typo, 1, "method 'snapflow' has no option(s) ['fm_fractoin']"
+    ),
 }
 ROWS.update(CHECKPOINT_ROWS)
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -512,8 +559,9 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("name", list(ROWS))
-def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     row = ROWS[name]
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -531,13 +579,19 @@ def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     if code == 1:
         assert len(lines) == 1 or "\n\n" not in text.strip(), text  # one paragraph
         assert "looks like a bug" not in text
-    RESULTS[name] = {"command": "policydistill " + " ".join(_short(a, tmp_path) for a in args),
-                     "exit": str(code), "error": " ".join(t for t in (_short(ln, tmp_path) for ln in lines) if t)}
+    RESULTS[name] = {
+        "command": "policydistill " + " ".join(_short(a, tmp_path) for a in args),
+        "exit": str(code),
+        "error": " ".join(t for t in (_short(ln, tmp_path) for ln in lines) if t),
+    }
     if os.environ.get("PD_WRITE_BAD_INPUTS"):
         out = Path(os.environ["PD_WRITE_BAD_INPUTS"])
         data = json.loads(out.read_text()) if out.exists() else {}
-        data[name] = {**RESULTS[name], "test": f"tests/test_hostile_inputs.py::test_bad_input[{name}]",
-                      "section": "checkpoints, configs and messages" if name in CHECKPOINT_ROWS else "bad inputs"}
+        data[name] = {
+            **RESULTS[name],
+            "test": f"tests/test_hostile_inputs.py::test_bad_input[{name}]",
+            "section": "checkpoints, configs and messages" if name in CHECKPOINT_ROWS else "bad inputs",
+        }
         out.write_text(json.dumps(data, indent=1))
 
 
@@ -560,8 +614,9 @@ def _short(text: str, tmp: Path) -> str:
     return text.replace(str(tmp / "inputs"), "IN").replace(str(tmp / "out"), "OUT").replace(str(tmp), "TMP")
 
 
-def test_debug_flag_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_debug_flag_shows_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = truncated_safetensors(tmp_path)
     monkeypatch.setattr(sys, "argv", ["policydistill", *args, "--debug"])
     from policydistill.checkpoint import CheckpointError
@@ -572,8 +627,12 @@ def test_debug_flag_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.Monk
 
 # --------------------------------------------------------------------------- config parsing fuzz
 
-@settings(max_examples=int(os.environ.get("PD_FUZZ_EXAMPLES", "60")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+@settings(
+    max_examples=int(os.environ.get("PD_FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(items=st.lists(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20), max_size=4))
 def test_fuzz_option_parsing_raises_only_user_errors(items: list[str]) -> None:
     """--option values: either parsed into a dict of the given keys, or a BadParameter/ValueError
@@ -602,12 +661,18 @@ def test_fuzz_option_parsing_raises_only_user_errors(items: list[str]) -> None:
         pass
 
 
-@settings(max_examples=int(os.environ.get("PD_FUZZ_EXAMPLES", "40")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(flag=st.sampled_from(["--steps", "--iters", "--episodes", "--workers", "--threads", "--micro-batches"]),
-       value=st.one_of(st.integers(-10**6, 0).map(str), st.text(max_size=8)))
-def test_fuzz_numeric_flags_are_usage_errors(flag: str, value: str, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+@settings(
+    max_examples=int(os.environ.get("PD_FUZZ_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    flag=st.sampled_from(["--steps", "--iters", "--episodes", "--workers", "--threads", "--micro-batches"]),
+    value=st.one_of(st.integers(-(10**6), 0).map(str), st.text(max_size=8)),
+)
+def test_fuzz_numeric_flags_are_usage_errors(
+    flag: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Out-of-range or non-numeric values of distill's numeric flags stop in the option parser
     (exit 2, no traceback) — before any file is read."""
     try:
@@ -621,13 +686,13 @@ def test_fuzz_numeric_flags_are_usage_errors(flag: str, value: str, monkeypatch:
     assert "Traceback" not in text
 
 
-
 # =========================================================================== generated sweep
 # Broken inputs generated from real ones: every field of a checkpoint's config.json and of a
 # LeRobot dataset's meta/info.json mutated in type, sign and size (and set to null), every file
 # truncated, emptied, removed, replaced by a folder or by a FIFO. Each must end in an error
 # paragraph: non-zero exit, no "looks like a bug", no traceback, inputs unchanged. The default run
 # takes a representative subset (every kind of mutation, every file); the rest is marked slow.
+
 
 def _mutations(value: object) -> dict[str, object]:
     """Mutations of one JSON value by what it is: wrong type, flipped sign, absurd size, null."""
@@ -636,8 +701,13 @@ def _mutations(value: object) -> dict[str, object]:
     if isinstance(value, int):
         return {"type": str(value), "sign": -value if value else -1, "size": 10**15, "null": None}
     if isinstance(value, float):
-        return {"type": "small", "sign": -value if value else -1.0, "size": float("inf"), "nan": float("nan"),
-                "null": None}
+        return {
+            "type": "small",
+            "sign": -value if value else -1.0,
+            "size": float("inf"),
+            "nan": float("nan"),
+            "null": None,
+        }
     if isinstance(value, str):
         return {"type": 7, "value": f"no-such-{value}", "null": None}
     if isinstance(value, list):
@@ -649,8 +719,13 @@ def _mutations(value: object) -> dict[str, object]:
 
 #: mutations that describe a valid file: the ``policydistill`` record of a checkpoint is
 #: provenance (null or no tasks = not recorded, as in a lerobot folder; role is free text)
-_VALID_MUTATIONS = {("policydistill", "null"), ("policydistill/tasks", "null"), ("policydistill/tasks", "size"),
-                    ("policydistill/role", "value"), ("policydistill/role", "null")}
+_VALID_MUTATIONS = {
+    ("policydistill", "null"),
+    ("policydistill/tasks", "null"),
+    ("policydistill/tasks", "size"),
+    ("policydistill/role", "value"),
+    ("policydistill/role", "null"),
+}
 
 
 def _fields(obj: dict, prefix: tuple[str, ...] = (), depth: int = 1) -> Iterator[tuple[tuple[str, ...], object]]:
@@ -691,8 +766,14 @@ def _dataset_info() -> dict:
         return json.loads((_lerobot(Path(tmp) / "data") / "meta" / "info.json").read_text())
 
 
-_DATASET_FILES = ("meta/info.json", "meta/stats.json", "meta/tasks.parquet", "meta/policydistill.json",
-                  "meta/episodes/chunk-000/file-000.parquet", DATA)
+_DATASET_FILES = (
+    "meta/info.json",
+    "meta/stats.json",
+    "meta/tasks.parquet",
+    "meta/policydistill.json",
+    "meta/episodes/chunk-000/file-000.parquet",
+    DATA,
+)
 _FILE_BREAKS = ("truncated", "emptied", "removed", "a folder", "a FIFO")
 
 
@@ -712,25 +793,31 @@ def _break_file(path: Path, how: str) -> None:
 #: absurd fps, an unknown dtype for state/action/cameras, a camera feature that is not an object
 #: (the camera is then silently dropped), an absurd image shape. Strict: each starts failing
 #: (XPASS) the moment the reader refuses it, and is then removed from this list.
-_READER_GAPS = {f"dataset info.json {p} {k}" for p, ks in {
-    "fps": ("type", "size"),
-    "features/observation.state/dtype": ("type", "value", "null"),
-    "features/action/dtype": ("type", "value", "null"),
-    "features/observation.images.corner2": ("type", "null"),
-    "features/observation.images.corner2/dtype": ("type", "value", "null"),
-    "features/observation.images.corner2/shape": ("size",),
-    "features/observation.images.wrist": ("type", "null"),
-    "features/observation.images.wrist/dtype": ("type", "value", "null"),
-    "features/observation.images.wrist/shape": ("size",),
-}.items() for k in ks}
+_READER_GAPS = {
+    f"dataset info.json {p} {k}"
+    for p, ks in {
+        "fps": ("type", "size"),
+        "features/observation.state/dtype": ("type", "value", "null"),
+        "features/action/dtype": ("type", "value", "null"),
+        "features/observation.images.corner2": ("type", "null"),
+        "features/observation.images.corner2/dtype": ("type", "value", "null"),
+        "features/observation.images.corner2/shape": ("size",),
+        "features/observation.images.wrist": ("type", "null"),
+        "features/observation.images.wrist/dtype": ("type", "value", "null"),
+        "features/observation.images.wrist/shape": ("size",),
+    }.items()
+    for k in ks
+}
 
 
 def _sweep_cases() -> list:
     """(id, target, mutate) for every generated case, each marked slow unless representative."""
     cases = []
     seen_kinds: set[tuple[str, str]] = set()
-    for target, doc, first_level in (("checkpoint", _checkpoint_config(), "config.json"),
-                                     ("dataset", _dataset_info(), "info.json")):
+    for target, doc, first_level in (
+        ("checkpoint", _checkpoint_config(), "config.json"),
+        ("dataset", _dataset_info(), "info.json"),
+    ):
         for keys, value in _fields(doc, depth=1 if target == "checkpoint" else 2):
             path = "/".join(keys)
             for kind, new in _mutations(value).items():
@@ -740,23 +827,40 @@ def _sweep_cases() -> list:
                 # representative: the first field of each JSON type per mutation kind, and every
                 # mutation of the fields a loader must use (sizes, dims, shapes, paths, fps, tasks)
                 key = (target + type(value).__name__, kind)
-                core = path in ("chunk_size", "n_action_steps", "rms_eps", "cameras", "architecture", "fps",
-                                "features/action/shape", "data_path", "total_episodes", "policydistill/tasks")
+                core = path in (
+                    "chunk_size",
+                    "n_action_steps",
+                    "rms_eps",
+                    "cameras",
+                    "architecture",
+                    "fps",
+                    "features/action/shape",
+                    "data_path",
+                    "total_episodes",
+                    "policydistill/tasks",
+                )
                 fast = key not in seen_kinds or core
                 seen_kinds.add(key)
                 marks = [] if fast else [pytest.mark.slow]
                 if case[0] in _READER_GAPS:
-                    marks.append(pytest.mark.xfail(strict=True, reason="the LeRobot reader does not validate this "
-                                                                       "info.json field yet"))
+                    marks.append(
+                        pytest.mark.xfail(
+                            strict=True, reason="the LeRobot reader does not validate this info.json field yet"
+                        )
+                    )
                 cases.append(pytest.param(*case, id=case[0], marks=marks))
     for name in ("config.json", "model.safetensors"):
         for how in _FILE_BREAKS:
-            cases.append(pytest.param(f"checkpoint {name} {how}", "checkpoint", ("file", name, how),
-                                      id=f"checkpoint {name} {how}"))
+            cases.append(
+                pytest.param(
+                    f"checkpoint {name} {how}", "checkpoint", ("file", name, how), id=f"checkpoint {name} {how}"
+                )
+            )
     for name in _DATASET_FILES:
         for how in _FILE_BREAKS:
-            cases.append(pytest.param(f"dataset {name} {how}", "dataset", ("file", name, how),
-                                      id=f"dataset {name} {how}"))
+            cases.append(
+                pytest.param(f"dataset {name} {how}", "dataset", ("file", name, how), id=f"dataset {name} {how}")
+            )
     return cases
 
 
@@ -764,9 +868,21 @@ def _sweep_cases() -> list:
 #: counts, splits and the bookkeeping columns from the parquet files themselves) and the optional
 #: meta files (statistics are recomputed, policydistill.json holds extras). Changing them must not
 #: crash or touch anything, but may be accepted.
-_INFORMATIONAL = ("robot_type", "total_frames", "total_tasks", "total_episodes", "chunks_size", "data_files_size_in_mb",
-                  "video_files_size_in_mb", "splits", "features/timestamp", "features/frame_index",
-                  "features/episode_index", "features/index", "features/task_index")
+_INFORMATIONAL = (
+    "robot_type",
+    "total_frames",
+    "total_tasks",
+    "total_episodes",
+    "chunks_size",
+    "data_files_size_in_mb",
+    "video_files_size_in_mb",
+    "splits",
+    "features/timestamp",
+    "features/frame_index",
+    "features/episode_index",
+    "features/index",
+    "features/task_index",
+)
 _OPTIONAL_FILES = ("meta/stats.json", "meta/policydistill.json")
 
 
@@ -792,9 +908,16 @@ def _apply_case(root: Path, doc_name: str, change: tuple) -> None:
 
 
 @pytest.mark.parametrize("case_id,target,change", _sweep_cases())
-def test_generated_broken_input(case_id: str, target: str, change: tuple, tiny_checkpoint: Path, tiny_dataset: Path,
-                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_generated_broken_input(
+    case_id: str,
+    target: str,
+    change: tuple,
+    tiny_checkpoint: Path,
+    tiny_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import shutil
 
     inputs = tmp_path / "inputs"
@@ -805,7 +928,18 @@ def test_generated_broken_input(case_id: str, target: str, change: tuple, tiny_c
     else:
         folder = Path(shutil.copytree(tiny_dataset, inputs / "data"))
         _apply_case(folder, "meta/info.json", change)
-        args = ["train", "pi0", "--preset", "tiny", "--data", str(folder), "--steps", "1", "--out", str(tmp_path / "out")]
+        args = [
+            "train",
+            "pi0",
+            "--preset",
+            "tiny",
+            "--data",
+            str(folder),
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ]
     before = _snapshot(inputs)
     with _time_limit(120):
         code, text = run_cli(args, monkeypatch, capsys)

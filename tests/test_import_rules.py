@@ -11,8 +11,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # where each installed package lives in the checkout (setuptools package-dir)
-ROOTS = {"policydistill": REPO / "policydistill", "policydistill.envs": REPO / "envs",
-         "policydistill.robots": REPO / "robots", "policydistill.cli": REPO / "cli"}
+ROOTS = {
+    "policydistill": REPO / "policydistill",
+    "policydistill.envs": REPO / "envs",
+    "policydistill.robots": REPO / "robots",
+    "policydistill.cli": REPO / "cli",
+}
 
 
 def _modules(package: str) -> dict[str, Path]:
@@ -77,8 +81,9 @@ def test_data_imports_no_environment() -> None:
     assert _violations("policydistill.data", forbidden=("policydistill.envs", "policydistill.robots")) == []
 
 
-@pytest.mark.parametrize("package", ["policydistill.core", "policydistill.methods", "policydistill.train",
-                                     "policydistill.data"])
+@pytest.mark.parametrize(
+    "package", ["policydistill.core", "policydistill.methods", "policydistill.train", "policydistill.data"]
+)
 def test_the_checker_sees_each_package(package: str) -> None:
     modules = _modules(package)
     assert len(modules) >= 3 and all(path.exists() for path in modules.values())
@@ -88,5 +93,8 @@ def test_the_checker_resolves_relative_and_lazy_imports(tmp_path: Path) -> None:
     src = tmp_path / "m.py"
     src.write_text("from ..envs import make\ndef f():\n    from ..core.flowmap import FlowBatch\n")
     assert _imports("policydistill.data.m", src) == {
-        "policydistill.envs", "policydistill.envs.make", "policydistill.core.flowmap",
-        "policydistill.core.flowmap.FlowBatch"}
+        "policydistill.envs",
+        "policydistill.envs.make",
+        "policydistill.core.flowmap",
+        "policydistill.core.flowmap.FlowBatch",
+    }

@@ -16,8 +16,9 @@ from policydistill.policies.pi0.model import Pi0Policy
 
 def _tiny_pi0(folder, seed):
     torch.manual_seed(seed)
-    policy = Pi0Policy.from_preset("tiny", image_size=32, state_dim=21, max_state_dim=24, action_dim=4,
-                                   max_action_dim=4)
+    policy = Pi0Policy.from_preset(
+        "tiny", image_size=32, state_dim=21, max_state_dim=24, action_dim=4, max_action_dim=4
+    )
     save_model(folder, policy, extra={"role": "teacher", "tasks": ["metaworld/reach-wall-v3"]})
     return folder
 
@@ -26,8 +27,9 @@ def test_measure_checkpoints_times_each_variant_and_writes_json_and_plot(tmp_pat
     a, b = _tiny_pi0(tmp_path / "teacher", 0), _tiny_pi0(tmp_path / "student", 1)
     out = tmp_path / "lat" / "latency.json"
     out.parent.mkdir()
-    report = measure_checkpoints([a, b], nfes=[2, 1], hz=4.0, seconds=0.5, repeats=2, json_out=out,
-                                 task="metaworld/reach-wall-v3")
+    report = measure_checkpoints(
+        [a, b], nfes=[2, 1], hz=4.0, seconds=0.5, repeats=2, json_out=out, task="metaworld/reach-wall-v3"
+    )
     assert [r.name for r in report.results] == ["teacher@2", "teacher@1", "student@2", "student@1"]
     assert [r.nfe for r in report.results] == [2, 1, 2, 1]
     for r in report.results:

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 from policydistill.checkpoint import CheckpointError, load_model, save_model
 from policydistill.core.flowmap import student_from_teacher
+from policydistill.core.normalize import Normalizer
 from policydistill.data import LeRobotV3Dataset
 from policydistill.pipeline.teacher_io import load_teacher, resolve_data
-from policydistill.core.normalize import Normalizer
 from policydistill.policies.hub import HubNotCached, resolve
 from policydistill.policies.lerobot_io import read_lerobot_folder
 from policydistill.policies.pi0.model import Pi0Policy
@@ -55,8 +55,12 @@ def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def observation(ref: dict) -> dict:
-    return {"observation.images.base": ref["in.image.base"], "observation.images.wrist": ref["in.image.wrist"],
-            "observation.state": ref["in.state"], "task": list(TASKS)}
+    return {
+        "observation.images.base": ref["in.image.base"],
+        "observation.images.wrist": ref["in.image.wrist"],
+        "observation.state": ref["in.state"],
+        "task": list(TASKS),
+    }
 
 
 def load(name: str, folder: Path | None = None, **kw):
@@ -96,15 +100,23 @@ def test_state_prompt_detection_recording_and_old_checkpoints(tmp_path: Path, hf
     folder = tmp_path / "pi05"
     shutil.copytree(HERE / "pi05", folder)
     meta = json.loads((folder / "reference.json").read_text())  # keep the sizes, drop the recorded version
-    (folder / "reference.json").write_text(json.dumps({k: meta[k] for k in ["architecture_overrides_NOT_in_config_json"]}))
+    (folder / "reference.json").write_text(
+        json.dumps({k: meta[k] for k in ["architecture_overrides_NOT_in_config_json"]})
+    )
     cfg = json.loads((folder / "config.json").read_text())
     assert "use_relative_actions" in cfg  # lerobot >= 0.5.1 wrote it: no doubt, no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load("pi05", folder).config.state_prompt == "raw"
     # a folder that does not tell (0.4.4 and 0.5.0 write the same fields): current behaviour + a warning
-    for key in ("use_relative_actions", "relative_exclude_joints", "action_feature_names", "pretrained_revision",
-                "use_visual_memory", "use_proprioceptive_memory"):
+    for key in (
+        "use_relative_actions",
+        "relative_exclude_joints",
+        "action_feature_names",
+        "pretrained_revision",
+        "use_visual_memory",
+        "use_proprioceptive_memory",
+    ):
         cfg.pop(key, None)
     (folder / "config.json").write_text(json.dumps(cfg))
     pre = json.loads((folder / "policy_preprocessor.json").read_text())
@@ -200,8 +212,9 @@ def lerobot_normalize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, eps: 
     return 2 * (x - lo) / denom - 1
 
 
-@pytest.mark.parametrize("mode,keys", [("QUANTILES", ("q01", "q99")), ("QUANTILE10", ("q10", "q90")),
-                                       ("MIN_MAX", ("min", "max"))])
+@pytest.mark.parametrize(
+    "mode,keys", [("QUANTILES", ("q01", "q99")), ("QUANTILE10", ("q10", "q90")), ("MIN_MAX", ("min", "max"))]
+)
 def test_range_modes_and_equal_bounds_as_lerobot(mode: str, keys: tuple[str, str]) -> None:
     lo = torch.tensor([-1.0, 0.5, 0.25, -3.0])
     hi = torch.tensor([1.0, 0.5, 0.75, -3.0])  # dims 1 and 3: equal bounds (a constant joint)
@@ -213,7 +226,9 @@ def test_range_modes_and_equal_bounds_as_lerobot(mode: str, keys: tuple[str, str
     assert torch.allclose(got, expect, rtol=1e-5, atol=1e-5)
     assert got[0, 1] == -1 and got[0, 3] == -1  # exactly on the constant: −1, as lerobot
     y = torch.tensor([[-1.0, -1.0, 0.2, 0.7]])
-    assert torch.allclose(norm.unnormalize("state", y), (y + 1) * torch.where(hi == lo, torch.tensor(1e-8), hi - lo) / 2 + lo)
+    assert torch.allclose(
+        norm.unnormalize("state", y), (y + 1) * torch.where(hi == lo, torch.tensor(1e-8), hi - lo) / 2 + lo
+    )
     stats = norm.stats("state", mode)  # what an export writes gives the same map back
     again = Normalizer({"state": 4, "action": 4})
     again.set("state", stats, mode)
@@ -301,8 +316,11 @@ def test_one_step_student_folds_exactly_into_lerobot_weights(name: str, tmp_path
     assert lr_cfg["num_steps" if name == "smolvla" else "num_inference_steps"] == 1
     if name != "smolvla":
         assert (out / "tokenizer" / "tokenizer.json").is_file()  # the tokenizer travels inside the folder
-        tok = next(s for s in json.loads((out / "policy_preprocessor.json").read_text())["steps"]
-                   if s["registry_name"] == "tokenizer_processor")
+        tok = next(
+            s
+            for s in json.loads((out / "policy_preprocessor.json").read_text())["steps"]
+            if s["registry_name"] == "tokenizer_processor"
+        )
         assert tok["artifacts"] == {"tokenizer_name": "tokenizer"}
     # tiny SigLIP: its head count is not in any shape (the fixture builder recorded it)
     exported = load(name, out, **({} if name == "smolvla" else {"overrides": {"vision_heads": 2}}))
@@ -347,10 +365,23 @@ def test_distill_writes_the_lerobot_folder_with_a_model_card(tmp_path: Path, hf_
     with torch.no_grad():
         torch.nn.init.normal_(student.target_time.fc2.weight, std=0.5)
     student.config.num_inference_steps, student.config.sampling_mode = 1, "flowmap"
-    row = {"label": "snapflow@1", "nfe": 1, "success_rate": 0.5, "action_mse": 0.1, "teacher_chunk_distance": 0.2,
-           "latency_ms": {"denoise_p50": 1.5}}
-    report = {"method": "snapflow", "steps": 1, "command": "policydistill distill pi0 ...", "variants": [row],
-              "denoise_speedup": 9.0, "e2e_speedup": 3.0, "tasks": ["metaworld/push-v3"]}
+    row = {
+        "label": "snapflow@1",
+        "nfe": 1,
+        "success_rate": 0.5,
+        "action_mse": 0.1,
+        "teacher_chunk_distance": 0.2,
+        "latency_ms": {"denoise_p50": 1.5},
+    }
+    report = {
+        "method": "snapflow",
+        "steps": 1,
+        "command": "policydistill distill pi0 ...",
+        "variants": [row],
+        "denoise_speedup": 9.0,
+        "e2e_speedup": 3.0,
+        "tasks": ["metaworld/push-v3"],
+    }
     done = export_lerobot_student(student, HERE / "pi05", tmp_path, report)
     assert done == {"written": True, "path": str(tmp_path / "student_lerobot")}
     card = (tmp_path / "student_lerobot" / "README.md").read_text()
@@ -373,7 +404,10 @@ def test_peft_adapter_only_folder_says_merge_first(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["pi0", "smolvla"])
 def test_export_rename_map_feeds_lerobot_env_camera_names(name: str, tmp_path: Path, hf_home: Path) -> None:
-    rename = {"observation.images.image": "observation.images.base", "observation.images.image2": "observation.images.wrist"}
+    rename = {
+        "observation.images.image": "observation.images.base",
+        "observation.images.image2": "observation.images.wrist",
+    }
     out = load(name).to_lerobot(tmp_path / name, rename_map=rename)
     step = json.loads((out / "policy_preprocessor.json").read_text())["steps"][0]
     assert step["registry_name"] == "rename_observations_processor" and step["config"]["rename_map"] == rename

@@ -67,13 +67,19 @@ pytestmark = pytest.mark.skipif(not LEROBOT_PYTHONS, reason="set PD_LEROBOT_PYTH
 
 
 def lerobot_version(python: str, package: str = "lerobot") -> str:
-    out = subprocess.run([python, "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [python, "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return out.stdout.strip() or "unknown"
+
+
 HERE = Path(__file__).resolve().parent / "fixtures" / "lerobot_current"
 TASKS = ["pick the cube", "push_block to the goal\n"]
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, shutil, sys
     from pathlib import Path
     import torch
@@ -137,21 +143,38 @@ SCRIPT = textwrap.dedent('''
     import importlib.metadata as ilm
     save_file({"actions": actions.contiguous(), "tokens": batch["observation.language.tokens"].contiguous()}, out)
     print(json.dumps({"lerobot": ilm.version("lerobot"), "steps": steps}))
-''')
+""")
 
 
-def run_in_lerobot(folder: Path, obs: dict, noise: torch.Tensor, tasks: list[str], tmp_path: Path,
-                   home: Path, python: str | None = None) -> tuple[dict, dict]:
+def run_in_lerobot(
+    folder: Path,
+    obs: dict,
+    noise: torch.Tensor,
+    tasks: list[str],
+    tmp_path: Path,
+    home: Path,
+    python: str | None = None,
+) -> tuple[dict, dict]:
     """lerobot's preprocessor → predict_action_chunk(noise) → postprocessor on ``folder``, in PD_LEROBOT_PYTHON."""
     refs = tmp_path / "lerobot_inputs.safetensors"
     save_file({**{k: v.contiguous() for k, v in obs.items()}, "noise": noise.contiguous()}, str(refs))
     out = tmp_path / "lerobot_actions.safetensors"
     script = tmp_path / "run_lerobot.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "HF_HOME": str(home)}
-    proc = subprocess.run([python or LEROBOT_PYTHON, str(script), str(folder), str(out), str(refs), json.dumps(tasks)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(home),
+    }
+    proc = subprocess.run(
+        [python or LEROBOT_PYTHON, str(script), str(folder), str(out), str(refs), json.dumps(tasks)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), load_file(str(out))
 
@@ -164,8 +187,12 @@ class Windows:
 
     def sample(self, batch_size: int, generator: torch.Generator):
         b = self.ref["in.state"].shape[0]
-        obs = {"observation.images.base": self.ref["in.image.base"], "observation.images.wrist": self.ref["in.image.wrist"],
-               "observation.state": self.ref["in.state"], "task": list(TASKS)}
+        obs = {
+            "observation.images.base": self.ref["in.image.base"],
+            "observation.images.wrist": self.ref["in.image.wrist"],
+            "observation.state": self.ref["in.state"],
+            "task": list(TASKS),
+        }
         chunk, dim = self.policy.config.chunk_size, self.policy.config.action_dim
         action = torch.randn(b, chunk, dim, generator=generator) * 0.3 + self.ref["in.state"][:, None, :dim]
         return self.policy.make_flow_batch({**obs, "action": action})
@@ -173,8 +200,9 @@ class Windows:
 
 @pytest.mark.parametrize("python", LEROBOT_PYTHONS or ["none"])
 @pytest.mark.parametrize("name", ["pi0", "pi05", "smolvla"])
-def test_exported_one_step_student_runs_identically_in_lerobot(name: str, python: str, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exported_one_step_student_runs_identically_in_lerobot(
+    name: str, python: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = tmp_path / "hf"  # PaliGemma's id in a temporary cache (the fixtures' tiny tokenizer)
     snap = home / "hub" / "models--google--paligemma-3b-pt-224" / "snapshots" / ("0" * 40)
     shutil.copytree(HERE / "pi0" / "tokenizer", snap)
@@ -192,29 +220,45 @@ def test_exported_one_step_student_runs_identically_in_lerobot(name: str, python
         overrides = {"state_prompt": "padded"}
     elif old and name == "smolvla":  # SigLIP patch positions follow that interpreter's transformers
         hf = lerobot_version(python, "transformers")
-        overrides = {"vision_positions": "identity" if hf.startswith(("4.4", "4.50", "4.51", "4.52", "4.53"))
-                     else "hf457"}
+        overrides = {
+            "vision_positions": "identity" if hf.startswith(("4.4", "4.50", "4.51", "4.52", "4.53")) else "hf457"
+        }
     teacher = (SmolVLA if name == "smolvla" else Pi0Policy).from_lerobot(HERE / name, overrides=overrides).eval()
     if old:
         teacher.config.relative_action_mask = None
     method = make_method("snapflow")
     torch.manual_seed(0)
     student = make_student(teacher, method.sampling, 1)
-    result = train(student, method, Windows(student, ref), TrainConfig(steps=3, batch_size=2, lr=1e-3, progress=False),
-                   teacher=teacher)
+    result = train(
+        student,
+        method,
+        Windows(student, ref),
+        TrainConfig(steps=3, batch_size=2, lr=1e-3, progress=False),
+        teacher=teacher,
+    )
     student = method.sampling_model(result.model).eval()
     assert float(student.target_time.fc2.weight.detach().abs().max()) > 0  # a trained target-time branch to fold
-    obs = {"observation.images.base": ref["in.image.base"], "observation.images.wrist": ref["in.image.wrist"],
-           "observation.state": ref["in.state"], "task": list(TASKS)}
+    obs = {
+        "observation.images.base": ref["in.image.base"],
+        "observation.images.wrist": ref["in.image.wrist"],
+        "observation.state": ref["in.state"],
+        "task": list(TASKS),
+    }
     ours = student.sample_actions(obs, noise=ref["in.noise"])
-    folder = (student.to_lerobot(tmp_path / f"{name}_student", allow_padded_state_prompt=True) if name == "pi05"
-              else student.to_lerobot(tmp_path / f"{name}_student"))
-    info, theirs = run_in_lerobot(folder, {k: v for k, v in obs.items() if k != "task"}, ref["in.noise"], TASKS,
-                                  tmp_path, home, python)
+    folder = (
+        student.to_lerobot(tmp_path / f"{name}_student", allow_padded_state_prompt=True)
+        if name == "pi05"
+        else student.to_lerobot(tmp_path / f"{name}_student")
+    )
+    info, theirs = run_in_lerobot(
+        folder, {k: v for k, v in obs.items() if k != "task"}, ref["in.noise"], TASKS, tmp_path, home, python
+    )
     diff = float((theirs["actions"] - ours).abs().max())
     naive = float((theirs["actions"] - teacher.sample_actions(obs, steps=1, noise=ref["in.noise"])).abs().max())
-    print(f"{name}: lerobot {info['lerobot']}, {info['steps']} step, max |lerobot - ours| = {diff:.2e} "
-          f"(the teacher's own 1-step chunk differs by {naive:.2e})")
+    print(
+        f"{name}: lerobot {info['lerobot']}, {info['steps']} step, max |lerobot - ours| = {diff:.2e} "
+        f"(the teacher's own 1-step chunk differs by {naive:.2e})"
+    )
     assert info["steps"] == 1
     assert diff <= 1e-5 < naive
 
@@ -226,9 +270,27 @@ def test_cli_distill_of_a_lerobot_06_pi05_folder_reproduces_in_lerobot(tmp_path:
     teacher_dir = HERE / "pi05_metaworld"
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MUJOCO_GL": "egl", "OPENBLAS_NUM_THREADS": "1"}
-    cmd = [str(Path(os.sys.executable).parent / "policydistill"), "distill", "pi0", "--checkpoint", str(teacher_dir),
-           "--tokenizer", str(teacher_dir / "tokenizer"), "--task", "metaworld/push-v3", "-m", "snapflow", "--steps", "1",
-           "--preset", "tiny", "--threads", "1", "--out", str(out)]
+    cmd = [
+        str(Path(os.sys.executable).parent / "policydistill"),
+        "distill",
+        "pi0",
+        "--checkpoint",
+        str(teacher_dir),
+        "--tokenizer",
+        str(teacher_dir / "tokenizer"),
+        "--task",
+        "metaworld/push-v3",
+        "-m",
+        "snapflow",
+        "--steps",
+        "1",
+        "--preset",
+        "tiny",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
@@ -238,8 +300,10 @@ def test_cli_distill_of_a_lerobot_06_pi05_folder_reproduces_in_lerobot(tmp_path:
     assert "snapflow" in card and str(teacher_dir) in card and "| snapflow@1 | 1 |" in card
     student = Pi0Policy.from_lerobot(folder).eval()  # our own reading (policydistill.json) of the export
     g = torch.Generator().manual_seed(3)
-    obs = {"observation.images.corner2": torch.rand(2, 3, 32, 32, generator=g),
-           "observation.state": torch.randn(2, 21, generator=g)}
+    obs = {
+        "observation.images.corner2": torch.rand(2, 3, 32, 32, generator=g),
+        "observation.state": torch.randn(2, 21, generator=g),
+    }
     noise = torch.randn(2, student.config.chunk_size, student.config.max_action_dim, generator=g)
     tasks = ["push the puck to the goal", "push the puck to the goal"]
     ours = student.sample_actions({**obs, "task": tasks}, noise=noise)

@@ -37,13 +37,16 @@ def test_registration_without_importing_libero() -> None:
     ids = envs.registered_ids()
     for suite in LIBERO_SUITES.values():
         assert f"libero/{suite.name}-v0" in ids
-        assert envs.expand(f"libero/{suite.name}") == [
-            f"libero/{suite.name}-task{i}-v0" for i in range(suite.n_tasks)
-        ]
+        assert envs.expand(f"libero/{suite.name}") == [f"libero/{suite.name}-task{i}-v0" for i in range(suite.n_tasks)]
     assert len([i for i in ids if i.startswith("libero/") and "-task" in i]) == 130
     limits = {s.name: s.max_episode_steps for s in LIBERO_SUITES.values()}
-    assert limits == {"libero_spatial": 280, "libero_object": 280, "libero_goal": 300,
-                      "libero_10": 520, "libero_90": 400}
+    assert limits == {
+        "libero_spatial": 280,
+        "libero_object": 280,
+        "libero_goal": 300,
+        "libero_10": 520,
+        "libero_90": 400,
+    }
 
 
 def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,12 +55,15 @@ def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch
         LiberoEnv("libero_spatial", 0)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"suite": "libero_100"}, "unknown LIBERO suite"),
-    ({"suite": "libero_10", "task_id": 10}, r"task_id must be an int in \[0, 10\)"),
-    ({"image_size": 8}, "image_size"),
-    ({"max_steps": 0}, "max_episode_steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"suite": "libero_100"}, "unknown LIBERO suite"),
+        ({"suite": "libero_10", "task_id": 10}, r"task_id must be an int in \[0, 10\)"),
+        ({"image_size": 8}, "image_size"),
+        ({"max_steps": 0}, "max_episode_steps"),
+    ],
+)
 def test_bad_arguments_fail_before_any_import(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         LiberoEnv(**kwargs)
@@ -90,8 +96,10 @@ def test_every_suite_has_its_tasks_init_states_and_bddl_files() -> None:
 def test_task_instructions_without_a_simulator() -> None:
     texts = libero_env.task_instructions()
     assert len(texts) == 130 and all(t.strip() for t in texts.values())
-    assert texts["libero/libero_spatial-task0-v0"] == \
-        "pick up the black bowl between the plate and the ramekin and place it on the plate"
+    assert (
+        texts["libero/libero_spatial-task0-v0"]
+        == "pick up the black bowl between the plate and the ramekin and place it on the plate"
+    )
     assert set(libero_env.task_instructions("libero_10")) == set(envs.expand("libero/libero_10"))
 
 
@@ -108,8 +116,11 @@ def test_reset_observation_and_info(env) -> None:
     # the two finger joints are mirrored, and the gripper was opened by the settle steps
     assert obs["agent_pos"][6] > 0.02 and np.isclose(obs["agent_pos"][6], -obs["agent_pos"][7], atol=1e-3)
     assert info["is_success"] is False and info["init_state_id"] == 0
-    assert info["task"] == base.task_description == \
-        "pick up the black bowl between the plate and the ramekin and place it on the plate"
+    assert (
+        info["task"]
+        == base.task_description
+        == "pick up the black bowl between the plate and the ramekin and place it on the plate"
+    )
     np.testing.assert_array_equal(env.render(), obs["pixels"]["agentview"])
     assert base.max_episode_steps == 30
 
@@ -120,7 +131,7 @@ def test_images_are_upright(env) -> None:
     # flip the wooden table top fills the bottom of the frame and the (darker) wall the top.
     obs, _ = env.reset(seed=0)
     img = obs["pixels"]["agentview"].astype(float)
-    assert img[-SIZE // 4:].mean() > img[: SIZE // 8].mean()
+    assert img[-SIZE // 4 :].mean() > img[: SIZE // 8].mean()
 
 
 @needs_libero
@@ -243,8 +254,15 @@ def test_random_policy_smoke_evaluation() -> None:
     (the path `policydistill eval` takes), with a short episode limit."""
     from policydistill.eval import EvalConfig, RandomPolicy, evaluate_policy
 
-    cfg = EvalConfig(tasks="libero/libero_spatial-task0-v0", episodes=2, workers=1, batch_size=1,
-                     image_size=SIZE, max_episode_steps=15, progress=False)
+    cfg = EvalConfig(
+        tasks="libero/libero_spatial-task0-v0",
+        episodes=2,
+        workers=1,
+        batch_size=1,
+        image_size=SIZE,
+        max_episode_steps=15,
+        progress=False,
+    )
     res = evaluate_policy(RandomPolicy(action_dim=7, seed=0), cfg)
     assert res["episodes"] == 2 and res["tasks"] == ["libero/libero_spatial-task0-v0"]
     assert 0.0 <= res["success_rate"] <= 1.0
@@ -262,9 +280,28 @@ def test_eval_command_random_policy_on_libero(tmp_path):
     import sys
 
     out = tmp_path / "eval.json"
-    proc = subprocess.run([sys.executable, "-m", "policydistill.cli", "eval", "random", "--task",
-                           "libero/libero_goal-task0-v0", "--episodes", "1", "--workers", "0", "--max-steps", "3",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "policydistill.cli",
+            "eval",
+            "random",
+            "--task",
+            "libero/libero_goal-task0-v0",
+            "--episodes",
+            "1",
+            "--workers",
+            "0",
+            "--max-steps",
+            "3",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
     assert '"episodes": 1' in text and "libero/libero_goal-task0-v0" in text, text[:500]

@@ -39,23 +39,32 @@ def test_library_creates_no_console_and_prints_nothing() -> None:
         tree = ast.parse(path.read_text(), filename=str(path))
         rel = path.relative_to(REPO)
         found += [f"{rel}:{line}: Console(...)" for line in _calls(tree, "Console")]
-        found += [f"{rel}:{line}: print(...)" for line in _calls(tree, "print")
-                  if not _is_method_print(tree, line)]
-    assert not found, "library code must log through logging (or print to a console its caller passes in):\n" + \
-        "\n".join(found)
+        found += [f"{rel}:{line}: print(...)" for line in _calls(tree, "print") if not _is_method_print(tree, line)]
+    assert not found, (
+        "library code must log through logging (or print to a console its caller passes in):\n" + "\n".join(found)
+    )
 
 
 def _is_method_print(tree: ast.AST, line: int) -> bool:
     """``console.print(...)`` on a console the caller passed in is allowed; the builtin is not."""
-    return any(isinstance(n, ast.Call) and n.lineno == line and isinstance(n.func, ast.Attribute)
-               and n.func.attr == "print" for n in ast.walk(tree))
+    return any(
+        isinstance(n, ast.Call) and n.lineno == line and isinstance(n.func, ast.Attribute) and n.func.attr == "print"
+        for n in ast.walk(tree)
+    )
 
 
 def test_a_library_message_reaches_logging(caplog: pytest.LogCaptureFixture) -> None:
     from policydistill.pipeline.distill import DistillConfig, Job
 
-    job = Job(teacher=None, teacher_dir=Path("t"), tasks=["metaworld/push-v3"], data_path=Path("d"),
-              train_set=None, val_set=None, episode_limit=123)
+    job = Job(
+        teacher=None,
+        teacher_dir=Path("t"),
+        tasks=["metaworld/push-v3"],
+        data_path=Path("d"),
+        train_set=None,
+        val_set=None,
+        episode_limit=123,
+    )
     with caplog.at_level(logging.INFO, logger="policydistill"):
         cfg = job.settle(DistillConfig(max_episode_steps=None))
     assert cfg.max_episode_steps == 123

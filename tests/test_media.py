@@ -18,13 +18,17 @@ from policydistill.zoo import build_model
 
 
 def _image_model() -> ImageDiT:
-    return ImageDiT(ImageDiTConfig(image_size=8, channels=1, patch=4, width=32, depth=1, heads=2, num_classes=3,
-                                   time_dim=16))
+    return ImageDiT(
+        ImageDiTConfig(image_size=8, channels=1, patch=4, width=32, depth=1, heads=2, num_classes=3, time_dim=16)
+    )
 
 
 def _video_model() -> VideoDiT:
-    return VideoDiT(VideoDiTConfig(frames=2, image_size=8, channels=3, patch=4, width=32, depth=1, heads=2,
-                                   num_classes=3, time_dim=16))
+    return VideoDiT(
+        VideoDiTConfig(
+            frames=2, image_size=8, channels=3, patch=4, width=32, depth=1, heads=2, num_classes=3, time_dim=16
+        )
+    )
 
 
 def _video_cond(b: int) -> dict:
@@ -61,8 +65,11 @@ def test_student_equals_teacher_and_config_roundtrip(kind, tmp_path):
     out = teacher(x, t, t, cond)
     assert out.shape == x.shape and out.abs().sum() > 0
     # the label changes the output (conditioning is wired)
-    other = (torch.tensor([1, 2, 0]) if kind == "image"
-             else {"first_frame": cond["first_frame"], "label": (cond["label"] + 1) % 3})
+    other = (
+        torch.tensor([1, 2, 0])
+        if kind == "image"
+        else {"first_frame": cond["first_frame"], "label": (cond["label"] + 1) % 3}
+    )
     assert not torch.allclose(teacher(x, t, t, other), out)
     # config.json → zoo.build_model → same function
     assert type(build_model(teacher.config_dict())) is type(teacher)

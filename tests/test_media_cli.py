@@ -13,16 +13,44 @@ pytestmark = pytest.mark.slow
 
 
 def test_media_distill_json(tmp_path):
-    result = CliRunner().invoke(app, ["media", "distill", "image-dit", "--method", "snapflow", "--steps", "2",
-                                      "--preset", "tiny", "--run-dir", str(tmp_path), "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "media",
+            "distill",
+            "image-dit",
+            "--method",
+            "snapflow",
+            "--steps",
+            "2",
+            "--preset",
+            "tiny",
+            "--run-dir",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output[result.output.index("{"):])
+    payload = json.loads(result.output[result.output.index("{") :])
     assert [m["nfe"] for m in payload["metrics"]] == [1, 2] and payload["sampling"] == "flowmap"
 
 
 def test_bench_media_tiny_writes_json_grid_and_clips(tmp_path):
-    result = CliRunner().invoke(app, ["bench", "media", "--preset", "tiny", "--methods", "snapflow,psd,lsd,meanflow",
-                                      "--out", str(tmp_path), "--markdown", str(tmp_path / "b.md")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "media",
+            "--preset",
+            "tiny",
+            "--methods",
+            "snapflow,psd,lsd,meanflow",
+            "--out",
+            str(tmp_path),
+            "--markdown",
+            str(tmp_path / "b.md"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "bench_media.json").read_text())
     assert [d["domain"] for d in data["domains"]] == ["image", "video"]
@@ -35,6 +63,8 @@ def test_bench_media_tiny_writes_json_grid_and_clips(tmp_path):
 
 
 def test_unknown_method_lists_the_valid_ones(tmp_path):
-    result = CliRunner().invoke(app, ["bench", "media", "--preset", "tiny", "--methods", "nope", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["bench", "media", "--preset", "tiny", "--methods", "nope", "--out", str(tmp_path)]
+    )
     assert result.exit_code != 0
     assert "snapflow" in str(result.exception) or "snapflow" in result.output

@@ -55,8 +55,18 @@ def teacher() -> MLPFlowMap:
 
 def test_every_registered_method_is_covered():
     # the ten shipped methods; a newly registered one is picked up by the parametrisation
-    expected = {"flow_matching", "snapflow", "shortcut", "meanflow", "lsd", "psd", "consistency_distillation",
-                "consistency_training", "progressive_distillation", "reflow"}
+    expected = {
+        "flow_matching",
+        "snapflow",
+        "shortcut",
+        "meanflow",
+        "lsd",
+        "psd",
+        "consistency_distillation",
+        "consistency_training",
+        "progressive_distillation",
+        "reflow",
+    }
     assert expected <= set(METHODS.names()), sorted(expected - set(METHODS.names()))
 
 
@@ -101,7 +111,9 @@ def test_method_contract(name, teacher, tmp_path):
     # 3b. the method's state (extra networks, buffers) round trips through the loop's checkpoint
     folder = tmp_path / "checkpoints" / f"step-{STEPS:08d}"
     state = json.loads((folder / "training_state.json").read_text())
-    restored_state = unflatten_state(state["skeleton"]["method"], read_safetensors(folder / "training_state.safetensors"))
+    restored_state = unflatten_state(
+        state["skeleton"]["method"], read_safetensors(folder / "training_state.safetensors")
+    )
     fresh = make_method(name)
     fresh.setup(tiny_model(seed + 1), teacher, STEPS)
     fresh.load_state_dict(restored_state)

@@ -56,14 +56,16 @@ def _actions():
 
 
 def _images():
-    cfg = ImageDiTConfig(image_size=8, channels=1, patch=4, width=32, depth=1, heads=2, num_classes=NUM_CLASSES,
-                         time_dim=16)
+    cfg = ImageDiTConfig(
+        image_size=8, channels=1, patch=4, width=32, depth=1, heads=2, num_classes=NUM_CLASSES, time_dim=16
+    )
     return ImageDiT(cfg), Images()
 
 
 def _video():
-    cfg = VideoDiTConfig(frames=2, image_size=8, channels=3, patch=4, width=32, depth=1, heads=2,
-                         num_classes=NUM_CLASSES, time_dim=16)
+    cfg = VideoDiTConfig(
+        frames=2, image_size=8, channels=3, patch=4, width=32, depth=1, heads=2, num_classes=NUM_CLASSES, time_dim=16
+    )
     return VideoDiT(cfg), Clips()
 
 

@@ -31,13 +31,16 @@ def batch() -> FlowBatch:
     return FlowBatch(torch.randn(64, 3, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("name, key, teacher", [
-    ("psd", "psd_loss", False),
-    ("lsd", "lsd_loss", False),
-    ("lsd", "lsd_loss", True),
-    ("shortcut", "self_consistency_loss", False),
-    ("meanflow", "meanflow_loss", True),
-])
+@pytest.mark.parametrize(
+    "name, key, teacher",
+    [
+        ("psd", "psd_loss", False),
+        ("lsd", "lsd_loss", False),
+        ("lsd", "lsd_loss", True),
+        ("shortcut", "self_consistency_loss", False),
+        ("meanflow", "meanflow_loss", True),
+    ],
+)
 def test_consistency_term_vanishes_at_the_exact_flow_map(name, key, teacher):
     model = LinearFlowMap()
     # shortcut's finest level takes two Euler (diagonal) steps by design: make that level tiny
@@ -97,8 +100,11 @@ def test_autograd_jvp_gradient_matches_finite_differences():
     torch.testing.assert_close(grad, (up - down) / 2e-6, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("options", [{"target_grad": True}, {"small_s_eps": 1.0, "gap_warmup": 0.5}],
-                         ids=["target_grad", "weighted_curriculum"])
+@pytest.mark.parametrize(
+    "options",
+    [{"target_grad": True}, {"small_s_eps": 1.0, "gap_warmup": 0.5}],
+    ids=["target_grad", "weighted_curriculum"],
+)
 def test_lsd_options_keep_the_exact_flow_map_a_zero_of_the_residual(options):
     model = LinearFlowMap()
     method = make_method("lsd", **options)
@@ -143,7 +149,9 @@ def test_closed_form_gaussian_flow_map_is_a_semigroup_and_ends_at_the_target():
     torch.testing.assert_close(gaussian_flow_map(WIDE_MEAN, WIDE_STD, x, ones, zeros), WIDE_MEAN + WIDE_STD * x)
     # the diagonal is the derivative of the map in its end time
     model, h = ExactGaussianFlowMap(WIDE_MEAN, WIDE_STD), 1e-6
-    fd = (gaussian_flow_map(WIDE_MEAN, WIDE_STD, x, t, t + h) - gaussian_flow_map(WIDE_MEAN, WIDE_STD, x, t, t - h)) / (2 * h)
+    fd = (gaussian_flow_map(WIDE_MEAN, WIDE_STD, x, t, t + h) - gaussian_flow_map(WIDE_MEAN, WIDE_STD, x, t, t - h)) / (
+        2 * h
+    )
     torch.testing.assert_close(model.flow(x, t, t, None), fd, atol=1e-7, rtol=1e-6)
 
 
@@ -196,8 +204,10 @@ def test_fd_jvp_matches_autograd_on_the_mlp_and_pi0():
             return model.flow(xx, tt, ss, c)
 
         # meanflow's tangent (v, 1, 0) and lsd's (0, 0, 1)
-        for tangents in [(torch.randn_like(x), torch.ones(b), torch.zeros(b)),
-                         (torch.zeros_like(x), torch.zeros(b), torch.ones(b))]:
+        for tangents in [
+            (torch.randn_like(x), torch.ones(b), torch.zeros(b)),
+            (torch.zeros_like(x), torch.zeros(b), torch.ones(b)),
+        ]:
             _, exact = jvp(fn, (x, t, s), tangents, mode="autograd")
             _, fd = jvp(fn, (x, t, s), tangents, mode="fd")
             assert _rel(fd.detach(), exact.detach()) <= 0.01, (type(model).__name__, _rel(fd.detach(), exact.detach()))
@@ -244,7 +254,10 @@ def test_method_papers_cite_what_is_implemented():
     cd = METHODS.load("consistency_distillation")
     assert "Consistency Policy" not in cd.paper + (cd.__doc__ or "") and "Song" in cd.paper
     assert "2026" in METHODS.load("snapflow").paper
-    assert "every power-of-two count above it from earlier rounds" not in METHODS.load("progressive_distillation").nfe_supported
+    assert (
+        "every power-of-two count above it from earlier rounds"
+        not in METHODS.load("progressive_distillation").nfe_supported
+    )
 
 
 def test_lsd_bench_recipe_keeps_the_data_end_supervised():
@@ -254,5 +267,8 @@ def test_lsd_bench_recipe_keeps_the_data_end_supervised():
     from policydistill.bench.recipes import recipe_for
 
     eps = recipe_for("lsd").method.get("small_s_eps", make_method("lsd").config.small_s_eps)
-    weight = (lambda s: 1.0 if eps <= 0 else min(1.0, s / eps) ** 2)
+
+    def weight(s: float) -> float:
+        return 1.0 if eps <= 0 else min(1.0, s / eps) ** 2
+
     assert all(weight(s) == 1.0 for s in (0.1, 0.2, 0.25, 0.5))

@@ -12,8 +12,11 @@ from policydistill.policies.pi0 import Pi0Policy, preset
 
 def _state(module: torch.nn.Module) -> dict[str, object]:
     """Everything a module holds outside parameters, buffers and sub-modules, by identity and size."""
-    return {k: (id(v), len(v) if isinstance(v, (dict, list)) else None) for k, v in vars(module).items()
-            if k not in ("_parameters", "_buffers", "_modules")}
+    return {
+        k: (id(v), len(v) if isinstance(v, (dict, list)) else None)
+        for k, v in vars(module).items()
+        if k not in ("_parameters", "_buffers", "_modules")
+    }
 
 
 def test_pi0_time_embedding_is_cores_and_keeps_no_cache() -> None:
@@ -31,11 +34,18 @@ def test_normalizer_matches_lerobot_mean_std_and_passes_unknown_names() -> None:
     norm = Normalizer({"observation.state": 2, "action": 3})
     norm.set("action", {"mean": [1.0, 2.0, 3.0], "std": [0.5, 1.0, 2.0]}, "MEAN_STD", 1e-8)
     x = torch.tensor([[2.0, 2.0, -1.0]])
-    assert torch.equal(norm.normalize("action", x), (x - torch.tensor([1.0, 2.0, 3.0])) / (torch.tensor([0.5, 1.0, 2.0]) + 1e-8))
+    assert torch.equal(
+        norm.normalize("action", x), (x - torch.tensor([1.0, 2.0, 3.0])) / (torch.tensor([0.5, 1.0, 2.0]) + 1e-8)
+    )
     assert torch.allclose(norm.unnormalize("action", norm.normalize("action", x)), x)
     assert torch.equal(norm.normalize("observation.state", x[:, :2]), x[:, :2])  # identity until set
     assert torch.equal(norm.normalize("other", x), x)
-    assert set(norm.state_dict()) == {"observation_state_shift", "observation_state_scale", "action_shift", "action_scale"}
+    assert set(norm.state_dict()) == {
+        "observation_state_shift",
+        "observation_state_scale",
+        "action_shift",
+        "action_scale",
+    }
 
 
 def test_apply_rope_is_the_pairwise_rotation() -> None:
@@ -61,8 +71,14 @@ def test_smolvla_compile_for_inference_is_the_frozen_compile_contract() -> None:
     torch.manual_seed(0)
     p = SmolVLA.from_preset("tiny").eval()
     img = torch.rand(2, 3, 32, 32)
-    cond = p.process({"observation.images.base": img, "observation.images.wrist": img,
-                      "observation.state": torch.randn(2, 4), "task": ["pick", "place"]})
+    cond = p.process(
+        {
+            "observation.images.base": img,
+            "observation.images.wrist": img,
+            "observation.state": torch.randn(2, 4),
+            "task": ["pick", "place"],
+        }
+    )
     noise, t = torch.randn(2, *p.sample_shape()), torch.tensor([0.9, 0.3])
     with torch.no_grad():
         want = p.flow(noise, t, t, p.encode(cond))
@@ -102,7 +118,8 @@ def test_default_method_comes_from_one_table_per_domain(tmp_path) -> None:
 
     assert default_method("actions") == DEFAULT_METHOD == DEFAULT_METHODS["actions"]
     torch.set_num_threads(1)
-    result = CliRunner().invoke(app, ["distill", "image-dit", "--preset", "tiny", "--iters", "2",
-                                      "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["distill", "image-dit", "--preset", "tiny", "--iters", "2", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     assert [p.name for p in (tmp_path / "image-dit-tiny").glob("*-1nfe")] == [f"{default_method('images')}-1nfe"]

@@ -54,8 +54,20 @@ def test_tests_conftest_not_at_root():
 
 def test_wheel_contains_mapped_packages_and_data(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0 and "No module named" in proc.stderr and "setuptools" in proc.stderr:
         pytest.skip("setuptools is not installed in this environment")

@@ -30,8 +30,11 @@ def _obs(b: int = 2, missing_wrist: bool = False):
     pixels = {"corner2": rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8)}
     if not missing_wrist:
         pixels["wrist"] = rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8)
-    return {"pixels": pixels, "agent_pos": rng.standard_normal((b, 4)).astype(np.float32),
-            "task": ["pick up the cube", "open the drawer now please"]}
+    return {
+        "pixels": pixels,
+        "agent_pos": rng.standard_normal((b, 4)).astype(np.float32),
+        "task": ["pick up the cube", "open the drawer now please"],
+    }
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -82,9 +85,14 @@ def test_target_time_zero_means_teacher_and_is_wired(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_snapflow_step_trains_every_part(variant):
     p = _policy(variant).train()
-    window = {"observation.images.corner2": torch.rand(4, 1, 3, 32, 32), "observation.images.wrist": torch.rand(4, 3, 32, 32),
-              "observation.state": torch.randn(4, 4), "action": torch.randn(4, 8, 3),
-              "action_is_pad": torch.zeros(4, 8, dtype=torch.bool), "task": ["a", "b", "c", "d"]}
+    window = {
+        "observation.images.corner2": torch.rand(4, 1, 3, 32, 32),
+        "observation.images.wrist": torch.rand(4, 3, 32, 32),
+        "observation.state": torch.randn(4, 4),
+        "action": torch.randn(4, 8, 3),
+        "action_is_pad": torch.zeros(4, 8, dtype=torch.bool),
+        "task": ["a", "b", "c", "d"],
+    }
     batch = p.make_flow_batch(window)
     method = SnapFlow()
     method.setup(p, None, 10)
@@ -99,8 +107,12 @@ def test_snapflow_step_trains_every_part(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_save_load_round_trip_through_zoo(variant, tmp_path):
     p = _policy(variant)
-    p.set_normalization({"observation.state": {"mean": [1, 2, 3, 4], "std": [2, 2, 2, 2]},
-                         "action": {"mean": [5, 6, 7], "std": [0.1, 0.2, 0.3]}})
+    p.set_normalization(
+        {
+            "observation.state": {"mean": [1, 2, 3, 4], "std": [2, 2, 2, 2]},
+            "action": {"mean": [5, 6, 7], "std": [0.1, 0.2, 0.3]},
+        }
+    )
     save_model(tmp_path / "m", p)
     q = load_model(tmp_path / "m").eval()
     assert type(q).__name__ == ("Pi05Policy" if variant == "pi05" else "Pi0Policy")
@@ -123,7 +135,12 @@ def test_presets_sizes():
     with torch.device("meta"):
         ref = Pi0Policy(preset("ref"))
         full = Pi0Policy(preset("full"))
-    assert (ref.config.vlm_width, ref.config.expert_width, ref.config.chunk_size, len(ref.config.cameras)) == (256, 128, 50, 2)
+    assert (ref.config.vlm_width, ref.config.expert_width, ref.config.chunk_size, len(ref.config.cameras)) == (
+        256,
+        128,
+        50,
+        2,
+    )
     assert 3.0e9 < sum(q.numel() for q in full.parameters()) < 3.6e9  # PaliGemma 2B (+ SigLIP 400M) + 300M expert
 
 
@@ -148,6 +165,7 @@ def test_from_lerobot_refuses_pickles_and_lists_bad_keys(tmp_path, fixtures_dir)
     import shutil
 
     from safetensors.torch import load_file, save_file
+
     bad = tmp_path / "bad"
     shutil.copytree(fixtures_dir / "lerobot" / "pi0", bad)
     state = load_file(str(bad / "model.safetensors"))
@@ -163,12 +181,23 @@ def test_from_lerobot_refuses_pickles_and_lists_bad_keys(tmp_path, fixtures_dir)
 def test_bench_policies_reports_every_number():
     from policydistill.policies.bench import BenchSettings, checks, run
 
-    result = run(BenchSettings(archs=("pi0", "pi05"), sizes=("tiny", "nosuch"), repeats=2, warmup=1, threads=1),
-                 log=lambda *_: None)
+    result = run(
+        BenchSettings(archs=("pi0", "pi05"), sizes=("tiny", "nosuch"), repeats=2, warmup=1, threads=1),
+        log=lambda *_: None,
+    )
     assert [r["arch"] for r in result["rows"]] == ["pi0", "pi05"] and len(result["skipped"]) == 2
     row = result["rows"][0]
-    for key in ("params_M", "prefix_ms", "step_ms", "denoise1_ms", "denoise10_ms", "chunk1_ms", "chunk10_ms",
-                "e2e10_ms", "ratio_10_1"):
+    for key in (
+        "params_M",
+        "prefix_ms",
+        "step_ms",
+        "denoise1_ms",
+        "denoise10_ms",
+        "chunk1_ms",
+        "chunk10_ms",
+        "e2e10_ms",
+        "ratio_10_1",
+    ):
         assert row[key] > 0
     assert result["lerobot_pi0_ref_quoted_ms"]["chunk10_ms"] == 38.7
     assert len(checks(result)) == 2

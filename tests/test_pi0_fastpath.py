@@ -32,8 +32,11 @@ def _obs(b: int = 2, missing_wrist: bool = False) -> dict:
     pixels = {"corner2": rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8)}
     if not missing_wrist:
         pixels["wrist"] = rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8)
-    return {"pixels": pixels, "agent_pos": rng.standard_normal((b, 4)).astype(np.float32),
-            "task": ["pick up the cube", "open the drawer now please"][:b]}
+    return {
+        "pixels": pixels,
+        "agent_pos": rng.standard_normal((b, 4)).astype(np.float32),
+        "task": ["pick up the cube", "open the drawer now please"][:b],
+    }
 
 
 @pytest.mark.skipif(not layers._ONEDNN, reason="this torch build has no oneDNN")
@@ -74,9 +77,13 @@ def test_ref_size_pi0_chunk_with_onednn_equals_the_blas_chunk():
     tower, the VLM and the expert) agrees with the all-BLAS computation to float32 rounding."""
     torch.manual_seed(0)
     p = Pi0Policy(preset("ref")).eval()
-    obs = {"pixels": {c: np.random.default_rng(0).integers(0, 256, (1, 128, 128, 3), dtype=np.uint8)
-                      for c in p.config.cameras},
-           "agent_pos": np.zeros((1, p.config.state_dim), np.float32), "task": ["pick up the cube"]}
+    obs = {
+        "pixels": {
+            c: np.random.default_rng(0).integers(0, 256, (1, 128, 128, 3), dtype=np.uint8) for c in p.config.cameras
+        },
+        "agent_pos": np.zeros((1, p.config.state_dim), np.float32),
+        "task": ["pick up the cube"],
+    }
     noise = torch.randn(1, *p.sample_shape())
     with torch.no_grad():
         fast = p.sample_actions(obs, steps=10, noise=noise)
@@ -119,13 +126,17 @@ def test_inference_cache_is_views_of_the_step_buffers(variant):
         assert torch.equal(ctx.keys[i], ref.keys[i].detach()) and torch.equal(ctx.values[i], ref.values[i].detach())
 
 
-@pytest.mark.parametrize("variant,padding,backend", [
-    # quick: dynamo captures prefix and step whole (fullgraph), the in-place buffer writes are
-    # functionalised, the dispatch works; inductor's code generation is the slow part (~20-40 s
-    # per graph on a cold cache), checked in the slow cases
-    ("pi0", (True,), "aot_eager"),
-    pytest.param("pi0", (False, True), "inductor", marks=pytest.mark.slow),
-    pytest.param("pi05", (False, True), "inductor", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "variant,padding,backend",
+    [
+        # quick: dynamo captures prefix and step whole (fullgraph), the in-place buffer writes are
+        # functionalised, the dispatch works; inductor's code generation is the slow part (~20-40 s
+        # per graph on a cold cache), checked in the slow cases
+        ("pi0", (True,), "aot_eager"),
+        pytest.param("pi0", (False, True), "inductor", marks=pytest.mark.slow),
+        pytest.param("pi05", (False, True), "inductor", marks=pytest.mark.slow),
+    ],
+)
 def test_compiled_inference_matches_eager(variant, padding, backend, monkeypatch):
     """compile_for_inference: the compiled prefix and step agree with eager (with and without
     padding), recompile when the frozen weights changed, leave the autograd path eager, and
@@ -170,14 +181,20 @@ def test_compiled_inference_matches_eager(variant, padding, backend, monkeypatch
 def test_bench_reports_compiled_rows_beside_eager():
     from policydistill.policies.bench import BenchSettings, checks, run
 
-    result = run(BenchSettings(archs=("pi0", "smolvla"), sizes=("tiny",), repeats=2, warmup=1, threads=1,
-                               compile=True), log=lambda *_: None)
-    assert [(r["arch"], r["mode"]) for r in result["rows"]] == [("pi0", "eager"), ("pi0", "compiled"),
-                                                                 ("smolvla", "eager")]
+    result = run(
+        BenchSettings(archs=("pi0", "smolvla"), sizes=("tiny",), repeats=2, warmup=1, threads=1, compile=True),
+        log=lambda *_: None,
+    )
+    assert [(r["arch"], r["mode"]) for r in result["rows"]] == [
+        ("pi0", "eager"),
+        ("pi0", "compiled"),
+        ("smolvla", "eager"),
+    ]
     compiled = result["rows"][1]
     assert compiled["compile_s"] > 0 and compiled["chunk10_ms"] > 0 and "compile_s" not in result["rows"][0]
-    assert result["skipped"] == [{"arch": "smolvla", "size": "tiny", "mode": "compiled",
-                                  "why": "smolvla has no compile_for_inference"}]
+    assert result["skipped"] == [
+        {"arch": "smolvla", "size": "tiny", "mode": "compiled", "why": "smolvla has no compile_for_inference"}
+    ]
     assert any("compiled" in claim for claim, _, _ in checks(result))
 
 

@@ -21,10 +21,13 @@ def loaded(request, fixtures_dir):
     folder = fixtures_dir / "lerobot" / request.param
     policy = Pi0Policy.from_lerobot(folder)
     ref = load_file(str(folder / "reference.safetensors"))
-    cond = {"images": torch.stack([ref["in.images.0"], ref["in.images.1"]], 1),
-            "image_masks": torch.stack([ref["in.img_masks.0"], ref["in.img_masks.1"]], 1),
-            "tokens": ref["in.lang_tokens"], "token_masks": ref["in.lang_masks"],
-            "state": ref.get("in.state_padded", torch.zeros(2, 8))}
+    cond = {
+        "images": torch.stack([ref["in.images.0"], ref["in.images.1"]], 1),
+        "image_masks": torch.stack([ref["in.img_masks.0"], ref["in.img_masks.1"]], 1),
+        "tokens": ref["in.lang_tokens"],
+        "token_masks": ref["in.lang_masks"],
+        "state": ref.get("in.state_padded", torch.zeros(2, 8)),
+    }
     return request.param, folder, policy, ref, cond
 
 
@@ -34,7 +37,13 @@ def test_sizes_inferred_from_shapes(loaded):
     cfg = policy.config
     vlm, exp = arch["paligemma(gemma_2b)"], arch["action_expert(gemma_300m)"]
     assert (cfg.vlm_width, cfg.vlm_depth, cfg.vlm_mlp_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (
-        vlm["width"], vlm["depth"], vlm["mlp_dim"], vlm["num_heads"], vlm["num_kv_heads"], vlm["head_dim"])
+        vlm["width"],
+        vlm["depth"],
+        vlm["mlp_dim"],
+        vlm["num_heads"],
+        vlm["num_kv_heads"],
+        vlm["head_dim"],
+    )
     assert (cfg.expert_width, cfg.expert_mlp_dim) == (exp["width"], exp["mlp_dim"])
     assert (cfg.vision_width, cfg.patch_size, cfg.image_size, cfg.vocab_size) == (32, 8, 32, 64)
     assert cfg.variant == name and cfg.cameras == ["base", "wrist"]
@@ -104,11 +113,17 @@ def test_normaliser_stats_loaded(loaded):
 
 def test_images_preprocessed_like_lerobot(loaded):
     _, _, policy, ref, _ = loaded
-    obs = {"observation.images.base": ref["in.raw_images.0"], "observation.images.wrist": ref["in.raw_images.1"],
-           "observation.state": torch.zeros(2, 4), "task": ["pick the cube", "push block"]}
+    obs = {
+        "observation.images.base": ref["in.raw_images.0"],
+        "observation.images.wrist": ref["in.raw_images.1"],
+        "observation.state": torch.zeros(2, 4),
+        "task": ["pick the cube", "push block"],
+    }
     policy.encode_inputs = lambda tasks, state: {"tokens": ref["in.lang_tokens"], "token_masks": ref["in.lang_masks"]}
     cond = policy.process(obs)
-    assert torch.equal(cond["images"][:, 0], ref["in.images.0"]) and torch.equal(cond["images"][:, 1], ref["in.images.1"])
+    assert torch.equal(cond["images"][:, 0], ref["in.images.0"]) and torch.equal(
+        cond["images"][:, 1], ref["in.images.1"]
+    )
 
 
 def test_pi05_prompt_matches_lerobot(fixtures_dir):
@@ -119,7 +134,10 @@ def test_pi05_prompt_matches_lerobot(fixtures_dir):
     assert pi05_prompts(["pick the cube", "push_block\n"], state) == want
     # np.digitize edges: below -1 → -1, at/above 1 → 255, -1 → 0
     from policydistill.policies.pi0.processor import discretize_state
-    assert discretize_state(torch.tensor([[-1.5, -1.0, 0.0, 0.999, 1.0, 7.0]])).tolist() == [[-1, 0, 128, 255, 255, 255]]
+
+    assert discretize_state(torch.tensor([[-1.5, -1.0, 0.0, 0.999, 1.0, 7.0]])).tolist() == [
+        [-1, 0, 128, 255, 255, 255]
+    ]
     assert np.digitize(0.0, np.linspace(-1, 1, 257)[:-1]) - 1 == 128
 
 

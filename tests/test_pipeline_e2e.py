@@ -24,8 +24,9 @@ def test_tiny_pipeline_end_to_end(tmp_path, tiny_teacher):
     teacher_dir = tiny_teacher
     teacher = load_model(teacher_dir)
     assert teacher.sampling_mode == "diagonal" and teacher.nfe == 10
-    cfg = dataclasses.replace(DISTILL_PRESETS["tiny"], checkpoint=str(teacher_dir), out=str(tmp_path / "distill"),
-                              progress=False)
+    cfg = dataclasses.replace(
+        DISTILL_PRESETS["tiny"], checkpoint=str(teacher_dir), out=str(tmp_path / "distill"), progress=False
+    )
     report = distill_policy(cfg)
 
     on_disk = json.loads((tmp_path / "distill" / "report.json").read_text())
@@ -47,7 +48,9 @@ def test_tiny_pipeline_end_to_end(tmp_path, tiny_teacher):
     labels = [v["label"] for v in on_disk["variants"]]
     assert all(list(p["variants"]) == labels for p in sweep)
     assert [sweep[0]["variants"][lb]["episodes"] for lb in labels] == [1, 1, 1]
-    assert [sweep[1]["variants"][lb]["success_rate"] for lb in labels] == [v["success_rate"] for v in on_disk["variants"]]
+    assert [sweep[1]["variants"][lb]["success_rate"] for lb in labels] == [
+        v["success_rate"] for v in on_disk["variants"]
+    ]
     assert (tmp_path / "distill" / "report.png").stat().st_size > 1000
 
     student = load_model(tmp_path / "distill" / "student")
@@ -63,8 +66,14 @@ def test_tiny_pipeline_end_to_end(tmp_path, tiny_teacher):
 def test_tiny_compare_trains_one_student_per_method(tmp_path, tiny_teacher):
     from policydistill.pipeline.compare import best_method, compare_methods
 
-    cfg = dataclasses.replace(DISTILL_PRESETS["tiny"], checkpoint=str(tiny_teacher), out=str(tmp_path / "compare"),
-                              episodes=1, sweep_n_action_steps=(), progress=False)
+    cfg = dataclasses.replace(
+        DISTILL_PRESETS["tiny"],
+        checkpoint=str(tiny_teacher),
+        out=str(tmp_path / "compare"),
+        episodes=1,
+        sweep_n_action_steps=(),
+        progress=False,
+    )
     report = compare_methods(cfg, ["snapflow", "psd"], [1, 2])
     labels = [v["label"] for v in report["variants"]]
     assert labels == ["teacher@10", "naive@1", "naive@2", "snapflow@1", "snapflow@2", "psd@1", "psd@2"]
@@ -81,8 +90,14 @@ def test_default_method_is_earned_by_success_then_distance():
     from policydistill.pipeline.compare import best_method
 
     def row(method, rate, ci, dist):
-        return {"name": "student", "nfe": 1, "method": method, "success_rate": rate, "success_ci95": ci,
-                "teacher_chunk_distance": dist}
+        return {
+            "name": "student",
+            "nfe": 1,
+            "method": method,
+            "success_rate": rate,
+            "success_ci95": ci,
+            "teacher_chunk_distance": dist,
+        }
 
     incumbent = "snapflow"
     # tied on success within the noise, the incumbent within 10% of the best distance: it stays

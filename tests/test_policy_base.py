@@ -38,30 +38,52 @@ class ToyPolicy(FlowPolicy):
 
 
 def _policy(**kw):
-    cfg = FlowPolicyConfig(cameras=["corner2"], image_size=16, state_dim=5, action_dim=3, max_state_dim=8,
-                           max_action_dim=4, chunk_size=6, n_action_steps=4, **kw)
+    cfg = FlowPolicyConfig(
+        cameras=["corner2"],
+        image_size=16,
+        state_dim=5,
+        action_dim=3,
+        max_state_dim=8,
+        max_action_dim=4,
+        chunk_size=6,
+        n_action_steps=4,
+        **kw,
+    )
     return ToyPolicy(cfg)
 
 
 def _env_obs(b=2):
     rng = np.random.default_rng(0)
-    return {"pixels": {"corner2": rng.integers(0, 255, (b, 16, 16, 3), dtype=np.uint8)},
-            "agent_pos": rng.standard_normal((b, 5)).astype(np.float32), "task": ["reach"] * b}
+    return {
+        "pixels": {"corner2": rng.integers(0, 255, (b, 16, 16, 3), dtype=np.uint8)},
+        "agent_pos": rng.standard_normal((b, 5)).astype(np.float32),
+        "task": ["reach"] * b,
+    }
 
 
 def test_env_and_lerobot_formats_agree():
     p = _policy()
     env = _env_obs()
-    lr = {"observation.images.corner2": torch.from_numpy(env["pixels"]["corner2"]).permute(0, 3, 1, 2).float() / 255,
-          "observation.state": torch.from_numpy(env["agent_pos"]), "task": "reach"}
+    lr = {
+        "observation.images.corner2": torch.from_numpy(env["pixels"]["corner2"]).permute(0, 3, 1, 2).float() / 255,
+        "observation.state": torch.from_numpy(env["agent_pos"]),
+        "task": "reach",
+    }
     a, b = p.process(env), p.process(lr)
     assert torch.equal(a["images"], b["images"]) and torch.equal(a["state"], b["state"])
     assert a["images"].shape == (2, 1, 3, 16, 16) and a["images"].min() >= -1 and a["state"].shape == (2, 8)
 
 
 def test_missing_camera_is_masked_and_no_camera_is_an_error():
-    cfg = FlowPolicyConfig(cameras=["corner2", "wrist"], image_size=16, state_dim=5, action_dim=3,
-                           max_state_dim=8, max_action_dim=4, chunk_size=6)
+    cfg = FlowPolicyConfig(
+        cameras=["corner2", "wrist"],
+        image_size=16,
+        state_dim=5,
+        action_dim=3,
+        max_state_dim=8,
+        max_action_dim=4,
+        chunk_size=6,
+    )
     p = ToyPolicy(cfg)
     cond = p.process(_env_obs())
     assert cond["image_masks"].tolist() == [[True, False], [True, False]]
@@ -71,8 +93,12 @@ def test_missing_camera_is_masked_and_no_camera_is_an_error():
 
 def test_normalisation_round_trip_and_buffers_saved():
     p = _policy()
-    p.set_normalization({"observation.state": {"mean": np.arange(5.0), "std": np.full(5, 2.0)},
-                         "action": {"mean": [1.0, 2.0, 3.0], "std": [0.5, 0.5, 2.0]}})
+    p.set_normalization(
+        {
+            "observation.state": {"mean": np.arange(5.0), "std": np.full(5, 2.0)},
+            "action": {"mean": [1.0, 2.0, 3.0], "std": [0.5, 0.5, 2.0]},
+        }
+    )
     x = torch.randn(4, 3)
     assert torch.allclose(p.normalizer.unnormalize("action", p.normalizer.normalize("action", x)), x, atol=1e-6)
     assert "normalizer.action_shift" in p.state_dict()
@@ -102,9 +128,13 @@ def test_sample_actions_shape_unnormalised_and_queue():
 
 def test_make_flow_batch_masks_padding():
     p = _policy()
-    window = {"observation.images.corner2": torch.rand(2, 1, 3, 16, 16), "observation.state": torch.randn(2, 5),
-              "action": torch.randn(2, 6, 3), "action_is_pad": torch.tensor([[False] * 6, [False] * 4 + [True] * 2]),
-              "task": ["a", "b"]}
+    window = {
+        "observation.images.corner2": torch.rand(2, 1, 3, 16, 16),
+        "observation.state": torch.randn(2, 5),
+        "action": torch.randn(2, 6, 3),
+        "action_is_pad": torch.tensor([[False] * 6, [False] * 4 + [True] * 2]),
+        "task": ["a", "b"],
+    }
     fb = p.make_flow_batch(window)
     assert fb.data.shape == (2, 6, 4) and fb.mask.shape == (2, 6, 4)
     assert fb.mask[0, :, :3].all() and not fb.mask[..., 3].any() and not fb.mask[1, 4:].any()

@@ -61,8 +61,9 @@ def test_sim_robot_interface(robot):
 
 def _within_limits(report, cfg):
     sent = np.asarray(report.sent)
-    return sent.size == 0 or (np.all(sent >= np.asarray(cfg.action_low) - 1e-6)
-                              and np.all(sent <= np.asarray(cfg.action_high) + 1e-6))
+    return sent.size == 0 or (
+        np.all(sent >= np.asarray(cfg.action_low) - 1e-6) and np.all(sent <= np.asarray(cfg.action_high) + 1e-6)
+    )
 
 
 def test_loop_runs_at_rate_and_clips(robot):
@@ -94,8 +95,9 @@ def test_inference_exception_holds_then_stops(robot):
 
 def test_slow_inference_holds_and_watchdog_stops(robot):
     policy = FaultyPolicy(chunk_towards_goal, slow_from_call=1, delay_s=2.0)
-    rep = ControlLoop(robot, policy, LoopConfig(hz=HZ, seconds=5.0, n_action_steps=4,
-                                                max_consecutive_misses=3, io_timeout_s=IO)).run()
+    rep = ControlLoop(
+        robot, policy, LoopConfig(hz=HZ, seconds=5.0, n_action_steps=4, max_consecutive_misses=3, io_timeout_s=IO)
+    ).run()
     assert rep.stopped == "inference_too_slow"
     assert rep.starved_ticks == 3
     # every starved tick sent the safe hold action

@@ -48,8 +48,9 @@ def steady_chunk(obs):
 
 
 def _loop(robot, policy, **cfg) -> ControlLoop:
-    return ControlLoop(robot, policy, LoopConfig(**{"hz": HZ, "seconds": 3.0, "n_action_steps": 4,
-                                                    "io_timeout_s": IO, **cfg}))
+    return ControlLoop(
+        robot, policy, LoopConfig(**{"hz": HZ, "seconds": 3.0, "n_action_steps": 4, "io_timeout_s": IO, **cfg})
+    )
 
 
 def _event(rep, kind):
@@ -235,8 +236,10 @@ BAD_CONFIGS = {
     "mistyped control_mode": ({"control_mode": "positon"}, "did you mean 'position'"),
     "zero image_size": ({"image_size": 0}, "image_size must be >= 1"),
     "cameras as a string": ({"cameras": "front"}, "cameras must be a list"),
-    "zero action outside limits": ({"action_low": [0.5, -1.0, -1.0, 0.0], "hold_action": None},
-                                   "hold_action null (the zero action) is outside the action limits"),
+    "zero action outside limits": (
+        {"action_low": [0.5, -1.0, -1.0, 0.0], "hold_action": None},
+        "hold_action null (the zero action) is outside the action limits",
+    ),
 }
 
 
@@ -272,12 +275,15 @@ def test_robot_json_unknown_key_names_file_and_field(tmp_path):
     assert "valid fields: name, kind" in msg
 
 
-@pytest.mark.parametrize("content,words", [
-    ({**BASE, "hold_action": [0.0, 0.0]}, "hold_action has 2 values"),
-    ([1, 2], "must hold a JSON object of robot fields, got list"),
-    ("{\"name\": ", "is not valid JSON"),
-    ({"kind": "sim"}, "the field 'name' is required"),
-])
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        ({**BASE, "hold_action": [0.0, 0.0]}, "hold_action has 2 values"),
+        ([1, 2], "must hold a JSON object of robot fields, got list"),
+        ('{"name": ', "is not valid JSON"),
+        ({"kind": "sim"}, "the field 'name' is required"),
+    ],
+)
 def test_robot_json_errors_name_the_file(tmp_path, content, words):
     path = _write(tmp_path / "arm.json", content)
     with pytest.raises(RobotConfigError) as exc:
@@ -303,11 +309,15 @@ def test_cli_robot_json_unknown_key_is_a_user_error(tmp_path, monkeypatch, capsy
 
     torch.manual_seed(0)
     ckpt = tmp_path / "ckpt"
-    save_model(ckpt, Pi0Policy.from_preset("tiny", image_size=32, action_dim=4, max_action_dim=4),
-               extra={"role": "teacher"})
+    save_model(
+        ckpt, Pi0Policy.from_preset("tiny", image_size=32, action_dim=4, max_action_dim=4), extra={"role": "teacher"}
+    )
     robot_json = _write(tmp_path / "arm.json", {**BASE, "hold_actoin": [0, 0, 0, 0]})
-    monkeypatch.setattr(sys, "argv", ["policydistill", "latency", str(ckpt), "--robot", str(robot_json),
-                                      "--repeats", "1", "--seconds", "0.1"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["policydistill", "latency", str(ckpt), "--robot", str(robot_json), "--repeats", "1", "--seconds", "0.1"],
+    )
     monkeypatch.setenv("COLUMNS", "200")
     with pytest.raises(SystemExit) as exc:
         run_app(app)
@@ -318,18 +328,24 @@ def test_cli_robot_json_unknown_key_is_a_user_error(tmp_path, monkeypatch, capsy
 
 
 # --------------------------------------------------------------------------- LoopConfig validation
-@pytest.mark.parametrize("kwargs,words", [
-    ({"hz": float("nan")}, "hz (control ticks per second) must be a finite number, got nan"),
-    ({"hz": 0}, "hz (control ticks per second) must be > 0"),
-    ({"seconds": float("inf")}, "seconds (the loop's duration) must be a finite number, got inf"),
-    ({"io_timeout_s": -1}, "io_timeout_s (or None: one control period) must be > 0, got -1"),
-    ({"max_consecutive_misses": 0}, "max_consecutive_misses (1 stops at the first starved tick) must be >= 1, got 0"),
-    ({"n_action_steps": 2.5}, "n_action_steps must be an integer >= 1"),
-    ({"request_margin": -1}, "request_margin (or None: sized from latency) must be >= 0"),
-    ({"first_inference_timeout_s": 0}, "first_inference_timeout_s must be > 0"),
-    ({"dry_run": "yes"}, "dry_run must be True or False"),
-    ({"hz": 20, "seconds": 0.01}, "less than one control tick"),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        ({"hz": float("nan")}, "hz (control ticks per second) must be a finite number, got nan"),
+        ({"hz": 0}, "hz (control ticks per second) must be > 0"),
+        ({"seconds": float("inf")}, "seconds (the loop's duration) must be a finite number, got inf"),
+        ({"io_timeout_s": -1}, "io_timeout_s (or None: one control period) must be > 0, got -1"),
+        (
+            {"max_consecutive_misses": 0},
+            "max_consecutive_misses (1 stops at the first starved tick) must be >= 1, got 0",
+        ),
+        ({"n_action_steps": 2.5}, "n_action_steps must be an integer >= 1"),
+        ({"request_margin": -1}, "request_margin (or None: sized from latency) must be >= 0"),
+        ({"first_inference_timeout_s": 0}, "first_inference_timeout_s must be > 0"),
+        ({"dry_run": "yes"}, "dry_run must be True or False"),
+        ({"hz": 20, "seconds": 0.01}, "less than one control tick"),
+    ],
+)
 def test_loop_config_rejects_nonsense(kwargs, words):
     with pytest.raises(ValueError, match="LoopConfig: ") as exc:
         LoopConfig(**kwargs)

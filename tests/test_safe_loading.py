@@ -15,23 +15,30 @@ from pathlib import Path
 import pytest
 import torch
 
-from policydistill.checkpoint import (NON_FINITE_KEY, CheckpointError, load_model, read_json, save_model,
-                                      write_json)
+from policydistill.checkpoint import NON_FINITE_KEY, CheckpointError, load_model, read_json, save_model, write_json
 from policydistill.fields import MAX_SIZE, field_problem
 
 
 def _strict(text: str) -> object:
     def refuse(name: str) -> None:
         raise ValueError(f"bare {name} in JSON")
+
     return json.loads(text, parse_constant=refuse)
 
 
 # --------------------------------------------------------------------------- strict JSON reports
 
+
 def test_write_json_writes_null_for_nan_and_says_which_fields(tmp_path: Path) -> None:
-    write_json(tmp_path / "report.json", {"success": 0.5, "loss": float("nan"),
-                                          "runs": [{"ratio": float("inf")}, {"ratio": 2.0}],
-                                          "t": torch.tensor([1.0, float("-inf")])})
+    write_json(
+        tmp_path / "report.json",
+        {
+            "success": 0.5,
+            "loss": float("nan"),
+            "runs": [{"ratio": float("inf")}, {"ratio": 2.0}],
+            "t": torch.tensor([1.0, float("-inf")]),
+        },
+    )
     report = _strict((tmp_path / "report.json").read_text())
     assert report["loss"] is None and report["runs"][0]["ratio"] is None and report["t"] == [1.0, None]
     assert report["success"] == 0.5 and report["runs"][1]["ratio"] == 2.0
@@ -59,16 +66,29 @@ def test_write_json_refuses_a_folder(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- field checks (exact answers)
 
-@pytest.mark.parametrize("annotation,value,problem", [
-    (int, 8, None), (int, True, "n must be an integer, got True (bool)"), (int, "8", "n must be an integer, got '8' (str)"),
-    (int, 0, f"n must be between 1 and {MAX_SIZE}, got 0"), (int, MAX_SIZE + 1, f"n must be between 1 and {MAX_SIZE}, got {MAX_SIZE + 1}"),
-    (float, 1, None), (float, 1e-6, None), (float, math.nan, "n must be a finite number, got nan"),
-    (float, -1.0, "n must be > 0, got -1.0"), (float, False, "n must be a number, got False (bool)"),
-    (bool, 1, "n must be true or false, got 1 (int)"), (str, 3, "n must be a string, got 3 (int)"),
-    (list[str], [], "n must not be empty"), (list[str], ["a", 2], "n[1] must be a string, got 2 (int)"),
-    (list[str], "a", "n must be a list, got 'a' (str)"),
-    (str | None, None, None), (float | None, "x", "n must be a number or null, got 'x' (str)"),
-])
+
+@pytest.mark.parametrize(
+    "annotation,value,problem",
+    [
+        (int, 8, None),
+        (int, True, "n must be an integer, got True (bool)"),
+        (int, "8", "n must be an integer, got '8' (str)"),
+        (int, 0, f"n must be between 1 and {MAX_SIZE}, got 0"),
+        (int, MAX_SIZE + 1, f"n must be between 1 and {MAX_SIZE}, got {MAX_SIZE + 1}"),
+        (float, 1, None),
+        (float, 1e-6, None),
+        (float, math.nan, "n must be a finite number, got nan"),
+        (float, -1.0, "n must be > 0, got -1.0"),
+        (float, False, "n must be a number, got False (bool)"),
+        (bool, 1, "n must be true or false, got 1 (int)"),
+        (str, 3, "n must be a string, got 3 (int)"),
+        (list[str], [], "n must not be empty"),
+        (list[str], ["a", 2], "n[1] must be a string, got 2 (int)"),
+        (list[str], "a", "n must be a list, got 'a' (str)"),
+        (str | None, None, None),
+        (float | None, "x", "n must be a number or null, got 'x' (str)"),
+    ],
+)
 def test_field_problem(annotation: object, value: object, problem: str | None) -> None:
     assert field_problem("n", annotation, value) == problem
 
@@ -89,6 +109,7 @@ def test_every_shipped_preset_passes_the_checks() -> None:
 
 
 # --------------------------------------------------------------------------- regular files only
+
 
 def test_fifo_config_json_is_refused_without_opening_it(tmp_path: Path) -> None:
     from policydistill.policies.pi0.model import Pi0Policy
@@ -121,6 +142,7 @@ def test_meta_build_refuses_weights_larger_than_ram(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- a disk that fills mid-run
 
+
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A real 48 MiB tmpfs (needs root; skipped where mounting is not allowed)."""
@@ -133,9 +155,9 @@ def small_disk(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_disk_full_mid_run_names_the_last_good_checkpoint(small_disk: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_disk_full_mid_run_names_the_last_good_checkpoint(
+    small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Another process fills the disk right after the first checkpoint: the run stops with a
     message (not "looks like a bug") naming the checkpoint that survived, which still loads."""
     from policydistill.cli.app import app
@@ -163,8 +185,11 @@ def test_disk_full_mid_run_names_the_last_good_checkpoint(small_disk: Path, tmp_
 
     filler = threading.Thread(target=fill_the_disk, daemon=True)
     filler.start()
-    monkeypatch.setattr(sys, "argv", ["policydistill", "train", "pi0", "--preset", "tiny", "--data", str(data),
-                                      "--steps", "400", "--out", str(out)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["policydistill", "train", "pi0", "--preset", "tiny", "--data", str(data), "--steps", "400", "--out", str(out)],
+    )
     monkeypatch.setenv("COLUMNS", "200")
     try:
         with pytest.raises(SystemExit) as exc:

@@ -9,11 +9,18 @@ import numpy as np
 import pytest
 
 pytest.importorskip("metaworld")
-from policydistill.envs.scripted import (  # noqa: E402
-    GenerateConfig, MeanOfModes, WallDetourExpert, bimodality_coefficient, episode_seed, generate,
-    make_expert, multimodality_summary, rollout_expert,
-)
 from policydistill.envs import make  # noqa: E402
+from policydistill.envs.scripted import (  # noqa: E402
+    GenerateConfig,
+    MeanOfModes,
+    WallDetourExpert,
+    bimodality_coefficient,
+    episode_seed,
+    generate,
+    make_expert,
+    multimodality_summary,
+    rollout_expert,
+)
 
 pytestmark = pytest.mark.sim
 
@@ -40,13 +47,22 @@ def test_wall_modes_succeed_alone_and_their_mean_fails():
         rng = np.random.default_rng(0)
         forks = {}
         for mode in ("left", "right"):
-            res = rollout_expert(env, WallDetourExpert("reach-wall-v3"), seed, rng, 0.0, "metaworld/reach-wall-v3",
-                                 mode=mode, keep_images=False)
+            res = rollout_expert(
+                env,
+                WallDetourExpert("reach-wall-v3"),
+                seed,
+                rng,
+                0.0,
+                "metaworld/reach-wall-v3",
+                mode=mode,
+                keep_images=False,
+            )
             assert res.success, f"{mode} route failed"
             forks[mode] = res.episode.meta["fork_x"]
         assert forks["left"] < -0.05 and forks["right"] > 0.25  # around the wall, not over or through it
-        mean = rollout_expert(env, MeanOfModes("reach-wall-v3"), seed, rng, 0.0, "metaworld/reach-wall-v3",
-                              keep_images=False)
+        mean = rollout_expert(
+            env, MeanOfModes("reach-wall-v3"), seed, rng, 0.0, "metaworld/reach-wall-v3", keep_images=False
+        )
         assert not mean.success and mean.steps == env.unwrapped.max_episode_steps
     finally:
         env.close()
@@ -87,8 +103,24 @@ def test_cli_generate_writes_a_zarr_store(tmp_path):
     from policydistill.data.zarr_store import ZarrEpisodeStore
 
     out = tmp_path / "reach.zarr"
-    res = CliRunner().invoke(app, ["data", "generate", "reach-wall-v3", "-n", "2", "--out", str(out),
-                                   "--image-size", "32", "--action-noise", "0.05", "--workers", "2"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "generate",
+            "reach-wall-v3",
+            "-n",
+            "2",
+            "--out",
+            str(out),
+            "--image-size",
+            "32",
+            "--action-noise",
+            "0.05",
+            "--workers",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     store = ZarrEpisodeStore(out)
     assert len(store) == 2 and store.layout.cameras["corner2"] == (32, 32, 3)
@@ -111,8 +143,11 @@ def test_push_50_episodes_with_images_under_two_minutes(tmp_path):
     """Must-show: 50 push-v3 episodes with 96 px images in < 120 s, expert success >= 90%."""
     tried = []
     t0 = time.perf_counter()
-    eps = list(generate(GenerateConfig(task="push-v3", episodes=50, image_size=96), lambda r, n: tried.append(r.success),
-                        workers=2))
+    eps = list(
+        generate(
+            GenerateConfig(task="push-v3", episodes=50, image_size=96), lambda r, n: tried.append(r.success), workers=2
+        )
+    )
     seconds = time.perf_counter() - t0
     rate = sum(tried) / len(tried)
     print(f"\n50 push-v3 episodes with 96 px images: {seconds:.1f} s, {len(tried)} attempts, success {rate:.0%}")

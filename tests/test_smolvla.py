@@ -41,17 +41,25 @@ def policy(fixture_path: Path) -> SmolVLA:
 
 def model_inputs(ref: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The fixture's MODEL inputs as our processed-observation dict."""
-    return {"images": torch.stack([ref["in.images.0"], ref["in.images.1"]], dim=1),
-            "image_masks": torch.stack([ref["in.img_masks.0"], ref["in.img_masks.1"]], dim=1),
-            "tokens": ref["in.lang_tokens"], "token_masks": ref["in.lang_masks"], "state": ref["in.state_padded"]}
+    return {
+        "images": torch.stack([ref["in.images.0"], ref["in.images.1"]], dim=1),
+        "image_masks": torch.stack([ref["in.img_masks.0"], ref["in.img_masks.1"]], dim=1),
+        "tokens": ref["in.lang_tokens"],
+        "token_masks": ref["in.lang_masks"],
+        "state": ref["in.state_padded"],
+    }
 
 
 def raw_observation(policy: SmolVLA, ref: dict[str, torch.Tensor]) -> dict:
     """The POLICY inputs as lerobot's batch: [0,1] images, a raw (un-normalised) state, padding mask."""
     nz = policy.normalizer
-    return {"observation.images.base": ref["in.raw_images.0"], "observation.images.wrist": ref["in.raw_images.1"],
-            "observation.images.wrist_padding_mask": torch.tensor([True, False]),
-            "observation.state": ref["in.state"] * nz.state_scale + nz.state_shift, "task": ["pick", "push"]}
+    return {
+        "observation.images.base": ref["in.raw_images.0"],
+        "observation.images.wrist": ref["in.raw_images.1"],
+        "observation.images.wrist_padding_mask": torch.tensor([True, False]),
+        "observation.state": ref["in.state"] * nz.state_scale + nz.state_shift,
+        "task": ["pick", "push"],
+    }
 
 
 def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -97,7 +105,9 @@ def test_ten_step_actions(policy: SmolVLA, ref: dict) -> None:
 def test_policy_predict_action_chunk_from_raw_observation(policy: SmolVLA, ref: dict) -> None:
     cond = policy.process(raw_observation(policy, ref))
     # the policy's own preprocessing reproduces lerobot's model inputs (images ×2−1, state MEAN_STD + pad)
-    assert torch.equal(cond["images"][:, 0], ref["in.images.0"]) and torch.equal(cond["images"][:, 1], ref["in.images.1"])
+    assert torch.equal(cond["images"][:, 0], ref["in.images.0"]) and torch.equal(
+        cond["images"][:, 1], ref["in.images.1"]
+    )
     assert torch.equal(cond["image_masks"][:, 1], ref["in.img_masks.1"])
     assert maxdiff(cond["state"], ref["in.state_padded"]) <= 1e-6
     cond["tokens"], cond["token_masks"] = ref["in.lang_tokens"], ref["in.lang_masks"]  # the fixture's fixed ids
@@ -109,24 +119,38 @@ def test_policy_predict_action_chunk_from_raw_observation(policy: SmolVLA, ref: 
 
 def test_loss_matches_lerobot(policy: SmolVLA, ref: dict) -> None:
     with torch.no_grad():
-        loss, elementwise = policy.lerobot_loss(model_inputs(ref), ref["in.action_target_padded"], ref["in.noise"],
-                                                ref["in.time_loss"])
+        loss, elementwise = policy.lerobot_loss(
+            model_inputs(ref), ref["in.action_target_padded"], ref["in.noise"], ref["in.time_loss"]
+        )
     assert maxdiff(elementwise, ref["out.loss_elementwise"]) <= TOL
     assert abs(loss.item() - ref["out.loss"].item()) <= 1e-6 * abs(ref["out.loss"].item())  # all 8 dims averaged
     with torch.no_grad():
-        _, at_07 = policy.lerobot_loss(model_inputs(ref), ref["in.action_target_padded"], ref["in.noise"],
-                                       ref["in.time_velocity"])
+        _, at_07 = policy.lerobot_loss(
+            model_inputs(ref), ref["in.action_target_padded"], ref["in.noise"], ref["in.time_velocity"]
+        )
     assert maxdiff(at_07, ref["out.loss_elementwise_t07"]) <= TOL
 
 
 # ------------------------------------------------------------------------------- latency contract
 def test_prefix_and_cross_kv_computed_once_per_chunk(policy: SmolVLA, ref: dict) -> None:
     calls = {"vision": 0, "vlm_q": 0, "cross_k": 0, "cross_v": 0, "expert_q": 0}
-    hooks = [policy.vision.embeddings.patch_embedding.register_forward_hook(lambda *a: calls.__setitem__("vision", calls["vision"] + 1)),
-             policy.vlm_layers[0].self_attn.q_proj.register_forward_hook(lambda *a: calls.__setitem__("vlm_q", calls["vlm_q"] + 1)),
-             policy.expert_layers[1].self_attn.k_proj.register_forward_hook(lambda *a: calls.__setitem__("cross_k", calls["cross_k"] + 1)),
-             policy.expert_layers[1].self_attn.v_proj.register_forward_hook(lambda *a: calls.__setitem__("cross_v", calls["cross_v"] + 1)),
-             policy.expert_layers[0].self_attn.q_proj.register_forward_hook(lambda *a: calls.__setitem__("expert_q", calls["expert_q"] + 1))]
+    hooks = [
+        policy.vision.embeddings.patch_embedding.register_forward_hook(
+            lambda *a: calls.__setitem__("vision", calls["vision"] + 1)
+        ),
+        policy.vlm_layers[0].self_attn.q_proj.register_forward_hook(
+            lambda *a: calls.__setitem__("vlm_q", calls["vlm_q"] + 1)
+        ),
+        policy.expert_layers[1].self_attn.k_proj.register_forward_hook(
+            lambda *a: calls.__setitem__("cross_k", calls["cross_k"] + 1)
+        ),
+        policy.expert_layers[1].self_attn.v_proj.register_forward_hook(
+            lambda *a: calls.__setitem__("cross_v", calls["cross_v"] + 1)
+        ),
+        policy.expert_layers[0].self_attn.q_proj.register_forward_hook(
+            lambda *a: calls.__setitem__("expert_q", calls["expert_q"] + 1)
+        ),
+    ]
     try:
         cond = model_inputs(ref)
         policy.sample_actions(cond, steps=10, noise=ref["in.noise"], mode="diagonal")
@@ -196,10 +220,16 @@ def test_native_checkpoint_and_zoo(tmp_path: Path) -> None:
     assert isinstance(rebuilt, SmolVLA) and rebuilt.config == model.config
     save_model(tmp_path / "m", model)
     loaded = load_model(tmp_path / "m").eval()
-    obs = {"observation.images.base": torch.rand(2, 3, 32, 32), "observation.images.wrist": torch.rand(2, 3, 32, 32),
-           "observation.state": torch.randn(2, 4), "task": "pick the cube"}
+    obs = {
+        "observation.images.base": torch.rand(2, 3, 32, 32),
+        "observation.images.wrist": torch.rand(2, 3, 32, 32),
+        "observation.state": torch.randn(2, 4),
+        "task": "pick the cube",
+    }
     noise = torch.randn(2, 8, 8)
-    assert torch.equal(model.sample_actions(obs, steps=2, noise=noise), loaded.sample_actions(obs, steps=2, noise=noise))
+    assert torch.equal(
+        model.sample_actions(obs, steps=2, noise=noise), loaded.sample_actions(obs, steps=2, noise=noise)
+    )
 
 
 # ------------------------------------------------------------------------------- flow-map contract
@@ -211,8 +241,8 @@ def test_target_time_zero_init_and_fold_into_lerobot(policy: SmolVLA, ref: dict,
         ctx = student.encode(cond)
         assert torch.equal(student.flow(x, one, zero, ctx), policy.flow(x, one, one, policy.encode(cond)))
         torch.nn.init.normal_(student.target_time.fc2.weight, std=0.5)  # a "trained" s-branch
-        jump = x - student.flow(x, one, zero, ctx)                      # the 1-step map x1 → x0
-    assert maxdiff(jump, x - student.flow(x, one, one, ctx)) > 1e-3     # s now matters
+        jump = x - student.flow(x, one, zero, ctx)  # the 1-step map x1 → x0
+    assert maxdiff(jump, x - student.flow(x, one, one, ctx)) > 1e-3  # s now matters
     with pytest.raises(CheckpointError, match="fold_target_time"):
         student.to_lerobot(tmp_path / "student")
     exported = SmolVLA.from_lerobot(student.to_lerobot(tmp_path / "student", fold_target_time=0.0)).eval()
@@ -260,7 +290,13 @@ def test_presets_sizes() -> None:
         small, full = SmolVLA.from_preset("small"), SmolVLA.from_preset("full")
     assert 2_000_000 < small.num_parameters() < 10_000_000
     cfg = full.config
-    assert (cfg.vlm_width, cfg.expert_width, cfg.num_vlm_layers, cfg.chunk_size, cfg.num_inference_steps) == (960, 720, 16, 50, 10)
+    assert (cfg.vlm_width, cfg.expert_width, cfg.num_vlm_layers, cfg.chunk_size, cfg.num_inference_steps) == (
+        960,
+        720,
+        16,
+        50,
+        10,
+    )
     assert cfg.expert_mlp_size == 2048 and cfg.tokens_per_image == 64
     assert 350e6 < full.num_parameters() < 450e6
     with pytest.raises(ValueError, match="valid: tiny, small, ref, full"):
@@ -288,24 +324,33 @@ def test_non_square_images_use_smolvla_padding() -> None:
     padding rows on top; env (uint8 HWC) and lerobot (float CHW) formats give the same input."""
     p = SmolVLA.from_preset("tiny")
     img = torch.rand(1, 3, 16, 32)
-    c = p.canonical_obs({"observation.images.base": img, "observation.images.wrist": img,
-                         "observation.state": torch.zeros(1, 4)})
+    c = p.canonical_obs(
+        {"observation.images.base": img, "observation.images.wrist": img, "observation.state": torch.zeros(1, 4)}
+    )
     out = c["images"][0]
     assert out.shape == (1, 3, 32, 32)
     assert torch.equal(out[:, :, :16], torch.zeros(1, 3, 16, 32))
     assert torch.allclose(out[:, :, 16:], img)
     u8 = (torch.rand(1, 16, 32, 3) * 255).to(torch.uint8)
     env = p.canonical_obs({"pixels": {"base": u8.numpy(), "wrist": u8.numpy()}, "agent_pos": torch.zeros(1, 4)})
-    lr = p.canonical_obs({"observation.images.base": u8.permute(0, 3, 1, 2).float() / 255,
-                          "observation.images.wrist": u8.permute(0, 3, 1, 2).float() / 255,
-                          "observation.state": torch.zeros(1, 4)})
+    lr = p.canonical_obs(
+        {
+            "observation.images.base": u8.permute(0, 3, 1, 2).float() / 255,
+            "observation.images.wrist": u8.permute(0, 3, 1, 2).float() / 255,
+            "observation.state": torch.zeros(1, 4),
+        }
+    )
     assert torch.equal(env["images"][1], lr["images"][1])
 
 
 def test_bfloat16_inference_runs() -> None:
     p = SmolVLA.from_preset("tiny").eval()
-    obs = {"observation.images.base": torch.rand(2, 3, 32, 32), "observation.images.wrist": torch.rand(2, 3, 32, 32),
-           "observation.state": torch.randn(2, 4), "task": "pick the cube"}
+    obs = {
+        "observation.images.base": torch.rand(2, 3, 32, 32),
+        "observation.images.wrist": torch.rand(2, 3, 32, 32),
+        "observation.state": torch.randn(2, 4),
+        "task": "pick the cube",
+    }
     noise = torch.randn(2, 8, 8)
     ref32 = p.sample_actions(obs, steps=1, noise=noise)
     out = p.to(torch.bfloat16).sample_actions(obs, steps=1, noise=noise)
@@ -325,17 +370,24 @@ def test_vision_position_rules() -> None:
         vision_position_ids(4, "other")
 
 
-@pytest.mark.parametrize("overrides", [
-    {"attention_mode": "self_attn"},
-    {"num_vlm_layers": 4, "self_attn_every_n_layers": 3},
-    {"prefix_length": 40},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"attention_mode": "self_attn"},
+        {"num_vlm_layers": 4, "self_attn_every_n_layers": 3},
+        {"prefix_length": 40},
+    ],
+)
 def test_cached_path_equals_joint_path(overrides: dict) -> None:
     """The cached, expert-only denoising step is exactly lerobot's joint forward, whatever the layer mix."""
     p = SmolVLA.from_preset("tiny", **overrides).eval()
-    obs = {"observation.images.base": torch.rand(2, 3, 32, 32), "observation.images.wrist": torch.rand(2, 3, 32, 32),
-           "observation.images.wrist_padding_mask": torch.tensor([True, False]),
-           "observation.state": torch.randn(2, 4), "task": ["pick the cube", "push"]}
+    obs = {
+        "observation.images.base": torch.rand(2, 3, 32, 32),
+        "observation.images.wrist": torch.rand(2, 3, 32, 32),
+        "observation.images.wrist_padding_mask": torch.tensor([True, False]),
+        "observation.state": torch.randn(2, 4),
+        "task": ["pick the cube", "push"],
+    }
     cond = p.process(obs)
     x, t = torch.randn(2, 8, 8), torch.tensor([0.3, 0.9])
     with torch.no_grad():
@@ -348,7 +400,9 @@ def test_old_layout_normalisation_buffers(fixture_path: Path, tmp_path: Path) ->
     folder = _copy_fixture(fixture_path, tmp_path / "old")
     for f in folder.glob("policy_*"):
         f.unlink()
-    state = {k.replace("model.", "model._orig_mod.", 1): v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    state = {
+        k.replace("model.", "model._orig_mod.", 1): v for k, v in load_file(str(folder / "model.safetensors")).items()
+    }
     state["normalize_inputs.buffer_observation_state.mean"] = torch.tensor([0.1, -0.2, 0.3, 0.0])
     state["normalize_inputs.buffer_observation_state.std"] = torch.tensor([0.5, 1.0, 2.0, 0.25])
     state["normalize_targets.buffer_action.mean"] = torch.tensor([0.05, 0.0, -0.1])
@@ -374,4 +428,6 @@ def test_builtin_tokenizer_survives_lerobot_round_trip(tmp_path: Path) -> None:
     again = SmolVLA.from_lerobot(p.to_lerobot(tmp_path / "tiny"))
     assert again.config.tokenizer == "builtin"
     tasks = ["pick the cube"]
-    assert torch.equal(again.encode_inputs(tasks, torch.zeros(1, 8))["tokens"], p.encode_inputs(tasks, torch.zeros(1, 8))["tokens"])
+    assert torch.equal(
+        again.encode_inputs(tasks, torch.zeros(1, 8))["tokens"], p.encode_inputs(tasks, torch.zeros(1, 8))["tokens"]
+    )

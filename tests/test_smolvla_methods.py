@@ -12,16 +12,19 @@ from policydistill.core.flowmap import student_from_teacher
 from policydistill.methods import METHODS, make_method
 from policydistill.policies.smolvla import SmolVLA
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def window(b: int) -> dict:
     g = torch.Generator().manual_seed(1)
-    return {"observation.images.base": torch.rand(b, 3, 32, 32, generator=g),
-            "observation.images.wrist": torch.rand(b, 3, 32, 32, generator=g),
-            "observation.state": torch.randn(b, 4, generator=g), "task": ["pick the cube"] * b,
-            "action": torch.randn(b, 8, 3, generator=g), "action_is_pad": torch.zeros(b, 8, dtype=torch.bool)}
+    return {
+        "observation.images.base": torch.rand(b, 3, 32, 32, generator=g),
+        "observation.images.wrist": torch.rand(b, 3, 32, 32, generator=g),
+        "observation.state": torch.randn(b, 4, generator=g),
+        "task": ["pick the cube"] * b,
+        "action": torch.randn(b, 8, 3, generator=g),
+        "action_is_pad": torch.zeros(b, 8, dtype=torch.bool),
+    }
 
 
 # The default (SnapFlow) and the teacher's objective run by default; every other method is slow-marked

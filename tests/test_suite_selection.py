@@ -49,7 +49,8 @@ def test_m_slow_runs_only_the_slow_tests(suite: pytest.Pytester) -> None:
     assert _ran(suite, "-m", "slow") == {"test_slow"}
 
 
-def test_lerobot_tests_run_when_an_interpreter_is_named(suite: pytest.Pytester,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lerobot_tests_run_when_an_interpreter_is_named(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PD_LEROBOT_PYTHON", "/usr/bin/python3")
     assert _ran(suite) == {"test_fast", "test_needs_lerobot"}

@@ -258,7 +258,6 @@ def test_extreme_action_in_the_data_is_blamed_not_the_lr(tmp_path: Path) -> None
 def test_nan_in_config_json_is_named(tmp_path: Path) -> None:
     from policydistill.data import write_lerobot_v3
     from policydistill.data.synthetic import random_episodes
-    from policydistill.pipeline.policy_data import PolicyDataSource
     from policydistill.pipeline.teacher import build_policy, open_windows
 
     write_lerobot_v3(tmp_path / "data", random_episodes(3, seed=0), fps=10)
@@ -298,8 +297,11 @@ def test_damaged_teacher_is_named_before_any_work(tmp_path: Path, damage: str) -
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 1, err[-2000:]
     # refused when the checkpoint is loaded, naming the tensor or field (never blamed on the learning rate)
-    want = ("holds NaN or inf", "action_out_proj.weight") if damage == "nan weight" else (
-        "rms_eps must be a finite number, got nan",)
+    want = (
+        ("holds NaN or inf", "action_out_proj.weight")
+        if damage == "nan weight"
+        else ("rms_eps must be a finite number, got nan",)
+    )
     assert all(w in err for w in want) and "--lr" not in err and "Traceback" not in err
     assert not (tmp_path / "run" / "demos.zarr").exists()
 

@@ -33,7 +33,7 @@ import platform
 import statistics
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,23 +61,23 @@ logger = logging.getLogger(__name__)
 class BenchConfig:
     dim: int = 32
     seeds: tuple[int, ...] = (0, 1, 2)
-    methods: tuple[str, ...] | None = None   # None = every registered method but flow_matching
+    methods: tuple[str, ...] | None = None  # None = every registered method but flow_matching
     nfe: tuple[int, ...] = (1, 2, 4)
-    teacher_steps: int = 10                  # N of the N-step Euler baselines (pi0 uses 10)
-    steps: int | None = None                 # replaces every recipe's step count when set
-    fit_steps: int | None = None             # replaces FIT_RECIPE.steps when set
-    batch_scale: float = 1.0                 # multiplies every recipe's batch size (quick mode)
+    teacher_steps: int = 10  # N of the N-step Euler baselines (pi0 uses 10)
+    steps: int | None = None  # replaces every recipe's step count when set
+    fit_steps: int | None = None  # replaces FIT_RECIPE.steps when set
+    batch_scale: float = 1.0  # multiplies every recipe's batch size (quick mode)
     eval_samples: int = 4096
     n_projections: int = 256
     width: int = 128
     depth: int = 3
     time_dim: int = 64
-    solver_steps: int = 100                  # RK4 steps (float64; 100 → error ~1e-12 here)
+    solver_steps: int = 100  # RK4 steps (float64; 100 → error ~1e-12 here)
     threads: int = 1
-    jobs: int = 1                            # seeds run in this many worker processes (each `threads` threads)
+    jobs: int = 1  # seeds run in this many worker processes (each `threads` threads)
     progress: bool = True
     quick: bool = False
-    cache_dir: str | None = None             # reuse fitted velocity fields across runs (keyed by config)
+    cache_dir: str | None = None  # reuse fitted velocity fields across runs (keyed by config)
     problems: tuple[str, ...] = ("mixture", "gaussian")  # see PROBLEMS
 
 
@@ -87,8 +87,20 @@ PROBLEMS = ("mixture", "gaussian")
 
 def quick_config(dim: int = 2, **overrides: Any) -> BenchConfig:
     """A tiny run (tests, smoke checks): one seed, few steps, a small network."""
-    cfg = BenchConfig(dim=dim, seeds=(0,), steps=25, fit_steps=60, batch_scale=0.25, eval_samples=256,
-                      n_projections=64, width=32, depth=1, time_dim=16, solver_steps=48, quick=True)
+    cfg = BenchConfig(
+        dim=dim,
+        seeds=(0,),
+        steps=25,
+        fit_steps=60,
+        batch_scale=0.25,
+        eval_samples=256,
+        n_projections=64,
+        width=32,
+        depth=1,
+        time_dim=16,
+        solver_steps=48,
+        quick=True,
+    )
     return replace(cfg, **overrides)
 
 
@@ -121,13 +133,29 @@ def default_methods() -> list[str]:
 
 def _train_config(recipe: Recipe, cfg: BenchConfig, seed: int, steps: int | None, description: str) -> TrainConfig:
     n = steps if steps is not None else recipe.steps
-    return TrainConfig(steps=n, batch_size=max(8, int(recipe.batch_size * cfg.batch_scale)), lr=recipe.lr,
-                       warmup_steps=min(recipe.warmup_steps, max(1, n // 10)), ema_decay=recipe.ema_decay,
-                       seed=seed, progress=cfg.progress, description=description)
+    return TrainConfig(
+        steps=n,
+        batch_size=max(8, int(recipe.batch_size * cfg.batch_scale)),
+        lr=recipe.lr,
+        warmup_steps=min(recipe.warmup_steps, max(1, n // 10)),
+        ema_decay=recipe.ema_decay,
+        seed=seed,
+        progress=cfg.progress,
+        description=description,
+    )
 
 
-def _evaluate(model: FlowMapModel, mode: str, nfes: list[int], noise: Tensor, ref: Tensor, target: Tensor,
-              dirs: Tensor, gaussian: GaussianMixture | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
+def _evaluate(
+    model: FlowMapModel,
+    mode: str,
+    nfes: list[int],
+    noise: Tensor,
+    ref: Tensor,
+    target: Tensor,
+    dirs: Tensor,
+    gaussian: GaussianMixture | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
     out = {}
     for k in nfes:
         # the consistency sampler's fresh noise: the same draws for every model at this NFE
@@ -177,19 +205,28 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], problem: str = "mi
     if wide:
         exact["w2"] = gaussian_w2(ref, mix.means[0], mix.stds[0])
     rows["exact flow map (closed form)" if wide else "exact flow map (RK4)"] = {
-        "kind": "reference", "nfe": {"exact": exact}, "solver_s": solver_s}
-    rows["teacher: exact Euler"] = {"kind": "baseline",
-                                    "nfe": _evaluate(teacher, "diagonal", euler_nfes, noise, **ev)}
+        "kind": "reference",
+        "nfe": {"exact": exact},
+        "solver_s": solver_s,
+    }
+    rows["teacher: exact Euler"] = {"kind": "baseline", "nfe": _evaluate(teacher, "diagonal", euler_nfes, noise, **ev)}
     if wide:  # the sampler alone: the PERFECT consistency function through the multistep sampler
-        rows["exact map: consistency sampler"] = {"kind": "baseline", "nfe": _evaluate(
-            ExactGaussianFlowMap(mix.means[0], mix.stds[0]), "consistency", list(cfg.nfe), noise, **ev)}
+        rows["exact map: consistency sampler"] = {
+            "kind": "baseline",
+            "nfe": _evaluate(
+                ExactGaussianFlowMap(mix.means[0], mix.stds[0]), "consistency", list(cfg.nfe), noise, **ev
+            ),
+        }
 
     # Warm start: the MLP velocity field fitted to the analytic teacher.
-    velocity = MLPFlowMap(MLPFlowMapConfig(sample_shape=(cfg.dim,), width=cfg.width, depth=cfg.depth,
-                                           time_dim=cfg.time_dim))
+    velocity = MLPFlowMap(
+        MLPFlowMapConfig(sample_shape=(cfg.dim,), width=cfg.width, depth=cfg.depth, time_dim=cfg.time_dim)
+    )
     fit_cfg = _train_config(FIT_RECIPE, cfg, seed, cfg.fit_steps, f"seed {seed} fit velocity")
-    key = (f"fit-{problem}-d{cfg.dim}-w{cfg.width}-l{cfg.depth}-e{cfg.time_dim}-s{fit_cfg.steps}-b{fit_cfg.batch_size}"
-           f"-lr{fit_cfg.lr:g}-seed{seed}")
+    key = (
+        f"fit-{problem}-d{cfg.dim}-w{cfg.width}-l{cfg.depth}-e{cfg.time_dim}-s{fit_cfg.steps}-b{fit_cfg.batch_size}"
+        f"-lr{fit_cfg.lr:g}-seed{seed}"
+    )
     cached = Path(cfg.cache_dir) / key if cfg.cache_dir else None
     t0 = time.perf_counter()
     if cached is not None and (cached / "model.safetensors").exists():
@@ -204,9 +241,14 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], problem: str = "mi
         if cached is not None:
             save_model(cached, velocity)
             (cached / "fit.json").write_text(json.dumps({"train_s": fit_s, "final_loss": fit_loss}))
-    rows["teacher: MLP-fit Euler"] = {"kind": "baseline", "train_s": fit_s, "steps": fit_cfg.steps,
-                                      "batch_size": fit_cfg.batch_size, "final_loss": fit_loss,
-                                      "nfe": _evaluate(velocity, "diagonal", euler_nfes, noise, **ev)}
+    rows["teacher: MLP-fit Euler"] = {
+        "kind": "baseline",
+        "train_s": fit_s,
+        "steps": fit_cfg.steps,
+        "batch_size": fit_cfg.batch_size,
+        "final_loss": fit_loss,
+        "nfe": _evaluate(velocity, "diagonal", euler_nfes, noise, **ev),
+    }
 
     for name in methods:
         recipe = recipe_for(name)
@@ -219,8 +261,13 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], problem: str = "mi
             continue
         student = student_from_teacher(velocity)
         tcfg = _train_config(recipe, cfg, seed, cfg.steps, f"seed {seed} {name}")
-        row: dict[str, Any] = {"kind": "method", "sampling": cls.sampling, "steps": tcfg.steps,
-                               "batch_size": tcfg.batch_size, "recipe": recipe.as_dict()}
+        row: dict[str, Any] = {
+            "kind": "method",
+            "sampling": cls.sampling,
+            "steps": tcfg.steps,
+            "batch_size": tcfg.batch_size,
+            "recipe": recipe.as_dict(),
+        }
         t0 = time.perf_counter()
         try:
             result = train(student, method, data, tcfg, teacher=teacher)
@@ -252,8 +299,11 @@ def _run_seed_worker(args: tuple[BenchConfig, int, list[str], str, int]) -> dict
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -262,14 +312,17 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     for name in per_seed[0]:
         runs = [r[name] for r in per_seed if name in r]
         ok = [r for r in runs if "nfe" in r]
-        agg: dict[str, Any] = {"kind": runs[0]["kind"],
-                               "status": "ok" if len(ok) == len(runs) else runs[-1].get("status", "?")}
+        agg: dict[str, Any] = {
+            "kind": runs[0]["kind"],
+            "status": "ok" if len(ok) == len(runs) else runs[-1].get("status", "?"),
+        }
         for key in ("steps", "batch_size", "sampling", "recipe"):
             if key in runs[0]:
                 agg[key] = runs[0][key]
         if ok:
-            agg["nfe"] = {k: {m: _mean_std([r["nfe"][k][m] for r in ok]) for m in ok[0]["nfe"][k]}
-                          for k in ok[0]["nfe"]}
+            agg["nfe"] = {
+                k: {m: _mean_std([r["nfe"][k][m] for r in ok]) for m in ok[0]["nfe"][k]} for k in ok[0]["nfe"]
+            }
             for key in ("train_s", "final_loss"):
                 if key in ok[0]:
                     agg[key] = _mean_std([r[key] for r in ok])
@@ -280,9 +333,14 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version()}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
 
 
 def run_bench(cfg: BenchConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
@@ -312,8 +370,11 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path | None = None) -> dict[str, 
         worker_cfg = replace(cfg, progress=False)
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(cfg.jobs, len(tasks)), mp_context=ctx) as pool:
-            runs = list(pool.map(_run_seed_worker, [(worker_cfg, seed, methods, p, logger.getEffectiveLevel())
-                                                        for p, seed in tasks]))
+            runs = list(
+                pool.map(
+                    _run_seed_worker, [(worker_cfg, seed, methods, p, logger.getEffectiveLevel()) for p, seed in tasks]
+                )
+            )
     else:
         runs = [run_seed(cfg, seed, methods, problem=p) for p, seed in tasks]
     per_problem = {p: [r for (q, _), r in zip(tasks, runs) if q == p] for p in problems}
@@ -321,15 +382,22 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path | None = None) -> dict[str, 
         "benchmark": "methods on exactly solvable targets (Gaussian mixture, wide anisotropic Gaussian)",
         "config": {**asdict(cfg), "methods": methods},
         "fit_recipe": FIT_RECIPE.as_dict(),
-        "mixture": {"dim": cfg.dim, "construction": "policydistill.bench.mixture.make_mixture (see its docstring)",
-                    "n_modes": int(make_mixture(cfg.dim).weights.numel())},
-        "gaussian": {"dim": cfg.dim, "construction": "policydistill.bench.gaussian.make_wide_gaussian (see its docstring)",
-                     "stds": make_wide_gaussian(cfg.dim).stds[0].tolist()},
-        "metrics": {"mse": "mean over samples and coordinates of (x - x_true)^2, same noise",
-                    "sw": f"sliced 2-Wasserstein to {cfg.eval_samples} target samples, "
-                          f"{cfg.n_projections} directions",
-                    "w2": "Gaussian problem: squared W2 per coordinate between the samples' Gaussian fit and the target",
-                    "own_euler2": "the 2-step Euler map of the trained student's own velocity field (SnapFlow bound)"},
+        "mixture": {
+            "dim": cfg.dim,
+            "construction": "policydistill.bench.mixture.make_mixture (see its docstring)",
+            "n_modes": int(make_mixture(cfg.dim).weights.numel()),
+        },
+        "gaussian": {
+            "dim": cfg.dim,
+            "construction": "policydistill.bench.gaussian.make_wide_gaussian (see its docstring)",
+            "stds": make_wide_gaussian(cfg.dim).stds[0].tolist(),
+        },
+        "metrics": {
+            "mse": "mean over samples and coordinates of (x - x_true)^2, same noise",
+            "sw": f"sliced 2-Wasserstein to {cfg.eval_samples} target samples, {cfg.n_projections} directions",
+            "w2": "Gaussian problem: squared W2 per coordinate between the samples' Gaussian fit and the target",
+            "own_euler2": "the 2-step Euler map of the trained student's own velocity field (SnapFlow bound)",
+        },
         "machine": machine_info(),
         "total_s": time.perf_counter() - t0,
         "problems": {p: {"per_seed": per_problem[p], "summary": aggregate(per_problem[p])} for p in problems},
@@ -347,5 +415,13 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path | None = None) -> dict[str, 
     return result
 
 
-__all__ = ["BenchConfig", "PROBLEMS", "VelocityRegression", "aggregate", "default_methods", "quick_config",
-           "run_bench", "run_seed"]
+__all__ = [
+    "BenchConfig",
+    "PROBLEMS",
+    "VelocityRegression",
+    "aggregate",
+    "default_methods",
+    "quick_config",
+    "run_bench",
+    "run_seed",
+]

@@ -32,22 +32,35 @@ def table_rows(result: dict[str, Any], problem: str = "mixture") -> tuple[list[s
     nfes = [str(k) for k in cfg["nfe"]]
     n = str(cfg["teacher_steps"])
     wide = problem == "gaussian"
-    header = (["method", "budget"] + [f"MSE@{k}" for k in nfes] + ([f"MSE@{n}"] if n not in nfes else [])
-              + ([f"W2@{k}" for k in nfes] if wide else [f"SW@{k}" for k in nfes]) + ["own Euler-2 MSE", "train s"])
+    header = (
+        ["method", "budget"]
+        + [f"MSE@{k}" for k in nfes]
+        + ([f"MSE@{n}"] if n not in nfes else [])
+        + ([f"W2@{k}" for k in nfes] if wide else [f"SW@{k}" for k in nfes])
+        + ["own Euler-2 MSE", "train s"]
+    )
     second = "w2" if wide else "sw"
     rows = []
     for name, agg in summary.items():
         nfe = agg.get("nfe", {})
         if name.startswith("exact flow map"):
-            cells = [name, "-"] + ["0"] * len(nfes) + (["0"] if n not in nfes else []) \
-                + [_fmt(nfe["exact"][second])] * len(nfes) + ["-", "-"]
+            cells = (
+                [name, "-"]
+                + ["0"] * len(nfes)
+                + (["0"] if n not in nfes else [])
+                + [_fmt(nfe["exact"][second])] * len(nfes)
+                + ["-", "-"]
+            )
             rows.append(cells)
             continue
         if not nfe:
             rows.append([name, "-", agg.get("status", "")[:60]] + [""] * (len(header) - 3))
             continue
-        budget = f"{agg['steps']}×{agg['batch_size']}" if "steps" in agg and "batch_size" in agg else (
-            f"{agg['steps']} steps" if "steps" in agg else "-")
+        budget = (
+            f"{agg['steps']}×{agg['batch_size']}"
+            if "steps" in agg and "batch_size" in agg
+            else (f"{agg['steps']} steps" if "steps" in agg else "-")
+        )
         cells = [name, budget] + [_fmt(nfe.get(k, {}).get("mse")) for k in nfes]
         if n not in nfes:
             cells.append(_fmt(nfe.get(n, {}).get("mse")))
@@ -79,15 +92,19 @@ def bar_checks(summary: dict[str, Any]) -> list[str]:
         m1 = _mean(summary, name, "1", "mse")
         if euler2 is not None and m1 is not None:
             ok = "PASS" if m1 <= 0.5 * euler2 else "FAIL"
-            out.append(f"{ok}: {name} 1-NFE MSE {m1:.4g} vs ½ × exact-teacher 2-step Euler "
-                       f"{0.5 * euler2:.4g} (ratio {m1 / euler2:.3f} of the Euler-2 error)")
+            out.append(
+                f"{ok}: {name} 1-NFE MSE {m1:.4g} vs ½ × exact-teacher 2-step Euler "
+                f"{0.5 * euler2:.4g} (ratio {m1 / euler2:.3f} of the Euler-2 error)"
+            )
     snap = summary.get("snapflow", {})
     s1 = _mean(summary, "snapflow", "1", "mse")
     bound = snap.get("own_euler2", {}).get("mse", {}).get("mean")
     if s1 is not None and bound is not None:
         ok = "PASS" if s1 <= 1.1 * bound else "FAIL"
-        out.append(f"{ok}: snapflow 1-NFE MSE {s1:.4g} vs its own 2-step Euler map {bound:.4g} "
-                   f"({100 * (s1 / bound - 1):+.1f}%; the bar is +10%)")
+        out.append(
+            f"{ok}: snapflow 1-NFE MSE {s1:.4g} vs its own 2-step Euler map {bound:.4g} "
+            f"({100 * (s1 / bound - 1):+.1f}%; the bar is +10%)"
+        )
     return out
 
 
@@ -121,20 +138,25 @@ def gaussian_checks(summary: dict[str, Any], nfes: list[int]) -> list[str]:
         slack = floor if metric == "w2" else 0.0
         worst = max(values[i + 1] / max(values[i], 1e-12) for i in range(len(values) - 1)) if len(values) > 1 else 1.0
         ok = all(values[i + 1] <= 1.1 * values[i] + slack for i in range(len(values) - 1))
-        out.append(f"{'PASS' if ok else 'FAIL'}: {name} {metric.upper()} at NFE {'/'.join(ks)}: "
-                   + " / ".join(f"{v:.4g}" for v in values) + f" (largest step-to-step ratio {worst:.2f}; bar 1.10)")
+        out.append(
+            f"{'PASS' if ok else 'FAIL'}: {name} {metric.upper()} at NFE {'/'.join(ks)}: "
+            + " / ".join(f"{v:.4g}" for v in values)
+            + f" (largest step-to-step ratio {worst:.2f}; bar 1.10)"
+        )
     for name in ("consistency_distillation", "consistency_training"):
         for k in ("2", "4"):
             m, e = _mean(summary, name, k, "w2"), _mean(summary, "teacher: exact Euler", k, "w2")
             if m is not None and e is not None:
-                out.append(f"{'PASS' if m <= e + floor else 'FAIL'}: {name} W2 at {k} NFE {m:.4g} vs exact Euler "
-                           f"{e:.4g}")
+                out.append(
+                    f"{'PASS' if m <= e + floor else 'FAIL'}: {name} W2 at {k} NFE {m:.4g} vs exact Euler {e:.4g}"
+                )
     euler2 = _mean(summary, "teacher: exact Euler", "2", "mse")
     for name in ("progressive_distillation", "psd"):
         m1 = _mean(summary, name, "1", "mse")
         if m1 is not None and euler2 is not None:
-            out.append(f"{'PASS' if m1 < euler2 else 'FAIL'}: {name} 1-NFE MSE {m1:.4g} vs exact 2-step Euler "
-                       f"{euler2:.4g}")
+            out.append(
+                f"{'PASS' if m1 < euler2 else 'FAIL'}: {name} 1-NFE MSE {m1:.4g} vs exact 2-step Euler {euler2:.4g}"
+            )
     return out
 
 
@@ -143,8 +165,9 @@ def all_checks(result: dict[str, Any]) -> dict[str, list[str]]:
     out = {}
     for problem in result.get("problems", {"mixture": None}):
         summary = _problem(result, problem)
-        out[problem] = gaussian_checks(summary, list(result["config"]["nfe"])) if problem == "gaussian" \
-            else bar_checks(summary)
+        out[problem] = (
+            gaussian_checks(summary, list(result["config"]["nfe"])) if problem == "gaussian" else bar_checks(summary)
+        )
     return out
 
 
@@ -202,18 +225,25 @@ def markdown_report(result: dict[str, Any], command: str) -> str:
             "",
         ]
         if checks.get("gaussian"):
-            lines += ["Checks (error = MSE, or W2 for re-noising samplers):", ""] + \
-                [f"- {c}" for c in checks["gaussian"]] + [""]
+            lines += (
+                ["Checks (error = MSE, or W2 for re-noising samplers):", ""]
+                + [f"- {c}" for c in checks["gaussian"]]
+                + [""]
+            )
     lines += ["## Budgets and recipes (`policydistill/bench/recipes.py`)", ""]
-    lines.append(f"- velocity fit (warm start of every student): {result['fit_recipe']['steps']} steps × "
-                 f"{result['fit_recipe']['batch_size']}, lr {result['fit_recipe']['lr']:g}")
+    lines.append(
+        f"- velocity fit (warm start of every student): {result['fit_recipe']['steps']} steps × "
+        f"{result['fit_recipe']['batch_size']}, lr {result['fit_recipe']['lr']:g}"
+    )
     for name, agg in _problem(result, problems[0]).items():
         if agg.get("kind") == "method" and "recipe" in agg:
             rec = agg["recipe"]
             extra = f", method options {rec['method']}" if rec["method"] else ""
             note = f" — {rec['note']}" if rec["note"] else ""
-            lines.append(f"- {name}: {agg['steps']} steps × {agg['batch_size']}, lr {rec['lr']:g}"
-                         f"{', EMA ' + str(rec['ema_decay']) if rec['ema_decay'] else ''}{extra}{note}")
+            lines.append(
+                f"- {name}: {agg['steps']} steps × {agg['batch_size']}, lr {rec['lr']:g}"
+                f"{', EMA ' + str(rec['ema_decay']) if rec['ema_decay'] else ''}{extra}{note}"
+            )
     lines.append("")
     return "\n".join(lines)
 
@@ -233,15 +263,25 @@ def plot_results(result: dict[str, Any], path: str | Path) -> None:
             nfe = agg.get("nfe")
             if not nfe or name.startswith("exact flow map"):
                 continue
-            metric = "w2" if problem == "gaussian" and (agg.get("sampling") in STOCHASTIC_MODES
-                                                         or "consistency sampler" in name) else "mse"
+            metric = (
+                "w2"
+                if problem == "gaussian" and (agg.get("sampling") in STOCHASTIC_MODES or "consistency sampler" in name)
+                else "mse"
+            )
             ks = sorted(int(k) for k in nfe)
             mean = [max(nfe[str(k)][metric]["mean"], 1e-12) for k in ks]
             std = [nfe[str(k)][metric]["std"] for k in ks]
             style = "--" if agg["kind"] == "baseline" else "-"
-            ax.errorbar(ks, mean, yerr=std, fmt=style + "o", ms=4, capsize=3,
-                        label=name + (" (W2)" if metric == "w2" else ""),
-                        color=colours[(2 * i) % 20 + (2 * i) // 20 % 2])
+            ax.errorbar(
+                ks,
+                mean,
+                yerr=std,
+                fmt=style + "o",
+                ms=4,
+                capsize=3,
+                label=name + (" (W2)" if metric == "w2" else ""),
+                color=colours[(2 * i) % 20 + (2 * i) // 20 % 2],
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("NFE")
@@ -253,5 +293,13 @@ def plot_results(result: dict[str, Any], path: str | Path) -> None:
     save_figure(fig, path)
 
 
-__all__ = ["all_checks", "gaussian_checks", "bar_checks", "markdown_report", "markdown_table", "method_error",
-           "plot_results", "table_rows"]
+__all__ = [
+    "all_checks",
+    "gaussian_checks",
+    "bar_checks",
+    "markdown_report",
+    "markdown_table",
+    "method_error",
+    "plot_results",
+    "table_rows",
+]

@@ -44,8 +44,10 @@ class GaussianMixture:
         self.stds = torch.as_tensor(self.stds, dtype=torch.float64)
         k, d = self.means.shape
         if self.weights.shape != (k,) or self.stds.shape != (k, d):
-            raise ValueError(f"mixture shapes disagree: weights {tuple(self.weights.shape)}, means "
-                             f"{tuple(self.means.shape)}, stds {tuple(self.stds.shape)}")
+            raise ValueError(
+                f"mixture shapes disagree: weights {tuple(self.weights.shape)}, means "
+                f"{tuple(self.means.shape)}, stds {tuple(self.stds.shape)}"
+            )
         if (self.stds <= 0).any() or (self.weights <= 0).any():
             raise ValueError("mixture weights and standard deviations must be positive")
         self.weights = self.weights / self.weights.sum()
@@ -61,8 +63,9 @@ class GaussianMixture:
         return self.means[comp] + self.stds[comp] * z
 
 
-def make_mixture(dim: int, seed: int = 0, n_modes: int = 8, radius: float = 2.0,
-                 std_range: tuple[float, float] = (0.05, 0.2)) -> GaussianMixture:
+def make_mixture(
+    dim: int, seed: int = 0, n_modes: int = 8, radius: float = 2.0, std_range: tuple[float, float] = (0.05, 0.2)
+) -> GaussianMixture:
     """The benchmark mixture (see the module docstring for the exact construction)."""
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
@@ -82,10 +85,10 @@ def mixture_velocity(mix: GaussianMixture, x: Tensor, t: Tensor) -> Tensor:
     """The exact marginal velocity v(x, t) = E[ε − a | x_t = x] (module docstring), float64."""
     x = x.to(torch.float64).reshape(x.shape[0], -1)
     t = t.to(torch.float64).reshape(-1, 1, 1).expand(x.shape[0], 1, 1)
-    mu, var = mix.means[None], mix.stds[None] ** 2                 # (1, K, D)
-    s = (1 - t) ** 2 * var + t ** 2                                # (B, K, D)
+    mu, var = mix.means[None], mix.stds[None] ** 2  # (1, K, D)
+    s = (1 - t) ** 2 * var + t**2  # (B, K, D)
     r = x[:, None, :] - (1 - t) * mu
-    log_n = -0.5 * ((r * r) / s + torch.log(s)).sum(-1)            # (B, K), constants dropped
+    log_n = -0.5 * ((r * r) / s + torch.log(s)).sum(-1)  # (B, K), constants dropped
     w = torch.softmax(torch.log(mix.weights)[None] + log_n, dim=1)
     v_k = (t - (1 - t) * var) / s * r - mu
     return (w[..., None] * v_k).sum(1)
@@ -105,7 +108,7 @@ def true_flow_map(mix: GaussianMixture, noise: Tensor, steps: int = 400, chunk: 
         ones = x.new_ones(x.shape[0])
         for i in range(steps):
             t, s = float(grid[i]), float(grid[i + 1])
-            h = s - t                                              # negative: integrate downwards
+            h = s - t  # negative: integrate downwards
             k1 = mixture_velocity(mix, x, ones * t)
             k2 = mixture_velocity(mix, x + 0.5 * h * k1, ones * (t + 0.5 * h))
             k3 = mixture_velocity(mix, x + 0.5 * h * k2, ones * (t + 0.5 * h))
@@ -139,8 +142,9 @@ class AnalyticGMMTeacher(FlowMapModel):
 
     def flow(self, x_t: Tensor, t: Tensor, s: Tensor, ctx: Any) -> Tensor:
         if not torch.equal(s, t):
-            raise ValueError("AnalyticGMMTeacher knows only the velocity field (s == t); sample it with "
-                             "mode='diagonal'")
+            raise ValueError(
+                "AnalyticGMMTeacher knows only the velocity field (s == t); sample it with mode='diagonal'"
+            )
         v = mixture_velocity(self.mixture, x_t.detach(), t.detach())
         return v.to(x_t.dtype).reshape(x_t.shape)
 
@@ -148,11 +152,15 @@ class AnalyticGMMTeacher(FlowMapModel):
         return (self.means.shape[1],)
 
     def config_dict(self) -> dict:
-        return {"architecture": self.architecture, "weights": self.weights.tolist(),
-                "means": self.means.tolist(), "stds": self.stds.tolist()}
+        return {
+            "architecture": self.architecture,
+            "weights": self.weights.tolist(),
+            "means": self.means.tolist(),
+            "stds": self.stds.tolist(),
+        }
 
     @classmethod
-    def from_config(cls, config: dict) -> "AnalyticGMMTeacher":
+    def from_config(cls, config: dict) -> AnalyticGMMTeacher:
         return cls(GaussianMixture(config["weights"], config["means"], config["stds"]))
 
 
@@ -166,5 +174,12 @@ class MixtureData:
         return FlowBatch(data=self.mixture.sample(batch_size, generator).to(torch.float32))
 
 
-__all__ = ["AnalyticGMMTeacher", "GaussianMixture", "MixtureData", "make_mixture", "mixture_velocity",
-           "solver_grid", "true_flow_map"]
+__all__ = [
+    "AnalyticGMMTeacher",
+    "GaussianMixture",
+    "MixtureData",
+    "make_mixture",
+    "mixture_velocity",
+    "solver_grid",
+    "true_flow_map",
+]

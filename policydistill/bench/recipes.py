@@ -22,8 +22,8 @@ class Recipe:
     batch_size: int = 256
     lr: float = 1e-3
     warmup_steps: int = 50
-    ema_decay: float = 0.0            # the loop's weight EMA (0 = off)
-    sample_with_ema: bool = False     # sample from the loop's EMA weights instead of the raw student
+    ema_decay: float = 0.0  # the loop's weight EMA (0 = off)
+    sample_with_ema: bool = False  # sample from the loop's EMA weights instead of the raw student
     method: dict[str, Any] = field(default_factory=dict)  # overrides of the method's Config
     note: str = ""
 
@@ -45,8 +45,9 @@ RECIPES: dict[str, Recipe] = {
     "consistency_training": Recipe(steps=1000, method={"s1": 80}, note="curriculum 10 → 80 levels"),
     # Round 0 takes Heun steps of the exact teacher: 8 Heun steps are far closer to the true map
     # than 8 Euler steps, so the distilled chain inherits a better map. Rounds 8 → 4 → 2 → 1.
-    "progressive_distillation": Recipe(steps=1000, method={"teacher_steps": 8, "teacher_solver": "heun"},
-                                       note="8 Heun teacher steps → 4 → 2 → 1"),
+    "progressive_distillation": Recipe(
+        steps=1000, method={"teacher_steps": 8, "teacher_solver": "heun"}, note="8 Heun teacher steps → 4 → 2 → 1"
+    ),
     # Flow-map family (defaults of each Config; the exact teacher supplies the velocity terms).
     "shortcut": Recipe(steps=1000, note="dyadic levels to 1/128, 1/4 of the batch bootstrapped from an EMA (0.995)"),
     "psd": Recipe(steps=1000, note="uniform (t, s) pairs, uniform split, 3/4 diagonal FM"),
@@ -55,12 +56,18 @@ RECIPES: dict[str, Recipe] = {
     # almost unsupervised, the last jumps of a 4-step map drifted and 4 NFE came out worse than 2
     # on the wide Gaussian. Pairs limited to a gap that grows to the whole triangle over the first
     # 60% of the steps; half the batch on diagonal FM to keep the velocity anchored.
-    "lsd": Recipe(steps=1000, method={"small_s_eps": 0.1, "gap_warmup": 0.6, "fm_fraction": 0.5},
-                  note="residual by exact JVP in s, weight min(1, s/0.1)², gap curriculum over 60%, 1/2 diagonal FM"),
+    "lsd": Recipe(
+        steps=1000,
+        method={"small_s_eps": 0.1, "gap_warmup": 0.6, "fm_fraction": 0.5},
+        note="residual by exact JVP in s, weight min(1, s/0.1)², gap curriculum over 60%, 1/2 diagonal FM",
+    ),
     "meanflow": Recipe(steps=1000, note="paper defaults: 25% off-diagonal, logit-normal(-0.4, 1), p = 1"),
     # Pairs from 32 Euler steps of the exact teacher, 32k fixed pairs (≈ 8 epochs over the buffer).
-    "reflow": Recipe(steps=1000, method={"teacher_steps": 32, "buffer_size": 32768},
-                     note="32-step Euler teacher pairs, fixed buffer of 32768"),
+    "reflow": Recipe(
+        steps=1000,
+        method={"teacher_steps": 32, "buffer_size": 32768},
+        note="32-step Euler teacher pairs, fixed buffer of 32768",
+    ),
 }
 
 

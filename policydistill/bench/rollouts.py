@@ -24,13 +24,15 @@ class RolloutBenchConfig:
     task: str = "metaworld/push-v3"
     workers: tuple[int, ...] = (1, 2)
     slots_per_worker: int = 2
-    steps: int = 400          # env steps per measurement (over all slots)
+    steps: int = 400  # env steps per measurement (over all slots)
     image_size: int = 96
     state_only_row: bool = True
     seed: int = 0
 
 
-def measure(task: str, workers: int, slots: int, steps: int, image_size: int, render: bool, seed: int = 0) -> dict[str, Any]:
+def measure(
+    task: str, workers: int, slots: int, steps: int, image_size: int, render: bool, seed: int = 0
+) -> dict[str, Any]:
     from policydistill.envs import expand
 
     (env_id,) = expand(task)
@@ -50,15 +52,24 @@ def measure(task: str, workers: int, slots: int, steps: int, image_size: int, re
         seconds = time.perf_counter() - t0
         cpu1 = os.times()
         worker_cpu = sum(pool.cpu_seconds()) - sum(wcpu0)
-    return {"task": env_id, "workers": workers, "slots": slots, "image_size": image_size, "render": render,
-            "steps": done_steps, "seconds": seconds, "steps_per_second": done_steps / seconds,
-            # the parent's CPU only (workers are other processes): what the main loop itself costs
-            "parent_cpu_seconds": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
-            # env CPU per step does not depend on how busy the machine is; workers / that = the
-            # throughput the same workers reach on otherwise idle cores
-            "worker_cpu_ms_per_step": 1000 * worker_cpu / done_steps,
-            "idle_machine_steps_per_second": max(workers, 1) * done_steps / max(worker_cpu, 1e-9),
-            "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}
+    return {
+        "task": env_id,
+        "workers": workers,
+        "slots": slots,
+        "image_size": image_size,
+        "render": render,
+        "steps": done_steps,
+        "seconds": seconds,
+        "steps_per_second": done_steps / seconds,
+        # the parent's CPU only (workers are other processes): what the main loop itself costs
+        "parent_cpu_seconds": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
+        # env CPU per step does not depend on how busy the machine is; workers / that = the
+        # throughput the same workers reach on otherwise idle cores
+        "worker_cpu_ms_per_step": 1000 * worker_cpu / done_steps,
+        "idle_machine_steps_per_second": max(workers, 1) * done_steps / max(worker_cpu, 1e-9),
+        "load_average_1min": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def run(cfg: RolloutBenchConfig, progress: Any = None) -> list[dict[str, Any]]:

@@ -37,8 +37,14 @@ class TargetTimeEmbedding(nn.Module):
     branch would never learn.
     """
 
-    def __init__(self, out_dim: int, embed_dim: int | None = None, hidden_dim: int | None = None,
-                 min_period: float = 4e-3, max_period: float = 4.0) -> None:
+    def __init__(
+        self,
+        out_dim: int,
+        embed_dim: int | None = None,
+        hidden_dim: int | None = None,
+        min_period: float = 4e-3,
+        max_period: float = 4.0,
+    ) -> None:
         super().__init__()
         self.embed_dim = embed_dim or out_dim + (out_dim % 2)
         self.min_period, self.max_period = min_period, max_period

@@ -7,8 +7,9 @@ import torch
 from torch import Tensor
 
 
-def random_directions(n: int, dim: int, generator: torch.Generator | None = None,
-                      dtype: torch.dtype = torch.float64) -> Tensor:
+def random_directions(
+    n: int, dim: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+) -> Tensor:
     """``n`` directions drawn uniformly on the unit sphere in R^dim, as an (n, dim) tensor."""
     if n < 1 or dim < 1:
         raise ValueError(f"need n >= 1 and dim >= 1 directions, got n={n}, dim={dim}")
@@ -26,8 +27,14 @@ def _quantiles(sorted_values: Tensor, levels: Tensor) -> Tensor:
     return sorted_values[lo] * (1 - frac) + sorted_values[hi] * frac
 
 
-def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256, p: int = 2,
-                       generator: torch.Generator | None = None, directions: Tensor | None = None) -> float:
+def sliced_wasserstein(
+    x: Tensor,
+    y: Tensor,
+    n_projections: int = 256,
+    p: int = 2,
+    generator: torch.Generator | None = None,
+    directions: Tensor | None = None,
+) -> float:
     """Sliced p-Wasserstein distance (SW_p) between the empirical distributions of ``x`` and ``y``.
 
     Both sets are projected onto the same unit directions (``directions`` (P, D) if given, else

@@ -93,8 +93,10 @@ class Normalizer(nn.Module):
             return
         shift, scale = affine
         if shift.numel() != shift_buf.numel():
-            raise ValueError(f"{name} stats have {shift.numel()} dims but the policy's {name}_dim is "
-                             f"{shift_buf.numel()}; build the policy with the dataset's dimensions")
+            raise ValueError(
+                f"{name} stats have {shift.numel()} dims but the policy's {name}_dim is "
+                f"{shift_buf.numel()}; build the policy with the dataset's dimensions"
+            )
         shift_buf.copy_(shift)
         scale_buf.copy_(scale)
 

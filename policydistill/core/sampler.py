@@ -52,8 +52,15 @@ def resolve_mode(model: Any, mode: str | None) -> str:
     return mode
 
 
-def flow_step(model: FlowMapModel, x: Tensor, t: Tensor | float, s: Tensor | float, ctx: Any,
-              mode: SamplingMode = "flowmap", generator: torch.Generator | None = None) -> Tensor:
+def flow_step(
+    model: FlowMapModel,
+    x: Tensor,
+    t: Tensor | float,
+    s: Tensor | float,
+    ctx: Any,
+    mode: SamplingMode = "flowmap",
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """One jump from t to s (``generator``: the fresh noise of the "consistency" mode)."""
     check_mode(mode)
     b = x.shape[0]
@@ -74,9 +81,15 @@ def flow_step(model: FlowMapModel, x: Tensor, t: Tensor | float, s: Tensor | flo
 
 
 @torch.no_grad()
-def sample_with_ctx(model: FlowMapModel, noise: Tensor, ctx: Any, steps: int,
-                    mode: SamplingMode | None = None, grid: Tensor | None = None,
-                    generator: torch.Generator | None = None) -> Tensor:
+def sample_with_ctx(
+    model: FlowMapModel,
+    noise: Tensor,
+    ctx: Any,
+    steps: int,
+    mode: SamplingMode | None = None,
+    grid: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Integrate from t = 1 to t = 0 in ``steps`` jumps with an already encoded context."""
     mode = resolve_mode(model, mode)
     grid = time_grid(steps, noise.device, noise.dtype) if grid is None else grid
@@ -87,8 +100,14 @@ def sample_with_ctx(model: FlowMapModel, noise: Tensor, ctx: Any, steps: int,
 
 
 @torch.no_grad()
-def sample(model: FlowMapModel, noise: Tensor, cond: Any = None, steps: int = 1,
-           mode: SamplingMode | None = None, grid: Tensor | None = None,
-           generator: torch.Generator | None = None) -> Tensor:
+def sample(
+    model: FlowMapModel,
+    noise: Tensor,
+    cond: Any = None,
+    steps: int = 1,
+    mode: SamplingMode | None = None,
+    grid: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Encode ``cond`` once, then ``steps`` jumps from noise to data (``mode`` None: the model's own)."""
     return sample_with_ctx(model, noise, model.encode(cond), steps, mode, grid, generator)

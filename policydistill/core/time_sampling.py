@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -33,7 +33,9 @@ TIME_SAMPLERS: dict[str, Callable[[int, torch.Generator | None, torch.device | s
 }
 
 
-def sample_time(kind: str, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
+def sample_time(
+    kind: str, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> Tensor:
     """Draw ``n`` training times in (0, 1] from the named distribution."""
     try:
         fn = TIME_SAMPLERS[kind]

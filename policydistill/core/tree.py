@@ -3,7 +3,8 @@ or None): methods split and join batches without knowing what the conditioning i
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor

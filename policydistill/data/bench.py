@@ -30,12 +30,12 @@ class DataBenchConfig:
     length: int = 100
     image_size: int = 96
     cameras: int = 1
-    state_dim: int = 39          # Meta-World's observation width
+    state_dim: int = 39  # Meta-World's observation width
     action_dim: int = 4
-    horizon: int = 50            # pi0's chunk
+    horizon: int = 50  # pi0's chunk
     batch_size: int = 64
     sample_seconds: float = 2.0
-    source: str | None = None    # benchmark an existing dataset instead of synthetic episodes
+    source: str | None = None  # benchmark an existing dataset instead of synthetic episodes
     video: bool = True
     seed: int = 0
 
@@ -54,12 +54,28 @@ def synthetic_episodes(cfg: DataBenchConfig) -> list[Episode]:
         t = np.arange(cfg.length, dtype=np.float32)
         images = {}
         for c in range(cfg.cameras):
-            base = g[None, :, None, None] + 0.5 * g[None, None, :, None] + (3 * t + 40 * k + 60 * c)[:, None, None, None]
-            images[f"cam{c}"] = (np.broadcast_to(base, (cfg.length, cfg.image_size, cfg.image_size, 3))
-                                 + np.array([0, 60, 120], np.float32)).astype(np.int64).__mod__(256).astype(np.uint8)
-        out.append(Episode(images=images, state=rng.normal(size=(cfg.length, cfg.state_dim)).astype(np.float32),
-                           action=rng.normal(size=(cfg.length, cfg.action_dim)).astype(np.float32),
-                           instruction="push the puck", task="synthetic", meta={"mode": ["left", "right"][k % 2]}))
+            base = (
+                g[None, :, None, None] + 0.5 * g[None, None, :, None] + (3 * t + 40 * k + 60 * c)[:, None, None, None]
+            )
+            images[f"cam{c}"] = (
+                (
+                    np.broadcast_to(base, (cfg.length, cfg.image_size, cfg.image_size, 3))
+                    + np.array([0, 60, 120], np.float32)
+                )
+                .astype(np.int64)
+                .__mod__(256)
+                .astype(np.uint8)
+            )
+        out.append(
+            Episode(
+                images=images,
+                state=rng.normal(size=(cfg.length, cfg.state_dim)).astype(np.float32),
+                action=rng.normal(size=(cfg.length, cfg.action_dim)).astype(np.float32),
+                instruction="push the puck",
+                task="synthetic",
+                meta={"mode": ["left", "right"][k % 2]},
+            )
+        )
     return out
 
 
@@ -97,10 +113,15 @@ def run_data_bench(cfg: DataBenchConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     root = Path(tempfile.mkdtemp(prefix="pd_data_bench_"))
     try:
-        writers = {"zarr": lambda p: ZarrEpisodeStore.write(p, episodes, fps=fps),
-                   "lerobot image (PNG)": lambda p: write_lerobot_v3(p, episodes, fps=fps)}
-        if cfg.video and all(s[0] % 2 == 0 and s[1] % 2 == 0 for s in (
-                v.shape[1:3] for v in episodes[0].images.values())) and episodes[0].images:
+        writers = {
+            "zarr": lambda p: ZarrEpisodeStore.write(p, episodes, fps=fps),
+            "lerobot image (PNG)": lambda p: write_lerobot_v3(p, episodes, fps=fps),
+        }
+        if (
+            cfg.video
+            and all(s[0] % 2 == 0 and s[1] % 2 == 0 for s in (v.shape[1:3] for v in episodes[0].images.values()))
+            and episodes[0].images
+        ):
             writers["lerobot video (AV1)"] = lambda p: write_lerobot_v3(p, episodes, fps=fps, video=True)
         for k, (name, write) in enumerate(writers.items()):
             path = root / f"ds{k}"
@@ -122,17 +143,28 @@ def run_data_bench(cfg: DataBenchConfig) -> dict[str, Any]:
             windows = FlowWindowDataset(ds, horizon=cfg.horizon, split="all")
             t_load = time.perf_counter() - t0
             lazy = FlowWindowDataset(ds, horizon=cfg.horizon, split="all", in_memory=False)
-            rows.append({
-                "format": name, "frames": frames, "size_mib": _size_mib(path),
-                "write_frames_per_s": frames / t_write, "read_frames_per_s": frames / t_read, "open_s": t_open,
-                "verify_s": t_verify, "read_s": t_read,
-                "window_load_s": t_load,
-                "sample_in_memory_per_s": _sample_rate(windows, cfg.batch_size, cfg.sample_seconds),
-                "sample_lazy_per_s": _sample_rate(lazy, cfg.batch_size, cfg.sample_seconds / 2),
-            })
+            rows.append(
+                {
+                    "format": name,
+                    "frames": frames,
+                    "size_mib": _size_mib(path),
+                    "write_frames_per_s": frames / t_write,
+                    "read_frames_per_s": frames / t_read,
+                    "open_s": t_open,
+                    "verify_s": t_verify,
+                    "read_s": t_read,
+                    "window_load_s": t_load,
+                    "sample_in_memory_per_s": _sample_rate(windows, cfg.batch_size, cfg.sample_seconds),
+                    "sample_lazy_per_s": _sample_rate(lazy, cfg.batch_size, cfg.sample_seconds / 2),
+                }
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return {"config": asdict(cfg), "episodes": len(episodes), "frames": frames,
-            "raw_mib": sum(sum(v.nbytes for v in e.images.values()) + e.state.nbytes + e.action.nbytes
-                           for e in episodes) / 2**20,
-            "rows": rows}
+    return {
+        "config": asdict(cfg),
+        "episodes": len(episodes),
+        "frames": frames,
+        "raw_mib": sum(sum(v.nbytes for v in e.images.values()) + e.state.nbytes + e.action.nbytes for e in episodes)
+        / 2**20,
+        "rows": rows,
+    }

@@ -74,8 +74,11 @@ def dataset_kind(path: str | Path) -> Kind | None:
     if isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT and marker.get("kind") in OWN_ENTRIES:
         return marker["kind"]
     zattrs = _read_json(path / "zarr.json")
-    if isinstance(zattrs, dict) and isinstance(zattrs.get("attributes"), dict) \
-            and zattrs["attributes"].get("format") == _LEGACY_ZARR_FORMAT:
+    if (
+        isinstance(zattrs, dict)
+        and isinstance(zattrs.get("attributes"), dict)
+        and zattrs["attributes"].get("format") == _LEGACY_ZARR_FORMAT
+    ):
         return "zarr"
     extras = _read_json(path / "meta/policydistill.json")
     if isinstance(extras, dict) and extras.get("format") == _LEGACY_LEROBOT_FORMAT:
@@ -87,8 +90,9 @@ def _inside(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def check_destination(dst: str | Path, *, overwrite: bool, sources: Iterable[str | Path] = (),
-                      flag: str = "overwrite=True (--overwrite)") -> None:
+def check_destination(
+    dst: str | Path, *, overwrite: bool, sources: Iterable[str | Path] = (), flag: str = "overwrite=True (--overwrite)"
+) -> None:
     """Refuse a destination whose writing could destroy data; see the module docstring.
 
     ``flag`` is how the caller's user asks for overwriting (named in the messages)."""
@@ -99,35 +103,47 @@ def check_destination(dst: str | Path, *, overwrite: bool, sources: Iterable[str
         if real == src_real:
             raise DatasetError(f"source and destination are the same folder ({src}); choose a new destination.")
         if _inside(src_real, real):
-            raise DatasetError(f"the destination {dst} contains the source {src}: writing there would delete the "
-                               "source. Choose a destination outside the source's folder; nothing was changed.")
+            raise DatasetError(
+                f"the destination {dst} contains the source {src}: writing there would delete the "
+                "source. Choose a destination outside the source's folder; nothing was changed."
+            )
         if _inside(real, src_real):
-            raise DatasetError(f"the destination {dst} is inside the source {src}: writing there would change the "
-                               "source. Choose a destination outside it; nothing was changed.")
+            raise DatasetError(
+                f"the destination {dst} is inside the source {src}: writing there would change the "
+                "source. Choose a destination outside it; nothing was changed."
+            )
     if not (dst.exists() or dst.is_symlink()):
         return
     if not overwrite:
         raise DatasetError(f"{dst} already exists: pass {flag} to replace it, or choose another path.")
     if dst.is_symlink():
-        raise DatasetError(f"{dst} is a symbolic link; policydistill does not overwrite through links. Remove the link "
-                           "yourself or choose another path; nothing was deleted.")
+        raise DatasetError(
+            f"{dst} is a symbolic link; policydistill does not overwrite through links. Remove the link "
+            "yourself or choose another path; nothing was deleted."
+        )
     if not dst.is_dir():
-        raise DatasetError(f"{dst} is a file, not a dataset policydistill wrote; nothing was deleted. Move it away or "
-                           "choose another path.")
+        raise DatasetError(
+            f"{dst} is a file, not a dataset policydistill wrote; nothing was deleted. Move it away or "
+            "choose another path."
+        )
     entries = sorted(p.name for p in dst.iterdir())
     if not entries:
         return
     kind = dataset_kind(dst)
     if kind is None:
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
-        raise DatasetError(f"{dst} is not a dataset policydistill wrote (it holds {shown}); overwriting would delete "
-                           "it, so nothing was deleted. Choose a new or empty destination, or remove that folder "
-                           "yourself if it really should go.")
+        raise DatasetError(
+            f"{dst} is not a dataset policydistill wrote (it holds {shown}); overwriting would delete "
+            "it, so nothing was deleted. Choose a new or empty destination, or remove that folder "
+            "yourself if it really should go."
+        )
     foreign = [e for e in entries if e not in OWN_ENTRIES[kind]]
     if foreign:
-        raise DatasetError(f"{dst} is a dataset policydistill wrote, but it also holds {', '.join(foreign)}, which "
-                           "policydistill did not write; overwriting would delete them, so nothing was deleted. Move "
-                           "them out of the folder, then run again.")
+        raise DatasetError(
+            f"{dst} is a dataset policydistill wrote, but it also holds {', '.join(foreign)}, which "
+            "policydistill did not write; overwriting would delete them, so nothing was deleted. Move "
+            "them out of the folder, then run again."
+        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -171,9 +187,18 @@ def clean_stale_temporaries(parent: str | Path) -> list[Path]:
 
 
 def write_marker(folder: Path, kind: Kind) -> None:
-    (folder / MARKER).write_text(json.dumps({"format": MARKER_FORMAT, "version": 1, "kind": kind,
-                                             "pid": os.getpid(), "host": socket.gethostname(),
-                                             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    (folder / MARKER).write_text(
+        json.dumps(
+            {
+                "format": MARKER_FORMAT,
+                "version": 1,
+                "kind": kind,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+    )
 
 
 def staging_folder(dst: Path, kind: Kind) -> Path:

@@ -31,7 +31,12 @@ def reading(path: str | Path, what: str, hint: str = "") -> Iterator[None]:
         raise
     except Exception as exc:  # noqa: BLE001 - the decode boundary; MemoryError too (a corrupt header can claim a huge size)
         msg = f"could not read {what} {path}: {type(exc).__name__}: {exc}".rstrip()
-        msg += f". {hint}" if hint else (". The file is truncated or corrupt: re-create it (re-run the conversion or "
-                                         "re-download the dataset) and check that the disk is not full.")
+        msg += (
+            f". {hint}"
+            if hint
+            else (
+                ". The file is truncated or corrupt: re-create it (re-run the conversion or "
+                "re-download the dataset) and check that the disk is not full."
+            )
+        )
         raise DatasetError(msg) from exc
-

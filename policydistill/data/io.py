@@ -31,10 +31,14 @@ def detect_format(path: str | Path) -> Format:
     if is_lerobot_v3(path):
         return "lerobot"
     if (path / "meta").is_dir() or (path / "data").is_dir():
-        raise DatasetError(f"{path} looks like a LeRobot dataset but meta/info.json is missing; the download or "
-                           "conversion is incomplete — re-create or re-download it.")
-    raise DatasetError(f"{path} is neither a policydistill zarr store (zarr.json) nor a LeRobotDataset v3.0 "
-                       "(meta/info.json); pass the dataset's root folder.")
+        raise DatasetError(
+            f"{path} looks like a LeRobot dataset but meta/info.json is missing; the download or "
+            "conversion is incomplete — re-create or re-download it."
+        )
+    raise DatasetError(
+        f"{path} is neither a policydistill zarr store (zarr.json) nor a LeRobotDataset v3.0 "
+        "(meta/info.json); pass the dataset's root folder."
+    )
 
 
 def open_dataset(path: str | Path) -> EpisodeSource:
@@ -46,9 +50,17 @@ def format_for_destination(dst: str | Path) -> Format:
     return "zarr" if str(dst).rstrip("/").endswith(".zarr") else "lerobot"
 
 
-def convert(src: str | Path, dst: str | Path, to: Format | None = None, *, overwrite: bool = False,
-            progress: bool = False, robot_type: str = "unknown", video: bool = False,
-            vcodec: str = "libsvtav1") -> EpisodeSource:
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    to: Format | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    robot_type: str = "unknown",
+    video: bool = False,
+    vcodec: str = "libsvtav1",
+) -> EpisodeSource:
     """Copy every episode of ``src`` into a new dataset at ``dst`` (format from ``to`` or the
     destination's name: ``*.zarr`` → zarr, anything else → LeRobot v3, image mode unless
     ``video``). Only image mode and zarr are lossless. The destination may not be, contain or
@@ -60,16 +72,37 @@ def convert(src: str | Path, dst: str | Path, to: Format | None = None, *, overw
     source = open_dataset(src)
     episodes = (source.episode(i) for i in range(len(source)))
     if to == "zarr":
-        return ZarrEpisodeStore.write(dst, episodes, fps=source.fps, mode="overwrite" if overwrite else "create",
-                                      progress=progress, total=len(source), sources=[src])
+        return ZarrEpisodeStore.write(
+            dst,
+            episodes,
+            fps=source.fps,
+            mode="overwrite" if overwrite else "create",
+            progress=progress,
+            total=len(source),
+            sources=[src],
+        )
     if to == "lerobot":
         robot, names = robot_type, None
         if isinstance(source, LeRobotV3Dataset):  # keep the source's robot type and per-dimension names
             robot = str(source.info.get("robot_type") or robot_type)
-            names = {k: list(map(str, ft["names"])) for k, ft in source.features.items()
-                     if k in ("observation.state", "action") and isinstance(ft.get("names"), list)
-                     and len(ft["names"]) == ft["shape"][0]}
-        return write_lerobot_v3(dst, episodes, fps=source.fps, overwrite=overwrite, progress=progress,
-                                total=len(source), robot_type=robot, names=names, video=video, vcodec=vcodec,
-                                sources=[src])
+            names = {
+                k: list(map(str, ft["names"]))
+                for k, ft in source.features.items()
+                if k in ("observation.state", "action")
+                and isinstance(ft.get("names"), list)
+                and len(ft["names"]) == ft["shape"][0]
+            }
+        return write_lerobot_v3(
+            dst,
+            episodes,
+            fps=source.fps,
+            overwrite=overwrite,
+            progress=progress,
+            total=len(source),
+            robot_type=robot,
+            names=names,
+            video=video,
+            vcodec=vcodec,
+            sources=[src],
+        )
     raise AssertionError(to)

@@ -37,13 +37,19 @@ class Layout:
         return cls(cams, _width(ep.state), _width(ep.action))
 
     def to_json(self) -> dict[str, Any]:
-        return {"cameras": {k: list(v) for k, v in self.cameras.items()}, "state_dim": self.state_dim,
-                "action_dim": self.action_dim}
+        return {
+            "cameras": {k: list(v) for k, v in self.cameras.items()},
+            "state_dim": self.state_dim,
+            "action_dim": self.action_dim,
+        }
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Layout:
-        return cls({str(k): tuple(int(d) for d in v) for k, v in obj["cameras"].items()}, int(obj["state_dim"]),
-                   int(obj["action_dim"]))
+        return cls(
+            {str(k): tuple(int(d) for d in v) for k, v in obj["cameras"].items()},
+            int(obj["state_dim"]),
+            int(obj["action_dim"]),
+        )
 
 
 def _width(x: Any) -> int:
@@ -55,8 +61,10 @@ def checked_episode(ep: Any, index: int, layout: Layout | None) -> Episode:
     """Return ``ep`` with float32 state/action and uint8 images, or raise DatasetError."""
     where = f"episode {index}"
     if not isinstance(ep, Episode):
-        raise DatasetError(f"{where} is a {type(ep).__name__}, not a policydistill.data.Episode: build episodes with "
-                           "Episode(images=..., state=..., action=..., instruction=...).")
+        raise DatasetError(
+            f"{where} is a {type(ep).__name__}, not a policydistill.data.Episode: build episodes with "
+            "Episode(images=..., state=..., action=..., instruction=...)."
+        )
     n = len(ep)
     if n == 0:
         raise DatasetError(f"{where} has no frames: drop empty episodes before writing.")
@@ -68,21 +76,34 @@ def checked_episode(ep: Any, index: int, layout: Layout | None) -> Episode:
             raise DatasetError(f"{where}: camera name {cam!r} is not a plain non-empty string without '/'; rename it.")
         arr = np.asarray(frames)
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or 0 in arr.shape[1:]:
-            raise DatasetError(f"{where}: camera {cam!r} frames must be uint8 (T, H, W, 3), got {arr.dtype} "
-                               f"{arr.shape}; convert with (x * 255).round().astype(np.uint8) and channels last.")
+            raise DatasetError(
+                f"{where}: camera {cam!r} frames must be uint8 (T, H, W, 3), got {arr.dtype} "
+                f"{arr.shape}; convert with (x * 255).round().astype(np.uint8) and channels last."
+            )
         images[cam] = np.ascontiguousarray(arr)
     if not isinstance(ep.instruction, str) or not isinstance(ep.task, str):
-        raise DatasetError(f"{where}: instruction and task must be strings, got {type(ep.instruction).__name__} and "
-                           f"{type(ep.task).__name__}.")
-    out = Episode(images=images, state=state, action=action, instruction=ep.instruction, task=ep.task,
-                  success=bool(ep.success), meta=dict(ep.meta))
+        raise DatasetError(
+            f"{where}: instruction and task must be strings, got {type(ep.instruction).__name__} and "
+            f"{type(ep.task).__name__}."
+        )
+    out = Episode(
+        images=images,
+        state=state,
+        action=action,
+        instruction=ep.instruction,
+        task=ep.task,
+        success=bool(ep.success),
+        meta=dict(ep.meta),
+    )
     if layout is not None:
         got = Layout.of(out)
         if got != layout:
-            raise DatasetError(f"{where} does not match the dataset's layout: cameras {got.cameras} state_dim "
-                               f"{got.state_dim} action_dim {got.action_dim}, expected cameras {layout.cameras} "
-                               f"state_dim {layout.state_dim} action_dim {layout.action_dim}. Every episode of one "
-                               "dataset needs the same cameras, image sizes and state/action widths.")
+            raise DatasetError(
+                f"{where} does not match the dataset's layout: cameras {got.cameras} state_dim "
+                f"{got.state_dim} action_dim {got.action_dim}, expected cameras {layout.cameras} "
+                f"state_dim {layout.state_dim} action_dim {layout.action_dim}. Every episode of one "
+                "dataset needs the same cameras, image sizes and state/action widths."
+            )
     return out
 
 
@@ -92,13 +113,17 @@ def _float_array(x: Any, what: str, n: int) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise DatasetError(f"{what} is not a numeric array ({exc}); pass a float array of shape (T, D).") from exc
     if arr.ndim != 2 or arr.shape[0] != n:
-        raise DatasetError(f"{what} must have shape (T={n}, D), got {arr.shape}; reshape it to 2-D (use (T, 1) for a "
-                           "scalar per frame).")
+        raise DatasetError(
+            f"{what} must have shape (T={n}, D), got {arr.shape}; reshape it to 2-D (use (T, 1) for a "
+            "scalar per frame)."
+        )
     bad = ~np.isfinite(arr)
     if bad.any():
         t, d = np.argwhere(bad)[0]
-        raise DatasetError(f"{what} contains NaN or inf (first at frame {t}, dim {d}); fix or drop the episode before "
-                           "writing — a single NaN poisons the normalisation statistics and the training loss.")
+        raise DatasetError(
+            f"{what} contains NaN or inf (first at frame {t}, dim {d}); fix or drop the episode before "
+            "writing — a single NaN poisons the normalisation statistics and the training loss."
+        )
     return np.ascontiguousarray(arr)
 
 
@@ -107,8 +132,10 @@ def check_finite(arr: np.ndarray, what: str) -> None:
     bad = ~np.isfinite(arr)
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise DatasetError(f"{what} contains NaN or inf (first at index {idx}); the dataset is corrupt or was written "
-                           "with invalid values: fix the source data and re-create the dataset, or drop this episode.")
+        raise DatasetError(
+            f"{what} contains NaN or inf (first at index {idx}); the dataset is corrupt or was written "
+            "with invalid values: fix the source data and re-create the dataset, or drop this episode."
+        )
 
 
 def json_safe_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
@@ -125,5 +152,6 @@ def json_safe_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
     try:
         return json.loads(json.dumps(meta, default=default, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise DatasetError(f"{where}: meta {meta!r} is not JSON-serialisable ({exc}); keep meta to str/int/float/bool/"
-                           "lists/dicts.") from exc
+        raise DatasetError(
+            f"{where}: meta {meta!r} is not JSON-serialisable ({exc}); keep meta to str/int/float/bool/lists/dicts."
+        ) from exc

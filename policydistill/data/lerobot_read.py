@@ -40,8 +40,14 @@ DEFAULT_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_inde
 EPISODES_META_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 EXTRAS_FILE = "meta/policydistill.json"
 INDEX_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
-EPISODE_COLUMNS = ("episode_index", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
-                   "dataset_to_index")
+EPISODE_COLUMNS = (
+    "episode_index",
+    "length",
+    "data/chunk_index",
+    "data/file_index",
+    "dataset_from_index",
+    "dataset_to_index",
+)
 REDO = "Re-create the dataset (or re-download it) — the folder is incomplete or was edited by hand."
 
 
@@ -83,14 +89,17 @@ def _list_column(col: Any, width: int, what: str) -> np.ndarray:
             raise DatasetError(f"{what} has {arr.null_count} missing (null) rows. {REDO}")
         if pa.types.is_fixed_size_list(arr.type):
             if arr.type.list_size != width:
-                raise DatasetError(f"{what} rows have {arr.type.list_size} values but meta/info.json declares shape "
-                                   f"[{width}]; fix the feature's shape in info.json or re-create the dataset.")
+                raise DatasetError(
+                    f"{what} rows have {arr.type.list_size} values but meta/info.json declares shape "
+                    f"[{width}]; fix the feature's shape in info.json or re-create the dataset."
+                )
         elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
             lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
             if len(lengths) and (lengths != width).any():
                 bad = int(np.argmax(lengths != width))
-                raise DatasetError(f"{what} row {bad} has {lengths[bad]} values but meta/info.json declares shape "
-                                   f"[{width}]. {REDO}")
+                raise DatasetError(
+                    f"{what} row {bad} has {lengths[bad]} values but meta/info.json declares shape [{width}]. {REDO}"
+                )
         elif width == 1 and (pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type)):
             return arr.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, 1)
         else:
@@ -108,11 +117,15 @@ class LeRobotV3Dataset:
         self.path = Path(path)
         aside = sorted(self.path.parent.glob(f".{self.path.name}.old-*"))
         if aside and not self.path.exists():
-            raise DatasetError(f"{self.path} is missing but {aside[-1]} holds the dataset as it was before a write that "
-                               f"was interrupted between its two renames: rename that folder back to {self.path.name}.")
+            raise DatasetError(
+                f"{self.path} is missing but {aside[-1]} holds the dataset as it was before a write that "
+                f"was interrupted between its two renames: rename that folder back to {self.path.name}."
+            )
         if not self.path.is_dir():
-            raise DatasetError(f"{self.path} does not exist or is not a folder; pass the dataset root (the folder "
-                               "holding meta/ and data/).")
+            raise DatasetError(
+                f"{self.path} does not exist or is not a folder; pass the dataset root (the folder "
+                "holding meta/ and data/)."
+            )
         self.info: dict[str, Any] = _read_json(self.path / "meta/info.json", "LeRobot metadata")
         self._parse_info()
         self.tasks = self._read_tasks()
@@ -130,9 +143,11 @@ class LeRobotV3Dataset:
             raise DatasetError(f"{where} must hold a JSON object. {REDO}")
         version = str(info.get("codebase_version", ""))
         if not version.startswith("v3."):
-            raise DatasetError(f"{self.path} is a LeRobotDataset {version or '(no codebase_version)'}, but this reader "
-                               "handles v3.0 only. Convert older datasets with lerobot's "
-                               "`lerobot.datasets.v30.convert_dataset_v21_to_v30` script first.")
+            raise DatasetError(
+                f"{self.path} is a LeRobotDataset {version or '(no codebase_version)'}, but this reader "
+                "handles v3.0 only. Convert older datasets with lerobot's "
+                "`lerobot.datasets.v30.convert_dataset_v21_to_v30` script first."
+            )
         for key in ("fps", "features", "data_path"):
             if key not in info:
                 raise DatasetError(f"{where} lacks the required key {key!r}. {REDO}")
@@ -146,8 +161,10 @@ class LeRobotV3Dataset:
         if not (np.isfinite(self.fps) and self.fps > 0):
             raise DatasetError(f"{where}: fps {info['fps']!r} is not a positive number. {REDO}")
         if ACTION_KEY not in feats:
-            raise DatasetError(f"{self.path} has no 'action' feature (features: {sorted(feats)}); policydistill needs "
-                               "actions to train on. Pick a dataset with actions, or rename its action key to 'action'.")
+            raise DatasetError(
+                f"{self.path} has no 'action' feature (features: {sorted(feats)}); policydistill needs "
+                "actions to train on. Pick a dataset with actions, or rename its action key to 'action'."
+            )
         self.features: dict[str, dict[str, Any]] = feats
         self.action_dim = self._vector_width(ACTION_KEY)
         self.state_dim = self._vector_width(STATE_KEY) if STATE_KEY in feats else 0
@@ -164,7 +181,7 @@ class LeRobotV3Dataset:
                 if len(shape) != 3 or shape[2] != 3:
                     self.skipped_features.append(key)
                     continue
-                cam = key[len(IMAGE_PREFIX):] if key.startswith(IMAGE_PREFIX) else key.rsplit(".", 1)[-1]
+                cam = key[len(IMAGE_PREFIX) :] if key.startswith(IMAGE_PREFIX) else key.rsplit(".", 1)[-1]
                 if not cam or cam in cams or "/" in cam:
                     cam = key.replace(".", "_").replace("/", "_")
                 cams[cam] = shape
@@ -195,31 +212,39 @@ class LeRobotV3Dataset:
             raise DatasetError(f"{where} is not a valid template ({exc}). {REDO}") from exc
         for _, name, spec, conversion in parts:
             if name is not None and (name not in fields or conversion is not None or "{" in (spec or "")):
-                raise DatasetError(f"{where} may use only the fields {{{'}, {'.join(fields)}}} as plain names with an "
-                                   f"optional format such as :03d (found {{{name}{'!' + conversion if conversion else ''}"
-                                   f"{':' + spec if spec else ''}}}). {REDO}")
+                raise DatasetError(
+                    f"{where} may use only the fields {{{'}, {'.join(fields)}}} as plain names with an "
+                    f"optional format such as :03d (found {{{name}{'!' + conversion if conversion else ''}"
+                    f"{':' + spec if spec else ''}}}). {REDO}"
+                )
         try:
             rel = template.format(**fields)
         except (KeyError, IndexError, ValueError) as exc:
             raise DatasetError(f"{where} is not a valid template ({exc}). {REDO}") from exc
         norm = os.path.normpath(rel)
         if os.path.isabs(rel) or norm == ".." or norm.startswith(".." + os.sep) or norm == ".":
-            raise DatasetError(f"{where} points to {rel!r}, outside the dataset folder {self.path}; the dataset's files "
-                               f"must lie inside it. {REDO}")
+            raise DatasetError(
+                f"{where} points to {rel!r}, outside the dataset folder {self.path}; the dataset's files "
+                f"must lie inside it. {REDO}"
+            )
         return self.path / norm
 
     def _shape(self, key: str) -> tuple[int, ...]:
         shape = self.features[key].get("shape") if isinstance(self.features[key], dict) else None
         if not isinstance(shape, list | tuple) or not all(isinstance(d, int) and d > 0 for d in shape):
-            raise DatasetError(f"{self.path / 'meta/info.json'}: feature {key!r} has shape {shape!r}, expected a list "
-                               f"of positive integers. {REDO}")
+            raise DatasetError(
+                f"{self.path / 'meta/info.json'}: feature {key!r} has shape {shape!r}, expected a list "
+                f"of positive integers. {REDO}"
+            )
         return tuple(shape)
 
     def _vector_width(self, key: str) -> int:
         shape = self._shape(key)
         if len(shape) != 1:
-            raise DatasetError(f"{self.path / 'meta/info.json'}: {key} has shape {list(shape)}; policydistill needs a "
-                               "flat vector per frame — flatten it when converting the dataset.")
+            raise DatasetError(
+                f"{self.path / 'meta/info.json'}: {key} has shape {list(shape)}; policydistill needs a "
+                "flat vector per frame — flatten it when converting the dataset."
+            )
         return shape[0]
 
     def _read_tasks(self) -> dict[int, str]:
@@ -228,8 +253,10 @@ class LeRobotV3Dataset:
         names = table.column_names
         text_col = next((c for c in ("__index_level_0__", "task") if c in names), None)
         if "task_index" not in names or text_col is None:
-            raise DatasetError(f"{path} needs a 'task_index' column and the task text (as the pandas index or a "
-                               f"'task' column); it has {names}. {REDO}")
+            raise DatasetError(
+                f"{path} needs a 'task_index' column and the task text (as the pandas index or a "
+                f"'task' column); it has {names}. {REDO}"
+            )
         with reading(path, "LeRobot task table"):
             idx = [int(i) for i in table.column("task_index").to_pylist()]
             text = [str(t) for t in table.column(text_col).to_pylist()]
@@ -247,8 +274,13 @@ class LeRobotV3Dataset:
         tables = [_read_parquet(f, "LeRobot episode metadata", cols, optional=("tasks",)) for f in files]
         with reading(files[0].parent.parent, "LeRobot episode metadata"):
             table = pa.concat_tables(tables, promote_options="permissive")
-            eps = {c: np.asarray(table.column(c).to_numpy(zero_copy_only=False),
-                                 dtype=np.float64 if c.endswith("timestamp") else np.int64) for c in cols}
+            eps = {
+                c: np.asarray(
+                    table.column(c).to_numpy(zero_copy_only=False),
+                    dtype=np.float64 if c.endswith("timestamp") else np.int64,
+                )
+                for c in cols
+            }
         order = np.argsort(eps["episode_index"], kind="stable")
         self._ep = {c: v[order] for c, v in eps.items()}
         self._ep_tasks: list[list[str]] | None = None
@@ -258,39 +290,47 @@ class LeRobotV3Dataset:
                 self._ep_tasks = [[str(t) for t in (listed[k] or [])] for k in order]
         n = len(order)
         if n == 0:
-            raise DatasetError(f"{self.path} holds no episodes (empty episode metadata); record or convert some "
-                               "episodes first.")
+            raise DatasetError(
+                f"{self.path} holds no episodes (empty episode metadata); record or convert some episodes first."
+            )
         if not np.array_equal(self._ep["episode_index"], np.arange(n)):
             raise DatasetError(f"{self.path}: episode indices in meta/episodes are not 0..{n - 1}. {REDO}")
         length = self._ep["length"].astype(np.int64)
         span = (self._ep["dataset_to_index"] - self._ep["dataset_from_index"]).astype(np.int64)
         if (length <= 0).any() or not np.array_equal(length, span):
             bad = int(np.argmax((length <= 0) | (length != span)))
-            raise DatasetError(f"{self.path}: episode {bad} has length {length[bad]} but spans {span[bad]} frames in "
-                               f"meta/episodes. {REDO}")
+            raise DatasetError(
+                f"{self.path}: episode {bad} has length {length[bad]} but spans {span[bad]} frames in "
+                f"meta/episodes. {REDO}"
+            )
         total = self.info.get("total_episodes")
         if total is not None and total != n:
-            raise DatasetError(f"{self.path}: meta/info.json says total_episodes={total} but meta/episodes lists {n}; "
-                               f"the dataset was not finalised. {REDO}")
+            raise DatasetError(
+                f"{self.path}: meta/info.json says total_episodes={total} but meta/episodes lists {n}; "
+                f"the dataset was not finalised. {REDO}"
+            )
 
     def _check_files(self) -> None:
         """Every data file and video that meta/episodes names must exist (one stat each, no
         reads), so a partial copy is refused on open rather than in the middle of training."""
         wanted: dict[Path, str] = {}
-        for chunk, file in sorted(set(zip(self._ep["data/chunk_index"].tolist(), self._ep["data/file_index"].tolist(),
-                                          strict=True))):
+        for chunk, file in sorted(
+            set(zip(self._ep["data/chunk_index"].tolist(), self._ep["data/file_index"].tolist(), strict=True))
+        ):
             wanted[self._file("data_path", chunk_index=chunk, file_index=file)] = "LeRobot data file"
         for key in self.video_keys:
             pre = f"videos/{key}/"
-            for chunk, file in sorted(set(zip(self._ep[pre + "chunk_index"].tolist(),
-                                              self._ep[pre + "file_index"].tolist(), strict=True))):
+            for chunk, file in sorted(
+                set(zip(self._ep[pre + "chunk_index"].tolist(), self._ep[pre + "file_index"].tolist(), strict=True))
+            ):
                 wanted[self._file("video_path", video_key=key, chunk_index=chunk, file_index=file)] = "video file"
         missing = [(p, what) for p, what in wanted.items() if not p.is_file()]
         if missing:
             (first, what), rest = missing[0], [str(p.relative_to(self.path)) for p, _ in missing[1:6]]
             more = f" (also missing: {', '.join(rest)}{' and more' if len(missing) > 6 else ''})" if rest else ""
-            raise DatasetError(f"{what} {first} is missing{more}: the dataset is incomplete or was copied partly. "
-                               f"{REDO}")
+            raise DatasetError(
+                f"{what} {first} is missing{more}: the dataset is incomplete or was copied partly. {REDO}"
+            )
 
     def _read_stats(self) -> Stats | None:
         path = self.path / "meta/stats.json"
@@ -310,8 +350,10 @@ class LeRobotV3Dataset:
             for e in eps:
                 str(e["task"]), bool(e["success"]), dict(e["meta"])
         if len(eps) != len(self):
-            raise DatasetError(f"{path} describes {len(eps)} episodes but the dataset has {len(self)}; delete the file "
-                               "or re-create the dataset.")
+            raise DatasetError(
+                f"{path} describes {len(eps)} episodes but the dataset has {len(self)}; delete the file "
+                "or re-create the dataset."
+            )
         return eps
 
     # ----------------------------------------------------------------------------- episodes
@@ -374,8 +416,10 @@ class LeRobotV3Dataset:
                 rows = table.filter(pc.equal(table.column("episode_index"), i))
             fidx = rows.column("frame_index").to_numpy(zero_copy_only=False)
         if len(fidx) != n:
-            raise DatasetError(f"{where}: {len(fidx)} rows found but meta/episodes says {n} frames; the data file is "
-                               f"truncated or belongs to another dataset. {REDO}")
+            raise DatasetError(
+                f"{where}: {len(fidx)} rows found but meta/episodes says {n} frames; the data file is "
+                f"truncated or belongs to another dataset. {REDO}"
+            )
         if not np.array_equal(np.sort(fidx), np.arange(n)):
             raise DatasetError(f"{where}: frame_index is not 0..{n - 1}; frames are missing or duplicated. {REDO}")
         if (np.diff(fidx) < 0).any():
@@ -436,8 +480,10 @@ class LeRobotV3Dataset:
         for k, cell in enumerate(cells):
             data = cell.get("bytes") if isinstance(cell, dict) else None
             if not isinstance(data, bytes | bytearray):
-                raise DatasetError(f"{what} frame {k} holds no image bytes (got {type(cell).__name__}); images stored "
-                                   f"only as file paths are not supported. {REDO}")
+                raise DatasetError(
+                    f"{what} frame {k} holds no image bytes (got {type(cell).__name__}); images stored "
+                    f"only as file paths are not supported. {REDO}"
+                )
             frames[k] = decode_png(bytes(data), shape, f"{what} frame {k}")
         return frames
 
@@ -453,8 +499,12 @@ class LeRobotV3Dataset:
         instruction = self._instruction(i)
         if self._extras is not None:
             e = self._extras[i]
-            return {"instruction": instruction, "task": str(e["task"]), "success": bool(e["success"]),
-                    "meta": dict(e["meta"])}
+            return {
+                "instruction": instruction,
+                "task": str(e["task"]),
+                "success": bool(e["success"]),
+                "meta": dict(e["meta"]),
+            }
         return {"instruction": instruction, "task": "", "success": True, "meta": {}}
 
     def _instruction(self, i: int) -> str:
@@ -463,8 +513,9 @@ class LeRobotV3Dataset:
             return str(self._ep_tasks[i][0])
         ti = int(self.frames(i, images=False)["task_index"][0])
         if ti not in self.tasks:
-            raise DatasetError(f"{self.path}: episode {i} uses task_index {ti}, which meta/tasks.parquet does not "
-                               f"define. {REDO}")
+            raise DatasetError(
+                f"{self.path}: episode {i} uses task_index {ti}, which meta/tasks.parquet does not define. {REDO}"
+            )
         return self.tasks[ti]
 
     def episode(self, i: int, images: bool = True) -> Episode:
@@ -475,10 +526,18 @@ class LeRobotV3Dataset:
         images_ = {cam: fr[self.camera_keys[cam]] for cam in self.layout.cameras} if images else {}
         ti = int(fr["task_index"][0])
         if ti not in self.tasks:
-            raise DatasetError(f"{self.path}: episode {i} uses task_index {ti}, which meta/tasks.parquet does not "
-                               f"define. {REDO}")
-        return Episode(images=images_, state=fr[STATE_KEY], action=fr[ACTION_KEY], instruction=self.tasks[ti],
-                       task=rec["task"], success=rec["success"], meta=rec["meta"])
+            raise DatasetError(
+                f"{self.path}: episode {i} uses task_index {ti}, which meta/tasks.parquet does not define. {REDO}"
+            )
+        return Episode(
+            images=images_,
+            state=fr[STATE_KEY],
+            action=fr[ACTION_KEY],
+            instruction=self.tasks[ti],
+            task=rec["task"],
+            success=rec["success"],
+            meta=rec["meta"],
+        )
 
     def __iter__(self):  # noqa: ANN204 - generator of Episode
         for i in range(len(self)):

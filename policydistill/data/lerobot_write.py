@@ -27,6 +27,7 @@ from .lerobot_read import (
 from .media import CODEC_NAMES, VideoWriter, encode_png
 from .stats import ImageHistogram, Stats, lowdim_stats
 
+
 def _feature_names(prefix: str, n: int) -> list[str]:
     return [f"{prefix}_{k}" for k in range(n)]
 
@@ -35,8 +36,11 @@ def _hf_features(layout: Layout, video: bool) -> dict[str, Any]:
     """The ``huggingface`` schema metadata that ``datasets`` writes into each data file."""
     out: dict[str, Any] = {}
     if layout.state_dim:
-        out[STATE_KEY] = {"feature": {"dtype": "float32", "_type": "Value"}, "length": layout.state_dim,
-                          "_type": "List"}
+        out[STATE_KEY] = {
+            "feature": {"dtype": "float32", "_type": "Value"},
+            "length": layout.state_dim,
+            "_type": "List",
+        }
     out[ACTION_KEY] = {"feature": {"dtype": "float32", "_type": "Value"}, "length": layout.action_dim, "_type": "List"}
     for cam in layout.cameras if not video else ():
         out[image_key(cam)] = {"_type": "Image"}
@@ -50,18 +54,33 @@ def _info_features(layout: Layout, names: dict[str, list[str]] | None, video: di
     names = names or {}
     feats: dict[str, Any] = {}
     if layout.state_dim:
-        feats[STATE_KEY] = {"dtype": "float32", "shape": [layout.state_dim],
-                            "names": names.get(STATE_KEY, _feature_names("state", layout.state_dim))}
-    feats[ACTION_KEY] = {"dtype": "float32", "shape": [layout.action_dim],
-                         "names": names.get(ACTION_KEY, _feature_names("action", layout.action_dim))}
+        feats[STATE_KEY] = {
+            "dtype": "float32",
+            "shape": [layout.state_dim],
+            "names": names.get(STATE_KEY, _feature_names("state", layout.state_dim)),
+        }
+    feats[ACTION_KEY] = {
+        "dtype": "float32",
+        "shape": [layout.action_dim],
+        "names": names.get(ACTION_KEY, _feature_names("action", layout.action_dim)),
+    }
     for cam, shape in layout.cameras.items():
-        feats[image_key(cam)] = {"dtype": "video" if video else "image", "shape": list(shape),
-                                 "names": ["height", "width", "channels"]}
+        feats[image_key(cam)] = {
+            "dtype": "video" if video else "image",
+            "shape": list(shape),
+            "names": ["height", "width", "channels"],
+        }
         if video:  # what lerobot's get_video_info records
             feats[image_key(cam)]["info"] = {
-                "video.height": shape[0], "video.width": shape[1], "video.codec": video["codec"],
-                "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": video["fps"],
-                "video.channels": 3, "has_audio": False}
+                "video.height": shape[0],
+                "video.width": shape[1],
+                "video.codec": video["codec"],
+                "video.pix_fmt": "yuv420p",
+                "video.is_depth_map": False,
+                "video.fps": video["fps"],
+                "video.channels": 3,
+                "has_audio": False,
+            }
     feats["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
     for k in ("frame_index", "episode_index", "index", "task_index"):
         feats[k] = {"dtype": "int64", "shape": [1], "names": None}
@@ -74,23 +93,45 @@ def _tasks_table(tasks: dict[str, int]) -> Any:
 
     pandas_meta = {
         "index_columns": ["__index_level_0__"],
-        "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
-                            "metadata": {"encoding": "UTF-8"}}],
-        "columns": [
-            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64",
-             "metadata": None},
-            {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode", "numpy_type": "object",
-             "metadata": None},
+        "column_indexes": [
+            {
+                "name": None,
+                "field_name": None,
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": {"encoding": "UTF-8"},
+            }
         ],
-        "attributes": {}, "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.0",
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {
+                "name": None,
+                "field_name": "__index_level_0__",
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": None,
+            },
+        ],
+        "attributes": {},
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.0",
     }
-    schema = pa.schema([("task_index", pa.int64()), ("__index_level_0__", pa.large_string())],
-                       metadata={b"pandas": json.dumps(pandas_meta).encode()})
+    schema = pa.schema(
+        [("task_index", pa.int64()), ("__index_level_0__", pa.large_string())],
+        metadata={b"pandas": json.dumps(pandas_meta).encode()},
+    )
     return pa.table({"task_index": list(tasks.values()), "__index_level_0__": list(tasks)}, schema=schema)
 
 
-def _episode_stats(ep: Episode, ts: np.ndarray, ep_index: int, start: int, task_index: int,
-                   layout: Layout) -> dict[str, dict[str, Any]]:
+def _episode_stats(
+    ep: Episode, ts: np.ndarray, ep_index: int, start: int, task_index: int, layout: Layout
+) -> dict[str, dict[str, Any]]:
     n = len(ep)
     stats: dict[str, dict[str, Any]] = {}
     if layout.state_dim:
@@ -109,9 +150,16 @@ def _episode_stats(ep: Episode, ts: np.ndarray, ep_index: int, start: int, task_
 
 
 class _LeRobotWriter:
-    def __init__(self, root: Path, fps: float, data_file_size_mb: float, chunks_size: int,
-                 names: dict[str, list[str]] | None, vcodec: str | None = None,
-                 video_file_size_mb: float = 200.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        fps: float,
+        data_file_size_mb: float,
+        chunks_size: int,
+        names: dict[str, list[str]] | None,
+        vcodec: str | None = None,
+        video_file_size_mb: float = 200.0,
+    ) -> None:
         import pyarrow as pa
 
         self.pa = pa
@@ -142,9 +190,16 @@ class _LeRobotWriter:
         fields.append((ACTION_KEY, pa.list_(pa.float32(), layout.action_dim)))
         for cam in layout.cameras if self.vcodec is None else ():
             fields.append((image_key(cam), pa.struct([("bytes", pa.binary()), ("path", pa.string())])))
-        fields += [("timestamp", pa.float32()), ("frame_index", pa.int64()), ("episode_index", pa.int64()),
-                   ("index", pa.int64()), ("task_index", pa.int64())]
-        meta = {b"huggingface": json.dumps({"info": {"features": _hf_features(layout, self.vcodec is not None)}}).encode()}
+        fields += [
+            ("timestamp", pa.float32()),
+            ("frame_index", pa.int64()),
+            ("episode_index", pa.int64()),
+            ("index", pa.int64()),
+            ("task_index", pa.int64()),
+        ]
+        meta = {
+            b"huggingface": json.dumps({"info": {"features": _hf_features(layout, self.vcodec is not None)}}).encode()
+        }
         return pa.schema(fields, metadata=meta)
 
     def add(self, ep: Episode) -> None:
@@ -170,8 +225,9 @@ class _LeRobotWriter:
                 continue
             pngs = [encode_png(f) for f in frames]
             nbytes += sum(len(p) for p in pngs)
-            cols[image_key(cam)] = pa.array([{"bytes": p, "path": None} for p in pngs],
-                                            type=self.schema.field(image_key(cam)).type)
+            cols[image_key(cam)] = pa.array(
+                [{"bytes": p, "path": None} for p in pngs], type=self.schema.field(image_key(cam)).type
+            )
         cols["timestamp"] = pa.array(ts, pa.float32())
         cols["frame_index"] = pa.array(np.arange(n, dtype=np.int64))
         cols["episode_index"] = pa.array(np.full(n, index, np.int64))
@@ -181,16 +237,25 @@ class _LeRobotWriter:
             self._flush()
         self.pending.append(pa.table(cols, schema=self.schema))
         self.pending_bytes += nbytes
-        row = {"episode_index": index, "tasks": [ep.instruction], "length": n, "data/chunk_index": self.chunk,
-               "data/file_index": self.file, "dataset_from_index": self.frames, "dataset_to_index": self.frames + n,
-               **video_cols}
+        row = {
+            "episode_index": index,
+            "tasks": [ep.instruction],
+            "length": n,
+            "data/chunk_index": self.chunk,
+            "data/file_index": self.file,
+            "dataset_from_index": self.frames,
+            "dataset_to_index": self.frames + n,
+            **video_cols,
+        }
         for key, st in _episode_stats(ep, ts, index, self.frames, task_index, self.layout).items():
             for name, value in st.items():
                 row[f"stats/{key}/{name}"] = value
         row["meta/episodes/chunk_index"] = 0
         row["meta/episodes/file_index"] = 0
         self.ep_rows.append(row)
-        self.extras.append({"task": ep.task, "success": ep.success, "meta": json_safe_meta(ep.meta, f"episode {index}")})
+        self.extras.append(
+            {"task": ep.task, "success": ep.success, "meta": json_safe_meta(ep.meta, f"episode {index}")}
+        )
         self.lowdim[ACTION_KEY].append(ep.action)
         self.lowdim[STATE_KEY].append(ep.state)
         self.index_cols["timestamp"].append(ts)
@@ -220,9 +285,14 @@ class _LeRobotWriter:
             start = writer.frames / self.fps
             writer.add(frames)
             chunk, file = self.video_pos[cam]
-            cols.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
-                         f"videos/{key}/from_timestamp": start,
-                         f"videos/{key}/to_timestamp": start + len(frames) / self.fps})
+            cols.update(
+                {
+                    f"videos/{key}/chunk_index": chunk,
+                    f"videos/{key}/file_index": file,
+                    f"videos/{key}/from_timestamp": start,
+                    f"videos/{key}/to_timestamp": start + len(frames) / self.fps,
+                }
+            )
         return cols
 
     def _flush(self) -> None:
@@ -240,8 +310,9 @@ class _LeRobotWriter:
         import pyarrow.parquet as pq
 
         if not self.ep_rows or self.layout is None:
-            raise DatasetError("no episodes to write: the episode iterable was empty. Generate or select at least one "
-                               "episode first.")
+            raise DatasetError(
+                "no episodes to write: the episode iterable was empty. Generate or select at least one episode first."
+            )
         self._flush()
         for writer in self.videos.values():
             writer.close()
@@ -253,14 +324,23 @@ class _LeRobotWriter:
         n_ep = len(self.ep_rows)
         fps: float | int = int(self.fps) if float(self.fps).is_integer() else self.fps
         info = {
-            "codebase_version": CODEBASE_VERSION, "robot_type": robot_type, "total_episodes": n_ep,
-            "total_frames": self.frames, "total_tasks": len(self.tasks), "chunks_size": self.chunks_size,
+            "codebase_version": CODEBASE_VERSION,
+            "robot_type": robot_type,
+            "total_episodes": n_ep,
+            "total_frames": self.frames,
+            "total_tasks": len(self.tasks),
+            "chunks_size": self.chunks_size,
             "data_files_size_in_mb": int(round(self.limit / 2**20)) or 1,
-            "video_files_size_in_mb": int(round(self.video_limit / 2**20)) or 1, "fps": fps,
-            "splits": {"train": f"0:{n_ep}"}, "data_path": DEFAULT_DATA_PATH,
+            "video_files_size_in_mb": int(round(self.video_limit / 2**20)) or 1,
+            "fps": fps,
+            "splits": {"train": f"0:{n_ep}"},
+            "data_path": DEFAULT_DATA_PATH,
             "video_path": DEFAULT_VIDEO_PATH if self.vcodec is not None and self.layout.cameras else None,
-            "features": _info_features(self.layout, self.names, None if self.vcodec is None else
-                                       {"codec": CODEC_NAMES.get(self.vcodec, self.vcodec), "fps": fps}),
+            "features": _info_features(
+                self.layout,
+                self.names,
+                None if self.vcodec is None else {"codec": CODEC_NAMES.get(self.vcodec, self.vcodec), "fps": fps},
+            ),
         }
         (meta / "info.json").write_text(json.dumps(info, indent=4))
         stats: Stats = {}
@@ -272,15 +352,28 @@ class _LeRobotWriter:
         for key, parts in self.index_cols.items():
             stats[key] = lowdim_stats(np.concatenate(parts).reshape(-1, 1))
         (meta / "stats.json").write_text(json.dumps(stats, indent=4))
-        (self.root / EXTRAS_FILE).write_text(json.dumps({"format": "policydistill.lerobot_extras", "version": 1,
-                                                         "episodes": self.extras}, indent=1))
+        (self.root / EXTRAS_FILE).write_text(
+            json.dumps({"format": "policydistill.lerobot_extras", "version": 1, "episodes": self.extras}, indent=1)
+        )
 
 
-def write_lerobot_v3(path: str | Path, episodes: Iterable[Episode], *, fps: float = 10.0, robot_type: str = "unknown",
-                     overwrite: bool = False, data_file_size_mb: float = 100.0, chunks_size: int = 1000,
-                     names: dict[str, list[str]] | None = None, progress: bool = False,
-                     total: int | None = None, video: bool = False, vcodec: str = "libsvtav1",
-                     video_file_size_mb: float = 200.0, sources: Iterable[str | Path] = ()) -> LeRobotV3Dataset:
+def write_lerobot_v3(
+    path: str | Path,
+    episodes: Iterable[Episode],
+    *,
+    fps: float = 10.0,
+    robot_type: str = "unknown",
+    overwrite: bool = False,
+    data_file_size_mb: float = 100.0,
+    chunks_size: int = 1000,
+    names: dict[str, list[str]] | None = None,
+    progress: bool = False,
+    total: int | None = None,
+    video: bool = False,
+    vcodec: str = "libsvtav1",
+    video_file_size_mb: float = 200.0,
+    sources: Iterable[str | Path] = (),
+) -> LeRobotV3Dataset:
     """Write ``episodes`` as a LeRobotDataset v3.0, atomically: image mode (lossless PNG
     frames in the parquet files) by default, or ``video=True`` (lossy MP4 per camera,
     ``vcodec`` "libsvtav1" like lerobot, or "libx264"/"mpeg4").
@@ -300,8 +393,9 @@ def write_lerobot_v3(path: str | Path, episodes: Iterable[Episode], *, fps: floa
     tmp = staging_folder(path, "lerobot")
     try:
         (tmp / "meta").mkdir(parents=True)
-        writer = _LeRobotWriter(tmp, fps, data_file_size_mb, chunks_size, names, vcodec if video else None,
-                                video_file_size_mb)
+        writer = _LeRobotWriter(
+            tmp, fps, data_file_size_mb, chunks_size, names, vcodec if video else None, video_file_size_mb
+        )
         if progress:
             from rich.progress import track
 

@@ -30,15 +30,19 @@ def decode_png(data: bytes, shape: tuple[int, int, int], what: str) -> np.ndarra
     with reading(what, "image", "The PNG bytes are truncated or corrupt: re-create the dataset."):
         img = Image.open(io.BytesIO(data))
         if img.size != (shape[1], shape[0]):  # checked before decoding: a corrupt header can claim any size
-            raise DatasetError(f"{what} is a {img.size[1]}x{img.size[0]} image but meta/info.json declares "
-                               f"{shape[0]}x{shape[1]}; fix the feature's shape in info.json or re-create the dataset.")
+            raise DatasetError(
+                f"{what} is a {img.size[1]}x{img.size[0]} image but meta/info.json declares "
+                f"{shape[0]}x{shape[1]}; fix the feature's shape in info.json or re-create the dataset."
+            )
         img.load()
         if img.mode != "RGB":
             img = img.convert("RGB")
         arr = np.asarray(img, dtype=np.uint8)
     if arr.shape != tuple(shape):
-        raise DatasetError(f"{what} decodes to shape {arr.shape} but meta/info.json declares {tuple(shape)}; the image "
-                           "and the metadata disagree — fix the feature's shape in info.json or re-create the dataset.")
+        raise DatasetError(
+            f"{what} decodes to shape {arr.shape} but meta/info.json declares {tuple(shape)}; the image "
+            "and the metadata disagree — fix the feature's shape in info.json or re-create the dataset."
+        )
     return arr
 
 
@@ -73,21 +77,27 @@ def decode_video_frames(path: Path, timestamps: np.ndarray, fps: float, shape: t
                     break
                 arr = frame.to_ndarray(format="rgb24")
                 if arr.shape != tuple(shape):
-                    raise DatasetError(f"{path}: the frame at {t:.3f}s is {arr.shape[:2]} pixels but meta/info.json "
-                                       f"declares {tuple(shape)}; the video is corrupt or belongs to another "
-                                       "dataset — re-encode it.")
+                    raise DatasetError(
+                        f"{path}: the frame at {t:.3f}s is {arr.shape[:2]} pixels but meta/info.json "
+                        f"declares {tuple(shape)}; the video is corrupt or belongs to another "
+                        "dataset — re-encode it."
+                    )
                 times.append(t)
                 frames.append(arr)
     if not frames:
-        raise DatasetError(f"{path} has no frames between {first:.3f}s and {last:.3f}s; the episode's from_timestamp in "
-                           "meta/episodes does not match the video — re-create the dataset.")
+        raise DatasetError(
+            f"{path} has no frames between {first:.3f}s and {last:.3f}s; the episode's from_timestamp in "
+            "meta/episodes does not match the video — re-create the dataset."
+        )
     t_arr = np.asarray(times)
     nearest = np.abs(t_arr[None, :] - timestamps[:, None]).argmin(axis=1)
     err = np.abs(t_arr[nearest] - timestamps)
     if (err > tol).any():
         k = int(err.argmax())
-        raise DatasetError(f"{path}: no frame near {timestamps[k]:.4f}s (closest {t_arr[nearest[k]]:.4f}s, tolerance "
-                           f"{tol:.4f}s); the video has dropped frames or the timestamps are wrong — re-encode it.")
+        raise DatasetError(
+            f"{path}: no frame near {timestamps[k]:.4f}s (closest {t_arr[nearest[k]]:.4f}s, tolerance "
+            f"{tol:.4f}s); the video has dropped frames or the timestamps are wrong — re-encode it."
+        )
     return np.stack([frames[j] for j in nearest])
 
 
@@ -108,8 +118,10 @@ class VideoWriter:
         import av
 
         if codec not in av.codecs_available:
-            raise DatasetError(f"video codec {codec!r} is not available in this PyAV build (try 'libsvtav1', "
-                               "'libx264' or 'mpeg4'), or write the dataset in image mode.")
+            raise DatasetError(
+                f"video codec {codec!r} is not available in this PyAV build (try 'libsvtav1', "
+                "'libx264' or 'mpeg4'), or write the dataset in image mode."
+            )
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per file otherwise
         self.path, self.codec = path, codec
         self.rate = Fraction(fps).limit_denominator(1001)
@@ -125,8 +137,10 @@ class VideoWriter:
         if self.stream is None:
             h, w = frames.shape[1:3]
             if h % 2 or w % 2:
-                raise DatasetError(f"video mode needs even image sizes for yuv420p, got {h}x{w}; write the dataset "
-                                   "in image mode (video=False) or resize the images.")
+                raise DatasetError(
+                    f"video mode needs even image sizes for yuv420p, got {h}x{w}; write the dataset "
+                    "in image mode (video=False) or resize the images."
+                )
             self.stream = self.container.add_stream(self.codec, rate=self.rate)
             self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
             self.stream.codec_context.time_base = 1 / self.rate

@@ -52,7 +52,7 @@ class ImageHistogram:
         channels = self.counts.shape[0]
         # blocks of frames keep bincount's int64 copy of the input small and in cache
         for i in range(0, len(frames), 32):
-            flat = frames[i:i + 32].reshape(-1, channels)
+            flat = frames[i : i + 32].reshape(-1, channels)
             for c in range(channels):
                 self.counts[c] += np.bincount(flat[:, c], minlength=256)
         self.frames += int(frames.shape[0])
@@ -82,8 +82,13 @@ class ImageHistogram:
         def shaped(v: np.ndarray) -> list:
             return (np.asarray(v, np.float64) / 255.0).reshape(-1, 1, 1).tolist()
 
-        out: dict[str, Any] = {"min": shaped(lo), "max": shaped(hi), "mean": shaped(mean), "std": shaped(np.sqrt(var)),
-                               "count": [self.frames]}
+        out: dict[str, Any] = {
+            "min": shaped(lo),
+            "max": shaped(hi),
+            "mean": shaped(mean),
+            "std": shaped(np.sqrt(var)),
+            "count": [self.frames],
+        }
         for name, q in QUANTILES.items():
             out[name] = shaped([_hist_quantile(self.counts[c], q) for c in range(self.counts.shape[0])])
         return out

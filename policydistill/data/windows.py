@@ -38,15 +38,15 @@ NORM_EPS = 1e-8  # lerobot's: (x - mean) / (std + eps)
 
 @dataclass(frozen=True)
 class WindowConfig:
-    horizon: int = 16               # action chunk length H
-    n_obs_steps: int = 1            # observation frames i-n+1..i
+    horizon: int = 16  # action chunk length H
+    n_obs_steps: int = 1  # observation frames i-n+1..i
     split: Split = "train"
-    val_fraction: float = 0.1       # share of episodes held out (at least one when there are >= 2)
-    seed: int = 0                   # seeds the episode split
-    normalize: bool = True          # MEAN_STD on state and action
+    val_fraction: float = 0.1  # share of episodes held out (at least one when there are >= 2)
+    seed: int = 0  # seeds the episode split
+    normalize: bool = True  # MEAN_STD on state and action
     cameras: tuple[str, ...] | None = None  # None: every camera of the dataset
-    in_memory: bool = True          # decode all split images once (fast path); else per window
-    progress: bool = False          # rich progress bar while decoding episodes into memory
+    in_memory: bool = True  # decode all split images once (fast path); else per window
+    progress: bool = False  # rich progress bar while decoding episodes into memory
 
 
 PRESETS: dict[str, WindowConfig] = {
@@ -81,17 +81,21 @@ def normalizer_from_stats(stats: dict[str, dict[str, Any]], dims: dict[str, int]
         if not entry or width == 0:
             continue
         if "mean" not in entry or "std" not in entry:
-            raise DatasetError(f"statistics for {key!r} lack mean/std (have {sorted(entry)}); recompute them "
-                               "(re-write the dataset) or train with normalize=False.")
+            raise DatasetError(
+                f"statistics for {key!r} lack mean/std (have {sorted(entry)}); recompute them "
+                "(re-write the dataset) or train with normalize=False."
+            )
         try:
             mean = np.asarray(entry["mean"], np.float32).reshape(-1)
             std = np.asarray(entry["std"], np.float32).reshape(-1)
         except (TypeError, ValueError) as exc:
             raise DatasetError(f"statistics for {key!r} are not numeric vectors ({exc}); recompute them.") from exc
         if width > 0 and (mean.shape != (width,) or std.shape != (width,)):
-            raise DatasetError(f"statistics for {key!r} have {mean.size} means and {std.size} stds but the data has "
-                               f"{width} dims; the stats belong to another dataset — recompute them (e.g. "
-                               "`policydistill data convert` re-writes them) or train with normalize=False.")
+            raise DatasetError(
+                f"statistics for {key!r} have {mean.size} means and {std.size} stds but the data has "
+                f"{width} dims; the stats belong to another dataset — recompute them (e.g. "
+                "`policydistill data convert` re-writes them) or train with normalize=False."
+            )
         if not (np.isfinite(mean).all() and np.isfinite(std).all()) or (std < 0).any():
             raise DatasetError(f"statistics for {key!r} contain NaN, inf or a negative std; recompute them.")
         checked[key] = {"mean": mean, "std": std}
@@ -105,8 +109,7 @@ class _Frames:
     """Concatenated frames of some episodes as tensors, plus each frame's episode bounds.
     ``images`` is empty when the episodes were read without images (lazy path)."""
 
-    def __init__(self, episodes: list[Any], ids: list[int], normalizer: Normalizer | None,
-                 cameras: list[str]) -> None:
+    def __init__(self, episodes: list[Any], ids: list[int], normalizer: Normalizer | None, cameras: list[str]) -> None:
         lengths = [len(e) for e in episodes]
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         self.n = int(sum(lengths))
@@ -115,8 +118,11 @@ class _Frames:
         if normalizer is not None:
             action, state = normalizer.normalize(ACTION_KEY, action), normalizer.normalize(STATE_KEY, state)
         self.action, self.state = action.contiguous(), state.contiguous()
-        self.images = {cam: torch.from_numpy(np.concatenate([e.images[cam] for e in episodes]))
-                       for cam in cameras if all(cam in e.images for e in episodes)}
+        self.images = {
+            cam: torch.from_numpy(np.concatenate([e.images[cam] for e in episodes]))
+            for cam in cameras
+            if all(cam in e.images for e in episodes)
+        }
         self.start = torch.from_numpy(np.repeat(starts, lengths))
         self.end = self.start + torch.from_numpy(np.repeat(np.asarray(lengths, np.int64), lengths))
         self.frame_index = torch.arange(self.n) - self.start
@@ -151,8 +157,10 @@ class FlowWindowDataset(torch.utils.data.Dataset):
         self.train_episodes, self.val_episodes = train, val
         self.episode_ids = {"train": train, "val": val, "all": list(range(len(self.source)))}[cfg.split]
         if not self.episode_ids:
-            raise DatasetError(f"split {cfg.split!r} has no episodes ({len(self.source)} in the dataset, val_fraction "
-                               f"{cfg.val_fraction}); use split='all' or a dataset with at least 2 episodes.")
+            raise DatasetError(
+                f"split {cfg.split!r} has no episodes ({len(self.source)} in the dataset, val_fraction "
+                f"{cfg.val_fraction}); use split='all' or a dataset with at least 2 episodes."
+            )
         stats = self.source.stats
         if stats is None:
             stats = self.source.compute_stats()
@@ -161,8 +169,9 @@ class FlowWindowDataset(torch.utils.data.Dataset):
         self.normalizer = normalizer_from_stats(stats, dims) if cfg.normalize else None
         lengths = np.asarray(self.source.lengths)[self.episode_ids]
         self._cum = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        self._frames = _Frames(self._load(self.episode_ids, cfg.in_memory), self.episode_ids, self.normalizer,
-                               self.cameras)
+        self._frames = _Frames(
+            self._load(self.episode_ids, cfg.in_memory), self.episode_ids, self.normalizer, self.cameras
+        )
 
     def _load(self, ids: list[int], images: bool) -> list[Any]:
         it: Any = ids

@@ -72,7 +72,7 @@ class _Appender:
     def _write(self, k: int) -> None:
         block = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
         self.arr.resize((self.n + k, *self.arr.shape[1:]))
-        self.arr[self.n:self.n + k] = block[:k]
+        self.arr[self.n : self.n + k] = block[:k]
         self.n += k
         rest = block[k:]
         self.pending = [rest] if len(rest) else []
@@ -89,22 +89,31 @@ class ZarrEpisodeStore:
         if not (self.path / "zarr.json").is_file():
             aside = sorted(self.path.parent.glob(f".{self.path.name}.old-*"))
             if aside and not self.path.exists():
-                raise DatasetError(f"{self.path} is missing but {aside[-1]} holds the store as it was before a write "
-                                   "that was interrupted between its two renames: rename that folder back to "
-                                   f"{self.path.name}.")
-            raise DatasetError(f"{self.path} is not a policydistill zarr store (no zarr.json): check the path, or "
-                               "create one with `policydistill data convert SRC DST.zarr` / ZarrEpisodeStore.write.")
+                raise DatasetError(
+                    f"{self.path} is missing but {aside[-1]} holds the store as it was before a write "
+                    "that was interrupted between its two renames: rename that folder back to "
+                    f"{self.path.name}."
+                )
+            raise DatasetError(
+                f"{self.path} is not a policydistill zarr store (no zarr.json): check the path, or "
+                "create one with `policydistill data convert SRC DST.zarr` / ZarrEpisodeStore.write."
+            )
         with reading(self.path / "zarr.json", "zarr store metadata"):
             self.root = zarr.open_group(str(self.path), mode="r")
             attrs = dict(self.root.attrs)
         if attrs.get("format") != FORMAT:
-            raise DatasetError(f"{self.path} is a zarr group but not a policydistill episode store (attrs format "
-                               f"{attrs.get('format')!r}, expected {FORMAT!r}); convert it first.")
+            raise DatasetError(
+                f"{self.path} is a zarr group but not a policydistill episode store (attrs format "
+                f"{attrs.get('format')!r}, expected {FORMAT!r}); convert it first."
+            )
         if attrs.get("version") != VERSION:
-            raise DatasetError(f"{self.path} has store version {attrs.get('version')!r}; this policydistill reads "
-                               f"version {VERSION}. Upgrade policydistill or re-create the store.")
-        with reading(self.path / "zarr.json", "zarr store metadata", "The store's attributes are malformed: re-create "
-                     "the store."):
+            raise DatasetError(
+                f"{self.path} has store version {attrs.get('version')!r}; this policydistill reads "
+                f"version {VERSION}. Upgrade policydistill or re-create the store."
+            )
+        with reading(
+            self.path / "zarr.json", "zarr store metadata", "The store's attributes are malformed: re-create the store."
+        ):
             fps = attrs["fps"]
             self.fps = float(fps) if isinstance(fps, int | float) and not isinstance(fps, bool) else float("nan")
             self.layout = Layout.from_json(attrs["layout"])
@@ -114,8 +123,10 @@ class ZarrEpisodeStore:
             self.stats: Stats = check_stats(attrs["stats"], str(self.path))
             self._hist = {k: ImageHistogram.from_json(v) for k, v in attrs["image_histograms"].items()}
         if not (np.isfinite(self.fps) and self.fps > 0):
-            raise DatasetError(f"{self.path / 'zarr.json'}: fps {attrs['fps']!r} is not a positive number; the store's "
-                               "attributes were edited or damaged — re-create the store.")
+            raise DatasetError(
+                f"{self.path / 'zarr.json'}: fps {attrs['fps']!r} is not a positive number; the store's "
+                "attributes were edited or damaged — re-create the store."
+            )
         self._check_metadata_files()
         with reading(self.path / "meta/episode_ends", "zarr array"):
             self.action = self.root["data/action"]
@@ -141,37 +152,50 @@ class ZarrEpisodeStore:
         forever on a FIFO), and camera names must stay inside data/images/."""
         for cam in self.layout.cameras:
             if not cam or "/" in cam or "\\" in cam or cam in (".", ".."):
-                raise DatasetError(f"{self.path / 'zarr.json'}: camera name {cam!r} is not a plain name; the store's "
-                                   "attributes were edited or damaged — re-create the store.")
+                raise DatasetError(
+                    f"{self.path / 'zarr.json'}: camera name {cam!r} is not a plain name; the store's "
+                    "attributes were edited or damaged — re-create the store."
+                )
         arrays = ["data/action", "data/state", "meta/episode_ends", *(f"data/images/{c}" for c in self.layout.cameras)]
         for name in ["data", "meta", "data/images", *arrays]:
             meta = self.path / name / "zarr.json"
             if (name in arrays or meta.exists() or meta.is_symlink()) and not meta.is_file():
-                raise DatasetError(f"{meta} is missing or not a regular file; the store is damaged or was copied "
-                                   "incompletely: copy it again or re-create it.")
+                raise DatasetError(
+                    f"{meta} is missing or not a regular file; the store is damaged or was copied "
+                    "incompletely: copy it again or re-create it."
+                )
 
     def _validate(self, ends: np.ndarray) -> None:
         n = int(self.action.shape[0])
         if len(ends) == 0:
             raise DatasetError(f"{self.path} holds no episodes: write at least one episode to it.")
         if ends.ndim != 1 or (np.diff(np.concatenate([[0], ends])) <= 0).any() or ends[-1] != n:
-            raise DatasetError(f"{self.path}: meta/episode_ends {ends[:8].tolist()}... is not strictly increasing or "
-                               f"does not end at the frame count {n}; the store is corrupt — re-create it.")
+            raise DatasetError(
+                f"{self.path}: meta/episode_ends {ends[:8].tolist()}... is not strictly increasing or "
+                f"does not end at the frame count {n}; the store is corrupt — re-create it."
+            )
         if len(self._episodes) != len(ends):
-            raise DatasetError(f"{self.path}: {len(ends)} episode boundaries but {len(self._episodes)} episode records;"
-                               " the store is corrupt — re-create it.")
+            raise DatasetError(
+                f"{self.path}: {len(ends)} episode boundaries but {len(self._episodes)} episode records;"
+                " the store is corrupt — re-create it."
+            )
         want = {"data/action": (n, self.layout.action_dim), "data/state": (n, self.layout.state_dim)}
         for cam, shape in self.layout.cameras.items():
             want[f"data/images/{cam}"] = (n, *shape)
         arrays = self._arrays()
         for name, shape in want.items():
             if tuple(arrays[name].shape) != shape:
-                raise DatasetError(f"{self.path}: {name} has shape {tuple(arrays[name].shape)}, expected {shape}; the "
-                                   "store is corrupt — re-create it.")
+                raise DatasetError(
+                    f"{self.path}: {name} has shape {tuple(arrays[name].shape)}, expected {shape}; the "
+                    "store is corrupt — re-create it."
+                )
 
     def _arrays(self) -> dict[str, Any]:
-        return {"data/action": self.action, "data/state": self.state,
-                **{f"data/images/{c}": a for c, a in self.images.items()}}
+        return {
+            "data/action": self.action,
+            "data/state": self.state,
+            **{f"data/images/{c}": a for c, a in self.images.items()},
+        }
 
     def _verify_chunks(self) -> None:
         """Every chunk file of every array must exist: zarr reads a missing chunk as the fill
@@ -187,9 +211,11 @@ class ZarrEpisodeStore:
                     missing.append(key)
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise DatasetError(f"{self.path}: {len(missing)} chunk file(s) are missing ({shown}); reading on would give "
-                               "zeros in their place. The store is damaged or was copied incompletely: copy it again "
-                               "or re-create it.")
+            raise DatasetError(
+                f"{self.path}: {len(missing)} chunk file(s) are missing ({shown}); reading on would give "
+                "zeros in their place. The store is damaged or was copied incompletely: copy it again "
+                "or re-create it."
+            )
 
     def _verify_stats(self, n: int) -> None:
         """The recorded statistics must describe this data: frame counts of every feature, and
@@ -219,11 +245,15 @@ class ZarrEpisodeStore:
                         bad.append(f"{key} {name} is {st[name]!r}, not a list of numbers")
                         continue
                     if want.shape != value.shape or not np.allclose(value, want, rtol=1e-6, atol=1e-9, equal_nan=True):
-                        bad.append(f"{key} {name} recorded as {np.round(want, 4).tolist()} but the data gives "
-                                   f"{np.round(value, 4).tolist()}")
+                        bad.append(
+                            f"{key} {name} recorded as {np.round(want, 4).tolist()} but the data gives "
+                            f"{np.round(value, 4).tolist()}"
+                        )
         if bad:
-            raise DatasetError(f"{self.path}: the recorded statistics do not match the data ({'; '.join(bad[:3])}); "
-                               "chunk files were replaced or the attributes edited. Re-create the store.")
+            raise DatasetError(
+                f"{self.path}: the recorded statistics do not match the data ({'; '.join(bad[:3])}); "
+                "chunk files were replaced or the attributes edited. Re-create the store."
+            )
 
     # ----------------------------------------------------------------------------------- reading
     def __len__(self) -> int:
@@ -261,8 +291,15 @@ class ZarrEpisodeStore:
         check_finite(action, f"{where} action")
         check_finite(state, f"{where} state")
         rec = self._episodes[i]
-        return Episode(images=frames, state=state, action=action, instruction=str(rec["instruction"]),
-                       task=str(rec["task"]), success=bool(rec["success"]), meta=dict(rec["meta"]))
+        return Episode(
+            images=frames,
+            state=state,
+            action=action,
+            instruction=str(rec["instruction"]),
+            task=str(rec["task"]),
+            success=bool(rec["success"]),
+            meta=dict(rec["meta"]),
+        )
 
     def frame_images(self, i: int, frames: np.ndarray, cam: str) -> np.ndarray:
         """Frames ``frames`` (indices within episode ``i``) of camera ``cam`` as uint8 (K, H, W, 3);
@@ -296,9 +333,17 @@ class ZarrEpisodeStore:
 
     # ----------------------------------------------------------------------------------- writing
     @classmethod
-    def write(cls, path: str | Path, episodes: Iterable[Episode], *, fps: float = 10.0, mode: WriteMode = "create",
-              progress: bool = False, total: int | None = None,
-              sources: Iterable[str | Path] = ()) -> ZarrEpisodeStore:
+    def write(
+        cls,
+        path: str | Path,
+        episodes: Iterable[Episode],
+        *,
+        fps: float = 10.0,
+        mode: WriteMode = "create",
+        progress: bool = False,
+        total: int | None = None,
+        sources: Iterable[str | Path] = (),
+    ) -> ZarrEpisodeStore:
         """Write ``episodes`` to a new store at ``path`` (atomically) and return it opened.
 
         mode: "create" fails if ``path`` exists, "overwrite" replaces it, "append" adds the
@@ -313,8 +358,12 @@ class ZarrEpisodeStore:
         if mode == "append" and not path.exists():
             mode = "create"
         if mode != "append":
-            check_destination(path, overwrite=mode == "overwrite", sources=sources,
-                              flag="mode='overwrite' (--overwrite) to replace it or mode='append' to add episodes")
+            check_destination(
+                path,
+                overwrite=mode == "overwrite",
+                sources=sources,
+                flag="mode='overwrite' (--overwrite) to replace it or mode='append' to add episodes",
+            )
         if not (fps > 0 and np.isfinite(fps)):
             raise DatasetError(f"fps must be a positive number, got {fps}.")
         old = cls(path) if mode == "append" else None  # validates the existing store before touching anything
@@ -352,8 +401,9 @@ class _StoreWriter:
         if existing is not None:
             full = existing.arrays()
             self.lowdim = {ACTION_KEY: [full[ACTION_KEY]], STATE_KEY: [full[STATE_KEY]]}
-            self.hist = {cam: ImageHistogram(h.counts.shape[0], h.counts.copy(), h.frames)
-                         for cam, h in existing._hist.items()}
+            self.hist = {
+                cam: ImageHistogram(h.counts.shape[0], h.counts.copy(), h.frames) for cam, h in existing._hist.items()
+            }
             self._open_appenders()
 
     def _open_appenders(self) -> None:
@@ -366,12 +416,22 @@ class _StoreWriter:
     def _create_arrays(self, layout: Layout) -> None:
         r = self.root
         for name, width in (("action", layout.action_dim), ("state", layout.state_dim)):
-            r.create_array(f"data/{name}", shape=(0, width), chunks=(LOWDIM_CHUNK_FRAMES, max(width, 1)),
-                           dtype="float32", compressors=[_compressor("float32")])
+            r.create_array(
+                f"data/{name}",
+                shape=(0, width),
+                chunks=(LOWDIM_CHUNK_FRAMES, max(width, 1)),
+                dtype="float32",
+                compressors=[_compressor("float32")],
+            )
         for cam, (h, w, c) in layout.cameras.items():
             frames = int(np.clip(IMAGE_CHUNK_BYTES // (h * w * c), 1, 256))
-            r.create_array(f"data/images/{cam}", shape=(0, h, w, c), chunks=(frames, h, w, c), dtype="uint8",
-                           compressors=[_compressor("uint8")])
+            r.create_array(
+                f"data/images/{cam}",
+                shape=(0, h, w, c),
+                chunks=(frames, h, w, c),
+                dtype="uint8",
+                compressors=[_compressor("uint8")],
+            )
             self.hist[cam] = ImageHistogram(c)
         self._open_appenders()
 
@@ -389,8 +449,14 @@ class _StoreWriter:
             self.app[f"images/{cam}"].add(frames)
             self.hist[cam].update(frames)
         self.ends.append((self.ends[-1] if self.ends else 0) + len(ep))
-        self.records.append({"instruction": ep.instruction, "task": ep.task, "success": ep.success,
-                             "meta": json_safe_meta(ep.meta, f"episode {index}")})
+        self.records.append(
+            {
+                "instruction": ep.instruction,
+                "task": ep.task,
+                "success": ep.success,
+                "meta": json_safe_meta(ep.meta, f"episode {index}"),
+            }
+        )
 
     def add_all(self, episodes: Iterable[Episode], progress: bool, total: int | None) -> None:
         if not progress:
@@ -404,24 +470,33 @@ class _StoreWriter:
 
     def finish(self) -> None:
         if not self.records or self.layout is None:
-            raise DatasetError("no episodes to write: the episode iterable was empty. Generate or select at least one "
-                               "episode first.")
+            raise DatasetError(
+                "no episodes to write: the episode iterable was empty. Generate or select at least one episode first."
+            )
         for app in self.app.values():
             app.close()
         ends = np.asarray(self.ends, np.int64)
-        arr = self.root.create_array("meta/episode_ends", shape=ends.shape, chunks=(max(len(ends), 1),),
-                                     dtype="int64", overwrite=True)
+        arr = self.root.create_array(
+            "meta/episode_ends", shape=ends.shape, chunks=(max(len(ends), 1),), dtype="int64", overwrite=True
+        )
         arr[:] = ends
-        stats: Stats = {STATE_KEY: lowdim_stats(np.concatenate(self.lowdim[STATE_KEY]))
-                        if self.layout.state_dim else {},
-                        ACTION_KEY: lowdim_stats(np.concatenate(self.lowdim[ACTION_KEY]))}
+        stats: Stats = {
+            STATE_KEY: lowdim_stats(np.concatenate(self.lowdim[STATE_KEY])) if self.layout.state_dim else {},
+            ACTION_KEY: lowdim_stats(np.concatenate(self.lowdim[ACTION_KEY])),
+        }
         for cam, hist in self.hist.items():
             stats[image_key(cam)] = hist.stats()
-        self.root.attrs.update({
-            "format": FORMAT, "version": VERSION, "fps": self.fps, "layout": self.layout.to_json(),
-            "episodes": self.records, "stats": stats,
-            "image_histograms": {cam: h.to_json() for cam, h in self.hist.items()},
-        })
+        self.root.attrs.update(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "fps": self.fps,
+                "layout": self.layout.to_json(),
+                "episodes": self.records,
+                "stats": stats,
+                "image_histograms": {cam: h.to_json() for cam, h in self.hist.items()},
+            }
+        )
 
 
 def summarize(source: Any, fmt: str) -> dict[str, Any]:
@@ -430,9 +505,14 @@ def summarize(source: Any, fmt: str) -> dict[str, Any]:
     records = [source.episode_record(i) for i in range(len(source))]
     modes = Counter(str(r["meta"]["mode"]) for r in records if "mode" in r.get("meta", {}))
     return {
-        "format": fmt, "path": str(source.path), "episodes": len(source), "frames": int(lengths.sum()),
-        "fps": source.fps, "cameras": {c: list(s) for c, s in source.layout.cameras.items()},
-        "state_dim": source.layout.state_dim, "action_dim": source.layout.action_dim,
+        "format": fmt,
+        "path": str(source.path),
+        "episodes": len(source),
+        "frames": int(lengths.sum()),
+        "fps": source.fps,
+        "cameras": {c: list(s) for c, s in source.layout.cameras.items()},
+        "state_dim": source.layout.state_dim,
+        "action_dim": source.layout.action_dim,
         "length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
         "success_rate": float(np.mean([bool(r["success"]) for r in records])),
         "tasks": dict(Counter(r["task"] or r["instruction"] for r in records)),

@@ -34,7 +34,7 @@ class ContextSpec:
     layout: list[tuple[str, str, int]]  # (field, kind: "tensor" | "list" | "pairs" | "none", length)
 
     @classmethod
-    def of(cls, ctx: Any) -> "ContextSpec":
+    def of(cls, ctx: Any) -> ContextSpec:
         if not dataclasses.is_dataclass(ctx):
             raise TypeError(f"cannot export a context of type {type(ctx).__name__}: expected a dataclass of tensors")
         layout = []
@@ -84,8 +84,9 @@ class PrefixProgram(nn.Module):
         super().__init__()
         self.policy, self.spec = policy, spec
 
-    def forward(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor,
-                state: Tensor) -> tuple[Tensor, ...]:
+    def forward(
+        self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor, state: Tensor
+    ) -> tuple[Tensor, ...]:
         cond = dict(zip(COND_KEYS, (images, image_masks, tokens, token_masks, state)))
         return self.spec.flatten(_without_buffers(self.policy.encode(cond)))
 
@@ -110,10 +111,10 @@ def _without_buffers(ctx: Any) -> Any:
 
 @dataclass
 class ExportedPolicy:
-    prefix: Any           # torch.export.ExportedProgram
+    prefix: Any  # torch.export.ExportedProgram
     step: Any
     spec: ContextSpec
-    policy: Any           # kept for processing (tokenizer, normaliser) and unnormalising
+    policy: Any  # kept for processing (tokenizer, normaliser) and unnormalising
 
     def __post_init__(self) -> None:
         # .module() rebuilds a GraphModule: do it once, not per call
@@ -215,8 +216,9 @@ class OnnxPolicy:
             if mode == "consistency":  # predict x̂₀, re-noise to s with fresh noise (core.sampler)
                 x0 = self.step.run(None, dict(zip(self.step_inputs, [x, t, np.zeros_like(t), t, *flat])))[0]
                 z = torch.randn(x.shape, dtype=torch.float32).numpy()
-                x = (s_next.reshape(-1, *[1] * (x.ndim - 1)) * z
-                     + (1 - s_next.reshape(-1, *[1] * (x.ndim - 1))) * x0).astype(np.float32)
+                x = (
+                    s_next.reshape(-1, *[1] * (x.ndim - 1)) * z + (1 - s_next.reshape(-1, *[1] * (x.ndim - 1))) * x0
+                ).astype(np.float32)
                 continue
             target = {"flowmap": s_next, "diagonal": t, "consistency_deterministic": np.zeros_like(t)}[mode]
             x = self.step.run(None, dict(zip(self.step_inputs, [x, t, target, t - s_next, *flat])))[0]
@@ -224,8 +226,9 @@ class OnnxPolicy:
         return self.policy.normalizer.unnormalize("action", out[..., : self.policy.config.action_dim].float())
 
 
-def onnx_sample_actions(folder: str | Path, policy: Any, obs: dict[str, Any], steps: int, mode: str,
-                        noise: Tensor) -> Tensor:
+def onnx_sample_actions(
+    folder: str | Path, policy: Any, obs: dict[str, Any], steps: int, mode: str, noise: Tensor
+) -> Tensor:
     """One-off convenience: load the ONNX programs and sample (parity checks)."""
     return OnnxPolicy(folder, policy).sample_actions(obs, steps, mode, noise)
 
@@ -237,5 +240,8 @@ def example_observation(policy: Any, batch: int = 1, task: str = "pick up the ob
     rng = np.random.default_rng(seed)
     cfg = policy.config
     pixels = {c: rng.integers(0, 256, (batch, cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}
-    return {"pixels": pixels, "agent_pos": rng.standard_normal((batch, cfg.state_dim)).astype(np.float32),
-            "task": [task] * batch}
+    return {
+        "pixels": pixels,
+        "agent_pos": rng.standard_normal((batch, cfg.state_dim)).astype(np.float32),
+        "task": [task] * batch,
+    }

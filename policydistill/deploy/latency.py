@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +33,14 @@ DENOISE_BACK_TO_BACK = 10
 
 def percentiles(ms: list[float]) -> dict[str, float]:
     a = np.asarray(ms, dtype=np.float64)
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "mean": float(a.mean()), "n": int(a.size)}
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "p99": float(np.percentile(a, 99)),
+        "max": float(a.max()),
+        "mean": float(a.mean()),
+        "n": int(a.size),
+    }
 
 
 def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
@@ -60,22 +67,40 @@ class LatencyResult:
     denoise_after_prefix_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "nfe": self.nfe, "mode": self.mode, "prefix_ms": self.prefix_ms,
-                "denoise_ms": self.denoise_ms, "denoise_after_prefix_ms": self.denoise_after_prefix_ms,
-                "step_ms": self.step_ms, "e2e_ms": self.e2e_ms,
-                "throughput_chunks_per_s": self.throughput_chunks_per_s, **({"loop": self.loop} if self.loop else {}),
-                "deadline_miss_rate": self.loop.get("deadline_miss_rate"), "hz": self.loop.get("hz")}
+        return {
+            "name": self.name,
+            "nfe": self.nfe,
+            "mode": self.mode,
+            "prefix_ms": self.prefix_ms,
+            "denoise_ms": self.denoise_ms,
+            "denoise_after_prefix_ms": self.denoise_after_prefix_ms,
+            "step_ms": self.step_ms,
+            "e2e_ms": self.e2e_ms,
+            "throughput_chunks_per_s": self.throughput_chunks_per_s,
+            **({"loop": self.loop} if self.loop else {}),
+            "deadline_miss_rate": self.loop.get("deadline_miss_rate"),
+            "hz": self.loop.get("hz"),
+        }
 
 
-def measure_policy(policy: Any, obs: dict[str, Any], nfe: int, mode: str, name: str = "policy",
-                   repeats: int = 30, warmup: int = 3, seed: int = 0) -> LatencyResult:
+def measure_policy(
+    policy: Any,
+    obs: dict[str, Any],
+    nfe: int,
+    mode: str,
+    name: str = "policy",
+    repeats: int = 30,
+    warmup: int = 3,
+    seed: int = 0,
+) -> LatencyResult:
     """Time prefix, denoising and end-to-end inference of one FlowPolicy on one observation."""
     return measure_interleaved([(name, policy, nfe, mode)], obs, repeats, warmup, seed)[name]
 
 
 @torch.no_grad()
-def measure_interleaved(variants: list[tuple[str, Any, int, str]], obs: dict[str, Any], repeats: int = 30,
-                        warmup: int = 3, seed: int = 0) -> dict[str, LatencyResult]:
+def measure_interleaved(
+    variants: list[tuple[str, Any, int, str]], obs: dict[str, Any], repeats: int = 30, warmup: int = 3, seed: int = 0
+) -> dict[str, LatencyResult]:
     """``measure_policy`` for several (name, policy, nfe, mode) at once, alternating between them
     every repeat so that background load affects every variant equally (fair ratios)."""
     if any(policy.device.type == "cpu" for _, policy, *_ in variants):
@@ -91,8 +116,9 @@ def measure_interleaved(variants: list[tuple[str, Any, int, str]], obs: dict[str
         sync = (lambda d=device: torch.cuda.synchronize(d)) if device.type == "cuda" else (lambda: None)
         cond = policy.process(obs)
         gen = torch.Generator(device=device).manual_seed(seed)
-        noise = torch.randn((cond["state"].shape[0], *policy.sample_shape()), generator=gen, device=device,
-                            dtype=policy.dtype)
+        noise = torch.randn(
+            (cond["state"].shape[0], *policy.sample_shape()), generator=gen, device=device, dtype=policy.dtype
+        )
         prepared.append((name, policy, nfe, mode, sync, cond, noise))
     batch = {name: cond["state"].shape[0] for name, _, _, _, _, cond, _ in prepared}
     for i in range(warmup + repeats):
@@ -101,25 +127,41 @@ def measure_interleaved(variants: list[tuple[str, Any, int, str]], obs: dict[str
             c_ms, _ = _timed(lambda: sample_with_ctx(policy, noise, ctx, nfe, mode), sync)  # caches cold
             # the loop's compute cost: the median of back-to-back runs on the same prefix (warm caches
             # and spinning worker threads), so that N steps cost N× one step as they do on a GPU
-            d_ms = float(np.median([_timed(lambda: sample_with_ctx(policy, noise, ctx, nfe, mode), sync)[0]
-                                    for _ in range(DENOISE_BACK_TO_BACK)]))
+            d_ms = float(
+                np.median(
+                    [
+                        _timed(lambda: sample_with_ctx(policy, noise, ctx, nfe, mode), sync)[0]
+                        for _ in range(DENOISE_BACK_TO_BACK)
+                    ]
+                )
+            )
             e_ms, _ = _timed(lambda: policy.sample_actions(obs, steps=nfe, mode=mode, noise=noise).cpu().numpy(), sync)
             if i >= warmup:
                 for key, ms in (("p", p_ms), ("d", d_ms), ("c", c_ms), ("e", e_ms)):
                     samples[name][key].append(ms)
     out = {}
-    for name, policy, nfe, mode, *_ in prepared:
+    for name, _, nfe, mode, *_ in prepared:
         s = samples[name]
         d, e = percentiles(s["d"]), percentiles(s["e"])
-        out[name] = LatencyResult(name=name, nfe=nfe, mode=mode, prefix_ms=percentiles(s["p"]), denoise_ms=d,
-                                  step_ms=d["p50"] / nfe, e2e_ms=e, throughput_chunks_per_s=1e3 / e["p50"] * batch[name],
-                                  e2e_samples_ms=s["e"], denoise_samples_ms=s["d"],
-                                  denoise_after_prefix_ms=percentiles(s["c"]))
+        out[name] = LatencyResult(
+            name=name,
+            nfe=nfe,
+            mode=mode,
+            prefix_ms=percentiles(s["p"]),
+            denoise_ms=d,
+            step_ms=d["p50"] / nfe,
+            e2e_ms=e,
+            throughput_chunks_per_s=1e3 / e["p50"] * batch[name],
+            e2e_samples_ms=s["e"],
+            denoise_samples_ms=s["d"],
+            denoise_after_prefix_ms=percentiles(s["c"]),
+        )
     return out
 
 
-def run_control_loop(policy: Any, robot: Any, nfe: int, mode: str, hz: float, seconds: float,
-                     n_action_steps: int | None = None) -> dict[str, Any]:
+def run_control_loop(
+    policy: Any, robot: Any, nfe: int, mode: str, hz: float, seconds: float, n_action_steps: int | None = None
+) -> dict[str, Any]:
     """Drive ``robot`` with ``policy`` through the real-time control loop; returns its summary."""
     from ..robots.control_loop import ControlLoop, LoopConfig
 
@@ -145,18 +187,23 @@ def check_loop_ran(name: str, loop: dict[str, Any]) -> None:
     hanging, a robot not answering): a miss rate of 0.000 over the ticks before the stop would read
     as a perfect real-time result."""
     if loop.get("stopped"):
-        events = "; ".join(" ".join(str(e.get(k, "")) for k in ("during", "error") if e.get(k)) if isinstance(e, dict)
-                           else str(e) for e in (loop.get("events") or [])[-2:])
+        events = "; ".join(
+            " ".join(str(e.get(k, "")) for k in ("during", "error") if e.get(k)) if isinstance(e, dict) else str(e)
+            for e in (loop.get("events") or [])[-2:]
+        )
         raise ControlLoopStopped(
             f"the control loop of {name} was stopped at tick {loop.get('ticks', 0)} ({loop['stopped']}"
             f"{': ' + events if events else ''}); its deadline-miss rate is not a measurement. Fix the cause "
-            "(a policy that returns NaN/inf actions needs an earlier checkpoint) and run again.")
+            "(a policy that returns NaN/inf actions needs an earlier checkpoint) and run again."
+        )
 
 
 def speedup(teacher: LatencyResult, student: LatencyResult) -> dict[str, float]:
-    return {"denoise": teacher.denoise_ms["p50"] / student.denoise_ms["p50"],
-            "e2e": teacher.e2e_ms["p50"] / student.e2e_ms["p50"],
-            "e2e_p99": teacher.e2e_ms["p99"] / student.e2e_ms["p99"]}
+    return {
+        "denoise": teacher.denoise_ms["p50"] / student.denoise_ms["p50"],
+        "e2e": teacher.e2e_ms["p50"] / student.e2e_ms["p50"],
+        "e2e_p99": teacher.e2e_ms["p99"] / student.e2e_ms["p99"],
+    }
 
 
 def machine_info() -> dict[str, str]:
@@ -164,8 +211,13 @@ def machine_info() -> dict[str, str]:
     import os
     import platform
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": str(os.cpu_count()), "threads": str(torch.get_num_threads())}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": str(os.cpu_count()),
+        "threads": str(torch.get_num_threads()),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -177,8 +229,11 @@ def make_robot(robot: str, policy: Any, task: str | None = None, seed: int = 0) 
     ``task`` (when given) as its environment."""
     from ..robots.robot import RobotConfig
 
-    cfg = RobotConfig.from_file(robot) if robot.endswith(".json") else RobotConfig.named(
-        "metaworld_sawyer" if robot == "sim" else robot)
+    cfg = (
+        RobotConfig.from_file(robot)
+        if robot.endswith(".json")
+        else RobotConfig.named("metaworld_sawyer" if robot == "sim" else robot)
+    )
     if cfg.kind == "lerobot":
         from ..robots.lerobot_bridge import LerobotRobot
 
@@ -203,10 +258,21 @@ class LatencyReport:
     plot_path: Path | None = None
 
 
-def measure_checkpoints(checkpoints: list[Path], nfes: list[int] | None = None, robot: str = "sim",
-                        task: str | None = None, hz: float = 20.0, seconds: float = 30.0, repeats: int = 30,
-                        compile: bool = False, device: str = "cpu", json_out: Path | None = None,
-                        plot: Path | None = None, threads: int = 0, seed: int = 0) -> LatencyReport:
+def measure_checkpoints(
+    checkpoints: list[Path],
+    nfes: list[int] | None = None,
+    robot: str = "sim",
+    task: str | None = None,
+    hz: float = 20.0,
+    seconds: float = 30.0,
+    repeats: int = 30,
+    compile: bool = False,
+    device: str = "cpu",
+    json_out: Path | None = None,
+    plot: Path | None = None,
+    threads: int = 0,
+    seed: int = 0,
+) -> LatencyReport:
     """Time every checkpoint at every NFE (default: each checkpoint's own) and drive the robot with
     each through the real-time control loop, teacher and student in one run.
 
@@ -236,8 +302,11 @@ def measure_checkpoints(checkpoints: list[Path], nfes: list[int] | None = None, 
     robot_ = make_robot(robot, policies[0][1], task, seed)
     robot_.connect()
     obs = robot_.get_observation()
-    variants = [(f"{Path(ckpt).name}@{n}", policy, n, policy.sampling_mode, ckpt)
-                for ckpt, policy in policies for n in (nfes or [policy.nfe])]
+    variants = [
+        (f"{Path(ckpt).name}@{n}", policy, n, policy.sampling_mode, ckpt)
+        for ckpt, policy in policies
+        for n in (nfes or [policy.nfe])
+    ]
     logger.info("timing %d variants, %d interleaved repeats each", len(variants), repeats)
     timed = measure_interleaved([v[:4] for v in variants], obs, repeats=repeats)
     results, dicts = [], []

@@ -19,8 +19,12 @@ def latency_histogram(results: list[Any], path: str | Path) -> Path:
         bins = np.logspace(np.log10(max(all_vals.min() * 0.9, 1e-3)), np.log10(all_vals.max() * 1.1), 40)
         for r in results:
             vals = np.asarray(getattr(r, key))
-            ax.hist(vals, bins=bins, alpha=0.6, label=f"{r.name} (p50 {np.median(vals):.1f}, p99 "
-                                                          f"{np.percentile(vals, 99):.1f})")
+            ax.hist(
+                vals,
+                bins=bins,
+                alpha=0.6,
+                label=f"{r.name} (p50 {np.median(vals):.1f}, p99 {np.percentile(vals, 99):.1f})",
+            )
         ax.set_xscale("log")
         ax.set_xlabel("ms (log scale)")
         ax.set_ylabel("chunks")

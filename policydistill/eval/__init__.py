@@ -8,5 +8,14 @@ from .metrics import summarize_episodes, wilson_interval
 from .policy import ChunkPolicy, RandomPolicy, RolloutPolicy, ScriptedPolicy
 from .rollout import EvalConfig, evaluate_policy, merge_results
 
-__all__ = ["EvalConfig", "evaluate_policy", "merge_results", "wilson_interval", "summarize_episodes", "RolloutPolicy", "ChunkPolicy",
-           "ScriptedPolicy", "RandomPolicy"]
+__all__ = [
+    "EvalConfig",
+    "evaluate_policy",
+    "merge_results",
+    "wilson_interval",
+    "summarize_episodes",
+    "RolloutPolicy",
+    "ChunkPolicy",
+    "ScriptedPolicy",
+    "RandomPolicy",
+]

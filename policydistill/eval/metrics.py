@@ -39,10 +39,14 @@ def summarize_episodes(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     def block(eps: list[dict[str, Any]]) -> dict[str, Any]:
         k = sum(bool(e["success"]) for e in eps)
         lo, hi = wilson_interval(k, len(eps))
-        return {"episodes": len(eps), "successes": k, "success_rate": k / len(eps) if eps else 0.0,
-                "success_ci95": [lo, hi],
-                "steps_to_success": _mean([e["steps_to_success"] for e in eps if e["success"]]),
-                "episode_length": _mean([e["length"] for e in eps])}
+        return {
+            "episodes": len(eps),
+            "successes": k,
+            "success_rate": k / len(eps) if eps else 0.0,
+            "success_ci95": [lo, hi],
+            "steps_to_success": _mean([e["steps_to_success"] for e in eps if e["success"]]),
+            "episode_length": _mean([e["length"] for e in eps]),
+        }
 
     out = block(episodes)
     out["per_task"] = {t: block(eps) for t, eps in tasks.items()}

@@ -2,7 +2,7 @@
 
 Observation batch (what ``select_action`` / ``sample_actions`` receive), numpy::
 
-    {"pixels": {cam: uint8 (B, H, W, 3)}, "agent_pos": float32 (B, D), "task": list[str]}
+    {"pixels": {cam: uint8(B, H, W, 3)}, "agent_pos": float32(B, D), "task": list[str]}
 
 where "task" is each row's instruction (``env.unwrapped.task_description``).
 
@@ -35,8 +35,9 @@ class RolloutPolicy(Protocol):
 
 @runtime_checkable
 class ChunkPolicy(Protocol):
-    def sample_actions(self, obs: Mapping[str, Any], steps: int | None = None, noise: Any = None,
-                       mode: str | None = None) -> Any: ...
+    def sample_actions(
+        self, obs: Mapping[str, Any], steps: int | None = None, noise: Any = None, mode: str | None = None
+    ) -> Any: ...
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -69,7 +70,9 @@ class ScriptedPolicy:
         from policydistill.envs.scripted import make_expert
 
         if text not in self._by_text:
-            raise ValueError(f"no scripted expert for instruction {text!r}: the scripted policy runs Meta-World tasks only")
+            raise ValueError(
+                f"no scripted expert for instruction {text!r}: the scripted policy runs Meta-World tasks only"
+            )
         task = self._by_text[text]
         while len(self._experts) <= row:
             self._experts.append(None)

@@ -21,12 +21,28 @@ def results_table(runs: list[dict[str, Any]], title: str = "evaluation") -> Tabl
         name, nfe = str(run.get("policy", "policy")), _fmt(run.get("nfe"), "d")
         for task, r in run["per_task"].items():
             lo, hi = r["success_ci95"]
-            table.add_row(name, nfe, task, f"{r['success_rate']:.1%}", f"[{lo:.2f}, {hi:.2f}]",
-                          _fmt(r["steps_to_success"]), _fmt(r["episode_length"]), str(r["episodes"]))
+            table.add_row(
+                name,
+                nfe,
+                task,
+                f"{r['success_rate']:.1%}",
+                f"[{lo:.2f}, {hi:.2f}]",
+                _fmt(r["steps_to_success"]),
+                _fmt(r["episode_length"]),
+                str(r["episodes"]),
+            )
         lo, hi = run["success_ci95"]
-        table.add_row(f"[bold]{name}", nfe, "[bold]overall", f"[bold]{run['success_rate']:.1%}", f"[{lo:.2f}, {hi:.2f}]",
-                      _fmt(run["steps_to_success"]), _fmt(run["episode_length"]), str(run["episodes"]),
-                      end_section=True)
+        table.add_row(
+            f"[bold]{name}",
+            nfe,
+            "[bold]overall",
+            f"[bold]{run['success_rate']:.1%}",
+            f"[{lo:.2f}, {hi:.2f}]",
+            _fmt(run["steps_to_success"]),
+            _fmt(run["episode_length"]),
+            str(run["episodes"]),
+            end_section=True,
+        )
     return table
 
 

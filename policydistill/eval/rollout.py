@@ -29,21 +29,21 @@ from .workers import WorkerPool
 @dataclass
 class EvalConfig:
     tasks: list[str] | str = "metaworld/push-v3"  # env ids / suites / bare task names
-    episodes: int = 10                 # per task
-    nfe: int | None = None             # denoising steps for chunk policies (None: the policy's own)
-    mode: str | None = None            # sampling mode for chunk policies ("flowmap" | "diagonal" | ...)
-    workers: int = 1                   # env processes (0: in this process)
-    batch_size: int | None = None      # concurrent episodes = policy batch (default: 4 per worker, >= 2)
+    episodes: int = 10  # per task
+    nfe: int | None = None  # denoising steps for chunk policies (None: the policy's own)
+    mode: str | None = None  # sampling mode for chunk policies ("flowmap" | "diagonal" | ...)
+    workers: int = 1  # env processes (0: in this process)
+    batch_size: int | None = None  # concurrent episodes = policy batch (default: 4 per worker, >= 2)
     n_action_steps: int | None = None  # actions executed per chunk before re-planning (None: policy's own)
-    seed: int = 0                      # base of the episode seeds
-    image_size: int | None = None     # camera size; None: the policy's input size (config.image_size) or 96
+    seed: int = 0  # base of the episode seeds
+    image_size: int | None = None  # camera size; None: the policy's input size (config.image_size) or 96
     max_episode_steps: int | None = None
-    video_dir: str | None = None       # MP4s of the first `videos_per_task` episodes of each task
+    video_dir: str | None = None  # MP4s of the first `videos_per_task` episodes of each task
     videos_per_task: int = 2
     progress: bool = True
     env_kwargs: dict[str, Any] = field(default_factory=dict)
-    rank: int = 0                      # shard the episodes over ranks (torchrun): this rank runs the
-    world_size: int = 1                # episodes with (task index * episodes + i) % world_size == rank
+    rank: int = 0  # shard the episodes over ranks (torchrun): this rank runs the
+    world_size: int = 1  # episodes with (task index * episodes + i) % world_size == rank
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -78,9 +78,11 @@ class _Slot:
 
 def _batch(slots: list[_Slot]) -> dict[str, Any]:
     cams = list(slots[0].obs["pixels"])
-    return {"pixels": {c: np.stack([s.obs["pixels"][c] for s in slots]) for c in cams},
-            "agent_pos": np.stack([s.obs["agent_pos"] for s in slots]).astype(np.float32),
-            "task": [s.instruction for s in slots]}
+    return {
+        "pixels": {c: np.stack([s.obs["pixels"][c] for s in slots]) for c in cams},
+        "agent_pos": np.stack([s.obs["agent_pos"] for s in slots]).astype(np.float32),
+        "task": [s.instruction for s in slots],
+    }
 
 
 def _configure(policy: Any, cfg: EvalConfig) -> None:
@@ -96,8 +98,10 @@ def _configure(policy: Any, cfg: EvalConfig) -> None:
 
 def _chunk_horizon(policy: Any, cfg: EvalConfig, chunk_len: int) -> int:
     if cfg.n_action_steps is not None and cfg.n_action_steps > chunk_len:
-        raise ValueError(f"n_action_steps {cfg.n_action_steps} exceeds the policy's chunk of {chunk_len} actions: "
-                         f"execute at most {chunk_len} actions per chunk")
+        raise ValueError(
+            f"n_action_steps {cfg.n_action_steps} exceeds the policy's chunk of {chunk_len} actions: "
+            f"execute at most {chunk_len} actions per chunk"
+        )
     n = cfg.n_action_steps or getattr(getattr(policy, "config", None), "n_action_steps", None) or chunk_len
     return max(1, min(int(n), chunk_len))
 
@@ -117,7 +121,8 @@ def _check_finite_actions(actions: np.ndarray, slots: list[_Slot]) -> None:
     raise NonFiniteActions(
         f"the policy returned NaN or inf actions ({int((~finite).sum())} of {finite.size} values; first for "
         f"{slot.task} episode {slot.index} at step {slot.steps}); they were not sent to the simulator. Its weights "
-        "overflow or were trained into NaN: evaluate an earlier checkpoint.")
+        "overflow or were trained into NaN: evaluate an earlier checkpoint."
+    )
 
 
 def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
@@ -140,8 +145,10 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
         env_kwargs["max_episode_steps"] = cfg.max_episode_steps
     chunked = isinstance(policy, ChunkPolicy)
     if not chunked and not hasattr(policy, "select_action"):
-        raise TypeError(f"{type(policy).__name__} has neither sample_actions(obs, steps, mode) nor "
-                        "select_action(obs): see policydistill.eval.policy")
+        raise TypeError(
+            f"{type(policy).__name__} has neither sample_actions(obs, steps, mode) nor "
+            "select_action(obs): see policydistill.eval.policy"
+        )
     if not chunked:
         _configure(policy, cfg)
     records: list[dict[str, Any]] = []
@@ -166,9 +173,15 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
 
     def finish(slot: _Slot) -> None:
         slot.done = True
-        rec = {"task": slot.task, "index": slot.index, "seed": slot.seed, "initial_state": slot.init_hash,
-               "success": slot.success,
-               "length": slot.steps, "steps_to_success": slot.steps_to_success}
+        rec = {
+            "task": slot.task,
+            "index": slot.index,
+            "seed": slot.seed,
+            "initial_state": slot.init_hash,
+            "success": slot.success,
+            "length": slot.steps,
+            "steps_to_success": slot.steps_to_success,
+        }
         if slot.frames is not None and video_dir is not None:
             from .video import write_mp4
 
@@ -200,7 +213,9 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
             while slots:
                 need = [s for s, sl in slots.items() if not sl.queue]
                 if need:
-                    chunk = to_numpy(policy.sample_actions(_batch([slots[s] for s in need]), steps=cfg.nfe, mode=cfg.mode))
+                    chunk = to_numpy(
+                        policy.sample_actions(_batch([slots[s] for s in need]), steps=cfg.nfe, mode=cfg.mode)
+                    )
                     if chunk.ndim != 3 or chunk.shape[0] != len(need):
                         raise ValueError(f"sample_actions returned shape {chunk.shape}; expected (B={len(need)}, H, A)")
                     counters["policy_calls"] += 1
@@ -230,25 +245,44 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     records.sort(key=lambda r: (tasks.index(r["task"]), r["index"]))
     out = summarize_episodes(records)
-    out.update({"tasks": tasks, "nfe": cfg.nfe, "mode": cfg.mode, "n_action_steps": cfg.n_action_steps,
-                "episodes_per_task": cfg.episodes, "episodes_detail": records, "seconds": seconds,
-                "env_steps": counters["env_steps"], "steps_per_second": counters["env_steps"] / max(seconds, 1e-9),
-                "policy_calls": counters["policy_calls"], "interface": "chunk" if chunked else "select_action",
-                "image_size": int(image_size),
-                "config": {k: v for k, v in asdict(cfg).items() if k != "progress"}})
+    out.update(
+        {
+            "tasks": tasks,
+            "nfe": cfg.nfe,
+            "mode": cfg.mode,
+            "n_action_steps": cfg.n_action_steps,
+            "episodes_per_task": cfg.episodes,
+            "episodes_detail": records,
+            "seconds": seconds,
+            "env_steps": counters["env_steps"],
+            "steps_per_second": counters["env_steps"] / max(seconds, 1e-9),
+            "policy_calls": counters["policy_calls"],
+            "interface": "chunk" if chunked else "select_action",
+            "image_size": int(image_size),
+            "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+        }
+    )
     out["episodes"] = len(records)
     return out
 
 
 def merge_results(shards: list[dict[str, Any]]) -> dict[str, Any]:
     """Combine the results of ranks (same config, different shards) into one results dict."""
-    records = sorted((r for sh in shards for r in sh["episodes_detail"]),
-                     key=lambda r: (shards[0]["tasks"].index(r["task"]), r["index"]))
+    records = sorted(
+        (r for sh in shards for r in sh["episodes_detail"]),
+        key=lambda r: (shards[0]["tasks"].index(r["task"]), r["index"]),
+    )
     out = dict(shards[0])
     out.update(summarize_episodes(records))
-    out.update({"episodes_detail": records, "episodes": len(records),
-                "env_steps": sum(sh["env_steps"] for sh in shards), "policy_calls": sum(sh["policy_calls"] for sh in shards),
-                "seconds": max(sh["seconds"] for sh in shards)})
+    out.update(
+        {
+            "episodes_detail": records,
+            "episodes": len(records),
+            "env_steps": sum(sh["env_steps"] for sh in shards),
+            "policy_calls": sum(sh["policy_calls"] for sh in shards),
+            "seconds": max(sh["seconds"] for sh in shards),
+        }
+    )
     out["steps_per_second"] = out["env_steps"] / max(out["seconds"], 1e-9)
     return out
 
@@ -264,8 +298,13 @@ class _Progress:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._bar = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+            self._bar = Progress(
+                TextColumn("[bold]eval"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+            )
             self._bar.__enter__()
             self._id = self._bar.add_task("eval", total=self.total, info="")
         return self

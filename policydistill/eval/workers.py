@@ -54,7 +54,13 @@ class _EnvHost:
 
     def step(self, slot: int, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.current[slot][1].step(action)
-        return obs, float(reward), bool(terminated), bool(truncated), {"is_success": bool(info.get("is_success", False))}
+        return (
+            obs,
+            float(reward),
+            bool(terminated),
+            bool(truncated),
+            {"is_success": bool(info.get("is_success", False))},
+        )
 
     def close(self) -> None:
         for _, env in [*self.current.values(), *self.free]:

@@ -131,11 +131,11 @@ METAWORLD_TASKS: dict[str, tuple[str, str]] = {
 class RenderConfig:
     tasks: tuple[str, ...] = tuple(METAWORLD_TASKS)
     episodes_per_task: int = 16
-    episode_steps: int = 120      # environment steps per rollout
-    frame_every: int = 4          # record one frame every N steps
-    size: int = 32                # stored frame size
-    render_size: int = 64         # rendered size, area-downsampled to ``size`` (anti-aliasing)
-    action_noise: float = 0.1     # Gaussian noise added to the scripted expert's action
+    episode_steps: int = 120  # environment steps per rollout
+    frame_every: int = 4  # record one frame every N steps
+    size: int = 32  # stored frame size
+    render_size: int = 64  # rendered size, area-downsampled to ``size`` (anti-aliasing)
+    action_noise: float = 0.1  # Gaussian noise added to the scripted expert's action
     camera: str = "corner2"
     seed: int = 0
 
@@ -146,8 +146,9 @@ class RenderConfig:
 
 RENDER_PRESETS: dict[str, RenderConfig] = {
     "default": RenderConfig(),
-    "tiny": RenderConfig(tasks=("reach-v3", "push-v3"), episodes_per_task=2, episode_steps=24, frame_every=4,
-                         size=8, render_size=16),
+    "tiny": RenderConfig(
+        tasks=("reach-v3", "push-v3"), episodes_per_task=2, episode_steps=24, frame_every=4, size=8, render_size=16
+    ),
 }
 
 
@@ -160,12 +161,14 @@ def _make_env(task: str, cfg: RenderConfig) -> Any:
     try:
         import metaworld
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("rendering Meta-World scenes needs metaworld and mujoco: "
-                          "pip install 'policydistill[sim]'") from exc
+        raise ImportError(
+            "rendering Meta-World scenes needs metaworld and mujoco: pip install 'policydistill[sim]'"
+        ) from exc
     if task not in metaworld.ALL_V3_ENVIRONMENTS:
         raise ValueError(f"unknown Meta-World task {task!r}; known: {', '.join(METAWORLD_TASKS)}")
-    env = metaworld.ALL_V3_ENVIRONMENTS[task](render_mode="rgb_array", camera_name=cfg.camera,
-                                              width=cfg.render_size, height=cfg.render_size)
+    env = metaworld.ALL_V3_ENVIRONMENTS[task](
+        render_mode="rgb_array", camera_name=cfg.camera, width=cfg.render_size, height=cfg.render_size
+    )
     # Randomise object/goal positions at every reset (what the MT1 benchmark does per task).
     env._partially_observable = False
     env._freeze_rand_vec = False
@@ -222,9 +225,13 @@ def render_metaworld(cfg: RenderConfig, path: str | Path, progress: bool = True)
     tmp = path.with_name(f".{path.name}.partial.npz")
     np.savez_compressed(tmp, frames=frames, labels=labels, success=success)
     os.replace(tmp, path)
-    manifest = {"config": asdict(cfg), "instructions": [METAWORLD_TASKS[t][1] for t in cfg.tasks],
-                "episodes": int(len(frames)), "frames_per_episode": n_frames,
-                "success_rate": float(success.mean())}
+    manifest = {
+        "config": asdict(cfg),
+        "instructions": [METAWORLD_TASKS[t][1] for t in cfg.tasks],
+        "episodes": int(len(frames)),
+        "frames_per_episode": n_frames,
+        "success_rate": float(success.mean()),
+    }
     path.with_suffix(".json").write_text(json.dumps(manifest, indent=2) + "\n")
     return path
 
@@ -233,8 +240,12 @@ def metaworld_cache_path(cfg: RenderConfig, cache_dir: str | Path | None = None)
     return Path(cache_dir or default_cache_dir()) / f"metaworld-{cfg.size}px-{cfg.key()}.npz"
 
 
-def load_metaworld_episodes(cfg: RenderConfig | None = None, cache_dir: str | Path | None = None,
-                            render_if_missing: bool = True, progress: bool = True) -> tuple[Tensor, Tensor, list[str]]:
+def load_metaworld_episodes(
+    cfg: RenderConfig | None = None,
+    cache_dir: str | Path | None = None,
+    render_if_missing: bool = True,
+    progress: bool = True,
+) -> tuple[Tensor, Tensor, list[str]]:
     """Cached rendered episodes as (E, L, 3, H, W) float in [-1, 1], task ids (E,), instructions."""
     cfg = cfg or RenderConfig()
     path = metaworld_cache_path(cfg, cache_dir)
@@ -256,15 +267,19 @@ def _episode_split(labels: Tensor, heldout_per_task: int) -> tuple[Tensor, Tenso
         idx = (labels == task).nonzero().flatten()
         if len(idx) < 2:
             raise ValueError(f"task {int(task)} has {len(idx)} episode(s); render at least 2 per task")
-        held.append(idx[-min(heldout_per_task, len(idx) - 1):])
+        held.append(idx[-min(heldout_per_task, len(idx) - 1) :])
     held_idx = torch.cat(held)
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[held_idx] = False
     return mask.nonzero().flatten(), held_idx
 
 
-def metaworld_images(cfg: RenderConfig | None = None, cache_dir: str | Path | None = None, heldout_per_task: int = 3,
-                     progress: bool = True) -> tuple[LabelledImages, LabelledImages]:
+def metaworld_images(
+    cfg: RenderConfig | None = None,
+    cache_dir: str | Path | None = None,
+    heldout_per_task: int = 3,
+    progress: bool = True,
+) -> tuple[LabelledImages, LabelledImages]:
     x, y, names = load_metaworld_episodes(cfg, cache_dir, progress=progress)
     tr, he = _episode_split(y, heldout_per_task)
 
@@ -275,8 +290,13 @@ def metaworld_images(cfg: RenderConfig | None = None, cache_dir: str | Path | No
     return flat(tr), flat(he)
 
 
-def metaworld_clips(frames: int = 8, cfg: RenderConfig | None = None, cache_dir: str | Path | None = None,
-                    heldout_per_task: int = 3, progress: bool = True) -> tuple[Clips, Clips]:
+def metaworld_clips(
+    frames: int = 8,
+    cfg: RenderConfig | None = None,
+    cache_dir: str | Path | None = None,
+    heldout_per_task: int = 3,
+    progress: bool = True,
+) -> tuple[Clips, Clips]:
     x, y, names = load_metaworld_episodes(cfg, cache_dir, progress=progress)
     tr, he = _episode_split(y, heldout_per_task)
     return Clips(x[tr], y[tr], frames, names), Clips(x[he], y[he], frames, names)

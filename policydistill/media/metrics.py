@@ -24,7 +24,7 @@ from ..core.metrics import mean_squared_error, random_directions, sliced_wassers
 
 def psnr(mse: float, peak_to_peak: float = 2.0) -> float:
     """PSNR in dB for data in a range of width ``peak_to_peak`` ([-1, 1] → 2)."""
-    return float("inf") if mse <= 0 else 10.0 * math.log10(peak_to_peak ** 2 / mse)
+    return float("inf") if mse <= 0 else 10.0 * math.log10(peak_to_peak**2 / mse)
 
 
 class FeatureEncoder(nn.Module):
@@ -37,10 +37,14 @@ class FeatureEncoder(nn.Module):
         self.sample_shape = tuple(sample_shape)
         in_ch = int(np.prod(sample_shape[:-2]))
         self.net = nn.Sequential(
-            nn.Conv2d(in_ch, width, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(2 * width, feature_dim, 3, stride=2, padding=1), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(in_ch, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(2 * width, feature_dim, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.head = nn.Linear(feature_dim, num_classes)
 
@@ -60,9 +64,16 @@ class EncoderReport:
     steps: int
 
 
-def train_encoder(x: Tensor, labels: Tensor, num_classes: int, steps: int = 400, batch_size: int = 128,
-                  lr: float = 2e-3, seed: int = 0, heldout: tuple[Tensor, Tensor] | None = None
-                  ) -> tuple[FeatureEncoder, EncoderReport]:
+def train_encoder(
+    x: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    steps: int = 400,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    heldout: tuple[Tensor, Tensor] | None = None,
+) -> tuple[FeatureEncoder, EncoderReport]:
     """Train the feature encoder as a classifier of the condition (digit class / task id).
     Light pixel noise augmentation keeps its features meaningful on imperfect samples."""
     g = torch.Generator().manual_seed(seed)
@@ -83,13 +94,13 @@ def train_encoder(x: Tensor, labels: Tensor, num_classes: int, steps: int = 400,
 
 @torch.no_grad()
 def accuracy(enc: FeatureEncoder, x: Tensor, labels: Tensor) -> float:
-    pred = torch.cat([enc(x[i:i + 512]).argmax(1) for i in range(0, len(x), 512)])
+    pred = torch.cat([enc(x[i : i + 512]).argmax(1) for i in range(0, len(x), 512)])
     return float((pred == labels).float().mean())
 
 
 @torch.no_grad()
 def encode_features(enc: FeatureEncoder, x: Tensor) -> np.ndarray:
-    return torch.cat([enc.features(x[i:i + 512]) for i in range(0, len(x), 512)]).double().numpy()
+    return torch.cat([enc.features(x[i : i + 512]) for i in range(0, len(x), 512)]).double().numpy()
 
 
 def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:

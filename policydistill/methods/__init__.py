@@ -57,19 +57,24 @@ def method_table() -> list[dict[str, Any]]:
         cls = METHODS.load(name)
         default = cls()
         use = default.teacher_use()
-        teacher = {"required": "required", "not used": "not used",
-                   "used": "optional: use_teacher=True (default) distils from a given teacher; False ignores it",
-                   "ignored": "optional: use_teacher=False (default) ignores a given teacher"}[use]
-        rows.append({
-            "name": name,
-            "needs_teacher": cls.needs_teacher,
-            "teacher": teacher,
-            "extra_networks": list(cls.extra_networks),
-            "nfe_supported": cls.nfe_supported,
-            "sampling": cls.sampling,
-            "description": cls.description,
-            "paper": cls.paper,
-        })
+        teacher = {
+            "required": "required",
+            "not used": "not used",
+            "used": "optional: use_teacher=True (default) distils from a given teacher; False ignores it",
+            "ignored": "optional: use_teacher=False (default) ignores a given teacher",
+        }[use]
+        rows.append(
+            {
+                "name": name,
+                "needs_teacher": cls.needs_teacher,
+                "teacher": teacher,
+                "extra_networks": list(cls.extra_networks),
+                "nfe_supported": cls.nfe_supported,
+                "sampling": cls.sampling,
+                "description": cls.description,
+                "paper": cls.paper,
+            }
+        )
     return rows
 
 

@@ -75,21 +75,24 @@ class Method(nn.Module):
             raise TypeError(
                 f"{type(student).__name__} has no target_time branch: every FlowMapModel must own a "
                 "policydistill.core.TargetTimeEmbedding named `target_time` and add its output to the time "
-                "embedding, even a model that ignores s (flow matching freezes it at zero).")
+                "embedding, even a model that ignores s (flow matching freezes it at zero)."
+            )
         if self.uses_target_time and any(not p.requires_grad for p in branch.parameters()):
             raise ValueError(
                 f"{type(self).__name__} trains the flow map off the diagonal, but the student's target_time "
                 "branch is frozen (a copy of a flow-matching teacher keeps it frozen at zero and it would never "
                 "learn). Build the student with policydistill.core.student_from_teacher(teacher), or call "
-                "student.target_time.requires_grad_(True) before training.")
+                "student.target_time.requires_grad_(True) before training."
+            )
 
     def setup(self, student: FlowMapModel, teacher: FlowMapModel | None, total_steps: int) -> None:
         """Called once before training (build EMA copies, pair buffers, schedules)."""
         if self.needs_teacher and teacher is None:
             raise ValueError(f"method {type(self).__name__} needs a teacher model; pass one")
 
-    def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
-             step: int) -> tuple[Tensor, dict[str, float]]:  # pragma: no cover - abstract
+    def loss(
+        self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, step: int
+    ) -> tuple[Tensor, dict[str, float]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def after_step(self, student: FlowMapModel, step: int) -> None:

@@ -17,12 +17,12 @@ from .base import Method, bcast, update_ema
 
 @dataclass
 class ConsistencyDistillationConfig:
-    n_intervals: int = 18                       # N: grid 0 = t_0 < t_1 < … < t_N = 1
-    grid_power: float = 1.0                     # t_i = (i/N)^power; > 1 is denser near the data
-    solver: Literal["euler", "heun"] = "heun"   # the one teacher ODE step t_{n+1} → t_n
-    target_ema: float = 0.95                    # μ: θ⁻ ← μ·θ⁻ + (1 − μ)·θ after every step
+    n_intervals: int = 18  # N: grid 0 = t_0 < t_1 < … < t_N = 1
+    grid_power: float = 1.0  # t_i = (i/N)^power; > 1 is denser near the data
+    solver: Literal["euler", "heun"] = "heun"  # the one teacher ODE step t_{n+1} → t_n
+    target_ema: float = 0.95  # μ: θ⁻ ← μ·θ⁻ + (1 − μ)·θ after every step
     distance: Literal["l2", "pseudo_huber"] = "l2"
-    huber_c: float | None = None                # pseudo-Huber c; None = 0.00054·√dim (iCT's choice)
+    huber_c: float | None = None  # pseudo-Huber c; None = 0.00054·√dim (iCT's choice)
 
 
 def consistency_function(model: FlowMapModel, x_t: Tensor, t: Tensor, ctx) -> Tensor:
@@ -69,8 +69,9 @@ class ConsistencyDistillation(Method):
         n = self.config.n_intervals
         return torch.linspace(0.0, 1.0, n + 1, device=like.device, dtype=like.dtype) ** self.config.grid_power
 
-    def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
-             step: int) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, step: int
+    ) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
         a = batch.data
         b = a.shape[0]

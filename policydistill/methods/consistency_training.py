@@ -16,12 +16,12 @@ from .consistency_distillation import consistency_distance, consistency_function
 
 @dataclass
 class ConsistencyTrainingConfig:
-    s0: int = 10                 # initial number of discretisation intervals
-    s1: int = 1280               # final number of intervals (the curriculum doubles s0 up to s1)
-    sigma_min: float = 0.002     # EDM noise levels; our t = σ/(1 + σ) (x_t/(1−t) = a + σ·ε)
+    s0: int = 10  # initial number of discretisation intervals
+    s1: int = 1280  # final number of intervals (the curriculum doubles s0 up to s1)
+    sigma_min: float = 0.002  # EDM noise levels; our t = σ/(1 + σ) (x_t/(1−t) = a + σ·ε)
     sigma_max: float = 80.0
-    rho: float = 7.0             # Karras spacing
-    p_mean: float = -1.1         # log-normal noise-level distribution
+    rho: float = 7.0  # Karras spacing
+    p_mean: float = -1.1  # log-normal noise-level distribution
     p_std: float = 2.0
     huber_c: float | None = None  # None = 0.00054·√dim
 
@@ -73,8 +73,9 @@ class ConsistencyTraining(Method):
         t[-1] = 1.0
         return t, sigmas, probs / probs.sum()
 
-    def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
-             step: int) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, step: int
+    ) -> tuple[Tensor, dict[str, float]]:
         a = batch.data
         t, sigmas, probs = self.levels(step)
         i = torch.multinomial(probs, a.shape[0], replacement=True)
@@ -90,5 +91,8 @@ class ConsistencyTraining(Method):
             pred, target = pred * mask, target * mask
         per_sample = consistency_distance(pred, target, "pseudo_huber", self.config.huber_c)
         loss = (weight * per_sample).mean()
-        return loss, {"loss": float(loss.detach()), "ct_distance": float(per_sample.mean().detach()),
-                      "n_levels": float(len(t))}
+        return loss, {
+            "loss": float(loss.detach()),
+            "ct_distance": float(per_sample.mean().detach()),
+            "n_levels": float(len(t)),
+        }

@@ -34,8 +34,9 @@ class FlowMatching(Method):
         # A teacher only knows the diagonal: keep its target-time branch at exactly zero.
         student.freeze_target_time()
 
-    def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
-             step: int) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, step: int
+    ) -> tuple[Tensor, dict[str, float]]:
         a = batch.data
         noise = torch.randn_like(a)
         t = sample_time(self.config.time_sampler or student.time_sampler, a.shape[0], device=a.device).to(a.dtype)

@@ -8,7 +8,8 @@ x_s = x_t − (t − s)·F. A pair (t, s) always has s ≤ t.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -43,8 +44,9 @@ def split_batch(batch: FlowBatch, n: int) -> tuple[FlowBatch, FlowBatch]:
     return parts[0], parts[1]
 
 
-def diagonal_fm_loss(student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
-                     time_sampler: str | None = None) -> Tensor:
+def diagonal_fm_loss(
+    student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, time_sampler: str | None = None
+) -> Tensor:
     """‖F(x_t, t, t) − v‖² with v = ε − a (self-distillation) or v = sg teacher(x_t, t, t) when a teacher
     is given (distillation: the teacher's velocity is the conditional expectation of ε − a, a
     lower-variance target for the same minimiser)."""
@@ -60,8 +62,13 @@ def diagonal_fm_loss(student: FlowMapModel, teacher: FlowMapModel | None, batch:
     return masked_mse(student(x_t, t, t, batch.cond), target, batch.mask).mean()
 
 
-def diagonal_fm_share(student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, fm_fraction: float,
-                      time_sampler: str | None = None) -> tuple[FlowBatch, Tensor, dict[str, float]]:
+def diagonal_fm_share(
+    student: FlowMapModel,
+    teacher: FlowMapModel | None,
+    batch: FlowBatch,
+    fm_fraction: float,
+    time_sampler: str | None = None,
+) -> tuple[FlowBatch, Tensor, dict[str, float]]:
     """The first ``fm_fraction`` of the batch trains on the diagonal (``diagonal_fm_loss``); returns the
     rest of the batch (for the off-diagonal term), the running total (the flow-matching term, zero when
     that share is empty) and its metrics. The flow-matching term draws its noise and times before the
@@ -102,8 +109,13 @@ def math_attention():
 FD_EPS = 1e-4
 
 
-def jvp(fn: Callable[..., Tensor], primals: Sequence[Tensor], tangents: Sequence[Tensor],
-        mode: JvpMode = "autograd", fd_eps: float = FD_EPS) -> tuple[Tensor, Tensor]:
+def jvp(
+    fn: Callable[..., Tensor],
+    primals: Sequence[Tensor],
+    tangents: Sequence[Tensor],
+    mode: JvpMode = "autograd",
+    fd_eps: float = FD_EPS,
+) -> tuple[Tensor, Tensor]:
     """(fn(*primals), d/dε fn(*(primals + ε·tangents)) at ε = 0), both differentiable w.r.t. the
     parameters fn closes over.
 
@@ -124,6 +136,7 @@ def jvp(fn: Callable[..., Tensor], primals: Sequence[Tensor], tangents: Sequence
         with math_attention():
             return torch.func.jvp(fn, primals, tangents)
     if mode == "fd":
+
         def at(k: float) -> Tensor:
             return fn(*(p + (k * fd_eps) * v for p, v in zip(primals, tangents)))
 

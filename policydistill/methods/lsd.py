@@ -15,8 +15,8 @@ from .flowmap_terms import FD_EPS, JvpMode, diagonal_fm_share, jvp, ordered_pair
 
 @dataclass
 class LSDConfig:
-    fm_fraction: float = 0.75          # share of the batch on diagonal flow matching
-    lsd_weight: float = 1.0            # weight of the Lagrangian residual
+    fm_fraction: float = 0.75  # share of the batch on diagonal flow matching
+    lsd_weight: float = 1.0  # weight of the Lagrangian residual
     # w(s) = min(1, s/ε)²: near the data end b_s varies like 1/s, so unweighted residuals at tiny s
     # dominate the batch (gradient norms ~10–30 against ~1 for psd); 0 disables the weight
     small_s_eps: float = 0.0
@@ -27,9 +27,9 @@ class LSDConfig:
     # gap_warmup share of training (0 = no curriculum: pairs uniform on the whole triangle).
     gap_warmup: float = 0.0
     gap_start: float = 0.05
-    jvp: JvpMode = "autograd"          # the loss differentiates THROUGH ∂_s X: keep its gradient exact
+    jvp: JvpMode = "autograd"  # the loss differentiates THROUGH ∂_s X: keep its gradient exact
     fd_eps: float = FD_EPS
-    time_sampler: str | None = None    # diagonal FM times; None = the model's own
+    time_sampler: str | None = None  # diagonal FM times; None = the model's own
     # With a teacher given to train(): True = its velocity is the diagonal target and the b_s of the
     # residual (teacher-distilled variant); False = ignore it (self-distillation).
     use_teacher: bool = True
@@ -60,8 +60,9 @@ class LagrangianSelfDistillation(Method):
         progress = step / max(1.0, cfg.gap_warmup * getattr(self, "total_steps", 1))
         return min(1.0, cfg.gap_start + (1.0 - cfg.gap_start) * progress)
 
-    def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
-             step: int) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, step: int
+    ) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
         teacher = self.active_teacher(teacher)
         lag, total, metrics = diagonal_fm_share(student, teacher, batch, cfg.fm_fraction, cfg.time_sampler)
@@ -75,8 +76,9 @@ class LagrangianSelfDistillation(Method):
             noise = torch.randn_like(a)
             x_t = interpolate(a, noise, t)
             ctx = student.encode(lag.cond)
-            F, dF_ds = jvp(lambda ss: student.flow(x_t, t, ss, ctx), (s,), (torch.ones_like(s),),
-                           mode=cfg.jvp, fd_eps=cfg.fd_eps)
+            F, dF_ds = jvp(
+                lambda ss: student.flow(x_t, t, ss, ctx), (s,), (torch.ones_like(s),), mode=cfg.jvp, fd_eps=cfg.fd_eps
+            )
             gap = bcast(t - s, a)
             x_s = x_t - gap * F
             dX_ds = F - gap * dF_ds

@@ -28,11 +28,11 @@ from .flowmap_terms import FD_EPS, JvpMode, count_of, jvp
 class MeanFlowConfig:
     off_diagonal_fraction: float = 0.25  # share of samples with s ≠ t (paper: 25% best of 0–100%)
     time_dist: Literal["logit_normal", "uniform"] = "logit_normal"  # law of the two times
-    time_mu: float = -0.4                # logit-normal(μ, σ) for both times (paper's best)
+    time_mu: float = -0.4  # logit-normal(μ, σ) for both times (paper's best)
     time_sigma: float = 1.0
-    adaptive_p: float = 1.0              # loss = Δ / sg(Δ + c)^p (paper: p = 1)
+    adaptive_p: float = 1.0  # loss = Δ / sg(Δ + c)^p (paper: p = 1)
     adaptive_c: float = 1e-3
-    jvp: JvpMode = "func"                # "func" (torch.func.jvp, math attention) or "fd" fallback
+    jvp: JvpMode = "func"  # "func" (torch.func.jvp, math attention) or "fd" fallback
     fd_eps: float = FD_EPS
     # With a teacher given to train(): True = its velocity replaces ε − a in the target (teacher-
     # distilled variant); False = ignore it (the paper's teacher-free setup).
@@ -65,8 +65,9 @@ class MeanFlow(Method):
         s = torch.where(torch.arange(n, device=like.device) < n_off, s, t)
         return t, s
 
-    def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
-             step: int) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, step: int
+    ) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
         teacher = self.active_teacher(teacher)
         a = batch.data
@@ -80,8 +81,13 @@ class MeanFlow(Method):
             v = velocity_target(a, noise)
         # encode once OUTSIDE the JVP; the JVP is of a closure over the context
         ctx = student.encode(batch.cond)
-        F, dF_dt = jvp(lambda x, tt, ss: student.flow(x, tt, ss, ctx), (x_t, t, s),
-                       (v, torch.ones_like(t), torch.zeros_like(s)), mode=cfg.jvp, fd_eps=cfg.fd_eps)
+        F, dF_dt = jvp(
+            lambda x, tt, ss: student.flow(x, tt, ss, ctx),
+            (x_t, t, s),
+            (v, torch.ones_like(t), torch.zeros_like(s)),
+            mode=cfg.jvp,
+            fd_eps=cfg.fd_eps,
+        )
         target = (v - bcast(t - s, a) * dF_dt).detach()
         # the paper's Δ = ‖u − u_tgt‖², SUMMED over coordinates (a mean would make c effectively D× larger)
         err = (F - target).pow(2)

@@ -18,8 +18,8 @@ from .flowmap_terms import count_of
 
 @dataclass
 class ProgressiveDistillationConfig:
-    teacher_steps: int = 8                         # N of the original teacher; rounds give N/2, N/4, …
-    final_steps: int = 1                           # the student's step count after the last round
+    teacher_steps: int = 8  # N of the original teacher; rounds give N/2, N/4, …
+    final_steps: int = 1  # the student's step count after the last round
     teacher_solver: Literal["euler", "heun"] = "euler"  # how the ORIGINAL (velocity) teacher takes a step
     # Share of the batch, from round 1 on, that keeps the step counts of EARLIER rounds: the student's
     # jump at an earlier step size is regressed on the round teacher's (which learnt it, and kept the
@@ -41,9 +41,11 @@ class ProgressiveDistillation(Method):
     Config = ProgressiveDistillationConfig
     needs_teacher = True
     extra_networks = ("round_teacher",)
-    nfe_supported = ("final_steps (trained); powers of two up to teacher_steps/2 only approximately: "
-                     "keep_fraction of each batch holds the earlier rounds' counts, which can still end "
-                     "less accurate than final_steps (keep_fraction=0: final_steps only)")
+    nfe_supported = (
+        "final_steps (trained); powers of two up to teacher_steps/2 only approximately: "
+        "keep_fraction of each batch holds the earlier rounds' counts, which can still end "
+        "less accurate than final_steps (keep_fraction=0: final_steps only)"
+    )
     sampling = "flowmap"
     description = "Student step = two teacher steps; halve N each round, the student becomes the next teacher."
     paper = "Salimans & Ho 2022, Progressive Distillation for Fast Sampling of Diffusion Models"
@@ -55,8 +57,9 @@ class ProgressiveDistillation(Method):
         cfg = self.config
         ratio = cfg.teacher_steps / cfg.final_steps if cfg.final_steps >= 1 else 0
         if ratio < 2 or ratio != 2 ** round(math.log2(ratio)):
-            raise ValueError(f"teacher_steps/final_steps must be a power of two >= 2, got "
-                             f"{cfg.teacher_steps}/{cfg.final_steps}")
+            raise ValueError(
+                f"teacher_steps/final_steps must be a power of two >= 2, got {cfg.teacher_steps}/{cfg.final_steps}"
+            )
         self.total_steps = max(1, total_steps)
         # Allocated now (not at the first boundary) so the method's state_dict keys are stable
         # and a resumed run restores the current round's teacher.
@@ -83,8 +86,9 @@ class ProgressiveDistillation(Method):
             return x - dt * 0.5 * (v + model.flow(x - dt * v, s, s, ctx))
         raise ValueError(f"unknown teacher_solver {self.config.teacher_solver!r}; valid: euler, heun")
 
-    def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
-             step: int) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, step: int
+    ) -> tuple[Tensor, dict[str, float]]:
         a = batch.data
         b = a.shape[0]
         r = self.round_of(step)
@@ -93,10 +97,12 @@ class ProgressiveDistillation(Method):
         n_keep = count_of(self.config.keep_fraction, b) if r > 0 else 0
         # the first n_keep samples revisit a step size of an earlier round (2h, 4h, ... up to N/2 steps)
         level = torch.randint(0, max(1, r), (b,), device=a.device)
-        step_size = torch.where(torch.arange(b, device=a.device) < n_keep,
-                                1.0 / torch.tensor([self.student_steps(q) for q in range(max(1, r))],
-                                                   device=a.device, dtype=a.dtype)[level],
-                                torch.full((b,), h, device=a.device, dtype=a.dtype))
+        step_size = torch.where(
+            torch.arange(b, device=a.device) < n_keep,
+            1.0
+            / torch.tensor([self.student_steps(q) for q in range(max(1, r))], device=a.device, dtype=a.dtype)[level],
+            torch.full((b,), h, device=a.device, dtype=a.dtype),
+        )
         n_grid = torch.round(1.0 / step_size)
         t = (torch.floor(torch.rand(b, device=a.device, dtype=a.dtype) * n_grid) + 1) * step_size
         t = t.clamp(max=1.0)
@@ -116,8 +122,12 @@ class ProgressiveDistillation(Method):
         pred = student(x_t, t, s, batch.cond)
         per_sample = masked_mse(pred, target, batch.mask)
         loss = per_sample.mean()
-        metrics = {"loss": float(loss.detach()), "pd_loss": float(per_sample[~keep].mean().detach()),
-                   "round": float(r), "student_steps": float(m)}
+        metrics = {
+            "loss": float(loss.detach()),
+            "pd_loss": float(per_sample[~keep].mean().detach()),
+            "round": float(r),
+            "student_steps": float(m),
+        }
         if n_keep:
             metrics["keep_loss"] = float(per_sample[keep].mean().detach())
         return loss, metrics

@@ -16,10 +16,10 @@ from .flowmap_terms import diagonal_fm_share, ordered_pair
 
 @dataclass
 class PSDConfig:
-    fm_fraction: float = 0.75                     # share of the batch on diagonal flow matching
-    psd_weight: float = 1.0                       # weight of the composition loss
+    fm_fraction: float = 0.75  # share of the batch on diagonal flow matching
+    psd_weight: float = 1.0  # weight of the composition loss
     split: Literal["uniform", "midpoint"] = "uniform"  # where the intermediate time m lies in (s, t)
-    time_sampler: str | None = None               # diagonal FM times; None = the model's own
+    time_sampler: str | None = None  # diagonal FM times; None = the model's own
     # With a teacher given to train(): True = its velocity is the diagonal target (teacher-distilled
     # variant); False = ignore it (self-distillation on ε − a).
     use_teacher: bool = True
@@ -40,8 +40,9 @@ class ProgressiveSelfDistillation(Method):
     description = "Flow map: a jump t→s regressed on the composition of two shorter jumps of itself (stop-gradient)."
     paper = "Boffi, Albergo & Vanden-Eijnden 2025, How to build a consistency model: Learning flow maps via self-distillation"
 
-    def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
-             step: int) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, step: int
+    ) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
         teacher = self.active_teacher(teacher)
         comp, total, metrics = diagonal_fm_share(student, teacher, batch, cfg.fm_fraction, cfg.time_sampler)
@@ -64,7 +65,7 @@ class ProgressiveSelfDistillation(Method):
                 x_m = x_t - bcast(t - m, a) * f1
                 f2 = student.flow(x_m, m, s, ctx)
                 gap = (t - s).clamp_min(1e-6)
-                target = (bcast((t - m) / gap, a) * f1 + bcast((m - s) / gap, a) * f2)
+                target = bcast((t - m) / gap, a) * f1 + bcast((m - s) / gap, a) * f2
             pred = student.flow(x_t, t, s, ctx)
             loss = masked_mse(pred, target, comp.mask).mean()
             total = total + cfg.psd_weight * loss

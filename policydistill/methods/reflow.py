@@ -18,22 +18,22 @@ from .base import Method, masked_mse
 
 @dataclass
 class ReflowConfig:
-    teacher_steps: int = 10          # N-step Euler of the teacher generates each pair
-    buffer_size: int = 8192          # fixed number of (noise, teacher sample) pairs, as in the paper
+    teacher_steps: int = 10  # N-step Euler of the teacher generates each pair
+    buffer_size: int = 8192  # fixed number of (noise, teacher sample) pairs, as in the paper
     time_sampler: str | None = None  # flow-matching times on the pairs; None = the model's own
 
 
 class Reflow(Method):
     """Pairs (ε, â = N-step Euler of the teacher from ε) are generated ONCE into a fixed buffer
-    and flow matching is retrained on them: ‖F(x_t, t, t) − (ε − â)‖² with x_t = t·ε + (1−t)·â.
-    Because each ε has one â, the new field's paths are straight and 1-step Euler nearly
-    reproduces the teacher's map. The buffer is filled from the first ⌈buffer_size/B⌉ batches
-    (their conditioning is kept with the pairs; those steps train on the fresh pairs), and every
-    later step draws a random batch of pairs from it. Pairs and tensor conditioning are method
-    buffers, so they are checkpointed; other conditioning (e.g. VLA prefixes) stays in memory and
-    a resumed run regenerates the buffer. A loss mask is taken from the current batch (padding
-masks are the same for every sample). Sampling: Euler on the diagonal (1 step = the reflowed
-    map)."""
+        and flow matching is retrained on them: ‖F(x_t, t, t) − (ε − â)‖² with x_t = t·ε + (1−t)·â.
+        Because each ε has one â, the new field's paths are straight and 1-step Euler nearly
+        reproduces the teacher's map. The buffer is filled from the first ⌈buffer_size/B⌉ batches
+        (their conditioning is kept with the pairs; those steps train on the fresh pairs), and every
+        later step draws a random batch of pairs from it. Pairs and tensor conditioning are method
+        buffers, so they are checkpointed; other conditioning (e.g. VLA prefixes) stays in memory and
+        a resumed run regenerates the buffer. A loss mask is taken from the current batch (padding
+    masks are the same for every sample). Sampling: Euler on the diagonal (1 step = the reflowed
+        map)."""
 
     Config = ReflowConfig
     needs_teacher = True
@@ -50,11 +50,11 @@ masks are the same for every sample). Sampling: Euler on the diagonal (1 step = 
         self.register_buffer("pair_noise", torch.empty(0))
         self.register_buffer("pair_data", torch.empty(0))
         self.register_buffer("pair_cond", torch.empty(0))
-        self._cond: Any = None           # non-tensor conditioning of the pairs (not checkpointed)
+        self._cond: Any = None  # non-tensor conditioning of the pairs (not checkpointed)
 
     def setup(self, student: FlowMapModel, teacher: FlowMapModel | None, total_steps: int) -> None:
         super().setup(student, teacher, total_steps)
-        student.freeze_target_time()     # only the diagonal is trained: keep the s-branch exactly zero
+        student.freeze_target_time()  # only the diagonal is trained: keep the s-branch exactly zero
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
         # The buffers' sizes depend on how far the fill got: take the checkpoint's shapes.
@@ -103,12 +103,13 @@ masks are the same for every sample). Sampling: Euler on the diagonal (1 step = 
             cond = tree_slice(self._cond, idx, self.filled)
         return self.pair_noise[idx], self.pair_data[idx], cond
 
-    def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
-             step: int) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, step: int
+    ) -> tuple[Tensor, dict[str, float]]:
         noise, data, cond = self._pairs(teacher, batch)
-        t = sample_time(self.config.time_sampler or student.time_sampler, data.shape[0],
-                        device=data.device).to(data.dtype)
+        t = sample_time(self.config.time_sampler or student.time_sampler, data.shape[0], device=data.device).to(
+            data.dtype
+        )
         pred = student(interpolate(data, noise, t), t, t, cond)
         loss = masked_mse(pred, velocity_target(data, noise), batch.mask).mean()
-        return loss, {"loss": float(loss.detach()), "reflow_loss": float(loss.detach()),
-                      "pairs": float(self.filled)}
+        return loss, {"loss": float(loss.detach()), "reflow_loss": float(loss.detach()), "pairs": float(self.filled)}

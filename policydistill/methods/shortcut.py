@@ -16,12 +16,12 @@ from .flowmap_terms import count_of, diagonal_fm_loss, split_batch
 
 @dataclass
 class ShortcutConfig:
-    max_steps_log2: int = 7            # finest step 1/2^7 = 1/128, as in the paper
-    bootstrap_fraction: float = 0.25   # share of the batch with self-consistency targets (paper: 1/8)
-    ema_decay: float = 0.995           # EMA that produces the self-consistency targets
-    clip: float | None = 10.0          # clip the bootstrap target (paper: ±4 on image latents)
-    sample_with_ema: bool = False      # sample with the EMA weights after training
-    time_sampler: str | None = None    # diagonal FM times; None = the model's own
+    max_steps_log2: int = 7  # finest step 1/2^7 = 1/128, as in the paper
+    bootstrap_fraction: float = 0.25  # share of the batch with self-consistency targets (paper: 1/8)
+    ema_decay: float = 0.995  # EMA that produces the self-consistency targets
+    clip: float | None = 10.0  # clip the bootstrap target (paper: ±4 on image latents)
+    sample_with_ema: bool = False  # sample with the EMA weights after training
+    time_sampler: str | None = None  # diagonal FM times; None = the model's own
     # With a teacher given to train(): True = the teacher's velocity replaces ε − a on the diagonal
     # and at the finest level (teacher-distilled variant); False = ignore it (self-distillation).
     use_teacher: bool = True
@@ -60,13 +60,14 @@ class Shortcut(Method):
     def _levels(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """Per sample: the full jump 2d ∈ {1, ½, …, 2/2^K} and its start t ∈ {2d, 4d, …, 1}."""
         k_max = self.config.max_steps_log2
-        k = torch.randint(0, k_max, (n,), device=like.device)            # 2d = 2^-k
+        k = torch.randint(0, k_max, (n,), device=like.device)  # 2d = 2^-k
         two_d = torch.pow(2.0, -k.to(like.dtype))
         j = torch.floor(torch.rand(n, device=like.device, dtype=like.dtype) * torch.pow(2.0, k.to(like.dtype))) + 1
         return two_d, (j * two_d).clamp(max=1.0)
 
-    def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
-             step: int) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, step: int
+    ) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
         if not hasattr(self, "ema"):
             raise RuntimeError("Shortcut.loss called before setup(); the training loop calls setup first")

@@ -14,10 +14,10 @@ from .flowmap_terms import count_of, diagonal_fm_loss, split_batch
 
 @dataclass
 class SnapFlowConfig:
-    fm_fraction: float = 0.5         # α: share of the batch (by fixed count) on flow matching
+    fm_fraction: float = 0.5  # α: share of the batch (by fixed count) on flow matching
     consistency_weight: float = 0.1  # λ on the consistency loss
-    clamp: float = 20.0              # clamp the self-teacher velocities ...
-    clamp_steps: int = 1000          # ... during the first steps of training
+    clamp: float = 20.0  # clamp the self-teacher velocities ...
+    clamp_steps: int = 1000  # ... during the first steps of training
     time_sampler: str | None = None  # FM times; None = the model's own
 
 
@@ -35,8 +35,9 @@ class SnapFlow(Method):
     description = "Self-distillation: F(x1,1,0) regressed on the mean of two half-step velocities of its own field."
     paper = "SnapFlow (2026): one-step action generation for flow-matching VLAs"
 
-    def loss(self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch,
-             step: int) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, step: int
+    ) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
         a = batch.data
         b = a.shape[0]

@@ -140,8 +140,10 @@ class _Trunk(nn.Module):
             raise ValueError("this model is class/task-conditioned: pass integer labels (B,) as the condition")
         labels = torch.as_tensor(labels, device=like.device).long().reshape(-1)
         if labels.min() < 0 or labels.max() >= self.label_emb.num_embeddings:
-            raise ValueError(f"labels must lie in [0, {self.label_emb.num_embeddings - 1}], got "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
+            raise ValueError(
+                f"labels must lie in [0, {self.label_emb.num_embeddings - 1}], got "
+                f"[{int(labels.min())}, {int(labels.max())}]"
+            )
         return self.label_emb(labels)
 
     def embed(self, t: Tensor, s_emb: Tensor, label_emb: Tensor) -> Tensor:
@@ -176,7 +178,7 @@ class _PatchDiT(FlowMapModel):
         self.config = cfg
         self.time_sampler = cfg.time_sampler
         self.grid = cfg.image_size // cfg.patch
-        patch_dim = cfg.channels * cfg.patch ** 2
+        patch_dim = cfg.channels * cfg.patch**2
         self.patch_in = nn.Linear(patch_dim, cfg.width)
         return patch_dim
 
@@ -185,8 +187,9 @@ class _PatchDiT(FlowMapModel):
 
     def _check_sample(self, x_t: Tensor, what: str) -> None:
         if tuple(x_t.shape[1:]) != self.sample_shape():
-            raise ValueError(f"expected {what} of shape (B, {', '.join(map(str, self.sample_shape()))}), "
-                             f"got {tuple(x_t.shape)}")
+            raise ValueError(
+                f"expected {what} of shape (B, {', '.join(map(str, self.sample_shape()))}), got {tuple(x_t.shape)}"
+            )
 
 
 @dataclass
@@ -197,7 +200,7 @@ class ImageDiTConfig:
     width: int = 96
     depth: int = 4
     heads: int = 4
-    num_classes: int = 10       # 0 = unconditional
+    num_classes: int = 10  # 0 = unconditional
     time_dim: int = 64
     time_sampler: str = "logit_normal"
 
@@ -247,21 +250,21 @@ class ImageDiT(_PatchDiT):
         return {"architecture": self.architecture, **asdict(self.config)}
 
     @classmethod
-    def from_config(cls, config: dict) -> "ImageDiT":
+    def from_config(cls, config: dict) -> ImageDiT:
         return _from_config(cls, ImageDiTConfig, config)
 
 
 # --------------------------------------------------------------------------- video model
 @dataclass
 class VideoDiTConfig:
-    frames: int = 8             # generated frames (the conditioning frame comes before them)
+    frames: int = 8  # generated frames (the conditioning frame comes before them)
     image_size: int = 32
     channels: int = 3
     patch: int = 8
     width: int = 96
     depth: int = 4
     heads: int = 4
-    num_classes: int = 4        # task / instruction ids
+    num_classes: int = 4  # task / instruction ids
     time_dim: int = 64
     time_sampler: str = "logit_normal"
     #: time-modulated linear path from each input patch to the same output patch. A patch of
@@ -305,8 +308,9 @@ class VideoDiT(_PatchDiT):
         cfg = self.config
         frame = cond["first_frame"].to(self.patch_in.weight.dtype)
         if tuple(frame.shape[1:]) != (cfg.channels, cfg.image_size, cfg.image_size):
-            raise ValueError(f"first_frame must be (B, {cfg.channels}, {cfg.image_size}, {cfg.image_size}), "
-                             f"got {tuple(frame.shape)}")
+            raise ValueError(
+                f"first_frame must be (B, {cfg.channels}, {cfg.image_size}, {cfg.image_size}), got {tuple(frame.shape)}"
+            )
         tokens = self.cond_in(patchify(frame, cfg.patch)) + self.pos + self.frame_emb[0]
         label = self.trunk.label(cond.get("label"), frame.shape[0], self.patch_in.weight)
         return {"frame_tokens": tokens, "label": label}
@@ -317,7 +321,7 @@ class VideoDiT(_PatchDiT):
         self._check_sample(x_t, "clips")
         if not isinstance(ctx, dict):
             raise ValueError("video-dit flow() needs the context returned by encode(cond)")
-        n = self.grid ** 2
+        n = self.grid**2
         frames = patchify(x_t.reshape(b * cfg.frames, cfg.channels, cfg.image_size, cfg.image_size), cfg.patch)
         h = self.patch_in(frames).reshape(b, cfg.frames, n, cfg.width)
         frames = frames.reshape(b, cfg.frames * n, -1)
@@ -340,5 +344,5 @@ class VideoDiT(_PatchDiT):
         return {"architecture": self.architecture, **asdict(self.config)}
 
     @classmethod
-    def from_config(cls, config: dict) -> "VideoDiT":
+    def from_config(cls, config: dict) -> VideoDiT:
         return _from_config(cls, VideoDiTConfig, config)

@@ -17,7 +17,7 @@ from ..core.flowmap import FlowMapModel
 @dataclass
 class MLPFlowMapConfig:
     sample_shape: tuple[int, ...] = (2,)
-    cond_dim: int = 0          # 0 = unconditional; otherwise cond is a (B, cond_dim) tensor
+    cond_dim: int = 0  # 0 = unconditional; otherwise cond is a (B, cond_dim) tensor
     width: int = 256
     depth: int = 4
     time_dim: int = 64
@@ -81,7 +81,7 @@ class MLPFlowMap(FlowMapModel):
         return {"architecture": self.architecture, **d}
 
     @classmethod
-    def from_config(cls, config: dict) -> "MLPFlowMap":
+    def from_config(cls, config: dict) -> MLPFlowMap:
         # config.json may carry provenance (the "policydistill" block) next to the fields
         fields = MLPFlowMapConfig.__dataclass_fields__
         cfg = {k: v for k, v in config.items() if k in fields}

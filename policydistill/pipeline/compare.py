@@ -25,8 +25,14 @@ from .run_options import run_folder
 logger = logging.getLogger(__name__)
 
 
-def compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], resume: bool = False,
-                    extend: bool = False, console: Console | None = None) -> dict[str, Any]:
+def compare_methods(
+    cfg: DistillConfig,
+    methods: list[str],
+    nfes: list[int],
+    resume: bool = False,
+    extend: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
     """Distil one student per method and evaluate all on the same seeds; ``<out>`` is locked for
     the run. Every option is checked before the teacher is loaded. The comparison table and the
     verdict go to ``console`` when one is given (messages go to ``logging``)."""
@@ -40,8 +46,9 @@ def compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], res
         return _compare_methods(cfg, methods, sorted(set(nfes)), resume, extend, console)
 
 
-def _compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], resume: bool, extend: bool,
-                     console: Console | None) -> dict[str, Any]:
+def _compare_methods(
+    cfg: DistillConfig, methods: list[str], nfes: list[int], resume: bool, extend: bool, console: Console | None
+) -> dict[str, Any]:
     from .evaluate import evaluate_variants
 
     out = Path(cfg.out)
@@ -57,24 +64,38 @@ def _compare_methods(cfg: DistillConfig, methods: list[str], nfes: list[int], re
         for n in nfes:  # sampled the way it was trained (train() stored the method's mode in it)
             variants.append(Variant("student", student, n, student.sampling_mode, method, prov["train_seconds"]))
     report = evaluate_variants(variants, job.tasks, job.val_set, cfg, out)
-    report.update({"methods": methods, "nfes": nfes, "teacher": str(job.teacher_dir), "tasks": job.tasks,
-                   "budget": {"iters": cfg.iters, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed}})
+    report.update(
+        {
+            "methods": methods,
+            "nfes": nfes,
+            "teacher": str(job.teacher_dir),
+            "tasks": job.tasks,
+            "budget": {"iters": cfg.iters, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed},
+        }
+    )
     verdict = best_method(report, min(nfes))
-    report["default_method_verdict"] = {"nfe": min(nfes), "method": verdict, "incumbent": DEFAULT_METHOD,
-                                        "rule": "success first within the 95% intervals, then chunk distance; the incumbent "
-                                                "stays within 10% of the best distance"}
+    report["default_method_verdict"] = {
+        "nfe": min(nfes),
+        "method": verdict,
+        "incumbent": DEFAULT_METHOD,
+        "rule": "success first within the 95% intervals, then chunk distance; the incumbent "
+        "stays within 10% of the best distance",
+    }
     if console is not None:
         print_comparison(report, console)
-        console.print(f"default method at {min(nfes)} NFE by this comparison: [bold]{verdict}[/] "
-                      f"(success within the 95% intervals, then chunk distance to the teacher; see best_method)")
+        console.print(
+            f"default method at {min(nfes)} NFE by this comparison: [bold]{verdict}[/] "
+            f"(success within the 95% intervals, then chunk distance to the teacher; see best_method)"
+        )
     write_json(out / "compare.json", report)
     plot_comparison(report, out / "compare.png")
     logger.info(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
     return report
 
 
-def best_method(report: dict[str, Any], nfe: int = 1, incumbent: str = DEFAULT_METHOD,
-                margin: float = 0.10) -> str | None:
+def best_method(
+    report: dict[str, Any], nfe: int = 1, incumbent: str = DEFAULT_METHOD, margin: float = 0.10
+) -> str | None:
     """The method that earns the default at ``nfe``. Closed-loop success first, but only beyond
     noise: the contenders are the methods whose success 95% interval reaches the best success
     rate. Among them the chunk distance to the teacher decides (it measures the whole action
@@ -95,16 +116,34 @@ def best_method(report: dict[str, Any], nfe: int = 1, incumbent: str = DEFAULT_M
 def print_comparison(report: dict[str, Any], console: Console) -> None:
     """The comparison table on the caller's ``console``."""
     table = Table(title=f"methods compared on {', '.join(report['tasks'])} (same teacher, seeds, budget)")
-    for col in ("variant", "NFE", "success", "95% CI", "steps to success", "chunk dist ↓", "action MSE",
-                "denoise p50 ms", "speedup", "train s"):
+    for col in (
+        "variant",
+        "NFE",
+        "success",
+        "95% CI",
+        "steps to success",
+        "chunk dist ↓",
+        "action MSE",
+        "denoise p50 ms",
+        "speedup",
+        "train s",
+    ):
         table.add_column(col, justify="right")
     for r in report["variants"]:
         ci = r.get("success_ci95") or [float("nan")] * 2
         sts = r.get("steps_to_success")
-        table.add_row(r["method"] or r["name"], str(r["nfe"]), f"{r['success_rate']:.3f}", f"[{ci[0]:.2f}, {ci[1]:.2f}]",
-                      f"{sts:.1f}" if isinstance(sts, (int, float)) else "-", f"{r['teacher_chunk_distance']:.4f}",
-                      f"{r['action_mse']:.4f}", f"{r['latency_ms']['denoise_p50']:.2f}", f"{r['denoise_speedup']:.1f}×",
-                      f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-")
+        table.add_row(
+            r["method"] or r["name"],
+            str(r["nfe"]),
+            f"{r['success_rate']:.3f}",
+            f"[{ci[0]:.2f}, {ci[1]:.2f}]",
+            f"{sts:.1f}" if isinstance(sts, (int, float)) else "-",
+            f"{r['teacher_chunk_distance']:.4f}",
+            f"{r['action_mse']:.4f}",
+            f"{r['latency_ms']['denoise_p50']:.2f}",
+            f"{r['denoise_speedup']:.1f}×",
+            f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-",
+        )
     console.print(table)
 
 
@@ -119,12 +158,19 @@ def plot_comparison(report: dict[str, Any], path: Path) -> None:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows[1:]:
         groups.setdefault(r["method"] or "naive", []).append(r)
-    for key, ax, title in (("success_rate", axes[0], "closed-loop success vs NFE"),
-                           ("teacher_chunk_distance", axes[1], "chunk distance to the 10-step teacher ↓")):
+    for key, ax, title in (
+        ("success_rate", axes[0], "closed-loop success vs NFE"),
+        ("teacher_chunk_distance", axes[1], "chunk distance to the 10-step teacher ↓"),
+    ):
         for name, rs in groups.items():
             rs = sorted(rs, key=lambda r: r["nfe"])
-            ax.plot([r["nfe"] for r in rs], [r[key] for r in rs], marker="o", label=name,
-                    linestyle="--" if name == "naive" else "-")
+            ax.plot(
+                [r["nfe"] for r in rs],
+                [r[key] for r in rs],
+                marker="o",
+                label=name,
+                linestyle="--" if name == "naive" else "-",
+            )
         ax.axhline(teacher[key], color="k", linestyle=":", label=f"teacher @ {teacher['nfe']}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("NFE")

@@ -43,14 +43,29 @@ class DistillConfig:
     (help text, flags, bounds: see ``policydistill.cli.config_options``)."""
 
     model: str = "pi0"
-    checkpoint: str | None = field(default=None, metadata={  # None = the bundled teacher
-        "help": "Teacher: policydistill checkpoint or lerobot policy folder."})
-    tokenizer: str | None = field(default=None, metadata={  # local tokenizer for lerobot checkpoints
-        "help": "Local tokenizer folder for lerobot checkpoints."})
-    method: str = field(default=DEFAULT_METHOD, metadata={  # earned by `compare` on the bundled teacher
-        "flags": ("--method", "-m"), "help": "Any registered method (policydistill methods; "
-        f"default: {DEFAULT_METHOD} for policies, the domain's for media)."})
-    steps: int = field(default=1, metadata={"flags": ("--steps",), "default": 1, "min": 1, "help": "NFE of the student."})
+    checkpoint: str | None = field(
+        default=None,
+        metadata={  # None = the bundled teacher
+            "help": "Teacher: policydistill checkpoint or lerobot policy folder."
+        },
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata={  # local tokenizer for lerobot checkpoints
+            "help": "Local tokenizer folder for lerobot checkpoints."
+        },
+    )
+    method: str = field(
+        default=DEFAULT_METHOD,
+        metadata={  # earned by `compare` on the bundled teacher
+            "flags": ("--method", "-m"),
+            "help": "Any registered method (policydistill methods; "
+            f"default: {DEFAULT_METHOD} for policies, the domain's for media).",
+        },
+    )
+    steps: int = field(
+        default=1, metadata={"flags": ("--steps",), "default": 1, "min": 1, "help": "NFE of the student."}
+    )
     iters: int = field(default=1500, metadata={"min": 1, "help": "Distillation optimiser steps."})
     batch_size: int = 32
     lr: float = 1e-4
@@ -60,28 +75,49 @@ class DistillConfig:
     data: str | None = field(default=None, metadata={"help": "Demonstrations (default: the teacher's)."})
     episodes: int = field(default=50, metadata={"min": 1, "help": "Evaluation episodes per task and variant."})
     teacher_nfe: int = 10
-    n_action_steps: int | None = field(default=None, metadata={  # default: the policy's
-        "min": 1, "help": "Actions executed per chunk in closed loop."})
+    n_action_steps: int | None = field(
+        default=None,
+        metadata={  # default: the policy's
+            "min": 1,
+            "help": "Actions executed per chunk in closed loop.",
+        },
+    )
     # Extra closed-loop runs at other execution horizons (None: 8, midpoint, chunk length; (): off)
-    sweep_n_action_steps: tuple[int, ...] | None = field(default=None, metadata={
-        "flags": ("--sweep",), "type": str, "help": "n_action_steps values to also evaluate, e.g. 8,12,16 "
-        "(default: 8, midpoint, chunk length; 'none' = off)."})
+    sweep_n_action_steps: tuple[int, ...] | None = field(
+        default=None,
+        metadata={
+            "flags": ("--sweep",),
+            "type": str,
+            "help": "n_action_steps values to also evaluate, e.g. 8,12,16 "
+            "(default: 8, midpoint, chunk length; 'none' = off).",
+        },
+    )
     sweep_episodes: int = field(default=20, metadata={"min": 1, "help": "Episodes per task at each extra sweep value."})
     workers: int = field(default=2, metadata={"min": 0, "help": "Simulator worker processes (0 = in this process)."})
     # None = the teacher's recorded eval limit, else the task's own
-    max_episode_steps: int | None = field(default=None, metadata={
-        "min": 1, "help": "Episode step limit (default: the task's)."})
-    heldout_obs: int = 32               # held-out observations for MSE and chunk distance
-    chunk_samples: int = 16             # sampled chunks per observation for the distance
+    max_episode_steps: int | None = field(
+        default=None, metadata={"min": 1, "help": "Episode step limit (default: the task's)."}
+    )
+    heldout_obs: int = 32  # held-out observations for MSE and chunk distance
+    chunk_samples: int = 16  # sampled chunks per observation for the distance
     latency_repeats: int = 50
     seed: int = field(default=0, metadata={"help": None})
     threads: int = field(default=0, metadata=cli_help.THREADS)
-    out: str = field(default="runs/distill", metadata={
-        "help": "Output folder (default runs/distill-<model>-<method>-<steps>)."})
-    video: bool = field(default=False, metadata={"flags": ("--video",), "default": False, "help": "Save rollout videos."})
+    out: str = field(
+        default="runs/distill", metadata={"help": "Output folder (default runs/distill-<model>-<method>-<steps>)."}
+    )
+    video: bool = field(
+        default=False, metadata={"flags": ("--video",), "default": False, "help": "Save rollout videos."}
+    )
     progress: bool = True
-    micro_batches: int = field(default=0, metadata={  # 0 = one per torchrun rank
-        "flags": ("--micro-batches",), "min": 0, "help": "Seeded micro-batches per step (0 = one per torchrun rank)."})
+    micro_batches: int = field(
+        default=0,
+        metadata={  # 0 = one per torchrun rank
+            "flags": ("--micro-batches",),
+            "min": 0,
+            "help": "Seeded micro-batches per step (0 = one per torchrun rank).",
+        },
+    )
     fsdp: bool = field(default=False, metadata=cli_help.FSDP)  # shard the student over the torchrun ranks (FSDP2)
     method_options: dict[str, Any] = field(default_factory=dict)
     log: str = field(default="", metadata=cli_help.LOG)  # extra run logs besides metrics.jsonl: tensorboard, wandb
@@ -89,15 +125,25 @@ class DistillConfig:
 
 DISTILL_PRESETS: dict[str, DistillConfig] = {
     "default": DistillConfig(),
-    "tiny": DistillConfig(iters=10, batch_size=8, warmup_steps=2, episodes=2, heldout_obs=4, chunk_samples=4,
-                          latency_repeats=3, workers=0, max_episode_steps=40, sweep_n_action_steps=(4, 8),
-                          sweep_episodes=1),
+    "tiny": DistillConfig(
+        iters=10,
+        batch_size=8,
+        warmup_steps=2,
+        episodes=2,
+        heldout_obs=4,
+        chunk_samples=4,
+        latency_repeats=3,
+        workers=0,
+        max_episode_steps=40,
+        sweep_n_action_steps=(4, 8),
+        sweep_episodes=1,
+    ),
 }
 
 
 @dataclass
 class Variant:
-    name: str          # "teacher" | "naive" | "student"
+    name: str  # "teacher" | "naive" | "student"
     policy: Any
     nfe: int
     mode: str
@@ -132,8 +178,10 @@ class Job:
     def settle(self, cfg: DistillConfig) -> DistillConfig:
         """``cfg`` with what it left open filled in from the teacher's record."""
         if cfg.max_episode_steps is None and self.episode_limit:
-            logger.info(f"episodes are limited to {self.episode_limit} steps, as in the teacher's evaluation "
-                        "(--max-episode-steps to change)")
+            logger.info(
+                f"episodes are limited to {self.episode_limit} steps, as in the teacher's evaluation "
+                "(--max-episode-steps to change)"
+            )
             return dataclasses.replace(cfg, max_episode_steps=self.episode_limit)
         return cfg
 
@@ -160,8 +208,10 @@ def load_job(cfg: DistillConfig) -> Job:
     family = {"pi05": "pi0"}  # pi0.5 is a variant of pi0: `distill pi0` takes either checkpoint
     arch = getattr(teacher, "architecture", cfg.model)
     if cfg.model and family.get(arch, arch) != family.get(cfg.model, cfg.model):
-        raise ValueError(f"the checkpoint is a {teacher.architecture} policy, not {cfg.model}: "
-                         f"run `policydistill distill {teacher.architecture} ...`")
+        raise ValueError(
+            f"the checkpoint is a {teacher.architecture} policy, not {cfg.model}: "
+            f"run `policydistill distill {teacher.architecture} ...`"
+        )
     prov = provenance(teacher_dir)
     tasks = tasks_of(cfg.task) if cfg.task else list(prov.get("tasks", []))
     if not tasks:
@@ -175,15 +225,27 @@ def load_job(cfg: DistillConfig) -> Job:
             tc = prov.get("teacher_config", {})
             logger.info(f"demonstrations {data_path} not found: generating them (same tasks and seeds as the teacher)")
             data_path = out / "demos.zarr"
-            ensure_demos(tasks, data_path, tc.get("episodes_per_task", 50), teacher.config.image_size,
-                         tc.get("multimodal", True), tc.get("action_noise", 0.1), tc.get("seed", 0))
+            ensure_demos(
+                tasks,
+                data_path,
+                tc.get("episodes_per_task", 50),
+                teacher.config.image_size,
+                tc.get("multimodal", True),
+                tc.get("action_noise", 0.1),
+                tc.get("seed", 0),
+            )
     val_fraction = prov.get("teacher_config", {}).get("val_fraction", 0.1)
     split_seed = prov.get("seed", cfg.seed)
     chunk = teacher.config.chunk_size
-    return Job(teacher, teacher_dir, tasks, data_path,
-               open_windows(data_path, chunk, "train", val_fraction, split_seed),
-               open_windows(data_path, chunk, "val", val_fraction, split_seed),
-               recorded_episode_limit(teacher_dir, prov))
+    return Job(
+        teacher,
+        teacher_dir,
+        tasks,
+        data_path,
+        open_windows(data_path, chunk, "train", val_fraction, split_seed),
+        open_windows(data_path, chunk, "val", val_fraction, split_seed),
+        recorded_episode_limit(teacher_dir, prov),
+    )
 
 
 def recorded_episode_limit(teacher_dir: Path, prov: dict[str, Any]) -> int | None:
@@ -215,11 +277,13 @@ def check_action_dim(policy: Any, tasks: list[str], teacher_tasks: list[str]) ->
             raise ValueError(
                 f"the teacher outputs {want}-dimensional actions but {task} takes {got}-dimensional actions: "
                 f"evaluate it on the kind of task it was trained on ({', '.join(teacher_tasks) or 'see its config.json'}) "
-                "or distil a teacher trained for this robot.")
+                "or distil a teacher trained for this robot."
+            )
 
 
-def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out: Path,
-                  resume: bool = False, extend: bool = False) -> tuple[Any, dict[str, Any]]:
+def train_student(
+    job: Job, cfg: DistillConfig, method_name: str, nfe: int, out: Path, resume: bool = False, extend: bool = False
+) -> tuple[Any, dict[str, Any]]:
     """Distil ``job.teacher`` with ``method_name`` for ``nfe`` steps; saves ``out/student``.
     ``resume`` continues ``out/train`` only under the same teacher, NFE, iterations, seed, method,
     method options and data (``extend`` allows more iterations)."""
@@ -231,18 +295,50 @@ def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out:
     torch.manual_seed(cfg.seed)  # the new target-time layers are random: draw them from the run's seed
     student = make_student(job.teacher, method.sampling, nfe)
     command = " ".join(shlex.quote(a) for a in sys.argv)
-    prov = {"role": "student", "method": method_name, "nfe": nfe, "teacher": str(job.teacher_dir),
-            "command": command, "seed": cfg.seed, "dataset": str(job.data_path), "tasks": job.tasks,
-            "distill_config": dataclasses.asdict(cfg)}
-    tcfg = TrainConfig(steps=cfg.iters, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                       seed=cfg.seed, progress=cfg.progress, checkpoint_every=max(0, cfg.iters // 5),
-                       micro_batches=cfg.micro_batches, fsdp=cfg.fsdp, log=cfg.log,
-                       description=f"distil {method_name} → {nfe} NFE")
-    identity = {"teacher": str(Path(job.teacher_dir).resolve()), "nfe": nfe, "method_name": method_name,
-                "method_options": cfg.method_options, "data": str(Path(job.data_path).resolve())}
+    prov = {
+        "role": "student",
+        "method": method_name,
+        "nfe": nfe,
+        "teacher": str(job.teacher_dir),
+        "command": command,
+        "seed": cfg.seed,
+        "dataset": str(job.data_path),
+        "tasks": job.tasks,
+        "distill_config": dataclasses.asdict(cfg),
+    }
+    tcfg = TrainConfig(
+        steps=cfg.iters,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        checkpoint_every=max(0, cfg.iters // 5),
+        micro_batches=cfg.micro_batches,
+        fsdp=cfg.fsdp,
+        log=cfg.log,
+        description=f"distil {method_name} → {nfe} NFE",
+    )
+    identity = {
+        "teacher": str(Path(job.teacher_dir).resolve()),
+        "nfe": nfe,
+        "method_name": method_name,
+        "method_options": cfg.method_options,
+        "data": str(Path(job.data_path).resolve()),
+    }
     t0 = time.perf_counter()
-    result = train(student, method, PolicyDataSource(job.train_set, student), tcfg, teacher=job.teacher,
-                   out_dir=out / "train", resume=resume, checkpoint_extra=prov, identity=identity, extend=extend)
+    result = train(
+        student,
+        method,
+        PolicyDataSource(job.train_set, student),
+        tcfg,
+        teacher=job.teacher,
+        out_dir=out / "train",
+        resume=resume,
+        checkpoint_extra=prov,
+        identity=identity,
+        extend=extend,
+    )
     prov["train_seconds"] = time.perf_counter() - t0
     prov["final_loss"] = sum(h["loss"] for h in result.history[-20:]) / max(1, len(result.history[-20:]))
     student = method.sampling_model(result.model)
@@ -254,8 +350,9 @@ def train_student(job: Job, cfg: DistillConfig, method_name: str, nfe: int, out:
     return student, prov
 
 
-def distill_policy(cfg: DistillConfig, resume: bool = False, extend: bool = False,
-                   console: Console | None = None) -> dict[str, Any]:
+def distill_policy(
+    cfg: DistillConfig, resume: bool = False, extend: bool = False, console: Console | None = None
+) -> dict[str, Any]:
     """Run the whole job; returns the report (also written to ``<out>/report.json``). ``<out>`` is
     locked for the run (one run per folder). The report's tables go to ``console`` when one is
     given (messages go to ``logging``)."""
@@ -284,13 +381,24 @@ def _distill_policy(cfg: DistillConfig, resume: bool, extend: bool, console: Con
     if not distributed.is_main():
         return {}
     sampling = student.sampling_mode  # stored by train(): the mode the method was trained for
-    variants = [Variant("teacher", job.teacher, cfg.teacher_nfe, "diagonal"),
-                Variant("naive", job.teacher, cfg.steps, "diagonal"),
-                Variant("student", student, cfg.steps, sampling, cfg.method, prov["train_seconds"])]
+    variants = [
+        Variant("teacher", job.teacher, cfg.teacher_nfe, "diagonal"),
+        Variant("naive", job.teacher, cfg.steps, "diagonal"),
+        Variant("student", student, cfg.steps, sampling, cfg.method, prov["train_seconds"]),
+    ]
     report = evaluate_variants(variants, job.tasks, job.val_set, cfg, out)
-    report.update({"method": cfg.method, "steps": cfg.steps, "teacher": str(job.teacher_dir),
-                   "student": str(out / "student"), "tasks": job.tasks, "train_seconds": prov["train_seconds"],
-                   "final_loss": prov["final_loss"], "command": prov["command"]})
+    report.update(
+        {
+            "method": cfg.method,
+            "steps": cfg.steps,
+            "teacher": str(job.teacher_dir),
+            "student": str(out / "student"),
+            "tasks": job.tasks,
+            "train_seconds": prov["train_seconds"],
+            "final_loss": prov["final_loss"],
+            "command": prov["command"],
+        }
+    )
     from .teacher_io import export_lerobot_student
 
     report["lerobot_export"] = export_lerobot_student(student, job.teacher_dir, out, report)

@@ -16,7 +16,6 @@ from .policy_data import chunk_distance, held_out_windows, offline_action_mse, s
 logger = logging.getLogger(__name__)
 
 
-
 def _single_obs(windows: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in windows.items():
@@ -26,14 +25,25 @@ def _single_obs(windows: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def closed_loop(v: Any, tasks: list[str], cfg: Any, episodes: int, n_action_steps: int | None,
-                video_dir: str | None = None) -> dict[str, Any]:
+def closed_loop(
+    v: Any, tasks: list[str], cfg: Any, episodes: int, n_action_steps: int | None, video_dir: str | None = None
+) -> dict[str, Any]:
     """Variant ``v`` on ``tasks`` with the job's seeds, workers and episode limit."""
     from ..eval.rollout import EvalConfig, evaluate_policy
 
-    ecfg = EvalConfig(tasks=tasks, episodes=episodes, nfe=v.nfe, mode=v.mode, workers=cfg.workers,
-                      n_action_steps=n_action_steps, seed=cfg.seed, image_size=v.policy.config.image_size,
-                      max_episode_steps=cfg.max_episode_steps, video_dir=video_dir, progress=cfg.progress)
+    ecfg = EvalConfig(
+        tasks=tasks,
+        episodes=episodes,
+        nfe=v.nfe,
+        mode=v.mode,
+        workers=cfg.workers,
+        n_action_steps=n_action_steps,
+        seed=cfg.seed,
+        image_size=v.policy.config.image_size,
+        max_episode_steps=cfg.max_episode_steps,
+        video_dir=video_dir,
+        progress=cfg.progress,
+    )
     return evaluate_policy(v.policy, ecfg)
 
 
@@ -54,29 +64,54 @@ def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: 
         dist = chunk_distance(reference, chunks, seed=cfg.seed)
         mse = offline_action_mse(v.policy, windows, v.nfe, v.mode, seed=cfg.seed)
         lat = latencies[v.label]
-        res = closed_loop(v, tasks, cfg, cfg.episodes, cfg.n_action_steps,
-                          video_dir=str(out / "videos" / v.label) if cfg.video else None)
-        rows.append({
-            "name": v.name, "label": v.label, "method": v.method, "nfe": v.nfe, "mode": v.mode,
-            "train_seconds": v.train_seconds,
-            "success_rate": res["success_rate"], "success_ci95": res.get("success_ci95"),
-            "per_task": {t: r["success_rate"] for t, r in res["per_task"].items()},
-            "episodes": res["episodes"], "steps_to_success": res.get("steps_to_success"),
-            "action_mse": mse, "teacher_chunk_distance": dist,
-            "latency_ms": {"denoise_p50": lat.denoise_ms["p50"], "denoise_p99": lat.denoise_ms["p99"],
-                           "denoise_after_prefix_p50": lat.denoise_after_prefix_ms["p50"],
-                           "e2e_p50": lat.e2e_ms["p50"], "e2e_p99": lat.e2e_ms["p99"],
-                           "prefix_p50": lat.prefix_ms["p50"], "step": lat.step_ms},
-        })
+        res = closed_loop(
+            v,
+            tasks,
+            cfg,
+            cfg.episodes,
+            cfg.n_action_steps,
+            video_dir=str(out / "videos" / v.label) if cfg.video else None,
+        )
+        rows.append(
+            {
+                "name": v.name,
+                "label": v.label,
+                "method": v.method,
+                "nfe": v.nfe,
+                "mode": v.mode,
+                "train_seconds": v.train_seconds,
+                "success_rate": res["success_rate"],
+                "success_ci95": res.get("success_ci95"),
+                "per_task": {t: r["success_rate"] for t, r in res["per_task"].items()},
+                "episodes": res["episodes"],
+                "steps_to_success": res.get("steps_to_success"),
+                "action_mse": mse,
+                "teacher_chunk_distance": dist,
+                "latency_ms": {
+                    "denoise_p50": lat.denoise_ms["p50"],
+                    "denoise_p99": lat.denoise_ms["p99"],
+                    "denoise_after_prefix_p50": lat.denoise_after_prefix_ms["p50"],
+                    "e2e_p50": lat.e2e_ms["p50"],
+                    "e2e_p99": lat.e2e_ms["p99"],
+                    "prefix_p50": lat.prefix_ms["p50"],
+                    "step": lat.step_ms,
+                },
+            }
+        )
     t_lat = rows[0]["latency_ms"]["denoise_p50"]
     for r in rows:
         r["denoise_speedup"] = t_lat / r["latency_ms"]["denoise_p50"]
     s_lat = rows[-1]["latency_ms"]["denoise_p50"]
-    report = {"variants": rows, "denoise_speedup": t_lat / s_lat,
-              "e2e_speedup": rows[0]["latency_ms"]["e2e_p50"] / rows[-1]["latency_ms"]["e2e_p50"],
-              "denoise_after_prefix_speedup": (rows[0]["latency_ms"]["denoise_after_prefix_p50"]
-                                               / rows[-1]["latency_ms"]["denoise_after_prefix_p50"]),
-              "heldout_observations": int(windows["action"].shape[0]), "chunk_samples": cfg.chunk_samples}
+    report = {
+        "variants": rows,
+        "denoise_speedup": t_lat / s_lat,
+        "e2e_speedup": rows[0]["latency_ms"]["e2e_p50"] / rows[-1]["latency_ms"]["e2e_p50"],
+        "denoise_after_prefix_speedup": (
+            rows[0]["latency_ms"]["denoise_after_prefix_p50"] / rows[-1]["latency_ms"]["denoise_after_prefix_p50"]
+        ),
+        "heldout_observations": int(windows["action"].shape[0]),
+        "chunk_samples": cfg.chunk_samples,
+    }
     sweep = n_action_steps_sweep(variants, rows, tasks, cfg)
     if sweep:
         report["n_action_steps_sweep"] = sweep
@@ -98,8 +133,9 @@ def sweep_values(cfg: Any, chunk: int) -> list[int]:
     return sorted(set(values))
 
 
-def n_action_steps_sweep(variants: list[Any], rows: list[dict[str, Any]], tasks: list[str],
-                         cfg: Any) -> list[dict[str, Any]]:
+def n_action_steps_sweep(
+    variants: list[Any], rows: list[dict[str, Any]], tasks: list[str], cfg: Any
+) -> list[dict[str, Any]]:
     """Every variant at every execution horizon of the sweep, same seeds. The main evaluation's
     horizon is not re-run: its rows (with ``cfg.episodes`` episodes) stand in for it."""
     chunk = int(variants[0].policy.config.chunk_size)
@@ -124,19 +160,38 @@ def n_action_steps_sweep(variants: list[Any], rows: list[dict[str, Any]], tasks:
 def print_report(report: dict[str, Any], console: Console) -> None:
     """The report's tables (and the speedup line) on the caller's ``console``."""
     table = Table(title="teacher vs naive vs student (same seeds)")
-    for col in ("variant", "role", "NFE", "success", "per task", "steps to success", "chunk dist ↓", "action MSE",
-                "denoise p50 ms", "e2e p50 ms"):
+    for col in (
+        "variant",
+        "role",
+        "NFE",
+        "success",
+        "per task",
+        "steps to success",
+        "chunk dist ↓",
+        "action MSE",
+        "denoise p50 ms",
+        "e2e p50 ms",
+    ):
         table.add_column(col, justify="right")
     for r in report["variants"]:
         per_task = " ".join(f"{t.split('/')[-1].replace('-v3', '')}:{s:.2f}" for t, s in r["per_task"].items())
         sts = r.get("steps_to_success")
-        table.add_row(r["label"], r["name"], str(r["nfe"]), f"{r['success_rate']:.3f}", per_task,
-                      f"{sts:.1f}" if isinstance(sts, (int, float)) else "-", f"{r['teacher_chunk_distance']:.4f}",
-                      f"{r['action_mse']:.4f}", f"{r['latency_ms']['denoise_p50']:.2f}",
-                      f"{r['latency_ms']['e2e_p50']:.2f}")
+        table.add_row(
+            r["label"],
+            r["name"],
+            str(r["nfe"]),
+            f"{r['success_rate']:.3f}",
+            per_task,
+            f"{sts:.1f}" if isinstance(sts, (int, float)) else "-",
+            f"{r['teacher_chunk_distance']:.4f}",
+            f"{r['action_mse']:.4f}",
+            f"{r['latency_ms']['denoise_p50']:.2f}",
+            f"{r['latency_ms']['e2e_p50']:.2f}",
+        )
     console.print(table)
-    console.print(f"denoising speedup teacher/student: {report['denoise_speedup']:.1f}×, "
-                  f"end to end: {report['e2e_speedup']:.1f}×")
+    console.print(
+        f"denoising speedup teacher/student: {report['denoise_speedup']:.1f}×, end to end: {report['e2e_speedup']:.1f}×"
+    )
     sweep = report.get("n_action_steps_sweep")
     if sweep:
         table = Table(title="success vs n_action_steps (actions executed per chunk; same seeds)")
@@ -148,8 +203,11 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         n_tasks = max(1, len(report["variants"][0]["per_task"]))
         for point in sweep:
             cells = point["variants"]
-            table.add_row(str(point["n_action_steps"]), str(cells[labels[0]]["episodes"] // n_tasks),
-                          *(f"{cells[lb]['success_rate']:.3f}" for lb in labels))
+            table.add_row(
+                str(point["n_action_steps"]),
+                str(cells[labels[0]]["episodes"] // n_tasks),
+                *(f"{cells[lb]['success_rate']:.3f}" for lb in labels),
+            )
         console.print(table)
 
 
@@ -176,8 +234,13 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     if sweep:
         for r in rows:
             xs = [p["n_action_steps"] for p in sweep]
-            axes[3].plot(xs, [p["variants"][r["label"]]["success_rate"] for p in sweep], marker="o",
-                         color=colors[r["name"]], label=r["label"])
+            axes[3].plot(
+                xs,
+                [p["variants"][r["label"]]["success_rate"] for p in sweep],
+                marker="o",
+                color=colors[r["name"]],
+                label=r["label"],
+            )
         axes[3].set_ylim(-0.02, 1.02)
         axes[3].set_xlabel("n_action_steps (open-loop actions per chunk)")
         axes[3].set_title("success vs execution horizon")

@@ -74,6 +74,8 @@ def chunk_distance(reference: torch.Tensor, candidate: torch.Tensor, seed: int =
     """Mean over observations of the sliced Wasserstein-2 distance between the two sets of
     sampled chunks at that observation (each chunk flattened)."""
     gen = torch.Generator().manual_seed(seed)
-    dists = [sliced_wasserstein(reference[i].flatten(1), candidate[i].flatten(1), generator=gen)
-             for i in range(reference.shape[0])]
+    dists = [
+        sliced_wasserstein(reference[i].flatten(1), candidate[i].flatten(1), generator=gen)
+        for i in range(reference.shape[0])
+    ]
     return float(sum(dists) / len(dists))

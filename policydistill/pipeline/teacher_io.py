@@ -30,10 +30,13 @@ def load_teacher(checkpoint: str | Path | None, tokenizer: str | None = None) ->
         raise CheckpointError(
             f"no bundled teacher at {folder}: this version does not ship one yet (docs/bundled_teacher.md). "
             "Train one with `policydistill train pi0 --preset small` and pass --checkpoint runs/teacher/teacher, "
-            "or pass a lerobot pi0/pi0.5/SmolVLA folder")
+            "or pass a lerobot pi0/pi0.5/SmolVLA folder"
+        )
     if not folder.exists():
-        raise CheckpointError(f"checkpoint folder {folder} does not exist: pass the folder that holds config.json and "
-                              "model.safetensors (e.g. runs/teacher/teacher), or leave --checkpoint out for the bundled teacher")
+        raise CheckpointError(
+            f"checkpoint folder {folder} does not exist: pass the folder that holds config.json and "
+            "model.safetensors (e.g. runs/teacher/teacher), or leave --checkpoint out for the bundled teacher"
+        )
     if is_lerobot_folder(folder):
         kind = read_model_config(folder)["type"]
         from ..zoo import ARCHITECTURES
@@ -85,20 +88,36 @@ def model_card(student: Any, teacher_dir: Path, report: dict[str, Any]) -> str:
     """A short model card: what was distilled from what, how, and the report's numbers (same seeds)."""
     cfg = student.config
     lines = [
-        "---", "library_name: lerobot", f"tags: [robotics, {student.architecture}, policydistill, distillation]", "---", "",
-        f"# {student.architecture} student, {cfg.num_inference_steps}-step (policydistill)", "",
+        "---",
+        "library_name: lerobot",
+        f"tags: [robotics, {student.architecture}, policydistill, distillation]",
+        "---",
+        "",
+        f"# {student.architecture} student, {cfg.num_inference_steps}-step (policydistill)",
+        "",
         f"Distilled from `{teacher_dir}` with **{report.get('method', '?')}** to **{report.get('steps', '?')} denoising "
         f"step(s)** (NFE). lerobot runs it unchanged: its own sampler with `num_inference_steps = 1` computes the "
-        "student's 1-step map (the student's target-time branch is folded into the weights).", "",
-        f"Command: `{report.get('command', '')}`", "",
+        "student's 1-step map (the student's target-time branch is folded into the weights).",
+        "",
+        f"Command: `{report.get('command', '')}`",
+        "",
         "| variant | NFE | success | action MSE | chunk distance to teacher | denoise p50 ms |",
         "|---|---|---|---|---|---|",
     ]
     for r in report.get("variants", []):
-        lines.append(f"| {r['label']} | {r['nfe']} | {r['success_rate']:.3f} | {r['action_mse']:.4g} | "
-                     f"{r['teacher_chunk_distance']:.4g} | {r['latency_ms']['denoise_p50']:.2f} |")
+        lines.append(
+            f"| {r['label']} | {r['nfe']} | {r['success_rate']:.3f} | {r['action_mse']:.4g} | "
+            f"{r['teacher_chunk_distance']:.4g} | {r['latency_ms']['denoise_p50']:.2f} |"
+        )
     if "denoise_speedup" in report:
-        lines += ["", f"Denoising speedup teacher/student: {report['denoise_speedup']:.1f}x; end to end "
-                      f"{report.get('e2e_speedup', float('nan')):.1f}x (same machine, same run)."]
-    lines += ["", f"Tasks: {', '.join(report.get('tasks', []))}. Episodes and seeds are the same for every variant.", ""]
+        lines += [
+            "",
+            f"Denoising speedup teacher/student: {report['denoise_speedup']:.1f}x; end to end "
+            f"{report.get('e2e_speedup', float('nan')):.1f}x (same machine, same run).",
+        ]
+    lines += [
+        "",
+        f"Tasks: {', '.join(report.get('tasks', []))}. Episodes and seeds are the same for every variant.",
+        "",
+    ]
     return "\n".join(lines)

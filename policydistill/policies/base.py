@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -47,15 +48,15 @@ class FlowPolicyConfig:
     """Input/output settings every policy shares. Architecture configs subclass this."""
 
     cameras: list[str] = field(default_factory=lambda: ["corner2"])
-    image_size: int = 96            # square model input resolution (images are resized with padding)
-    state_dim: int = 39             # the robot's state dimension (before padding)
-    action_dim: int = 4             # the robot's action dimension (before padding)
-    max_state_dim: int = 40         # state is zero-padded to this (pi0: 32)
-    max_action_dim: int = 4         # actions are zero-padded to this (pi0: 32)
-    chunk_size: int = 16            # actions predicted per chunk
-    n_action_steps: int = 8         # actions executed from a chunk before re-planning
-    num_inference_steps: int = 10   # NFE used by select_action (teacher: 10 Euler steps)
-    sampling_mode: str = "diagonal" # "diagonal" (Euler, teachers) | "flowmap" (students) | "consistency"
+    image_size: int = 96  # square model input resolution (images are resized with padding)
+    state_dim: int = 39  # the robot's state dimension (before padding)
+    action_dim: int = 4  # the robot's action dimension (before padding)
+    max_state_dim: int = 40  # state is zero-padded to this (pi0: 32)
+    max_action_dim: int = 4  # actions are zero-padded to this (pi0: 32)
+    chunk_size: int = 16  # actions predicted per chunk
+    n_action_steps: int = 8  # actions executed from a chunk before re-planning
+    num_inference_steps: int = 10  # NFE used by select_action (teacher: 10 Euler steps)
+    sampling_mode: str = "diagonal"  # "diagonal" (Euler, teachers) | "flowmap" (students) | "consistency"
     tokenizer_max_length: int = 16
     state_norm: str = "MEAN_STD"
     action_norm: str = "MEAN_STD"
@@ -78,18 +79,19 @@ class FlowPolicyConfig:
         problems = check_fields(self, self.INT_MIN, int_max=self.INT_MAX)
         if not problems:
             if self.n_action_steps > self.chunk_size:
-                problems.append(f"n_action_steps ({self.n_action_steps}) must not exceed chunk_size "
-                                f"({self.chunk_size}): a chunk has only {self.chunk_size} actions to execute")
+                problems.append(
+                    f"n_action_steps ({self.n_action_steps}) must not exceed chunk_size "
+                    f"({self.chunk_size}): a chunk has only {self.chunk_size} actions to execute"
+                )
             for name in ("state_norm", "action_norm"):
                 if getattr(self, name) not in NORM_MODES:
-                    problems.append(f"{name} {getattr(self, name)!r} is not a normalisation mode "
-                                    f"(valid: {', '.join(NORM_MODES)})")
+                    problems.append(
+                        f"{name} {getattr(self, name)!r} is not a normalisation mode (valid: {', '.join(NORM_MODES)})"
+                    )
             if self.sampling_mode not in SAMPLING_MODES:
                 problems.append(f"sampling_mode {self.sampling_mode!r} is not one of {', '.join(SAMPLING_MODES)}")
         if problems:
             raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
-
-
 
 
 def _to_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
@@ -100,7 +102,9 @@ def _to_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) -
 def pad_last(x: Tensor, size: int) -> Tensor:
     """Zero-pad (or refuse to truncate) the last dimension to ``size``."""
     if x.shape[-1] > size:
-        raise ValueError(f"a vector of {x.shape[-1]} dims does not fit max dim {size}; raise max_state_dim/max_action_dim")
+        raise ValueError(
+            f"a vector of {x.shape[-1]} dims does not fit max dim {size}; raise max_state_dim/max_action_dim"
+        )
     return F.pad(x, (0, size - x.shape[-1])) if x.shape[-1] < size else x
 
 
@@ -189,8 +193,10 @@ class FlowPolicy(FlowMapModel):
         pixels = obs.get("pixels") if isinstance(obs.get("pixels"), Mapping) else {}
         state = obs.get("agent_pos", obs.get("observation.state"))
         if state is None:
-            raise KeyError("observation has no state: expected 'agent_pos' (env) or 'observation.state' (lerobot); "
-                           f"got keys {sorted(obs)}")
+            raise KeyError(
+                "observation has no state: expected 'agent_pos' (env) or 'observation.state' (lerobot); "
+                f"got keys {sorted(obs)}"
+            )
         state = _to_tensor(state, device, torch.float32)
         if state.dim() == 1:
             state = state[None]
@@ -223,10 +229,14 @@ class FlowPolicy(FlowMapModel):
             masks.append(torch.ones(b, dtype=torch.bool, device=device))
         if not found:
             have = sorted(pixels) + [k for k in obs if k.startswith(IMAGE_PREFIX)]
-            raise KeyError(f"none of the policy's cameras {cfg.cameras} is in the observation (it has {have}); "
-                           "rename the camera or build the policy with cameras=[...]")
+            raise KeyError(
+                f"none of the policy's cameras {cfg.cameras} is in the observation (it has {have}); "
+                "rename the camera or build the policy with cameras=[...]"
+            )
         # A missing camera is a black image (−1 after scaling) with a False mask, as lerobot does.
-        images = [torch.zeros(b, 3, cfg.image_size, cfg.image_size, device=device) if im is None else im for im in images]
+        images = [
+            torch.zeros(b, 3, cfg.image_size, cfg.image_size, device=device) if im is None else im for im in images
+        ]
         task = obs.get("task", obs.get("instruction", ""))
         tasks = [task] * b if isinstance(task, str) else [str(x) for x in task]
         if len(tasks) != b:
@@ -241,12 +251,16 @@ class FlowPolicy(FlowMapModel):
         c = self.canonical_obs(obs)
         state = c["state"]
         if state.shape[-1] != self.config.state_dim:
-            raise ValueError(f"state has {state.shape[-1]} dims but the policy was built with state_dim="
-                             f"{self.config.state_dim}")
+            raise ValueError(
+                f"state has {state.shape[-1]} dims but the policy was built with state_dim={self.config.state_dim}"
+            )
         state = pad_last(self.normalizer.normalize("state", state), self.config.max_state_dim)
         images = torch.stack([im * 2.0 - 1.0 for im in c["images"]], dim=1)  # (B, ncam, 3, H, W) in [−1, 1]
-        cond = {"images": images.to(self.dtype), "image_masks": torch.stack(c["image_masks"], dim=1),
-                "state": state.to(self.dtype)}
+        cond = {
+            "images": images.to(self.dtype),
+            "image_masks": torch.stack(c["image_masks"], dim=1),
+            "state": state.to(self.dtype),
+        }
         if self.config.relative_action_mask:
             cond["raw_state"] = c["state"]  # relative actions are offsets from the raw state
         cond.update(self.encode_inputs(c["task"], state))
@@ -269,7 +283,9 @@ class FlowPolicy(FlowMapModel):
             raise ValueError(f"action window has {actions.shape[1]} steps; the policy's chunk_size is {cfg.chunk_size}")
         actions = actions[:, : cfg.chunk_size]
         if actions.shape[-1] != cfg.action_dim:
-            raise ValueError(f"actions have {actions.shape[-1]} dims; the policy was built with action_dim={cfg.action_dim}")
+            raise ValueError(
+                f"actions have {actions.shape[-1]} dims; the policy was built with action_dim={cfg.action_dim}"
+            )
         if cfg.relative_action_mask:
             raw = _to_tensor(sample.get("observation.state", sample.get("agent_pos")), self.device, torch.float32)
             raw = raw[None] if raw.dim() == 1 else raw
@@ -278,7 +294,9 @@ class FlowPolicy(FlowMapModel):
         mask = torch.zeros_like(data)
         mask[..., : cfg.action_dim] = 1.0
         if "action_is_pad" in sample:
-            is_pad = _to_tensor(sample["action_is_pad"], self.device).bool().reshape(data.shape[0], -1)[:, : cfg.chunk_size]
+            is_pad = (
+                _to_tensor(sample["action_is_pad"], self.device).bool().reshape(data.shape[0], -1)[:, : cfg.chunk_size]
+            )
             mask = mask * (~is_pad)[..., None].to(mask.dtype)
         cond = self.process({k: v for k, v in sample.items() if k not in ("action", "action_is_pad")})
         return FlowBatch(data=data.to(self.dtype), cond=cond, mask=mask)
@@ -323,8 +341,14 @@ class FlowPolicy(FlowMapModel):
         raise NotImplementedError
 
     @torch.no_grad()
-    def sample_actions(self, obs: Mapping[str, Any], steps: int | None = None, noise: Tensor | None = None,
-                       mode: str | None = None, generator: torch.Generator | None = None) -> Tensor:
+    def sample_actions(
+        self,
+        obs: Mapping[str, Any],
+        steps: int | None = None,
+        noise: Tensor | None = None,
+        mode: str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """(B, chunk_size, action_dim) UNnormalised actions: prefix encoded once, then ``steps``
         suffix-only jumps from t = 1 to t = 0."""
         cond = self.process(obs)
@@ -343,8 +367,10 @@ class FlowPolicy(FlowMapModel):
             return actions
         n = len(mask)
         if raw_state is None:
-            raise ValueError("this policy predicts relative actions: sample from an observation with its raw state, "
-                             "not from an already processed batch")
+            raise ValueError(
+                "this policy predicts relative actions: sample from an observation with its raw state, "
+                "not from an already processed batch"
+            )
         if raw_state.shape[-1] < n:
             raise ValueError(f"relative actions need the first {n} state dims but the state has {raw_state.shape[-1]}")
         offset = raw_state[..., :n].float() * torch.tensor(mask, dtype=torch.float32, device=actions.device)

@@ -20,8 +20,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,9 +43,9 @@ LEROBOT_PI0_REF_MS = {"prefix_ms": 12.1, "step_ms": 2.5, "chunk10_ms": 38.7, "ch
 class BenchSettings:
     archs: tuple[str, ...] = ("pi0", "pi05", "smolvla")
     sizes: tuple[str, ...] = ("small", "ref", "full")
-    repeats: int = 30             # rounds; 3 timed calls of every measurement per round
+    repeats: int = 30  # rounds; 3 timed calls of every measurement per round
     warmup: int = 3
-    full_repeats: int = 2          # the full sizes take seconds per call on a CPU
+    full_repeats: int = 2  # the full sizes take seconds per call on a CPU
     #: dtype of the full sizes (None = ``dtype``). On a shared CPU box 3.3 B float32 parameters
     #: (13 GB) can starve other processes of memory: the CLI defaults this to bfloat16 on CPU.
     full_dtype: str | None = None
@@ -108,15 +109,24 @@ def build_random(arch: str, size: str, device: str, dtype: torch.dtype) -> Any:
 def random_obs(policy: Any, batch: int = 1, seed: int = 0) -> dict[str, Any]:
     cfg = policy.config
     rng = np.random.default_rng(seed)
-    return {"pixels": {cam: rng.integers(0, 256, (batch, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
-                       for cam in cfg.cameras},
-            "agent_pos": rng.uniform(-1, 1, (batch, cfg.state_dim)).astype(np.float32),
-            "task": ["pick up the red block and put it on the shelf"] * batch}
+    return {
+        "pixels": {
+            cam: rng.integers(0, 256, (batch, cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for cam in cfg.cameras
+        },
+        "agent_pos": rng.uniform(-1, 1, (batch, cfg.state_dim)).astype(np.float32),
+        "task": ["pick up the red block and put it on the shelf"] * batch,
+    }
 
 
-def _interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int, sync: Callable[[], None],
-                    cpu_time: bool = False, per_round: int = 3, settle_ms: float = 10.0
-                    ) -> dict[str, list[list[float]]]:
+def _interleaved_ms(
+    fns: dict[str, Callable[[], Any]],
+    rounds: int,
+    warmup: int,
+    sync: Callable[[], None],
+    cpu_time: bool = False,
+    per_round: int = 3,
+    settle_ms: float = 10.0,
+) -> dict[str, list[list[float]]]:
     """Wall times (ms) of every function, per round: ``rounds`` rounds in which each function in
     turn runs untimed until ``settle_ms`` have passed (at least once; not at all with 0), then
     ``per_round`` times timed, back to back.
@@ -178,8 +188,9 @@ def bench_one(arch: str, size: str, s: BenchSettings) -> list[dict[str, Any]]:
     policy = build_random(arch, size, s.device, dtype)
     row["params_M"] = sum(p.numel() for p in policy.parameters()) / 1e6
     cfg = policy.config
-    row.update(chunk=cfg.chunk_size, cameras=len(cfg.cameras), image_size=cfg.image_size,
-               tokens=cfg.tokenizer_max_length)
+    row.update(
+        chunk=cfg.chunk_size, cameras=len(cfg.cameras), image_size=cfg.image_size, tokens=cfg.tokenizer_max_length
+    )
     rows = [_time_policy(policy, dict(row), s, big)]
     if s.compile and hasattr(policy, "compile_for_inference"):  # run() notes the architectures without
         compiled = {**row, "mode": "compiled"}
@@ -216,20 +227,31 @@ def _time_policy(policy: Any, row: dict[str, Any], s: BenchSettings, big: bool) 
             "prefix": lambda: policy.encode(cond),
             "step": lambda: policy.flow(noise, t, t, ctx),
             "denoise1": lambda: sample_with_ctx(policy, noise, ctx, 1, "diagonal"),
-            "denoise10": lambda: sample_with_ctx(policy, noise, ctx, 10, "diagonal")}
+            "denoise10": lambda: sample_with_ctx(policy, noise, ctx, 10, "diagonal"),
+        }
         if not big:  # a full-size chunk is prefix + denoising, not re-measured (another prefix per call)
-            fns.update({
-                "chunk1": lambda: policy.sample_chunk(cond, noise, 1, "diagonal"),
-                "chunk10": lambda: policy.sample_chunk(cond, noise, 10, "diagonal"),
-                "e2e1": lambda: policy.sample_actions(obs, steps=1, noise=noise),
-                "e2e10": lambda: policy.sample_actions(obs, steps=10, noise=noise)})
+            fns.update(
+                {
+                    "chunk1": lambda: policy.sample_chunk(cond, noise, 1, "diagonal"),
+                    "chunk10": lambda: policy.sample_chunk(cond, noise, 10, "diagonal"),
+                    "e2e1": lambda: policy.sample_actions(obs, steps=1, noise=noise),
+                    "e2e10": lambda: policy.sample_actions(obs, steps=10, noise=noise),
+                }
+            )
         one_thread = s.threads == 1 and s.device == "cpu"
         # a full-size call takes seconds on a CPU: no untimed calls, one timed call per round
-        times = _interleaved_ms(fns, repeats, warmup, sync, cpu_time=one_thread, per_round=1 if big else 3,
-                                settle_ms=0.0 if big else 10.0)
+        times = _interleaved_ms(
+            fns, repeats, warmup, sync, cpu_time=one_thread, per_round=1 if big else 3, settle_ms=0.0 if big else 10.0
+        )
         if big:  # once: each call is another full-size prefix
-            times["e2e10"] = _interleaved_ms({"e2e10": lambda: policy.sample_actions(obs, steps=10, noise=noise)},
-                                             1, 0, sync, per_round=1, settle_ms=0.0)["e2e10"]
+            times["e2e10"] = _interleaved_ms(
+                {"e2e10": lambda: policy.sample_actions(obs, steps=10, noise=noise)},
+                1,
+                0,
+                sync,
+                per_round=1,
+                settle_ms=0.0,
+            )["e2e10"]
     for name, per_round in times.items():
         if not name.endswith("_cpu"):
             row[f"{name}_ms"] = statistics.median(_flat(per_round))
@@ -241,20 +263,25 @@ def _time_policy(policy: Any, row: dict[str, Any], s: BenchSettings, big: bool) 
             row[f"chunk{n}_ms"] = row["prefix_ms"] + row[f"denoise{n}_ms"]
             row["chunk_derived"] = True
     # the median over rounds of each round's ratio (two series measured moments apart)
-    row["ratio_10_1"] = statistics.median(statistics.median(a) / statistics.median(b)
-                                          for a, b in zip(times["denoise10"], times["denoise1"]))
+    row["ratio_10_1"] = statistics.median(
+        statistics.median(a) / statistics.median(b) for a, b in zip(times["denoise10"], times["denoise1"])
+    )
     row["ratio_10_1_best"] = row["denoise10_best_ms"] / row["denoise1_best_ms"]
     row["repeats"] = repeats
     return row
 
 
-def run(settings: BenchSettings, log: Callable[[str], None] = print,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run(
+    settings: BenchSettings, log: Callable[[str], None] = print, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     torch.set_num_threads(settings.threads)
     allocator = "glibc default"
     if settings.device == "cpu" and settings.keep_freed_memory:
-        allocator = "keep freed memory (glibc mmap/trim thresholds raised)" if keep_freed_memory() else \
-            "default (keep_freed_memory unsupported here)"
+        allocator = (
+            "keep freed memory (glibc mmap/trim thresholds raised)"
+            if keep_freed_memory()
+            else "default (keep_freed_memory unsupported here)"
+        )
     load_before = os.getloadavg()
     rows, skipped = [], []
     for arch in settings.archs:
@@ -264,19 +291,29 @@ def run(settings: BenchSettings, log: Callable[[str], None] = print,
             try:
                 rows.extend(bench_one(arch, size, settings))
                 if settings.compile and rows[-1]["mode"] != "compiled":
-                    skipped.append({"arch": arch, "size": size, "mode": "compiled",
-                                    "why": f"{arch} has no compile_for_inference"})
+                    skipped.append(
+                        {"arch": arch, "size": size, "mode": "compiled", "why": f"{arch} has no compile_for_inference"}
+                    )
             except (ValueError, ImportError, MemoryError) as exc:  # e.g. no such preset for this architecture
                 skipped.append({"arch": arch, "size": size, "why": str(exc)})
                 log(f"skip {arch} {size}: {exc}")
     # The 2-core machine is shared: record the load, so that numbers taken under contention say so.
-    return {"settings": {k: v for k, v in settings.__dict__.items()}, "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]],
-            "threads": torch.get_num_threads(), "cpu_allocator": allocator, "rows": rows, "skipped": skipped,
-            "lerobot_pi0_ref_quoted_ms": LEROBOT_PI0_REF_MS,
-            "lerobot_note": ("lerobot 0.4.4 pi0 at the ref size, measured outside the project on this 2-core CPU "
-                             "(float32, batch 1, 2 cameras, random weights); quoted, not re-measured")}
+    return {
+        "settings": {k: v for k, v in settings.__dict__.items()},
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]],
+        "threads": torch.get_num_threads(),
+        "cpu_allocator": allocator,
+        "rows": rows,
+        "skipped": skipped,
+        "lerobot_pi0_ref_quoted_ms": LEROBOT_PI0_REF_MS,
+        "lerobot_note": (
+            "lerobot 0.4.4 pi0 at the ref size, measured outside the project on this 2-core CPU "
+            "(float32, batch 1, 2 cameras, random weights); quoted, not re-measured"
+        ),
+    }
 
 
 def checks(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
@@ -285,10 +322,21 @@ def checks(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
     for r in result["rows"]:
         limit = 9.5 if r["size"] == "ref" else 9.0
         name = f"{r['arch']} {r['size']}" + (" compiled" if r.get("mode") == "compiled" else "")
-        out.append((f"{name}: denoising 10/1 ratio >= {limit}", r["ratio_10_1"] >= limit,
-                    f"{r['ratio_10_1']:.2f} (medians; fastest repeats: {r['ratio_10_1_best']:.2f})"))
+        out.append(
+            (
+                f"{name}: denoising 10/1 ratio >= {limit}",
+                r["ratio_10_1"] >= limit,
+                f"{r['ratio_10_1']:.2f} (medians; fastest repeats: {r['ratio_10_1_best']:.2f})",
+            )
+        )
         if r["arch"] == "pi0" and r["size"] == "ref":
             budget = LEROBOT_PI0_REF_MS["chunk10_ms"] * 2 / 3
-            out.append((f"{name}: 10-step chunk <= 2/3 of lerobot's {LEROBOT_PI0_REF_MS['chunk10_ms']} ms "
-                        f"({budget:.1f} ms)", r["chunk10_ms"] <= budget, f"{r['chunk10_ms']:.1f} ms"))
+            out.append(
+                (
+                    f"{name}: 10-step chunk <= 2/3 of lerobot's {LEROBOT_PI0_REF_MS['chunk10_ms']} ms "
+                    f"({budget:.1f} ms)",
+                    r["chunk10_ms"] <= budget,
+                    f"{r['chunk10_ms']:.1f} ms",
+                )
+            )
     return out

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,8 +27,14 @@ class CompiledInference:
     the unbound functions given (``type(policy)._prefix``, ``._flow``, ``._chunk``: compiled from
     the class's functions, so that a deep copy of the policy runs its own weights)."""
 
-    def __init__(self, prefix_fn: Callable[..., Any], step_fn: Callable[..., Any],
-                 chunk_fn: Callable[..., Any] | None = None, freeze: bool = True, **compile_kwargs: Any) -> None:
+    def __init__(
+        self,
+        prefix_fn: Callable[..., Any],
+        step_fn: Callable[..., Any],
+        chunk_fn: Callable[..., Any] | None = None,
+        freeze: bool = True,
+        **compile_kwargs: Any,
+    ) -> None:
         import torch._inductor.config  # noqa: F401  (loaded by torch.compile anyway; _run reads it)
 
         self.freeze = freeze
@@ -53,8 +60,9 @@ class CompiledInference:
     def step(self, policy: nn.Module, x_t: Tensor, t: Tensor, s: Tensor, ctx: Any) -> Any:
         # The sampler passes expanded (stride-0) times, and t itself as s for Euler steps: the
         # code is specialised to strides and aliasing, so fresh copies keep one graph.
-        return self._run(self._step, policy, (_graph_input(x_t), _graph_input(t, copy=True),
-                                              _graph_input(s, copy=True), ctx))
+        return self._run(
+            self._step, policy, (_graph_input(x_t), _graph_input(t, copy=True), _graph_input(s, copy=True), ctx)
+        )
 
     def _run(self, fn: Callable[..., Any], policy: nn.Module, args: tuple) -> Any:
         # Set for the call only (a first call or a recompile traces and compiles inside it):
@@ -71,8 +79,11 @@ class CompiledInference:
         if self._seen is not None and all(t._version == v and t.data_ptr() == p for t, v, p in self._seen):
             return
         if self._seen is not None:
-            warnings.warn("the policy's weights changed after compile_for_inference(): compiling again "
-                          "(the compiled code held the old weights as constants)", stacklevel=4)
+            warnings.warn(
+                "the policy's weights changed after compile_for_inference(): compiling again "
+                "(the compiled code held the old weights as constants)",
+                stacklevel=4,
+            )
             torch._dynamo.reset()
         self._seen = [(t, t._version, t.data_ptr()) for t in itertools.chain(policy.parameters(), policy.buffers())]
 

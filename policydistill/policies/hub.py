@@ -81,8 +81,9 @@ def searched_paths(repo_id: str, repo_type: str = "model") -> list[Path]:
     return paths
 
 
-def resolve(spec: str | os.PathLike, repo_type: str = "model", revision: str | None = None,
-            what: str = "model") -> Path:
+def resolve(
+    spec: str | os.PathLike, repo_type: str = "model", revision: str | None = None, what: str = "model"
+) -> Path:
     """A local path for ``spec``: the path itself, or the cached (or, online, downloaded) snapshot of a Hub id.
 
     Raises :class:`HubNotCached` for an id found nowhere. A spec that is neither an existing
@@ -110,7 +111,9 @@ def resolve(spec: str | os.PathLike, repo_type: str = "model", revision: str | N
             try:
                 return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision))
             except Exception as exc:  # network, auth (gated repos), unknown id: say so below
-                reason = f"; downloading it failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                reason = (
+                    f"; downloading it failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                )
             else:  # pragma: no cover - returned above
                 reason = ""
         else:
@@ -123,7 +126,9 @@ def resolve(spec: str | os.PathLike, repo_type: str = "model", revision: str | N
         f"{what} {repo_id!r} is not a local folder and is not in the Hugging Face cache (searched {searched}){reason}. "
         f"Fill the cache while online with `hf download {repo_id}{flag}` (or `huggingface-cli download {repo_id}{flag}`; "
         "gated models such as google/paligemma-3b-pt-224 need `hf auth login` first), point HF_HOME / HF_HUB_CACHE"
-        + (" / HF_LEROBOT_HOME" if repo_type == "dataset" else "") + " at the cache that has it, or pass a local folder.")
+        + (" / HF_LEROBOT_HOME" if repo_type == "dataset" else "")
+        + " at the cache that has it, or pass a local folder."
+    )
 
 
 __all__ = ["HubNotCached", "hub_cache", "is_repo_id", "lerobot_home", "resolve", "searched_paths"]

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 #: products (rows·in·out) from which oneDNN beats the BLAS (MKL) on a CPU; below it the call
 #: overhead of oneDNN (~10 µs) outweighs its faster kernel. Measured on this project's 2-core
 #: CPU, fp32: 50×128×320 (2.0 M) about even, 50×128×1024 1.6× faster, 144×256×2048 2.1×.
@@ -41,12 +40,16 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     freezing pass takes ``op(x, w) + b`` for a bias to fold and assumes a weight that it packed
     itself (an assertion fails otherwise); ``b + op(x, w)`` is left alone. The compiled-vs-eager
     test runs with every projection through oneDNN to catch such a sum."""
-    if (_ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu"
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
-            # inside a torch.compile graph inductor lowers this op only for a constant weight,
-            # i.e. under its freezing (what compile_for_inference turns on); else the BLAS
-            and (not torch.compiler.is_compiling() or torch._inductor.config.freezing)):
+    if (
+        _ONEDNN
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
+        # inside a torch.compile graph inductor lowers this op only for a constant weight,
+        # i.e. under its freezing (what compile_for_inference turns on); else the BLAS
+        and (not torch.compiler.is_compiling() or torch._inductor.config.freezing)
+    ):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
@@ -125,12 +128,15 @@ def gated_residual(x: Tensor, y: Tensor, gate: Tensor | None) -> Tensor:
     return x + y if gate is None else x + y * gate
 
 
-def rope_cos_sin(positions: Tensor, head_dim: int, theta: float = 10000.0,
-                 dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+def rope_cos_sin(
+    positions: Tensor, head_dim: int, theta: float = 10000.0, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
     """HF Gemma rotary tables for integer positions (B, L) → (cos, signed sin), each
     (B, 1, L, head_dim). The sin table carries rotate_half's sign (first half negated), so that
     applying RoPE is x·cos + roll(x, hd/2)·sin± (three kernels, see ``apply_rope``)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim)
+    )
     freqs = positions.float()[..., None] * inv_freq  # (B, L, hd/2)
     cos, sin = freqs.cos(), freqs.sin()
     return torch.cat([cos, cos], -1).to(dtype)[:, None], torch.cat([-sin, sin], -1).to(dtype)[:, None]
@@ -159,8 +165,9 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, 
     if kvh == 1:
         # pi0/Gemma: one key/value head. Fold as (L, H) rows: the projections leave q in
         # (B, L, H, hd) memory, so both reshapes are free views (no transpose copies).
-        out = F.scaled_dot_product_attention(q.transpose(1, 2).reshape(b, 1, lq * h, hd), k, v,
-                                             attn_mask=key_mask, scale=scale)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2).reshape(b, 1, lq * h, hd), k, v, attn_mask=key_mask, scale=scale
+        )
         return out.reshape(b, lq, h * hd)
     g = h // kvh
     qg = q.reshape(b, kvh, g * lq, hd)
@@ -185,7 +192,7 @@ class GemmaAttention(nn.Module):
     def __init__(self, width: int, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.scaling = head_dim ** -0.5
+        self.scaling = head_dim**-0.5
         self.q_rows, self.kv_rows = num_heads * head_dim, num_kv_heads * head_dim
         self.qkv_proj = Linear(width, self.q_rows + 2 * self.kv_rows, bias=False)
         self.o_proj = Linear(num_heads * head_dim, width, bias=False)
@@ -197,12 +204,15 @@ class GemmaAttention(nn.Module):
     def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Rotated q (B, H, L, hd), rotated k and v (B, KVH, L, hd)."""
         q, k, v = self.qkv_proj(x).split([self.q_rows, self.kv_rows, self.kv_rows], dim=-1)
-        return (apply_rope(self.split(q, self.num_heads), cos, sin),
-                apply_rope(self.split(k, self.num_kv_heads), cos, sin), self.split(v, self.num_kv_heads))
+        return (
+            apply_rope(self.split(q, self.num_heads), cos, sin),
+            apply_rope(self.split(k, self.num_kv_heads), cos, sin),
+            self.split(v, self.num_kv_heads),
+        )
 
     def kv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values only (the last prefix layer: nobody reads its queries)."""
-        k, v = linear(x, self.qkv_proj.weight[self.q_rows:]).split(self.kv_rows, dim=-1)
+        k, v = linear(x, self.qkv_proj.weight[self.q_rows :]).split(self.kv_rows, dim=-1)
         return apply_rope(self.split(k, self.num_kv_heads), cos, sin), self.split(v, self.num_kv_heads)
 
 
@@ -222,8 +232,16 @@ class GatedMLP(nn.Module):
 class GemmaLayer(nn.Module):
     """One Gemma decoder layer (parameters); ``cond_dim`` switches its norms to adaRMS."""
 
-    def __init__(self, width: int, mlp_dim: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 eps: float = 1e-6, cond_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        width: int,
+        mlp_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        eps: float = 1e-6,
+        cond_dim: int | None = None,
+    ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(width, eps, cond_dim)
         self.self_attn = GemmaAttention(width, num_heads, num_kv_heads, head_dim)
@@ -234,11 +252,21 @@ class GemmaLayer(nn.Module):
 class GemmaStack(nn.Module):
     """Layers + final norm (no token embedding: the VLM's lives on the policy, the expert has none)."""
 
-    def __init__(self, width: int, depth: int, mlp_dim: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 eps: float = 1e-6, cond_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        mlp_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        eps: float = 1e-6,
+        cond_dim: int | None = None,
+    ) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(GemmaLayer(width, mlp_dim, num_heads, num_kv_heads, head_dim, eps, cond_dim)
-                                    for _ in range(depth))
+        self.layers = nn.ModuleList(
+            GemmaLayer(width, mlp_dim, num_heads, num_kv_heads, head_dim, eps, cond_dim) for _ in range(depth)
+        )
         self.norm = RMSNorm(width, eps, cond_dim)
 
 
@@ -258,8 +286,9 @@ class SiglipAttention(nn.Module):
         def split(t: Tensor) -> Tensor:
             return t.view(b, length, self.heads, self.head_dim).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)),
-                                             scale=self.head_dim ** -0.5)
+        out = F.scaled_dot_product_attention(
+            split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), scale=self.head_dim**-0.5
+        )
         return self.out_proj(out.transpose(1, 2).reshape(b, length, w))
 
 
@@ -302,8 +331,9 @@ class SiglipEncoder(nn.Module):
     """SigLIP vision tower (no pooling head), HF parameter names: embeddings, encoder.layers.N,
     post_layernorm. Input (N, 3, H, W) in [−1, 1]; output (N, patches, width)."""
 
-    def __init__(self, width: int, depth: int, heads: int, mlp_dim: int, patch: int, image_size: int,
-                 eps: float = 1e-6) -> None:
+    def __init__(
+        self, width: int, depth: int, heads: int, mlp_dim: int, patch: int, image_size: int, eps: float = 1e-6
+    ) -> None:
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size {image_size} is not a multiple of the patch size {patch}")

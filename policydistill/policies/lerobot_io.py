@@ -43,7 +43,9 @@ class LerobotFolder:
 
     def cameras(self) -> list[str]:
         feats = self.config.get("input_features", {})
-        return [k[len(IMAGE_PREFIX):] for k, v in feats.items() if v.get("type") == "VISUAL" and k.startswith(IMAGE_PREFIX)]
+        return [
+            k[len(IMAGE_PREFIX) :] for k, v in feats.items() if v.get("type") == "VISUAL" and k.startswith(IMAGE_PREFIX)
+        ]
 
     def state_dim(self) -> int:
         f = self.config.get("input_features", {}).get("observation.state")
@@ -80,8 +82,10 @@ class LerobotFolder:
         if not Path(name).is_absolute() and ".." not in Path(name).parts and local.exists():
             return str(local.resolve())
         if step.get("artifacts"):
-            raise CheckpointError(f"{self.path}/policy_preprocessor.json declares the tokenizer artifact {name!r} but "
-                                  f"{local} is missing: the checkpoint was copied incompletely")
+            raise CheckpointError(
+                f"{self.path}/policy_preprocessor.json declares the tokenizer artifact {name!r} but "
+                f"{local} is missing: the checkpoint was copied incompletely"
+            )
         return str(name)
 
     def relative_action_mask(self) -> list[bool] | None:
@@ -114,16 +118,20 @@ class LerobotFolder:
                 raise CheckpointError(
                     f"{self.path}/config.json sets {key}=true (pi0.5 short-horizon memory): the policy conditions on "
                     "past frames/states, which policydistill does not implement, and running it single-frame would "
-                    "give different actions. Use a checkpoint trained without memory.")
+                    "give different actions. Use a checkpoint trained without memory."
+                )
         rel = self.step("relative_actions_processor")
         absolute = self.step("absolute_actions_processor", post=True)
         if (rel is not None and rel.get("config", {}).get("enabled")) != (
-                absolute is not None and absolute.get("config", {}).get("enabled")) and (rel or absolute):
-            raise CheckpointError(f"{self.path}: the relative_actions_processor and absolute_actions_processor steps "
-                                  "disagree (one enabled, one not); lerobot would not return the actions it trained on")
+            absolute is not None and absolute.get("config", {}).get("enabled")
+        ) and (rel or absolute):
+            raise CheckpointError(
+                f"{self.path}: the relative_actions_processor and absolute_actions_processor steps "
+                "disagree (one enabled, one not); lerobot would not return the actions it trained on"
+            )
 
     def lerobot_version_hint(self) -> str | None:
-        """"0.4" / "0.5+" when the files tell which lerobot wrote them, else None.
+        """ "0.4" / "0.5+" when the files tell which lerobot wrote them, else None.
 
         config.json alone cannot tell 0.4.x from 0.5.x (same fields). Signs of ≥ 0.5: fields added
         in 0.5.1 (pi0/pi0.5 ``use_relative_actions``) and 0.6.0 (``pretrained_revision``, every
@@ -136,8 +144,10 @@ class LerobotFolder:
             version = str(((_read_json(ref) or {}).get("versions") or {}).get("lerobot", ""))
             if version:
                 return "0.4" if version.startswith(("0.3", "0.4")) else "0.5+"
-        if any(k in self.config for k in ("use_relative_actions", "pretrained_revision", "use_visual_memory",
-                                          "rtc_training_max_delay")):
+        if any(
+            k in self.config
+            for k in ("use_relative_actions", "pretrained_revision", "use_visual_memory", "rtc_training_max_delay")
+        ):
             return "0.5+"
         if self.step("relative_actions_processor") or self.step("absolute_actions_processor", post=True):
             return "0.5+"
@@ -186,29 +196,50 @@ def read_lerobot_folder(path: str | Path, weights: bool = True) -> LerobotFolder
     if config is None:
         raise CheckpointError(f"{path} has no config.json; is it a lerobot policy folder (save_pretrained output)?")
     if not weights:  # config and processors only
-        return LerobotFolder(path, config, {}, preprocessor=_read_json(path / "policy_preprocessor.json"),
-                             postprocessor=_read_json(path / "policy_postprocessor.json"))
+        return LerobotFolder(
+            path,
+            config,
+            {},
+            preprocessor=_read_json(path / "policy_preprocessor.json"),
+            postprocessor=_read_json(path / "policy_postprocessor.json"),
+        )
     weights_file = path / "model.safetensors"
     if not weights_file.exists():
         if (path / "adapter_config.json").exists() or config.get("use_peft"):
-            raise CheckpointError(f"{path} holds PEFT adapters only (no model.safetensors): merge the adapters into "
-                                  "the base policy with lerobot first and pass the merged folder")
+            raise CheckpointError(
+                f"{path} holds PEFT adapters only (no model.safetensors): merge the adapters into "
+                "the base policy with lerobot first and pass the merged folder"
+            )
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-        raise CheckpointError(f"{path} has no model.safetensors" + (f" (found {pickles}: pickles are never loaded; "
-                              "convert them to safetensors in a trusted environment)" if pickles else ""))
-    folder = LerobotFolder(path, config, read_safetensors(weights_file),
-                           preprocessor=_read_json(path / "policy_preprocessor.json"),
-                           postprocessor=_read_json(path / "policy_postprocessor.json"))
+        raise CheckpointError(
+            f"{path} has no model.safetensors"
+            + (
+                f" (found {pickles}: pickles are never loaded; convert them to safetensors in a trusted environment)"
+                if pickles
+                else ""
+            )
+        )
+    folder = LerobotFolder(
+        path,
+        config,
+        read_safetensors(weights_file),
+        preprocessor=_read_json(path / "policy_preprocessor.json"),
+        postprocessor=_read_json(path / "policy_postprocessor.json"),
+    )
     for proc in (folder.preprocessor, folder.postprocessor):
         for step in (proc or {}).get("steps", []):
-            if step.get("registry_name") in ("normalizer_processor", "unnormalizer_processor") and step.get("state_file"):
+            if step.get("registry_name") in ("normalizer_processor", "unnormalizer_processor") and step.get(
+                "state_file"
+            ):
                 # the processor json names the file; it may only name one inside this folder
                 # (checked as written, without following links, like lerobot's own layout)
                 rel = os.path.normpath(str(step["state_file"]))
                 if os.path.isabs(rel) or rel == ".." or rel.startswith(".." + os.sep) or rel == ".":
-                    raise CheckpointError(f"{path}: a processor step's state_file {step['state_file']!r} points "
-                                          "outside the policy folder; it must name a .safetensors file inside it. "
-                                          "Re-save or re-download the policy.")
+                    raise CheckpointError(
+                        f"{path}: a processor step's state_file {step['state_file']!r} points "
+                        "outside the policy folder; it must name a .safetensors file inside it. "
+                        "Re-save or re-download the policy."
+                    )
                 for feature, d in split_stats(read_safetensors(path / rel)).items():
                     folder.stats.setdefault(feature, {}).update(d)
     return folder
@@ -223,11 +254,21 @@ def _features(cameras: list[str], image_size: int, state_dim: int, action_dim: i
     return inputs, {"action": {"type": "ACTION", "shape": [action_dim]}}
 
 
-def write_lerobot_folder(path: str | Path, config: dict[str, Any], state: dict[str, Tensor],
-                         stats: dict[str, dict[str, Tensor]], cameras: list[str], image_size: int, state_dim: int,
-                         action_dim: int, norm_map: dict[str, str], extra_pre_steps: list[dict] | None = None,
-                         pre_steps_after_norm: list[dict] | None = None, post_steps: list[dict] | None = None,
-                         rename_map: dict[str, str] | None = None) -> Path:
+def write_lerobot_folder(
+    path: str | Path,
+    config: dict[str, Any],
+    state: dict[str, Tensor],
+    stats: dict[str, dict[str, Tensor]],
+    cameras: list[str],
+    image_size: int,
+    state_dim: int,
+    action_dim: int,
+    norm_map: dict[str, str],
+    extra_pre_steps: list[dict] | None = None,
+    pre_steps_after_norm: list[dict] | None = None,
+    post_steps: list[dict] | None = None,
+    rename_map: dict[str, str] | None = None,
+) -> Path:
     """Write a folder lerobot's ``from_pretrained`` and processor loaders read (atomic files).
 
     ``config`` is the policy-specific part (``type``, sizes, ...); features, normalisation map
@@ -242,13 +283,20 @@ def write_lerobot_folder(path: str | Path, config: dict[str, Any], state: dict[s
     write_json(path / "config.json", full)
     write_safetensors(path / "model.safetensors", state, metadata={"format": "pt"})
     features = {**inputs, **outputs}
-    steps: list[dict] = [{"registry_name": "rename_observations_processor", "config": {"rename_map": dict(rename_map or {})}},
-                         {"registry_name": "to_batch_processor", "config": {}}]
+    steps: list[dict] = [
+        {"registry_name": "rename_observations_processor", "config": {"rename_map": dict(rename_map or {})}},
+        {"registry_name": "to_batch_processor", "config": {}},
+    ]
     steps += extra_pre_steps or []
     norm_index = len(steps)
     norm_file = f"policy_preprocessor_step_{norm_index}_normalizer_processor.safetensors"
-    steps.append({"registry_name": "normalizer_processor",
-                  "config": {"eps": 1e-8, "features": features, "norm_map": norm_map}, "state_file": norm_file})
+    steps.append(
+        {
+            "registry_name": "normalizer_processor",
+            "config": {"eps": 1e-8, "features": features, "norm_map": norm_map},
+            "state_file": norm_file,
+        }
+    )
     steps += pre_steps_after_norm or []
     if not any(st.get("registry_name") == "device_processor" for st in steps):
         steps.append({"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}})
@@ -256,10 +304,21 @@ def write_lerobot_folder(path: str | Path, config: dict[str, Any], state: dict[s
     flat = flat_stats(stats)
     write_safetensors(path / norm_file, flat)
     unnorm_file = "policy_postprocessor_step_0_unnormalizer_processor.safetensors"
-    write_json(path / "policy_postprocessor.json", {"name": "policy_postprocessor", "steps": [
-        {"registry_name": "unnormalizer_processor", "config": {"eps": 1e-8, "features": outputs, "norm_map": norm_map},
-         "state_file": unnorm_file}, *(post_steps or []),
-        {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}}]})
+    write_json(
+        path / "policy_postprocessor.json",
+        {
+            "name": "policy_postprocessor",
+            "steps": [
+                {
+                    "registry_name": "unnormalizer_processor",
+                    "config": {"eps": 1e-8, "features": outputs, "norm_map": norm_map},
+                    "state_file": unnorm_file,
+                },
+                *(post_steps or []),
+                {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}},
+            ],
+        },
+    )
     write_safetensors(path / unnorm_file, flat)
     return path
 
@@ -286,7 +345,8 @@ def target_time_to_fold(policy: Any, fold_target_time: float | None = None) -> f
             "its steps it jumps to a different target time s, and lerobot's sampler has no target time (it runs "
             "x - dt*v(x, t)), so it would run a different policy. Only a 1-step student folds exactly into lerobot's "
             "weights: distil with --steps 1, export our own programs (policydistill export) for the multi-step "
-            "student, or pass fold_target_time=0.0 to export its 1-step map x0 = x1 - F(x1, 1, 0).")
+            "student, or pass fold_target_time=0.0 to export its 1-step map x0 = x1 - F(x1, 1, 0)."
+        )
     return 1.0 if cfg.sampling_mode == "diagonal" else 0.0
 
 
@@ -306,8 +366,9 @@ def portable_tokenizer_config(path: Path) -> None:
         data["tokenizer_class"] = "PreTrainedTokenizerFast"
         changed = True
     if isinstance(data.get("extra_special_tokens"), list):
-        named = {k: v for k, v in data.items() if k.endswith("_token") and k not in _STANDARD_TOKENS
-                 and isinstance(v, str)}
+        named = {
+            k: v for k, v in data.items() if k.endswith("_token") and k not in _STANDARD_TOKENS and isinstance(v, str)
+        }
         data["extra_special_tokens"] = named
         changed = True
     if changed:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
-_NUM_BASE = 4           # ids 4..259: integers 0..255; 260: "-1"
+_NUM_BASE = 4  # ids 4..259: integers 0..255; 260: "-1"
 _MINUS_ONE = _NUM_BASE + 256
 _WORD_BASE = _MINUS_ONE + 1
 _WORD = re.compile(r"-?\d+|\w+|[^\w\s]|\n")

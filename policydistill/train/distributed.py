@@ -28,8 +28,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -71,11 +72,15 @@ def init_from_env(device: str = "cpu", timeout_minutes: float = 60.0) -> DistCon
     if world <= 1 or (dist.is_available() and dist.is_initialized()):
         return context()
     if not dist.is_available():
-        raise RuntimeError("this torch build has no torch.distributed: run a single process (python -m policydistill.cli)")
+        raise RuntimeError(
+            "this torch build has no torch.distributed: run a single process (python -m policydistill.cli)"
+        )
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise RuntimeError(f"WORLD_SIZE={world} is set but {', '.join(missing)} is not: launch with "
-                           "`torchrun --nproc-per-node N -m policydistill.cli ...`, or unset WORLD_SIZE")
+        raise RuntimeError(
+            f"WORLD_SIZE={world} is set but {', '.join(missing)} is not: launch with "
+            "`torchrun --nproc-per-node N -m policydistill.cli ...`, or unset WORLD_SIZE"
+        )
     backend = "gloo"
     if device.startswith("cuda") and torch.cuda.is_available():
         backend = "nccl"
@@ -112,11 +117,15 @@ def resolve_micro_batches(batch_size: int, micro_batches: int, world_size: int) 
     if m < 1:
         raise ValueError(f"micro_batches must be >= 0 (0 = one per rank), got {micro_batches}")
     if m % world_size:
-        raise ValueError(f"--micro-batches {m} cannot be split over {world_size} ranks: use a multiple of "
-                         f"{world_size} (or 0 for one per rank)")
+        raise ValueError(
+            f"--micro-batches {m} cannot be split over {world_size} ranks: use a multiple of "
+            f"{world_size} (or 0 for one per rank)"
+        )
     if batch_size % m:
-        raise ValueError(f"the batch size {batch_size} is not divisible into {m} micro-batches: use a batch size "
-                         f"that is a multiple of {m}")
+        raise ValueError(
+            f"the batch size {batch_size} is not divisible into {m} micro-batches: use a batch size "
+            f"that is a multiple of {m}"
+        )
     return m
 
 
@@ -147,7 +156,7 @@ def all_reduce_gradients(params: list[nn.Parameter]) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset: offset + n].view_as(p).clone()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
 
 

@@ -84,10 +84,13 @@ def check_ready(method: Any) -> None:
             f"method {name!r} with jvp='autograd' (a double-backward JVP) cannot train under --fsdp: FSDP frees "
             "each layer's gathered weights after the first backward pass, which the second one still needs. "
             "Pass `-o jvp=fd` (a fourth-order finite difference, ≤ 4e-4 relative on pi0), or drop --fsdp. Under --fsdp every other "
-            "method trains as it is, meanflow's torch.func.jvp included.")
+            "method trains as it is, meanflow's torch.func.jvp included."
+        )
     if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError("--fsdp shards the model over the ranks of torchrun: launch with `torchrun "
-                           "--nproc-per-node N -m policydistill.cli ...`, or drop --fsdp on a single process")
+        raise RuntimeError(
+            "--fsdp shards the model over the ranks of torchrun: launch with `torchrun "
+            "--nproc-per-node N -m policydistill.cli ...`, or drop --fsdp on a single process"
+        )
 
 
 def make_mesh(device: torch.device) -> Any:
@@ -165,8 +168,9 @@ def shard_like(full: Tensor, like: Any) -> Tensor:
     from torch.distributed.tensor import distribute_tensor
 
     # every rank read the same file: take the slice locally, no scatter needed
-    return distribute_tensor(full.to(device=like.device, dtype=like.dtype), like.device_mesh, like.placements,
-                             src_data_rank=None)
+    return distribute_tensor(
+        full.to(device=like.device, dtype=like.dtype), like.device_mesh, like.placements, src_data_rank=None
+    )
 
 
 def shard_state(full: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
@@ -181,8 +185,10 @@ def shard_optimizer_state(full: dict[str, Any], optimizer: torch.optim.Optimizer
     state = {}
     for index, entry in full["state"].items():
         param = params[int(index)]
-        state[index] = {k: shard_like(v, param) if torch.is_tensor(v) and v.shape == param.shape and v.dim() else v
-                        for k, v in entry.items()}
+        state[index] = {
+            k: shard_like(v, param) if torch.is_tensor(v) and v.shape == param.shape and v.dim() else v
+            for k, v in entry.items()
+        }
     return {**full, "state": state}
 
 
@@ -194,8 +200,9 @@ def unshard(model: nn.Module, twin: nn.Module) -> nn.Module:
     for name, sharded in model.named_parameters():
         owner, _, leaf = name.rpartition(".")
         module = twin.get_submodule(owner)
-        module._parameters[leaf] = nn.Parameter(state[name].to(sharded.device),
-                                                requires_grad=params[name].requires_grad)
+        module._parameters[leaf] = nn.Parameter(
+            state[name].to(sharded.device), requires_grad=params[name].requires_grad
+        )
     for name, buf in model.named_buffers():
         owner, _, leaf = name.rpartition(".")
         twin.get_submodule(owner)._buffers[leaf] = buf.detach().clone()

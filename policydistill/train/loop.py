@@ -72,24 +72,24 @@ class DataSource(Protocol):
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
-    lr: float = 3e-4                # teacher training's default; distill/compare: 1e-4 (README)
+    lr: float = 3e-4  # teacher training's default; distill/compare: 1e-4 (README)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
-    ema_decay: float = 0.0          # 0 disables the weight EMA
-    precision: str = "auto"         # "fp32", "bf16" or "auto" (bf16 autocast on CUDA only)
-    checkpoint_every: int = 0       # 0 = only at the end
+    ema_decay: float = 0.0  # 0 disables the weight EMA
+    precision: str = "auto"  # "fp32", "bf16" or "auto" (bf16 autocast on CUDA only)
+    checkpoint_every: int = 0  # 0 = only at the end
     keep_checkpoints: int = 2
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
     description: str = "train"
-    micro_batches: int = 0          # the batch is cut into this many seeded micro-batches (0 = one per rank)
-    fsdp: bool = False              # shard the student over the torchrun ranks with FSDP2 (see train/fsdp.py)
-    handle_signals: bool = True     # SIGINT/SIGTERM: finish the step, checkpoint, raise TrainingInterrupted
-    log: str = ""                   # extra run logs besides metrics.jsonl: "tensorboard", "wandb" (comma-separated)
+    micro_batches: int = 0  # the batch is cut into this many seeded micro-batches (0 = one per rank)
+    fsdp: bool = False  # shard the student over the torchrun ranks with FSDP2 (see train/fsdp.py)
+    handle_signals: bool = True  # SIGINT/SIGTERM: finish the step, checkpoint, raise TrainingInterrupted
+    log: str = ""  # extra run logs besides metrics.jsonl: "tensorboard", "wandb" (comma-separated)
 
 
 @dataclass
@@ -112,8 +112,11 @@ class TrainingInterrupted(Exception):
     def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         name = signal.Signals(signum).name
-        where = (f"saved a checkpoint at step {step} in {checkpoint}; continue with the same command plus --resume"
-                 if checkpoint is not None else f"stopped at step {step} (no output folder, nothing saved)")
+        where = (
+            f"saved a checkpoint at step {step} in {checkpoint}; continue with the same command plus --resume"
+            if checkpoint is not None
+            else f"stopped at step {step} (no output folder, nothing saved)"
+        )
         super().__init__(f"{name} received: {where}.")
 
     @property
@@ -180,8 +183,7 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def _shard_all(student: nn.Module, ema: nn.Module | None, method: Method, device: torch.device
-               ) -> dict[str, nn.Module]:
+def _shard_all(student: nn.Module, ema: nn.Module | None, method: Method, device: torch.device) -> dict[str, nn.Module]:
     """Shard the student, the loop's EMA and the model copies the method keeps (its FlowMapModel
     attributes) over the ranks; returns the meta twins ``_unshard_all`` fills at the end."""
     mesh = fsdp.make_mesh(device)
@@ -194,8 +196,9 @@ def _shard_all(student: nn.Module, ema: nn.Module | None, method: Method, device
     return twins
 
 
-def _unshard_all(student: nn.Module, ema: nn.Module | None, method: Method, twins: dict[str, nn.Module]
-                 ) -> tuple[nn.Module, nn.Module | None]:
+def _unshard_all(
+    student: nn.Module, ema: nn.Module | None, method: Method, twins: dict[str, nn.Module]
+) -> tuple[nn.Module, nn.Module | None]:
     for name, child in list(method.named_children()):
         if f"method.{name}" in twins:
             setattr(method, name, fsdp.unshard(child, twins[f"method.{name}"]))
@@ -207,16 +210,36 @@ def run_identity(method: Method, cfg: TrainConfig, n_micro: int, extra: dict[str
     ``n_micro`` (not the rank count) is what the result depends on."""
     config = getattr(method, "config", None)
     options = asdict(config) if dataclasses.is_dataclass(config) and not isinstance(config, type) else {}
-    return {"method": type(method).__name__, "method_config": options, "steps": cfg.steps, "seed": cfg.seed,
-            "batch_size": cfg.batch_size, "micro_batches": n_micro, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps,
-            "min_lr_ratio": cfg.min_lr_ratio, "weight_decay": cfg.weight_decay, "betas": list(cfg.betas),
-            "grad_clip": cfg.grad_clip, "ema_decay": cfg.ema_decay, **(extra or {})}
+    return {
+        "method": type(method).__name__,
+        "method_config": options,
+        "steps": cfg.steps,
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "micro_batches": n_micro,
+        "lr": cfg.lr,
+        "warmup_steps": cfg.warmup_steps,
+        "min_lr_ratio": cfg.min_lr_ratio,
+        "weight_decay": cfg.weight_decay,
+        "betas": list(cfg.betas),
+        "grad_clip": cfg.grad_clip,
+        "ema_decay": cfg.ema_decay,
+        **(extra or {}),
+    }
 
 
-def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainConfig,
-          teacher: FlowMapModel | None = None, out_dir: str | Path | None = None,
-          resume: bool = False, checkpoint_extra: dict[str, Any] | None = None,
-          identity: dict[str, Any] | None = None, extend: bool = False) -> TrainResult:
+def train(
+    student: FlowMapModel,
+    method: Method,
+    data: DataSource,
+    cfg: TrainConfig,
+    teacher: FlowMapModel | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_extra: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None,
+    extend: bool = False,
+) -> TrainResult:
     """Train ``student`` with ``method`` for ``cfg.steps`` optimiser steps.
 
     ``out_dir`` receives the checkpoints and ``metrics.jsonl`` and is locked for the run.
@@ -246,9 +269,11 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
             found = complete_checkpoints(out)
             raise CheckpointError(
                 f"{out} already holds a training run (checkpoint {found[-1]}). Pass --resume to continue it, or "
-                "choose another --out; nothing was overwritten." if found else
-                f"{out} already holds a training run whose checkpoints are all incomplete. Choose another --out (or "
-                "move that folder away); nothing was overwritten.")
+                "choose another --out; nothing was overwritten."
+                if found
+                else f"{out} already holds a training run whose checkpoints are all incomplete. Choose another --out (or "
+                "move that folder away); nothing was overwritten."
+            )
         if teacher is not None:
             check_model(teacher, "teacher")
         check_model(student, "student")
@@ -275,7 +300,9 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
         no_decay = [p for p in params if p.dim() < 2]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=cfg.betas, fused=False,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            fused=False,
         )
         if writer is not None:
             check_output_dir(writer, checkpoint_bytes(student, method, ema, cfg))
@@ -285,25 +312,43 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
         last_good = latest_checkpoint(out) if resume and out is not None else None  # else there is none (checked above)
         if last_good is not None:
             start, history = restore(last_good, student, optimizer, method, ema, cfg, ident, extend)
-        runlog = scope.enter_context(contextlib.closing(
-            RunLog(writer, start, backends, config={**ident, "train_config": asdict(cfg)}, name=cfg.description,
-                   device=device)))
+        runlog = scope.enter_context(
+            contextlib.closing(
+                RunLog(
+                    writer,
+                    start,
+                    backends,
+                    config={**ident, "train_config": asdict(cfg)},
+                    name=cfg.description,
+                    device=device,
+                )
+            )
+        )
 
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} it/s"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[rate]:.1f} it/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        ]
         progress = scope.enter_context(Progress(*columns, disable=not (cfg.progress and ctx.is_main), transient=False))
         stop = scope.enter_context(_StopRequest(cfg.handle_signals))
         task = progress.add_task(cfg.description, total=cfg.steps, completed=start, loss=float("nan"), rate=0.0)
 
         def diverged(what: str, step: int, batch: FlowBatch | None) -> TrainingDiverged:
-            where = (f"the last good checkpoint is {last_good} (continue from it with --resume)" if last_good
-                     else "no checkpoint was written yet")
+            where = (
+                f"the last good checkpoint is {last_good} (continue from it with --resume)"
+                if last_good
+                else "no checkpoint was written yet"
+            )
             return TrainingDiverged(explain_nonfinite(what, step, step == 0, batch, student, where))
 
         def checkpoint(step: int) -> Path | None:
-            return save_checkpoint(writer, step, student, optimizer, method, ema, history, cfg, checkpoint_extra,
-                                   ident)
+            return save_checkpoint(writer, step, student, optimizer, method, ema, history, cfg, checkpoint_extra, ident)
 
         t0 = time.perf_counter()
         runlog.restart_clock()
@@ -346,12 +391,18 @@ def train(student: FlowMapModel, method: Method, data: DataSource, cfg: TrainCon
                 update_ema(ema, student, cfg.ema_decay)
             method.after_step(student, step)
             # metrics are rank 0's share of the batch; the loss is the global one
-            record = {"step": step, **sums, "loss": global_loss, "grad_norm": float(grad_norm),
-                      "lr": optimizer.param_groups[0]["lr"]}
+            record = {
+                "step": step,
+                **sums,
+                "loss": global_loss,
+                "grad_norm": float(grad_norm),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
             history.append(record)
             runlog.log(record, cfg.batch_size)
-            progress.update(task, advance=1, loss=global_loss,
-                            rate=(step + 1 - start) / max(time.perf_counter() - t0, 1e-9))
+            progress.update(
+                task, advance=1, loss=global_loss, rate=(step + 1 - start) / max(time.perf_counter() - t0, 1e-9)
+            )
             done = step + 1
             if stop_signum and done < cfg.steps:
                 folder = checkpoint(done) if saves else None

@@ -29,9 +29,9 @@ STATE_PROMPTS = ("raw", "padded")
 
 @dataclass
 class Pi0Config(FlowPolicyConfig):
-    variant: str = "pi0"               # "pi0" (state token + action_time MLP) | "pi05" (adaRMS, state in prompt)
+    variant: str = "pi0"  # "pi0" (state token + action_time MLP) | "pi05" (adaRMS, state in prompt)
     vocab_size: int = 1024
-    tokenizer: str = "builtin"         # "builtin", a local folder with tokenizer.json / tokenizer.model, or a Hub id
+    tokenizer: str = "builtin"  # "builtin", a local folder with tokenizer.json / tokenizer.model, or a Hub id
     #: pi0.5 only: which state is discretised into the prompt. "raw" = the state_dim real dims
     #: (openpi, lerobot >= 0.5); "padded" = zero-padded to max_state_dim first (lerobot 0.4.x,
     #: which adds max_state_dim − state_dim "128" tokens). A checkpoint must be run the way it
@@ -65,7 +65,7 @@ class Pi0Config(FlowPolicyConfig):
 
     INT_MAX: ClassVar[dict[str, int]] = {"vlm_depth": 1024, "vision_depth": 1024}
 
-    def validate(self) -> "Pi0Config":
+    def validate(self) -> Pi0Config:
         self.check()  # types and ranges of every field first: the checks below compare them
         if self.variant not in VARIANTS:
             raise ValueError(f"variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
@@ -83,35 +83,114 @@ class Pi0Config(FlowPolicyConfig):
         return self
 
 
-_TINY = dict(cameras=["corner2"], image_size=32, state_dim=4, action_dim=3, max_state_dim=8, max_action_dim=8,
-             chunk_size=8, n_action_steps=8, tokenizer_max_length=12, vocab_size=320,
-             vlm_width=64, vlm_depth=2, vlm_mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=8,
-             expert_width=32, expert_mlp_dim=64, vision_width=32, vision_depth=1, vision_heads=2, vision_mlp_dim=64,
-             patch_size=8)
+_TINY = dict(
+    cameras=["corner2"],
+    image_size=32,
+    state_dim=4,
+    action_dim=3,
+    max_state_dim=8,
+    max_action_dim=8,
+    chunk_size=8,
+    n_action_steps=8,
+    tokenizer_max_length=12,
+    vocab_size=320,
+    vlm_width=64,
+    vlm_depth=2,
+    vlm_mlp_dim=128,
+    num_heads=8,
+    num_kv_heads=1,
+    head_dim=8,
+    expert_width=32,
+    expert_mlp_dim=64,
+    vision_width=32,
+    vision_depth=1,
+    vision_heads=2,
+    vision_mlp_dim=64,
+    patch_size=8,
+)
 
 # Meta-World on 2 CPU cores: 36 image tokens (96 px / patch 16), a short prompt, a narrow expert.
 # chunk 16 executing 8 keeps the suffix short (16 tokens per step) and re-plans at ~10 Hz in a
 # 80 Hz sim; no padding of the 4-d action (padding only helps when loading foreign checkpoints).
-_SMALL = dict(cameras=["corner2"], image_size=96, state_dim=39, action_dim=4, max_state_dim=39, max_action_dim=4,
-              chunk_size=16, n_action_steps=8, tokenizer_max_length=16, vocab_size=1024,
-              vlm_width=192, vlm_depth=4, vlm_mlp_dim=768, num_heads=6, num_kv_heads=1, head_dim=32,
-              expert_width=96, expert_mlp_dim=384, vision_width=128, vision_depth=3, vision_heads=4,
-              vision_mlp_dim=512, patch_size=16)
+_SMALL = dict(
+    cameras=["corner2"],
+    image_size=96,
+    state_dim=39,
+    action_dim=4,
+    max_state_dim=39,
+    max_action_dim=4,
+    chunk_size=16,
+    n_action_steps=8,
+    tokenizer_max_length=16,
+    vocab_size=1024,
+    vlm_width=192,
+    vlm_depth=4,
+    vlm_mlp_dim=768,
+    num_heads=6,
+    num_kv_heads=1,
+    head_dim=32,
+    expert_width=96,
+    expert_mlp_dim=384,
+    vision_width=128,
+    vision_depth=3,
+    vision_heads=4,
+    vision_mlp_dim=512,
+    patch_size=16,
+)
 
 # The lerobot latency reference size (timings quoted in cli/policies.py).
-_REF = dict(cameras=["base", "wrist"], image_size=128, state_dim=32, action_dim=32, max_state_dim=32,
-            max_action_dim=32, chunk_size=50, n_action_steps=50, tokenizer_max_length=16, vocab_size=1024,
-            vlm_width=256, vlm_depth=4, vlm_mlp_dim=1024, num_heads=8, num_kv_heads=1, head_dim=32,
-            expert_width=128, expert_mlp_dim=512, vision_width=128, vision_depth=2, vision_heads=4,
-            vision_mlp_dim=512, patch_size=16)
+_REF = dict(
+    cameras=["base", "wrist"],
+    image_size=128,
+    state_dim=32,
+    action_dim=32,
+    max_state_dim=32,
+    max_action_dim=32,
+    chunk_size=50,
+    n_action_steps=50,
+    tokenizer_max_length=16,
+    vocab_size=1024,
+    vlm_width=256,
+    vlm_depth=4,
+    vlm_mlp_dim=1024,
+    num_heads=8,
+    num_kv_heads=1,
+    head_dim=32,
+    expert_width=128,
+    expert_mlp_dim=512,
+    vision_width=128,
+    vision_depth=2,
+    vision_heads=4,
+    vision_mlp_dim=512,
+    patch_size=16,
+)
 
 # openpi pi0: PaliGemma (SigLIP So400m/14 @224 + Gemma 2B) and the Gemma 300M expert.
-_FULL = dict(cameras=["base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"], image_size=224, state_dim=32,
-             action_dim=32, max_state_dim=32, max_action_dim=32, chunk_size=50, n_action_steps=50,
-             tokenizer_max_length=48, vocab_size=257152,
-             vlm_width=2048, vlm_depth=18, vlm_mlp_dim=16384, num_heads=8, num_kv_heads=1, head_dim=256,
-             expert_width=1024, expert_mlp_dim=4096, vision_width=1152, vision_depth=27, vision_heads=16,
-             vision_mlp_dim=4304, patch_size=14)
+_FULL = dict(
+    cameras=["base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb"],
+    image_size=224,
+    state_dim=32,
+    action_dim=32,
+    max_state_dim=32,
+    max_action_dim=32,
+    chunk_size=50,
+    n_action_steps=50,
+    tokenizer_max_length=48,
+    vocab_size=257152,
+    vlm_width=2048,
+    vlm_depth=18,
+    vlm_mlp_dim=16384,
+    num_heads=8,
+    num_kv_heads=1,
+    head_dim=256,
+    expert_width=1024,
+    expert_mlp_dim=4096,
+    vision_width=1152,
+    vision_depth=27,
+    vision_heads=16,
+    vision_mlp_dim=4304,
+    patch_size=14,
+)
 
 PRESETS: dict[str, dict] = {"tiny": _TINY, "small": _SMALL, "ref": _REF, "full": _FULL}
 
@@ -128,8 +207,10 @@ def preset(name: str, variant: str = "pi0", **overrides) -> Pi0Config:
         # checkpoints from lerobot bring their own QUANTILES mode through from_lerobot.
     unknown = unknown_keys(Pi0Config, overrides)
     if unknown:
-        raise ValueError(f"Pi0Config has no field(s) {', '.join(unknown)}; see the fields of "
-                         "policydistill.policies.pi0.configuration.Pi0Config")
+        raise ValueError(
+            f"Pi0Config has no field(s) {', '.join(unknown)}; see the fields of "
+            "policydistill.policies.pi0.configuration.Pi0Config"
+        )
     fields.update(overrides)
     return Pi0Config(variant=variant, **fields).validate()
 

@@ -80,8 +80,9 @@ def _fuse(ours: dict[str, Tensor]) -> dict[str, Tensor]:
     """Separate q/k/v and gate/up tensors (HF layout) → our fused qkv_proj / gate_up_proj."""
     out: dict[str, Tensor] = {}
     for key, value in ours.items():
-        if _GEMMA.match(key) and key.endswith(("self_attn.k_proj.weight", "self_attn.v_proj.weight",
-                                                "mlp.up_proj.weight")):
+        if _GEMMA.match(key) and key.endswith(
+            ("self_attn.k_proj.weight", "self_attn.v_proj.weight", "mlp.up_proj.weight")
+        ):
             continue
         if _GEMMA.match(key) and key.endswith("self_attn.q_proj.weight"):
             base = key[: -len("q_proj.weight")]
@@ -125,10 +126,10 @@ def lerobot_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
             continue
         for mine, theirs in OURS_TO_LEROBOT:
             if key.startswith(theirs):
-                ours[mine + key[len(theirs):]] = value
+                ours[mine + key[len(theirs) :]] = value
                 break
         else:
-            ours[key[len("model."):] if key.startswith("model.") else key] = value
+            ours[key[len("model.") :] if key.startswith("model.") else key] = value
     return ours
 
 
@@ -142,7 +143,7 @@ def ours_to_lerobot(state: dict[str, Tensor]) -> dict[str, Tensor]:
             continue
         for mine, theirs in OURS_TO_LEROBOT:
             if key.startswith(mine):
-                out[theirs + key[len(mine):]] = value
+                out[theirs + key[len(mine) :]] = value
                 break
         else:
             out["model." + key] = value
@@ -154,9 +155,17 @@ def _count_layers(state: dict[str, Tensor], prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def infer_config(state: dict[str, Tensor], lr_config: dict[str, Any], variant: str, cameras: list[str],
-                 state_dim: int, action_dim: int, overrides: dict[str, Any]) -> Pi0Config:
+def infer_config(
+    state: dict[str, Tensor],
+    lr_config: dict[str, Any],
+    variant: str,
+    cameras: list[str],
+    state_dim: int,
+    action_dim: int,
+    overrides: dict[str, Any],
+) -> Pi0Config:
     """Sizes from tensor shapes (our key names), everything else from lerobot's config.json."""
+
     def shape(k: str) -> tuple[int, ...]:
         if k not in state:
             raise CheckpointError(f"checkpoint has no tensor {k!r}; it is not a lerobot 0.4.x {variant} checkpoint")
@@ -169,7 +178,7 @@ def infer_config(state: dict[str, Tensor], lr_config: dict[str, Any], variant: s
     kv_heads = shape("vlm.layers.0.self_attn.k_proj.weight")[0] // head_dim
     vis_width, _, patch, _ = shape("vision.embeddings.patch_embedding.weight")
     n_patches = shape("vision.embeddings.position_embedding.weight")[0]
-    image_size = int(round(n_patches ** 0.5)) * patch
+    image_size = int(round(n_patches**0.5)) * patch
     vis_heads = overrides.get("vision_heads")
     if vis_heads is None:
         if vis_width == 1152:
@@ -177,23 +186,40 @@ def infer_config(state: dict[str, Tensor], lr_config: dict[str, Any], variant: s
         else:
             raise CheckpointError(
                 f"cannot infer the SigLIP head count for vision width {vis_width} from tensor shapes; "
-                "pass overrides={'vision_heads': N} (or put reference.json with the architecture overrides in the folder)")
+                "pass overrides={'vision_heads': N} (or put reference.json with the architecture overrides in the folder)"
+            )
     expert_width = shape("expert.layers.0.self_attn.q_proj.weight")[1]
     res = lr_config.get("image_resolution") or [image_size, image_size]
     if int(res[0]) != image_size:
         raise CheckpointError(f"config.json image_resolution {res} disagrees with the vision tower ({image_size} px)")
     fields: dict[str, Any] = dict(
-        variant=variant, cameras=cameras, image_size=image_size, state_dim=state_dim, action_dim=action_dim,
-        max_state_dim=int(lr_config.get("max_state_dim", 32)), max_action_dim=shape("action_in_proj.weight")[1],
-        chunk_size=int(lr_config.get("chunk_size", 50)), n_action_steps=int(lr_config.get("n_action_steps", 50)),
+        variant=variant,
+        cameras=cameras,
+        image_size=image_size,
+        state_dim=state_dim,
+        action_dim=action_dim,
+        max_state_dim=int(lr_config.get("max_state_dim", 32)),
+        max_action_dim=shape("action_in_proj.weight")[1],
+        chunk_size=int(lr_config.get("chunk_size", 50)),
+        n_action_steps=int(lr_config.get("n_action_steps", 50)),
         num_inference_steps=int(lr_config.get("num_inference_steps", 10)),
-        tokenizer_max_length=int(lr_config.get("tokenizer_max_length", 48)), vocab_size=vocab,
-        vlm_width=vlm_width, vlm_depth=_count_layers(state, "vlm.layers."),
-        vlm_mlp_dim=shape("vlm.layers.0.mlp.gate_proj.weight")[0], num_heads=heads, num_kv_heads=kv_heads,
-        head_dim=head_dim, expert_width=expert_width, expert_mlp_dim=shape("expert.layers.0.mlp.gate_proj.weight")[0],
-        vision_width=vis_width, vision_depth=_count_layers(state, "vision.encoder.layers."), vision_heads=int(vis_heads),
-        vision_mlp_dim=shape("vision.encoder.layers.0.mlp.fc1.weight")[0], patch_size=patch,
-        min_period=float(lr_config.get("min_period", 4e-3)), max_period=float(lr_config.get("max_period", 4.0)),
+        tokenizer_max_length=int(lr_config.get("tokenizer_max_length", 48)),
+        vocab_size=vocab,
+        vlm_width=vlm_width,
+        vlm_depth=_count_layers(state, "vlm.layers."),
+        vlm_mlp_dim=shape("vlm.layers.0.mlp.gate_proj.weight")[0],
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        expert_width=expert_width,
+        expert_mlp_dim=shape("expert.layers.0.mlp.gate_proj.weight")[0],
+        vision_width=vis_width,
+        vision_depth=_count_layers(state, "vision.encoder.layers."),
+        vision_heads=int(vis_heads),
+        vision_mlp_dim=shape("vision.encoder.layers.0.mlp.fc1.weight")[0],
+        patch_size=patch,
+        min_period=float(lr_config.get("min_period", 4e-3)),
+        max_period=float(lr_config.get("max_period", 4.0)),
     )
     if _count_layers(state, "expert.layers.") != fields["vlm_depth"]:
         raise CheckpointError("the expert and the VLM have different depths; pi0 runs them layer by layer")
@@ -227,9 +253,12 @@ def detect_state_prompt(folder) -> str:
     if hint == "0.4":
         return "padded"
     if hint is None:
-        warnings.warn(f"{folder.path}: cannot tell which lerobot wrote this pi0.5 checkpoint; reading its state prompt "
-                      "the lerobot >= 0.5 way (unpadded state). A checkpoint fine-tuned with lerobot 0.4.x needs "
-                      "overrides={'state_prompt': 'padded'}.", stacklevel=3)
+        warnings.warn(
+            f"{folder.path}: cannot tell which lerobot wrote this pi0.5 checkpoint; reading its state prompt "
+            "the lerobot >= 0.5 way (unpadded state). A checkpoint fine-tuned with lerobot 0.4.x needs "
+            "overrides={'state_prompt': 'padded'}.",
+            stacklevel=3,
+        )
     return "raw"
 
 
@@ -257,7 +286,9 @@ def from_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict
             cfg.tokenizer = inside  # the copy that travels with the folder
     else:
         ovr = {**_fixture_overrides(path), **(overrides or {})}
-        cfg = infer_config(state, folder.config, variant, folder.cameras(), folder.state_dim(), folder.action_dim(), ovr)
+        cfg = infer_config(
+            state, folder.config, variant, folder.cameras(), folder.state_dim(), folder.action_dim(), ovr
+        )
         cfg.state_norm = folder.norm_mode("STATE")
         cfg.action_norm = folder.norm_mode("ACTION")
         cfg.tokenizer = tokenizer or folder.tokenizer_name() or "builtin"
@@ -296,7 +327,7 @@ def fold_target_time(policy, s_star: float) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         if cfg.variant == "pi0":
             w = policy.action_time_mlp_in.weight.float()
-            out["action_time_mlp_in.bias"] = policy.action_time_mlp_in.bias.float() + w[:, cfg.expert_width:] @ offset
+            out["action_time_mlp_in.bias"] = policy.action_time_mlp_in.bias.float() + w[:, cfg.expert_width :] @ offset
         else:
             for name, module in policy.expert.named_modules():
                 dense = getattr(module, "dense", None)
@@ -327,12 +358,22 @@ def _copy_tokenizer(cfg: Pi0Config, path: Path) -> str | None:
     return "tokenizer"
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 
 
-def to_lerobot(policy, path: str | Path, fold_target_time_at: float | None = None,
-               allow_padded_state_prompt: bool = False, rename_map: dict[str, str] | None = None) -> Path:
+def to_lerobot(
+    policy,
+    path: str | Path,
+    fold_target_time_at: float | None = None,
+    allow_padded_state_prompt: bool = False,
+    rename_map: dict[str, str] | None = None,
+) -> Path:
     """Write ``policy`` as a lerobot policy folder that lerobot runs unchanged.
 
     * A trained target-time branch (a 1-step flow-map student) is folded into lerobot's own biases
@@ -360,7 +401,8 @@ def to_lerobot(policy, path: str | Path, fold_target_time_at: float | None = Non
         raise CheckpointError(
             "this pi0.5 policy reads its state prompt padded to max_state_dim (lerobot 0.4.x); lerobot >= 0.5 "
             "discretises the unpadded state and would feed it different prompts. Distil from the teacher loaded "
-            "with state_prompt='raw', or pass allow_padded_state_prompt=True to write it for lerobot 0.4.x.")
+            "with state_prompt='raw', or pass allow_padded_state_prompt=True to write it for lerobot 0.4.x."
+        )
     s_star = target_time_to_fold(policy, fold_target_time_at)
     state = {k: v.float() for k, v in policy.state_dict().items()}
     steps = cfg.num_inference_steps
@@ -369,25 +411,48 @@ def to_lerobot(policy, path: str | Path, fold_target_time_at: float | None = Non
         steps = 1
     lr_state = ours_to_lerobot(_unfuse(state, cfg))
     modes = {"VISUAL": "IDENTITY", "STATE": cfg.state_norm, "ACTION": cfg.action_norm}
-    stats = {"observation.state": policy.normalizer.stats("state", cfg.state_norm),
-             "action": policy.normalizer.stats("action", cfg.action_norm)}
+    stats = {
+        "observation.state": policy.normalizer.stats("state", cfg.state_norm),
+        "action": policy.normalizer.stats("action", cfg.action_norm),
+    }
     stats = {k: v for k, v in stats.items() if v}
     vlm = next((n for n, w in LEROBOT_SIZES.items() if w == cfg.vlm_width), "custom")
     exp = next((n for n, w in LEROBOT_SIZES.items() if w == cfg.expert_width), "custom")
-    config = {"type": cfg.variant, "n_obs_steps": 1, "device": "cpu", "use_amp": False,
-              "paligemma_variant": vlm, "action_expert_variant": exp,
-              "dtype": "float32", "chunk_size": cfg.chunk_size, "n_action_steps": cfg.n_action_steps,
-              "max_state_dim": cfg.max_state_dim, "max_action_dim": cfg.max_action_dim,
-              "num_inference_steps": steps, "time_sampling_beta_alpha": 1.5,
-              "time_sampling_beta_beta": 1.0, "time_sampling_scale": 0.999, "time_sampling_offset": 0.001,
-              "min_period": cfg.min_period, "max_period": cfg.max_period,
-              "image_resolution": [cfg.image_size, cfg.image_size], "empty_cameras": 0,
-              "tokenizer_max_length": cfg.tokenizer_max_length}
+    config = {
+        "type": cfg.variant,
+        "n_obs_steps": 1,
+        "device": "cpu",
+        "use_amp": False,
+        "paligemma_variant": vlm,
+        "action_expert_variant": exp,
+        "dtype": "float32",
+        "chunk_size": cfg.chunk_size,
+        "n_action_steps": cfg.n_action_steps,
+        "max_state_dim": cfg.max_state_dim,
+        "max_action_dim": cfg.max_action_dim,
+        "num_inference_steps": steps,
+        "time_sampling_beta_alpha": 1.5,
+        "time_sampling_beta_beta": 1.0,
+        "time_sampling_scale": 0.999,
+        "time_sampling_offset": 0.001,
+        "min_period": cfg.min_period,
+        "max_period": cfg.max_period,
+        "image_resolution": [cfg.image_size, cfg.image_size],
+        "empty_cameras": 0,
+        "tokenizer_max_length": cfg.tokenizer_max_length,
+    }
     rel_steps = _relative_steps(cfg, config)
     tok_name = _copy_tokenizer(cfg, path)
-    tok: dict[str, Any] = {"registry_name": "tokenizer_processor", "config": {
-        "max_length": cfg.tokenizer_max_length, "task_key": "task", "padding_side": "right", "padding": "max_length",
-        "truncation": True}}
+    tok: dict[str, Any] = {
+        "registry_name": "tokenizer_processor",
+        "config": {
+            "max_length": cfg.tokenizer_max_length,
+            "task_key": "task",
+            "padding_side": "right",
+            "padding": "max_length",
+            "truncation": True,
+        },
+    }
     from ..hub import is_repo_id
 
     if cfg.tokenizer == "builtin":
@@ -398,18 +463,39 @@ def to_lerobot(policy, path: str | Path, fold_target_time_at: float | None = Non
     if tok_name is not None:
         tok["artifacts"] = {"tokenizer_name": tok_name}
     if cfg.variant == "pi0":  # lerobot's order: newline, tokenizer, device, relative, normaliser
-        before = [{"registry_name": "pi0_new_line_processor", "config": {}}, tok,
-                  {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}},
-                  *rel_steps[:1]]
+        before = [
+            {"registry_name": "pi0_new_line_processor", "config": {}},
+            tok,
+            {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}},
+            *rel_steps[:1],
+        ]
         after: list[dict] = []
     else:  # relative, normaliser, state prompt, tokenizer, device
         before = rel_steps[:1]
         # lerobot saves this step's config as {} and rebuilds it with max_state_dim=32; lerobot 0.4.x pads
         # the prompt's state to that, so the policy's own value is written
-        after = [{"registry_name": "pi05_prepare_state_tokenizer_processor_step",
-                  "config": {"max_state_dim": cfg.max_state_dim, "task_key": "task"}}, tok]
-    write_lerobot_folder(path, config, lr_state, stats, cfg.cameras, cfg.image_size, cfg.state_dim, cfg.action_dim,
-                         modes, before, after, post_steps=rel_steps[1:], rename_map=rename_map)
+        after = [
+            {
+                "registry_name": "pi05_prepare_state_tokenizer_processor_step",
+                "config": {"max_state_dim": cfg.max_state_dim, "task_key": "task"},
+            },
+            tok,
+        ]
+    write_lerobot_folder(
+        path,
+        config,
+        lr_state,
+        stats,
+        cfg.cameras,
+        cfg.image_size,
+        cfg.state_dim,
+        cfg.action_dim,
+        modes,
+        before,
+        after,
+        post_steps=rel_steps[1:],
+        rename_map=rename_map,
+    )
     own = policy.config_dict()
     extra = {k: v for k, v in state.items() if k.startswith("target_time.")}
     if s_star is not None:  # the branch now lives in lerobot's biases: read back, it must not apply twice
@@ -429,9 +515,21 @@ def _relative_steps(cfg: Pi0Config, config: dict[str, Any]) -> list[dict]:
     names = [f"dim_{i:03d}" for i in range(cfg.action_dim)]
     exclude = [n for n, m in zip(names, list(mask) + [True] * cfg.action_dim) if not m]
     config.update({"use_relative_actions": True, "relative_exclude_joints": exclude, "action_feature_names": names})
-    return [{"registry_name": "relative_actions_processor",
-             "config": {"enabled": True, "exclude_joints": exclude, "action_names": names}},
-            {"registry_name": "absolute_actions_processor", "config": {"enabled": True}}]
+    return [
+        {
+            "registry_name": "relative_actions_processor",
+            "config": {"enabled": True, "exclude_joints": exclude, "action_names": names},
+        },
+        {"registry_name": "absolute_actions_processor", "config": {"enabled": True}},
+    ]
 
 
-__all__ = ["from_lerobot", "to_lerobot", "fold_target_time", "fix_lerobot_keys", "lerobot_to_ours", "ours_to_lerobot", "infer_config"]
+__all__ = [
+    "from_lerobot",
+    "to_lerobot",
+    "fold_target_time",
+    "fix_lerobot_keys",
+    "lerobot_to_ours",
+    "ours_to_lerobot",
+    "infer_config",
+]

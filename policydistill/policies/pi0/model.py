@@ -54,17 +54,17 @@ from ..layers import (
 )
 from ..tokenizer import load_tokenizer
 from .configuration import Pi0Config, preset
-from .processor import pi05_prompts, pi0_prompts
+from .processor import pi0_prompts, pi05_prompts
 
 
 @dataclass
 class PrefixCache:
     """What ``encode`` hands every ``flow`` call."""
 
-    keys: list[Tensor]               # per layer (B, KVH, Lc, hd): prefix (+ pi0 state token), rotated
+    keys: list[Tensor]  # per layer (B, KVH, Lc, hd): prefix (+ pi0 state token), rotated
     values: list[Tensor]
-    key_mask: Tensor | None          # additive (B, 1, 1, Lc + chunk); None = all keys valid
-    cos: Tensor                      # rotary tables of the action positions (B, 1, chunk, hd)
+    key_mask: Tensor | None  # additive (B, 1, 1, Lc + chunk); None = all keys valid
+    cos: Tensor  # rotary tables of the action positions (B, 1, chunk, hd)
     sin: Tensor
     k_buf: list[Tensor] | None = None  # no-grad inference: (B, KVH, Lc + chunk, hd), head filled once
     v_buf: list[Tensor] | None = None
@@ -129,15 +129,31 @@ class Pi0Policy(FlowPolicy):
         self._init_policy(cfg)
         self.is_pi05 = cfg.variant == "pi05"
         we = cfg.expert_width
-        self.vision = SiglipEncoder(cfg.vision_width, cfg.vision_depth, cfg.vision_heads, cfg.vision_mlp_dim,
-                                    cfg.patch_size, cfg.image_size, cfg.ln_eps)
+        self.vision = SiglipEncoder(
+            cfg.vision_width,
+            cfg.vision_depth,
+            cfg.vision_heads,
+            cfg.vision_mlp_dim,
+            cfg.patch_size,
+            cfg.image_size,
+            cfg.ln_eps,
+        )
         self.projector = Linear(cfg.vision_width, cfg.vlm_width)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.vlm_width)
-        nn.init.normal_(self.embed_tokens.weight, std=cfg.vlm_width ** -0.5)
-        self.vlm = GemmaStack(cfg.vlm_width, cfg.vlm_depth, cfg.vlm_mlp_dim, cfg.num_heads, cfg.num_kv_heads,
-                              cfg.head_dim, cfg.rms_eps)
-        self.expert = GemmaStack(we, cfg.vlm_depth, cfg.expert_mlp_dim, cfg.num_heads, cfg.num_kv_heads,
-                                 cfg.head_dim, cfg.rms_eps, cond_dim=we if self.is_pi05 else None)
+        nn.init.normal_(self.embed_tokens.weight, std=cfg.vlm_width**-0.5)
+        self.vlm = GemmaStack(
+            cfg.vlm_width, cfg.vlm_depth, cfg.vlm_mlp_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_eps
+        )
+        self.expert = GemmaStack(
+            we,
+            cfg.vlm_depth,
+            cfg.expert_mlp_dim,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.rms_eps,
+            cond_dim=we if self.is_pi05 else None,
+        )
         self.action_in_proj = Linear(cfg.max_action_dim, we)
         self.action_out_proj = Linear(we, cfg.max_action_dim)
         if self.is_pi05:
@@ -175,8 +191,9 @@ class Pi0Policy(FlowPolicy):
         return {"tokens": tokens.to(self.device), "token_masks": masks.to(self.device)}
 
     # ------------------------------------------------------------------ prefix
-    def embed_prefix(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor
-                     ) -> tuple[Tensor, Tensor]:
+    def embed_prefix(
+        self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """(B, ncam, 3, H, W) in [−1,1], (B, ncam) bool, (B, L) ids, (B, L) bool →
         embeddings (B, ncam·patches + L, vlm_width) and the valid mask. All cameras in one batch."""
         b, n = images.shape[:2]
@@ -204,8 +221,9 @@ class Pi0Policy(FlowPolicy):
         # none (torch.compile captures it whole): with every key valid (the usual batch-1 case)
         # attention runs without a mask. An exported program must not bake in the example's
         # padding pattern: under torch.export the mask is always built.
-        padded = (torch.compiler.is_exporting() or not bool(cond["image_masks"].all())
-                  or not bool(cond["token_masks"].all()))
+        padded = (
+            torch.compiler.is_exporting() or not bool(cond["image_masks"].all()) or not bool(cond["token_masks"].all())
+        )
         return cond["images"], cond["image_masks"], cond["tokens"], cond["token_masks"], cond["state"], padded
 
     def sample_chunk(self, cond: Any, noise: Tensor, steps: int, mode: str) -> Tensor:
@@ -215,14 +233,25 @@ class Pi0Policy(FlowPolicy):
             return self._compiled.chunk(self, *self._prefix_args(self.process(cond)), noise, steps, mode)
         return super().sample_chunk(cond, noise, steps, mode)
 
-    def _chunk(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor, state: Tensor,
-               padded: bool, noise: Tensor, steps: int, mode: str) -> Tensor:
+    def _chunk(
+        self,
+        images: Tensor,
+        image_masks: Tensor,
+        tokens: Tensor,
+        token_masks: Tensor,
+        state: Tensor,
+        padded: bool,
+        noise: Tensor,
+        steps: int,
+        mode: str,
+    ) -> Tensor:
         """Prefix + ``steps`` jumps with the sampler's rule, written for one compiled graph."""
         ctx = self._prefix(images, image_masks, tokens, token_masks, state, padded)
         return sample_with_ctx(_EagerSteps(self), noise, ctx, steps, mode)
 
-    def _prefix(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor, state: Tensor,
-                padded: bool) -> PrefixCache:
+    def _prefix(
+        self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor, state: Tensor, padded: bool
+    ) -> PrefixCache:
         cfg = self.config
         embs, valid = self.embed_prefix(images.to(self.dtype), image_masks, tokens, token_masks)
         dtype, (b, p) = embs.dtype, valid.shape
@@ -250,13 +279,13 @@ class Pi0Policy(FlowPolicy):
             h = h + layer.mlp(x)
         if n_state:
             mask = None if key_mask is None else key_mask[..., : p + 1]
-            self._state_token(state.to(dtype), cos[:, :, p:p + 1], sin[:, :, p:p + 1], mask, kv)
-        cache = PrefixCache(kv.keys, kv.values, key_mask, cos[:, :, p + n_state:], sin[:, :, p + n_state:])
+            self._state_token(state.to(dtype), cos[:, :, p : p + 1], sin[:, :, p : p + 1], mask, kv)
+        cache = PrefixCache(kv.keys, kv.values, key_mask, cos[:, :, p + n_state :], sin[:, :, p + n_state :])
         if kv.inplace:
             cache.k_buf, cache.v_buf = kv.k_buf, kv.v_buf
         return cache
 
-    def _state_token(self, state: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, kv: "_CacheWriter") -> None:
+    def _state_token(self, state: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, kv: _CacheWriter) -> None:
         """pi0: run the state token (which sees the prefix and itself, never the actions) through
         the expert ONCE and append its per-layer keys/values to the cache."""
         s = self.state_proj(state)[:, None]
@@ -268,7 +297,9 @@ class Pi0Policy(FlowPolicy):
                 break
             q, k, v = layer.self_attn.qkv(x, cos, sin)
             kv.append(i, k, v)
-            s = s + layer.self_attn.o_proj(grouped_attention(q, kv.keys[i], kv.values[i], mask, layer.self_attn.scaling))
+            s = s + layer.self_attn.o_proj(
+                grouped_attention(q, kv.keys[i], kv.values[i], mask, layer.self_attn.scaling)
+            )
             x, _ = layer.post_attention_layernorm(s)
             s = s + layer.mlp(x)
 
@@ -327,8 +358,9 @@ class Pi0Policy(FlowPolicy):
         block-causal 2-D mask, no cache. Slow; kept as an independent check of the cached path."""
         cfg = self.config
         cond = self.process(cond)
-        embs, valid = self.embed_prefix(cond["images"].to(self.dtype), cond["image_masks"], cond["tokens"],
-                                        cond["token_masks"])
+        embs, valid = self.embed_prefix(
+            cond["images"].to(self.dtype), cond["image_masks"], cond["tokens"], cond["token_masks"]
+        )
         b, p = valid.shape
         temb = self.time_embedding(t, embs.dtype)
         adarms = None
@@ -359,7 +391,7 @@ class Pi0Policy(FlowPolicy):
                 layer = stacks[j].layers[li]
                 x, g = layer.input_layernorm(h, adarms if j == 1 else None)
                 n = h.shape[1]
-                c, s_ = cos[:, :, start:start + n], sin[:, :, start:start + n]
+                c, s_ = cos[:, :, start : start + n], sin[:, :, start : start + n]
                 q, k, v = layer.self_attn.qkv(x, c, s_)
                 qs.append(q)
                 ks.append(k)
@@ -367,44 +399,49 @@ class Pi0Policy(FlowPolicy):
                 gates.append(g)
                 start += n
             q, k, v = torch.cat(qs, 2), torch.cat(ks, 2), torch.cat(vs, 2)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=cfg.head_dim ** -0.5, enable_gqa=True)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=cfg.head_dim**-0.5, enable_gqa=True)
             out = out.transpose(1, 2).reshape(b, q.shape[2], -1)
             start, new = 0, []
             for j, h in enumerate(hs):
                 layer = stacks[j].layers[li]
                 n = h.shape[1]
-                h = gated_residual(h, layer.self_attn.o_proj(out[:, start:start + n]), gates[j])
+                h = gated_residual(h, layer.self_attn.o_proj(out[:, start : start + n]), gates[j])
                 x, g = layer.post_attention_layernorm(h, adarms if j == 1 else None)
                 new.append(gated_residual(h, layer.mlp(x), g))
                 start += n
             hs = new
         h, _ = self.expert.norm(hs[1], adarms)
-        return self.action_out_proj(h[:, -cfg.chunk_size:])
+        return self.action_out_proj(h[:, -cfg.chunk_size :])
 
     # ------------------------------------------------------------------ config / build
     def config_dict(self) -> dict:
         return {**super().config_dict(), "architecture": "pi05" if self.is_pi05 else "pi0"}
 
     @classmethod
-    def from_config(cls, config: dict) -> "Pi0Policy":
+    def from_config(cls, config: dict) -> Pi0Policy:
         if config.get("variant") == "pi05" and "state_prompt" not in config:
             # written before the choice was recorded: those pi0.5 policies were trained on padded prompts
             config = {**config, "state_prompt": "padded"}
         return cls(cls.config_from_dict(Pi0Config, config))
 
     @classmethod
-    def from_preset(cls, name: str = "small", **overrides: Any) -> "Pi0Policy":
+    def from_preset(cls, name: str = "small", **overrides: Any) -> Pi0Policy:
         return cls(preset(name, cls._default_variant(), **overrides))
 
     @classmethod
-    def from_lerobot(cls, path: Any, tokenizer: str | None = None, overrides: dict | None = None) -> "Pi0Policy":
+    def from_lerobot(cls, path: Any, tokenizer: str | None = None, overrides: dict | None = None) -> Pi0Policy:
         """Load a lerobot pi0/pi0.5 policy folder or cached Hub id (see ``convert.from_lerobot``)."""
         from .convert import from_lerobot
 
         return from_lerobot(path, tokenizer, overrides)
 
-    def to_lerobot(self, path: Any, fold_target_time: float | None = None, allow_padded_state_prompt: bool = False,
-                   rename_map: dict[str, str] | None = None) -> Any:
+    def to_lerobot(
+        self,
+        path: Any,
+        fold_target_time: float | None = None,
+        allow_padded_state_prompt: bool = False,
+        rename_map: dict[str, str] | None = None,
+    ) -> Any:
         """Write a lerobot policy folder that lerobot runs unchanged (see ``convert.to_lerobot``)."""
         from .convert import to_lerobot
 
@@ -418,8 +455,11 @@ class Pi0Policy(FlowPolicy):
         for stack in (self.vlm, self.expert):
             for layer in stack.layers:
                 # pi0.5's adaRMS norms hold a dense modulation layer (3·width outputs): worth a unit
-                units += [(norm.dense, ()) for norm in (layer.input_layernorm, layer.post_attention_layernorm)
-                          if norm.dense is not None]
+                units += [
+                    (norm.dense, ())
+                    for norm in (layer.input_layernorm, layer.post_attention_layernorm)
+                    if norm.dense is not None
+                ]
                 # o_proj first (bottom-up): the self_attn unit then holds qkv_proj alone, which qkv() and
                 # kv() read (kv() slices qkv_proj.weight directly, so it must run inside the unit's hooks)
                 units += [(layer.self_attn.o_proj, ()), (layer.self_attn, ("qkv", "kv")), (layer.mlp, ())]

@@ -52,14 +52,14 @@ MARKER = "policydistill.json"  # in vlm/: which tokenizer an exported preset use
 def to_lerobot_key(key: str) -> str | None:
     for ours, theirs in PREFIXES:
         if key.startswith(ours):
-            return theirs + key[len(ours):]
+            return theirs + key[len(ours) :]
     return None  # ours only (target_time, normalizer)
 
 
 def from_lerobot_key(key: str) -> str | None:
     for ours, theirs in PREFIXES:
         if key.startswith(theirs):
-            return ours + key[len(theirs):]
+            return ours + key[len(theirs) :]
     return None
 
 
@@ -95,26 +95,43 @@ def _vlm_sizes(folder: Path, name: str) -> tuple[dict[str, Any], Path | None]:
     vlm_dir = resolve_vlm(folder, name)
     if vlm_dir is not None:
         d = _read_json(vlm_dir / "config.json")
-        return {"text": d.get("text_config", {}), "vision": d.get("vision_config", {}),
-                "scale_factor": d.get("scale_factor", 2)}, vlm_dir
+        return {
+            "text": d.get("text_config", {}),
+            "vision": d.get("vision_config", {}),
+            "scale_factor": d.get("scale_factor", 2),
+        }, vlm_dir
     if name.rstrip("/").endswith("SmolVLM2-500M-Video-Instruct"):
         full = preset("full")
-        return {"text": {"vocab_size": full.vocab_size, "hidden_size": full.vlm_width,
-                         "intermediate_size": full.vlm_mlp, "num_hidden_layers": 32,
-                         "num_attention_heads": full.num_heads, "num_key_value_heads": full.num_kv_heads,
-                         "head_dim": full.head_dim, "rms_norm_eps": full.rms_eps},
-                "vision": {"hidden_size": full.vision_width, "num_hidden_layers": full.vision_depth,
-                           "num_attention_heads": full.vision_heads, "intermediate_size": full.vision_mlp,
-                           "patch_size": full.patch_size, "image_size": full.tower_image_size,
-                           "layer_norm_eps": full.vision_eps},
-                "scale_factor": full.scale_factor}, None
+        return {
+            "text": {
+                "vocab_size": full.vocab_size,
+                "hidden_size": full.vlm_width,
+                "intermediate_size": full.vlm_mlp,
+                "num_hidden_layers": 32,
+                "num_attention_heads": full.num_heads,
+                "num_key_value_heads": full.num_kv_heads,
+                "head_dim": full.head_dim,
+                "rms_norm_eps": full.rms_eps,
+            },
+            "vision": {
+                "hidden_size": full.vision_width,
+                "num_hidden_layers": full.vision_depth,
+                "num_attention_heads": full.vision_heads,
+                "intermediate_size": full.vision_mlp,
+                "patch_size": full.patch_size,
+                "image_size": full.tower_image_size,
+                "layer_norm_eps": full.vision_eps,
+            },
+            "scale_factor": full.scale_factor,
+        }, None
     from ..hub import hub_cache
 
     raise CheckpointError(
         f"vlm_model_name {name!r} is neither a folder beside {folder / 'config.json'}, nor a local path with a "
         f"SmolVLM config.json, nor in the Hugging Face cache ({hub_cache()}). Fill the cache with `hf download {name}` "
         "while online, or copy the SmolVLM folder (config.json + tokenizer.json) next to the policy and set "
-        "vlm_model_name to its relative name.")
+        "vlm_model_name to its relative name."
+    )
 
 
 def _default_tokenizer(vlm_dir: Path | None, name: str) -> str:
@@ -138,8 +155,11 @@ def config_from_lerobot(folder: Path, tokenizer: str | None = None) -> tuple[Smo
     lr = _read_json(folder / "config.json")
     if tokenizer is None:
         named = read_lerobot_folder(folder, weights=False).tokenizer_name()
-        if named is not None and Path(named).is_absolute() and any(
-                (Path(named) / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        if (
+            named is not None
+            and Path(named).is_absolute()
+            and any((Path(named) / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
+        ):
             tokenizer = named
     if lr.get("type", "smolvla") != "smolvla":
         raise CheckpointError(f"{folder} holds a lerobot {lr.get('type')!r} policy, not smolvla")
@@ -148,7 +168,7 @@ def config_from_lerobot(folder: Path, tokenizer: str | None = None) -> tuple[Smo
     sizes, vlm_dir = _vlm_sizes(folder, str(lr.get("vlm_model_name", SMOLVLM2_500M)))
     text, vision = sizes["text"], sizes["vision"]
     feats_in, feats_out = lr.get("input_features", {}), lr.get("output_features", {})
-    cameras = [k[len(IMG):] for k, v in feats_in.items() if k.startswith(IMG) and v.get("type") == "VISUAL"]
+    cameras = [k[len(IMG) :] for k, v in feats_in.items() if k.startswith(IMG) and v.get("type") == "VISUAL"]
     state_dim = feats_in.get("observation.state", {}).get("shape", [lr.get("max_state_dim", 32)])[0]
     action_dim = feats_out.get("action", {}).get("shape", [lr.get("max_action_dim", 32)])[0]
     resize = lr.get("resize_imgs_with_padding") or [vision.get("image_size", 512)] * 2
@@ -160,25 +180,42 @@ def config_from_lerobot(folder: Path, tokenizer: str | None = None) -> tuple[Smo
     if tokenizer is None:
         tokenizer = _default_tokenizer(vlm_dir, str(lr.get("vlm_model_name", SMOLVLM2_500M)))
     cfg = SmolVLAConfig(
-        cameras=cameras or ["camera1"], image_size=int(resize[0]), state_dim=int(state_dim),
-        action_dim=int(action_dim), max_state_dim=lr.get("max_state_dim", 32),
-        max_action_dim=lr.get("max_action_dim", 32), chunk_size=lr.get("chunk_size", 50),
-        n_action_steps=lr.get("n_action_steps", 50), num_inference_steps=lr.get("num_steps", 10),
-        tokenizer_max_length=lr.get("tokenizer_max_length", 48), tokenizer=tokenizer,
-        state_norm=norm.get("STATE", "MEAN_STD"), action_norm=norm.get("ACTION", "MEAN_STD"),
-        vision_image_size=vision.get("image_size", 512), patch_size=vision.get("patch_size", 16),
-        vision_width=vision.get("hidden_size", 768), vision_depth=vision.get("num_hidden_layers", 12),
-        vision_heads=vision.get("num_attention_heads", 12), vision_mlp=vision.get("intermediate_size", 3072),
-        vision_eps=vision.get("layer_norm_eps", 1e-6), scale_factor=sizes["scale_factor"],
-        vocab_size=text.get("vocab_size", 49280), vlm_width=text.get("hidden_size", 960),
+        cameras=cameras or ["camera1"],
+        image_size=int(resize[0]),
+        state_dim=int(state_dim),
+        action_dim=int(action_dim),
+        max_state_dim=lr.get("max_state_dim", 32),
+        max_action_dim=lr.get("max_action_dim", 32),
+        chunk_size=lr.get("chunk_size", 50),
+        n_action_steps=lr.get("n_action_steps", 50),
+        num_inference_steps=lr.get("num_steps", 10),
+        tokenizer_max_length=lr.get("tokenizer_max_length", 48),
+        tokenizer=tokenizer,
+        state_norm=norm.get("STATE", "MEAN_STD"),
+        action_norm=norm.get("ACTION", "MEAN_STD"),
+        vision_image_size=vision.get("image_size", 512),
+        patch_size=vision.get("patch_size", 16),
+        vision_width=vision.get("hidden_size", 768),
+        vision_depth=vision.get("num_hidden_layers", 12),
+        vision_heads=vision.get("num_attention_heads", 12),
+        vision_mlp=vision.get("intermediate_size", 3072),
+        vision_eps=vision.get("layer_norm_eps", 1e-6),
+        scale_factor=sizes["scale_factor"],
+        vocab_size=text.get("vocab_size", 49280),
+        vlm_width=text.get("hidden_size", 960),
         num_vlm_layers=n_layers if n_layers > 0 else text.get("num_hidden_layers", 32),
-        num_heads=heads, num_kv_heads=text.get("num_key_value_heads", heads),
+        num_heads=heads,
+        num_kv_heads=text.get("num_key_value_heads", heads),
         head_dim=text.get("head_dim") or text.get("hidden_size", 960) // heads,
-        vlm_mlp=text.get("intermediate_size", 2560), rms_eps=text.get("rms_norm_eps", 1e-5),
+        vlm_mlp=text.get("intermediate_size", 2560),
+        rms_eps=text.get("rms_norm_eps", 1e-5),
         expert_width_multiplier=lr.get("expert_width_multiplier", 0.75),
-        num_expert_layers=lr.get("num_expert_layers", -1), attention_mode=lr.get("attention_mode", "cross_attn"),
-        self_attn_every_n_layers=lr.get("self_attn_every_n_layers", 2), prefix_length=lr.get("prefix_length", -1),
-        min_period=lr.get("min_period", 4e-3), max_period=lr.get("max_period", 4.0),
+        num_expert_layers=lr.get("num_expert_layers", -1),
+        attention_mode=lr.get("attention_mode", "cross_attn"),
+        self_attn_every_n_layers=lr.get("self_attn_every_n_layers", 2),
+        prefix_length=lr.get("prefix_length", -1),
+        min_period=lr.get("min_period", 4e-3),
+        max_period=lr.get("max_period", 4.0),
     )
     return cfg, lr
 
@@ -188,8 +225,11 @@ def _stats_from_old_buffers(old: dict[str, Tensor]) -> dict[str, dict[str, Tenso
     stats: dict[str, dict[str, Tensor]] = {}
     for key, value in old.items():
         _, buf, stat = key.split(".", 2)
-        feature = buf.removeprefix("buffer_").replace("_", ".", 1) if buf.startswith("buffer_observation") \
+        feature = (
+            buf.removeprefix("buffer_").replace("_", ".", 1)
+            if buf.startswith("buffer_observation")
             else buf.removeprefix("buffer_")
+        )
         stats.setdefault(feature, {}).setdefault(stat, value)
     return stats
 
@@ -208,9 +248,12 @@ def detect_vision_positions(folder: Any, cfg: SmolVLAConfig) -> str:
     if hint == "0.4":
         return "hf457"
     if hint is None:
-        warnings.warn(f"{folder.path}: cannot tell which lerobot wrote this SmolVLA checkpoint; computing its patch "
-                      "positions as lerobot >= 0.5 (transformers 5) does. A checkpoint from lerobot 0.4.x needs "
-                      "overrides={'vision_positions': 'hf457'}.", stacklevel=3)
+        warnings.warn(
+            f"{folder.path}: cannot tell which lerobot wrote this SmolVLA checkpoint; computing its patch "
+            "positions as lerobot >= 0.5 (transformers 5) does. A checkpoint from lerobot 0.4.x needs "
+            "overrides={'vision_positions': 'hf457'}.",
+            stacklevel=3,
+        )
     return "hf5"
 
 
@@ -238,8 +281,9 @@ def load_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict
         else:
             state[from_lerobot_key(key) or key] = value  # unknown keys stay as they are → reported
     policy = SmolVLA(cfg)
-    load_state_checked(policy, state, source=str(folder.path / "model.safetensors"),
-                       ignore_missing=("target_time.", "normalizer."))
+    load_state_checked(
+        policy, state, source=str(folder.path / "model.safetensors"), ignore_missing=("target_time.", "normalizer.")
+    )
     stats = folder.stats or _stats_from_old_buffers(old_norm)
     for proc in (folder.preprocessor or {}).get("steps", []):
         if proc.get("registry_name") == "normalizer_processor" and "eps" in proc.get("config", {}):
@@ -255,8 +299,7 @@ def load_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict
 def _stats_to_write(policy: Any) -> dict[str, dict[str, Tensor]]:
     """Normaliser stats in lerobot's layout, recovered from our affine buffers."""
     cfg, out = policy.config, {}
-    for which, feature, mode in (("state", "observation.state", cfg.state_norm),
-                                 ("action", "action", cfg.action_norm)):
+    for which, feature, mode in (("state", "observation.state", cfg.state_norm), ("action", "action", cfg.action_norm)):
         stats = policy.normalizer.stats(which, mode)
         if stats:
             out[feature] = stats
@@ -284,43 +327,80 @@ def lerobot_config_dict(policy: Any, num_steps: int, base: dict[str, Any] | None
     """The SmolVLA-specific part of lerobot's config.json (features are added by lerobot_io)."""
     cfg = policy.config
     ours = {
-        "type": "smolvla", "n_obs_steps": 1, "chunk_size": cfg.chunk_size, "n_action_steps": cfg.n_action_steps,
-        "max_state_dim": cfg.max_state_dim, "max_action_dim": cfg.max_action_dim,
-        "resize_imgs_with_padding": [cfg.image_size, cfg.image_size], "empty_cameras": 0,
-        "tokenizer_max_length": cfg.tokenizer_max_length, "num_steps": num_steps, "use_cache": True,
-        "vlm_model_name": "vlm", "load_vlm_weights": False, "add_image_special_tokens": False,
-        "attention_mode": cfg.attention_mode, "prefix_length": cfg.prefix_length, "pad_language_to": "longest",
-        "num_expert_layers": cfg.num_expert_layers, "num_vlm_layers": cfg.num_vlm_layers,
+        "type": "smolvla",
+        "n_obs_steps": 1,
+        "chunk_size": cfg.chunk_size,
+        "n_action_steps": cfg.n_action_steps,
+        "max_state_dim": cfg.max_state_dim,
+        "max_action_dim": cfg.max_action_dim,
+        "resize_imgs_with_padding": [cfg.image_size, cfg.image_size],
+        "empty_cameras": 0,
+        "tokenizer_max_length": cfg.tokenizer_max_length,
+        "num_steps": num_steps,
+        "use_cache": True,
+        "vlm_model_name": "vlm",
+        "load_vlm_weights": False,
+        "add_image_special_tokens": False,
+        "attention_mode": cfg.attention_mode,
+        "prefix_length": cfg.prefix_length,
+        "pad_language_to": "longest",
+        "num_expert_layers": cfg.num_expert_layers,
+        "num_vlm_layers": cfg.num_vlm_layers,
         "self_attn_every_n_layers": cfg.self_attn_every_n_layers,
-        "expert_width_multiplier": cfg.expert_width_multiplier, "min_period": cfg.min_period,
+        "expert_width_multiplier": cfg.expert_width_multiplier,
+        "min_period": cfg.min_period,
         "max_period": cfg.max_period,
     }
     # fields newer lerobot adds with a None default are left out when unset: older lerobot (0.4.x)
     # refuses unknown fields, newer lerobot fills the default back in
-    base = {k: v for k, v in (base or {}).items() if k not in ("input_features", "output_features")
-            and not (k in ("pretrained_revision",) and v is None)}
+    base = {
+        k: v
+        for k, v in (base or {}).items()
+        if k not in ("input_features", "output_features") and not (k in ("pretrained_revision",) and v is None)
+    }
     return {**base, **ours}
 
 
 def vlm_config_dict(cfg: SmolVLAConfig) -> dict[str, Any]:
     return {
-        "model_type": "smolvlm", "scale_factor": cfg.scale_factor, "vocab_size": cfg.vocab_size, "pad_token_id": 0,
+        "model_type": "smolvlm",
+        "scale_factor": cfg.scale_factor,
+        "vocab_size": cfg.vocab_size,
+        "pad_token_id": 0,
         "tie_word_embeddings": False,
-        "text_config": {"model_type": "llama", "hidden_size": cfg.vlm_width, "intermediate_size": cfg.vlm_mlp,
-                        "num_hidden_layers": cfg.num_vlm_layers, "num_attention_heads": cfg.num_heads,
-                        "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
-                        "vocab_size": cfg.vocab_size, "rms_norm_eps": cfg.rms_eps, "hidden_act": "silu",
-                        "attention_bias": False, "mlp_bias": False, "pad_token_id": 0},
-        "vision_config": {"model_type": "smolvlm_vision", "hidden_size": cfg.vision_width,
-                          "intermediate_size": cfg.vision_mlp, "num_hidden_layers": cfg.vision_depth,
-                          "num_attention_heads": cfg.vision_heads, "patch_size": cfg.patch_size,
-                          "image_size": cfg.tower_image_size, "layer_norm_eps": cfg.vision_eps,
-                          "hidden_act": "gelu_pytorch_tanh", "num_channels": 3},
+        "text_config": {
+            "model_type": "llama",
+            "hidden_size": cfg.vlm_width,
+            "intermediate_size": cfg.vlm_mlp,
+            "num_hidden_layers": cfg.num_vlm_layers,
+            "num_attention_heads": cfg.num_heads,
+            "num_key_value_heads": cfg.num_kv_heads,
+            "head_dim": cfg.head_dim,
+            "vocab_size": cfg.vocab_size,
+            "rms_norm_eps": cfg.rms_eps,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "mlp_bias": False,
+            "pad_token_id": 0,
+        },
+        "vision_config": {
+            "model_type": "smolvlm_vision",
+            "hidden_size": cfg.vision_width,
+            "intermediate_size": cfg.vision_mlp,
+            "num_hidden_layers": cfg.vision_depth,
+            "num_attention_heads": cfg.vision_heads,
+            "patch_size": cfg.patch_size,
+            "image_size": cfg.tower_image_size,
+            "layer_norm_eps": cfg.vision_eps,
+            "hidden_act": "gelu_pytorch_tanh",
+            "num_channels": 3,
+        },
     }
 
 
-def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None = None,
-                 rename_map: dict[str, str] | None = None) -> Path:
+def save_lerobot(
+    policy: Any, path: str | Path, fold_target_time: float | None = None, rename_map: dict[str, str] | None = None
+) -> Path:
     """Write a lerobot SmolVLA folder (config, weights, processors with normaliser stats, vlm/)."""
     folder = Path(path)
     cfg = policy.config
@@ -337,13 +417,31 @@ def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None =
     tensors[LEFTOVERS[1]] = extras.get(LEFTOVERS[1], torch.ones(cfg.vlm_width))
     norm_map = {"VISUAL": "IDENTITY", "STATE": cfg.state_norm, "ACTION": cfg.action_norm}
     write_lerobot_folder(
-        folder, lerobot_config_dict(policy, num_steps, getattr(policy, "lerobot_config", None)), tensors,
-        _stats_to_write(policy), cfg.cameras, cfg.image_size, cfg.state_dim, cfg.action_dim, norm_map,
-        extra_pre_steps=[{"registry_name": "smolvla_new_line_processor", "config": {}},
-                         {"registry_name": "tokenizer_processor", "config": {
-                             "max_length": cfg.tokenizer_max_length, "task_key": "task", "padding_side": "right",
-                             "padding": "longest", "truncation": True, "tokenizer_name": "vlm"}}],
-        rename_map=rename_map)
+        folder,
+        lerobot_config_dict(policy, num_steps, getattr(policy, "lerobot_config", None)),
+        tensors,
+        _stats_to_write(policy),
+        cfg.cameras,
+        cfg.image_size,
+        cfg.state_dim,
+        cfg.action_dim,
+        norm_map,
+        extra_pre_steps=[
+            {"registry_name": "smolvla_new_line_processor", "config": {}},
+            {
+                "registry_name": "tokenizer_processor",
+                "config": {
+                    "max_length": cfg.tokenizer_max_length,
+                    "task_key": "task",
+                    "padding_side": "right",
+                    "padding": "longest",
+                    "truncation": True,
+                    "tokenizer_name": "vlm",
+                },
+            },
+        ],
+        rename_map=rename_map,
+    )
     # vlm/: the SmolVLM config and, when we have one, the tokenizer folder's files
     vlm = folder / "vlm"
     vlm.mkdir(exist_ok=True)
@@ -356,7 +454,12 @@ def save_lerobot(policy: Any, path: str | Path, fold_target_time: float | None =
     write_json(vlm / "config.json", vlm_config_dict(cfg))
     marker = {"vision_positions": cfg.vision_positions}
     if cfg.tokenizer == "builtin":
-        marker.update({"tokenizer": "builtin", "note": "policydistill's built-in word-level tokenizer; "
-                       "lerobot needs a real SmolVLM tokenizer.json here"})
+        marker.update(
+            {
+                "tokenizer": "builtin",
+                "note": "policydistill's built-in word-level tokenizer; "
+                "lerobot needs a real SmolVLM tokenizer.json here",
+            }
+        )
     write_json(vlm / MARKER, marker)
     return folder

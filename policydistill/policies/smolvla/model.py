@@ -68,8 +68,9 @@ def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
     """(B, Lq, Lk) bool → (B, 1, Lq, Lk) additive mask. finfo.min, not -inf: a fully masked row (a
     padded query) then gives a uniform softmax like lerobot's eager attention instead of NaN, and NaN
     would leak into later layers through the padded keys' values."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min)[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)[
+        :, None
+    ]
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, math_path: bool = False) -> Tensor:
@@ -84,8 +85,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, math_path: bool
             w = w + mask
         out = torch.softmax(w, dim=-1).to(v.dtype) @ v
     else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d**-0.5,
-                                             enable_gqa=h != k.shape[1])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d**-0.5, enable_gqa=h != k.shape[1])
     return out.transpose(1, 2).reshape(b, lq, h * d)
 
 
@@ -121,8 +121,9 @@ class DecoderLayer(nn.Module):
     """A Llama decoder layer (HF parameter names); attention is driven from outside because the
     VLM and the expert share it."""
 
-    def __init__(self, width: int, mlp: int, heads: int, kv_heads: int, head_dim: int, eps: float,
-                 kv_in: int | None = None) -> None:
+    def __init__(
+        self, width: int, mlp: int, heads: int, kv_heads: int, head_dim: int, eps: float, kv_in: int | None = None
+    ) -> None:
         super().__init__()
         self.input_layernorm = LlamaRMSNorm(width, eps)
         self.self_attn = _Attention(width, heads, kv_heads, head_dim, kv_in=kv_in)
@@ -188,18 +189,23 @@ class SmolVLAContext:
     projections. Masks and RoPE tables of the action tokens are prebuilt too."""
 
     kv: list[tuple[Tensor, Tensor]]
-    self_mask: Tensor              # (B, 1, S, P+S) additive
-    cross_mask: Tensor             # (B, 1, S, P) additive
+    self_mask: Tensor  # (B, 1, S, P+S) additive
+    cross_mask: Tensor  # (B, 1, S, P) additive
     rope_self: tuple[Tensor, Tensor]
     rope_cross: tuple[Tensor, Tensor]
     prefix_len: int
 
-    def expand(self, repeats: int) -> "SmolVLAContext":
+    def expand(self, repeats: int) -> SmolVLAContext:
         """The same context for ``repeats`` samples per observation (batch → batch·repeats)."""
         r = lambda x: x.repeat_interleave(repeats, dim=0)  # noqa: E731
-        return SmolVLAContext([(r(k), r(v)) for k, v in self.kv], r(self.self_mask), r(self.cross_mask),
-                              (r(self.rope_self[0]), r(self.rope_self[1])),
-                              (r(self.rope_cross[0]), r(self.rope_cross[1])), self.prefix_len)
+        return SmolVLAContext(
+            [(r(k), r(v)) for k, v in self.kv],
+            r(self.self_mask),
+            r(self.cross_mask),
+            (r(self.rope_self[0]), r(self.rope_self[1])),
+            (r(self.rope_cross[0]), r(self.rope_cross[1])),
+            self.prefix_len,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,26 +226,41 @@ class SmolVLA(FlowPolicy):
         cfg = config if config is not None else preset("tiny", **overrides)
         self._init_policy(cfg)
         kv_dim = cfg.num_kv_heads * cfg.head_dim
-        self.vision = SiglipEncoder(cfg.vision_width, cfg.vision_depth, cfg.vision_heads, cfg.vision_mlp,
-                                    cfg.patch_size, cfg.tower_image_size, cfg.vision_eps)
+        self.vision = SiglipEncoder(
+            cfg.vision_width,
+            cfg.vision_depth,
+            cfg.vision_heads,
+            cfg.vision_mlp,
+            cfg.patch_size,
+            cfg.tower_image_size,
+            cfg.vision_eps,
+        )
         self.connector = Linear(cfg.vision_width * cfg.scale_factor**2, cfg.vlm_width, bias=False)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.vlm_width)
         self.vlm_layers = nn.ModuleList(
             DecoderLayer(cfg.vlm_width, cfg.vlm_mlp, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_eps)
-            for _ in range(cfg.num_vlm_layers))
+            for _ in range(cfg.num_vlm_layers)
+        )
         ew = cfg.expert_width
         self.expert_layers = nn.ModuleList(
-            DecoderLayer(ew, cfg.expert_mlp_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_eps,
-                         kv_in=kv_dim if cfg.is_cross_layer(j) else None)
-            for j in range(cfg.num_vlm_layers))
+            DecoderLayer(
+                ew,
+                cfg.expert_mlp_size,
+                cfg.num_heads,
+                cfg.num_kv_heads,
+                cfg.head_dim,
+                cfg.rms_eps,
+                kv_in=kv_dim if cfg.is_cross_layer(j) else None,
+            )
+            for j in range(cfg.num_vlm_layers)
+        )
         self.expert_norm = LlamaRMSNorm(ew, cfg.rms_eps)
         self.state_proj = Linear(cfg.max_state_dim, cfg.vlm_width)
         self.action_in_proj = Linear(cfg.max_action_dim, ew)
         self.action_out_proj = Linear(ew, cfg.max_action_dim)
         self.action_time_mlp_in = Linear(2 * ew, ew)
         self.action_time_mlp_out = Linear(ew, ew)
-        self.target_time = TargetTimeEmbedding(ew, embed_dim=ew, min_period=cfg.min_period,
-                                               max_period=cfg.max_period)
+        self.target_time = TargetTimeEmbedding(ew, embed_dim=ew, min_period=cfg.min_period, max_period=cfg.max_period)
         #: attention without fused kernels (set True for forward-mode AD through flow()).
         self.math_attention = False
         #: how often each prefix stage ran (diagnostics; nothing in flow() counts, so torch.compile of
@@ -249,32 +270,34 @@ class SmolVLA(FlowPolicy):
         # Patch position ids: a constant of the config, kept off the module's buffers (so building on
         # the meta device and filling weights in place leaves it intact); cached per device.
         self._vision_pos: dict[str, Tensor] = {}
-        self.lerobot_extras: dict[str, Tensor] = {}   # lerobot tensors SmolVLA never uses (round trip)
+        self.lerobot_extras: dict[str, Tensor] = {}  # lerobot tensors SmolVLA never uses (round trip)
         self.lerobot_config: dict[str, Any] | None = None
 
     # ---- construction ----
     @classmethod
-    def from_config(cls, config: dict) -> "SmolVLA":
+    def from_config(cls, config: dict) -> SmolVLA:
         return cls(cls.config_from_dict(SmolVLAConfig, config))
 
     @classmethod
-    def from_preset(cls, name: str = "small", **overrides: Any) -> "SmolVLA":
+    def from_preset(cls, name: str = "small", **overrides: Any) -> SmolVLA:
         """``tiny`` (unit tests), ``small`` (bundled default) or ``full`` (SmolVLA base size)."""
         return cls(preset(name, **overrides))
 
     presets = tuple(PRESETS)
 
     @classmethod
-    def from_lerobot(cls, path: str | Path, tokenizer: str | None = None,
-                     overrides: dict[str, Any] | None = None) -> "SmolVLA":
+    def from_lerobot(
+        cls, path: str | Path, tokenizer: str | None = None, overrides: dict[str, Any] | None = None
+    ) -> SmolVLA:
         """Load a lerobot SmolVLA policy folder (no lerobot needed); see smolvla/lerobot.py.
         ``tokenizer``: a local tokenizer folder/file (default: the folder's vlm/ tokenizer.json)."""
         from .lerobot import load_lerobot
 
         return load_lerobot(path, tokenizer, overrides)
 
-    def to_lerobot(self, path: str | Path, fold_target_time: float | None = None,
-                   rename_map: dict[str, str] | None = None) -> Path:
+    def to_lerobot(
+        self, path: str | Path, fold_target_time: float | None = None, rename_map: dict[str, str] | None = None
+    ) -> Path:
         """Write a lerobot SmolVLA policy folder. A distilled student's target-time branch can be
         folded in for one fixed s (``fold_target_time=0.0``: the 1-step map, num_steps=1)."""
         from .lerobot import save_lerobot
@@ -398,19 +421,23 @@ class SmolVLA(FlowPolicy):
     def encode(self, cond: Any) -> SmolVLAContext:
         """The prefix pass, once per chunk."""
         if not isinstance(cond, dict) or "tokens" not in cond:
-            raise TypeError("SmolVLA.encode expects a processed observation (policy.process(obs)): a dict with "
-                            f"images, image_masks, tokens, token_masks, state; got {type(cond).__name__}")
+            raise TypeError(
+                "SmolVLA.encode expects a processed observation (policy.process(obs)): a dict with "
+                f"images, image_masks, tokens, token_masks, state; got {type(cond).__name__}"
+            )
         self.counters["encode"] += 1
         args = (cond["images"], cond["image_masks"], cond["tokens"], cond["token_masks"], cond["state"])
         if self._compiled is not None and not torch.is_grad_enabled():
             return self._compiled.prefix(self, *args)
         return self._prefix(*args)
 
-    def _prefix(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor,
-                state: Tensor) -> SmolVLAContext:
+    def _prefix(
+        self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor, state: Tensor
+    ) -> SmolVLAContext:
         cfg = self.config
-        h, pad, att = self.embed_prefix({"images": images, "image_masks": image_masks, "tokens": tokens,
-                                         "token_masks": token_masks, "state": state})
+        h, pad, att = self.embed_prefix(
+            {"images": images, "image_masks": image_masks, "tokens": tokens, "token_masks": token_masks, "state": state}
+        )
         b, p = pad.shape
         dtype = h.dtype
         pos = torch.cumsum(pad.long(), dim=1) - 1
@@ -504,16 +531,18 @@ class SmolVLA(FlowPolicy):
             else:
                 qs, ks, vs = self._qkv(el, hs)
                 qs, ks = apply_rope(qs, *rs), apply_rope(ks, *rs)
-                out = attend(torch.cat([qp, qs], 2), torch.cat([kp, ks], 2), torch.cat([vp, vs], 2), mask,
-                             self.math_attention)
+                out = attend(
+                    torch.cat([qp, qs], 2), torch.cat([kp, ks], 2), torch.cat([vp, vs], 2), mask, self.math_attention
+                )
                 out_p, out_s = out[:, :p], out[:, p:]
             hp = vl.finish(hp, out_p)
             hs = el.finish(hs, out_s)
         return self.action_out_proj(self.expert_norm(hs)).float()
 
     # ---- lerobot's loss ----
-    def lerobot_loss(self, cond: dict[str, Tensor], actions: Tensor, noise: Tensor | None = None,
-                     time: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def lerobot_loss(
+        self, cond: dict[str, Tensor], actions: Tensor, noise: Tensor | None = None, time: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """lerobot's SmolVLA training loss on a processed batch and a normalised, padded action chunk:
         (mean, elementwise (B, chunk, max_action_dim)). NOTE: lerobot averages over ALL max_action_dim
         dims, padding included (pi0 averages over the real action dims only)."""

@@ -10,7 +10,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,6 @@ def smolvla_resize_with_pad(img: Tensor, size: int) -> Tensor:
     nh, nw = int(h / ratio), int(w / ratio)
     out = F.interpolate(img, size=(nh, nw), mode="bilinear", align_corners=False)
     return F.pad(out, (max(0, size - nw), 0, max(0, size - nh), 0), value=0.0)
-
 
 
 def _as_chw_float(img: Any, device: torch.device, channels_last: bool) -> Tensor:
