@@ -11,8 +11,6 @@ This file is also the worker: ``torchrun ... tests/test_distributed.py OUT`` run
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -68,25 +66,8 @@ def _worker(out: Path) -> None:
     distributed.shutdown()
 
 
-def test_two_gloo_processes_equal_one_process_same_global_batch(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(Path(__file__)),
-            str(tmp_path),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_two_gloo_processes_equal_one_process_same_global_batch(tmp_path: Path, torchrun) -> None:
+    torchrun(Path(__file__), tmp_path, 120)
     torch.set_num_threads(1)
     for name in METHODS:
         single, single_losses = run_method(name, micro_batches=2)
