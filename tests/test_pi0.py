@@ -33,7 +33,7 @@ def _obs(b: int = 2, missing_wrist: bool = False):
     return {
         "pixels": pixels,
         "agent_pos": rng.standard_normal((b, 4)).astype(np.float32),
-        "task": ["pick up the cube", "open the drawer now please"],
+        "task": ["pick up the cube", "open the drawer now please"][:b],
     }
 
 

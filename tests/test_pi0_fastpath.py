@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_pi0 import _obs  # the same raw observations as the pi0 tests
 
 from policydistill.core import sample_with_ctx
 from policydistill.policies import layers
@@ -25,18 +26,6 @@ def _policy(variant: str) -> Pi0Policy:
             if "layernorm" in name or name.endswith("norm.weight") or "dense" in name:
                 prm.normal_(0, 0.1)
     return p
-
-
-def _obs(b: int = 2, missing_wrist: bool = False) -> dict:
-    rng = np.random.default_rng(1)
-    pixels = {"corner2": rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8)}
-    if not missing_wrist:
-        pixels["wrist"] = rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8)
-    return {
-        "pixels": pixels,
-        "agent_pos": rng.standard_normal((b, 4)).astype(np.float32),
-        "task": ["pick up the cube", "open the drawer now please"][:b],
-    }
 
 
 @pytest.mark.skipif(not layers._ONEDNN, reason="this torch build has no oneDNN")
