@@ -1,7 +1,7 @@
 """A distilled 1-step student, exported with ``to_lerobot``, run by REAL lerobot (opt-in).
 
 lerobot cannot live in the project's environment, so lerobot runs in a separate interpreter named by
-``PD_LEROBOT_PYTHON`` (skipped otherwise). The test distils a tiny 1-step student (SnapFlow, a few
+``PD_LEROBOT_PYTHON`` (deselected otherwise). The test distils a tiny 1-step student (SnapFlow, a few
 optimiser steps) from the current-lerobot parity fixtures, exports it, and has lerobot load the folder
 with its own ``from_pretrained`` and ``make_pre_post_processors``, then run its own preprocessor,
 ``predict_action_chunk`` (its sampler, ``num_inference_steps`` = 1 as exported) on fixed inputs and
@@ -63,7 +63,8 @@ from policydistill.train import TrainConfig, train
 #: one or more interpreters with lerobot (separated by os.pathsep: e.g. lerobot 0.4.4 and the current release)
 LEROBOT_PYTHONS = [p for p in os.environ.get("PD_LEROBOT_PYTHON", "").split(os.pathsep) if p]
 LEROBOT_PYTHON = LEROBOT_PYTHONS[0] if LEROBOT_PYTHONS else None
-pytestmark = pytest.mark.skipif(not LEROBOT_PYTHONS, reason="set PD_LEROBOT_PYTHON to a python with lerobot")
+# deselected without PD_LEROBOT_PYTHON, failing (not skipping) when selected explicitly without it (conftest.py)
+pytestmark = pytest.mark.lerobot
 
 
 def lerobot_version(python: str, package: str = "lerobot") -> str:
