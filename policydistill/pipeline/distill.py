@@ -189,7 +189,6 @@ class Job:
 def load_job(cfg: DistillConfig) -> Job:
     """Load the teacher and its demonstrations (regenerated with the teacher's seeds if missing)."""
     from ..train import distributed
-    from ..train.health import check_model
     from ..train.loop import check_output_dir
     from .demos import ensure_demos
     from .run_options import apply_threads, check_chunk_options, check_distill_options
@@ -202,9 +201,10 @@ def load_job(cfg: DistillConfig) -> Job:
     check_output_dir(out)  # an unwritable --out fails before any loading or training
     if cfg.checkpoint is None:
         logger.info(f"no --checkpoint given: using the bundled {cfg.model} teacher ({BUNDLED_TEACHER})")
+    # load_teacher refuses non-finite weights and buffers and an invalid config, so a damaged teacher
+    # fails here, before any demonstrations are generated (train() checks the models it is handed again)
     teacher, teacher_dir = load_teacher(cfg.checkpoint, cfg.tokenizer)
     teacher.eval()
-    check_model(teacher, "teacher")  # damaged weights or config fail here, not as a "diverged" loss later
     family = {"pi05": "pi0"}  # pi0.5 is a variant of pi0: `distill pi0` takes either checkpoint
     arch = getattr(teacher, "architecture", cfg.model)
     if cfg.model and family.get(arch, arch) != family.get(cfg.model, cfg.model):
