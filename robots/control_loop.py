@@ -6,7 +6,9 @@ a background thread, overlapped with execution: the next chunk is requested whil
 ``request_margin`` actions are still queued, with the margin sized from measured inference
 latency so that a new chunk normally arrives before the old one runs out. A chunk computed
 from the observation taken at tick k is aligned on arrival: actions meant for ticks that
-have already passed are dropped.
+have already passed are dropped. These scheduling rules live in :mod:`.chunking`, which the
+latency-in-the-loop evaluation (``policydistill eval --realtime ... --execution async``) runs
+against a simulated clock.
 
 Holding. "Hold" is :meth:`Robot.hold_action`: the configured ``hold_action``; else the zero
 action for a ``delta`` robot; else, for a ``position`` robot, its measured position, read once
@@ -40,7 +42,6 @@ computes everything and sends nothing.
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
@@ -54,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from . import checks
+from .chunking import ChunkQueue, LatencyEstimate, request_margin
 from .robot import Robot, RobotError
 
 log = logging.getLogger("policydistill.robots")
@@ -323,9 +325,9 @@ class ControlLoop:
         self, rep: LoopReport, worker: _InferenceWorker, first_chunk_latency_ms: float | None, progress: dict[str, int]
     ) -> LoopReport:
         cfg = self.cfg
-        action_queue: list[np.ndarray] = []
+        action_queue = ChunkQueue(cfg.n_action_steps)
         misses_in_row = 0
-        latency_est_ms = first_chunk_latency_ms or 0.0
+        latency = LatencyEstimate(first_chunk_latency_ms)
 
         # The first chunk is computed before the clock starts (a robot waits for its first plan),
         # within its own budget: a policy that hangs on its first call must not block forever.
@@ -339,9 +341,9 @@ class ControlLoop:
         rep.inference_ms.append(ms)
         if status != "ok":
             return self._inference_fault(rep, 0, status, payload)
-        action_queue = list(payload[: cfg.n_action_steps])
+        action_queue.load(payload, 0, 0, align=False)
         rep.chunks += 1
-        latency_est_ms = max(latency_est_ms, ms)
+        latency.update(ms)
 
         t0 = time.perf_counter()
         for tick in range(cfg.n_ticks):
@@ -352,16 +354,15 @@ class ControlLoop:
             if res is not None:
                 status, payload, obs_tick, ms = res
                 rep.inference_ms.append(ms)
-                latency_est_ms = 0.8 * latency_est_ms + 0.2 * ms if latency_est_ms else ms
+                latency.update(ms)
                 if status != "ok":
                     return self._inference_fault(rep, tick, status, payload)
-                # Align: actions meant for ticks before this one are stale.
-                fresh = payload[: cfg.n_action_steps][max(0, tick - obs_tick) :]
-                action_queue = list(fresh)
+                action_queue.load(payload, obs_tick, tick)  # actions meant for past ticks are stale
                 rep.chunks += 1
 
-            if action_queue:
-                action, misses_in_row, self._hold = action_queue.pop(0), 0, None
+            action = action_queue.pop()
+            if action is not None:
+                misses_in_row, self._hold = 0, None
             else:
                 action = self._hold_action()
                 rep.starved_ticks += 1
@@ -379,8 +380,8 @@ class ControlLoop:
 
             margin = cfg.request_margin
             if margin is None:
-                margin = math.ceil(latency_est_ms / 1e3 * cfg.hz) + 1
-            if not worker.busy and len(action_queue) <= margin:
+                margin = request_margin(latency.seconds, self.period)
+            if not worker.busy and action_queue.wants_chunk(margin):
                 progress["tick"] = tick + 1
                 worker.submit(self._call(self.robot.get_observation), tick + 1)
             sleep = deadline - time.perf_counter()

@@ -31,7 +31,9 @@ def summarize_episodes(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     """episodes: [{"task", "success", "length", "steps_to_success"}] -> per-task and overall stats.
 
     ``steps_to_success`` is averaged over successful episodes only (None when there are none);
-    ``episode_length`` over all episodes (a failure runs to the episode limit)."""
+    ``episode_length`` over all episodes (a failure runs to the episode limit); the smoothness
+    metrics ``chunk_jump`` and ``jerk`` (see ``smoothness``) and, with latency in the loop, the
+    share of steps spent holding, over the episodes that have them."""
     tasks: dict[str, list[dict[str, Any]]] = {}
     for ep in episodes:
         tasks.setdefault(ep["task"], []).append(ep)
@@ -39,14 +41,20 @@ def summarize_episodes(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     def block(eps: list[dict[str, Any]]) -> dict[str, Any]:
         k = sum(bool(e["success"]) for e in eps)
         lo, hi = wilson_interval(k, len(eps))
-        return {
+        res = {
             "episodes": len(eps),
             "successes": k,
             "success_rate": k / len(eps) if eps else 0.0,
             "success_ci95": [lo, hi],
             "steps_to_success": _mean([e["steps_to_success"] for e in eps if e["success"]]),
             "episode_length": _mean([e["length"] for e in eps]),
+            "chunk_jump": _mean([e["chunk_jump"] for e in eps if e.get("chunk_jump") is not None]),
+            "jerk": _mean([e["jerk"] for e in eps if e.get("jerk") is not None]),
         }
+        if any("hold_steps" in e for e in eps):
+            steps = sum(e["length"] for e in eps if "hold_steps" in e)
+            res["hold_fraction"] = sum(e["hold_steps"] for e in eps if "hold_steps" in e) / max(1, steps)
+        return res
 
     out = block(episodes)
     out["per_task"] = {t: block(eps) for t, eps in tasks.items()}

@@ -13,9 +13,21 @@ def _fmt(x: Any, spec: str = ".1f") -> str:
 
 
 def results_table(runs: list[dict[str, Any]], title: str = "evaluation") -> Table:
-    """One row per (run, task) plus an overall row per run."""
+    """One row per (run, task) plus an overall row per run; chunk jump and jerk are the smoothness
+    of the executed actions (``policydistill.eval.smoothness``)."""
     table = Table(title=title)
-    for col in ("policy", "NFE", "task", "success", "95% CI", "steps to success", "episode length", "episodes"):
+    for col in (
+        "policy",
+        "NFE",
+        "task",
+        "success",
+        "95% CI",
+        "steps to success",
+        "episode length",
+        "chunk jump",
+        "jerk",
+        "episodes",
+    ):
         table.add_column(col, justify="right" if col not in ("policy", "task") else "left")
     for run in runs:
         name, nfe = str(run.get("policy", "policy")), _fmt(run.get("nfe"), "d")
@@ -29,6 +41,8 @@ def results_table(runs: list[dict[str, Any]], title: str = "evaluation") -> Tabl
                 f"[{lo:.2f}, {hi:.2f}]",
                 _fmt(r["steps_to_success"]),
                 _fmt(r["episode_length"]),
+                _fmt(r.get("chunk_jump"), ".3f"),
+                _fmt(r.get("jerk"), ".3f"),
                 str(r["episodes"]),
             )
         lo, hi = run["success_ci95"]
@@ -40,6 +54,8 @@ def results_table(runs: list[dict[str, Any]], title: str = "evaluation") -> Tabl
             f"[{lo:.2f}, {hi:.2f}]",
             _fmt(run["steps_to_success"]),
             _fmt(run["episode_length"]),
+            _fmt(run.get("chunk_jump"), ".3f"),
+            _fmt(run.get("jerk"), ".3f"),
             str(run["episodes"]),
             end_section=True,
         )

@@ -7,6 +7,13 @@ runs — with any worker count, batch size or task list — start from identical
 
 Success of an episode = ``info["is_success"]`` at any step (the Meta-World envs terminate at
 the first success, so its length is the steps to success). Rates come with Wilson 95% intervals.
+Every episode also reports the smoothness of what was executed (``chunk_jump``, ``jerk``: see
+``smoothness``).
+
+Latency in the loop: with ``realtime`` set (a profile, see ``realtime``), chunk policies run
+against a simulated clock in ``execution`` mode "sync" or "async"; steps the robot spends holding
+while it waits count as episode steps, because the world moved on. ``realtime=None`` (the
+default) is the usual evaluation, in which the world waits for the policy.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import numpy as np
 from ..seeding import episode_seed
 from .metrics import summarize_episodes
 from .policy import ChunkPolicy, to_numpy
+from .smoothness import chunk_jump, jerk
 from .workers import WorkerPool
 
 
@@ -44,6 +52,8 @@ class EvalConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     rank: int = 0  # shard the episodes over ranks (torchrun): this rank runs the
     world_size: int = 1  # episodes with (task index * episodes + i) % world_size == rank
+    realtime: str | None = None  # latency profile (zero | measured | a device profile | a JSON file); None: off
+    execution: str = "sync"  # with realtime: "sync" (hold while waiting) | "async" (keep executing)
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -54,6 +64,9 @@ class EvalConfig:
             raise ValueError(f"n_action_steps must be >= 1, got {self.n_action_steps}")
         if self.nfe is not None and self.nfe < 1:
             raise ValueError(f"nfe must be >= 1, got {self.nfe}")
+        from .realtime import check_execution
+
+        check_execution(self.execution)
 
     @property
     def slots(self) -> int:
@@ -74,6 +87,14 @@ class _Slot:
     frames: list[np.ndarray] | None = None
     done: bool = False
     init_hash: str = ""
+    period_s: float | None = None
+    executed: list[np.ndarray] = field(default_factory=list)
+    boundaries: list[int] = field(default_factory=list)
+    new_chunk: bool = False
+    sched: Any = None  # SimulatedExecution with latency in the loop
+    holds: int = 0
+    action_dim: int = 0
+    delays_ms: list[float] = field(default_factory=list)
 
 
 def _batch(slots: list[_Slot]) -> dict[str, Any]:
@@ -151,6 +172,17 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
         )
     if not chunked:
         _configure(policy, cfg)
+    profile, clock = None, None
+    if cfg.realtime is not None:
+        from .realtime import Clock, load_profile
+
+        if not chunked:
+            raise TypeError(
+                f"--realtime needs a chunk policy (sample_actions(obs, steps, mode)); {type(policy).__name__} only "
+                "has select_action"
+            )
+        profile = load_profile(cfg.realtime)
+        clock = Clock(profile)
     records: list[dict[str, Any]] = []
     counters = {"env_steps": 0, "policy_calls": 0}
     video_dir = Path(cfg.video_dir) if cfg.video_dir else None
@@ -166,7 +198,11 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
             frames = [] if video_dir is not None and i < cfg.videos_per_task else None
             # a fingerprint of the initial state: equal across runs <=> identical initial states
             init_hash = hashlib.sha1(np.asarray(obs["agent_pos"], np.float32).tobytes()).hexdigest()[:12]
-            out[s] = _Slot(t, i, seed, obs, info["task"], frames=frames, init_hash=init_hash)
+            out[s] = _Slot(
+                t, i, seed, obs, info["task"], frames=frames, init_hash=init_hash, period_s=info.get("control_period_s")
+            )
+            if clock is not None:
+                clock.start_episode(s, seed)
             if frames is not None:
                 frames.append(next(iter(obs["pixels"].values())))
         return out
@@ -181,7 +217,13 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
             "success": slot.success,
             "length": slot.steps,
             "steps_to_success": slot.steps_to_success,
+            "chunk_jump": chunk_jump(slot.executed, slot.boundaries),
+            "jerk": jerk(slot.executed),
         }
+        if profile is not None:
+            rec["hold_steps"] = slot.holds
+            rec["chunks"] = len(slot.delays_ms)
+            rec["inference_ms"] = float(np.mean(slot.delays_ms)) if slot.delays_ms else None
         if slot.frames is not None and video_dir is not None:
             from .video import write_mp4
 
@@ -192,6 +234,12 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
 
     def apply(pool: WorkerPool, slots: dict[int, _Slot], actions: dict[int, np.ndarray]) -> list[int]:
         """Step the given slots; returns the slots whose episode just ended."""
+        for s, a in actions.items():
+            slot = slots[s]
+            if slot.new_chunk and slot.executed:
+                slot.boundaries.append(len(slot.executed))
+            slot.new_chunk = False
+            slot.executed.append(np.asarray(a, np.float32))
         res = pool.step(actions)
         ended = []
         for s, (obs, _, terminated, truncated, info) in res.items():
@@ -208,7 +256,9 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
         return ended
 
     with progress, WorkerPool(n_slots, cfg.workers, env_kwargs) as pool:
-        if chunked:
+        if profile is not None:
+            _realtime_loop(policy, cfg, profile, clock, pool, start, apply, todo, n_slots, counters)
+        elif chunked:
             slots = start(pool, {s: todo.popleft() for s in range(n_slots)})
             while slots:
                 need = [s for s, sl in slots.items() if not sl.queue]
@@ -223,6 +273,7 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
                     h = _chunk_horizon(policy, cfg, chunk.shape[1])
                     for row, s in enumerate(need):
                         slots[s].queue.extend(chunk[row, :h])
+                        slots[s].new_chunk = True
                 ended = apply(pool, slots, {s: sl.queue.popleft() for s, sl in slots.items()})
                 refill = {s: todo.popleft() for s in ended if todo}
                 for s in ended:
@@ -258,12 +309,89 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
             "steps_per_second": counters["env_steps"] / max(seconds, 1e-9),
             "policy_calls": counters["policy_calls"],
             "interface": "chunk" if chunked else "select_action",
+            "realtime": None if profile is None else {"execution": cfg.execution, **profile.describe()},
             "image_size": int(image_size),
             "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
         }
     )
     out["episodes"] = len(records)
     return out
+
+
+def _policy_nfe(policy: Any, cfg: EvalConfig) -> int | None:
+    return cfg.nfe or getattr(policy, "nfe", None) or getattr(getattr(policy, "config", None), "num_steps", None)
+
+
+def _realtime_loop(
+    policy: Any,
+    cfg: EvalConfig,
+    profile: Any,
+    clock: Any,
+    pool: WorkerPool,
+    start: Any,
+    apply: Any,
+    todo: deque,
+    n_slots: int,
+    counters: dict[str, int],
+) -> None:
+    """Chunk episodes against a simulated clock: each slot's tick is its env step count, and the
+    scheduling (which action runs when, what is dropped as stale) is ``robots.chunking``'s."""
+    from policydistill.robots.chunking import SimulatedExecution, hold_action
+
+    from .realtime import timed
+
+    nfe = _policy_nfe(policy, cfg)
+    if profile.kind == "model" and nfe is None:
+        raise ValueError(f"the latency profile {profile.name!r} depends on the NFE: pass --nfe")
+
+    def sample(batch_slots: list[_Slot]) -> tuple[np.ndarray, float]:
+        out, seconds = timed(policy.sample_actions, _batch(batch_slots), steps=cfg.nfe, mode=cfg.mode)
+        chunk = to_numpy(out)
+        if chunk.ndim != 3 or chunk.shape[0] != len(batch_slots):
+            raise ValueError(f"sample_actions returned shape {chunk.shape}; expected (B={len(batch_slots)}, H, A)")
+        counters["policy_calls"] += 1
+        _check_finite_actions(chunk, batch_slots)
+        return chunk, seconds
+
+    def submit(slot: _Slot, s: int, actions: np.ndarray, delay_s: float) -> None:
+        if slot.sched is None:
+            if not slot.period_s:
+                raise ValueError(f"{slot.task} does not say its control rate: latency in the loop needs it")
+            h = _chunk_horizon(policy, cfg, actions.shape[0])
+            slot.sched = SimulatedExecution(h, cfg.execution, slot.period_s)
+        slot.action_dim = int(actions.shape[-1])
+        slot.delays_ms.append(delay_s * 1e3)
+        slot.sched.submit(actions, slot.steps, delay_s)
+
+    slots = start(pool, {s: todo.popleft() for s in range(n_slots)})
+    while slots:
+        for sl in slots.values():
+            if sl.sched is not None:
+                sl.sched.deliver(sl.steps)
+        need = [s for s, sl in slots.items() if sl.sched is None or sl.sched.due(sl.steps)]
+        if need and clock.measured:  # one observation per call: its time is one robot's latency
+            for s in need:
+                chunk, seconds = sample([slots[s]])
+                submit(slots[s], s, chunk[0], clock.delay_s(s, nfe or 0, seconds))
+        elif need:
+            chunk, _ = sample([slots[s] for s in need])
+            for row, s in enumerate(need):
+                submit(slots[s], s, chunk[row], clock.delay_s(s, nfe or 0))
+        actions = {}
+        for s, sl in slots.items():
+            a = sl.sched.next_action(sl.steps)
+            if a is None:
+                a = hold_action(sl.executed[-1] if sl.executed else None, sl.action_dim)
+                sl.holds += 1
+            elif sl.sched.log[-1].new_chunk:
+                sl.new_chunk = True
+            actions[s] = a
+        ended = apply(pool, slots, actions)
+        refill = {s: todo.popleft() for s in ended if todo}
+        for s in ended:
+            del slots[s]
+        if refill:
+            slots.update(start(pool, refill))
 
 
 def merge_results(shards: list[dict[str, Any]]) -> dict[str, Any]:

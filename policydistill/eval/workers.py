@@ -48,9 +48,15 @@ class _EnvHost:
         return env
 
     def reset(self, slot: int, env_id: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        from .realtime import control_period_s
+
         env = self._acquire(slot, env_id)
         obs, info = env.reset(seed=int(seed))
-        return obs, {"is_success": bool(info.get("is_success", False)), "task": env.unwrapped.task_description}
+        return obs, {
+            "is_success": bool(info.get("is_success", False)),
+            "task": env.unwrapped.task_description,
+            "control_period_s": control_period_s(env),
+        }
 
     def step(self, slot: int, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.current[slot][1].step(action)
