@@ -8,7 +8,8 @@ which ids and suites it has; this module registers them, so the families never i
 Suites: ``metaworld/mt10`` is Meta-World's MT10 benchmark, ``metaworld/mt50`` all 50 v3 tasks,
 ``metaworld/walls`` the three wall tasks whose bundled demonstrations are multimodal (around the
 wall on the left or on the right), ``metaworld/multimodal`` the tasks the scripted generator has
-multimodal variants for, ``libero/<suite>`` every task of a LIBERO suite (with the extra).
+multimodal variants for, ``libero/<suite>`` every task of a LIBERO suite (with the extra),
+``metaworld/moving`` the dynamic tasks whose goal moves during the episode (``metaworld_moving``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,24 @@ def _register_metaworld() -> list[str]:
     return ids
 
 
+def _register_moving() -> list[str]:
+    from .metaworld_moving import env_id, moving_task_names
+
+    ids = []
+    for task in moving_task_names():
+        eid = env_id(task)
+        if eid not in gym.registry:
+            gym.register(
+                id=eid,
+                entry_point="policydistill.envs.metaworld_moving:MovingGoalEnv",
+                kwargs={"task": task},
+                disable_env_checker=True,
+            )
+        ids.append(eid)
+    register_suite("metaworld/moving", ids)
+    return ids
+
+
 def _register_libero() -> list[str]:
     try:  # LIBERO ids register without importing LIBERO (it is an optional extra)
         from .libero_env import LIBERO_SUITES, registrations, suite_env_ids
@@ -87,6 +106,7 @@ def _register_libero() -> list[str]:
 def register_all() -> list[str]:
     if not _REGISTERED:
         _REGISTERED.extend(_register_metaworld())
+        _REGISTERED.extend(_register_moving())
         _REGISTERED.extend(_register_libero())
     return list(_REGISTERED)
 

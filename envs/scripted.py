@@ -17,6 +17,12 @@ observation, and whose AVERAGE fails:
   fails here, because each mode waits for its own via-point, which the averaged hand never
   reaches.)
 
+* moving-goal tasks (``reach-moving-v3``, ``push-moving-v3``, see ``metaworld_moving``): the hand
+  (or the carried puck) approaches through a via-point 10 cm left or right of the straight line,
+  then tracks the moving goal: proportional control plus the goal's own displacement of the last
+  step as feed-forward (privileged: the goal position comes from the simulator), so it does not lag
+  behind a goal moving at up to 0.23 m/s. ``multimodal=False`` goes straight (mode "direct").
+
 Every multimodal expert also exposes the per-step ``mean`` executor (``MeanOfModes``) used to
 measure that the average fails. Experts read the 21-D ``state="full"`` vector of
 ``policydistill.envs`` (privileged: object and goal positions from the simulator).
@@ -222,12 +228,95 @@ class ArcExpert(WaypointExpert):
         return [a, b]
 
 
+ACTION_SCALE = 0.01  # Meta-World moves the hand by action × 1 cm per step
+
+
+class _GoalTracking:
+    """Feed-forward on a moving goal: adds the goal's displacement over the last step (in action
+    units) once the expert heads for the goal itself, so tracking has no steady-state lag."""
+
+    def _reset_tracking(self) -> None:
+        self._prev_goal: np.ndarray | None = None
+
+    def _feed_forward(self, action: np.ndarray, state: np.ndarray, on_goal: bool) -> np.ndarray:
+        goal = np.asarray(state[18:21], dtype=np.float64)
+        prev, self._prev_goal = self._prev_goal, goal
+        if on_goal and prev is not None:
+            action = action.copy()
+            action[:3] = np.clip(action[:3] + (goal - prev) / ACTION_SCALE, -1.0, 1.0)
+        return action
+
+
+class MovingReachExpert(_GoalTracking, WaypointExpert):
+    """Reach a moving goal: through a via-point bulging 10 cm left or right (or straight), then track."""
+
+    modes = SIDES
+    bulge = {"left": -0.10, "right": 0.10, "direct": 0.0}
+
+    def __init__(self, task: str, multimodal: bool = True) -> None:
+        super().__init__(_task_name(task), None, p=10.0)
+        self.reach_tol = 0.03
+        if not multimodal:
+            self.modes = ("direct",)
+        self._reset_tracking()
+
+    def reset(self, rng: np.random.Generator | None = None, mode: str | None = None) -> None:
+        super().reset(rng, mode)
+        self._reset_tracking()
+
+    def route(self, hand: np.ndarray, obj: np.ndarray, goal: np.ndarray) -> list[np.ndarray]:
+        if self.mode == "direct":
+            return []
+        mid = 0.5 * (hand + goal)
+        return [np.array([mid[0] + self.bulge[self.mode], mid[1], mid[2]])]
+
+    def act(self, state: np.ndarray) -> np.ndarray:
+        action = super().act(state)
+        return self._feed_forward(action, np.asarray(state), self._next >= len(self._route))
+
+
+class MovingPushExpert(_GoalTracking, ArcExpert):
+    """Push onto a moving goal: grasp, carry along an arc bulging left or right (or straight), then
+    track the goal with the puck."""
+
+    modes = SIDES
+
+    def __init__(self, task: str, multimodal: bool = True) -> None:
+        WaypointExpert.__init__(self, _task_name(task), PUSH_GRASP, p=10.0)
+        self.reach_tol = 0.03
+        if not multimodal:
+            self.modes = ("direct",)
+        self._reset_tracking()
+
+    def reset(self, rng: np.random.Generator | None = None, mode: str | None = None) -> None:
+        super().reset(rng, mode)
+        self._reset_tracking()
+
+    def route(self, hand: np.ndarray, obj: np.ndarray, goal: np.ndarray) -> list[np.ndarray]:
+        if self.mode == "direct":
+            return []
+        dx = {"left": -0.10, "right": 0.10}[self.mode]
+        return [np.array([obj[0] + dx, obj[1] + 0.5 * (goal[1] - obj[1]), hand[2]])]
+
+    def act(self, state: np.ndarray) -> np.ndarray:
+        action = super().act(state)
+        on_goal = self._carrying and self._next >= len(self._route) and bool(self._route or self.mode == "direct")
+        return self._feed_forward(action, np.asarray(state), on_goal)
+
+
+#: experts of the moving-goal tasks, which Meta-World has none for: (task) -> expert, multimodal or not
+TRACKING_EXPERTS: dict[str, Callable[..., Expert]] = {
+    "reach-moving-v3": MovingReachExpert,
+    "push-moving-v3": MovingPushExpert,
+}
+
 MULTIMODAL_EXPERTS: dict[str, Callable[[str], Expert]] = {
     "push-wall-v3": WallDetourExpert,
     "pick-place-wall-v3": WallDetourExpert,
     "reach-wall-v3": WallDetourExpert,
     "push-v3": ArcExpert,
     "pick-place-v3": ArcExpert,
+    **TRACKING_EXPERTS,
 }
 
 
@@ -257,6 +346,8 @@ class MeanOfModes(Expert):
 def make_expert(task: str, multimodal: bool = True) -> Expert:
     """The multimodal expert where one exists (and ``multimodal``), else Meta-World's own."""
     name = _task_name(task)
+    if name in TRACKING_EXPERTS:
+        return TRACKING_EXPERTS[name](name, multimodal)
     if multimodal and name in MULTIMODAL_EXPERTS:
         return MULTIMODAL_EXPERTS[name](name)
     return MetaWorldExpert(name)
@@ -272,7 +363,10 @@ def fork_coordinate(task: str, states: np.ndarray) -> float | None:
     if name in ("push-wall-v3", "pick-place-wall-v3", "reach-wall-v3"):
         y_fork = WALL_Y
         x_ref = 0.0
-    elif name in ("push-v3", "pick-place-v3"):
+    elif name == "reach-moving-v3":  # half-way between the hand's start and the goal's
+        y_fork = 0.5 * (states[0, 1] + states[0, 19])
+        x_ref = 0.5 * (states[0, 0] + states[0, 18])
+    elif name in ("push-v3", "pick-place-v3", "push-moving-v3"):
         # relative to the straight line from the object's start to the goal, half-way along it
         y_fork = 0.5 * (states[0, 5] + states[0, 19])
         x_ref = 0.5 * (states[0, 4] + states[0, 18])

@@ -16,7 +16,7 @@ CORE_IDS = registry.expand("metaworld/mt10,metaworld/walls")
 
 
 def test_registration_covers_mt10_mt50_and_suites():
-    assert len(METAWORLD_IDS) == 50 and len(set(INSTRUCTIONS.values())) == 50
+    assert len(METAWORLD_IDS) == 50 + len(registry.expand("metaworld/moving")) and len(set(INSTRUCTIONS.values())) == 50
     assert registry.expand("metaworld/mt10") == [f"metaworld/{t}" for t in registry.MT10]
     assert registry.expand("push-v3, metaworld/push-v3,metaworld/walls")[:2] == [
         "metaworld/push-v3",

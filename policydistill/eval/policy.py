@@ -56,9 +56,10 @@ class ScriptedPolicy:
 
     def __init__(self, multimodal: bool = False, seed: int = 0) -> None:
         from policydistill.envs.metaworld_env import INSTRUCTIONS
+        from policydistill.envs.metaworld_moving import MOVING_INSTRUCTIONS
 
         self.multimodal = multimodal
-        self._by_text = {text: task for task, text in INSTRUCTIONS.items()}
+        self._by_text = {text: task for task, text in {**INSTRUCTIONS, **MOVING_INSTRUCTIONS}.items()}
         self._rng = np.random.default_rng(seed)
         self._experts: list[Any] = []
         self._tasks: list[str] = []
