@@ -88,6 +88,9 @@ app.command("eval")(_eval_cmd)
 from .eval import bench_rollouts_cmd as _bench_rollouts  # noqa: E402
 
 bench_app.command("rollouts")(_bench_rollouts)
+from .eval import bench_realtime_cmd as _bench_realtime  # noqa: E402
+
+bench_app.command("realtime")(_bench_realtime)
 from .envs import envs_app as _envs_app  # noqa: E402
 
 app.add_typer(_envs_app, name="envs")

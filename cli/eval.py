@@ -89,6 +89,16 @@ def eval_cmd(
     png: Path = typer.Option(None, "--png", help="Write a success plot here (default: next to --json)."),
     video_dir: Path = typer.Option(None, "--video-dir", help="Write MP4s of the first episodes of each task here."),
     videos_per_task: int = typer.Option(2, "--videos-per-task"),
+    realtime: str = typer.Option(
+        None,
+        "--realtime",
+        help="Latency in the loop (chunk policies): the world keeps moving while the policy computes. zero | "
+        "measured | a device profile (pi05-a800, pi0-4090, ...) | a profile or `policydistill latency` report "
+        "JSON. Default: off.",
+    ),
+    execution: str = typer.Option(
+        "sync", "--execution", help="With --realtime: sync (hold while waiting) or async (keep executing the chunk)."
+    ),
 ) -> None:
     """Evaluate a policy for N episodes per task on fixed seeds; prints a table with Wilson 95% intervals."""
     from ..eval import EvalConfig, evaluate_policy
@@ -97,6 +107,15 @@ def eval_cmd(
 
     check_output_file(json_out, "--json")
     check_output_file(png, "--png")
+    if realtime is not None:
+        from ..eval.realtime import check_execution, load_profile
+
+        load_profile(realtime)  # a typo or a profile without numbers fails before the policy loads
+        check_execution(execution)
+        if policy in BUILTIN:
+            raise ValueError(
+                f"--realtime needs a chunk policy (a checkpoint); {policy!r} acts one step at a time"
+            )
     model, name = _load_policy(policy, seed, task)
     nfes: list[int | None] = [int(x) for x in nfe.split(",") if x.strip()] or [None]
     if policy in BUILTIN and nfes != [None]:
@@ -117,11 +136,16 @@ def eval_cmd(
             max_episode_steps=max_steps or None,
             video_dir=str(video_dir / (f"nfe{k}" if k else name)) if video_dir else None,
             videos_per_task=videos_per_task,
+            realtime=realtime,
+            execution=execution,
         )
         res = evaluate_policy(model, cfg)
         res["policy"] = name
         runs.append(res)
-    console.print(results_table(runs, title=f"{name}: {episodes} episodes per task, seed {seed}"))
+    title = f"{name}: {episodes} episodes per task, seed {seed}"
+    if realtime is not None:
+        title += f", latency in the loop: {realtime} ({execution})"
+    console.print(results_table(runs, title=title))
     payload = {"policy": name, "source": policy, "tasks": runs[0]["tasks"], "runs": runs}
     if json_out:
         write_json(json_out, payload)
@@ -203,3 +227,102 @@ def bench_rollouts_cmd(
         },
     )
     console.print(f"[green]wrote[/] {json_out}")
+
+
+def bench_realtime_cmd(
+    teacher: str = typer.Option("", "--teacher", help="Teacher checkpoint (default: the bundled one)."),
+    student: str = typer.Option("", "--student", help="Distilled student checkpoint (omitted: teacher and naive only)."),
+    task: str = typer.Option("metaworld/moving", "--task", "-t", help="Env ids / suites (the dynamic tasks by default)."),
+    episodes: int = typer.Option(50, "--episodes", "-n", help="Paired episodes per task and point."),
+    profiles: str = typer.Option(
+        "zero,measured,pi05-a800,pi0-4090",
+        "--profiles",
+        help="Comma-separated latency profiles: zero, measured, device profiles, profile/latency-report JSON files.",
+    ),
+    execution: str = typer.Option("sync,async", "--execution", help="Comma-separated execution modes."),
+    teacher_nfe: int = typer.Option(10, "--teacher-nfe"),
+    student_nfe: int = typer.Option(1, "--student-nfe", help="NFE of the student and of the naive teacher."),
+    n_action_steps: int = typer.Option(0, "--n-action-steps", help="Actions executed per chunk; 0: the policy's own."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(1, "--workers", "-w", help="Env worker processes (0: in this process)."),
+    max_steps: int = typer.Option(0, "--max-steps", help="Episode limit; 0: the task's."),
+    threads: int = typer.Option(1, "--threads", help="Torch CPU threads (measured latency depends on it)."),
+    out: Path = typer.Option(Path("runs/bench_realtime"), "--out", help="Folder for results.json and the PNG."),
+) -> None:
+    """Success vs latency profile: teacher@10, naive@1, student@1, sync and async, on the same seeds (table + JSON + PNG)."""
+    from rich.table import Table
+
+    from ..bench.realtime import RealtimeBenchConfig, default_variants, run_realtime_bench
+    from ..pipeline.teacher_io import BUNDLED_TEACHER
+
+    def split(text: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    cfg = RealtimeBenchConfig(
+        tasks=task,
+        episodes=episodes,
+        profiles=split(profiles),
+        executions=split(execution),
+        teacher_nfe=teacher_nfe,
+        student_nfe=student_nfe,
+        n_action_steps=n_action_steps or None,
+        seed=seed,
+        workers=workers,
+        max_episode_steps=max_steps or None,
+    )
+    import torch
+
+    torch.set_num_threads(threads)
+    teacher_policy, _ = _load_policy(teacher or str(BUNDLED_TEACHER), seed, task)
+    student_policy = _load_policy(student, seed, task)[0] if student else None
+    if student_policy is None:
+        console.print("[yellow]no --student: running the teacher and the naive teacher only[/]")
+    variants = default_variants(teacher_policy, student_policy, cfg)
+    payload = run_realtime_bench(
+        variants,
+        cfg,
+        out,
+        on_point=lambda r: console.print(
+            f"{r['profile']:>12} {r['execution']:>5} {r['variant']:>12}: success {r['success_rate']:.1%} "
+            f"({r['seconds']:.0f} s)"
+        ),
+    )
+    table = Table(title=f"bench realtime: {task}, {episodes} paired episodes per task and point, seed {seed}")
+    for col in (
+        "profile",
+        "execution",
+        "variant",
+        "inference ms",
+        "success",
+        "95% CI",
+        "steps to success",
+        "holding",
+        "chunk jump",
+        "jerk",
+    ):
+        table.add_column(col, justify="left" if col in ("profile", "execution", "variant") else "right")
+
+    def fmt(x: Any, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    for r in payload["rows"]:
+        lo, hi = r["success_ci95"]
+        table.add_row(
+            r["profile"],
+            r["execution"],
+            r["variant"],
+            fmt(r["inference_ms"], ".0f"),
+            f"{r['success_rate']:.1%}",
+            f"[{lo:.2f}, {hi:.2f}]",
+            fmt(r["steps_to_success"], ".1f"),
+            fmt(r["hold_fraction"], ".0%"),
+            fmt(r["chunk_jump"], ".3f"),
+            fmt(r["jerk"], ".3f"),
+        )
+    console.print(table)
+    for name, p in payload["profiles"].items():
+        if p.get("lower_bound"):
+            console.print(f"[yellow]{name}: its source gives no prefix time; denoising only (a lower bound)[/]")
+    console.print(f"[green]wrote[/] {payload['json']} and {payload['png']}")

@@ -99,8 +99,36 @@ def _log(value: str | None) -> str | None:
     return value
 
 
+def _realtime(value: str | None) -> str | None:
+    """--realtime PROFILE: resolved (name, file) before any work, so a typo costs no training."""
+    if value is None:
+        return None
+    from ..eval.realtime import load_profile
+
+    try:
+        load_profile(value)
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _execution(value: str | None) -> str | None:
+    from ..eval.realtime import check_execution
+
+    try:
+        return None if value is None else check_execution(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 #: fields whose command-line text is parsed (and checked) before it becomes the field's value
-_PARSERS = {"sweep_n_action_steps": _sweep, "threads": _threads, "log": _log}
+_PARSERS = {
+    "sweep_n_action_steps": _sweep,
+    "threads": _threads,
+    "log": _log,
+    "realtime": _realtime,
+    "execution": _execution,
+}
 
 
 def _parsed(fields: dict) -> dict:

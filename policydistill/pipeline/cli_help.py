@@ -14,3 +14,13 @@ FSDP = {
     "help": "Shard the model's weights, gradients and optimiser state over "
     "the torchrun ranks (FSDP2; for full-size pi0).",
 }
+
+REALTIME = {
+    "help": "Latency in the loop: the world moves on while the policy computes. zero | measured | a device "
+    "profile (pi05-a800, pi0-4090, ...) | a profile or `policydistill latency` report JSON. Default: off "
+    "(the world waits for the policy)."
+}
+EXECUTION = {
+    "help": "With --realtime: sync (the robot holds while it waits) or async (it keeps executing the "
+    "current chunk; stale actions of the new one are dropped)."
+}

@@ -109,6 +109,8 @@ class DistillConfig:
     video: bool = field(
         default=False, metadata={"flags": ("--video",), "default": False, "help": "Save rollout videos."}
     )
+    realtime: str | None = field(default=None, metadata=cli_help.REALTIME)  # latency in the loop (eval.realtime)
+    execution: str = field(default="sync", metadata=cli_help.EXECUTION)
     progress: bool = True
     micro_batches: int = field(
         default=0,

@@ -43,6 +43,8 @@ def closed_loop(
         max_episode_steps=cfg.max_episode_steps,
         video_dir=video_dir,
         progress=cfg.progress,
+        realtime=getattr(cfg, "realtime", None),
+        execution=getattr(cfg, "execution", "sync"),
     )
     return evaluate_policy(v.policy, ecfg)
 
