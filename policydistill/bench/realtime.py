@@ -180,6 +180,6 @@ def plot_success_vs_latency(payload: dict[str, Any], path: str | Path) -> Path:
     ax.set_xlabel("latency profile")
     ax.set_ylabel("success rate (Wilson 95% CI)")
     episodes = payload["rows"][0]["episodes"] if payload["rows"] else 0
-    ax.set_title(f"success vs latency: {payload['config']['tasks']}, {episodes} paired episodes per point")
+    ax.set_title(f"success vs latency: {payload['config']['tasks']}\n{episodes} paired episodes per point", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     return save_figure(fig, path, dpi=110)
