@@ -106,10 +106,32 @@ class MovingGoalEnv(MetaWorldEnv):
         )
         self.task, self.moving = task, spec
         self.task_description = spec.instruction
+        self._widen_goal_space()
         self.end_on_success = terminate_on_success
         self.control_period_s = float(self.mw.dt)  # 5 substeps of 2.5 ms
         self.radius, self.phase0, self.goal_z = spec.min_radius, 0.0, 0.0
         self._in_row = 0
+
+    def _widen_goal_space(self) -> None:
+        """Meta-World clips every observation to its observation space, whose goal box is the region
+        the static goal is drawn from; the circle leaves it, so the box becomes the circle's bounds
+        (else the observed goal would stick to the box's edge while the real one moves on)."""
+        from gymnasium import spaces
+
+        mw = self.mw
+        low, high = np.asarray(mw.goal_space.low, np.float64), np.asarray(mw.goal_space.high, np.float64)
+        corners = np.array([[x, y] for x in (low[0], high[0]) for y in (low[1], high[1])])
+        self.max_radius = max(float(np.linalg.norm(corners - np.asarray(CENTRE_XY), axis=1).max()), self.moving.min_radius)
+        r = self.max_radius + 1e-6
+        low[:2] = np.minimum(low[:2], np.asarray(CENTRE_XY) - r)
+        high[:2] = np.maximum(high[:2], np.asarray(CENTRE_XY) + r)
+        mw.goal_space = spaces.Box(low, high, dtype=np.float64)
+        del mw.sawyer_observation_space  # cached_property: recompute with the circle's bounds
+        full = mw.sawyer_observation_space
+        keep = np.r_[0:18, len(full.low) - 3 : len(full.low)] if self.state_mode == "full" else np.r_[0:4]
+        self.observation_space["agent_pos"] = spaces.Box(
+            full.low[keep].astype(np.float32), full.high[keep].astype(np.float32), dtype=np.float32
+        )
 
     # -- the path -----------------------------------------------------------------------------------
     @property
