@@ -107,7 +107,7 @@ def _from_entry(name: str, entry: dict[str, Any], where: str) -> LatencyProfile:
     if needed:
         raise ValueError(
             f"latency profile {name!r} ({where}) has no {', '.join(sorted(needed))}: "
-            f"{entry.get('source') or 'no source gave them'}. Measure the policy on that device with "
+            f"{str(entry.get('source') or 'no source gave them').rstrip('.')}. Measure the policy on that device with "
             "`policydistill latency CHECKPOINT --json report.json` and pass --realtime report.json"
         )
     return LatencyProfile(

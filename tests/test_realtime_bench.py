@@ -1,0 +1,101 @@
+"""``policydistill bench realtime`` end to end at a tiny size: the bundled teacher (as teacher, naive
+and student) on a moving-goal task in real MuJoCo, sync and async, two latency profiles."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+pytest.importorskip("metaworld")
+from typer.testing import CliRunner  # noqa: E402
+
+from policydistill.cli.app import app  # noqa: E402
+from policydistill.cli.errors import run_app  # noqa: E402
+from policydistill.pipeline.teacher_io import BUNDLED_TEACHER  # noqa: E402
+
+pytestmark = pytest.mark.sim
+
+
+def test_bench_realtime_tiny_writes_table_json_and_png(tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "realtime", "--task", "metaworld/reach-moving-v3", "--episodes", "1", "--profiles"]
+    args += ["zero,pi05-a800", "--execution", "sync,async", "--max-steps", "12", "--workers", "0"]
+    args += ["--student", str(BUNDLED_TEACHER), "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "bench realtime" in res.output and "student@1" in res.output
+    payload = json.loads((out / "results.json").read_text())
+    assert (out / "success_vs_latency.png").stat().st_size > 5000
+    rows = payload["rows"]
+    assert [(r["profile"], r["execution"], r["variant"]) for r in rows[:3]] == [
+        ("zero", "sync", "teacher@10"),
+        ("zero", "sync", "naive@1"),
+        ("zero", "sync", "student@1"),
+    ]
+    assert len(rows) == 2 * 2 * 3 and payload["paired"]
+    assert len({tuple(r["initial_states"]) for r in rows}) == 1  # the same seeds across every point
+    by = {(r["profile"], r["execution"], r["variant"]): r for r in rows}
+    # A800 profile, 12 steps: the 10-step teacher (274 ms = 22 steps) never gets its chunk; sync at
+    # 1 step (83 ms = 7 steps) holds 7 then acts
+    assert by[("pi05-a800", "sync", "teacher@10")]["hold_fraction"] == 1.0
+    assert by[("pi05-a800", "sync", "naive@1")]["hold_fraction"] == pytest.approx(7 / 12)
+    assert by[("pi05-a800", "sync", "teacher@10")]["inference_ms"] == pytest.approx(274.0, abs=0.01)
+    assert by[("zero", "sync", "teacher@10")]["hold_fraction"] == 0.0
+    assert by[("zero", "sync", "teacher@10")]["jerk"] is not None
+    assert payload["profiles"]["pi05-a800"]["source"].startswith("Luan et al.")
+
+
+def _user_error(args: list[str], monkeypatch, capsys) -> str:
+    """Run the installed entry point's error handling; the text of a user error (exit code 1, or 2
+    for a usage error caught while parsing)."""
+    monkeypatch.setattr(sys, "argv", ["policydistill", *args])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exc:
+        run_app(app)
+    text = " ".join((lambda c: c.err + c.out)(capsys.readouterr()).split())
+    assert exc.value.code in (1, 2) and "Traceback" not in text and "looks like a bug" not in text, text
+    return text
+
+
+def test_bench_realtime_refuses_a_profile_without_numbers_before_any_rollout(tmp_path, monkeypatch, capsys):
+    text = _user_error(["bench", "realtime", "--profiles", "zero,pi05-l40s", "--out", str(tmp_path)], monkeypatch, capsys)
+    assert "pi05-l40s" in text and "policydistill latency" in text and not (tmp_path / "results.json").exists()
+
+
+def test_eval_realtime_option_checks_its_profile(monkeypatch, capsys):
+    assert "Did you mean 'pi05-a800'" in _user_error(["eval", "scripted", "--realtime", "pi05-a8000"], monkeypatch, capsys)
+    assert "chunk policy" in _user_error(["eval", "scripted", "--realtime", "zero"], monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("command", ["distill", "compare"])
+def test_distill_and_compare_take_realtime_and_check_it_before_training(command, tmp_path, monkeypatch, capsys):
+    res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert "--realtime" in res.output and "--execution" in res.output
+    text = _user_error([command, "--realtime", "pi05-l40s", "--out", str(tmp_path / "run")], monkeypatch, capsys)
+    assert "pi05-l40s" in text and not (tmp_path / "run").exists()
+
+
+def test_the_pipeline_evaluation_passes_the_realtime_settings_on():
+    import dataclasses
+
+    from policydistill.pipeline.distill import DISTILL_PRESETS
+    from policydistill.pipeline.evaluate import closed_loop
+
+    cfg = dataclasses.replace(DISTILL_PRESETS["tiny"], realtime="pi05-a800", execution="async", workers=0, progress=False)
+    seen = {}
+
+    class Policy:  # a chunk policy that records the settings the evaluator ran it under
+        config = type("C", (), {"image_size": 16})()
+
+        def sample_actions(self, obs, steps=None, noise=None, mode=None):
+            import numpy as np
+
+            seen["steps"] = steps
+            return np.zeros((len(obs["task"]), 4, 4), np.float32)
+
+    v = type("V", (), {"policy": Policy(), "nfe": 1, "mode": None})()
+    res = closed_loop(v, ["metaworld/reach-moving-v3"], dataclasses.replace(cfg, max_episode_steps=10), 1, None)
+    assert res["realtime"]["name"] == "pi05-a800" and res["realtime"]["execution"] == "async" and seen["steps"] == 1
+    assert res["episodes_detail"][0]["hold_steps"] == 10  # 83 ms = 7 steps > 4 actions: always stale
