@@ -87,6 +87,10 @@ def evaluate_variants(variants: list[Any], tasks: list[str], val_set: Any, cfg: 
                 "per_task": {t: r["success_rate"] for t, r in res["per_task"].items()},
                 "episodes": res["episodes"],
                 "steps_to_success": res.get("steps_to_success"),
+                "chunk_jump": res.get("chunk_jump"),
+                "jerk": res.get("jerk"),
+                "hold_fraction": res.get("hold_fraction"),
+                "realtime": res.get("realtime"),
                 "action_mse": mse,
                 "teacher_chunk_distance": dist,
                 "latency_ms": {
@@ -161,7 +165,11 @@ def n_action_steps_sweep(
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     """The report's tables (and the speedup line) on the caller's ``console``."""
-    table = Table(title="teacher vs naive vs student (same seeds)")
+    rt = report["variants"][0].get("realtime") if report["variants"] else None
+    title = "teacher vs naive vs student (same seeds)"
+    if rt:
+        title += f", latency in the loop: {rt['name']} ({rt['execution']})"
+    table = Table(title=title)
     for col in (
         "variant",
         "role",
@@ -169,6 +177,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         "success",
         "per task",
         "steps to success",
+        "chunk jump",
+        "jerk",
         "chunk dist ↓",
         "action MSE",
         "denoise p50 ms",
@@ -185,6 +195,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             f"{r['success_rate']:.3f}",
             per_task,
             f"{sts:.1f}" if isinstance(sts, (int, float)) else "-",
+            *(f"{r[k]:.3f}" if isinstance(r.get(k), (int, float)) else "-" for k in ("chunk_jump", "jerk")),
             f"{r['teacher_chunk_distance']:.4f}",
             f"{r['action_mse']:.4f}",
             f"{r['latency_ms']['denoise_p50']:.2f}",
