@@ -22,7 +22,7 @@ a function of its position: one observation says where the goal is going.
 task                      period     min radius  max radius  peak speed     limit
 ========================  =========  ==========  ==========  =============  ===========
 ``reach-moving-v3``       3.0 s      6 cm        11.2 cm     0.13-0.23 m/s  200 steps
-``push-moving-v3``        6.0 s      5 cm        11.2 cm     0.05-0.12 m/s  300 steps
+``push-moving-v3``        6.0 s      5 cm        11.2 cm     0.05-0.12 m/s  200 steps
 ========================  =========  ==========  ==========  =============  ===========
 
 At the reach task's peak speed the goal moves 6.4 cm during a 274 ms inference, more than the
@@ -59,7 +59,7 @@ class MovingGoal:
 
 MOVING_TASKS: dict[str, MovingGoal] = {
     "reach-moving-v3": MovingGoal("reach-v3", "reach the moving goal", 3.0, 0.06, 200, 10),
-    "push-moving-v3": MovingGoal("push-v3", "push the puck onto the moving goal", 6.0, 0.05, 300, 5),
+    "push-moving-v3": MovingGoal("push-v3", "push the puck onto the moving goal", 6.0, 0.05, 200, 5),
 }
 MOVING_INSTRUCTIONS = {task: spec.instruction for task, spec in MOVING_TASKS.items()}
 
