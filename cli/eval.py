@@ -85,6 +85,17 @@ def eval_cmd(
         0, "--image-size", help="Camera size the env renders; 0: the policy's input size (config.image_size), else 96."
     ),
     max_steps: int = typer.Option(0, "--max-steps", help="Episode limit; 0: the env's default."),
+    convention: str = typer.Option(
+        "auto",
+        "--convention",
+        help="Env observation convention: lerobot (lerobot's camera names, image sizes, rendering, state and "
+        "instructions), policydistill (ours), or auto: lerobot for policies converted from lerobot, ours otherwise.",
+    ),
+    camera_map: str = typer.Option(
+        "",
+        "--camera-map",
+        help="Env camera -> policy camera, e.g. agentview=image,wrist=image2; default: matched by name and view.",
+    ),
     json_out: Path = typer.Option(None, "--json", help="Write the results JSON here."),
     png: Path = typer.Option(None, "--png", help="Write a success plot here (default: next to --json)."),
     video_dir: Path = typer.Option(None, "--video-dir", help="Write MP4s of the first episodes of each task here."),
@@ -92,9 +103,13 @@ def eval_cmd(
 ) -> None:
     """Evaluate a policy for N episodes per task on fixed seeds; prints a table with Wilson 95% intervals."""
     from ..eval import EvalConfig, evaluate_policy
+    from ..eval.conventions import CONVENTIONS, parse_camera_map
     from ..eval.report import plot_runs, results_table, write_json
     from .options import check_output_file
 
+    if convention not in ("auto", *CONVENTIONS):
+        raise ValueError(f"--convention {convention!r}: use auto, {' or '.join(CONVENTIONS)}")
+    cameras = parse_camera_map(camera_map) or None
     check_output_file(json_out, "--json")
     check_output_file(png, "--png")
     model, name = _load_policy(policy, seed, task)
@@ -117,10 +132,17 @@ def eval_cmd(
             max_episode_steps=max_steps or None,
             video_dir=str(video_dir / (f"nfe{k}" if k else name)) if video_dir else None,
             videos_per_task=videos_per_task,
+            convention=None if convention == "auto" else convention,
+            camera_map=cameras,
         )
         res = evaluate_policy(model, cfg)
         res["policy"] = name
         runs.append(res)
+    first = runs[0]
+    console.print(
+        f"env convention: {first['convention']} ({first['convention_reason']})"
+        + (f"; cameras env -> policy: {first['camera_map']}" if first.get("camera_map") else "")
+    )
     console.print(results_table(runs, title=f"{name}: {episodes} episodes per task, seed {seed}"))
     payload = {"policy": name, "source": policy, "tasks": runs[0]["tasks"], "runs": runs}
     if json_out:

@@ -240,3 +240,117 @@ def test_convention_tables_name_the_envs_cameras() -> None:
     assert conventions.CAMERAS["metaworld"]["policydistill"] == (metaworld_env.CAMERA,)
     assert conventions.CAMERAS["libero"]["lerobot"] == tuple(libero_env.LEROBOT_CAMERA_OBSERVABLES)
     assert conventions.CAMERAS["libero"]["policydistill"] == tuple(libero_env.CAMERA_OBSERVABLES)
+
+
+def test_protocol_n_action_steps() -> None:
+    from policydistill.eval.conventions import protocol_n_action_steps
+    from policydistill.policies.pi0 import Pi0Policy, preset
+
+    pi05 = Pi0Policy(preset("tiny", "pi05", cameras=["image", "image2"], state_dim=8, action_dim=7))
+    libero, mw = ["libero/libero_spatial-task0-v0"], ["metaworld/push-v3"]
+    assert protocol_n_action_steps(pi05, libero, "lerobot", None) == 10
+    assert protocol_n_action_steps(pi05, libero, "lerobot", 4) == 4  # asked for: kept
+    assert protocol_n_action_steps(pi05, libero, "policydistill", None) is None
+    assert protocol_n_action_steps(pi05, mw, "lerobot", None) is None
+    assert protocol_n_action_steps(_Policy(["image"], 8), libero, "lerobot", None) is None
+
+
+# -- where a policy comes from -------------------------------------------------------------------------
+LEROBOT_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lerobot_current"
+
+
+def test_lerobot_import_records_its_origin_and_students_inherit_it(tmp_path: Path) -> None:
+    from policydistill.checkpoint import load_model, save_model
+    from policydistill.core import student_from_teacher
+    from policydistill.policies.smolvla import SmolVLA
+
+    teacher = SmolVLA.from_lerobot(LEROBOT_FIXTURES / "smolvla")
+    assert teacher.config.origin == "lerobot"
+    student = student_from_teacher(teacher)
+    assert student.config.origin == "lerobot"
+    save_model(tmp_path / "student", student)
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["origin"] == "lerobot"
+    assert load_model(tmp_path / "student").config.origin == "lerobot"
+    # exported to lerobot and read back, the record survives
+    assert SmolVLA.from_lerobot(student.to_lerobot(tmp_path / "export")).config.origin == "lerobot"
+
+
+def test_our_policies_keep_our_origin_through_export_and_old_checkpoints(tmp_path: Path) -> None:
+    from policydistill.checkpoint import load_model, save_model
+    from policydistill.policies.pi0 import Pi0Policy, preset
+    from policydistill.policies.smolvla import SmolVLA
+
+    ours = SmolVLA.from_preset("tiny")
+    assert ours.config.origin == "policydistill"
+    assert SmolVLA.from_lerobot(ours.to_lerobot(tmp_path / "export")).config.origin == "policydistill"
+    pi0 = Pi0Policy(preset("tiny", "pi0"))
+    folder = save_model(tmp_path / "pi0", pi0)
+    config = json.loads((folder / "config.json").read_text())
+    del config["origin"]  # written before the field existed
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load_model(folder).config.origin == "policydistill"
+    config["origin"] = "hub"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception, match="origin 'hub' is not one of policydistill, lerobot"):
+        load_model(folder)
+
+
+def test_pi0_import_records_lerobot_origin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from policydistill.policies.pi0 import Pi0Policy
+
+    # the fixture's tokenizer under PaliGemma's id in a temporary, offline Hugging Face cache
+    home = tmp_path / "hf"
+    repo = home / "hub" / "models--google--paligemma-3b-pt-224"
+    snap = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(LEROBOT_FIXTURES / "pi0" / "tokenizer", snap)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(snap.name)
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_LEROBOT_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(home))
+    assert Pi0Policy.from_lerobot(LEROBOT_FIXTURES / "pi05").config.origin == "lerobot"
+
+
+# -- the evaluator -------------------------------------------------------------------------------------
+def _tiny_pi0(cameras: list[str], state_dim: int, origin: str):
+    from policydistill.policies.pi0 import Pi0Policy, preset
+
+    return Pi0Policy(
+        preset("tiny", "pi0", cameras=cameras, state_dim=state_dim, max_state_dim=24, action_dim=4, origin=origin)
+    ).eval()
+
+
+def _evaluate(policy, **kw) -> dict:
+    from policydistill.eval import EvalConfig, evaluate_policy
+
+    cfg = EvalConfig(tasks="metaworld/push-v3", episodes=1, workers=0, progress=False, **kw)
+    return evaluate_policy(policy, cfg)
+
+
+def test_evaluator_renders_lerobot_policies_in_lerobots_convention() -> None:
+    res = _evaluate(_tiny_pi0(["image"], 4, "lerobot"), max_episode_steps=1)
+    assert res["convention"] == "lerobot" and "converted from a lerobot" in res["convention_reason"]
+    assert res["camera_map"] == {"image": "image"}
+    assert res["image_size"] == 480  # lerobot's Meta-World frame, not the policy's input size
+    ours = _evaluate(_tiny_pi0(["corner2"], 21, "policydistill"), max_episode_steps=1)
+    assert ours["convention"] == "policydistill" and ours["camera_map"] == {"corner2": "corner2"}
+    assert ours["image_size"] == 32  # the tiny preset's input size
+
+
+def test_evaluator_override_and_automatic_camera_renaming() -> None:
+    # our policy (camera corner2, 4-D state) in lerobot's env: lerobot's "image" feeds corner2
+    res = _evaluate(
+        _tiny_pi0(["corner2"], 4, "policydistill"), convention="lerobot", image_size=32, max_episode_steps=2
+    )
+    assert res["convention"] == "lerobot" and res["convention_reason"] == "requested"
+    assert res["camera_map"] == {"image": "corner2"} and res["image_size"] == 32
+    # a lerobot policy forced into our env: corner2 feeds its "image"
+    res = _evaluate(_tiny_pi0(["image"], 21, "lerobot"), convention="policydistill", max_episode_steps=1)
+    assert res["camera_map"] == {"corner2": "image"}
+
+
+def test_evaluator_names_both_camera_sets_when_they_cannot_be_matched() -> None:
+    with pytest.raises(ValueError, match=r"policy's cameras \['top', 'left'\].*env's cameras \['corner2'\]"):
+        _evaluate(_tiny_pi0(["top", "left"], 21, "policydistill"), image_size=32, max_episode_steps=1)

@@ -11,6 +11,7 @@ the first success, so its length is the steps to success). Rates come with Wilso
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections import deque
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..seeding import episode_seed
+from .conventions import match_cameras, protocol_n_action_steps, select_convention
 from .metrics import summarize_episodes
 from .policy import ChunkPolicy, to_numpy
 from .workers import WorkerPool
@@ -42,6 +44,11 @@ class EvalConfig:
     videos_per_task: int = 2
     progress: bool = True
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the envs' observation convention: "policydistill" | "lerobot" | None (chosen from the policy,
+    #: see ``conventions.select_convention``)
+    convention: str | None = None
+    #: env camera -> policy camera; None: matched automatically (``conventions.match_cameras``)
+    camera_map: dict[str, str] | None = None
     rank: int = 0  # shard the episodes over ranks (torchrun): this rank runs the
     world_size: int = 1  # episodes with (task index * episodes + i) % world_size == rank
 
@@ -76,10 +83,13 @@ class _Slot:
     init_hash: str = ""
 
 
-def _batch(slots: list[_Slot]) -> dict[str, Any]:
+def _batch(slots: list[_Slot], camera_map: dict[str, str] | None = None) -> dict[str, Any]:
     cams = list(slots[0].obs["pixels"])
+    if camera_map is not None:
+        cams = [c for c in cams if c in camera_map]
+    names = {c: (camera_map or {}).get(c, c) for c in cams}
     return {
-        "pixels": {c: np.stack([s.obs["pixels"][c] for s in slots]) for c in cams},
+        "pixels": {names[c]: np.stack([s.obs["pixels"][c] for s in slots]) for c in cams},
         "agent_pos": np.stack([s.obs["agent_pos"] for s in slots]).astype(np.float32),
         "task": [s.instruction for s in slots],
     }
@@ -137,10 +147,25 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
     total = len(todo)
     if total == 0:
         raise ValueError(f"rank {cfg.rank} of {cfg.world_size} has no episodes: use more episodes or fewer ranks")
-    # render at the policy's own input size unless told: demonstrations are generated at that size
-    # (policydistill train), so training and evaluation frames then match pixel for pixel
-    image_size = cfg.image_size or getattr(getattr(policy, "config", None), "image_size", None) or 96
-    env_kwargs = {"image_size": int(image_size), **cfg.env_kwargs}
+    convention, convention_reason = select_convention(policy, tasks, cfg.convention)
+    cfg = dataclasses.replace(
+        cfg, n_action_steps=protocol_n_action_steps(policy, tasks, convention, cfg.n_action_steps)
+    )
+    if convention == "lerobot":
+        # lerobot's envs render at their own sizes (480 px Meta-World, 360 px LIBERO): the policy
+        # resizes, as it does under lerobot-eval
+        image_size = cfg.image_size
+        env_kwargs = {"convention": "lerobot", **cfg.env_kwargs}
+        if image_size is not None:
+            env_kwargs["image_size"] = int(image_size)
+    else:
+        # render at the policy's own input size unless told: demonstrations are generated at that size
+        # (policydistill train), so training and evaluation frames then match pixel for pixel
+        image_size = cfg.image_size or getattr(getattr(policy, "config", None), "image_size", None) or 96
+        env_kwargs = {"image_size": int(image_size), **cfg.env_kwargs}
+    policy_cameras = list(getattr(getattr(policy, "config", None), "cameras", None) or [])
+    camera_map: dict[str, str] | None = None
+    rendered_size: int | None = None
     if cfg.max_episode_steps is not None:
         env_kwargs["max_episode_steps"] = cfg.max_episode_steps
     chunked = isinstance(policy, ChunkPolicy)
@@ -159,7 +184,13 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
     n_slots = min(cfg.slots, total)
 
     def start(pool: WorkerPool, assignments: dict[int, tuple[str, int, int]]) -> dict[int, _Slot]:
+        nonlocal camera_map, rendered_size
         res = pool.reset({s: (t, seed) for s, (t, _, seed) in assignments.items()})
+        if rendered_size is None:
+            rendered_size = int(next(iter(next(iter(res.values()))[0]["pixels"].values())).shape[0])
+        if camera_map is None and policy_cameras:  # once, from the first observation, before any action
+            first = next(iter(res.values()))[0]["pixels"]
+            camera_map = match_cameras(list(first), policy_cameras, cfg.camera_map)
         out = {}
         for s, (t, i, seed) in assignments.items():
             obs, info = res[s]
@@ -214,7 +245,9 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
                 need = [s for s, sl in slots.items() if not sl.queue]
                 if need:
                     chunk = to_numpy(
-                        policy.sample_actions(_batch([slots[s] for s in need]), steps=cfg.nfe, mode=cfg.mode)
+                        policy.sample_actions(
+                            _batch([slots[s] for s in need], camera_map), steps=cfg.nfe, mode=cfg.mode
+                        )
                     )
                     if chunk.ndim != 3 or chunk.shape[0] != len(need):
                         raise ValueError(f"sample_actions returned shape {chunk.shape}; expected (B={len(need)}, H, A)")
@@ -236,7 +269,7 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
                 slots = start(pool, dict(enumerate(wave)))
                 order = sorted(slots)
                 while not all(sl.done for sl in slots.values()):
-                    act = to_numpy(policy.select_action(_batch([slots[s] for s in order])))
+                    act = to_numpy(policy.select_action(_batch([slots[s] for s in order], camera_map)))
                     counters["policy_calls"] += 1
                     if act.ndim != 2 or act.shape[0] != len(order):
                         raise ValueError(f"select_action returned shape {act.shape}; expected (B={len(order)}, A)")
@@ -258,7 +291,10 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
             "steps_per_second": counters["env_steps"] / max(seconds, 1e-9),
             "policy_calls": counters["policy_calls"],
             "interface": "chunk" if chunked else "select_action",
-            "image_size": int(image_size),
+            "image_size": int(image_size) if image_size is not None else rendered_size,
+            "convention": convention,
+            "convention_reason": convention_reason,
+            "camera_map": camera_map,
             "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
         }
     )

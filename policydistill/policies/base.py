@@ -41,6 +41,7 @@ from ..core.sampler import SAMPLING_MODES, sample_with_ctx
 from ..fields import check_fields, unknown_keys
 
 IMAGE_PREFIX = "observation.images."
+ORIGINS = ("policydistill", "lerobot")
 
 
 @dataclass
@@ -66,6 +67,10 @@ class FlowPolicyConfig:
     #: ``sample_actions`` adds the raw state back after unnormalising and ``make_flow_batch``
     #: subtracts it before normalising. None = absolute actions.
     relative_action_mask: list[bool] | None = None
+    #: where the weights come from: "lerobot" for a policy converted from a lerobot checkpoint (set by
+    #: ``from_lerobot`` and inherited by its students), "policydistill" for our own. The evaluator
+    #: renders lerobot-made policies' simulations in lerobot's conventions (camera names, image size).
+    origin: str = "policydistill"
 
     #: integer fields whose smallest meaningful value is not 1 (0 or -1 means "derive it")
     INT_MIN: ClassVar[dict[str, int]] = {}
@@ -90,6 +95,8 @@ class FlowPolicyConfig:
                     )
             if self.sampling_mode not in SAMPLING_MODES:
                 problems.append(f"sampling_mode {self.sampling_mode!r} is not one of {', '.join(SAMPLING_MODES)}")
+            if self.origin not in ORIGINS:
+                problems.append(f"origin {self.origin!r} is not one of {', '.join(ORIGINS)}")
         if problems:
             raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
 

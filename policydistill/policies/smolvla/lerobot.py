@@ -234,6 +234,15 @@ def _stats_from_old_buffers(old: dict[str, Tensor]) -> dict[str, dict[str, Tenso
     return stats
 
 
+def _recorded_origin(folder: Any) -> str | None:
+    """The ``origin`` our ``to_lerobot`` recorded in vlm/policydistill.json (None for lerobot's folders)."""
+    vlm = resolve_vlm(folder.path, str(folder.config.get("vlm_model_name", SMOLVLM2_500M)))
+    if vlm is not None and (vlm / MARKER).is_file():
+        origin = _read_json(vlm / MARKER).get("origin")
+        return str(origin) if origin else None
+    return None
+
+
 def detect_vision_positions(folder: Any, cfg: SmolVLAConfig) -> str:
     """The SigLIP patch-position rule of the transformers that the checkpoint's lerobot ran with:
     "hf457" for lerobot 0.4.x (transformers 4.57), "hf5" for lerobot >= 0.5 (transformers 5). When the
@@ -265,6 +274,7 @@ def load_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict
     folder.check_supported()
     cfg, lr = config_from_lerobot(folder.path, tokenizer)
     cfg.relative_action_mask = folder.relative_action_mask()
+    cfg.origin = _recorded_origin(folder) or "lerobot"  # a folder our to_lerobot wrote says whose it is
     if "vision_positions" not in (overrides or {}):
         cfg.vision_positions = detect_vision_positions(folder, cfg)
     for key, value in (overrides or {}).items():
@@ -452,7 +462,7 @@ def save_lerobot(
                 shutil.copy2(f, vlm / f.name)
     portable_tokenizer_config(vlm / "tokenizer_config.json")
     write_json(vlm / "config.json", vlm_config_dict(cfg))
-    marker = {"vision_positions": cfg.vision_positions}
+    marker = {"vision_positions": cfg.vision_positions, "origin": cfg.origin}
     if cfg.tokenizer == "builtin":
         marker.update(
             {
