@@ -358,3 +358,27 @@ def test_evaluator_override_and_automatic_camera_renaming() -> None:
 def test_evaluator_names_both_camera_sets_when_they_cannot_be_matched() -> None:
     with pytest.raises(ValueError, match=r"policy's cameras \['top', 'left'\].*env's cameras \['corner2'\]"):
         _evaluate(_tiny_pi0(["top", "left"], 21, "policydistill"), image_size=32, max_episode_steps=1)
+
+
+def test_lerobot_single_camera_key_is_the_camera_image(tmp_path: Path) -> None:
+    """lerobot's Meta-World checkpoints name their camera ``observation.image`` (no ``.images.``): it is
+    our camera "image", fed by the env's "image" in lerobot's convention."""
+    import shutil
+
+    import torch
+
+    from policydistill.policies.smolvla import SmolVLA
+
+    folder = shutil.copytree(LEROBOT_FIXTURES / "smolvla", tmp_path / "smolvla")
+    config = json.loads((folder / "config.json").read_text())
+    config["input_features"] = {
+        ("observation.image" if k == "observation.images.base" else k): v for k, v in config["input_features"].items()
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    policy = SmolVLA.from_lerobot(folder)
+    assert policy.config.cameras == ["image", "wrist"]
+    img = torch.rand(1, 3, 32, 32)
+    state = torch.zeros(1, policy.config.state_dim)
+    bare = policy.canonical_obs({"observation.image": img, "observation.state": state, "task": "t"})
+    prefixed = policy.canonical_obs({"observation.images.image": img, "observation.state": state, "task": "t"})
+    assert torch.equal(bare["images"][0], prefixed["images"][0]) and bool(bare["image_masks"][0].all())

@@ -41,6 +41,8 @@ from ..core.sampler import SAMPLING_MODES, sample_with_ctx
 from ..fields import check_fields, unknown_keys
 
 IMAGE_PREFIX = "observation.images."
+#: lerobot's single-camera key (its Meta-World env, older datasets): our camera "image"
+SINGLE_IMAGE_KEY, SINGLE_IMAGE_CAMERA = "observation.image", "image"
 ORIGINS = ("policydistill", "lerobot")
 
 
@@ -218,8 +220,10 @@ class FlowPolicy(FlowMapModel):
                     img = img[None]
                 img = img.permute(0, 3, 1, 2)  # (B,H,W,3) → (B,3,H,W)
                 img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
-            elif IMAGE_PREFIX + cam in obs:
-                img = _to_tensor(obs[IMAGE_PREFIX + cam], device)
+            elif IMAGE_PREFIX + cam in obs or (cam == SINGLE_IMAGE_CAMERA and SINGLE_IMAGE_KEY in obs):
+                img = _to_tensor(
+                    obs[IMAGE_PREFIX + cam] if IMAGE_PREFIX + cam in obs else obs[SINGLE_IMAGE_KEY], device
+                )
                 if img.dim() == 3:
                     img = img[None]
                 if img.dim() == 5:  # (B, T, 3, H, W): the current frame
@@ -235,7 +239,7 @@ class FlowPolicy(FlowMapModel):
             images.append(resize_with_pad(img, cfg.image_size))
             masks.append(torch.ones(b, dtype=torch.bool, device=device))
         if not found:
-            have = sorted(pixels) + [k for k in obs if k.startswith(IMAGE_PREFIX)]
+            have = sorted(pixels) + [k for k in obs if k.startswith(IMAGE_PREFIX) or k == SINGLE_IMAGE_KEY]
             raise KeyError(
                 f"none of the policy's cameras {cfg.cameras} is in the observation (it has {have}); "
                 "rename the camera or build the policy with cameras=[...]"

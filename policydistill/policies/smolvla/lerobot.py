@@ -24,7 +24,13 @@ import torch
 from torch import Tensor
 
 from ...checkpoint import CheckpointError, load_state_checked, write_json
-from ..lerobot_io import portable_tokenizer_config, read_lerobot_folder, target_time_to_fold, write_lerobot_folder
+from ..lerobot_io import (
+    camera_names,
+    portable_tokenizer_config,
+    read_lerobot_folder,
+    target_time_to_fold,
+    write_lerobot_folder,
+)
 from .configuration import SmolVLAConfig, preset
 
 ROOT = "model.vlm_with_expert."
@@ -45,7 +51,6 @@ PREFIXES = [
 LEFTOVERS = (ROOT + "vlm.lm_head.weight", ROOT + "vlm.model.text_model.norm.weight")
 OLD_NORM_PREFIXES = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
 SMOLVLM2_500M = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
-IMG = "observation.images."
 MARKER = "policydistill.json"  # in vlm/: which tokenizer an exported preset used ("builtin")
 
 
@@ -168,7 +173,7 @@ def config_from_lerobot(folder: Path, tokenizer: str | None = None) -> tuple[Smo
     sizes, vlm_dir = _vlm_sizes(folder, str(lr.get("vlm_model_name", SMOLVLM2_500M)))
     text, vision = sizes["text"], sizes["vision"]
     feats_in, feats_out = lr.get("input_features", {}), lr.get("output_features", {})
-    cameras = [k[len(IMG) :] for k, v in feats_in.items() if k.startswith(IMG) and v.get("type") == "VISUAL"]
+    cameras = camera_names(feats_in)
     state_dim = feats_in.get("observation.state", {}).get("shape", [lr.get("max_state_dim", 32)])[0]
     action_dim = feats_out.get("action", {}).get("shape", [lr.get("max_action_dim", 32)])[0]
     resize = lr.get("resize_imgs_with_padding") or [vision.get("image_size", 512)] * 2
