@@ -382,3 +382,15 @@ def test_lerobot_single_camera_key_is_the_camera_image(tmp_path: Path) -> None:
     bare = policy.canonical_obs({"observation.image": img, "observation.state": state, "task": "t"})
     prefixed = policy.canonical_obs({"observation.images.image": img, "observation.state": state, "task": "t"})
     assert torch.equal(bare["images"][0], prefixed["images"][0]) and bool(bare["image_masks"][0].all())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "state_dim", "camera"), [({"convention": "lerobot"}, 4, "image"), ({"state": "proprio"}, 4, "corner2")]
+)
+def test_env_checker_passes_with_a_proprioceptive_state(kwargs: dict, state_dim: int, camera: str) -> None:
+    """The hand starts at the same place for every seed; the seeding check sees the objects in the image."""
+    from policydistill.envs import checker
+
+    rep = checker.check("metaworld/push-v3", image_size=32, steps=2, **kwargs)
+    assert rep.passed == ["spaces", "reset+render", "step", "seeding"]
+    assert rep.state_dim == state_dim and rep.image_shapes == {camera: (32, 32, 3)}
