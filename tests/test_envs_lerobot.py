@@ -394,3 +394,30 @@ def test_env_checker_passes_with_a_proprioceptive_state(kwargs: dict, state_dim:
     rep = checker.check("metaworld/push-v3", image_size=32, steps=2, **kwargs)
     assert rep.passed == ["spaces", "reset+render", "step", "seeding"]
     assert rep.state_dim == state_dim and rep.image_shapes == {camera: (32, 32, 3)}
+
+
+def test_cli_eval_convention_and_camera_map(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from policydistill.checkpoint import save_model
+    from policydistill.cli.app import app
+
+    folder = save_model(tmp_path / "ckpt", _tiny_pi0(["image"], 4, "lerobot"))
+    base = ["eval", str(folder), "--task", "push-v3", "-n", "1", "-w", "0", "--image-size", "32", "--max-steps", "2"]
+    res = CliRunner().invoke(app, [*base, "--json", str(tmp_path / "auto.json")])
+    assert res.exit_code == 0, res.output
+    assert "env convention: lerobot (the policy is converted from a lerobot checkpoint)" in res.output
+    run = json.loads((tmp_path / "auto.json").read_text())["runs"][0]
+    assert run["convention"] == "lerobot" and run["camera_map"] == {"image": "image"}
+    # a lerobot checkpoint fine-tuned on our env's 21-D state, with its camera named explicitly
+    other = save_model(tmp_path / "ckpt21", _tiny_pi0(["image"], 21, "lerobot"))
+    res = CliRunner().invoke(
+        app,
+        ["eval", str(other), *base[2:], "--convention", "policydistill", "--camera-map", "corner2=image"]
+        + ["--json", str(tmp_path / "o.json")],
+    )
+    assert res.exit_code == 0, res.output
+    run = json.loads((tmp_path / "o.json").read_text())["runs"][0]
+    assert run["convention"] == "policydistill" and run["camera_map"] == {"corner2": "image"}
+    bad = CliRunner().invoke(app, [*base, "--convention", "gym"])
+    assert bad.exit_code != 0 and "use auto, policydistill or lerobot" in str(bad.exception)
