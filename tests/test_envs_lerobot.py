@@ -421,3 +421,10 @@ def test_cli_eval_convention_and_camera_map(tmp_path: Path) -> None:
     assert run["convention"] == "policydistill" and run["camera_map"] == {"corner2": "image"}
     bad = CliRunner().invoke(app, [*base, "--convention", "gym"])
     assert bad.exit_code != 0 and "use auto, policydistill or lerobot" in str(bad.exception)
+
+
+def test_scripted_experts_refuse_lerobots_state_clearly() -> None:
+    from policydistill.eval import ScriptedPolicy
+
+    with pytest.raises(ValueError, match="21-D privileged state.*--convention policydistill"):
+        _evaluate(ScriptedPolicy(), convention="lerobot", image_size=32, max_episode_steps=2)
