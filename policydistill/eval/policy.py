@@ -86,6 +86,11 @@ class ScriptedPolicy:
 
     def select_action(self, obs: Mapping[str, Any]) -> np.ndarray:
         states = np.asarray(obs["agent_pos"])
+        if states.ndim != 2 or states.shape[1] != 21:
+            raise ValueError(
+                f"the scripted experts read the 21-D privileged state of our Meta-World envs (state='full'), "
+                f"got {states.shape[-1]}-D: evaluate them with --convention policydistill and the default state"
+            )
         texts = obs["task"]
         return np.stack([self._expert(i, texts[i]).act(states[i]) for i in range(len(states))]).astype(np.float32)
 

@@ -18,6 +18,7 @@ default) is the usual evaluation, in which the world waits for the policy.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections import deque
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..seeding import episode_seed
+from .conventions import match_cameras, protocol_n_action_steps, reset_options, select_convention
 from .metrics import summarize_episodes
 from .policy import ChunkPolicy, to_numpy
 from .smoothness import chunk_jump, jerk
@@ -50,6 +52,11 @@ class EvalConfig:
     videos_per_task: int = 2
     progress: bool = True
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the envs' observation convention: "policydistill" | "lerobot" | None (chosen from the policy,
+    #: see ``conventions.select_convention``)
+    convention: str | None = None
+    #: env camera -> policy camera; None: matched automatically (``conventions.match_cameras``)
+    camera_map: dict[str, str] | None = None
     rank: int = 0  # shard the episodes over ranks (torchrun): this rank runs the
     world_size: int = 1  # episodes with (task index * episodes + i) % world_size == rank
     realtime: str | None = None  # latency profile (zero | measured | a device profile | a JSON file); None: off
@@ -97,10 +104,13 @@ class _Slot:
     delays_ms: list[float] = field(default_factory=list)
 
 
-def _batch(slots: list[_Slot]) -> dict[str, Any]:
+def _batch(slots: list[_Slot], camera_map: dict[str, str] | None = None) -> dict[str, Any]:
     cams = list(slots[0].obs["pixels"])
+    if camera_map is not None:
+        cams = [c for c in cams if c in camera_map]
+    names = {c: (camera_map or {}).get(c, c) for c in cams}
     return {
-        "pixels": {c: np.stack([s.obs["pixels"][c] for s in slots]) for c in cams},
+        "pixels": {names[c]: np.stack([s.obs["pixels"][c] for s in slots]) for c in cams},
         "agent_pos": np.stack([s.obs["agent_pos"] for s in slots]).astype(np.float32),
         "task": [s.instruction for s in slots],
     }
@@ -158,10 +168,25 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
     total = len(todo)
     if total == 0:
         raise ValueError(f"rank {cfg.rank} of {cfg.world_size} has no episodes: use more episodes or fewer ranks")
-    # render at the policy's own input size unless told: demonstrations are generated at that size
-    # (policydistill train), so training and evaluation frames then match pixel for pixel
-    image_size = cfg.image_size or getattr(getattr(policy, "config", None), "image_size", None) or 96
-    env_kwargs = {"image_size": int(image_size), **cfg.env_kwargs}
+    convention, convention_reason = select_convention(policy, tasks, cfg.convention)
+    cfg = dataclasses.replace(
+        cfg, n_action_steps=protocol_n_action_steps(policy, tasks, convention, cfg.n_action_steps)
+    )
+    if convention == "lerobot":
+        # lerobot's envs render at their own sizes (480 px Meta-World, 360 px LIBERO): the policy
+        # resizes, as it does under lerobot-eval
+        image_size = cfg.image_size
+        env_kwargs = {"convention": "lerobot", **cfg.env_kwargs}
+        if image_size is not None:
+            env_kwargs["image_size"] = int(image_size)
+    else:
+        # render at the policy's own input size unless told: demonstrations are generated at that size
+        # (policydistill train), so training and evaluation frames then match pixel for pixel
+        image_size = cfg.image_size or getattr(getattr(policy, "config", None), "image_size", None) or 96
+        env_kwargs = {"image_size": int(image_size), **cfg.env_kwargs}
+    policy_cameras = list(getattr(getattr(policy, "config", None), "cameras", None) or [])
+    camera_map: dict[str, str] | None = None
+    rendered_size: int | None = None
     if cfg.max_episode_steps is not None:
         env_kwargs["max_episode_steps"] = cfg.max_episode_steps
     chunked = isinstance(policy, ChunkPolicy)
@@ -191,7 +216,13 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
     n_slots = min(cfg.slots, total)
 
     def start(pool: WorkerPool, assignments: dict[int, tuple[str, int, int]]) -> dict[int, _Slot]:
-        res = pool.reset({s: (t, seed) for s, (t, _, seed) in assignments.items()})
+        nonlocal camera_map, rendered_size
+        res = pool.reset({s: (t, seed, reset_options(t, i, convention)) for s, (t, i, seed) in assignments.items()})
+        if rendered_size is None:
+            rendered_size = int(next(iter(next(iter(res.values()))[0]["pixels"].values())).shape[0])
+        if camera_map is None and policy_cameras:  # once, from the first observation, before any action
+            first = next(iter(res.values()))[0]["pixels"]
+            camera_map = match_cameras(list(first), policy_cameras, cfg.camera_map)
         out = {}
         for s, (t, i, seed) in assignments.items():
             obs, info = res[s]
@@ -257,14 +288,29 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
 
     with progress, WorkerPool(n_slots, cfg.workers, env_kwargs) as pool:
         if profile is not None:
-            _realtime_loop(policy, cfg, profile, clock, pool, start, apply, todo, n_slots, counters)
+            # camera_map is settled by the first reset, inside the loop: read it when a batch is built
+            _realtime_loop(
+                policy,
+                cfg,
+                profile,
+                clock,
+                pool,
+                start,
+                apply,
+                todo,
+                n_slots,
+                counters,
+                lambda batch_slots: _batch(batch_slots, camera_map),
+            )
         elif chunked:
             slots = start(pool, {s: todo.popleft() for s in range(n_slots)})
             while slots:
                 need = [s for s, sl in slots.items() if not sl.queue]
                 if need:
                     chunk = to_numpy(
-                        policy.sample_actions(_batch([slots[s] for s in need]), steps=cfg.nfe, mode=cfg.mode)
+                        policy.sample_actions(
+                            _batch([slots[s] for s in need], camera_map), steps=cfg.nfe, mode=cfg.mode
+                        )
                     )
                     if chunk.ndim != 3 or chunk.shape[0] != len(need):
                         raise ValueError(f"sample_actions returned shape {chunk.shape}; expected (B={len(need)}, H, A)")
@@ -287,7 +333,7 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
                 slots = start(pool, dict(enumerate(wave)))
                 order = sorted(slots)
                 while not all(sl.done for sl in slots.values()):
-                    act = to_numpy(policy.select_action(_batch([slots[s] for s in order])))
+                    act = to_numpy(policy.select_action(_batch([slots[s] for s in order], camera_map)))
                     counters["policy_calls"] += 1
                     if act.ndim != 2 or act.shape[0] != len(order):
                         raise ValueError(f"select_action returned shape {act.shape}; expected (B={len(order)}, A)")
@@ -310,7 +356,10 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
             "policy_calls": counters["policy_calls"],
             "interface": "chunk" if chunked else "select_action",
             "realtime": None if profile is None else {"execution": cfg.execution, **profile.describe()},
-            "image_size": int(image_size),
+            "image_size": int(image_size) if image_size is not None else rendered_size,
+            "convention": convention,
+            "convention_reason": convention_reason,
+            "camera_map": camera_map,
             "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
         }
     )
@@ -333,6 +382,7 @@ def _realtime_loop(
     todo: deque,
     n_slots: int,
     counters: dict[str, int],
+    batch: Any = _batch,
 ) -> None:
     """Chunk episodes against a simulated clock: each slot's tick is its env step count, and the
     scheduling (which action runs when, what is dropped as stale) is ``robots.chunking``'s."""
@@ -345,7 +395,7 @@ def _realtime_loop(
         raise ValueError(f"the latency profile {profile.name!r} depends on the NFE: pass --nfe")
 
     def sample(batch_slots: list[_Slot]) -> tuple[np.ndarray, float]:
-        out, seconds = timed(policy.sample_actions, _batch(batch_slots), steps=cfg.nfe, mode=cfg.mode)
+        out, seconds = timed(policy.sample_actions, batch(batch_slots), steps=cfg.nfe, mode=cfg.mode)
         chunk = to_numpy(out)
         if chunk.ndim != 3 or chunk.shape[0] != len(batch_slots):
             raise ValueError(f"sample_actions returned shape {chunk.shape}; expected (B={len(batch_slots)}, H, A)")

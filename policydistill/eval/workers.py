@@ -47,11 +47,13 @@ class _EnvHost:
         self.current[slot] = (env_id, env)
         return env
 
-    def reset(self, slot: int, env_id: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    def reset(
+        self, slot: int, env_id: str, seed: int, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         from .realtime import control_period_s
 
         env = self._acquire(slot, env_id)
-        obs, info = env.reset(seed=int(seed))
+        obs, info = env.reset(seed=int(seed), options=options)
         return obs, {
             "is_success": bool(info.get("is_success", False)),
             "task": env.unwrapped.task_description,
@@ -147,9 +149,9 @@ class WorkerPool:
             out.update({slot: r for (slot, _), r in zip(its, res)})
         return out
 
-    def reset(self, requests: dict[int, tuple[str, int]]) -> dict[int, Any]:
-        """{slot: (env_id, seed)} -> {slot: (obs, info)}"""
-        return self._call("reset", [(s, (s, eid, seed)) for s, (eid, seed) in requests.items()])
+    def reset(self, requests: dict[int, tuple]) -> dict[int, Any]:
+        """{slot: (env_id, seed) or (env_id, seed, options)} -> {slot: (obs, info)}"""
+        return self._call("reset", [(s, (s, *req)) for s, req in requests.items()])
 
     def step(self, actions: dict[int, np.ndarray]) -> dict[int, Any]:
         """{slot: action} -> {slot: (obs, reward, terminated, truncated, info)}"""

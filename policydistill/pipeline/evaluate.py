@@ -39,7 +39,7 @@ def closed_loop(
         workers=cfg.workers,
         n_action_steps=n_action_steps,
         seed=cfg.seed,
-        image_size=v.policy.config.image_size,
+        image_size=None,  # the policy's input size (ours), or lerobot's env size for lerobot-made policies
         max_episode_steps=cfg.max_episode_steps,
         video_dir=video_dir,
         progress=cfg.progress,

@@ -41,6 +41,9 @@ from ..core.sampler import SAMPLING_MODES, sample_with_ctx
 from ..fields import check_fields, unknown_keys
 
 IMAGE_PREFIX = "observation.images."
+#: lerobot's single-camera key (its Meta-World env, older datasets): our camera "image"
+SINGLE_IMAGE_KEY, SINGLE_IMAGE_CAMERA = "observation.image", "image"
+ORIGINS = ("policydistill", "lerobot")
 
 
 @dataclass
@@ -66,6 +69,10 @@ class FlowPolicyConfig:
     #: ``sample_actions`` adds the raw state back after unnormalising and ``make_flow_batch``
     #: subtracts it before normalising. None = absolute actions.
     relative_action_mask: list[bool] | None = None
+    #: where the weights come from: "lerobot" for a policy converted from a lerobot checkpoint (set by
+    #: ``from_lerobot`` and inherited by its students), "policydistill" for our own. The evaluator
+    #: renders lerobot-made policies' simulations in lerobot's conventions (camera names, image size).
+    origin: str = "policydistill"
 
     #: integer fields whose smallest meaningful value is not 1 (0 or -1 means "derive it")
     INT_MIN: ClassVar[dict[str, int]] = {}
@@ -90,6 +97,8 @@ class FlowPolicyConfig:
                     )
             if self.sampling_mode not in SAMPLING_MODES:
                 problems.append(f"sampling_mode {self.sampling_mode!r} is not one of {', '.join(SAMPLING_MODES)}")
+            if self.origin not in ORIGINS:
+                problems.append(f"origin {self.origin!r} is not one of {', '.join(ORIGINS)}")
         if problems:
             raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
 
@@ -211,8 +220,10 @@ class FlowPolicy(FlowMapModel):
                     img = img[None]
                 img = img.permute(0, 3, 1, 2)  # (B,H,W,3) → (B,3,H,W)
                 img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
-            elif IMAGE_PREFIX + cam in obs:
-                img = _to_tensor(obs[IMAGE_PREFIX + cam], device)
+            elif IMAGE_PREFIX + cam in obs or (cam == SINGLE_IMAGE_CAMERA and SINGLE_IMAGE_KEY in obs):
+                img = _to_tensor(
+                    obs[IMAGE_PREFIX + cam] if IMAGE_PREFIX + cam in obs else obs[SINGLE_IMAGE_KEY], device
+                )
                 if img.dim() == 3:
                     img = img[None]
                 if img.dim() == 5:  # (B, T, 3, H, W): the current frame
@@ -228,7 +239,7 @@ class FlowPolicy(FlowMapModel):
             images.append(resize_with_pad(img, cfg.image_size))
             masks.append(torch.ones(b, dtype=torch.bool, device=device))
         if not found:
-            have = sorted(pixels) + [k for k in obs if k.startswith(IMAGE_PREFIX)]
+            have = sorted(pixels) + [k for k in obs if k.startswith(IMAGE_PREFIX) or k == SINGLE_IMAGE_KEY]
             raise KeyError(
                 f"none of the policy's cameras {cfg.cameras} is in the observation (it has {have}); "
                 "rename the camera or build the policy with cameras=[...]"

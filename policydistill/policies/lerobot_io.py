@@ -23,8 +23,23 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import CheckpointError, read_safetensors, write_json, write_safetensors
+from .base import SINGLE_IMAGE_CAMERA, SINGLE_IMAGE_KEY
 
 IMAGE_PREFIX = "observation.images."
+
+
+def camera_names(input_features: dict[str, Any]) -> list[str]:
+    """The camera names of lerobot ``input_features``: ``observation.images.<cam>`` -> ``cam`` and
+    lerobot's single ``observation.image`` (its Meta-World env and datasets) -> ``image``."""
+    out = []
+    for key, feature in input_features.items():
+        if not isinstance(feature, dict) or feature.get("type") != "VISUAL":
+            continue
+        if key.startswith(IMAGE_PREFIX):
+            out.append(key[len(IMAGE_PREFIX) :])
+        elif key == SINGLE_IMAGE_KEY:
+            out.append(SINGLE_IMAGE_CAMERA)
+    return out
 
 
 @dataclass
@@ -42,10 +57,7 @@ class LerobotFolder:
         return str(self.config.get("type", ""))
 
     def cameras(self) -> list[str]:
-        feats = self.config.get("input_features", {})
-        return [
-            k[len(IMAGE_PREFIX) :] for k, v in feats.items() if v.get("type") == "VISUAL" and k.startswith(IMAGE_PREFIX)
-        ]
+        return camera_names(self.config.get("input_features", {}))
 
     def state_dim(self) -> int:
         f = self.config.get("input_features", {}).get("observation.state")

@@ -295,6 +295,7 @@ def from_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict
         cfg.relative_action_mask = folder.relative_action_mask()
         if variant == "pi05" and "state_prompt" not in ovr:
             cfg.state_prompt = detect_state_prompt(folder)
+        cfg.origin = "lerobot"  # a folder of ours carries its own origin in its exact config
     if tokenizer is not None:
         cfg.tokenizer = tokenizer
     state = _fuse(state)

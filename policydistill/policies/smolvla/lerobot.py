@@ -24,7 +24,13 @@ import torch
 from torch import Tensor
 
 from ...checkpoint import CheckpointError, load_state_checked, write_json
-from ..lerobot_io import portable_tokenizer_config, read_lerobot_folder, target_time_to_fold, write_lerobot_folder
+from ..lerobot_io import (
+    camera_names,
+    portable_tokenizer_config,
+    read_lerobot_folder,
+    target_time_to_fold,
+    write_lerobot_folder,
+)
 from .configuration import SmolVLAConfig, preset
 
 ROOT = "model.vlm_with_expert."
@@ -45,7 +51,6 @@ PREFIXES = [
 LEFTOVERS = (ROOT + "vlm.lm_head.weight", ROOT + "vlm.model.text_model.norm.weight")
 OLD_NORM_PREFIXES = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
 SMOLVLM2_500M = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
-IMG = "observation.images."
 MARKER = "policydistill.json"  # in vlm/: which tokenizer an exported preset used ("builtin")
 
 
@@ -168,7 +173,7 @@ def config_from_lerobot(folder: Path, tokenizer: str | None = None) -> tuple[Smo
     sizes, vlm_dir = _vlm_sizes(folder, str(lr.get("vlm_model_name", SMOLVLM2_500M)))
     text, vision = sizes["text"], sizes["vision"]
     feats_in, feats_out = lr.get("input_features", {}), lr.get("output_features", {})
-    cameras = [k[len(IMG) :] for k, v in feats_in.items() if k.startswith(IMG) and v.get("type") == "VISUAL"]
+    cameras = camera_names(feats_in)
     state_dim = feats_in.get("observation.state", {}).get("shape", [lr.get("max_state_dim", 32)])[0]
     action_dim = feats_out.get("action", {}).get("shape", [lr.get("max_action_dim", 32)])[0]
     resize = lr.get("resize_imgs_with_padding") or [vision.get("image_size", 512)] * 2
@@ -234,6 +239,15 @@ def _stats_from_old_buffers(old: dict[str, Tensor]) -> dict[str, dict[str, Tenso
     return stats
 
 
+def _recorded_origin(folder: Any) -> str | None:
+    """The ``origin`` our ``to_lerobot`` recorded in vlm/policydistill.json (None for lerobot's folders)."""
+    vlm = resolve_vlm(folder.path, str(folder.config.get("vlm_model_name", SMOLVLM2_500M)))
+    if vlm is not None and (vlm / MARKER).is_file():
+        origin = _read_json(vlm / MARKER).get("origin")
+        return str(origin) if origin else None
+    return None
+
+
 def detect_vision_positions(folder: Any, cfg: SmolVLAConfig) -> str:
     """The SigLIP patch-position rule of the transformers that the checkpoint's lerobot ran with:
     "hf457" for lerobot 0.4.x (transformers 4.57), "hf5" for lerobot >= 0.5 (transformers 5). When the
@@ -265,6 +279,7 @@ def load_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict
     folder.check_supported()
     cfg, lr = config_from_lerobot(folder.path, tokenizer)
     cfg.relative_action_mask = folder.relative_action_mask()
+    cfg.origin = _recorded_origin(folder) or "lerobot"  # a folder our to_lerobot wrote says whose it is
     if "vision_positions" not in (overrides or {}):
         cfg.vision_positions = detect_vision_positions(folder, cfg)
     for key, value in (overrides or {}).items():
@@ -452,7 +467,7 @@ def save_lerobot(
                 shutil.copy2(f, vlm / f.name)
     portable_tokenizer_config(vlm / "tokenizer_config.json")
     write_json(vlm / "config.json", vlm_config_dict(cfg))
-    marker = {"vision_positions": cfg.vision_positions}
+    marker = {"vision_positions": cfg.vision_positions, "origin": cfg.origin}
     if cfg.tokenizer == "builtin":
         marker.update(
             {
