@@ -189,7 +189,9 @@ def test_bfloat16_policy_samples_from_unrounded_float32_noise():
     torch.manual_seed(0)
     p = Pi0Policy(preset("tiny", "pi0")).eval().to(torch.bfloat16)
     obs = {
-        "pixels": {c: np.full((1, p.config.image_size, p.config.image_size, 3), 90, np.uint8) for c in p.config.cameras},
+        "pixels": {
+            c: np.full((1, p.config.image_size, p.config.image_size, 3), 90, np.uint8) for c in p.config.cameras
+        },
         "agent_pos": np.zeros((1, p.config.state_dim), np.float32),
         "task": "push the puck",
     }
