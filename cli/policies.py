@@ -39,7 +39,8 @@ def bench_policies_cmd(
     dtype: str = typer.Option(
         "float32",
         "--dtype",
-        help="float32 (fp32), bfloat16 (bf16) or float16 (fp16). Other than float32: each chunk's error "
+        help="float32 (fp32), bfloat16 (bf16) or float16 (fp16). Other than float32: the float32 row is timed first "
+        "and each chunk's error "
         "against the float32 chunk (same weights, inputs and noise) is reported beside its time.",
     ),
     full_dtype: str = typer.Option(

@@ -62,8 +62,10 @@ def test_bench_bf16_reports_each_chunks_error_against_float32():
         BenchSettings(archs=("pi0",), sizes=("tiny",), repeats=1, warmup=0, threads=1, dtype="bf16"),
         log=lambda *_: None,
     )
-    (row,) = result["rows"]
+    ref, row = result["rows"]  # the float32 reference is timed too, first
+    assert ref["dtype"] == "float32" and "chunk10_err" not in ref and ref["chunk10_ms"] > 0
     assert row["dtype"] == "bfloat16" and result["settings"]["dtype"] == "bfloat16"
+    assert row["params_M"] == ref["params_M"]
     for n in (1, 10):
         assert 1e-4 < row[f"chunk{n}_err"] < 0.02, row
         assert 0 < row[f"chunk{n}_err_max"] < 0.5

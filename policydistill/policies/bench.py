@@ -264,7 +264,9 @@ def _float32_chunks(policy: Any, s: BenchSettings) -> dict[int, torch.Tensor]:
 
 
 def bench_one(arch: str, size: str, s: BenchSettings) -> list[dict[str, Any]]:
-    """The eager row of one (architecture, size), and with ``s.compile`` the compiled row."""
+    """The eager row of one (architecture, size), and with ``s.compile`` the compiled row. With a
+    ``dtype`` other than float32 the eager float32 row (the reference of the errors) comes first,
+    timed too, so that one run shows what the precision costs and what it saves."""
     torch.manual_seed(s.seed)
     cls = policy_class(arch)
     big = size == "full"
@@ -277,19 +279,21 @@ def bench_one(arch: str, size: str, s: BenchSettings) -> list[dict[str, Any]]:
         need, have = n * dtype.itemsize * 1.3, _mem_available_bytes()
         if need > have:
             raise MemoryError(f"{arch} {size} needs ~{need / 1e9:.1f} GB in {dtype_name}, {have / 1e9:.1f} GB free")
-    reference = None
-    if big:
-        policy = build_random(arch, size, s.device, dtype)
-    else:  # the same weights in float32 first: the chunks every other dtype and mode is compared with
-        policy = build_random(arch, size, s.device, torch.float32)
-        reference = _float32_chunks(policy, s)
-        policy = policy.to(dtype)
+    reference, rows = None, []
+    # the same weights in float32 first (not at the full sizes: no float32 copy beside): the chunks
+    # every other dtype and mode is compared with
+    policy = build_random(arch, size, s.device, dtype if big else torch.float32)
     row["params_M"] = sum(p.numel() for p in policy.parameters()) / 1e6
     cfg = policy.config
     row.update(
         chunk=cfg.chunk_size, cameras=len(cfg.cameras), image_size=cfg.image_size, tokens=cfg.tokenizer_max_length
     )
-    rows = [_time_policy(policy, dict(row), s, big, None if dtype == torch.float32 else reference)]
+    if not big:
+        reference = _float32_chunks(policy, s)
+        if dtype != torch.float32:
+            rows.append(_time_policy(policy, {**row, "dtype": "float32"}, s, big, None))
+            policy = policy.to(dtype)
+    rows.append(_time_policy(policy, dict(row), s, big, None if dtype == torch.float32 else reference))
     if s.compile and hasattr(policy, "compile_for_inference"):  # run() notes the architectures without
         compiled = {**row, "mode": "compiled"}
         with torch.inference_mode():  # compile now (first calls), so that warm-up times no compilation
