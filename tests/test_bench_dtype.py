@@ -203,3 +203,17 @@ def test_bfloat16_policy_samples_from_unrounded_float32_noise():
         chunk = p.sample_chunk(p.process(obs), noise, 1, "diagonal")
     want = p.normalizer.unnormalize("action", chunk[..., : p.config.action_dim])
     assert chunk.dtype == torch.float32 and torch.equal(got, want)
+
+
+def test_bench_policies_cli_prints_the_error_beside_the_time(tmp_path):
+    import json
+
+    from policydistill.cli.app import app
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "policies", "--arch", "pi0", "--sizes", "tiny", "--dtype", "bf16", "--repeats", "1"]
+    res = CliRunner().invoke(app, [*args, "--warmup", "0", "--threads", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "err 10 vs fp32" in res.output and "bfloat16" in res.output and "ref" in res.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["dtype"] for r in rows] == ["float32", "bfloat16"] and rows[1]["chunk10_err"] > 0
