@@ -183,7 +183,7 @@ def bench_policies_cmd(
         console.print("CPU time of the (single) torch thread, medians (ms) — little affected by other processes:")
         for r in cpu_rows:
             console.print(
-                f"  {r['arch']} {r['size']} {r['mode']}: prefix {r['prefix_cpu_ms']:.2f}, step {r['step_cpu_ms']:.2f}, "
+                f"  {r['arch']} {r['size']} {r['mode']} {r['dtype']}: prefix {r['prefix_cpu_ms']:.2f}, step {r['step_cpu_ms']:.2f}, "
                 f"denoise 1 {r['denoise1_cpu_ms']:.2f}, denoise 10 {r['denoise10_cpu_ms']:.2f}, "
                 f"chunk 1 {r['chunk1_cpu_ms']:.2f}, chunk 10 {r['chunk10_cpu_ms']:.2f}"
             )
