@@ -270,15 +270,15 @@ def bench_one(arch: str, size: str, s: BenchSettings) -> list[dict[str, Any]]:
     torch.manual_seed(s.seed)
     cls = policy_class(arch)
     big = size == "full"
-    dtype_name = (s.full_dtype or s.dtype) if big else s.dtype
-    dtype = getattr(torch, dtype_name)
-    row: dict[str, Any] = {"arch": arch, "size": size, "mode": "eager", "device": s.device, "dtype": dtype_name}
+    name = (s.full_dtype or s.dtype) if big else s.dtype
+    dtype = getattr(torch, name)
+    row: dict[str, Any] = {"arch": arch, "size": size, "mode": "eager", "device": s.device, "dtype": name}
     if big and s.device == "cpu":  # never build what does not fit beside everyone else
         with torch.device("meta"):
             n = sum(p.numel() for p in cls.from_preset(size).parameters())
         need, have = n * dtype.itemsize * 1.3, _mem_available_bytes()
         if need > have:
-            raise MemoryError(f"{arch} {size} needs ~{need / 1e9:.1f} GB in {dtype_name}, {have / 1e9:.1f} GB free")
+            raise MemoryError(f"{arch} {size} needs ~{need / 1e9:.1f} GB in {name}, {have / 1e9:.1f} GB free")
     reference, rows = None, []
     # the same weights in float32 first (not at the full sizes: no float32 copy beside): the chunks
     # every other dtype and mode is compared with
