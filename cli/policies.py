@@ -16,6 +16,12 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
+def _error_cell(row: dict, n: int) -> str:
+    if f"chunk{n}_err" in row:
+        return f"{row[f'chunk{n}_err']:.2%}"
+    return "ref" if row["dtype"] == "float32" and row["mode"] == "eager" else "n/a"
+
+
 def bench_policies_cmd(
     arch: str = typer.Option("pi0,pi05,smolvla", "--arch", help="Comma-separated architectures."),
     sizes: str = typer.Option("small,ref,full", "--sizes", help="Comma-separated presets (tiny, small, ref, full)."),
@@ -30,7 +36,13 @@ def bench_policies_cmd(
     ),
     threads: int = typer.Option(2, "--threads", help="torch CPU threads."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    dtype: str = typer.Option(
+        "float32",
+        "--dtype",
+        help="float32 (fp32), bfloat16 (bf16) or float16 (fp16). Other than float32: the float32 row is timed first "
+        "and each chunk's error "
+        "against the float32 chunk (same weights, inputs and noise) is reported beside its time.",
+    ),
     full_dtype: str = typer.Option(
         "auto", "--full-dtype", help="dtype of the full sizes; auto = bfloat16 on CPU (13 GB in float32), else --dtype."
     ),
@@ -51,17 +63,21 @@ def bench_policies_cmd(
     """Parameters, prefix time, per-step time, denoising and chunk time at NFE 1 and 10."""
     from rich.progress import Progress
 
-    from policydistill.policies.bench import LEROBOT_PI0_REF_MS, BenchSettings, checks, run
+    from policydistill.policies.bench import LEROBOT_PI0_REF_MS, BenchSettings, checks, dtype_name, run
 
     from .options import check_device, check_output_file
 
     check_device(device)
     check_output_file(json_out, "--json")
-    for value, flag in ((dtype, "--dtype"), (full_dtype, "--full-dtype")):
-        if value not in ("float32", "bfloat16", "float16", "auto") or (flag == "--dtype" and value == "auto"):
-            raise typer.BadParameter(f"{flag} must be float32, bfloat16 or float16, got {value!r}")
-    if full_dtype == "auto":
-        full_dtype = "bfloat16" if device == "cpu" else dtype
+    try:
+        dtype = dtype_name(dtype, "--dtype")
+        full_dtype = (
+            ("bfloat16" if device == "cpu" else dtype)
+            if full_dtype == "auto"
+            else dtype_name(full_dtype, "--full-dtype")
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     settings = BenchSettings(
         archs=_names(arch),
         sizes=_names(sizes),
@@ -75,6 +91,10 @@ def bench_policies_cmd(
         compile=compile,
         keep_freed_memory=keep_freed_memory,
     )
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("bench", total=len(settings.archs) * len(settings.sizes))
 
@@ -86,6 +106,7 @@ def bench_policies_cmd(
 
         result = run(settings, log=console.print, progress=on_start)
 
+    errors = any("chunk10_err" in r for r in result["rows"])
     table = Table(
         title=f"bench policies — random weights, batch 1, {device}, {threads} threads, medians (ms)",
         caption=f"CPU allocator: {result['cpu_allocator']}" if device == "cpu" else None,
@@ -105,6 +126,8 @@ def bench_policies_cmd(
         "chunk 10",
         "e2e 10 (obs→action)",
     ]
+    if errors:
+        cols += ["err 1 vs fp32", "err 10 vs fp32"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("arch", "size", "mode", "dtype") else "right")
     for r in result["rows"]:
@@ -122,6 +145,7 @@ def bench_policies_cmd(
             f"{r['chunk1_ms']:.2f}" + ("*" if r.get("chunk_derived") else ""),
             f"{r['chunk10_ms']:.2f}" + ("*" if r.get("chunk_derived") else ""),
             f"{r['e2e10_ms']:.2f}",
+            *([_error_cell(r, 1), _error_cell(r, 10)] if errors else []),
         )
     q = LEROBOT_PI0_REF_MS
     table.add_row(
@@ -138,9 +162,16 @@ def bench_policies_cmd(
         f"{q['chunk1_ms']}",
         f"{q['chunk10_ms']}",
         "",
+        *(["", ""] if errors else []),
         style="dim",
     )
     console.print(table)
+    if errors:
+        console.print(
+            "[dim]err n vs fp32: the n-step chunk against the eager float32 policy's (same weights, observation "
+            "and noise): RMS of the difference / RMS of the float32 chunk, over the real action dims "
+            "(max |difference| in the JSON as chunk<n>_err_max); ref = the float32 reference itself.[/dim]"
+        )
     console.print(
         "[dim]lerobot row: measured outside the project on this 2-core CPU (float32, batch 1, 2 cameras, "
         "random weights), quoted, not re-measured here. chunk = prefix + N denoising steps "
@@ -152,7 +183,7 @@ def bench_policies_cmd(
         console.print("CPU time of the (single) torch thread, medians (ms) — little affected by other processes:")
         for r in cpu_rows:
             console.print(
-                f"  {r['arch']} {r['size']} {r['mode']}: prefix {r['prefix_cpu_ms']:.2f}, step {r['step_cpu_ms']:.2f}, "
+                f"  {r['arch']} {r['size']} {r['mode']} {r['dtype']}: prefix {r['prefix_cpu_ms']:.2f}, step {r['step_cpu_ms']:.2f}, "
                 f"denoise 1 {r['denoise1_cpu_ms']:.2f}, denoise 10 {r['denoise10_cpu_ms']:.2f}, "
                 f"chunk 1 {r['chunk1_cpu_ms']:.2f}, chunk 10 {r['chunk10_cpu_ms']:.2f}"
             )

@@ -100,6 +100,19 @@ class Normalizer(nn.Module):
         shift_buf.copy_(shift)
         scale_buf.copy_(scale)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> Normalizer:
+        """Device moves apply; dtype casts do not: the statistics stay float32 in a bfloat16 or
+        float16 policy. Rounded to bfloat16 (8 significant bits) a state mean of 100.3 becomes
+        100.5, which with a std of 0.05 shifts that normalised input by 4 — in a model that
+        would otherwise see bfloat16 rounding only. The inputs are normalised in float32 and
+        cast afterwards; the actions are unnormalised in float32."""
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for key, buf in self._buffers.items():
+            if buf is not None and buf.is_floating_point() and buf.dtype != torch.float32:
+                self._buffers[key] = before[key].to(device=buf.device, dtype=torch.float32)  # the unrounded values
+        return self
+
     def _names(self) -> list[str]:
         return [k[: -len("_shift")] for k in self._buffers if k.endswith("_shift")]
 

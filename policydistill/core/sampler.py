@@ -90,10 +90,16 @@ def sample_with_ctx(
     grid: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Integrate from t = 1 to t = 0 in ``steps`` jumps with an already encoded context."""
+    """Integrate from t = 1 to t = 0 in ``steps`` jumps with an already encoded context.
+
+    The state x and the times are kept in at least float32 whatever the noise's dtype (a
+    bfloat16 or float16 model computes each step in its own dtype and casts its input): rounded to
+    bfloat16 a time of 0.9 becomes 0.8984, a shift of 40% of the fastest period of pi0's time
+    embedding, and a state rounded after every jump accumulates the rounding of every step."""
     mode = resolve_mode(model, mode)
-    grid = time_grid(steps, noise.device, noise.dtype) if grid is None else grid
-    x = noise
+    dtype = torch.promote_types(noise.dtype, torch.float32)
+    grid = time_grid(steps, noise.device, dtype) if grid is None else grid.to(dtype)
+    x = noise.to(dtype)
     for i in range(len(grid) - 1):
         x = flow_step(model, x, grid[i], grid[i + 1], ctx, mode, generator)
     return x

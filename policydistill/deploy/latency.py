@@ -116,8 +116,11 @@ def measure_interleaved(
         sync = (lambda d=device: torch.cuda.synchronize(d)) if device.type == "cuda" else (lambda: None)
         cond = policy.process(obs)
         gen = torch.Generator(device=device).manual_seed(seed)
-        noise = torch.randn(
-            (cond["state"].shape[0], *policy.sample_shape()), generator=gen, device=device, dtype=policy.dtype
+        noise = torch.randn(  # float32 for a bfloat16/float16 policy too, as sample_actions draws it
+            (cond["state"].shape[0], *policy.sample_shape()),
+            generator=gen,
+            device=device,
+            dtype=torch.promote_types(policy.dtype, torch.float32),
         )
         prepared.append((name, policy, nfe, mode, sync, cond, noise))
     batch = {name: cond["state"].shape[0] for name, _, _, _, _, cond, _ in prepared}

@@ -364,9 +364,12 @@ class FlowPolicy(FlowMapModel):
         suffix-only jumps from t = 1 to t = 0."""
         cond = self.process(obs)
         b = cond["state"].shape[0]
+        # the noise, like the sampler's state, stays float32 in a bfloat16/float16 policy (each step
+        # casts its input): not rounded once more before the first step
+        dtype = torch.promote_types(self.dtype, torch.float32)
         if noise is None:
-            noise = torch.randn((b, *self.sample_shape()), generator=generator, device=self.device, dtype=self.dtype)
-        x = self.sample_chunk(cond, noise.to(self.dtype), steps or self.nfe, mode or self.sampling_mode)
+            noise = torch.randn((b, *self.sample_shape()), generator=generator, device=self.device, dtype=dtype)
+        x = self.sample_chunk(cond, noise.to(dtype), steps or self.nfe, mode or self.sampling_mode)
         actions = self.normalizer.unnormalize("action", x[..., : self.config.action_dim].float())
         return self.relative_offset(actions, cond.get("raw_state"), +1)
 

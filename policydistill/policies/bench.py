@@ -7,7 +7,16 @@ and their ratio (the physical limit is 10: the prefix is not part of it); a whol
 end from a raw observation (tokenizer, normalisation, images) to unnormalised actions.
 Medians over interleaved rounds (every function in turn: untimed calls for 10 ms, then 3 timed
 calls) after warm-up, batch 1. With ``compile`` every size gets a second row timed after ``compile_for_inference()`` (torch.compile of the prefix, of the step and of the whole
-chunk — prefix + N steps as one program; compile time in ``compile_s``), beside the eager row.
+chunk — prefix + N steps as one program, on CUDA captured as a CUDA graph; compile time in
+``compile_s``), beside the eager row.
+
+Precision: with ``dtype`` bfloat16 or float16 (or a compiled row) each row also reports how far
+its 1- and 10-step chunks are from float32's: the same random weights, observation and noise, the
+float32 chunk computed first by the eager policy, then the policy cast to ``dtype`` in place
+(``chunk{n}_err``: RMS of the difference over the real action dimensions divided by the RMS of the
+float32 chunk; ``chunk{n}_err_max``: the largest absolute difference, normalised action units).
+The time beside an error is what it costs, so that a user can choose. The full sizes have no
+float32 reference beside a bfloat16 copy on a CPU (13 GB more): no error there.
 
 lerobot 0.4.4's numbers for pi0 at the ``ref`` size were measured outside the project on this
 2-core CPU (float32, batch 1, 2 cameras, random weights); they are QUOTED, not re-measured.
@@ -37,6 +46,27 @@ ARCH_ENTRY = {
 }
 #: lerobot 0.4.4 pi0 at the ``ref`` size, 2-core CPU, float32, batch 1 (quoted, ms)
 LEROBOT_PI0_REF_MS = {"prefix_ms": 12.1, "step_ms": 2.5, "chunk10_ms": 38.7, "chunk1_ms": 15.3}
+#: dtype names accepted (torch's and the usual short ones) → torch's name
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
+
+
+def dtype_name(name: str, flag: str = "dtype") -> str:
+    """torch's name of a dtype given as ``float32``/``fp32``, ``bfloat16``/``bf16`` or
+    ``float16``/``fp16``; a ValueError naming the valid ones otherwise."""
+    key = str(name).strip().lower()
+    if key not in DTYPES:
+        raise ValueError(
+            f"{flag} {name!r} is not an inference dtype; use float32 (fp32), bfloat16 (bf16) or float16 (fp16)"
+        )
+    return DTYPES[key]
 
 
 @dataclass
@@ -61,6 +91,38 @@ class BenchSettings:
     #: allocator's history in the process. Recorded in the result as ``cpu_allocator``.
     keep_freed_memory: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Refuse settings that cannot run, before anything is built: a clear ValueError. Dtype
+        names are normalised to torch's (``bf16`` → ``bfloat16``)."""
+        problems = []
+        for name, low in (("repeats", 1), ("warmup", 0), ("full_repeats", 1), ("threads", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                problems.append(f"{name} must be an integer >= {low}, got {value!r}")
+        if not self.archs or not self.sizes:
+            problems.append("name at least one architecture and one size")
+        try:
+            self.dtype = dtype_name(self.dtype)
+            if self.full_dtype is not None:
+                self.full_dtype = dtype_name(self.full_dtype, "full_dtype")
+        except ValueError as exc:
+            problems.append(str(exc))
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, ValueError):
+            problems.append(f"device {self.device!r} is not a device; use cpu or cuda")
+        else:
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                problems.append(
+                    f"device {self.device}: torch {torch.__version__} sees no CUDA GPU on this machine; use cpu"
+                )
+            elif dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+                problems.append(f"device {self.device}: this machine has {torch.cuda.device_count()} GPU(s)")
+            elif dev.type not in ("cpu", "cuda"):
+                problems.append(f"device {self.device!r}: the benchmark runs on cpu or cuda")
+        if problems:
+            raise ValueError("bench policies: " + "; ".join(problems))
 
 
 def policy_class(arch: str) -> type:
@@ -171,54 +233,97 @@ def _flat(rounds: list[list[float]]) -> list[float]:
     return [x for r in rounds for x in r]
 
 
+def chunk_error(chunk: torch.Tensor, reference: torch.Tensor, action_dim: int) -> dict[str, float]:
+    """How far ``chunk`` is from the float32 ``reference`` over the first ``action_dim`` dims
+    (the padding dims are no robot's actions): ``rel`` = RMS(difference) / RMS(reference),
+    ``max`` = largest absolute difference, both computed in float64."""
+    ref = reference[..., :action_dim].double()
+    diff = chunk[..., :action_dim].double() - ref
+    scale = ref.square().mean().sqrt()
+    return {
+        "rel": float(diff.square().mean().sqrt() / scale) if scale > 0 else float("inf"),
+        "max": float(diff.abs().max()),
+    }
+
+
+def _inputs(policy: Any, s: BenchSettings, dtype: torch.dtype) -> tuple[dict[str, Any], torch.Tensor]:
+    """The benchmark's observation and noise: one draw, in float32 (as ``sample_actions`` keeps
+    it: the sampler integrates in at least float32) or in ``dtype`` when that is wider, so that
+    every dtype starts from the same noise."""
+    gen = torch.Generator(device=s.device).manual_seed(s.seed)
+    noise = torch.randn((1, *policy.sample_shape()), generator=gen, device=s.device)
+    return random_obs(policy, 1, s.seed), noise.to(torch.promote_types(dtype, torch.float32))
+
+
+def _float32_chunks(policy: Any, s: BenchSettings) -> dict[int, torch.Tensor]:
+    """The eager float32 policy's 1- and 10-step chunks on the benchmark's inputs."""
+    obs, noise = _inputs(policy, s, torch.float32)
+    with torch.inference_mode():
+        cond = policy.process(obs)
+        return {n: policy.sample_chunk(cond, noise, n, "diagonal").clone() for n in (1, 10)}
+
+
 def bench_one(arch: str, size: str, s: BenchSettings) -> list[dict[str, Any]]:
-    """The eager row of one (architecture, size), and with ``s.compile`` the compiled row."""
+    """The eager row of one (architecture, size), and with ``s.compile`` the compiled row. With a
+    ``dtype`` other than float32 the eager float32 row (the reference of the errors) comes first,
+    timed too, so that one run shows what the precision costs and what it saves."""
     torch.manual_seed(s.seed)
     cls = policy_class(arch)
     big = size == "full"
-    dtype_name = (s.full_dtype or s.dtype) if big else s.dtype
-    dtype = getattr(torch, dtype_name)
-    row: dict[str, Any] = {"arch": arch, "size": size, "mode": "eager", "device": s.device, "dtype": dtype_name}
+    name = (s.full_dtype or s.dtype) if big else s.dtype
+    dtype = getattr(torch, name)
+    row: dict[str, Any] = {"arch": arch, "size": size, "mode": "eager", "device": s.device, "dtype": name}
     if big and s.device == "cpu":  # never build what does not fit beside everyone else
         with torch.device("meta"):
             n = sum(p.numel() for p in cls.from_preset(size).parameters())
         need, have = n * dtype.itemsize * 1.3, _mem_available_bytes()
         if need > have:
-            raise MemoryError(f"{arch} {size} needs ~{need / 1e9:.1f} GB in {dtype_name}, {have / 1e9:.1f} GB free")
-    policy = build_random(arch, size, s.device, dtype)
+            raise MemoryError(f"{arch} {size} needs ~{need / 1e9:.1f} GB in {name}, {have / 1e9:.1f} GB free")
+    reference, rows = None, []
+    # the same weights in float32 first (not at the full sizes: no float32 copy beside): the chunks
+    # every other dtype and mode is compared with
+    policy = build_random(arch, size, s.device, dtype if big else torch.float32)
     row["params_M"] = sum(p.numel() for p in policy.parameters()) / 1e6
     cfg = policy.config
     row.update(
         chunk=cfg.chunk_size, cameras=len(cfg.cameras), image_size=cfg.image_size, tokens=cfg.tokenizer_max_length
     )
-    rows = [_time_policy(policy, dict(row), s, big)]
+    if not big:
+        reference = _float32_chunks(policy, s)
+        if dtype != torch.float32:
+            rows.append(_time_policy(policy, {**row, "dtype": "float32"}, s, big, None))
+            policy = policy.to(dtype)
+    rows.append(_time_policy(policy, dict(row), s, big, None if dtype == torch.float32 else reference))
     if s.compile and hasattr(policy, "compile_for_inference"):  # run() notes the architectures without
         compiled = {**row, "mode": "compiled"}
         with torch.inference_mode():  # compile now (first calls), so that warm-up times no compilation
             t0 = time.perf_counter()
             policy.compile_for_inference()
             cond = policy.process(random_obs(policy, 1, s.seed))
-            noise = torch.zeros((1, *policy.sample_shape()), device=s.device, dtype=dtype)
+            noise = torch.zeros(
+                (1, *policy.sample_shape()), device=s.device, dtype=torch.promote_types(dtype, torch.float32)
+            )
             sample_with_ctx(policy, noise, policy.encode(cond), 1, "diagonal")
             for n in (1, 10):  # the whole-chunk programs
                 policy.sample_chunk(cond, noise, n, "diagonal")
             compiled["compile_s"] = time.perf_counter() - t0
-        rows.append(_time_policy(policy, compiled, s, big))
+        rows.append(_time_policy(policy, compiled, s, big, reference))
         torch._dynamo.reset()  # the next size's graphs must not count against this one's recompile limit
     del policy
     gc.collect()
     return rows
 
 
-def _time_policy(policy: Any, row: dict[str, Any], s: BenchSettings, big: bool) -> dict[str, Any]:
+def _time_policy(
+    policy: Any, row: dict[str, Any], s: BenchSettings, big: bool, reference: dict[int, torch.Tensor] | None
+) -> dict[str, Any]:
+    """Times of one row; with ``reference`` (the float32 chunks) also each chunk's error against it."""
     dtype = getattr(torch, row["dtype"])
     repeats = s.full_repeats if big else s.repeats
     warmup = 0 if big else s.warmup  # a full-size prefix takes a minute on a CPU: no untimed calls
     sync = (lambda: torch.cuda.synchronize()) if s.device.startswith("cuda") else (lambda: None)
-    obs = random_obs(policy, 1, s.seed)
-    gen = torch.Generator(device=s.device).manual_seed(s.seed)
-    noise = torch.randn((1, *policy.sample_shape()), generator=gen, device=s.device).to(dtype)
-    t = torch.full((1,), 0.5, device=s.device, dtype=dtype)
+    obs, noise = _inputs(policy, s, dtype)
+    t = torch.full((1,), 0.5, device=s.device, dtype=noise.dtype)  # the sampler's times: float32 or wider
 
     with torch.inference_mode():
         cond = policy.process(obs)
@@ -268,12 +373,21 @@ def _time_policy(policy: Any, row: dict[str, Any], s: BenchSettings, big: bool) 
     )
     row["ratio_10_1_best"] = row["denoise10_best_ms"] / row["denoise1_best_ms"]
     row["repeats"] = repeats
+    if reference is not None:
+        with torch.inference_mode():
+            cond = policy.process(obs)
+            for n in (1, 10):
+                err = chunk_error(
+                    policy.sample_chunk(cond, noise, n, "diagonal"), reference[n], policy.config.action_dim
+                )
+                row[f"chunk{n}_err"], row[f"chunk{n}_err_max"] = err["rel"], err["max"]
     return row
 
 
 def run(
     settings: BenchSettings, log: Callable[[str], None] = print, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
+    settings.check()
     torch.set_num_threads(settings.threads)
     allocator = "glibc default"
     if settings.device == "cpu" and settings.keep_freed_memory:
@@ -329,7 +443,7 @@ def checks(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
                 f"{r['ratio_10_1']:.2f} (medians; fastest repeats: {r['ratio_10_1_best']:.2f})",
             )
         )
-        if r["arch"] == "pi0" and r["size"] == "ref":
+        if r["arch"] == "pi0" and r["size"] == "ref" and r["dtype"] == "float32":  # lerobot's was float32
             budget = LEROBOT_PI0_REF_MS["chunk10_ms"] * 2 / 3
             out.append(
                 (

@@ -35,6 +35,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     (differences at float32 rounding level). With autograd recording (training) it is
     ``F.linear``: the oneDNN op has no backward.
 
+    Only when input, weight and bias are all float32: bfloat16/float16 inference is ``F.linear``,
+    which on a CPU with AVX512-BF16 already runs oneDNN's bfloat16 kernel (float32 accumulation),
+    and a mixed pair (a float32 input against bfloat16 weights, say) gets ``F.linear``'s error
+    naming both dtypes instead of oneDNN's "could not create a primitive descriptor".
+
     In a compiled graph (``compile_for_inference``, inductor freezing) one pattern must be
     avoided: the output of a bias-free ``linear`` as the LEFT operand of ``+``. Inductor's
     freezing pass takes ``op(x, w) + b`` for a bias to fold and assumes a weight that it packed
@@ -43,6 +48,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if (
         _ONEDNN
         and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and (bias is None or bias.dtype == torch.float32)
         and x.device.type == "cpu"
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
