@@ -132,3 +132,17 @@ def test_full_32d_bench_meets_its_bars(tmp_path):
     assert s["consistency_distillation"]["nfe"]["1"]["mse"]["mean"] <= 0.5 * euler2
     snap = s["snapflow"]
     assert snap["nfe"]["1"]["mse"]["mean"] <= 1.1 * snap["own_euler2"]["mse"]["mean"]
+
+
+def test_bench_method_rows_do_not_depend_on_the_methods_before_them(tmp_path):
+    """A student's fresh target-time branch comes from the global RNG; a row must be the same whether
+    the method runs alone or after another, with or without a cached velocity fit."""
+    import logging
+
+    from policydistill.bench.methods_bench import quick_config, run_seed
+
+    logging.getLogger("policydistill").setLevel(logging.WARNING)
+    cfg = quick_config(progress=False, cache_dir=str(tmp_path), steps=5, fit_steps=10, eval_samples=64)
+    alone = run_seed(cfg, 0, ["psd"], problem="gaussian")["psd"]["nfe"]  # fits and caches
+    after = run_seed(cfg, 0, ["snapflow", "psd"], problem="gaussian")["psd"]["nfe"]  # cached fit
+    assert alone == after

@@ -259,6 +259,9 @@ def run_seed(cfg: BenchConfig, seed: int, methods: list[str], problem: str = "mi
             logger.warning(f"seed {seed}: {name} is not available ({type(exc).__name__}: {exc}); skipped")
             rows[name] = {"kind": "method", "status": f"unavailable: {exc}"}
             continue
+        # The student's fresh target-time branch is drawn from the global RNG: seed it per method so a
+        # row does not depend on which methods ran before it or on whether the fit came from the cache.
+        torch.manual_seed(seed)
         student = student_from_teacher(velocity)
         tcfg = _train_config(recipe, cfg, seed, cfg.steps, f"seed {seed} {name}")
         row: dict[str, Any] = {

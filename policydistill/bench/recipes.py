@@ -51,15 +51,11 @@ RECIPES: dict[str, Recipe] = {
     # Flow-map family (defaults of each Config; the exact teacher supplies the velocity terms).
     "shortcut": Recipe(steps=1000, note="dyadic levels to 1/128, 1/4 of the batch bootstrapped from an EMA (0.995)"),
     "psd": Recipe(steps=1000, note="uniform (t, s) pairs, uniform split, 3/4 diagonal FM"),
-    # The residual at small s is stiff (b_s ~ 1/s near narrow modes), so it is down-weighted there,
-    # but only below s = 0.1 (min(1, s/0.1)²): the earlier s² weight (small_s_eps = 1) left s < 0.3
-    # almost unsupervised, the last jumps of a 4-step map drifted and 4 NFE came out worse than 2
-    # on the wide Gaussian. Pairs limited to a gap that grows to the whole triangle over the first
-    # 60% of the steps; half the batch on diagonal FM to keep the velocity anchored.
+    # The method's defaults (see LSDConfig): residual weight min(1, s/0.3)², a gap curriculum over the
+    # first 60% of the steps, a quarter of the batch on diagonal flow matching.
     "lsd": Recipe(
         steps=1000,
-        method={"small_s_eps": 0.1, "gap_warmup": 0.6, "fm_fraction": 0.5},
-        note="residual by exact JVP in s, weight min(1, s/0.1)², gap curriculum over 60%, 1/2 diagonal FM",
+        note="defaults: residual by exact JVP in s, weight min(1, s/0.3)², gap curriculum over 60%, 1/4 diagonal FM",
     ),
     "meanflow": Recipe(steps=1000, note="paper defaults: 25% off-diagonal, logit-normal(-0.4, 1), p = 1"),
     # Pairs from 32 Euler steps of the exact teacher, 32k fixed pairs (≈ 8 epochs over the buffer).

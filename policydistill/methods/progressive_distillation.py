@@ -13,7 +13,7 @@ from torch import Tensor
 from ..core.flowmap import FlowBatch, FlowMapModel
 from ..core.interpolant import interpolate
 from .base import Method, bcast, masked_mse
-from .flowmap_terms import count_of
+from .flowmap_terms import count_of, split_batch
 
 
 @dataclass
@@ -21,9 +21,10 @@ class ProgressiveDistillationConfig:
     teacher_steps: int = 8  # N of the original teacher; rounds give N/2, N/4, …
     final_steps: int = 1  # the student's step count after the last round
     teacher_solver: Literal["euler", "heun"] = "euler"  # how the ORIGINAL (velocity) teacher takes a step
-    # Share of the batch, from round 1 on, that keeps the step counts of EARLIER rounds: the student's
-    # jump at an earlier step size is regressed on the round teacher's (which learnt it, and kept the
-    # ones before). Without it later rounds overwrite those counts (0 = off: only final_steps is kept).
+    # Share of the batch, from round 1 on, that keeps TRAINING the step counts of earlier rounds,
+    # each on its own round's target (two half-size steps: the original teacher's for N/2 steps, the
+    # round teacher's jumps below). Without it later rounds overwrite those counts (0 = off: only
+    # final_steps is kept).
     keep_fraction: float = 0.25
 
 
@@ -33,18 +34,22 @@ class ProgressiveDistillation(Method):
     F(x_t, t, t − h) is regressed on (x_t − x_{t−h})/h (the average velocity of the two steps).
     Round 0's teacher is the given velocity field (Euler/Heun on the diagonal); at every round
     boundary a frozen copy of the current student (``round_teacher``) becomes the teacher, taking
-    its steps as flow-map jumps. The total step budget is split equally between rounds. From round 1
-    on, ``keep_fraction`` of the batch keeps the earlier rounds' step counts: F(x_t, t, t − h') at an
-    earlier step size h' is regressed on the round teacher's jump (the teacher learnt h' and kept the
-    ones before it). Sampling: the flow map on the uniform grid (1 step = F(x₁, 1, 0))."""
+    its steps as flow-map jumps. The total step budget is split equally between rounds.
+
+    From round 1 on, ``keep_fraction`` of the batch (split evenly between the earlier counts) keeps
+    training every earlier count M' = N/2, N/4, … on the target of the round that introduced it:
+    two steps of 1/(2M') by the original teacher for M' = N/2, two jumps of the round teacher below
+    (which learnt 2M' and kept it). Regressing an earlier count on the round teacher's own jump at
+    that count would only copy it, and its error then grows from round to round (the 4-step map of
+    an 8 → 4 → 2 → 1 run ended less accurate than the 1-step map). Sampling: the flow map on the
+    uniform grid (1 step = F(x₁, 1, 0))."""
 
     Config = ProgressiveDistillationConfig
     needs_teacher = True
     extra_networks = ("round_teacher",)
     nfe_supported = (
-        "final_steps (trained); powers of two up to teacher_steps/2 only approximately: "
-        "keep_fraction of each batch holds the earlier rounds' counts, which can still end "
-        "less accurate than final_steps (keep_fraction=0: final_steps only)"
+        "final_steps and every power of two up to teacher_steps/2 (keep_fraction of each batch keeps "
+        "training the earlier rounds' counts on their own targets; keep_fraction=0: final_steps only)"
     )
     sampling = "flowmap"
     description = "Student step = two teacher steps; halve N each round, the student becomes the next teacher."
@@ -75,6 +80,16 @@ class ProgressiveDistillation(Method):
     def student_steps(self, round_index: int) -> int:
         return self.config.teacher_steps // 2 ** (round_index + 1)
 
+    def levels(self, round_index: int, batch_size: int, device: torch.device | None = None) -> Tensor:
+        """The round whose step count each sample trains: the current one, except the first
+        ``keep_fraction`` of the batch from round 1 on, split evenly (in order) between rounds
+        0 … r − 1, so the samples of round 0 (the original teacher's) come first."""
+        level = torch.full((batch_size,), round_index, dtype=torch.long, device=device)
+        n_keep = count_of(self.config.keep_fraction, batch_size) if round_index > 0 else 0
+        if n_keep:
+            level[:n_keep] = torch.arange(n_keep, device=device) * round_index // n_keep
+        return level
+
     def _teacher_step(self, model: FlowMapModel, original: bool, x: Tensor, t: Tensor, s: Tensor, ctx) -> Tensor:
         dt = bcast(t - s, x)
         if not original:  # a distilled student: one flow-map jump
@@ -86,49 +101,52 @@ class ProgressiveDistillation(Method):
             return x - dt * 0.5 * (v + model.flow(x - dt * v, s, s, ctx))
         raise ValueError(f"unknown teacher_solver {self.config.teacher_solver!r}; valid: euler, heun")
 
+    def _two_steps(
+        self, net: FlowMapModel, original: bool, part: FlowBatch, x_t: Tensor, t: Tensor, h: Tensor
+    ) -> Tensor:
+        """(x_t − x_{t−h})/h after two steps of h/2 by ``net``."""
+        ctx = net.encode(part.cond)
+        mid = t - 0.5 * h
+        x_mid = self._teacher_step(net, original, x_t, t, mid, ctx)
+        x_s = self._teacher_step(net, original, x_mid, mid, (t - h).clamp_min(0.0), ctx)
+        return (x_t - x_s) / bcast(h, x_t)
+
     def loss(
         self, student: FlowMapModel, teacher: FlowMapModel | None, batch: FlowBatch, step: int
     ) -> tuple[Tensor, dict[str, float]]:
         a = batch.data
         b = a.shape[0]
         r = self.round_of(step)
-        m = self.student_steps(r)
-        h = 1.0 / m
-        n_keep = count_of(self.config.keep_fraction, b) if r > 0 else 0
-        # the first n_keep samples revisit a step size of an earlier round (2h, 4h, ... up to N/2 steps)
-        level = torch.randint(0, max(1, r), (b,), device=a.device)
-        step_size = torch.where(
-            torch.arange(b, device=a.device) < n_keep,
-            1.0
-            / torch.tensor([self.student_steps(q) for q in range(max(1, r))], device=a.device, dtype=a.dtype)[level],
-            torch.full((b,), h, device=a.device, dtype=a.dtype),
-        )
-        n_grid = torch.round(1.0 / step_size)
-        t = (torch.floor(torch.rand(b, device=a.device, dtype=a.dtype) * n_grid) + 1) * step_size
+        level = self.levels(r, b, a.device)
+        counts = torch.tensor([self.student_steps(q) for q in range(r + 1)], device=a.device, dtype=a.dtype)
+        step_size = 1.0 / counts[level]
+        t = (torch.floor(torch.rand(b, device=a.device, dtype=a.dtype) * counts[level]) + 1) * step_size
         t = t.clamp(max=1.0)
         s = (t - step_size).clamp_min(0.0)
-        mid = t - 0.5 * step_size
         x_t = interpolate(a, torch.randn_like(a), t)
-        original = r == 0
-        net = teacher if original else self.round_teacher
-        keep = torch.arange(b, device=a.device) < n_keep
+        # round 0's count learns from the original teacher, every later count from the round teacher
+        n_orig = int((level == 0).sum())
+        first, rest = split_batch(batch, n_orig)
         with torch.no_grad():
-            ctx = net.encode(batch.cond)
-            x_mid = self._teacher_step(net, original, x_t, t, mid, ctx)
-            x_s = self._teacher_step(net, original, x_mid, mid, s, ctx)
-            target = (x_t - x_s) / bcast(step_size, a)
-            if n_keep:  # an earlier count: the round teacher's own jump over the whole step
-                target = torch.where(bcast(keep, a), net.flow(x_t, t, s, ctx), target)
+            targets = []
+            if n_orig:
+                targets.append(self._two_steps(teacher, True, first, x_t[:n_orig], t[:n_orig], step_size[:n_orig]))
+            if n_orig < b:
+                targets.append(
+                    self._two_steps(self.round_teacher, False, rest, x_t[n_orig:], t[n_orig:], step_size[n_orig:])
+                )
+            target = torch.cat(targets) if len(targets) > 1 else targets[0]
         pred = student(x_t, t, s, batch.cond)
         per_sample = masked_mse(pred, target, batch.mask)
         loss = per_sample.mean()
+        keep = level < r
         metrics = {
             "loss": float(loss.detach()),
             "pd_loss": float(per_sample[~keep].mean().detach()),
             "round": float(r),
-            "student_steps": float(m),
+            "student_steps": float(self.student_steps(r)),
         }
-        if n_keep:
+        if bool(keep.any()):
             metrics["keep_loss"] = float(per_sample[keep].mean().detach())
         return loss, metrics
 
