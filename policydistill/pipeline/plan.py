@@ -1,0 +1,488 @@
+"""The memory plan of a distillation run, computed before anything is allocated.
+
+    policydistill plan distill pi0 --preset full --train expert --frozen-dtype bf16 --batch 2
+
+How: the teacher is built on the ``meta`` device (shapes and dtypes, no storage), the student,
+the loop's EMA and the method's own copies are made from it exactly as a run makes them (frozen
+modules shared by object identity), and one training step — the method's real ``loss``, the
+backward pass, gradient clipping and the AdamW update — is run TWICE on meta tensors under a
+tracker that adds up the bytes of every tensor storage alive at each moment. So the plan counts
+what the code allocates, not a formula that can drift from it:
+
+  * weights: every distinct parameter and buffer of teacher, student, EMA and method copies, in
+    their dtype (a frozen part shared by all is counted once; under ``--frozen-dtype bf16`` it
+    is counted at 2 bytes per parameter);
+  * gradients and optimiser moments: the trainable parameters' sizes (AdamW keeps two moments
+    of each parameter's dtype);
+  * activations and temporaries: the peak of the two dry-run steps minus the gradients and
+    moments alive at that point (what autograd saves, the prefix keys/values, the batch, the
+    method's buffers such as a reflow pair buffer as it fills);
+  * runtime: what the Python process already holds (its resident set when planning).
+
+Data-dependent scalars (``float(loss)``, ``bool(mask.all())``) read 1/True on meta: the dry run
+uses a batch whose masks are all valid, so every branch taken is the one of a real all-valid
+batch. What the plan does not see: memory the allocator holds back (a few percent on CPU with
+glibc; the CUDA caching allocator's fragmentation), evaluation after training, simulator
+worker processes. On CUDA the estimate assumes float32 activations; under bf16 autocast the
+real activations are about half of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import sys
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+GiB = 2**30
+
+#: ``--frozen-dtype`` names → the dtype the frozen (shared) modules are stored in
+FROZEN_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+#: dry-run steps: the second one runs with the optimiser moments of the first already held
+DRY_RUN_STEPS = 2
+
+
+class MemoryPlanError(RuntimeError):
+    """A run that does not fit the machine's memory (the message holds the plan and what fits)."""
+
+
+@dataclass(frozen=True)
+class PlanLine:
+    name: str
+    bytes: int
+    note: str = ""
+
+
+@dataclass
+class DistillPlan:
+    """Parameters and bytes of one distillation run (see the module docstring for each line)."""
+
+    architecture: str
+    preset: str | None
+    method: str
+    train: str
+    frozen_dtype: str
+    batch_size: int
+    device: str
+    params_total: int  # distinct parameters of the policy (teacher == student architecture)
+    params_trainable: int
+    params_frozen: int
+    weights_shared: int  # the frozen modules every model shares (one copy)
+    weights_student: int  # the student's own (trainable) part
+    weights_teacher: int  # the teacher's part it does not share with the student
+    weights_ema: int  # the loop's EMA copy (0 unless ema_decay > 0)
+    weights_method: int  # the method's own copies (EMA targets, round teachers)
+    method_copies: tuple[str, ...]
+    gradients: int
+    optimizer: int
+    activations: int
+    runtime: int  # what the process holds before the run allocates anything
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def weights(self) -> int:
+        return self.weights_shared + self.weights_student + self.weights_teacher + self.weights_ema + self.weights_method
+
+    @property
+    def total(self) -> int:
+        """Bytes the process holds at the run's peak (runtime included)."""
+        return self.weights + self.gradients + self.optimizer + self.activations + self.runtime
+
+    @property
+    def to_allocate(self) -> int:
+        """Bytes the run adds to the process (what must be available)."""
+        return self.total - self.runtime
+
+    def lines(self) -> list[PlanLine]:
+        dtype = self.frozen_dtype
+        copies = ", ".join(self.method_copies) or "none"
+        return [
+            PlanLine("frozen weights (shared, one copy)", self.weights_shared, f"{self.params_frozen:,} params, {dtype}"),
+            PlanLine("student weights (trainable)", self.weights_student, f"{self.params_trainable:,} params"),
+            PlanLine("teacher weights (not shared)", self.weights_teacher, "the teacher's own copy of the trained part"),
+            PlanLine("EMA copy", self.weights_ema, "the loop's weight EMA"),
+            PlanLine("method copies", self.weights_method, copies),
+            PlanLine("gradients", self.gradients, "one per trainable parameter"),
+            PlanLine("optimiser moments", self.optimizer, "AdamW: 2 per trainable parameter"),
+            PlanLine("activations + temporaries", self.activations, f"dry run of {DRY_RUN_STEPS} steps, batch {self.batch_size}"),
+            PlanLine("runtime (Python, torch)", self.runtime, "this process before the run"),
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.update(weights=self.weights, total=self.total, to_allocate=self.to_allocate)
+        out["method_copies"] = list(self.method_copies)
+        return out
+
+    def describe(self) -> str:
+        """``--train expert --frozen-dtype bf16 --batch 2``: the options this plan is for."""
+        return f"--train {self.train} --frozen-dtype {self.frozen_dtype} --batch {self.batch_size}"
+
+
+# ---------------------------------------------------------------------------- the dry run
+class _LiveBytes(TorchDispatchMode):
+    """Adds up the bytes of every tensor storage created under it while that storage is alive;
+    ``peak`` is the largest sum seen. Reading a meta scalar returns 1 (True for a bool)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._keys: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self._keys.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if func is torch.ops.aten._local_scalar_dense.default and args[0].device.type == "meta":
+            return True if args[0].dtype == torch.bool else 1
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage._cdata
+                if key not in self._keys:
+                    nbytes = storage.nbytes()
+                    self._keys.add(key)
+                    self.live += nbytes
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, key, nbytes)
+        return out
+
+
+def _meta_batch(policy: Any, batch_size: int) -> Any:
+    """A processed training batch of ``policy`` on the meta device, every image and token valid."""
+    from ..core.flowmap import FlowBatch
+
+    cfg = policy.config
+    b, dtype = batch_size, policy.dtype
+    meta = torch.device("meta")
+    cond: dict[str, Any] = {
+        "images": torch.empty(b, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=dtype, device=meta),
+        "image_masks": torch.empty(b, len(cfg.cameras), dtype=torch.bool, device=meta),
+        "state": torch.empty(b, cfg.max_state_dim, dtype=dtype, device=meta),
+        "tokens": torch.empty(b, cfg.tokenizer_max_length, dtype=torch.long, device=meta),
+        "token_masks": torch.empty(b, cfg.tokenizer_max_length, dtype=torch.bool, device=meta),
+    }
+    if getattr(cfg, "relative_action_mask", None):
+        cond["raw_state"] = torch.empty(b, cfg.state_dim, dtype=torch.float32, device=meta)
+    data = torch.empty(b, cfg.chunk_size, cfg.max_action_dim, dtype=dtype, device=meta)
+    return FlowBatch(data=data, cond=cond, mask=torch.empty_like(data))
+
+
+def _tensors(module: nn.Module) -> Iterable[torch.Tensor]:
+    yield from module.parameters()
+    yield from module.buffers()
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _dry_run(student: Any, teacher: Any, method: Any, ema: Any, batch_size: int) -> tuple[int, list[str]]:
+    """Peak bytes of ``DRY_RUN_STEPS`` training steps on meta tensors (everything the steps
+    allocate: activations, gradients, optimiser moments, temporaries, method buffers)."""
+    from ..methods.base import update_ema
+
+    notes: list[str] = []
+    params = [p for p in student.parameters() if p.requires_grad]
+    with _LiveBytes() as tracker:
+        optimizer = torch.optim.AdamW(params, lr=1e-4, fused=False)
+        for step in range(DRY_RUN_STEPS):
+            optimizer.zero_grad(set_to_none=True)
+            batch = _meta_batch(student, batch_size)
+            loss, _ = method.loss(student, teacher, _shared(student, batch), step)
+            loss.backward()
+            del loss, batch
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            if ema is not None:
+                update_ema(ema, student, 0.999)
+            method.after_step(student, step)
+        del optimizer
+    return tracker.peak, notes
+
+
+def _shared(student: Any, batch: Any) -> Any:
+    """The batch as the training loop hands it to the method (prefix shared once per step)."""
+    try:
+        from ..core.flowmap import share_prefix
+    except ImportError:  # a tree without shared prefixes
+        return batch
+    batch.cond = share_prefix(student, batch.cond)
+    return batch
+
+
+# ---------------------------------------------------------------------------- the plan
+def _meta_teacher(config: dict[str, Any]) -> Any:
+    from ..zoo import build_model
+
+    with torch.device("meta"):
+        return build_model(config)
+
+
+def plan_distill(
+    config: dict[str, Any],
+    method: str = "snapflow",
+    train: str | None = None,
+    frozen_dtype: str = "fp32",
+    batch_size: int = 32,
+    device: str = "cpu",
+    ema_decay: float = 0.0,
+    method_options: dict[str, Any] | None = None,
+    preset: str | None = None,
+    runtime_bytes: int | None = None,
+) -> DistillPlan:
+    """The memory plan of distilling the policy ``config`` (its ``config_dict()``) with ``method``.
+    ``train`` None = the policy's default; ``runtime_bytes`` None = this process's resident set
+    on CPU (0 on CUDA, whose memory starts empty)."""
+    from ..core import flowmap
+    from ..methods import make_method
+
+    if frozen_dtype not in FROZEN_DTYPES:
+        raise ValueError(f"unknown --frozen-dtype {frozen_dtype!r}; valid: {', '.join(FROZEN_DTYPES)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch must be a whole number >= 1, got {batch_size!r}")
+    teacher = _meta_teacher(config)
+    train = train or getattr(teacher, "default_train", "all")
+    student = _make_student(teacher, train, frozen_dtype)
+    m = make_method(method, **(method_options or {}))
+    m.check_student(student)
+    m.setup(student, teacher, 1000)
+    ema = flowmap.copy_model(student).requires_grad_(False) if ema_decay > 0 and hasattr(flowmap, "copy_model") else None
+
+    # every distinct tensor once, attributed to the first owner that holds it
+    seen: set[int] = set()
+
+    def own(tensors: Iterable[torch.Tensor], keep: Any = None) -> int:
+        total = 0
+        for t in tensors:
+            if id(t) in seen or (keep is not None and not keep(t)):
+                continue
+            seen.add(id(t))
+            total += _nbytes(t)
+        return total
+
+    frozen = [p for p in student.parameters() if not p.requires_grad]
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    shared = own(frozen) if train != "all" else 0
+    weights_student = own(_tensors(student))
+    weights_teacher = own(_tensors(teacher))
+    weights_ema = own(_tensors(ema)) if ema is not None else 0
+    copies = [name for name, child in m.named_children() if isinstance(child, nn.Module) and any(True for _ in _tensors(child))]
+    weights_method = own(t for name in copies for t in _tensors(getattr(m, name)))
+    grads = sum(_nbytes(p) for p in trainable)
+    moments = 2 * grads
+    peak, notes = _dry_run(student, teacher, m, ema, batch_size)
+    activations = max(0, peak - grads - moments)
+    if runtime_bytes is None:
+        runtime_bytes = current_rss() if device == "cpu" else 0
+    return DistillPlan(
+        architecture=str(config.get("architecture", "?")),
+        preset=preset,
+        method=method,
+        train=train,
+        frozen_dtype=frozen_dtype if train != "all" else "fp32",
+        batch_size=batch_size,
+        device=device,
+        params_total=sum(p.numel() for p in student.parameters()),
+        params_trainable=sum(p.numel() for p in trainable),
+        params_frozen=sum(p.numel() for p in frozen),
+        weights_shared=shared,
+        weights_student=weights_student,
+        weights_teacher=weights_teacher,
+        weights_ema=weights_ema,
+        weights_method=weights_method,
+        method_copies=tuple(copies),
+        gradients=grads,
+        optimizer=moments,
+        activations=activations,
+        runtime=int(runtime_bytes),
+        notes=notes,
+    )
+
+
+def _make_student(teacher: Any, train: str, frozen_dtype: str) -> Any:
+    from ..core.flowmap import student_from_teacher
+
+    if train == "all":
+        return student_from_teacher(teacher)
+    student = student_from_teacher(teacher, train)
+    cast_frozen(student, FROZEN_DTYPES[frozen_dtype])
+    return student
+
+
+def cast_frozen(model: Any, dtype: torch.dtype) -> None:
+    for name in getattr(model, "shared_frozen", ()):
+        model.get_submodule(name).to(dtype)
+
+
+def plan_preset(architecture: str, preset: str, **kwargs: Any) -> DistillPlan:
+    """``plan_distill`` for a named size preset of ``architecture`` (pi0, pi05, smolvla)."""
+    from ..zoo import ARCHITECTURES
+
+    cls = ARCHITECTURES.load(architecture)
+    if not hasattr(cls, "from_preset"):
+        raise ValueError(f"{architecture} has no size presets; plan a checkpoint instead")
+    with torch.device("meta"):
+        model = cls.from_preset(preset)
+    return plan_distill(model.config_dict(), preset=preset, **kwargs)
+
+
+# ---------------------------------------------------------------------------- the machine
+def current_rss() -> int:
+    """This process's resident set now (bytes)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def peak_rss() -> int:
+    """This process's peak resident set so far (bytes): ``ru_maxrss`` (KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def available_memory(device: str = "cpu") -> int:
+    """Bytes a new allocation can take now: ``MemAvailable`` of /proc/meminfo on CPU (free memory
+    plus reclaimable caches), the free device memory on CUDA."""
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def measured_peak(device: str = "cpu") -> dict[str, Any]:
+    """The run's measured peak, to record beside the plan: peak RSS on CPU,
+    ``torch.cuda.max_memory_allocated`` on CUDA."""
+    if device.startswith("cuda"):
+        return {"bytes": int(torch.cuda.max_memory_allocated(torch.device(device))), "kind": "cuda max_memory_allocated"}
+    return {"bytes": peak_rss(), "kind": "peak RSS"}
+
+
+def memory_record(plan: DistillPlan, device: str = "cpu") -> dict[str, Any]:
+    """The report's ``memory`` entry: the plan, the measured peak and their ratio."""
+    peak = measured_peak(device)
+    return {"plan": plan.to_dict(), "measured_peak": peak, "peak_over_plan": peak["bytes"] / max(1, plan.total)}
+
+
+def alternatives(plan: DistillPlan, config: dict[str, Any], limit: int, **kwargs: Any) -> list[DistillPlan]:
+    """Plans that differ from ``plan`` in the fewest options and need at most ``limit`` bytes
+    (to allocate): the expert-only mode, the bf16 frozen part, then smaller batches."""
+    tried: list[tuple[str, str, int]] = []
+    trains = [plan.train] + (["expert"] if plan.train == "all" else [])
+    dtypes = [plan.frozen_dtype] + (["bf16"] if plan.frozen_dtype != "bf16" else [])
+    for train in trains:
+        for dtype in dtypes:
+            if train == "all" and dtype != "fp32":
+                continue
+            if (train, dtype) != (plan.train, plan.frozen_dtype):
+                tried.append((train, dtype, plan.batch_size))
+    fitting: list[DistillPlan] = []
+    for train, dtype, batch in tried:
+        other = _try_plan(config, plan, train, dtype, batch, kwargs)
+        if other is not None and other.to_allocate <= limit:
+            fitting.append(other)
+    if not fitting:  # smaller batches with the leanest weights
+        train, dtype = trains[-1], dtypes[-1] if trains[-1] != "all" else "fp32"
+        batch = plan.batch_size // 2
+        while batch >= 1:
+            other = _try_plan(config, plan, train, dtype, batch, kwargs)
+            if other is not None and other.to_allocate <= limit:
+                fitting.append(other)
+                break
+            batch //= 2
+    return fitting
+
+
+def _try_plan(config: dict[str, Any], plan: DistillPlan, train: str, dtype: str, batch: int, kwargs: dict) -> DistillPlan | None:
+    try:
+        return plan_distill(
+            config,
+            method=plan.method,
+            train=train,
+            frozen_dtype=dtype,
+            batch_size=batch,
+            device=plan.device,
+            preset=plan.preset,
+            runtime_bytes=plan.runtime,
+            **kwargs,
+        )
+    except ValueError:  # e.g. a model without an expert-only mode
+        return None
+
+
+def check_fits(plan: DistillPlan, config: dict[str, Any], available: int | None = None, **kwargs: Any) -> None:
+    """Refuse (``MemoryPlanError``, with the plan and the options that would fit) a run whose plan
+    needs more than the machine has available."""
+    available = available_memory(plan.device) if available is None else available
+    if plan.to_allocate <= available:
+        return
+    options = alternatives(plan, config, available, **kwargs)
+    lines = [
+        f"this run needs about {gib(plan.to_allocate)} more memory but {gib(available)} is available "
+        f"({plan.device}); nothing was loaded or allocated.",
+        format_plan(plan),
+    ]
+    if options:
+        lines.append("Options that fit:")
+        lines += [f"  {o.describe()}  (needs {gib(o.to_allocate)})" for o in options]
+    else:
+        lines.append("No combination of --train, --frozen-dtype and --batch fits this machine.")
+    lines.append("Pass --ignore-memory-plan to run anyway (the plan is an estimate).")
+    raise MemoryPlanError("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------- text
+def gib(n: int) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def format_plan(plan: DistillPlan) -> str:
+    """The plan as a plain-text table (the CLI prints a rich table of the same lines)."""
+    head = (
+        f"memory plan: {plan.architecture}{' ' + plan.preset if plan.preset else ''}, {plan.method}, "
+        f"{plan.describe()}, {plan.device}\n"
+        f"parameters: {plan.params_total:,} ({plan.params_trainable:,} trainable, {plan.params_frozen:,} frozen)"
+    )
+    rows = [f"  {line.name:<34} {gib(line.bytes):>12}  {line.note}" for line in plan.lines()]
+    rows.append(f"  {'total (peak)':<34} {gib(plan.total):>12}")
+    return "\n".join([head, *rows])
+
+
+__all__ = [
+    "DistillPlan",
+    "FROZEN_DTYPES",
+    "MemoryPlanError",
+    "PlanLine",
+    "available_memory",
+    "check_fits",
+    "current_rss",
+    "format_plan",
+    "measured_peak",
+    "memory_record",
+    "peak_rss",
+    "plan_distill",
+    "plan_preset",
+]
+
