@@ -172,6 +172,17 @@ class Pi0Policy(FlowPolicy):
     def _default_variant(cls) -> str:
         return "pi0"
 
+    # ------------------------------------------------------------------ training modes
+    def frozen_modules(self, train: str) -> list[str]:
+        """ "expert": the vision tower, its projector, the token embedding and the Gemma VLM stay
+        frozen; the action expert, the action/state/time projections and the target-time branch
+        train. The VLM's per-layer keys/values are then a function of frozen weights only
+        (``encode_frozen``); pi0's state token, which runs through the (trained) expert, is added
+        by ``encode`` with the model's own weights."""
+        if train == "expert":
+            return ["vision", "projector", "embed_tokens", "vlm"]
+        return super().frozen_modules(train)
+
     # ------------------------------------------------------------------ text
     @property
     def tokenizer(self):

@@ -418,6 +418,17 @@ class SmolVLA(FlowPolicy):
 
         return a.split(a.k_proj(flat(k)), a.kv_heads), a.split(a.v_proj(flat(v)), a.kv_heads)
 
+    def frozen_modules(self, train: str) -> list[str]:
+        """ "expert": the vision tower, connector, token embedding, VLM layers AND the state
+        projection stay frozen; the action expert (its cross-attention key/value projections
+        included), the action/time projections and the target-time branch train. SmolVLA puts the
+        state token in the VLM prefix, so its projection is frozen with the prefix (lerobot's
+        ``train_expert_only`` trains it through the frozen VLM): that keeps the VLM's keys/values a
+        function of frozen weights only, computed once per batch (``encode_frozen``)."""
+        if train == "expert":
+            return ["vision", "connector", "embed_tokens", "vlm_layers", "state_proj"]
+        return super().frozen_modules(train)
+
     def encode(self, cond: Any) -> SmolVLAContext:
         """The prefix pass, once per chunk."""
         if not isinstance(cond, dict) or "tokens" not in cond:
