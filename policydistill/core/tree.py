@@ -57,4 +57,6 @@ def tree_cat(trees: list[Any]) -> Any:
     if isinstance(first, (list, tuple)):
         out = [tree_cat([t[i] for t in trees]) for i in range(len(first))]
         return type(first)(*out) if hasattr(first, "_fields") else type(first)(out)
+    if hasattr(first, "tree_cat"):  # objects that know how to join themselves
+        return first.tree_cat(trees)
     return first

@@ -69,6 +69,26 @@ class DistillConfig:
     iters: int = field(default=1500, metadata={"min": 1, "help": "Distillation optimiser steps."})
     batch_size: int = 32
     lr: float = 1e-4
+    train: str | None = field(
+        default=None,
+        metadata={  # None = the model's default (FlowMapModel.default_train)
+            "help": "What trains: 'expert' (policies' default: the vision-language prefix stays frozen, held "
+            "once and encoded once per batch) or 'all' (every weight).",
+        },
+    )
+    frozen_dtype: str | None = field(
+        default=None,
+        metadata={  # None = the model's own dtype
+            "flags": ("--frozen-dtype",),
+            "help": "Store the frozen prefix in this dtype (bf16 halves its memory; compute stays as configured).",
+        },
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "Training arithmetic: auto (bf16 autocast on CUDA, float32 on CPU), fp32 or bf16.",
+        },
+    )
     warmup_steps: int = 100
     task: str | None = field(default=None, metadata={"help": "Tasks to evaluate (default: the teacher's)."})
     # default: the teacher's dataset (regenerated if missing); given: must exist
@@ -156,8 +176,17 @@ class Variant:
         return f"{self.method or self.name}@{self.nfe}"
 
 
-def make_student(teacher: Any, method_sampling: str, nfe: int) -> Any:
-    student = student_from_teacher(teacher)
+def train_mode(cfg: DistillConfig, teacher: Any) -> str:
+    """The ``--train`` mode of a run: the option, else the model's default ("all" under --fsdp, which
+    shards every model separately and so cannot share a frozen prefix)."""
+    if cfg.train is None and cfg.fsdp:
+        return "all"
+    return cfg.train or getattr(teacher, "default_train", "all")
+
+
+def make_student(teacher: Any, method_sampling: str, nfe: int, train: str = "all") -> Any:
+    """The student: a copy of ``teacher`` that shares the modules frozen under ``train``."""
+    student = student_from_teacher(teacher, train)
     student.config.sampling_mode = method_sampling
     student.config.num_inference_steps = nfe
     return student
@@ -293,7 +322,8 @@ def train_student(
 
     method = make_method(method_name, **cfg.method_options)
     torch.manual_seed(cfg.seed)  # the new target-time layers are random: draw them from the run's seed
-    student = make_student(job.teacher, method.sampling, nfe)
+    train_as = train_mode(cfg, job.teacher)
+    student = make_student(job.teacher, method.sampling, nfe, train_as)
     command = " ".join(shlex.quote(a) for a in sys.argv)
     prov = {
         "role": "student",
@@ -317,6 +347,7 @@ def train_student(
         micro_batches=cfg.micro_batches,
         fsdp=cfg.fsdp,
         log=cfg.log,
+        precision=cfg.precision,
         description=f"distil {method_name} → {nfe} NFE",
     )
     identity = {
@@ -326,6 +357,8 @@ def train_student(
         "method_options": cfg.method_options,
         "data": str(Path(job.data_path).resolve()),
     }
+    if train_as != "all":  # runs written before training modes existed trained everything
+        identity["train"] = train_as
     t0 = time.perf_counter()
     result = train(
         student,

@@ -128,6 +128,9 @@ class FlowPolicy(FlowMapModel):
 
     architecture: ClassVar[str] = ""
     time_sampler = "beta"  # pi0's Beta(1.5, 1) training-time sampler
+    #: distillation trains the action expert and leaves the vision-language prefix frozen and shared
+    #: (``frozen_modules("expert")``), the recipe SnapFlow and lerobot's ``train_expert_only`` use
+    default_train = "expert"
     config: FlowPolicyConfig
     #: the prefix, step and whole chunk compiled by ``compile_for_inference``
     #: (``compiled.CompiledInference``); None = eager
