@@ -45,8 +45,8 @@ from torch.utils._pytree import tree_leaves
 
 GiB = 2**30
 
-#: ``--frozen-dtype`` names → the dtype the frozen (shared) modules are stored in
-FROZEN_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: ``--frozen-dtype`` names (``run_options.FROZEN_DTYPES``) → the dtype the frozen modules are stored in
+TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 #: dry-run steps: the second one runs with the optimiser moments of the first already held
 DRY_RUN_STEPS = 2
@@ -115,7 +115,7 @@ class DistillPlan:
             PlanLine("gradients", self.gradients, "one per trainable parameter"),
             PlanLine("optimiser moments", self.optimizer, "AdamW: 2 per trainable parameter"),
             PlanLine("activations + temporaries", self.activations, f"dry run of {DRY_RUN_STEPS} steps, batch {self.batch_size}"),
-            PlanLine("runtime (Python, torch)", self.runtime, "this process before the run"),
+            PlanLine("runtime (Python, torch)", self.runtime, "this process, training kernels loaded"),
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,11 +134,13 @@ class _LiveBytes(TorchDispatchMode):
     """Adds up the bytes of every tensor storage created under it while that storage is alive;
     ``peak`` is the largest sum seen. Reading a meta scalar returns 1 (True for a bool)."""
 
-    def __init__(self) -> None:
+    def __init__(self, existing: Iterable[torch.Tensor] = ()) -> None:
         super().__init__()
         self.live = 0
         self.peak = 0
         self._keys: set[int] = set()
+        # storages that exist already (weights): views of them (a transposed weight) cost nothing
+        self._existing = {t.untyped_storage()._cdata for t in existing}
 
     def _free(self, key: int, nbytes: int) -> None:
         self._keys.discard(key)
@@ -152,7 +154,7 @@ class _LiveBytes(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
                 key = storage._cdata
-                if key not in self._keys:
+                if key not in self._keys and key not in self._existing:
                     nbytes = storage.nbytes()
                     self._keys.add(key)
                     self.live += nbytes
@@ -161,24 +163,47 @@ class _LiveBytes(TorchDispatchMode):
         return out
 
 
-def _meta_batch(policy: Any, batch_size: int) -> Any:
-    """A processed training batch of ``policy`` on the meta device, every image and token valid."""
+def synthetic_batch(policy: Any, batch_size: int, generator: torch.Generator | None = None) -> Any:
+    """A processed training batch of ``policy``'s real input shapes: every camera at full
+    resolution and every token valid. With a ``generator``: random values on the CPU (images in
+    [−1, 1], token ids, state and actions ~ N(0, 1)); without: empty tensors on ``policy``'s
+    device (the meta device of a dry run)."""
     from ..core.flowmap import FlowBatch
 
-    cfg = policy.config
-    b, dtype = batch_size, policy.dtype
-    meta = torch.device("meta")
+    cfg, b = policy.config, batch_size
+    dtype, device = policy.dtype, (policy.device if generator is None else torch.device("cpu"))
+    shapes = {
+        "images": ((b, len(cfg.cameras), 3, cfg.image_size, cfg.image_size), dtype),
+        "state": ((b, cfg.max_state_dim), dtype),
+        "data": ((b, cfg.chunk_size, cfg.max_action_dim), dtype),
+    }
+    if generator is None:
+        make = {k: torch.empty(shape, dtype=dt, device=device) for k, (shape, dt) in shapes.items()}
+        tokens = torch.empty(b, cfg.tokenizer_max_length, dtype=torch.long, device=device)
+    else:
+        make = {k: torch.randn(shape, generator=generator).to(dt) for k, (shape, dt) in shapes.items()}
+        make["images"] = (torch.rand(shapes["images"][0], generator=generator) * 2 - 1).to(dtype)
+        tokens = torch.randint(0, cfg.vocab_size, (b, cfg.tokenizer_max_length), generator=generator)
     cond: dict[str, Any] = {
-        "images": torch.empty(b, len(cfg.cameras), 3, cfg.image_size, cfg.image_size, dtype=dtype, device=meta),
-        "image_masks": torch.empty(b, len(cfg.cameras), dtype=torch.bool, device=meta),
-        "state": torch.empty(b, cfg.max_state_dim, dtype=dtype, device=meta),
-        "tokens": torch.empty(b, cfg.tokenizer_max_length, dtype=torch.long, device=meta),
-        "token_masks": torch.empty(b, cfg.tokenizer_max_length, dtype=torch.bool, device=meta),
+        "images": make["images"],
+        "image_masks": torch.ones(b, len(cfg.cameras), dtype=torch.bool, device=device),
+        "state": make["state"],
+        "tokens": tokens,
+        "token_masks": torch.ones(b, cfg.tokenizer_max_length, dtype=torch.bool, device=device),
     }
     if getattr(cfg, "relative_action_mask", None):
-        cond["raw_state"] = torch.empty(b, cfg.state_dim, dtype=torch.float32, device=meta)
-    data = torch.empty(b, cfg.chunk_size, cfg.max_action_dim, dtype=dtype, device=meta)
-    return FlowBatch(data=data, cond=cond, mask=torch.empty_like(data))
+        cond["raw_state"] = torch.zeros(b, cfg.state_dim, device=device)
+    return FlowBatch(data=make["data"], cond=cond, mask=torch.ones_like(make["data"]))
+
+
+class SyntheticBatches:
+    """A training-loop DataSource of ``synthetic_batch`` es drawn from each step's generator."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Any:
+        return synthetic_batch(self.policy, batch_size, generator)
 
 
 def _tensors(module: nn.Module) -> Iterable[torch.Tensor]:
@@ -197,11 +222,12 @@ def _dry_run(student: Any, teacher: Any, method: Any, ema: Any, batch_size: int)
 
     notes: list[str] = []
     params = [p for p in student.parameters() if p.requires_grad]
-    with _LiveBytes() as tracker:
+    models = [student, teacher, method] + ([ema] if ema is not None else [])
+    with _LiveBytes(t for model in models for t in _tensors(model)) as tracker:
         optimizer = torch.optim.AdamW(params, lr=1e-4, fused=False)
         for step in range(DRY_RUN_STEPS):
             optimizer.zero_grad(set_to_none=True)
-            batch = _meta_batch(student, batch_size)
+            batch = synthetic_batch(student, batch_size)
             loss, _ = method.loss(student, teacher, _shared(student, batch), step)
             loss.backward()
             del loss, batch
@@ -236,7 +262,7 @@ def plan_distill(
     config: dict[str, Any],
     method: str = "snapflow",
     train: str | None = None,
-    frozen_dtype: str = "fp32",
+    frozen_dtype: str | None = None,
     batch_size: int = 32,
     device: str = "cpu",
     ema_decay: float = 0.0,
@@ -250,6 +276,9 @@ def plan_distill(
     from ..core import flowmap
     from ..methods import make_method
 
+    from .run_options import FROZEN_DTYPES
+
+    frozen_dtype = frozen_dtype or "fp32"  # None: the model's own dtype (float32)
     if frozen_dtype not in FROZEN_DTYPES:
         raise ValueError(f"unknown --frozen-dtype {frozen_dtype!r}; valid: {', '.join(FROZEN_DTYPES)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -287,7 +316,7 @@ def plan_distill(
     peak, notes = _dry_run(student, teacher, m, ema, batch_size)
     activations = max(0, peak - grads - moments)
     if runtime_bytes is None:
-        runtime_bytes = current_rss() if device == "cpu" else 0
+        runtime_bytes = warm_runtime(str(config.get("architecture")), method, train) if device == "cpu" else 0
     return DistillPlan(
         architecture=str(config.get("architecture", "?")),
         preset=preset,
@@ -319,12 +348,14 @@ def _make_student(teacher: Any, train: str, frozen_dtype: str) -> Any:
     if train == "all":
         return student_from_teacher(teacher)
     student = student_from_teacher(teacher, train)
-    cast_frozen(student, FROZEN_DTYPES[frozen_dtype])
+    cast_frozen(student, TORCH_DTYPES[frozen_dtype])
     return student
 
 
-def cast_frozen(model: Any, dtype: torch.dtype) -> None:
-    for name in getattr(model, "shared_frozen", ()):
+def cast_frozen(model: Any, dtype: torch.dtype, train: str | None = None) -> None:
+    """Store the modules ``model`` freezes under ``train`` (None: those it shares now) in ``dtype``."""
+    names = model.frozen_modules(train) if train else getattr(model, "shared_frozen", ())
+    for name in names:
         model.get_submodule(name).to(dtype)
 
 
@@ -341,6 +372,58 @@ def plan_preset(architecture: str, preset: str, **kwargs: Any) -> DistillPlan:
 
 
 # ---------------------------------------------------------------------------- the machine
+_WARM: dict[tuple[str, str, str], int] = {}
+
+
+def warm_runtime(architecture: str, method: str, train: str) -> int:
+    """This process's resident set once it has trained: one step of ``method`` on the
+    architecture's ``tiny`` preset runs first (once per process), so that the code of every
+    forward, backward and optimiser kernel a run uses is paged in — part of what a run holds
+    at its peak, and not negligible (tens of MiB of libtorch). Without a tiny preset: the
+    resident set now."""
+    key = (architecture, method, train)
+    if key not in _WARM:
+        from ..methods import make_method
+        from ..train import TrainConfig, train as train_loop
+        from ..zoo import ARCHITECTURES
+
+        cls = ARCHITECTURES.load(architecture)
+        try:
+            model = cls.from_preset("tiny")
+        except (AttributeError, ValueError, TypeError):
+            model = None
+        if model is not None:
+            from ..core.flowmap import student_from_teacher
+
+            threads = torch.get_num_threads()
+            try:
+                m = make_method(method)
+                student = student_from_teacher(model, train if train in model_modes(model) else "all")
+                cfg = TrainConfig(steps=1, batch_size=2, warmup_steps=0, progress=False, handle_signals=False)
+                rng = torch.get_rng_state()
+                train_loop(student, m, SyntheticBatches(student), cfg, teacher=model)
+                torch.set_rng_state(rng)  # the warm-up leaves the caller's random stream as it was
+            finally:
+                torch.set_num_threads(threads)
+            del model, student, m
+        _WARM[key] = current_rss()
+    return _WARM[key]
+
+
+def model_modes(model: Any) -> list[str]:
+    """The ``--train`` modes ``model`` supports."""
+    from ..core.flowmap import TRAIN_MODES
+
+    modes = []
+    for mode in TRAIN_MODES:
+        try:
+            model.frozen_modules(mode)
+        except ValueError:
+            continue
+        modes.append(mode)
+    return modes
+
+
 def current_rss() -> int:
     """This process's resident set now (bytes)."""
     try:
@@ -455,7 +538,8 @@ def check_fits(plan: DistillPlan, config: dict[str, Any], available: int | None 
 
 # ---------------------------------------------------------------------------- text
 def gib(n: int) -> str:
-    return f"{n / GiB:.2f} GiB"
+    """Bytes for people: GiB from 1 GiB up, MiB below."""
+    return f"{n / GiB:.2f} GiB" if abs(n) >= GiB else f"{n / 2**20:.1f} MiB"
 
 
 def format_plan(plan: DistillPlan) -> str:
@@ -472,7 +556,7 @@ def format_plan(plan: DistillPlan) -> str:
 
 __all__ = [
     "DistillPlan",
-    "FROZEN_DTYPES",
+    "TORCH_DTYPES",
     "MemoryPlanError",
     "PlanLine",
     "available_memory",
