@@ -94,6 +94,11 @@ app.add_typer(_envs_app, name="envs")
 
 
 from .runs import runs_app as _runs_app  # noqa: E402
+from .plan import plan_app as _plan_app  # noqa: E402
+from .plan import bench_distill_memory_cmd as _bench_distill_memory  # noqa: E402
+
+app.add_typer(_plan_app, name="plan")
+bench_app.command("distill-memory")(_bench_distill_memory)
 
 app.add_typer(_runs_app, name="runs")
 

@@ -141,6 +141,14 @@ class DistillConfig:
     fsdp: bool = field(default=False, metadata=cli_help.FSDP)  # shard the student over the torchrun ranks (FSDP2)
     method_options: dict[str, Any] = field(default_factory=dict)
     log: str = field(default="", metadata=cli_help.LOG)  # extra run logs besides metrics.jsonl: tensorboard, wandb
+    ignore_memory_plan: bool = field(
+        default=False,
+        metadata={
+            "flags": ("--ignore-memory-plan",),
+            "default": False,
+            "help": "Run even when the memory plan says it does not fit (the plan is an estimate).",
+        },
+    )
 
 
 DISTILL_PRESETS: dict[str, DistillConfig] = {
@@ -408,9 +416,14 @@ def _distill_policy(cfg: DistillConfig, resume: bool, extend: bool, console: Con
         from ..train.fsdp import check_ready
 
         check_ready(make_method(cfg.method, **cfg.method_options))
+    from .plan import check_run_memory, memory_record
+
+    plan = check_run_memory(cfg)  # printed, and a run that cannot fit refused, before the teacher is loaded
     job = load_job(cfg)
     cfg = job.settle(cfg)
+    plan = plan or check_run_memory(cfg, job.teacher)  # a lerobot folder's sizes are known once it is loaded
     student, prov = train_student(job, cfg, cfg.method, cfg.steps, out, resume, extend)
+    memory = memory_record(plan) if plan is not None else None  # the peak of loading + training, beside the plan
     if not distributed.is_main():
         return {}
     sampling = student.sampling_mode  # stored by train(): the mode the method was trained for
@@ -429,6 +442,7 @@ def _distill_policy(cfg: DistillConfig, resume: bool, extend: bool, console: Con
             "tasks": job.tasks,
             "train_seconds": prov["train_seconds"],
             "final_loss": prov["final_loss"],
+            "memory": memory,
             "command": prov["command"],
         }
     )

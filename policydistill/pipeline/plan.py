@@ -30,18 +30,22 @@ real activations are about half of it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import resource
 import sys
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+logger = logging.getLogger(__name__)
 
 GiB = 2**30
 
@@ -369,6 +373,73 @@ def plan_preset(architecture: str, preset: str, **kwargs: Any) -> DistillPlan:
     with torch.device("meta"):
         model = cls.from_preset(preset)
     return plan_distill(model.config_dict(), preset=preset, **kwargs)
+
+
+def plan_for_checkpoint(checkpoint: str | None, **kwargs: Any) -> DistillPlan:
+    """``plan_distill`` for the sizes a policydistill checkpoint's ``config.json`` records (None:
+    the bundled teacher); its weights are not read."""
+    from ..checkpoint import CheckpointError, read_model_config
+    from .teacher_io import BUNDLED_TEACHER, is_lerobot_folder
+
+    folder = Path(checkpoint) if checkpoint else BUNDLED_TEACHER
+    if folder.is_dir() and is_lerobot_folder(folder):
+        raise CheckpointError(
+            f"{folder} is a lerobot policy folder: its sizes are read from its weights, which `plan` does not "
+            "load; plan with --preset, or convert it first (distill plans it right after loading)"
+        )
+    return plan_distill(read_model_config(folder), **kwargs)
+
+
+def plan_for_run(cfg: Any, teacher: Any = None, device: str = "cpu") -> DistillPlan | None:
+    """The plan of distillation run ``cfg`` (a ``DistillConfig``): from the checkpoint's config
+    before anything is loaded, or from ``teacher``'s config once it is (a lerobot folder, whose
+    sizes come from its weights; None is returned for it before loading)."""
+    from .teacher_io import BUNDLED_TEACHER, is_lerobot_folder
+
+    kwargs = dict(
+        method=cfg.method,
+        train=cfg.train if not (cfg.train is None and cfg.fsdp) else "all",
+        frozen_dtype=cfg.frozen_dtype,
+        batch_size=cfg.batch_size,
+        device=device,
+        method_options=cfg.method_options,
+    )
+    if teacher is not None:
+        return plan_distill(teacher.config_dict(), **kwargs)
+    if cfg.checkpoint is not None:
+        from ..policies.hub import resolve
+
+        folder = resolve(cfg.checkpoint, what="checkpoint")
+    else:
+        folder = BUNDLED_TEACHER
+    if not (folder / "config.json").is_file() or is_lerobot_folder(folder):
+        return None  # lerobot: planned once loaded; missing: load_teacher says what is wrong
+    return plan_for_checkpoint(str(folder), **kwargs)
+
+
+def check_run_memory(cfg: Any, teacher: Any = None, device: str = "cpu") -> DistillPlan | None:
+    """Plan run ``cfg``, log the plan, and refuse it (``MemoryPlanError``) when it cannot fit this
+    machine's memory, unless ``cfg.ignore_memory_plan``. None when the sizes are not known yet."""
+    plan = plan_for_run(cfg, teacher, device)
+    if plan is None:
+        return None
+    logger.info(format_plan(plan))
+    if getattr(cfg, "ignore_memory_plan", False):
+        return plan
+    config = teacher.config_dict() if teacher is not None else None
+    check_fits(plan, config or _config_of(cfg), method_options=cfg.method_options)
+    return plan
+
+
+def _config_of(cfg: Any) -> dict[str, Any]:
+    from ..checkpoint import read_model_config
+    from .teacher_io import BUNDLED_TEACHER
+
+    if cfg.checkpoint is None:
+        return read_model_config(BUNDLED_TEACHER)
+    from ..policies.hub import resolve
+
+    return read_model_config(resolve(cfg.checkpoint, what="checkpoint"))
 
 
 # ---------------------------------------------------------------------------- the machine
