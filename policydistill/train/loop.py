@@ -175,11 +175,27 @@ def data_seed(seed: int, step: int, rank: int = 0) -> int:
     return (z ^ (z >> 31)) % (2**63 - 1)
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
+def autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """The training step's arithmetic: bf16 autocast under "bf16", and under "auto" on CUDA; else
+    float32 (a CPU run stays float32 unless asked)."""
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if use_bf16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return torch.autocast(device_type=device.type, enabled=False)
+
+
+def make_optimizer(student: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the student's TRAINABLE parameters (a frozen prefix has no gradients and no
+    moments); weight decay on matrices only."""
+    params = [p for p in student.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+        fused=False,
+    )
 
 
 def _shard_all(student: nn.Module, ema: nn.Module | None, method: Method, device: torch.device) -> dict[str, nn.Module]:
@@ -302,14 +318,7 @@ def train(
         twins = _shard_all(student, ema, method, device) if cfg.fsdp else {}
 
         params = [p for p in student.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-            betas=cfg.betas,
-            fused=False,
-        )
+        optimizer = make_optimizer(student, cfg)
         if writer is not None:
             check_output_dir(writer, checkpoint_bytes(student, method, ema, cfg))
 
@@ -372,7 +381,7 @@ def train(
                     batch.mask = batch.mask.to(device)
                 # a shared frozen prefix is encoded once for the batch and reused by every model of the step
                 batch.cond = share_prefix(student, batch.cond)
-                with _autocast(cfg, device):
+                with autocast(cfg, device):
                     loss, metrics = method.loss(student, teacher, batch, step)
                 (loss if n_micro == 1 else loss / n_micro).backward()
                 micro_loss = float(loss.detach())
