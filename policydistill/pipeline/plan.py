@@ -80,7 +80,8 @@ class DistillPlan:
     device: str
     params_total: int  # distinct parameters of the policy (teacher == student architecture)
     params_trainable: int
-    params_frozen: int
+    params_frozen: int  # not trained (the shared prefix, and e.g. a target-time branch a method freezes)
+    params_shared: int  # the frozen modules shared by every model of the run
     weights_shared: int  # the frozen modules every model shares (one copy)
     weights_student: int  # the student's own (trainable) part
     weights_teacher: int  # the teacher's part it does not share with the student
@@ -111,7 +112,7 @@ class DistillPlan:
         dtype = self.frozen_dtype
         copies = ", ".join(self.method_copies) or "none"
         return [
-            PlanLine("frozen weights (shared, one copy)", self.weights_shared, f"{self.params_frozen:,} params, {dtype}"),
+            PlanLine("frozen weights (shared, one copy)", self.weights_shared, f"{self.params_shared:,} params, {dtype}"),
             PlanLine("student weights (trainable)", self.weights_student, f"{self.params_trainable:,} params"),
             PlanLine("teacher weights (not shared)", self.weights_teacher, "the teacher's own copy of the trained part"),
             PlanLine("EMA copy", self.weights_ema, "the loop's weight EMA"),
@@ -309,7 +310,8 @@ def plan_distill(
 
     frozen = [p for p in student.parameters() if not p.requires_grad]
     trainable = [p for p in student.parameters() if p.requires_grad]
-    shared = own(frozen) if train != "all" else 0
+    shared_tensors = [t for module in student.prefix_key() for t in _tensors(module)] if student.shared_frozen else []
+    shared = own(shared_tensors)
     weights_student = own(_tensors(student))
     weights_teacher = own(_tensors(teacher))
     weights_ema = own(_tensors(ema)) if ema is not None else 0
@@ -332,6 +334,7 @@ def plan_distill(
         params_total=sum(p.numel() for p in student.parameters()),
         params_trainable=sum(p.numel() for p in trainable),
         params_frozen=sum(p.numel() for p in frozen),
+        params_shared=sum(t.numel() for t in shared_tensors if isinstance(t, nn.Parameter)),
         weights_shared=shared,
         weights_student=weights_student,
         weights_teacher=weights_teacher,
