@@ -162,15 +162,76 @@ def copy_model(model: FlowMapModel) -> FlowMapModel:
     return copy.deepcopy(model, memo)
 
 
-def student_from_teacher(teacher: FlowMapModel, train: str = "all") -> FlowMapModel:
+class _CastTo(nn.Module):
+    """Parametrization: a weight stored in one dtype, read in another (cast at use)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, stored: Tensor) -> Tensor:
+        return stored.to(self.dtype)
+
+
+def store_frozen_as(model: FlowMapModel, dtype: torch.dtype) -> None:
+    """Keep ``model``'s shared frozen modules' parameters in ``dtype`` (bfloat16: half the memory
+    of a float32 prefix) while the arithmetic stays in the model's compute dtype (its target-time
+    branch's): every use casts a weight back (a parametrization), an embedding casts the rows it
+    gathers. ``state_dict`` still holds compute-dtype tensors under the usual keys, so checkpoints
+    do not change. Call it before the copies are made (``student_from_teacher`` does)."""
+    from torch.nn.utils import parametrize
+
+    compute = model.target_time.fc1.weight.dtype
+    if dtype == compute or not model.shared_frozen:
+        return
+    if any(parametrize.is_parametrized(m) for root in model.prefix_key() for m in root.modules()):
+        return  # already stored so (a teacher distilled into several students)
+
+    def cast_output(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+        return output.to(compute)
+
+    for module in model.prefix_key():
+        for sub in list(module.modules()):
+            if isinstance(sub, nn.Embedding):  # cast the gathered rows, not the whole table
+                sub.weight = nn.Parameter(sub.weight.detach().to(dtype), requires_grad=False)
+                sub.register_forward_hook(cast_output)
+                continue
+            for name, p in list(sub.named_parameters(recurse=False)):
+                setattr(sub, name, nn.Parameter(p.detach().to(dtype), requires_grad=False))
+                parametrize.register_parametrization(sub, name, _CastTo(compute), unsafe=True)
+
+    def plain_state(module: nn.Module, state: dict, prefix: str, meta: Any) -> None:
+        for key in list(state):
+            plain = key.replace(".parametrizations.", ".").removesuffix(".original")
+            if plain != key or state[key].dtype == dtype:
+                state[plain] = state.pop(key).to(compute)
+
+    def stored_state(module: nn.Module, state: dict, prefix: str, *args: Any) -> None:
+        own = {k for k, _ in module.named_parameters(remove_duplicate=False)}
+        for key in list(state):
+            local = key[len(prefix) :]
+            owner, _, leaf = local.rpartition(".")
+            stored = f"{owner}.parametrizations.{leaf}.original"
+            if local not in own and stored in own:
+                state[prefix + stored] = state.pop(key)
+
+    model._register_state_dict_hook(plain_state)
+    model._register_load_state_dict_pre_hook(stored_state, with_module=True)
+
+
+def student_from_teacher(
+    teacher: FlowMapModel, train: str = "all", frozen_dtype: torch.dtype | None = None
+) -> FlowMapModel:
     """A trainable copy of ``teacher`` with a fresh target-time branch (last layer zero).
 
     The student therefore equals the teacher exactly, on and off the diagonal, at step 0. Under
     ``train`` other than "all" the modules the teacher declares frozen for that mode are frozen in
     the teacher and SHARED with the student (same module objects, one copy in memory), and the
-    student trains the rest.
+    student trains the rest; ``frozen_dtype`` stores them in that dtype (``store_frozen_as``).
     """
     freeze(teacher, train)
+    if frozen_dtype is not None:
+        store_frozen_as(teacher, frozen_dtype)
     student = copy_model(teacher)
     student.target_time.reset_parameters()
     frozen = {id(p) for m in student.prefix_key() for p in m.parameters()}

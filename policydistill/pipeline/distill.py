@@ -192,9 +192,16 @@ def train_mode(cfg: DistillConfig, teacher: Any) -> str:
     return cfg.train or getattr(teacher, "default_train", "all")
 
 
-def make_student(teacher: Any, method_sampling: str, nfe: int, train: str = "all") -> Any:
-    """The student: a copy of ``teacher`` that shares the modules frozen under ``train``."""
-    student = student_from_teacher(teacher, train)
+#: --frozen-dtype names
+FROZEN_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def make_student(
+    teacher: Any, method_sampling: str, nfe: int, train: str = "all", frozen_dtype: str | None = None
+) -> Any:
+    """The student: a copy of ``teacher`` that shares the modules frozen under ``train`` (stored in
+    ``frozen_dtype`` when given: the teacher's too, since it is the same copy)."""
+    student = student_from_teacher(teacher, train, FROZEN_DTYPES[frozen_dtype] if frozen_dtype else None)
     student.config.sampling_mode = method_sampling
     student.config.num_inference_steps = nfe
     return student
@@ -331,7 +338,7 @@ def train_student(
     method = make_method(method_name, **cfg.method_options)
     torch.manual_seed(cfg.seed)  # the new target-time layers are random: draw them from the run's seed
     train_as = train_mode(cfg, job.teacher)
-    student = make_student(job.teacher, method.sampling, nfe, train_as)
+    student = make_student(job.teacher, method.sampling, nfe, train_as, cfg.frozen_dtype)
     command = " ".join(shlex.quote(a) for a in sys.argv)
     prov = {
         "role": "student",
@@ -367,6 +374,8 @@ def train_student(
     }
     if train_as != "all":  # runs written before training modes existed trained everything
         identity["train"] = train_as
+    if cfg.frozen_dtype:
+        identity["frozen_dtype"] = cfg.frozen_dtype
     t0 = time.perf_counter()
     result = train(
         student,

@@ -173,7 +173,9 @@ class FlowPolicy(FlowMapModel):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        """The compute dtype: the target-time branch's (a frozen prefix may be STORED in another,
+        see ``core.flowmap.store_frozen_as``)."""
+        return self.target_time.fc1.weight.dtype
 
     def sample_shape(self) -> tuple[int, ...]:
         return (self.config.chunk_size, self.config.max_action_dim)
