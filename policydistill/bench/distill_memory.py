@@ -7,8 +7,8 @@ memory plan is computed first (meta device, nothing allocated), then a policy of
 real sizes with random weights is built, the student made from it the way ``distill`` makes it,
 and ``--steps`` optimiser steps of the method run through the one training loop on synthetic
 batches of the preset's real shapes (every camera at full resolution, the full token budget).
-The process's peak resident set (``ru_maxrss``) is the measure: it counts everything, the Python
-runtime included, and a fresh process starts from zero.
+The process's peak resident set (``VmHWM``, started over once the plan is made) is the measure:
+it counts everything, the Python runtime included.
 
 Random weights are made cheaply: the model is built on the meta device, the frozen modules are
 given their storage dtype there, and only then is storage allocated and filled in place
@@ -19,6 +19,7 @@ initialisation never holds a float32 copy of a bf16 part.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -57,39 +58,49 @@ class Case:
 # ---------------------------------------------------------------------------- one measurement
 @torch.no_grad()
 def fill_random(model: nn.Module, seed: int, std: float = 0.02) -> None:
-    """Random weights in place (after ``to_empty``): normal(0, std) matrices, LayerNorm scales 1,
-    biases and Gemma RMSNorm weights (used as 1 + w) 0, buffers named ``*scale`` 1 and others 0
-    (the normaliser's identity); every target-time branch reset (its last layer at zero)."""
+    """Random weights in place (after ``to_empty``), whatever dtype each is stored in: normal(0,
+    std) matrices, biases and Gemma RMSNorm weights (used as 1 + w) 0, LayerNorm scales 1,
+    buffers named ``*scale`` 1 and others 0 (the normaliser's identity); every target-time branch
+    reset (its last layer at zero, so the student starts as the teacher)."""
+    from torch.nn.utils import parametrize
+
     from ..core.embedding import TargetTimeEmbedding
 
     gen = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        if p.dim() >= 2:
+            p.normal_(0.0, std, generator=gen)
+        else:
+            p.zero_()
     for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if isinstance(module, nn.LayerNorm) and name == "weight":
-                p.fill_(1.0)
-            elif p.dim() >= 2:
-                p.normal_(0.0, std, generator=gen)
-            else:
-                p.zero_()
+        if isinstance(module, nn.LayerNorm) and module.weight is not None:
+            stored = (
+                module.parametrizations.weight.original
+                if parametrize.is_parametrized(module, "weight")
+                else module.weight
+            )
+            stored.fill_(1.0)
         for name, b in module.named_buffers(recurse=False):
             if b.is_floating_point():
                 b.fill_(1.0 if name.endswith("scale") else 0.0)
-    for module in model.modules():
         if isinstance(module, TargetTimeEmbedding):
             module.reset_parameters()
 
 
 def random_teacher(case: Case) -> Any:
     """A policy of ``case.preset``'s sizes with random weights, its frozen modules (under
-    ``case.train``) stored in ``case.frozen_dtype`` from the start."""
-    from ..pipeline.plan import TORCH_DTYPES, cast_frozen
+    ``case.train``) stored in ``case.frozen_dtype`` from the start: built on the meta device,
+    frozen and cast there, then given storage and filled in place."""
+    from ..core.flowmap import freeze, store_frozen_as
+    from ..pipeline.distill import FROZEN_DTYPES
     from ..zoo import ARCHITECTURES
 
     cls = ARCHITECTURES.load(case.architecture)
     with torch.device("meta"):
         teacher = cls.from_preset(case.preset)
     if case.train != "all" and case.frozen_dtype:
-        cast_frozen(teacher, TORCH_DTYPES[case.frozen_dtype], case.train)
+        freeze(teacher, case.train)
+        store_frozen_as(teacher, FROZEN_DTYPES[case.frozen_dtype])
     teacher.to_empty(device="cpu")
     fill_random(teacher, case.seed)
     return teacher.eval()
@@ -99,7 +110,7 @@ def measure(case: Case) -> dict[str, Any]:
     """Plan, then build and train: the plan, the peak RSS and the timings (call in a fresh process)."""
     from ..core.flowmap import student_from_teacher
     from ..methods import make_method
-    from ..pipeline.plan import SyntheticBatches, peak_rss, plan_preset
+    from ..pipeline.plan import SyntheticBatches, current_rss, peak_rss, plan_preset, reset_peak_rss
     from ..train import TrainConfig, train
 
     torch.set_num_threads(case.threads)
@@ -111,14 +122,21 @@ def measure(case: Case) -> dict[str, Any]:
         train=case.train,
         frozen_dtype=case.frozen_dtype,
         batch_size=case.batch_size,
+        from_checkpoint=False,  # the weights are made in place, not read from a file
     )
     t_plan = time.perf_counter() - t0
-    rss_before = peak_rss()
+    gc.collect()
+    # the run's own peak: from what the process holds now (the planning's transient objects are gone)
+    rss_before = current_rss()
+    reset = reset_peak_rss()
     t0 = time.perf_counter()
     teacher = random_teacher(case)
     torch.manual_seed(case.seed)
     method = make_method(case.method)
-    student = student_from_teacher(teacher, case.train)
+    from ..pipeline.distill import FROZEN_DTYPES
+
+    dtype = FROZEN_DTYPES[case.frozen_dtype] if case.frozen_dtype and case.train != "all" else None
+    student = student_from_teacher(teacher, case.train, dtype)
     student.sampling_mode = method.sampling
     t_init = time.perf_counter() - t0
     cfg = TrainConfig(
@@ -140,7 +158,8 @@ def measure(case: Case) -> dict[str, Any]:
         "plan": plan.to_dict(),
         "plan_bytes": plan.total,
         "peak_rss_bytes": peak,
-        "peak_rss_before_build_bytes": rss_before,
+        "rss_before_build_bytes": rss_before,
+        "peak_reset": reset,
         "error": (plan.total - peak) / peak,
         "losses": [h["loss"] for h in result.history],
         "plan_seconds": t_plan,

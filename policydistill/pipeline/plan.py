@@ -30,6 +30,7 @@ real activations are about half of it.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import resource
@@ -48,9 +49,6 @@ from torch.utils._pytree import tree_leaves
 logger = logging.getLogger(__name__)
 
 GiB = 2**30
-
-#: ``--frozen-dtype`` names (``run_options.FROZEN_DTYPES``) → the dtype the frozen modules are stored in
-TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 #: dry-run steps: the second one runs with the optimiser moments of the first already held
 DRY_RUN_STEPS = 2
@@ -92,6 +90,9 @@ class DistillPlan:
     optimizer: int
     activations: int
     runtime: int  # what the process holds before the run allocates anything
+    #: peak of loading the teacher from a checkpoint: the model in its compute dtype plus the
+    #: file's tensors read next to it (0: no checkpoint is read, e.g. random weights)
+    loading: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -99,9 +100,14 @@ class DistillPlan:
         return self.weights_shared + self.weights_student + self.weights_teacher + self.weights_ema + self.weights_method
 
     @property
-    def total(self) -> int:
-        """Bytes the process holds at the run's peak (runtime included)."""
+    def training(self) -> int:
+        """Bytes the process holds at the peak of a training step (runtime included)."""
         return self.weights + self.gradients + self.optimizer + self.activations + self.runtime
+
+    @property
+    def total(self) -> int:
+        """Bytes the process holds at the run's peak: training, or loading the checkpoint if more."""
+        return max(self.training, self.loading + self.runtime)
 
     @property
     def to_allocate(self) -> int:
@@ -121,11 +127,15 @@ class DistillPlan:
             PlanLine("optimiser moments", self.optimizer, "AdamW: 2 per trainable parameter"),
             PlanLine("activations + temporaries", self.activations, f"dry run of {DRY_RUN_STEPS} steps, batch {self.batch_size}"),
             PlanLine("runtime (Python, torch)", self.runtime, "this process, training kernels loaded"),
-        ]
+        ] + (
+            [PlanLine("(loading the checkpoint)", self.loading, "model + file tensors at once, before training")]
+            if self.loading
+            else []
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out.update(weights=self.weights, total=self.total, to_allocate=self.to_allocate)
+        out.update(weights=self.weights, training=self.training, total=self.total, to_allocate=self.to_allocate)
         out["method_copies"] = list(self.method_copies)
         return out
 
@@ -274,10 +284,12 @@ def plan_distill(
     method_options: dict[str, Any] | None = None,
     preset: str | None = None,
     runtime_bytes: int | None = None,
+    from_checkpoint: bool = True,
 ) -> DistillPlan:
     """The memory plan of distilling the policy ``config`` (its ``config_dict()``) with ``method``.
     ``train`` None = the policy's default; ``runtime_bytes`` None = this process's resident set
-    on CPU (0 on CUDA, whose memory starts empty)."""
+    on CPU (0 on CUDA, whose memory starts empty). ``from_checkpoint``: the teacher is read from a
+    checkpoint (the loading peak is planned too); False for weights made in place."""
     from ..core import flowmap
     from ..methods import make_method
 
@@ -290,6 +302,7 @@ def plan_distill(
         raise ValueError(f"--batch must be a whole number >= 1, got {batch_size!r}")
     teacher = _meta_teacher(config)
     train = train or getattr(teacher, "default_train", "all")
+    loading = 2 * sum(_nbytes(t) for t in _tensors(teacher)) if from_checkpoint else 0
     student = _make_student(teacher, train, frozen_dtype)
     m = make_method(method, **(method_options or {}))
     m.check_student(student)
@@ -321,8 +334,16 @@ def plan_distill(
     moments = 2 * grads
     peak, notes = _dry_run(student, teacher, m, ema, batch_size)
     activations = max(0, peak - grads - moments)
-    if runtime_bytes is None:
-        runtime_bytes = warm_runtime(str(config.get("architecture")), method, train) if device == "cpu" else 0
+    params_total = sum(p.numel() for p in student.parameters())
+    params_trainable = sum(p.numel() for p in trainable)
+    params_frozen = sum(p.numel() for p in frozen)
+    params_shared = sum(t.numel() for t in shared_tensors if isinstance(t, nn.Parameter))
+    del frozen, trainable, shared_tensors
+    if runtime_bytes is None and device == "cpu":
+        warm_up(str(config.get("architecture")), method, train, frozen_dtype)
+        del teacher, student, m, ema
+        gc.collect()  # the meta models and the dry run's graph: what the process holds from here on
+        runtime_bytes = current_rss()
     return DistillPlan(
         architecture=str(config.get("architecture", "?")),
         preset=preset,
@@ -331,10 +352,10 @@ def plan_distill(
         frozen_dtype=frozen_dtype if train != "all" else "fp32",
         batch_size=batch_size,
         device=device,
-        params_total=sum(p.numel() for p in student.parameters()),
-        params_trainable=sum(p.numel() for p in trainable),
-        params_frozen=sum(p.numel() for p in frozen),
-        params_shared=sum(t.numel() for t in shared_tensors if isinstance(t, nn.Parameter)),
+        params_total=params_total,
+        params_trainable=params_trainable,
+        params_frozen=params_frozen,
+        params_shared=params_shared,
         weights_shared=shared,
         weights_student=weights_student,
         weights_teacher=weights_teacher,
@@ -344,26 +365,17 @@ def plan_distill(
         gradients=grads,
         optimizer=moments,
         activations=activations,
-        runtime=int(runtime_bytes),
+        runtime=int(runtime_bytes or 0),
+        loading=loading,
         notes=notes,
     )
 
 
 def _make_student(teacher: Any, train: str, frozen_dtype: str) -> Any:
     from ..core.flowmap import student_from_teacher
+    from .distill import FROZEN_DTYPES
 
-    if train == "all":
-        return student_from_teacher(teacher)
-    student = student_from_teacher(teacher, train)
-    cast_frozen(student, TORCH_DTYPES[frozen_dtype])
-    return student
-
-
-def cast_frozen(model: Any, dtype: torch.dtype, train: str | None = None) -> None:
-    """Store the modules ``model`` freezes under ``train`` (None: those it shares now) in ``dtype``."""
-    names = model.frozen_modules(train) if train else getattr(model, "shared_frozen", ())
-    for name in names:
-        model.get_submodule(name).to(dtype)
+    return student_from_teacher(teacher, train, FROZEN_DTYPES[frozen_dtype] if train != "all" else None)
 
 
 def plan_preset(architecture: str, preset: str, **kwargs: Any) -> DistillPlan:
@@ -446,16 +458,15 @@ def _config_of(cfg: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the machine
-_WARM: dict[tuple[str, str, str], int] = {}
+_WARM: set[tuple[str, str, str, str]] = set()
 
 
-def warm_runtime(architecture: str, method: str, train: str) -> int:
-    """This process's resident set once it has trained: one step of ``method`` on the
-    architecture's ``tiny`` preset runs first (once per process), so that the code of every
-    forward, backward and optimiser kernel a run uses is paged in — part of what a run holds
-    at its peak, and not negligible (tens of MiB of libtorch). Without a tiny preset: the
-    resident set now."""
-    key = (architecture, method, train)
+def warm_up(architecture: str, method: str, train: str, frozen_dtype: str = "fp32") -> None:
+    """One training step of ``method`` on the architecture's ``tiny`` preset (once per process
+    and setting), so that the code of every forward, backward and optimiser kernel a run uses is
+    paged in before the runtime is measured: part of what a run holds at its peak, and not
+    negligible (tens of MiB of libtorch). Nothing for an architecture without a tiny preset."""
+    key = (architecture, method, train, frozen_dtype)
     if key not in _WARM:
         from ..methods import make_method
         from ..train import TrainConfig, train as train_loop
@@ -467,12 +478,10 @@ def warm_runtime(architecture: str, method: str, train: str) -> int:
         except (AttributeError, ValueError, TypeError):
             model = None
         if model is not None:
-            from ..core.flowmap import student_from_teacher
-
             threads = torch.get_num_threads()
             try:
                 m = make_method(method)
-                student = student_from_teacher(model, train if train in model_modes(model) else "all")
+                student = _make_student(model, train if train in model_modes(model) else "all", frozen_dtype)
                 cfg = TrainConfig(steps=1, batch_size=2, warmup_steps=0, progress=False, handle_signals=False)
                 rng = torch.get_rng_state()
                 train_loop(student, m, SyntheticBatches(student), cfg, teacher=model)
@@ -480,8 +489,7 @@ def warm_runtime(architecture: str, method: str, train: str) -> int:
             finally:
                 torch.set_num_threads(threads)
             del model, student, m
-        _WARM[key] = current_rss()
-    return _WARM[key]
+        _WARM.add(key)
 
 
 def model_modes(model: Any) -> list[str]:
@@ -508,9 +516,29 @@ def current_rss() -> int:
 
 
 def peak_rss() -> int:
-    """This process's peak resident set so far (bytes): ``ru_maxrss`` (KiB on Linux, bytes on macOS)."""
+    """This process's peak resident set (bytes): ``VmHWM`` of /proc/self/status on Linux (which
+    ``reset_peak_rss`` can reset), else ``ru_maxrss`` (KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start the peak resident set over from the current one (Linux: ``/proc/self/clear_refs``),
+    so that a measurement's peak is its own and not that of earlier work in the process. Returns
+    whether it took effect."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def available_memory(device: str = "cpu") -> int:
@@ -583,6 +611,7 @@ def _try_plan(config: dict[str, Any], plan: DistillPlan, train: str, dtype: str,
             device=plan.device,
             preset=plan.preset,
             runtime_bytes=plan.runtime,
+            from_checkpoint=plan.loading > 0,
             **kwargs,
         )
     except ValueError:  # e.g. a model without an expert-only mode
@@ -595,13 +624,18 @@ def check_fits(plan: DistillPlan, config: dict[str, Any], available: int | None 
     available = available_memory(plan.device) if available is None else available
     if plan.to_allocate <= available:
         return
-    options = alternatives(plan, config, available, **kwargs)
+    options = alternatives(plan, config, available, **kwargs) if plan.loading <= available else []
     lines = [
         f"this run needs about {gib(plan.to_allocate)} more memory but {gib(available)} is available "
         f"({plan.device}); nothing was loaded or allocated.",
         format_plan(plan),
     ]
-    if options:
+    if plan.loading > available:
+        lines.append(
+            f"Loading the checkpoint alone needs {gib(plan.loading)} (the model and the file's tensors at "
+            "once): no option of the run changes that; use a machine with more memory."
+        )
+    elif options:
         lines.append("Options that fit:")
         lines += [f"  {o.describe()}  (needs {gib(o.to_allocate)})" for o in options]
     else:
@@ -630,7 +664,6 @@ def format_plan(plan: DistillPlan) -> str:
 
 __all__ = [
     "DistillPlan",
-    "TORCH_DTYPES",
     "MemoryPlanError",
     "PlanLine",
     "available_memory",
