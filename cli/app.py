@@ -96,9 +96,9 @@ from .envs import envs_app as _envs_app  # noqa: E402
 app.add_typer(_envs_app, name="envs")
 
 
-from .runs import runs_app as _runs_app  # noqa: E402
-from .plan import plan_app as _plan_app  # noqa: E402
 from .plan import bench_distill_memory_cmd as _bench_distill_memory  # noqa: E402
+from .plan import plan_app as _plan_app  # noqa: E402
+from .runs import runs_app as _runs_app  # noqa: E402
 
 app.add_typer(_plan_app, name="plan")
 bench_app.command("distill-memory")(_bench_distill_memory)

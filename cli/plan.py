@@ -84,7 +84,9 @@ def print_plan(plan, available: int | None, console) -> None:  # noqa: ANN001 - 
 
 def bench_distill_memory_cmd(
     model: str = typer.Option("pi0", help="Policy architecture."),
-    presets: str = typer.Option("tiny,small", "--presets", help="Comma-separated size presets (e.g. tiny,small or full)."),
+    presets: str = typer.Option(
+        "tiny,small", "--presets", help="Comma-separated size presets (e.g. tiny,small or full)."
+    ),
     method: str = typer.Option("snapflow", "--method", "-m", help="Distillation method."),
     train: str = typer.Option("expert", "--train", help="expert | all."),
     frozen_dtype: str = typer.Option(None, "--frozen-dtype", help="fp32 | bf16 (the frozen prefix's storage)."),
@@ -92,7 +94,9 @@ def bench_distill_memory_cmd(
     steps: int = typer.Option(2, "--steps", min=1, help="Optimiser steps measured."),
     threads: int = typer.Option(1, "--threads", min=1, help="Torch CPU threads of each measurement."),
     pid_file: str = typer.Option(
-        None, "--pid-file", help="Each measuring process appends its id here first (e.g. a memory watchdog's allow-list)."
+        None,
+        "--pid-file",
+        help="Each measuring process appends its id here first (e.g. a memory watchdog's allow-list).",
     ),
     out: str = typer.Option("runs/bench_distill_memory.json", "--out", help="JSON output."),
 ) -> None:

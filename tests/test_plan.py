@@ -13,7 +13,6 @@ import torch
 
 from policydistill.bench.distill_memory import Case, measure_in_subprocess
 from policydistill.core.flowmap import student_from_teacher
-from policydistill.methods import make_method
 from policydistill.pipeline.plan import (
     DistillPlan,
     MemoryPlanError,
@@ -73,7 +72,9 @@ def test_plan_counts_are_those_of_the_real_models(train: str) -> None:
     assert plan.optimizer == 2 * plan.gradients
     assert plan.weights == _distinct_bytes(teacher, student)
     if train == "expert":
-        shared = sum(p.numel() for name in teacher.frozen_modules("expert") for p in teacher.get_submodule(name).parameters())
+        shared = sum(
+            p.numel() for name in teacher.frozen_modules("expert") for p in teacher.get_submodule(name).parameters()
+        )
         assert plan.params_shared == shared > plan.params_trainable
         assert plan.weights_teacher == plan.weights_student  # the teacher's own copy of the trained part
     else:
@@ -182,7 +183,9 @@ def test_a_run_that_cannot_fit_is_refused_before_loading(tmp_path) -> None:
     assert "nothing was loaded or allocated" in text
     for name in ("memory plan", "optimiser moments", "activations", "total (peak)"):
         assert name in text
-    expert = plan_distill(json.loads((tmp_path / "huge" / "config.json").read_text()), method=cfg.method, train="expert")
+    expert = plan_distill(
+        json.loads((tmp_path / "huge" / "config.json").read_text()), method=cfg.method, train="expert"
+    )
     if expert.to_allocate <= available_memory():  # the option that fits (loading ~10 GiB), when this machine has it
         assert "--train expert" in text
     assert "--ignore-memory-plan" in text

@@ -97,7 +97,9 @@ class DistillPlan:
 
     @property
     def weights(self) -> int:
-        return self.weights_shared + self.weights_student + self.weights_teacher + self.weights_ema + self.weights_method
+        return (
+            self.weights_shared + self.weights_student + self.weights_teacher + self.weights_ema + self.weights_method
+        )
 
     @property
     def training(self) -> int:
@@ -118,14 +120,22 @@ class DistillPlan:
         dtype = self.frozen_dtype
         copies = ", ".join(self.method_copies) or "none"
         return [
-            PlanLine("frozen weights (shared, one copy)", self.weights_shared, f"{self.params_shared:,} params, {dtype}"),
+            PlanLine(
+                "frozen weights (shared, one copy)", self.weights_shared, f"{self.params_shared:,} params, {dtype}"
+            ),
             PlanLine("student weights (trainable)", self.weights_student, f"{self.params_trainable:,} params"),
-            PlanLine("teacher weights (not shared)", self.weights_teacher, "the teacher's own copy of the trained part"),
+            PlanLine(
+                "teacher weights (not shared)", self.weights_teacher, "the teacher's own copy of the trained part"
+            ),
             PlanLine("EMA copy", self.weights_ema, "the loop's weight EMA"),
             PlanLine("method copies", self.weights_method, copies),
             PlanLine("gradients", self.gradients, "one per trainable parameter"),
             PlanLine("optimiser moments", self.optimizer, "AdamW: 2 per trainable parameter"),
-            PlanLine("activations + temporaries", self.activations, f"dry run of {DRY_RUN_STEPS} steps, batch {self.batch_size}"),
+            PlanLine(
+                "activations + temporaries",
+                self.activations,
+                f"dry run of {DRY_RUN_STEPS} steps, batch {self.batch_size}",
+            ),
             PlanLine("runtime (Python, torch)", self.runtime, "this process, training kernels loaded"),
         ] + (
             [PlanLine("(loading the checkpoint)", self.loading, "model + file tensors at once, before training")]
@@ -292,7 +302,6 @@ def plan_distill(
     checkpoint (the loading peak is planned too); False for weights made in place."""
     from ..core import flowmap
     from ..methods import make_method
-
     from .run_options import FROZEN_DTYPES
 
     frozen_dtype = frozen_dtype or "fp32"  # None: the model's own dtype (float32)
@@ -307,7 +316,9 @@ def plan_distill(
     m = make_method(method, **(method_options or {}))
     m.check_student(student)
     m.setup(student, teacher, 1000)
-    ema = flowmap.copy_model(student).requires_grad_(False) if ema_decay > 0 and hasattr(flowmap, "copy_model") else None
+    ema = (
+        flowmap.copy_model(student).requires_grad_(False) if ema_decay > 0 and hasattr(flowmap, "copy_model") else None
+    )
 
     # every distinct tensor once, attributed to the first owner that holds it
     seen: set[int] = set()
@@ -328,7 +339,11 @@ def plan_distill(
     weights_student = own(_tensors(student))
     weights_teacher = own(_tensors(teacher))
     weights_ema = own(_tensors(ema)) if ema is not None else 0
-    copies = [name for name, child in m.named_children() if isinstance(child, nn.Module) and any(True for _ in _tensors(child))]
+    copies = [
+        name
+        for name, child in m.named_children()
+        if isinstance(child, nn.Module) and any(True for _ in _tensors(child))
+    ]
     weights_method = own(t for name in copies for t in _tensors(getattr(m, name)))
     grads = sum(_nbytes(p) for p in trainable)
     moments = 2 * grads
@@ -469,7 +484,8 @@ def warm_up(architecture: str, method: str, train: str, frozen_dtype: str = "fp3
     key = (architecture, method, train, frozen_dtype)
     if key not in _WARM:
         from ..methods import make_method
-        from ..train import TrainConfig, train as train_loop
+        from ..train import TrainConfig
+        from ..train import train as train_loop
         from ..zoo import ARCHITECTURES
 
         cls = ARCHITECTURES.load(architecture)
@@ -561,7 +577,10 @@ def measured_peak(device: str = "cpu") -> dict[str, Any]:
     """The run's measured peak, to record beside the plan: peak RSS on CPU,
     ``torch.cuda.max_memory_allocated`` on CUDA."""
     if device.startswith("cuda"):
-        return {"bytes": int(torch.cuda.max_memory_allocated(torch.device(device))), "kind": "cuda max_memory_allocated"}
+        return {
+            "bytes": int(torch.cuda.max_memory_allocated(torch.device(device))),
+            "kind": "cuda max_memory_allocated",
+        }
     return {"bytes": peak_rss(), "kind": "peak RSS"}
 
 
@@ -600,7 +619,9 @@ def alternatives(plan: DistillPlan, config: dict[str, Any], limit: int, **kwargs
     return fitting
 
 
-def _try_plan(config: dict[str, Any], plan: DistillPlan, train: str, dtype: str, batch: int, kwargs: dict) -> DistillPlan | None:
+def _try_plan(
+    config: dict[str, Any], plan: DistillPlan, train: str, dtype: str, batch: int, kwargs: dict
+) -> DistillPlan | None:
     try:
         return plan_distill(
             config,
@@ -676,4 +697,3 @@ __all__ = [
     "plan_distill",
     "plan_preset",
 ]
-
