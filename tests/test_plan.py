@@ -157,10 +157,10 @@ def test_plan_within_15_percent_of_default_malloc_peak() -> None:
 # ---------------------------------------------------------------------------- refusal
 def _huge_checkpoint(tmp_path) -> str:
     """A checkpoint folder whose config describes a policy far too big to train whole on this
-    machine (a 20 M-token vocabulary: 1.3 B parameters) and that holds NO weights: loading it
+    machine (a 4 M-token vocabulary 320 wide: 1.3 B parameters) and that holds NO weights: loading it
     would fail with another error, so a refusal proves nothing was loaded."""
     config = Pi0Policy.from_preset("tiny").config_dict()
-    config["vocab_size"] = 20_000_000
+    config["vocab_size"], config["vlm_width"] = 4_000_000, 320
     config["policydistill"] = {"tasks": ["metaworld/reach-wall-v3"], "role": "teacher"}
     folder = tmp_path / "huge"
     folder.mkdir()
@@ -193,9 +193,27 @@ def test_a_run_that_cannot_fit_is_refused_before_loading(tmp_path) -> None:
     assert grew < 1024 * MiB  # the whole-model run would have needed ~30 GiB
     assert not (out / "demos.zarr").exists() and not (out / "train").exists()
 
-    # the override goes on to load the checkpoint (which has no weights: that error, not the plan's)
-    from policydistill.checkpoint import CheckpointError
 
+def test_ignore_memory_plan_goes_on_to_load(tmp_path, monkeypatch) -> None:
+    """--ignore-memory-plan: the refusal is skipped and the run goes on to load the teacher. This
+    machine's memory cannot be made smaller, so the memory available is read as 1 MiB here; the
+    checkpoint holds no weights, so loading then fails with that error, not the plan's."""
+    import dataclasses
+
+    from policydistill.checkpoint import CheckpointError
+    from policydistill.pipeline import plan as plan_module
+    from policydistill.pipeline.distill import DISTILL_PRESETS, distill_policy
+
+    config = Pi0Policy.from_preset("tiny").config_dict()
+    config["policydistill"] = {"tasks": ["metaworld/reach-wall-v3"], "role": "teacher"}
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(plan_module, "available_memory", lambda device="cpu": MiB)
+    cfg = dataclasses.replace(
+        DISTILL_PRESETS["tiny"], checkpoint=str(tmp_path / "small"), out=str(tmp_path / "run"), progress=False
+    )
+    with pytest.raises(MemoryPlanError, match="nothing was loaded or allocated"):
+        distill_policy(cfg)
     with pytest.raises(CheckpointError, match="model.safetensors"):
         distill_policy(dataclasses.replace(cfg, ignore_memory_plan=True))
 

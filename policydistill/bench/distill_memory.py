@@ -34,6 +34,8 @@ from torch import nn
 
 #: the plan may be off by this fraction of the measured peak (the claim the benchmark checks)
 TOLERANCE = 0.15
+#: elements filled per call when making random weights (bounds the initialisation's temporaries)
+INIT_CHUNK = 1 << 24
 
 
 @dataclass
@@ -69,7 +71,11 @@ def fill_random(model: nn.Module, seed: int, std: float = 0.02) -> None:
     gen = torch.Generator().manual_seed(seed)
     for p in model.parameters():
         if p.dim() >= 2:
-            p.normal_(0.0, std, generator=gen)
+            # in chunks: normal_ on a bf16 tensor draws in float32 first, a transient float32 copy
+            # of the whole tensor (2 GiB for full pi0's token embedding)
+            flat = p.view(-1)
+            for start in range(0, flat.numel(), INIT_CHUNK):
+                flat[start : start + INIT_CHUNK].normal_(0.0, std, generator=gen)
         else:
             p.zero_()
     for module in model.modules():

@@ -447,10 +447,11 @@ def plan_for_run(cfg: Any, teacher: Any = None, device: str = "cpu") -> DistillP
     return plan_for_checkpoint(str(folder), **kwargs)
 
 
-def check_run_memory(cfg: Any, teacher: Any = None, device: str = "cpu") -> DistillPlan | None:
+def check_run_memory(cfg: Any, teacher: Any = None, device: str | None = None) -> DistillPlan | None:
     """Plan run ``cfg``, log the plan, and refuse it (``MemoryPlanError``) when it cannot fit this
-    machine's memory, unless ``cfg.ignore_memory_plan``. None when the sizes are not known yet."""
-    plan = plan_for_run(cfg, teacher, device)
+    machine's memory (``device``: the config's, else the CPU), unless ``cfg.ignore_memory_plan``.
+    None when the sizes are not known yet."""
+    plan = plan_for_run(cfg, teacher, device or str(getattr(cfg, "device", None) or "cpu"))
     if plan is None:
         return None
     logger.info(format_plan(plan))
@@ -584,9 +585,9 @@ def measured_peak(device: str = "cpu") -> dict[str, Any]:
     return {"bytes": peak_rss(), "kind": "peak RSS"}
 
 
-def memory_record(plan: DistillPlan, device: str = "cpu") -> dict[str, Any]:
-    """The report's ``memory`` entry: the plan, the measured peak and their ratio."""
-    peak = measured_peak(device)
+def memory_record(plan: DistillPlan) -> dict[str, Any]:
+    """The report's ``memory`` entry: the plan, the measured peak (on the plan's device) and their ratio."""
+    peak = measured_peak(plan.device)
     return {"plan": plan.to_dict(), "measured_peak": peak, "peak_over_plan": peak["bytes"] / max(1, plan.total)}
 
 
