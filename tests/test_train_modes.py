@@ -292,3 +292,18 @@ def test_train_mode_defaults():
     assert train_mode(DistillConfig(), policy) == "expert"
     assert train_mode(dataclasses.replace(DistillConfig(), fsdp=True), policy) == "all"
     assert train_mode(dataclasses.replace(DistillConfig(), train="all"), policy) == "all"
+
+
+def test_a_nan_observation_is_named_under_a_shared_prefix():
+    from policydistill.train.loop import TrainingDiverged
+
+    class Broken(Windows):
+        def sample(self, batch_size, generator):
+            batch = super().sample(batch_size, generator)
+            batch.cond["state"][0, 0] = float("nan")
+            return batch
+
+    teacher = _policy("pi0")
+    student = student_from_teacher(teacher, "expert")
+    with pytest.raises(TrainingDiverged, match="cond\\['state'\\]"):
+        train(student, make_method("snapflow"), Broken(student), _cfg(1), teacher=teacher)
