@@ -210,6 +210,16 @@ def test_shared_prefix_slices_and_joins_like_its_conditioning():
     assert torch.equal(part.cond["state"], cond["state"][1:3])
     joined = tree_cat([part, tree_slice(shared, slice(0, 1), 4)])  # a pair buffer keeps raw observations
     assert isinstance(joined, dict) and joined["state"].shape[0] == 3
+    again = tree_cat([joined, tree_slice(shared, slice(3, 4), 4)])  # raw and wrapped parts side by side
+    assert isinstance(again, dict) and torch.equal(again["state"][-1], cond["state"][3])
+
+
+def test_reflow_fills_its_pair_buffer_over_several_steps_in_expert_mode():
+    teacher = _policy("pi0")
+    student = student_from_teacher(teacher, "expert")
+    m = make_method("reflow", buffer_size=12)
+    result = train(student, m, Windows(student), _cfg(5), teacher=teacher)  # 3 fills, then 2 steady steps
+    assert m.filled == 12 and isinstance(m._cond, dict) and len(result.history) == 5
 
 
 def test_frozen_prefix_is_unchanged_by_training_and_the_rest_learns():
@@ -221,3 +231,79 @@ def test_frozen_prefix_is_unchanged_by_training_and_the_rest_learns():
     for name, p in after.items():
         changed = not torch.equal(p, before[name])
         assert changed == p.requires_grad or "target_time.fc1" in name, name
+
+
+def test_frozen_prefix_stored_in_bf16_computes_in_float32_and_saves_plain(tmp_path):
+    from policydistill.checkpoint import load_model, save_model
+
+    teacher = _policy("pi0")
+    reference = _policy("pi0")
+    student = student_from_teacher(teacher, "expert", torch.bfloat16)
+    frozen = [p for p in student.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert all(p.dtype == torch.float32 for p in student.parameters() if p.requires_grad)
+    assert student.dtype == torch.float32
+    cond = Windows(student).sample(2, torch.Generator().manual_seed(0)).cond
+    x, t = torch.randn(2, *student.sample_shape()), torch.tensor([0.8, 0.3])
+    with torch.no_grad():
+        out = student.flow(x, t, t, student.encode(cond))
+        assert out.dtype == torch.float32
+        assert torch.equal(out, student.flow(x, t, t, student.encode(share_prefix(student, cond))))
+        # the same function as the float32 model, up to bf16 rounding of the frozen weights
+        exact = reference.flow(x, t, t, reference.encode(cond))
+        assert 0 < (out - exact).abs().max() < 0.05 * exact.abs().max()
+    # checkpoints keep the usual keys, in float32, and reload into a plain model with the same outputs
+    state = student.state_dict()
+    assert set(state) == set(reference.state_dict()) and all(v.dtype == torch.float32 for v in state.values())
+    save_model(tmp_path / "s", student)
+    with torch.no_grad():
+        again = load_model(tmp_path / "s").eval()
+        assert torch.equal(again.flow(x, t, t, again.encode(cond)), out)
+    student.load_state_dict(reference.state_dict())  # a resume loads float32 weights back into bf16 storage
+    assert all(p.dtype == torch.bfloat16 for p in student.parameters() if not p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"train": "vlm"}, "--train 'vlm' is not a training mode"),
+        ({"train": "all", "frozen_dtype": "bf16"}, "--train all freezes nothing"),
+        ({"frozen_dtype": "fp16"}, "--frozen-dtype 'fp16'"),
+        ({"train": "expert", "fsdp": True}, "use --train all with --fsdp"),
+        ({"precision": "half"}, "--precision 'half'"),
+    ],
+)
+def test_train_options_are_checked_before_any_work(changes, message):
+    import dataclasses
+
+    from policydistill.pipeline.distill import DistillConfig
+    from policydistill.pipeline.run_options import check_distill_options
+
+    with pytest.raises(ValueError, match=message):
+        check_distill_options(dataclasses.replace(DistillConfig(), **changes))
+
+
+def test_train_mode_defaults():
+    import dataclasses
+
+    from policydistill.pipeline.distill import DistillConfig, train_mode
+
+    policy = _policy("pi0")
+    assert train_mode(DistillConfig(), policy) == "expert"
+    assert train_mode(dataclasses.replace(DistillConfig(), fsdp=True), policy) == "all"
+    assert train_mode(dataclasses.replace(DistillConfig(), train="all"), policy) == "all"
+
+
+def test_a_nan_observation_is_named_under_a_shared_prefix():
+    from policydistill.train.loop import TrainingDiverged
+
+    class Broken(Windows):
+        def sample(self, batch_size, generator):
+            batch = super().sample(batch_size, generator)
+            batch.cond["state"][0, 0] = float("nan")
+            return batch
+
+    teacher = _policy("pi0")
+    student = student_from_teacher(teacher, "expert")
+    with pytest.raises(TrainingDiverged, match="cond\\['state'\\]"):
+        train(student, make_method("snapflow"), Broken(student), _cfg(1), teacher=teacher)

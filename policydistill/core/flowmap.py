@@ -79,6 +79,11 @@ class FlowMapModel(nn.Module):
             f"{type(self).__name__} has no frozen prefix to leave out of training (--train {train}); use --train all"
         )
 
+    def lora_targets(self) -> dict[str, str]:
+        """Where optional LoRA adapters go (``--lora-rank``): {sub-module name: regex of the Linear
+        layer names inside it that take an adapter}. Default: none."""
+        return {}
+
     def encode_frozen(self, cond: Any) -> Any:
         """The part of ``encode`` that reads only the shared frozen modules (e.g. a VLA's
         vision-language keys and values), for raw conditioning ``cond``. Called once per batch

@@ -83,6 +83,14 @@ class DistillConfig:
             "help": "Store the frozen prefix in this dtype (bf16 halves its memory; compute stays as configured).",
         },
     )
+    lora_rank: int = field(
+        default=0,
+        metadata={
+            "flags": ("--lora-rank",),
+            "min": 0,
+            "help": "Train LoRA adapters of this rank on the action expert instead of its weights (peft; 0 = off).",
+        },
+    )
     precision: str = field(
         default="auto",
         metadata={
@@ -339,6 +347,11 @@ def train_student(
     torch.manual_seed(cfg.seed)  # the new target-time layers are random: draw them from the run's seed
     train_as = train_mode(cfg, job.teacher)
     student = make_student(job.teacher, method.sampling, nfe, train_as, cfg.frozen_dtype)
+    if cfg.lora_rank:
+        from ..train.lora import add_lora
+
+        n = add_lora(student, cfg.lora_rank)
+        logger.info(f"LoRA rank {cfg.lora_rank} on the action expert: {n / 1e6:.2f} M adapter parameters")
     command = " ".join(shlex.quote(a) for a in sys.argv)
     prov = {
         "role": "student",
@@ -376,6 +389,8 @@ def train_student(
         identity["train"] = train_as
     if cfg.frozen_dtype:
         identity["frozen_dtype"] = cfg.frozen_dtype
+    if cfg.lora_rank:
+        identity["lora_rank"] = cfg.lora_rank
     t0 = time.perf_counter()
     result = train(
         student,
@@ -390,8 +405,13 @@ def train_student(
         extend=extend,
     )
     prov["train_seconds"] = time.perf_counter() - t0
+    prov["train"] = train_as
     prov["final_loss"] = sum(h["loss"] for h in result.history[-20:]) / max(1, len(result.history[-20:]))
     student = method.sampling_model(result.model)
+    if cfg.lora_rank:  # the saved student is a plain model: adapters folded into the expert's weights
+        from ..train.lora import merge_lora
+
+        merge_lora(student)
     student.eval()
     if not distributed.is_main():  # under torchrun, rank 0 saves and evaluates
         return student, prov
@@ -451,6 +471,7 @@ def _distill_policy(cfg: DistillConfig, resume: bool, extend: bool, console: Con
             "tasks": job.tasks,
             "train_seconds": prov["train_seconds"],
             "final_loss": prov["final_loss"],
+            "train": prov["train"],
             "memory": memory,
             "command": prov["command"],
         }

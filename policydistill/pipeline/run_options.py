@@ -76,7 +76,7 @@ def check_distill_options(cfg: Any) -> None:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    for name in ("episodes", "sweep_episodes", "workers", "micro_batches"):
+    for name in ("episodes", "sweep_episodes", "workers", "micro_batches", "lora_rank"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
@@ -113,6 +113,10 @@ def check_train_options(cfg: Any) -> None:
             f"--train {train} shares one frozen prefix between the teacher, the student and their copies, which "
             "FSDP cannot shard: use --train all with --fsdp (or drop --fsdp)"
         )
+    if getattr(cfg, "lora_rank", 0):
+        from ..train.lora import _peft
+
+        _peft()  # the missing extra fails before any work
     precision = getattr(cfg, "precision", "auto")
     if precision not in PRECISIONS:
         raise ValueError(f"--precision {precision!r}: valid: {', '.join(PRECISIONS)}")

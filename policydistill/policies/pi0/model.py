@@ -193,6 +193,12 @@ class Pi0Policy(FlowPolicy):
             return ["vision", "projector", "embed_tokens", "vlm"]
         return super().frozen_modules(train)
 
+    def lora_targets(self) -> dict[str, str]:
+        """LoRA adapters (``--lora-rank``) go on the action expert's attention output and MLP
+        projections. Not on its fused q/k/v projection: the state token's last layer reads that
+        weight directly (keys and values only), which an adapter would not see."""
+        return {"expert": r".*\.(o_proj|gate_up_proj|down_proj)"}
+
     # ------------------------------------------------------------------ text
     @property
     def tokenizer(self):

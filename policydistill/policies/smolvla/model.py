@@ -441,6 +441,10 @@ class SmolVLA(FlowPolicy):
             return ["vision", "connector", "embed_tokens", "vlm_layers", "state_proj"]
         return super().frozen_modules(train)
 
+    def lora_targets(self) -> dict[str, str]:
+        """LoRA adapters (``--lora-rank``) go on every projection of the action expert."""
+        return {"expert_layers": r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"}
+
     def encode(self, cond: Any) -> SmolVLAContext:
         """The prefix pass, once per chunk. Given a ``SharedPrefix`` of this model's frozen modules,
         the VLM keys/values computed once for the batch are reused and only the expert's
