@@ -74,6 +74,9 @@ bench_app.command("methods")(_bench_methods)
 from .policies import bench_policies_cmd as _bench_policies  # noqa: E402
 
 bench_app.command("policies")(_bench_policies)
+from .bench_distill import bench_distill_cmd as _bench_distill  # noqa: E402
+
+bench_app.command("distill")(_bench_distill)
 
 from .data_io import data_app as _data_app  # noqa: E402  (`data` sub-app; other data commands register on it)
 
@@ -96,7 +99,12 @@ from .envs import envs_app as _envs_app  # noqa: E402
 app.add_typer(_envs_app, name="envs")
 
 
+from .plan import bench_distill_memory_cmd as _bench_distill_memory  # noqa: E402
+from .plan import plan_app as _plan_app  # noqa: E402
 from .runs import runs_app as _runs_app  # noqa: E402
+
+app.add_typer(_plan_app, name="plan")
+bench_app.command("distill-memory")(_bench_distill_memory)
 
 app.add_typer(_runs_app, name="runs")
 

@@ -218,6 +218,7 @@ _COMPARE_FIELDS = dict(
         "video",
         "micro_batches",
         "fsdp",
+        "ignore_memory_plan",
     ),
     overrides={
         "checkpoint": {

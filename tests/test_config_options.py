@@ -94,6 +94,7 @@ def test_every_command_line_field_of_the_config_is_an_option(command, cls_name):
             "video",
             "micro_batches",
             "fsdp",
+            "ignore_memory_plan",
         }
     }.get(command, set())
     for f in dataclasses.fields(cls):

@@ -42,6 +42,12 @@ def test_tiny_pipeline_end_to_end(tmp_path, tiny_teacher):
         assert v["latency_ms"]["denoise_p50"] > 0 and v["latency_ms"]["e2e_p50"] > 0
         assert "steps_to_success" in v
     assert on_disk["denoise_speedup"] > 1.0
+    # the memory plan printed at the start is recorded beside the measured peak of loading + training
+    memory = on_disk["memory"]
+    assert memory["plan"]["method"] == cfg.method and memory["plan"]["params_total"] == sum(
+        p.numel() for p in teacher.parameters()
+    )
+    assert memory["measured_peak"]["kind"] == "peak RSS" and memory["measured_peak"]["bytes"] > 0
     # the n_action_steps sweep: every variant at every horizon; the main horizon (8) reuses the main rows
     sweep = on_disk["n_action_steps_sweep"]
     assert [p["n_action_steps"] for p in sweep] == [4, 8]

@@ -48,6 +48,9 @@ def tree_cat(trees: list[Any]) -> Any:
     first = trees[0]
     if first is None:
         return None
+    joiner = next((t for t in trees if hasattr(t, "tree_cat")), None)
+    if joiner is not None:  # objects that know how to join themselves (also beside plain parts)
+        return joiner.tree_cat(trees)
     if torch.is_tensor(first):
         return torch.cat(trees, dim=0)
     if isinstance(first, dict):

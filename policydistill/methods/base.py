@@ -119,7 +119,11 @@ def bcast(t: Tensor, like: Tensor) -> Tensor:
 
 @torch.no_grad()
 def update_ema(target: nn.Module, source: nn.Module, decay: float) -> None:
+    """target ← decay·target + (1 − decay)·source, parameter by parameter. Tensors the two share
+    (a frozen prefix kept as one copy by ``core.copy_model``) are skipped: they are already equal."""
     for pt, ps in zip(target.parameters(), source.parameters()):
-        pt.lerp_(ps.detach(), 1.0 - decay)
+        if pt is not ps:
+            pt.lerp_(ps.detach(), 1.0 - decay)
     for bt, bs in zip(target.buffers(), source.buffers()):
-        bt.copy_(bs)
+        if bt is not bs:
+            bt.copy_(bs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -10,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..core.flowmap import FlowBatch, FlowMapModel
+from ..core.flowmap import FlowBatch, FlowMapModel, copy_model
 from ..core.interpolant import interpolate
 from .base import Method, bcast, update_ema
 
@@ -63,7 +62,7 @@ class ConsistencyDistillation(Method):
         if self.config.n_intervals < 1:
             raise ValueError(f"n_intervals must be >= 1, got {self.config.n_intervals}")
         # θ⁻ starts equal to θ (the warm-started student) and follows it by EMA.
-        self.target_net = copy.deepcopy(student).eval().requires_grad_(False)
+        self.target_net = copy_model(student).eval().requires_grad_(False)
 
     def grid(self, like: Tensor) -> Tensor:
         n = self.config.n_intervals

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -10,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..core.flowmap import FlowBatch, FlowMapModel
+from ..core.flowmap import FlowBatch, FlowMapModel, copy_model
 from ..core.interpolant import interpolate
 from .base import Method, bcast, masked_mse
 from .flowmap_terms import count_of, split_batch
@@ -68,7 +67,7 @@ class ProgressiveDistillation(Method):
         self.total_steps = max(1, total_steps)
         # Allocated now (not at the first boundary) so the method's state_dict keys are stable
         # and a resumed run restores the current round's teacher.
-        self.round_teacher = copy.deepcopy(student).eval().requires_grad_(False)
+        self.round_teacher = copy_model(student).eval().requires_grad_(False)
 
     @property
     def n_rounds(self) -> int:

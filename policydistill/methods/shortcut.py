@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ..core.flowmap import FlowBatch, FlowMapModel
+from ..core.flowmap import FlowBatch, FlowMapModel, copy_model
 from ..core.interpolant import interpolate
 from .base import Method, bcast, masked_mse, update_ema
 from .flowmap_terms import count_of, diagonal_fm_loss, split_batch
@@ -49,7 +48,7 @@ class Shortcut(Method):
         if self.config.max_steps_log2 < 1:
             raise ValueError(f"max_steps_log2 must be >= 1, got {self.config.max_steps_log2}")
         # An nn.Module attribute: the EMA is part of method.state_dict(), so checkpoints keep it.
-        self.ema: nn.Module = copy.deepcopy(student).eval().requires_grad_(False)
+        self.ema: nn.Module = copy_model(student).eval().requires_grad_(False)
 
     def after_step(self, student: FlowMapModel, step: int) -> None:
         update_ema(self.ema, student, self.config.ema_decay)

@@ -69,6 +69,34 @@ class DistillConfig:
     iters: int = field(default=1500, metadata={"min": 1, "help": "Distillation optimiser steps."})
     batch_size: int = 32
     lr: float = 1e-4
+    train: str | None = field(
+        default=None,
+        metadata={  # None = the model's default (FlowMapModel.default_train)
+            "help": "What trains: 'expert' (policies' default: the vision-language prefix stays frozen, held "
+            "once and encoded once per batch) or 'all' (every weight).",
+        },
+    )
+    frozen_dtype: str | None = field(
+        default=None,
+        metadata={  # None = the model's own dtype
+            "flags": ("--frozen-dtype",),
+            "help": "Store the frozen prefix in this dtype (bf16 halves its memory; compute stays as configured).",
+        },
+    )
+    lora_rank: int = field(
+        default=0,
+        metadata={
+            "flags": ("--lora-rank",),
+            "min": 0,
+            "help": "Train LoRA adapters of this rank on the action expert instead of its weights (peft; 0 = off).",
+        },
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "Training arithmetic: auto (bf16 autocast on CUDA, float32 on CPU), fp32 or bf16.",
+        },
+    )
     warmup_steps: int = 100
     task: str | None = field(default=None, metadata={"help": "Tasks to evaluate (default: the teacher's)."})
     # default: the teacher's dataset (regenerated if missing); given: must exist
@@ -123,6 +151,14 @@ class DistillConfig:
     fsdp: bool = field(default=False, metadata=cli_help.FSDP)  # shard the student over the torchrun ranks (FSDP2)
     method_options: dict[str, Any] = field(default_factory=dict)
     log: str = field(default="", metadata=cli_help.LOG)  # extra run logs besides metrics.jsonl: tensorboard, wandb
+    ignore_memory_plan: bool = field(
+        default=False,
+        metadata={
+            "flags": ("--ignore-memory-plan",),
+            "default": False,
+            "help": "Run even when the memory plan says it does not fit (the plan is an estimate).",
+        },
+    )
 
 
 DISTILL_PRESETS: dict[str, DistillConfig] = {
@@ -158,8 +194,24 @@ class Variant:
         return f"{self.method or self.name}@{self.nfe}"
 
 
-def make_student(teacher: Any, method_sampling: str, nfe: int) -> Any:
-    student = student_from_teacher(teacher)
+def train_mode(cfg: DistillConfig, teacher: Any) -> str:
+    """The ``--train`` mode of a run: the option, else the model's default ("all" under --fsdp, which
+    shards every model separately and so cannot share a frozen prefix)."""
+    if cfg.train is None and cfg.fsdp:
+        return "all"
+    return cfg.train or getattr(teacher, "default_train", "all")
+
+
+#: --frozen-dtype names
+FROZEN_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def make_student(
+    teacher: Any, method_sampling: str, nfe: int, train: str = "all", frozen_dtype: str | None = None
+) -> Any:
+    """The student: a copy of ``teacher`` that shares the modules frozen under ``train`` (stored in
+    ``frozen_dtype`` when given: the teacher's too, since it is the same copy)."""
+    student = student_from_teacher(teacher, train, FROZEN_DTYPES[frozen_dtype] if frozen_dtype else None)
     student.config.sampling_mode = method_sampling
     student.config.num_inference_steps = nfe
     return student
@@ -295,7 +347,13 @@ def train_student(
 
     method = make_method(method_name, **cfg.method_options)
     torch.manual_seed(cfg.seed)  # the new target-time layers are random: draw them from the run's seed
-    student = make_student(job.teacher, method.sampling, nfe)
+    train_as = train_mode(cfg, job.teacher)
+    student = make_student(job.teacher, method.sampling, nfe, train_as, cfg.frozen_dtype)
+    if cfg.lora_rank:
+        from ..train.lora import add_lora
+
+        n = add_lora(student, cfg.lora_rank)
+        logger.info(f"LoRA rank {cfg.lora_rank} on the action expert: {n / 1e6:.2f} M adapter parameters")
     command = " ".join(shlex.quote(a) for a in sys.argv)
     prov = {
         "role": "student",
@@ -319,6 +377,7 @@ def train_student(
         micro_batches=cfg.micro_batches,
         fsdp=cfg.fsdp,
         log=cfg.log,
+        precision=cfg.precision,
         description=f"distil {method_name} → {nfe} NFE",
     )
     identity = {
@@ -328,6 +387,12 @@ def train_student(
         "method_options": cfg.method_options,
         "data": str(Path(job.data_path).resolve()),
     }
+    if train_as != "all":  # runs written before training modes existed trained everything
+        identity["train"] = train_as
+    if cfg.frozen_dtype:
+        identity["frozen_dtype"] = cfg.frozen_dtype
+    if cfg.lora_rank:
+        identity["lora_rank"] = cfg.lora_rank
     t0 = time.perf_counter()
     result = train(
         student,
@@ -342,8 +407,13 @@ def train_student(
         extend=extend,
     )
     prov["train_seconds"] = time.perf_counter() - t0
+    prov["train"] = train_as
     prov["final_loss"] = sum(h["loss"] for h in result.history[-20:]) / max(1, len(result.history[-20:]))
     student = method.sampling_model(result.model)
+    if cfg.lora_rank:  # the saved student is a plain model: adapters folded into the expert's weights
+        from ..train.lora import merge_lora
+
+        merge_lora(student)
     student.eval()
     if not distributed.is_main():  # under torchrun, rank 0 saves and evaluates
         return student, prov
@@ -377,9 +447,14 @@ def _distill_policy(cfg: DistillConfig, resume: bool, extend: bool, console: Con
         from ..train.fsdp import check_ready
 
         check_ready(make_method(cfg.method, **cfg.method_options))
+    from .plan import check_run_memory, memory_record
+
+    plan = check_run_memory(cfg)  # printed, and a run that cannot fit refused, before the teacher is loaded
     job = load_job(cfg)
     cfg = job.settle(cfg)
+    plan = plan or check_run_memory(cfg, job.teacher)  # a lerobot folder's sizes are known once it is loaded
     student, prov = train_student(job, cfg, cfg.method, cfg.steps, out, resume, extend)
+    memory = memory_record(plan) if plan is not None else None  # the peak of loading + training, beside the plan
     if not distributed.is_main():
         return {}
     sampling = student.sampling_mode  # stored by train(): the mode the method was trained for
@@ -398,6 +473,8 @@ def _distill_policy(cfg: DistillConfig, resume: bool, extend: bool, console: Con
             "tasks": job.tasks,
             "train_seconds": prov["train_seconds"],
             "final_loss": prov["final_loss"],
+            "train": prov["train"],
+            "memory": memory,
             "command": prov["command"],
         }
     )

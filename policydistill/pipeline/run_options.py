@@ -76,7 +76,7 @@ def check_distill_options(cfg: Any) -> None:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    for name in ("episodes", "sweep_episodes", "workers", "micro_batches"):
+    for name in ("episodes", "sweep_episodes", "workers", "micro_batches", "lora_rank"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
@@ -86,6 +86,7 @@ def check_distill_options(cfg: Any) -> None:
         raise ValueError(f"--lr must be a positive finite number, got {cfg.lr!r}")
     check_threads(cfg.threads)
     check_sweep(cfg.sweep_n_action_steps)
+    check_train_options(cfg)
     parse_backends(cfg.log)
     if cfg.data is not None and not Path(cfg.data).exists():
         # never fall back to regenerating demonstrations: a mistyped path would train on other data
@@ -93,6 +94,38 @@ def check_distill_options(cfg: Any) -> None:
             f"--data {cfg.data} does not exist. Pass an existing dataset (zarr store or LeRobot v3 folder), or leave "
             "--data out to use the teacher's own demonstrations (generated with its seeds if missing)."
         )
+
+
+def check_train_options(cfg: Any) -> None:
+    """--train, --frozen-dtype and --precision (the model's own support is checked once it is loaded)."""
+    from ..core.flowmap import TRAIN_MODES
+
+    train = getattr(cfg, "train", None)
+    if train is not None and train not in TRAIN_MODES:
+        raise ValueError(f"--train {train!r} is not a training mode; valid: {', '.join(TRAIN_MODES)}")
+    frozen_dtype = getattr(cfg, "frozen_dtype", None)
+    if frozen_dtype is not None and frozen_dtype not in FROZEN_DTYPES:
+        raise ValueError(f"--frozen-dtype {frozen_dtype!r}: valid: {', '.join(FROZEN_DTYPES)}")
+    if frozen_dtype is not None and train == "all":
+        raise ValueError("--frozen-dtype applies to the frozen prefix, and --train all freezes nothing: drop one")
+    if getattr(cfg, "fsdp", False) and train not in (None, "all"):
+        raise ValueError(
+            f"--train {train} shares one frozen prefix between the teacher, the student and their copies, which "
+            "FSDP cannot shard: use --train all with --fsdp (or drop --fsdp)"
+        )
+    if getattr(cfg, "lora_rank", 0):
+        from ..train.lora import _peft
+
+        _peft()  # the missing extra fails before any work
+    precision = getattr(cfg, "precision", "auto")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: valid: {', '.join(PRECISIONS)}")
+
+
+#: storage dtypes of a frozen prefix (--frozen-dtype)
+FROZEN_DTYPES = ("bf16", "fp32")
+#: --precision: bf16 autocast on CUDA under auto
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def check_chunk_options(cfg: Any, chunk: int) -> None:

@@ -137,6 +137,9 @@ class FlowPolicy(FlowMapModel):
 
     architecture: ClassVar[str] = ""
     time_sampler = "beta"  # pi0's Beta(1.5, 1) training-time sampler
+    #: distillation trains the action expert and leaves the vision-language prefix frozen and shared
+    #: (``frozen_modules("expert")``), the recipe SnapFlow and lerobot's ``train_expert_only`` use
+    default_train = "expert"
     config: FlowPolicyConfig
     #: the prefix, step and whole chunk compiled by ``compile_for_inference``
     #: (``compiled.CompiledInference``); None = eager
@@ -179,7 +182,9 @@ class FlowPolicy(FlowMapModel):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        """The compute dtype: the target-time branch's (a frozen prefix may be STORED in another,
+        see ``core.flowmap.store_frozen_as``)."""
+        return self.target_time.fc1.weight.dtype
 
     def sample_shape(self) -> tuple[int, ...]:
         return (self.config.chunk_size, self.config.max_action_dim)

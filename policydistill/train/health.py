@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError
-from ..core.flowmap import FlowBatch
+from ..core.flowmap import FlowBatch, SharedPrefix
 
 #: |value| beyond which a training batch entry is corrupt rather than large: its square, which
 #: every flow-matching loss takes, overflows float32 (3.4e38) long before.
@@ -61,7 +61,7 @@ def check_model(model: nn.Module, role: str) -> None:
 
 def _tensors(batch: FlowBatch) -> list[tuple[str, torch.Tensor]]:
     out = [("data (the training targets, e.g. action chunks)", batch.data)]
-    cond = batch.cond
+    cond = batch.cond.cond if isinstance(batch.cond, SharedPrefix) else batch.cond  # the raw observations
     if torch.is_tensor(cond):
         out.append(("cond", cond))
     elif isinstance(cond, dict):

@@ -30,7 +30,6 @@ tell corrupt data or weights from a too-high learning rate (``health``).
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import math
 import signal
@@ -45,7 +44,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from ..checkpoint import CheckpointError
-from ..core.flowmap import FlowBatch, FlowMapModel
+from ..core.flowmap import FlowBatch, FlowMapModel, copy_model, share_prefix
 from ..methods.base import Method, update_ema
 from . import distributed, fsdp
 from .checkpointing import (  # noqa: F401  (latest_checkpoint, check_output_dir: part of this module's API)
@@ -176,11 +175,27 @@ def data_seed(seed: int, step: int, rank: int = 0) -> int:
     return (z ^ (z >> 31)) % (2**63 - 1)
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
+def autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """The training step's arithmetic: bf16 autocast under "bf16", and under "auto" on CUDA; else
+    float32 (a CPU run stays float32 unless asked)."""
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if use_bf16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return torch.autocast(device_type=device.type, enabled=False)
+
+
+def make_optimizer(student: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the student's TRAINABLE parameters (a frozen prefix has no gradients and no
+    moments); weight decay on matrices only."""
+    params = [p for p in student.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+        fused=False,
+    )
 
 
 def _shard_all(student: nn.Module, ema: nn.Module | None, method: Method, device: torch.device) -> dict[str, nn.Module]:
@@ -253,6 +268,12 @@ def train(
     backends = parse_backends(cfg.log)  # an unknown or missing logger fails before any work
     if cfg.fsdp:
         fsdp.check_ready(method)
+        if student.shared_frozen:
+            raise ValueError(
+                "FSDP shards every model of the run separately, but this student shares its frozen modules "
+                f"({', '.join(student.shared_frozen)}) with the teacher and its copies: train with --train all "
+                "under --fsdp, or without --fsdp (the frozen prefix is held once)"
+            )
     ctx = distributed.context()
     n_micro = distributed.resolve_micro_batches(cfg.batch_size, cfg.micro_batches, ctx.world_size)
     mine = distributed.my_micro_batches(n_micro, ctx)
@@ -291,19 +312,13 @@ def train(
         method.to(device)
         method.setup(student, teacher, cfg.steps)
         method.to(device)
-        ema = copy.deepcopy(student).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
+        # copies share the student's frozen modules (one copy of a frozen prefix in memory)
+        ema = copy_model(student).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
         # after the copies (FSDP modules cannot be deep-copied), before the optimiser sees the parameters
         twins = _shard_all(student, ema, method, device) if cfg.fsdp else {}
 
         params = [p for p in student.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-            betas=cfg.betas,
-            fused=False,
-        )
+        optimizer = make_optimizer(student, cfg)
         if writer is not None:
             check_output_dir(writer, checkpoint_bytes(student, method, ema, cfg))
 
@@ -364,7 +379,9 @@ def train(
                 batch.data = batch.data.to(device)
                 if batch.mask is not None:
                     batch.mask = batch.mask.to(device)
-                with _autocast(cfg, device):
+                # a shared frozen prefix is encoded once for the batch and reused by every model of the step
+                batch.cond = share_prefix(student, batch.cond)
+                with autocast(cfg, device):
                     loss, metrics = method.loss(student, teacher, batch, step)
                 (loss if n_micro == 1 else loss / n_micro).backward()
                 micro_loss = float(loss.detach())

@@ -32,7 +32,7 @@ With its last layer at zero, the student equals the teacher exactly (tested).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,16 @@ class PrefixCache:
     @property
     def cached_len(self) -> int:
         return self.keys[0].shape[2]
+
+
+class VLMPrefix(NamedTuple):
+    """``encode_frozen``'s result: what depends only on the frozen vision-language modules."""
+
+    keys: list[Tensor]  # per VLM layer (B, KVH, P, hd), rotated
+    values: list[Tensor]
+    key_mask: Tensor | None  # additive (B, 1, 1, P + state + chunk); None = all keys valid
+    cos: Tensor  # rotary tables of every position (prefix, pi0's state token, actions)
+    sin: Tensor
 
 
 class _CacheWriter:
@@ -172,6 +182,23 @@ class Pi0Policy(FlowPolicy):
     def _default_variant(cls) -> str:
         return "pi0"
 
+    # ------------------------------------------------------------------ training modes
+    def frozen_modules(self, train: str) -> list[str]:
+        """ "expert": the vision tower, its projector, the token embedding and the Gemma VLM stay
+        frozen; the action expert, the action/state/time projections and the target-time branch
+        train. The VLM's per-layer keys/values are then a function of frozen weights only
+        (``encode_frozen``); pi0's state token, which runs through the (trained) expert, is added
+        by ``encode`` with the model's own weights."""
+        if train == "expert":
+            return ["vision", "projector", "embed_tokens", "vlm"]
+        return super().frozen_modules(train)
+
+    def lora_targets(self) -> dict[str, str]:
+        """LoRA adapters (``--lora-rank``) go on the action expert's attention output and MLP
+        projections. Not on its fused q/k/v projection: the state token's last layer reads that
+        weight directly (keys and values only), which an adapter would not see."""
+        return {"expert": r".*\.(o_proj|gate_up_proj|down_proj)"}
+
     # ------------------------------------------------------------------ text
     @property
     def tokenizer(self):
@@ -208,13 +235,40 @@ class Pi0Policy(FlowPolicy):
         return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, dtype)
 
     def encode(self, cond: Any) -> PrefixCache:
-        """Prefix pass (once per chunk) → per-layer keys/values (+ pi0's state token)."""
-        self.prefix_calls += 1
+        """Prefix pass (once per chunk) → per-layer keys/values (+ pi0's state token). Given a
+        ``SharedPrefix`` of this model's frozen modules, the VLM's keys/values computed once for
+        the batch are reused and only pi0's state token runs (through this model's expert)."""
+        cond, frozen = self.split_prefix(cond)
         cond = self.process(cond)
+        if frozen is not None:
+            return self._finish_prefix(frozen, cond["state"])
+        self.prefix_calls += 1
         args = self._prefix_args(cond)
         if self._compiled is not None and not torch.is_grad_enabled():
             return self._compiled.prefix(self, *args)
         return self._prefix(*args)
+
+    def encode_frozen(self, cond: Any) -> VLMPrefix:
+        """The VLM part of the prefix (vision, projector, embeddings, VLM: the modules frozen under
+        ``--train expert``): per-layer keys/values and the masks/rotary tables of the whole chunk."""
+        self.prefix_calls += 1
+        images, image_masks, tokens, token_masks, _, padded = self._prefix_args(self.process(cond))
+        kv = _CacheWriter(0, inplace=False)
+        key_mask, cos, sin = self._vlm_kv(images, image_masks, tokens, token_masks, padded, kv)
+        return VLMPrefix(kv.keys, kv.values, key_mask, cos, sin)
+
+    def _finish_prefix(self, frozen: VLMPrefix, state: Tensor) -> PrefixCache:
+        """A ``PrefixCache`` from the shared VLM keys/values: pi0's state token is appended (with
+        this model's own expert and state projection, autograd on when training); the shared
+        tensors are never written to (concatenation, not the in-place buffers of inference)."""
+        p, n_state = frozen.keys[0].shape[2], (0 if self.is_pi05 else 1)
+        kv = _CacheWriter(0, inplace=False)
+        kv.keys, kv.values = list(frozen.keys), list(frozen.values)
+        cos, sin, key_mask = frozen.cos, frozen.sin, frozen.key_mask
+        if n_state:
+            mask = None if key_mask is None else key_mask[..., : p + 1]
+            self._state_token(state.to(cos.dtype), cos[:, :, p : p + 1], sin[:, :, p : p + 1], mask, kv)
+        return PrefixCache(kv.keys, kv.values, key_mask, cos[:, :, p + n_state :], sin[:, :, p + n_state :])
 
     def _prefix_args(self, cond: dict[str, Any]) -> tuple:
         # The one data-dependent branch of the prefix, taken here so that the tensor code has
@@ -252,6 +306,23 @@ class Pi0Policy(FlowPolicy):
     def _prefix(
         self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor, state: Tensor, padded: bool
     ) -> PrefixCache:
+        n_state = 0 if self.is_pi05 else 1
+        kv = _CacheWriter(0, inplace=not torch.is_grad_enabled())  # _vlm_kv sets its length
+        key_mask, cos, sin = self._vlm_kv(images, image_masks, tokens, token_masks, padded, kv)
+        p = kv.keys[0].shape[2]
+        if n_state:
+            mask = None if key_mask is None else key_mask[..., : p + 1]
+            self._state_token(state.to(cos.dtype), cos[:, :, p : p + 1], sin[:, :, p : p + 1], mask, kv)
+        cache = PrefixCache(kv.keys, kv.values, key_mask, cos[:, :, p + n_state :], sin[:, :, p + n_state :])
+        if kv.inplace:
+            cache.k_buf, cache.v_buf = kv.k_buf, kv.v_buf
+        return cache
+
+    def _vlm_kv(
+        self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor, padded: bool, kv: _CacheWriter
+    ) -> tuple[Tensor | None, Tensor, Tensor]:
+        """The VLM pass: writes every layer's prefix keys/values into ``kv``; returns the additive key
+        mask (None when every key is valid) and the rotary tables of the whole chunk's positions."""
         cfg = self.config
         embs, valid = self.embed_prefix(images.to(self.dtype), image_masks, tokens, token_masks)
         dtype, (b, p) = embs.dtype, valid.shape
@@ -263,7 +334,7 @@ class Pi0Policy(FlowPolicy):
         cos, sin = self._rope(torch.cat([valid.long().cumsum(1) - 1, tail], 1), dtype)
         key_valid = torch.cat([valid, valid.new_ones(b, n_state + chunk)], 1)
         key_mask = key_padding_mask(key_valid, dtype) if padded else None
-        kv = _CacheWriter(p + n_state + chunk, inplace=not torch.is_grad_enabled())
+        kv.total_len = p + n_state + chunk  # room for the whole chunk in inference buffers
         mask = None if key_mask is None else key_mask[..., :p]
         h = embs
         last = len(self.vlm.layers) - 1
@@ -277,13 +348,7 @@ class Pi0Policy(FlowPolicy):
             h = h + layer.self_attn.o_proj(grouped_attention(q, k, v, mask, layer.self_attn.scaling))
             x, _ = layer.post_attention_layernorm(h)
             h = h + layer.mlp(x)
-        if n_state:
-            mask = None if key_mask is None else key_mask[..., : p + 1]
-            self._state_token(state.to(dtype), cos[:, :, p : p + 1], sin[:, :, p : p + 1], mask, kv)
-        cache = PrefixCache(kv.keys, kv.values, key_mask, cos[:, :, p + n_state :], sin[:, :, p + n_state :])
-        if kv.inplace:
-            cache.k_buf, cache.v_buf = kv.k_buf, kv.v_buf
-        return cache
+        return key_mask, cos, sin
 
     def _state_token(self, state: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, kv: _CacheWriter) -> None:
         """pi0: run the state token (which sees the prefix and itself, never the actions) through

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -206,6 +206,18 @@ class SmolVLAContext:
             (r(self.rope_cross[0]), r(self.rope_cross[1])),
             self.prefix_len,
         )
+
+
+class SmolVLAFrozenPrefix(NamedTuple):
+    """``encode_frozen``'s result: the VLM's per-layer post-RoPE keys/values (before any expert
+    projection), the action tokens' masks and RoPE tables. Depends on frozen modules only."""
+
+    kv: list[tuple[Tensor, Tensor]]
+    self_mask: Tensor
+    cross_mask: Tensor
+    rope_self: tuple[Tensor, Tensor]
+    rope_cross: tuple[Tensor, Tensor]
+    prefix_len: int
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,22 +430,66 @@ class SmolVLA(FlowPolicy):
 
         return a.split(a.k_proj(flat(k)), a.kv_heads), a.split(a.v_proj(flat(v)), a.kv_heads)
 
+    def frozen_modules(self, train: str) -> list[str]:
+        """ "expert": the vision tower, connector, token embedding, VLM layers AND the state
+        projection stay frozen; the action expert (its cross-attention key/value projections
+        included), the action/time projections and the target-time branch train. SmolVLA puts the
+        state token in the VLM prefix, so its projection is frozen with the prefix (lerobot's
+        ``train_expert_only`` trains it through the frozen VLM): that keeps the VLM's keys/values a
+        function of frozen weights only, computed once per batch (``encode_frozen``)."""
+        if train == "expert":
+            return ["vision", "connector", "embed_tokens", "vlm_layers", "state_proj"]
+        return super().frozen_modules(train)
+
+    def lora_targets(self) -> dict[str, str]:
+        """LoRA adapters (``--lora-rank``) go on every projection of the action expert."""
+        return {"expert_layers": r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"}
+
     def encode(self, cond: Any) -> SmolVLAContext:
-        """The prefix pass, once per chunk."""
+        """The prefix pass, once per chunk. Given a ``SharedPrefix`` of this model's frozen modules,
+        the VLM keys/values computed once for the batch are reused and only the expert's
+        cross-attention key/value projections run (with this model's own weights)."""
+        cond, frozen = self.split_prefix(cond)
+        if frozen is not None:
+            return self._finish_prefix(frozen)
+        args = self._prefix_args(cond)
+        self.counters["encode"] += 1
+        if self._compiled is not None and not torch.is_grad_enabled():
+            return self._compiled.prefix(self, *args)
+        return self._prefix(*args)
+
+    def encode_frozen(self, cond: Any) -> SmolVLAFrozenPrefix:
+        """The part of the prefix that reads only the modules frozen under ``--train expert``."""
+        self.counters["encode"] += 1
+        return self._vlm_pass(*self._prefix_args(cond))
+
+    def _prefix_args(self, cond: Any) -> tuple[Tensor, ...]:
         if not isinstance(cond, dict) or "tokens" not in cond:
             raise TypeError(
                 "SmolVLA.encode expects a processed observation (policy.process(obs)): a dict with "
                 f"images, image_masks, tokens, token_masks, state; got {type(cond).__name__}"
             )
-        self.counters["encode"] += 1
-        args = (cond["images"], cond["image_masks"], cond["tokens"], cond["token_masks"], cond["state"])
-        if self._compiled is not None and not torch.is_grad_enabled():
-            return self._compiled.prefix(self, *args)
-        return self._prefix(*args)
+        return cond["images"], cond["image_masks"], cond["tokens"], cond["token_masks"], cond["state"]
 
     def _prefix(
         self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor, state: Tensor
     ) -> SmolVLAContext:
+        return self._finish_prefix(self._vlm_pass(images, image_masks, tokens, token_masks, state))
+
+    def _finish_prefix(self, frozen: SmolVLAFrozenPrefix) -> SmolVLAContext:
+        """The expert's k/v projections on the cross-attention layers' VLM keys/values."""
+        cfg = self.config
+        kv = [
+            self._cross_kv(self.expert_layers[i], k, v) if cfg.is_cross_layer(i) else (k, v)
+            for i, (k, v) in enumerate(frozen.kv)
+        ]
+        return SmolVLAContext(
+            kv, frozen.self_mask, frozen.cross_mask, frozen.rope_self, frozen.rope_cross, frozen.prefix_len
+        )
+
+    def _vlm_pass(
+        self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor, state: Tensor
+    ) -> SmolVLAFrozenPrefix:
         cfg = self.config
         h, pad, att = self.embed_prefix(
             {"images": images, "image_masks": image_masks, "tokens": tokens, "token_masks": token_masks, "state": state}
@@ -449,7 +505,7 @@ class SmolVLA(FlowPolicy):
             self.counters["vlm_layer"] += 1
             q, k, v = self._qkv(layer, h)
             k = apply_rope(k, cos, sin)
-            kv.append(self._cross_kv(self.expert_layers[i], k, v) if cfg.is_cross_layer(i) else (k, v))
+            kv.append((k, v))
             if i == last:
                 break  # nothing reads the last layer's output: skip its attention and MLP
             h = layer.finish(h, attend(apply_rope(q, cos, sin), k, v, mask, self.math_attention))
@@ -462,7 +518,7 @@ class SmolVLA(FlowPolicy):
         steps = torch.arange(n, device=pad.device)[None]
         rope_self = rope_cos_sin(pad.long().sum(1, keepdim=True) + steps, cfg.head_dim, cfg.rope_max_wavelength)
         rope_cross = rope_cos_sin(steps.expand(b, n), cfg.head_dim, cfg.rope_max_wavelength)
-        return SmolVLAContext(kv, self_mask, cross_mask, rope_self, rope_cross, p)
+        return SmolVLAFrozenPrefix(kv, self_mask, cross_mask, rope_self, rope_cross, p)
 
     # ---- suffix ----
     def embed_suffix(self, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
