@@ -121,7 +121,9 @@ class MovingGoalEnv(MetaWorldEnv):
         mw = self.mw
         low, high = np.asarray(mw.goal_space.low, np.float64), np.asarray(mw.goal_space.high, np.float64)
         corners = np.array([[x, y] for x in (low[0], high[0]) for y in (low[1], high[1])])
-        self.max_radius = max(float(np.linalg.norm(corners - np.asarray(CENTRE_XY), axis=1).max()), self.moving.min_radius)
+        self.max_radius = max(
+            float(np.linalg.norm(corners - np.asarray(CENTRE_XY), axis=1).max()), self.moving.min_radius
+        )
         r = self.max_radius + 1e-6
         low[:2] = np.minimum(low[:2], np.asarray(CENTRE_XY) - r)
         high[:2] = np.maximum(high[:2], np.asarray(CENTRE_XY) + r)

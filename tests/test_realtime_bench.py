@@ -60,12 +60,16 @@ def _user_error(args: list[str], monkeypatch, capsys) -> str:
 
 
 def test_bench_realtime_refuses_a_profile_without_numbers_before_any_rollout(tmp_path, monkeypatch, capsys):
-    text = _user_error(["bench", "realtime", "--profiles", "zero,pi05-l40s", "--out", str(tmp_path)], monkeypatch, capsys)
+    text = _user_error(
+        ["bench", "realtime", "--profiles", "zero,pi05-l40s", "--out", str(tmp_path)], monkeypatch, capsys
+    )
     assert "pi05-l40s" in text and "policydistill latency" in text and not (tmp_path / "results.json").exists()
 
 
 def test_eval_realtime_option_checks_its_profile(monkeypatch, capsys):
-    assert "Did you mean 'pi05-a800'" in _user_error(["eval", "scripted", "--realtime", "pi05-a8000"], monkeypatch, capsys)
+    assert "Did you mean 'pi05-a800'" in _user_error(
+        ["eval", "scripted", "--realtime", "pi05-a8000"], monkeypatch, capsys
+    )
     assert "chunk policy" in _user_error(["eval", "scripted", "--realtime", "zero"], monkeypatch, capsys)
 
 
@@ -83,7 +87,9 @@ def test_the_pipeline_evaluation_passes_the_realtime_settings_on():
     from policydistill.pipeline.distill import DISTILL_PRESETS
     from policydistill.pipeline.evaluate import closed_loop
 
-    cfg = dataclasses.replace(DISTILL_PRESETS["tiny"], realtime="pi05-a800", execution="async", workers=0, progress=False)
+    cfg = dataclasses.replace(
+        DISTILL_PRESETS["tiny"], realtime="pi05-a800", execution="async", workers=0, progress=False
+    )
     seen = {}
 
     class Policy:  # a chunk policy that records the settings the evaluator ran it under

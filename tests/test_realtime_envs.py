@@ -137,7 +137,9 @@ def test_zero_latency_sync_is_the_usual_evaluation_and_latency_costs_steps():
     ]
     assert zero["hold_fraction"] == 0.0 and plain["realtime"] is None and zero["realtime"]["name"] == "zero"
     slow = _eval(realtime="pi05-a800", max_episode_steps=60)  # 274 ms at NFE 10: 22 steps held per chunk of 8
-    assert [e["initial_state"] for e in slow["episodes_detail"]] == [e["initial_state"] for e in plain["episodes_detail"]]
+    assert [e["initial_state"] for e in slow["episodes_detail"]] == [
+        e["initial_state"] for e in plain["episodes_detail"]
+    ]
     assert all(e["inference_ms"] == pytest.approx(274.0, abs=0.01) for e in slow["episodes_detail"])
     assert slow["episodes_detail"][0]["hold_steps"] == 22 + 22 and slow["episodes_detail"][0]["chunks"] == 2
     # async at 274 ms: every chunk of 8 actions (100 ms) is stale on arrival, the robot never moves
@@ -151,4 +153,6 @@ def test_zero_latency_sync_is_the_usual_evaluation_and_latency_costs_steps():
 
 def test_realtime_needs_a_chunk_policy():
     with pytest.raises(TypeError, match="chunk policy"):
-        evaluate_policy(ScriptedPolicy(), EvalConfig(tasks="reach-v3", episodes=1, workers=0, realtime="zero", progress=False))
+        evaluate_policy(
+            ScriptedPolicy(), EvalConfig(tasks="reach-v3", episodes=1, workers=0, realtime="zero", progress=False)
+        )
