@@ -74,6 +74,9 @@ bench_app.command("methods")(_bench_methods)
 from .policies import bench_policies_cmd as _bench_policies  # noqa: E402
 
 bench_app.command("policies")(_bench_policies)
+from .peer import bench_peer_cmd as _bench_peer  # noqa: E402
+
+bench_app.command("peer")(_bench_peer)
 
 from .data_io import data_app as _data_app  # noqa: E402  (`data` sub-app; other data commands register on it)
 
