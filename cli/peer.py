@@ -96,6 +96,10 @@ def bench_peer_cmd(
             row["size"], *(f"{r[k]:.2f}" if k in r else "—" for k in keys), f"{row['parity_max_abs']:.1e}"
         )
     console.print(ratios)
+    for row in result["rows"]:
+        if row.get("cpu_ratios"):
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in row["cpu_ratios"].items())
+            console.print(f"{row['size']}: ours / lerobot in CPU time of the one torch thread: {shown}")
     console.print(
         "[dim]best = our faster mode against lerobot's faster mode. Both ran on the lerobot interpreter's torch "
         "in one process, same weights, inputs and noise, interleaved.[/dim]"

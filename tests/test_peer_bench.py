@@ -109,6 +109,7 @@ def test_peer_bench_times_lerobot_and_ours_on_the_same_weights(python: str, tmp_
     assert set(row["ms"]) == {"lerobot_eager@10", "lerobot_eager@1", "ours_eager@10", "ours_eager@1"}
     assert all(v > 0 for v in row["ms"].values())
     assert set(row["ratios"]) == {"eager@10", "eager@1", "best@10", "best@1"}
+    assert set(row["cpu_ratios"]) == {"eager@10", "eager@1"}
     assert result["versions"]["lerobot"] and result["machine"]["cpu_count"] and result["threads"] == 1
     assert any("building lerobot's pi0" in line for line in lines)
     out = tmp_path / "peer.json"

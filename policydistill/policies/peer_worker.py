@@ -225,15 +225,17 @@ def bench_size(size: str, spec: dict[str, Any], work: Path, log: Callable[[str],
     row["best_ms"] = {k: min(_flat(v)) for k, v in times.items() if not k.endswith("_cpu")}
     if one_thread:
         row["cpu_ms"] = {k[:-4]: statistics.median(_flat(v)) for k, v in times.items() if k.endswith("_cpu")}
-    # ours/lerobot: the median over rounds of each round's ratio (both measured moments apart)
-    row["ratios"] = {}
+    # ours/lerobot: the median over rounds of each round's ratio (both measured moments apart); with one
+    # thread also of the thread's CPU time, which other processes on a busy machine disturb much less
+    row["ratios"], row["cpu_ratios"] = {}, {}
     for mode in ("eager", "compiled"):
         for n in steps_list:
-            a, b = f"ours_{mode}@{n}", f"lerobot_{mode}@{n}"
-            if a in times and b in times:
-                row["ratios"][f"{mode}@{n}"] = statistics.median(
-                    statistics.median(x) / statistics.median(y) for x, y in zip(times[a], times[b])
-                )
+            for key, suffix in (("ratios", ""), ("cpu_ratios", "_cpu")):
+                a, b = f"ours_{mode}@{n}{suffix}", f"lerobot_{mode}@{n}{suffix}"
+                if a in times and b in times:
+                    row[key][f"{mode}@{n}"] = statistics.median(
+                        statistics.median(x) / statistics.median(y) for x, y in zip(times[a], times[b])
+                    )
     for n in steps_list:  # each side's faster mode against the other's
         best = {
             side: min((v for k, v in row["ms"].items() if k.startswith(side) and k.endswith(f"@{n}")), default=None)
