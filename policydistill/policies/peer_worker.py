@@ -148,7 +148,7 @@ def bench_size(size: str, spec: dict[str, Any], work: Path, log: Callable[[str],
         "errors": {},
     }
     folder = work / "export"
-    with warnings.catch_warnings():  # the export warns that stock lerobot refuses this size: handled above
+    with warnings.catch_warnings():  # "stock lerobot cannot build this size": lerobot_at_our_size builds it
         warnings.simplefilter("ignore")
         ours.to_lerobot(folder)
     ours_cfg = ours.config_dict()
