@@ -30,6 +30,7 @@ import contextlib
 import copy
 import importlib.metadata as ilm
 import json
+import logging
 import math
 import os
 import platform
@@ -254,8 +255,14 @@ def main(spec_path: str, out_path: str) -> int:
 
         keep_freed_memory()
 
-    def log(msg: str) -> None:
-        print(f"[peer] {msg}", file=sys.stderr, flush=True)  # peer_bench.LOG_PREFIX: shown to the user
+    # this process's stderr is read by peer_bench: lines with its LOG_PREFIX are shown to the user
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[peer] %(message)s"))
+    logger = logging.getLogger("policydistill.peer_worker")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # once, prefixed, whatever lerobot did to the root logger
+    log = logger.info
 
     result: dict[str, Any] = {
         "versions": {
