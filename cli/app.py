@@ -77,6 +77,9 @@ bench_app.command("policies")(_bench_policies)
 from .bench_distill import bench_distill_cmd as _bench_distill  # noqa: E402
 
 bench_app.command("distill")(_bench_distill)
+from .peer import bench_peer_cmd as _bench_peer  # noqa: E402
+
+bench_app.command("peer")(_bench_peer)
 
 from .data_io import data_app as _data_app  # noqa: E402  (`data` sub-app; other data commands register on it)
 

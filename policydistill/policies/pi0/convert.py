@@ -311,7 +311,63 @@ def from_lerobot(path: str | Path, tokenizer: str | None = None, overrides: dict
     return policy.eval()
 
 
-LEROBOT_SIZES = {"gemma_2b": 2048, "gemma_300m": 1024}  # the only widths lerobot's PI0Config/PI05Config build
+#: The architectures stock lerobot builds for pi0 / pi0.5 (0.4.4 to 0.6.x; config.json cannot change them):
+#: its config accepts only the variant names "gemma_2b" and "gemma_300m" (``PI0Config.__post_init__``),
+#: ``get_gemma_config`` maps them to these Gemma shapes, and ``PaliGemmaWithExpertModel`` fixes the
+#: vocabulary, the SigLIP So400m/14 tower (transformers' PaliGemma default) and its 2048-wide projection
+#: — so the VLM must be Gemma-2B; the expert either shape. Only ``image_resolution`` is read from the config.
+LEROBOT_GEMMA = {
+    "gemma_2b": {"width": 2048, "mlp_dim": 16384},
+    "gemma_300m": {"width": 1024, "mlp_dim": 4096},
+}
+LEROBOT_FIXED = {
+    "vlm_depth": 18,
+    "num_heads": 8,
+    "num_kv_heads": 1,
+    "head_dim": 256,
+    "vocab_size": 257152,
+    "vision_width": 1152,
+    "vision_depth": 27,
+    "vision_heads": 16,
+    "vision_mlp_dim": 4304,
+    "patch_size": 14,
+}
+
+
+def lerobot_variants(cfg: Pi0Config) -> tuple[str, str, list[str]]:
+    """(paligemma_variant, action_expert_variant, what differs from what lerobot builds). A part that
+    lerobot cannot build is named ``"custom"``, which lerobot's config refuses loudly: a folder is never
+    loaded into a model of other sizes (lerobot would load the tensors that fit and run the rest random)."""
+    diff = [f"{k} {getattr(cfg, k)} (lerobot: {v})" for k, v in LEROBOT_FIXED.items() if getattr(cfg, k) != v]
+    # depth, heads and head size are the expert's too (the two stacks run layer by layer)
+    shared = all(getattr(cfg, k) == LEROBOT_FIXED[k] for k in ("vlm_depth", "num_heads", "num_kv_heads", "head_dim"))
+    g2b = LEROBOT_GEMMA["gemma_2b"]
+    if (cfg.vlm_width, cfg.vlm_mlp_dim) != (g2b["width"], g2b["mlp_dim"]):
+        diff.append(f"VLM width {cfg.vlm_width} / MLP {cfg.vlm_mlp_dim} (lerobot: gemma_2b, 2048 / 16384)")
+    vlm = "custom" if diff else "gemma_2b"
+    shape = (cfg.expert_width, cfg.expert_mlp_dim)
+    exp = next((n for n, g in LEROBOT_GEMMA.items() if (g["width"], g["mlp_dim"]) == shape), None)
+    if exp is None:
+        diff.append(
+            f"expert width {cfg.expert_width} / MLP {cfg.expert_mlp_dim} (lerobot: gemma_300m 1024 / 4096 or gemma_2b)"
+        )
+    return vlm, exp if exp is not None and shared else "custom", diff
+
+
+def _size_name(cfg: Pi0Config) -> str:
+    """The preset this architecture is (``small``, ``ref``…), or a one-line description of it."""
+    from .configuration import PRESETS
+
+    arch = ("vocab_size", "vlm_width", "vlm_depth", "vlm_mlp_dim", "num_heads", "num_kv_heads", "head_dim",
+            "expert_width", "expert_mlp_dim", "vision_width", "vision_depth", "vision_heads", "vision_mlp_dim",
+            "patch_size")  # fmt: skip
+    for name, fields in PRESETS.items():
+        if all(fields.get(k) == getattr(cfg, k) for k in arch):
+            return f"the '{name}' preset"
+    return (
+        f"a custom size (VLM {cfg.vlm_width}x{cfg.vlm_depth}, expert {cfg.expert_width}, "
+        f"SigLIP {cfg.vision_width}x{cfg.vision_depth}, vocabulary {cfg.vocab_size})"
+    )
 
 
 def fold_target_time(policy, s_star: float) -> dict[str, Tensor]:
@@ -388,8 +444,11 @@ def to_lerobot(
     * pi0.5 with padded state prompts (lerobot 0.4.x) is refused: lerobot ≥ 0.5 discretises the
       unpadded state and would run a different policy (``allow_padded_state_prompt=True`` writes it
       for lerobot 0.4.x).
-    * lerobot builds only the full PaliGemma-2B / Gemma-300M widths; other sizes are written with
-      ``"custom"`` variants, which lerobot refuses loudly (never loaded into a wrong-sized model).
+    * lerobot builds pi0 / pi0.5 only at PaliGemma-2B (SigLIP So400m/14, vocabulary 257152) with a
+      Gemma-300M or Gemma-2B expert (``LEROBOT_GEMMA`` / ``LEROBOT_FIXED``); its config.json has no
+      field for other sizes. Any other size (``small``, ``ref``…) is written with ``"custom"`` variants,
+      which lerobot refuses loudly (never loaded into a wrong-sized model), and a warning says so: the
+      folder is still ours to read back.
 
     * ``rename_map`` (e.g. ``{"observation.images.image": "observation.images.agentview"}``) is written
       into lerobot's rename step, so lerobot's envs and datasets feed the policy's cameras.
@@ -417,8 +476,18 @@ def to_lerobot(
         "action": policy.normalizer.stats("action", cfg.action_norm),
     }
     stats = {k: v for k, v in stats.items() if v}
-    vlm = next((n for n, w in LEROBOT_SIZES.items() if w == cfg.vlm_width), "custom")
-    exp = next((n for n, w in LEROBOT_SIZES.items() if w == cfg.expert_width), "custom")
+    vlm, exp, differs = lerobot_variants(cfg)
+    if differs:
+        shown = "; ".join(differs[:4]) + (f" and {len(differs) - 4} more" if len(differs) > 4 else "")
+        warnings.warn(
+            f"{path}: this {cfg.variant} is {_size_name(cfg)}, which stock lerobot cannot build: lerobot builds "
+            f"{cfg.variant} only as PaliGemma (Gemma-2B with the SigLIP So400m/14 tower, vocabulary 257152) with a "
+            "Gemma-300M or Gemma-2B action expert, and its config.json cannot change those sizes. Differs: "
+            f"{shown}. The folder is written with \"custom\" variants, which lerobot refuses to load; "
+            "policydistill reads it back (Pi0Policy.from_lerobot). To run a student in lerobot, distil it from "
+            "a full-size teacher (a lerobot pi0/pi0.5 checkpoint or the 'full' preset).",
+            stacklevel=3,
+        )
     config = {
         "type": cfg.variant,
         "n_obs_steps": 1,
