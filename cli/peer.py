@@ -62,8 +62,7 @@ def bench_peer_cmd(
     result = run_peer(settings, python, log=lambda m: console.print(f"[dim]{m}[/dim]"))
     m, v = result["machine"], result["versions"]
     table = Table(
-        title=f"bench peer — pi0, batch 1, CPU, {result['threads']} thread(s), medians (ms), "
-        "processed inputs → chunk",
+        title=f"bench peer — pi0, batch 1, CPU, {result['threads']} thread(s), medians (ms), processed inputs → chunk",
         caption=(
             f"{m['cpu']} ({m['cpu_count']} cores); lerobot {v['lerobot']}, torch {v['torch']}, "
             f"transformers {v['transformers']}, Python {v['python']}"
@@ -92,9 +91,7 @@ def bench_peer_cmd(
         ratios.add_column(col, justify="left" if col == "size" else "right")
     for row in result["rows"]:
         r = row["ratios"]
-        ratios.add_row(
-            row["size"], *(f"{r[k]:.2f}" if k in r else "—" for k in keys), f"{row['parity_max_abs']:.1e}"
-        )
+        ratios.add_row(row["size"], *(f"{r[k]:.2f}" if k in r else "—" for k in keys), f"{row['parity_max_abs']:.1e}")
     console.print(ratios)
     for row in result["rows"]:
         if row.get("cpu_ratios"):

@@ -75,7 +75,9 @@ def test_exporting_a_size_lerobot_cannot_build_warns_and_stays_readable_by_us(
     }  # fmt: skip
     noise = torch.randn(1, *policy.sample_shape())
     with torch.no_grad():
-        assert torch.equal(again.sample_actions(obs, steps=2, noise=noise), policy.sample_actions(obs, steps=2, noise=noise))
+        assert torch.equal(
+            again.sample_actions(obs, steps=2, noise=noise), policy.sample_actions(obs, steps=2, noise=noise)
+        )
 
 
 @pytest.mark.lerobot

@@ -92,8 +92,7 @@ def resolve_lerobot_python(option: str | None = None) -> str:
         )
     if os.pathsep in value and source == ENV_VAR:
         raise ValueError(
-            f"{ENV_VAR} names several interpreters ({value}); choose the lerobot to compare with: "
-            "--lerobot-python PATH"
+            f"{ENV_VAR} names several interpreters ({value}); choose the lerobot to compare with: --lerobot-python PATH"
         )
     found = shutil.which(value) or value
     if not Path(found).is_file() or not os.access(found, os.X_OK):
@@ -124,9 +123,7 @@ def machine() -> dict[str, Any]:
     return {"cpu": model, "cpu_count": os.cpu_count(), "platform": platform.platform()}
 
 
-def run_peer(
-    settings: PeerSettings, python: str, log: Callable[[str], None] = print
-) -> dict[str, Any]:
+def run_peer(settings: PeerSettings, python: str, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the worker under ``python`` (an interpreter with lerobot) and return its results with the
     machine, the load and the settings. Raises ``RuntimeError`` with the worker's error when a size
     fails (a parity mismatch included)."""

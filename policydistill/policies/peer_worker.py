@@ -218,7 +218,12 @@ def bench_size(size: str, spec: dict[str, Any], work: Path, log: Callable[[str],
     one_thread = spec["threads"] == 1
     with torch.no_grad():
         times = _interleaved_ms(
-            fns, spec["rounds"], spec["warmup"], lambda: None, cpu_time=one_thread, per_round=spec["per_round"],
+            fns,
+            spec["rounds"],
+            spec["warmup"],
+            lambda: None,
+            cpu_time=one_thread,
+            per_round=spec["per_round"],
             settle_ms=spec["settle_ms"],
         )
     row["loadavg_1min_before_after"] = [load0, os.getloadavg()[0]]
@@ -284,8 +289,11 @@ def main(spec_path: str, out_path: str) -> int:
             try:
                 result["rows"].append(bench_size(size, spec, work, log))
             except Exception as exc:
-                result["failed"] = {"size": size, "error": f"{type(exc).__name__}: {exc}",
-                                    "traceback": traceback.format_exc()[-4000:]}
+                result["failed"] = {
+                    "size": size,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc()[-4000:],
+                }
                 break
             finally:
                 torch._dynamo.reset()

@@ -483,7 +483,7 @@ def to_lerobot(
             f"{path}: this {cfg.variant} is {_size_name(cfg)}, which stock lerobot cannot build: lerobot builds "
             f"{cfg.variant} only as PaliGemma (Gemma-2B with the SigLIP So400m/14 tower, vocabulary 257152) with a "
             "Gemma-300M or Gemma-2B action expert, and its config.json cannot change those sizes. Differs: "
-            f"{shown}. The folder is written with \"custom\" variants, which lerobot refuses to load; "
+            f'{shown}. The folder is written with "custom" variants, which lerobot refuses to load; '
             "policydistill reads it back (Pi0Policy.from_lerobot). To run a student in lerobot, distil it from "
             "a full-size teacher (a lerobot pi0/pi0.5 checkpoint or the 'full' preset).",
             stacklevel=3,
