@@ -235,8 +235,18 @@ class _GoalTracking:
     """Feed-forward on a moving goal: adds the goal's displacement over the last step (in action
     units) once the expert heads for the goal itself, so tracking has no steady-state lag."""
 
+    def _setup_tracking(self, multimodal: bool) -> None:
+        self.reach_tol = 0.03
+        if not multimodal:
+            self.modes = ("direct",)
+        self._reset_tracking()
+
     def _reset_tracking(self) -> None:
         self._prev_goal: np.ndarray | None = None
+
+    def reset(self, rng: np.random.Generator | None = None, mode: str | None = None) -> None:
+        super().reset(rng, mode)  # the expert's own reset (the next class in the MRO)
+        self._reset_tracking()
 
     def _feed_forward(self, action: np.ndarray, state: np.ndarray, on_goal: bool) -> np.ndarray:
         goal = np.asarray(state[18:21], dtype=np.float64)
@@ -255,14 +265,7 @@ class MovingReachExpert(_GoalTracking, WaypointExpert):
 
     def __init__(self, task: str, multimodal: bool = True) -> None:
         super().__init__(_task_name(task), None, p=10.0)
-        self.reach_tol = 0.03
-        if not multimodal:
-            self.modes = ("direct",)
-        self._reset_tracking()
-
-    def reset(self, rng: np.random.Generator | None = None, mode: str | None = None) -> None:
-        super().reset(rng, mode)
-        self._reset_tracking()
+        self._setup_tracking(multimodal)
 
     def route(self, hand: np.ndarray, obj: np.ndarray, goal: np.ndarray) -> list[np.ndarray]:
         if self.mode == "direct":
@@ -283,14 +286,7 @@ class MovingPushExpert(_GoalTracking, ArcExpert):
 
     def __init__(self, task: str, multimodal: bool = True) -> None:
         WaypointExpert.__init__(self, _task_name(task), PUSH_GRASP, p=10.0)
-        self.reach_tol = 0.03
-        if not multimodal:
-            self.modes = ("direct",)
-        self._reset_tracking()
-
-    def reset(self, rng: np.random.Generator | None = None, mode: str | None = None) -> None:
-        super().reset(rng, mode)
-        self._reset_tracking()
+        self._setup_tracking(multimodal)
 
     def route(self, hand: np.ndarray, obj: np.ndarray, goal: np.ndarray) -> list[np.ndarray]:
         if self.mode == "direct":
