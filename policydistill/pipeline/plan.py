@@ -424,7 +424,6 @@ def plan_for_run(cfg: Any, teacher: Any = None, device: str = "cpu") -> DistillP
     """The plan of distillation run ``cfg`` (a ``DistillConfig``): from the checkpoint's config
     before anything is loaded, or from ``teacher``'s config once it is (a lerobot folder, whose
     sizes come from its weights; None is returned for it before loading)."""
-    from .teacher_io import BUNDLED_TEACHER, is_lerobot_folder
 
     kwargs = dict(
         method=cfg.method,
@@ -434,6 +433,17 @@ def plan_for_run(cfg: Any, teacher: Any = None, device: str = "cpu") -> DistillP
         device=device,
         method_options=cfg.method_options,
     )
+    plan = _plan_for_run(cfg, teacher, kwargs)
+    if plan is not None and getattr(cfg, "lora_rank", 0):
+        # adapters are tiny and their base layers stop training: counting those layers as trained
+        # (gradients, moments) makes the plan an upper bound
+        plan.notes.append("--lora-rank: planned as without adapters (an upper bound)")
+    return plan
+
+
+def _plan_for_run(cfg: Any, teacher: Any, kwargs: dict[str, Any]) -> DistillPlan | None:
+    from .teacher_io import BUNDLED_TEACHER, is_lerobot_folder
+
     if teacher is not None:
         return plan_distill(teacher.config_dict(), **kwargs)
     if cfg.checkpoint is not None:
@@ -681,7 +691,7 @@ def format_plan(plan: DistillPlan) -> str:
     )
     rows = [f"  {line.name:<34} {gib(line.bytes):>12}  {line.note}" for line in plan.lines()]
     rows.append(f"  {'total (peak)':<34} {gib(plan.total):>12}")
-    return "\n".join([head, *rows])
+    return "\n".join([head, *rows, *(f"  note: {n}" for n in plan.notes)])
 
 
 __all__ = [
