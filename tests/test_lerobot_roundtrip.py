@@ -10,16 +10,16 @@ noise, and its postprocessor. The actions must equal our student's 1-step chunk 
 Setting up the interpreters (several are separated by ``os.pathsep``)::
 
     # the current release from the package registry
-    python3.12 -m venv /work/lerobot-venv
-    /work/lerobot-venv/bin/pip install "lerobot[pi,smolvla]"
+    python3.12 -m venv ~/venvs/lerobot-venv
+    ~/venvs/lerobot-venv/bin/pip install "lerobot[pi,smolvla]"
     # lerobot 0.4.4: its `pi` extra pins a transformers branch that cannot be installed from the registry;
     # openpi's documented procedure gives the same patched classes: transformers 4.53.2 with the five files
     # of Physical-Intelligence/openpi src/openpi/models_pytorch/transformers_replace copied over it
-    python3.12 -m venv /work/lerobot044-venv
-    /work/lerobot044-venv/bin/pip install lerobot==0.4.4 transformers==4.53.2 tokenizers==0.21.4 num2words
+    python3.12 -m venv ~/venvs/lerobot044-venv
+    ~/venvs/lerobot044-venv/bin/pip install lerobot==0.4.4 transformers==4.53.2 tokenizers==0.21.4 num2words
     cp -r <openpi>/src/openpi/models_pytorch/transformers_replace/* \
-        /work/lerobot044-venv/lib/python3.12/site-packages/transformers/
-    PD_LEROBOT_PYTHON=/work/lerobot044-venv/bin/python:/work/lerobot-venv/bin/python \
+        ~/venvs/lerobot044-venv/lib/python3.12/site-packages/transformers/
+    PD_LEROBOT_PYTHON=~/venvs/lerobot044-venv/bin/python:~/venvs/lerobot-venv/bin/python \
         .venv/bin/python -m pytest -rP tests/test_lerobot_roundtrip.py            # add -m slow for the CLI run
 
 Recorded run (2026-12-06, CPU), max |lerobot − ours| over the 1-step chunk:
