@@ -48,41 +48,32 @@ def register_suite(name: str, env_ids: Iterable[str]) -> None:
     SUITES[name] = list(env_ids)
 
 
+def _register_family(entry_point: str, tasks: Iterable[str], env_id: Any, suite: str) -> list[str]:
+    """Register one gymnasium id per task (the class at ``entry_point`` built with ``task=``) and
+    the suite holding them all. No max_episode_steps: these envs truncate themselves (per-task limits)."""
+    ids = []
+    for task in tasks:
+        eid = env_id(task)
+        if eid not in gym.registry:
+            gym.register(id=eid, entry_point=entry_point, kwargs={"task": task}, disable_env_checker=True)
+        ids.append(eid)
+    register_suite(suite, ids)
+    return ids
+
+
 def _register_metaworld() -> list[str]:
     from .metaworld_env import env_id, task_names
 
-    ids = []
-    for task in task_names():
-        eid = env_id(task)
-        if eid not in gym.registry:
-            # no max_episode_steps here: the env truncates itself (per-task limits, see metaworld_env)
-            gym.register(
-                id=eid,
-                entry_point="policydistill.envs.metaworld_env:MetaWorldEnv",
-                kwargs={"task": task},
-                disable_env_checker=True,
-            )
-        ids.append(eid)
-    register_suite("metaworld/mt50", ids)  # every v3 task: the one place MT50 is defined
-    return ids
+    # every v3 task: the one place MT50 is defined
+    return _register_family("policydistill.envs.metaworld_env:MetaWorldEnv", task_names(), env_id, "metaworld/mt50")
 
 
 def _register_moving() -> list[str]:
     from .metaworld_moving import env_id, moving_task_names
 
-    ids = []
-    for task in moving_task_names():
-        eid = env_id(task)
-        if eid not in gym.registry:
-            gym.register(
-                id=eid,
-                entry_point="policydistill.envs.metaworld_moving:MovingGoalEnv",
-                kwargs={"task": task},
-                disable_env_checker=True,
-            )
-        ids.append(eid)
-    register_suite("metaworld/moving", ids)
-    return ids
+    return _register_family(
+        "policydistill.envs.metaworld_moving:MovingGoalEnv", moving_task_names(), env_id, "metaworld/moving"
+    )
 
 
 def _register_libero() -> list[str]:
