@@ -86,3 +86,24 @@ def torchrun() -> Callable[[Path, Path, int], None]:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     return run
+
+
+@pytest.fixture
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str]]:
+    """Run the ``policydistill`` CLI in this process as a user would: ``run_cli(args)`` gives the exit
+    code and what it printed (stderr then stdout); ``flat=True`` collapses the text's whitespace, for
+    messages that rich wraps at the terminal width."""
+    from policydistill.cli.app import app
+    from policydistill.cli.errors import run_app
+
+    def run(args: list[str], flat: bool = False) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["policydistill", *args])
+        monkeypatch.setenv("COLUMNS", "200")  # a paragraph on few lines, easy to quote in the docs
+        with pytest.raises(SystemExit) as exc:
+            run_app(app)
+        captured = capsys.readouterr()
+        code = exc.value.code if isinstance(exc.value.code, int) else 1
+        text = captured.err + captured.out
+        return code, " ".join(text.split()) if flat else text
+
+    return run

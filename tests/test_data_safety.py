@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policydistill.cli.app import app
-from policydistill.cli.errors import run_app
 from policydistill.data import DatasetError, Episode, LeRobotV3Dataset, ZarrEpisodeStore, convert, write_lerobot_v3
 from policydistill.data.destination import MARKER
 from policydistill.data.synthetic import assert_same_episode, random_episodes
@@ -33,16 +31,6 @@ def snapshot(root: Path) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["policydistill", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as exc:
-        run_app(app)
-    captured = capsys.readouterr()
-    code = exc.value.code if isinstance(exc.value.code, int) else 1
-    return code, " ".join((captured.err + captured.out).split())
-
-
 def assert_user_error(code: int, text: str, *needles: str) -> None:
     assert code == 1, text
     assert "looks like a bug" not in text and "Traceback" not in text, text
@@ -51,15 +39,14 @@ def assert_user_error(code: int, text: str, *needles: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ overwrite
-def test_convert_into_the_sources_parent_with_overwrite_deletes_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_convert_into_the_sources_parent_with_overwrite_deletes_nothing(tmp_path: Path, run_cli) -> None:
     project = tmp_path / "p"
     ZarrEpisodeStore.write(project / "mydemos.zarr", random_episodes(2), fps=10)
     (project / "notes.txt").write_text("my notes")
     before = snapshot(project)
     code, text = run_cli(
         ["data", "convert", str(project / "mydemos.zarr"), str(project), "--to", "zarr", "--overwrite"],
-        monkeypatch,
-        capsys,
+        flat=True,
     )
     assert_user_error(code, text, "contains the source", "nothing was changed")
     assert snapshot(project) == before
@@ -104,54 +91,51 @@ def test_overwrite_replaces_our_datasets_even_from_older_versions(tmp_path: Path
     assert (store / MARKER).is_file() and (lr / MARKER).is_file()
 
 
-def test_generate_overwrite_never_deletes_a_project_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_generate_overwrite_never_deletes_a_project_folder(tmp_path: Path, run_cli) -> None:
     proj = tmp_path / "proj"
     (proj / "src").mkdir(parents=True)
     (proj / "src/robot.py").write_text("print('hello')")
     before = snapshot(proj)
     t0 = time.perf_counter()
-    code, text = run_cli(
-        ["data", "generate", "reach-v3", "-n", "1", "--out", str(proj), "--overwrite"], monkeypatch, capsys
-    )
+    code, text = run_cli(["data", "generate", "reach-v3", "-n", "1", "--out", str(proj), "--overwrite"], flat=True)
     assert_user_error(code, text, "not a dataset policydistill wrote", "nothing was deleted")
     assert snapshot(proj) == before
     assert time.perf_counter() - t0 < 5, "refused only after generating the demonstrations"
 
 
-def test_generate_into_existing_out_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_generate_into_existing_out_is_a_clear_error(tmp_path: Path, run_cli) -> None:
     out = tmp_path / "demos.zarr"
     out.mkdir()
-    code, text = run_cli(["data", "generate", "reach-v3", "-n", "1", "--out", str(out)], monkeypatch, capsys)
+    code, text = run_cli(["data", "generate", "reach-v3", "-n", "1", "--out", str(out)], flat=True)
     assert_user_error(code, text, f"{out} already exists", "--overwrite")
 
 
-def test_generate_refuses_negative_workers(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_generate_refuses_negative_workers(tmp_path: Path, run_cli) -> None:
     code, text = run_cli(
         ["data", "generate", "reach-v3", "-n", "1", "--workers", "-1", "--out", str(tmp_path / "d.zarr")],
-        monkeypatch,
-        capsys,
+        flat=True,
     )
     assert_user_error(code, text, "--workers", "-1")
     assert not (tmp_path / "d.zarr").exists()
 
 
-def test_convert_into_the_source_store_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_convert_into_the_source_store_is_refused(tmp_path: Path, run_cli) -> None:
     src = ZarrEpisodeStore.write(tmp_path / "src.zarr", random_episodes(2), fps=10).path
     before = snapshot(src)
-    code, text = run_cli(["data", "convert", str(src), str(src / "inner.zarr")], monkeypatch, capsys)
+    code, text = run_cli(["data", "convert", str(src), str(src / "inner.zarr")], flat=True)
     assert_user_error(code, text, "is inside the source")
     assert snapshot(src) == before and not list(src.glob(".inner.zarr*"))
 
 
 # ------------------------------------------------------------------------------------ verified on open
-def test_missing_chunk_is_refused_not_read_as_zeros(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_missing_chunk_is_refused_not_read_as_zeros(tmp_path: Path, run_cli) -> None:
     store = ZarrEpisodeStore.write(tmp_path / "s.zarr", random_episodes(2), fps=10).path
     chunk = store / "data/action/c/0/0"
     assert chunk.is_file()
     chunk.unlink()
     with pytest.raises(DatasetError, match="data/action/c/0/0"):
         ZarrEpisodeStore(store)
-    code, text = run_cli(["data", "info", str(store)], monkeypatch, capsys)
+    code, text = run_cli(["data", "info", str(store)], flat=True)
     assert_user_error(code, text, "missing", "data/action/c/0/0")
 
 

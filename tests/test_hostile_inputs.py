@@ -542,16 +542,6 @@ def _snapshot(root: Path) -> dict[str, str]:
     }
 
 
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["policydistill", *args])
-    monkeypatch.setenv("COLUMNS", "200")  # a paragraph on few lines, easy to quote in the docs
-    with pytest.raises(SystemExit) as exc:
-        run_app(app)
-    captured = capsys.readouterr()
-    code = exc.value.code if isinstance(exc.value.code, int) else 1
-    return code, captured.err + captured.out
-
-
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # default --out folders (runs/...) land in the test's folder
@@ -560,7 +550,7 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("name", list(ROWS))
 def test_bad_input(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run_cli
 ) -> None:
     row = ROWS[name]
     inputs = tmp_path / "inputs"
@@ -570,7 +560,7 @@ def test_bad_input(
     args = [*args, *([] if "--out" in args or not takes_out else ["--out", str(tmp_path / "out")])]
     before = _snapshot(inputs)
     with _time_limit(120):  # a loader that blocks (e.g. on a FIFO) fails the row instead of hanging the suite
-        code, text = run_cli(args, monkeypatch, capsys)
+        code, text = run_cli(args)
     assert code == row.code, text
     assert row.expect in " ".join(text.split()), text  # rich wraps long messages at any space
     assert "Traceback" not in text
@@ -671,7 +661,7 @@ def test_fuzz_option_parsing_raises_only_user_errors(items: list[str]) -> None:
     value=st.one_of(st.integers(-(10**6), 0).map(str), st.text(max_size=8)),
 )
 def test_fuzz_numeric_flags_are_usage_errors(
-    flag: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    flag: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run_cli
 ) -> None:
     """Out-of-range or non-numeric values of distill's numeric flags stop in the option parser
     (exit 2, no traceback) — before any file is read."""
@@ -681,7 +671,7 @@ def test_fuzz_numeric_flags_are_usage_errors(
         ok = False
     if ok or value.startswith("-") and not value.lstrip("-").isdigit():
         return  # valid values start real work; option-looking strings are a different parse
-    code, text = run_cli(["distill", "pi0", flag, value, "--checkpoint", "/nonexistent"], monkeypatch, capsys)
+    code, text = run_cli(["distill", "pi0", flag, value, "--checkpoint", "/nonexistent"])
     assert code == 2, text
     assert "Traceback" not in text
 
@@ -917,6 +907,7 @@ def test_generated_broken_input(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    run_cli,
 ) -> None:
     import shutil
 
@@ -942,7 +933,7 @@ def test_generated_broken_input(
         ]
     before = _snapshot(inputs)
     with _time_limit(120):
-        code, text = run_cli(args, monkeypatch, capsys)
+        code, text = run_cli(args)
     assert code != 0 or _may_be_accepted(target, change), text
     assert "looks like a bug" not in text, text
     assert "Traceback" not in text, text

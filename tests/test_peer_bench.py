@@ -14,29 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from policydistill.cli.app import app
-from policydistill.cli.errors import run_app
 from policydistill.policies.peer_bench import PeerSettings, resolve_lerobot_python, run_peer
 
 LEROBOT_PYTHONS = [p for p in os.environ.get("PD_LEROBOT_PYTHON", "").split(os.pathsep) if p]
 
 
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["policydistill", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as exc:
-        run_app(app)
-    captured = capsys.readouterr()
-    code = exc.value.code if isinstance(exc.value.code, int) else 1
-    return code, captured.err + captured.out
-
-
 def test_no_interpreter_is_a_clear_error_naming_the_option_and_the_variable(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, run_cli
 ) -> None:
     monkeypatch.delenv("PD_LEROBOT_PYTHON", raising=False)
     monkeypatch.chdir(tmp_path)
-    code, text = run_cli(["bench", "peer", "--sizes", "tiny"], monkeypatch, capsys)
+    code, text = run_cli(["bench", "peer", "--sizes", "tiny"])
     assert code == 1
     assert "--lerobot-python" in text and "PD_LEROBOT_PYTHON" in text and "pip install lerobot" in text, text
     assert "Traceback" not in text and "looks like a bug" not in text
@@ -58,11 +46,11 @@ def test_the_option_wins_over_the_variable_and_several_interpreters_must_be_chos
 
 
 def test_an_interpreter_without_lerobot_is_refused_before_any_work(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, run_cli
 ) -> None:
     # the project's own interpreter never has lerobot (lerobot pins another torch)
     monkeypatch.chdir(tmp_path)
-    code, text = run_cli(["bench", "peer", "--lerobot-python", sys.executable], monkeypatch, capsys)
+    code, text = run_cli(["bench", "peer", "--lerobot-python", sys.executable])
     assert code == 1
     assert f"--lerobot-python {sys.executable} cannot import lerobot's pi0" in " ".join(text.split()), text
     assert "ModuleNotFoundError" in text and "Traceback" not in text
@@ -79,10 +67,10 @@ def test_an_interpreter_without_lerobot_is_refused_before_any_work(
     ],
 )
 def test_bad_options_are_refused_before_the_interpreter_is_looked_for(
-    args: list[str], expected: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    args: list[str], expected: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run_cli
 ) -> None:
     monkeypatch.delenv("PD_LEROBOT_PYTHON", raising=False)  # a settings error is reported, not the missing lerobot
-    code, text = run_cli(["bench", "peer", *args], monkeypatch, capsys)
+    code, text = run_cli(["bench", "peer", *args])
     assert code in (1, 2)
     assert expected in " ".join(text.split()), text
     assert "Traceback" not in text and "PD_LEROBOT_PYTHON" not in text
