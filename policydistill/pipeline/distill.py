@@ -91,6 +91,15 @@ class DistillConfig:
             "help": "Train LoRA adapters of this rank on the action expert instead of its weights (peft; 0 = off).",
         },
     )
+    rtc_max_delay: int | None = field(
+        default=None,
+        metadata={  # None = the teacher's own rtc_training_max_delay
+            "flags": ("--rtc-max-delay",),
+            "min": 0,
+            "help": "Training-time real-time chunking: distil with clean prefixes of 0..N committed actions "
+            "(needs a teacher trained with it; default: the teacher's setting, 0 = off).",
+        },
+    )
     precision: str = field(
         default="auto",
         metadata={
@@ -215,6 +224,22 @@ def make_student(
     student.config.sampling_mode = method_sampling
     student.config.num_inference_steps = nfe
     return student
+
+
+def set_rtc_max_delay(student: Any, teacher: Any, max_delay: int | None) -> int:
+    """The student's training-time RTC range: ``max_delay`` (None: the teacher's). A prefix the
+    teacher was not trained with would make its targets meaningless, so that is refused."""
+    have = int(getattr(teacher.config, "rtc_training_max_delay", 0) or 0)
+    if max_delay is None:
+        return have
+    if max_delay > have:
+        raise ValueError(
+            f"--rtc-max-delay {max_delay}: the teacher was trained with training-time RTC up to {have} committed "
+            "actions, and its velocity is what the student learns; train the teacher with "
+            f"`policydistill train ... --rtc-max-delay {max_delay}` (or pass a value <= {have})"
+        )
+    student.config.rtc_training_max_delay = int(max_delay)
+    return int(max_delay)
 
 
 @dataclass
@@ -349,6 +374,7 @@ def train_student(
     torch.manual_seed(cfg.seed)  # the new target-time layers are random: draw them from the run's seed
     train_as = train_mode(cfg, job.teacher)
     student = make_student(job.teacher, method.sampling, nfe, train_as, cfg.frozen_dtype)
+    rtc = set_rtc_max_delay(student, job.teacher, cfg.rtc_max_delay)
     if cfg.lora_rank:
         from ..train.lora import add_lora
 
@@ -393,6 +419,8 @@ def train_student(
         identity["frozen_dtype"] = cfg.frozen_dtype
     if cfg.lora_rank:
         identity["lora_rank"] = cfg.lora_rank
+    if rtc:
+        identity["rtc_max_delay"] = rtc
     t0 = time.perf_counter()
     result = train(
         student,

@@ -22,7 +22,8 @@ class PolicyDataSource:
     policy: Any
 
     def sample(self, batch_size: int, generator: torch.Generator) -> FlowBatch:
-        return self.policy.make_flow_batch(self.dataset.sample(batch_size, generator))
+        # the data stream also draws each sample's RTC prefix length (training-time RTC)
+        return self.policy.make_flow_batch(self.dataset.sample(batch_size, generator), generator=generator)
 
 
 def held_out_windows(dataset: Any, n: int, seed: int = 0) -> dict[str, Any]:

@@ -87,6 +87,15 @@ class TeacherConfig:
         },
     )
     fsdp: bool = field(default=False, metadata=cli_help.FSDP)  # shard the policy over the torchrun ranks (FSDP2)
+    rtc_max_delay: int = field(
+        default=0,
+        metadata={
+            "flags": ("--rtc-max-delay",),
+            "min": 0,
+            "help": "Training-time real-time chunking: train with clean prefixes of 0..N committed actions "
+            "(pi0 / pi0.5; 0 = off).",
+        },
+    )
     overrides: dict[str, Any] = field(default_factory=dict)  # architecture config overrides
     log: str = field(default="", metadata=cli_help.LOG)  # extra run logs besides metrics.jsonl: tensorboard, wandb
 
@@ -202,8 +211,9 @@ def _train_teacher(cfg: TeacherConfig, resume: bool, extend: bool, console: Cons
 
     if cfg.model not in ARCHITECTURES:
         raise ValueError(f"unknown model {cfg.model!r}; valid: pi0, pi05, smolvla")
+    overrides = {**cfg.overrides, **({"rtc_training_max_delay": cfg.rtc_max_delay} if cfg.rtc_max_delay else {})}
     with torch.device("meta"):  # only the preset's input sizes are needed here: allocate no weights
-        probe = ARCHITECTURES.load(cfg.model).from_preset(cfg.preset, **cfg.overrides)
+        probe = ARCHITECTURES.load(cfg.model).from_preset(cfg.preset, **overrides)
     image_size, chunk = probe.config.image_size, probe.config.chunk_size
     from .teacher_io import resolve_data
 
@@ -215,7 +225,7 @@ def _train_teacher(cfg: TeacherConfig, resume: bool, extend: bool, console: Cons
             )
     train_set = open_windows(data_path, chunk, "train", cfg.val_fraction, cfg.seed)
     torch.manual_seed(cfg.seed)  # the initial weights are a function of the run's seed (same on every rank)
-    policy = build_policy(cfg.model, cfg.preset, train_set, cfg.overrides)
+    policy = build_policy(cfg.model, cfg.preset, train_set, overrides)
     n_params = sum(p.numel() for p in policy.parameters())
     logger.info(
         f"teacher {cfg.model}/{cfg.preset}: {n_params / 1e6:.2f} M parameters, "

@@ -39,6 +39,7 @@ from ..core.flowmap import FlowBatch, FlowMapModel
 from ..core.normalize import NORM_MODES, Normalizer
 from ..core.sampler import SAMPLING_MODES, sample_with_ctx
 from ..fields import check_fields, unknown_keys
+from .rtc import RTCPrefix
 
 IMAGE_PREFIX = "observation.images."
 #: lerobot's single-camera key (its Meta-World env, older datasets): our camera "image"
@@ -73,9 +74,14 @@ class FlowPolicyConfig:
     #: ``from_lerobot`` and inherited by its students), "policydistill" for our own. The evaluator
     #: renders lerobot-made policies' simulations in lerobot's conventions (camera names, image size).
     origin: str = "policydistill"
+    #: training-time real-time chunking (lerobot's ``rtc_training_max_delay``): > 0 trains with a
+    #: clean prefix of 0..max_delay committed actions (per-token time 0, no loss on them), so that
+    #: ``sample_actions(obs, rtc=RTCPrefix(...))`` continues the chunk being executed at any NFE.
+    #: 0 = off (guided RTC is still available at inference for multi-step sampling).
+    rtc_training_max_delay: int = 0
 
     #: integer fields whose smallest meaningful value is not 1 (0 or -1 means "derive it")
-    INT_MIN: ClassVar[dict[str, int]] = {}
+    INT_MIN: ClassVar[dict[str, int]] = {"rtc_training_max_delay": 0}
     #: integer fields bounded below ``fields.MAX_SIZE`` (layer counts: each layer is built in turn)
     INT_MAX: ClassVar[dict[str, int]] = {}
 
@@ -99,6 +105,11 @@ class FlowPolicyConfig:
                 problems.append(f"sampling_mode {self.sampling_mode!r} is not one of {', '.join(SAMPLING_MODES)}")
             if self.origin not in ORIGINS:
                 problems.append(f"origin {self.origin!r} is not one of {', '.join(ORIGINS)}")
+            if self.rtc_training_max_delay >= self.chunk_size:
+                problems.append(
+                    f"rtc_training_max_delay ({self.rtc_training_max_delay}) must be below chunk_size "
+                    f"({self.chunk_size}): a prefix of the whole chunk leaves nothing to predict"
+                )
         if problems:
             raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
 
@@ -287,10 +298,12 @@ class FlowPolicy(FlowMapModel):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ training batches
-    def make_flow_batch(self, sample: Mapping[str, Any]) -> FlowBatch:
+    def make_flow_batch(self, sample: Mapping[str, Any], generator: torch.Generator | None = None) -> FlowBatch:
         """A dataset window → FlowBatch(data = normalised, padded action chunk (B, chunk, max_action_dim),
         mask = 1 where the step is real (not ``action_is_pad``) and the dim is a real action dim,
-        cond = processed observation)."""
+        cond = processed observation). With ``rtc_training_max_delay`` > 0 each sample also gets a
+        clean prefix of 0..max_delay actions (drawn from ``generator``): they enter the model as
+        clean tokens with time 0 (``cond["rtc_clean"]``, ``cond["rtc_mask"]``) and leave the loss."""
         cfg = self.config
         actions = _to_tensor(sample["action"], self.device, torch.float32)
         if actions.dim() == 2:
@@ -315,6 +328,13 @@ class FlowPolicy(FlowMapModel):
             )
             mask = mask * (~is_pad)[..., None].to(mask.dtype)
         cond = self.process({k: v for k, v in sample.items() if k not in ("action", "action_is_pad")})
+        if cfg.rtc_training_max_delay > 0:
+            from ..core.rtc import prefix_mask, training_delays
+
+            delays = training_delays(data.shape[0], cfg.rtc_training_max_delay, generator).to(data.device)
+            rtc_mask = prefix_mask(delays, cfg.chunk_size)
+            cond["rtc_clean"], cond["rtc_mask"] = data.to(self.dtype), rtc_mask
+            mask = mask * (~rtc_mask)[..., None].to(mask.dtype)
         return FlowBatch(data=data.to(self.dtype), cond=cond, mask=mask)
 
     # ------------------------------------------------------------------ compiled inference
@@ -364,9 +384,16 @@ class FlowPolicy(FlowMapModel):
         noise: Tensor | None = None,
         mode: str | None = None,
         generator: torch.Generator | None = None,
+        rtc: RTCPrefix | None = None,
+        rtc_mode: str = "auto",
     ) -> Tensor:
         """(B, chunk_size, action_dim) UNnormalised actions: prefix encoded once, then ``steps``
-        suffix-only jumps from t = 1 to t = 0."""
+        suffix-only jumps from t = 1 to t = 0.
+
+        ``rtc``: real-time chunking (``policies.rtc``): the previous chunk's queued actions and how
+        many of them run during this inference; the chunk returned starts with exactly those and
+        continues them. ``rtc_mode`` "auto" uses the hard prefix of training-time RTC when the
+        policy was trained with it (``rtc_training_max_delay`` > 0), else guided RTC."""
         cond = self.process(obs)
         b = cond["state"].shape[0]
         # the noise, like the sampler's state, stays float32 in a bfloat16/float16 policy (each step
@@ -374,9 +401,68 @@ class FlowPolicy(FlowMapModel):
         dtype = torch.promote_types(self.dtype, torch.float32)
         if noise is None:
             noise = torch.randn((b, *self.sample_shape()), generator=generator, device=self.device, dtype=dtype)
-        x = self.sample_chunk(cond, noise.to(dtype), steps or self.nfe, mode or self.sampling_mode)
+        steps, mode = steps or self.nfe, mode or self.sampling_mode
+        if rtc is None:
+            x = self.sample_chunk(cond, noise.to(dtype), steps, mode)
+        else:
+            x = self._sample_rtc(cond, noise.to(dtype), steps, mode, rtc, rtc_mode, generator)
         actions = self.normalizer.unnormalize("action", x[..., : self.config.action_dim].float())
         return self.relative_offset(actions, cond.get("raw_state"), +1)
+
+    def rtc_target(self, cond: dict[str, Any], rtc: RTCPrefix) -> tuple[Tensor, Tensor, Tensor]:
+        """The previous chunk in model space: (normalised, padded actions (B, chunk, max_action_dim),
+        delays (B,), lengths (B,)), positions past the chunk cut and missing ones zero (length says)."""
+        cfg = self.config
+        actions, delay, lengths = rtc.tensors(self.device)
+        if actions.shape[-1] != cfg.action_dim:
+            raise ValueError(f"RTC prefix actions have {actions.shape[-1]} dims; the policy acts in {cfg.action_dim}")
+        if actions.shape[0] != cond["state"].shape[0]:
+            raise ValueError(f"RTC prefix has {actions.shape[0]} rows for a batch of {cond['state'].shape[0]}")
+        h = cfg.chunk_size
+        actions = self.relative_offset(actions, cond.get("raw_state"), -1)
+        target = pad_last(self.normalizer.normalize("action", actions), cfg.max_action_dim)[:, :h]
+        if target.shape[1] < h:
+            target = torch.cat([target, target.new_zeros(target.shape[0], h - target.shape[1], target.shape[2])], 1)
+        return target, delay.clamp(max=h - 1), lengths.clamp(max=h)
+
+    def _sample_rtc(
+        self,
+        cond: dict[str, Any],
+        noise: Tensor,
+        steps: int,
+        mode: str,
+        rtc: RTCPrefix,
+        rtc_mode: str,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        from ..core.rtc import prefix_mask
+        from .rtc import RTC_MODES
+
+        if rtc_mode not in RTC_MODES:
+            raise ValueError(f"rtc_mode {rtc_mode!r}: use one of {', '.join(RTC_MODES)}")
+        max_delay = self.config.rtc_training_max_delay
+        if rtc_mode == "auto":
+            rtc_mode = "trained" if max_delay > 0 else "guided"
+        target, delay, lengths = self.rtc_target(cond, rtc)
+        if rtc_mode == "trained":
+            if max_delay <= 0:
+                raise ValueError(
+                    "rtc_mode 'trained' needs a policy trained with training-time RTC (rtc_training_max_delay > 0); "
+                    "this one was not: use rtc_mode 'guided' or distil/train with --rtc-max-delay"
+                )
+            # Past the trained range the extra committed actions are dropped as stale by the caller
+            # anyway; the prefix is the part the model was trained to continue.
+            mask = prefix_mask(delay.clamp(max=max_delay), self.config.chunk_size)
+            ctx = self.encode({**cond, "rtc_clean": target.to(self.dtype), "rtc_mask": mask})
+            x = sample_with_ctx(self, noise, ctx, steps, mode, generator=generator)
+            return torch.where(mask[..., None], target.to(x.dtype), x)
+        from ..core.rtc import guided_sample, soft_mask
+
+        weights = soft_mask(delay, lengths, self.config.chunk_size).to(noise.dtype)
+        with torch.enable_grad():
+            return guided_sample(
+                self, noise, self.encode(cond), steps, mode, target.to(noise.dtype), weights, generator=generator
+            )
 
     def relative_offset(self, actions: Tensor, raw_state: Tensor | None, sign: int) -> Tensor:
         """lerobot's relative actions: ``actions ± state`` on the masked dims (+1 after sampling,

@@ -107,9 +107,11 @@ class RMSNorm(nn.Module):
         return torch.addcmul(shift.float(), normed, 1.0 + scale.float()).to(x.dtype), gate.to(x.dtype)
 
     def modulation(self, cond: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(scale, shift, gate), each (B, 1, dim). Computed once per denoising step."""
+        """(scale, shift, gate), each (B, 1, dim) for a per-sample ``cond`` (B, cond_dim), computed once
+        per denoising step, or (B, T, dim) for a per-token one (B, T, cond_dim: training-time RTC)."""
         assert self.dense is not None
-        return self.dense(cond)[:, None, :].chunk(3, dim=-1)
+        out = self.dense(cond)
+        return (out[:, None, :] if out.dim() == 2 else out).chunk(3, dim=-1)
 
 
 _GELU_C = 2.0 * math.sqrt(2.0 / math.pi)  # gelu_tanh(x) = x·sigmoid(C·(x + 0.044715·x³))

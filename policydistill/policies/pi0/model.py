@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...core.embedding import TargetTimeEmbedding, sinusoidal_embedding
+from ...core.rtc import per_token_time
 from ...core.sampler import sample_with_ctx
 from ..base import FlowPolicy
 from ..layers import (
@@ -68,6 +69,9 @@ class PrefixCache:
     sin: Tensor
     k_buf: list[Tensor] | None = None  # no-grad inference: (B, KVH, Lc + chunk, hd), head filled once
     v_buf: list[Tensor] | None = None
+    # training-time RTC: the clean actions (B, chunk, max_action_dim) and where they hold (B, chunk)
+    rtc_clean: Tensor | None = None
+    rtc_mask: Tensor | None = None
 
     @property
     def cached_len(self) -> int:
@@ -241,12 +245,24 @@ class Pi0Policy(FlowPolicy):
         cond, frozen = self.split_prefix(cond)
         cond = self.process(cond)
         if frozen is not None:
-            return self._finish_prefix(frozen, cond["state"])
+            return self._with_rtc(self._finish_prefix(frozen, cond["state"]), cond)
         self.prefix_calls += 1
         args = self._prefix_args(cond)
         if self._compiled is not None and not torch.is_grad_enabled():
-            return self._compiled.prefix(self, *args)
-        return self._prefix(*args)
+            return self._with_rtc(self._compiled.prefix(self, *args), cond)
+        return self._with_rtc(self._prefix(*args), cond)
+
+    def _with_rtc(self, cache: PrefixCache, cond: dict[str, Any]) -> PrefixCache:
+        """The cache with the batch's training-time RTC prefix, when it has one."""
+        if cond.get("rtc_mask") is None:
+            return cache
+        if self.config.rtc_training_max_delay <= 0:
+            raise ValueError(
+                "this policy was not trained with training-time RTC (rtc_training_max_delay = 0): a hard action "
+                "prefix would be out of distribution; use guided RTC or train with --rtc-max-delay"
+            )
+        cache.rtc_clean, cache.rtc_mask = cond["rtc_clean"], cond["rtc_mask"].bool()
+        return cache
 
     def encode_frozen(self, cond: Any) -> VLMPrefix:
         """The VLM part of the prefix (vision, projector, embeddings, VLM: the modules frozen under
@@ -386,17 +402,25 @@ class Pi0Policy(FlowPolicy):
         dtype = self.action_in_proj.weight.dtype
         x_t = x_t.to(dtype)
         we = self.config.expert_width
-        temb = self.time_embedding(t, dtype)
+        rtc = ctx.rtc_mask
+        if rtc is not None:
+            # Training-time RTC: the committed actions enter clean, with time (and target time) 0 per
+            # token; every other token keeps the sample's t and s.
+            x_t = torch.where(rtc[..., None], ctx.rtc_clean.to(dtype), x_t)
+            t, s = per_token_time(t, rtc), per_token_time(s, rtc)
+        temb = self.time_embedding(t, dtype).reshape(*t.shape, -1)
+        s_emb = self.target_time(s).to(dtype).reshape(*s.shape, -1)
         if self.is_pi05:
             h = self.action_in_proj(x_t)
-            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(temb)))) + self.target_time(s).to(dtype)
+            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(temb)))) + s_emb
         else:
-            temb = temb + self.target_time(s).to(dtype)
+            temb = temb + s_emb
             a = self.action_in_proj(x_t)
             w = self.action_time_mlp_in.weight
             # mlp_in(action ⊕ time) = W_a·action + (W_t·time + b): the time half once per sample, not
             # per token. (The sum in this order: see ``layers.linear`` on compiled graphs.)
-            h = linear(temb, w[:, we:], self.action_time_mlp_in.bias)[:, None] + linear(a, w[:, :we])
+            t_part = linear(temb, w[:, we:], self.action_time_mlp_in.bias)
+            h = (t_part[:, None] if t_part.dim() == 2 else t_part) + linear(a, w[:, :we])
             h = self.action_time_mlp_out(F.silu(h))
             cond = None
         use_buf = ctx.k_buf is not None and not torch.is_grad_enabled()
@@ -415,7 +439,10 @@ class Pi0Policy(FlowPolicy):
             x, gate = layer.post_attention_layernorm(h, cond)
             h = gated_residual(h, layer.mlp(x), gate)
         h, _ = self.expert.norm(h, cond)
-        return self.action_out_proj(h)
+        out = self.action_out_proj(h)
+        if rtc is not None:  # the prefix stays where it is: zero average velocity on its tokens
+            out = torch.where(rtc[..., None], torch.zeros_like(out), out)
+        return out
 
     # ------------------------------------------------------------------ reference path
     def velocity_full_attention(self, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:

@@ -77,6 +77,7 @@ class SmolVLAConfig(FlowPolicyConfig):
     max_period: float = 4.0
 
     INT_MIN: ClassVar[dict[str, int]] = {
+        **FlowPolicyConfig.INT_MIN,
         "vision_image_size": 0,
         "expert_mlp": 0,
         "num_expert_layers": -1,
@@ -87,6 +88,11 @@ class SmolVLAConfig(FlowPolicyConfig):
     def __post_init__(self) -> None:
         self.check()  # types and ranges of every field first: the checks below compare them
         self.cameras = list(self.cameras)
+        if self.rtc_training_max_delay:
+            raise ValueError(
+                "training-time RTC (rtc_training_max_delay > 0) is implemented for pi0 and pi0.5, not SmolVLA; "
+                "use guided RTC at inference (sample_actions(..., rtc=...) with several steps) or a pi0/pi0.5 policy"
+            )
         if self.attention_mode not in ("cross_attn", "self_attn"):
             raise ValueError(f"attention_mode must be 'cross_attn' or 'self_attn', got {self.attention_mode!r}")
         if self.num_heads % self.num_kv_heads:
