@@ -453,6 +453,8 @@ class FlowPolicy(FlowMapModel):
             # Past the trained range the extra committed actions are dropped as stale by the caller
             # anyway; the prefix is the part the model was trained to continue.
             mask = prefix_mask(delay.clamp(max=max_delay), self.config.chunk_size)
+            if not bool(mask.any()):  # nothing committed: exactly the plain chunk
+                return self.sample_chunk(cond, noise, steps, mode)
             ctx = self.encode({**cond, "rtc_clean": target.to(self.dtype), "rtc_mask": mask})
             x = sample_with_ctx(self, noise, ctx, steps, mode, generator=generator)
             return torch.where(mask[..., None], target.to(x.dtype), x)
