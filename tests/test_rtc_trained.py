@@ -114,7 +114,9 @@ def test_a_prefix_for_a_policy_not_trained_with_it_is_refused():
     p = Pi0Policy(preset("tiny", "pi0")).eval()
     win = _window(p, 2)
     with pytest.raises(ValueError, match="rtc_training_max_delay"):
-        p.sample_actions(_obs(win), steps=1, rtc=RTCPrefix(torch.zeros(2, 3, p.config.action_dim), 1), rtc_mode="trained")
+        p.sample_actions(
+            _obs(win), steps=1, rtc=RTCPrefix(torch.zeros(2, 3, p.config.action_dim), 1), rtc_mode="trained"
+        )
     with pytest.raises(ValueError, match="rtc_mode"):
         p.sample_actions(_obs(win), steps=1, rtc=RTCPrefix(torch.zeros(2, 3, p.config.action_dim), 1), rtc_mode="x")
     with pytest.raises(ValueError, match="delay must lie"):
@@ -171,3 +173,20 @@ def test_training_time_rtc_learns_to_continue_the_committed_actions(variant):
     err_rtc = float((guided[:, 2:] - c).pow(2).mean())
     err_free = float((free[:, 2:] - c).pow(2).mean())
     assert err_rtc < 0.1 * err_free, (err_rtc, err_free)
+
+
+def test_lerobot_training_time_rtc_setting_is_read_on_import(tmp_path):
+    """lerobot's pi0.5 ``rtc_training_max_delay`` (the same clean-prefix scheme) comes in with the weights."""
+    import json
+    import warnings
+
+    p = Pi0Policy(preset("tiny", "pi05"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny size is not one stock lerobot builds
+        p.to_lerobot(tmp_path / "lr")
+    (tmp_path / "lr" / "policydistill.json").unlink()  # as lerobot itself would have written the folder
+    cfg = json.loads((tmp_path / "lr" / "config.json").read_text())
+    cfg["rtc_training_max_delay"] = 3
+    (tmp_path / "lr" / "config.json").write_text(json.dumps(cfg))
+    back = Pi0Policy.from_lerobot(tmp_path / "lr", overrides={"vision_heads": p.config.vision_heads})
+    assert back.config.rtc_training_max_delay == 3

@@ -203,6 +203,8 @@ def infer_config(
         chunk_size=int(lr_config.get("chunk_size", 50)),
         n_action_steps=int(lr_config.get("n_action_steps", 50)),
         num_inference_steps=int(lr_config.get("num_inference_steps", 10)),
+        # lerobot's training-time RTC for pi0.5 (newer than 0.6.1): the same clean-prefix scheme as ours
+        rtc_training_max_delay=int(lr_config.get("rtc_training_max_delay") or 0),
         tokenizer_max_length=int(lr_config.get("tokenizer_max_length", 48)),
         vocab_size=vocab,
         vlm_width=vlm_width,
