@@ -415,6 +415,14 @@ class MetaWorldEnv(gym.Env):
         info = {"is_success": success, "task": self.task_description}
         return self._observation(raw), float(reward), terminated, truncated, info
 
+    def observe(self) -> dict[str, Any]:
+        """The observation of the current state, rendered now: what the last ``step``/``reset``
+        returned, for a caller that stepped with ``render_images = False`` and needs pixels only
+        when its policy looks (an evaluator re-planning every few steps renders a fraction of them)."""
+        if self._raw is None:
+            raise RuntimeError("call reset() before observe()")
+        return self._observation(self._raw)
+
     def render(self) -> np.ndarray:
         """The last observed camera image (already flipped), uint8 (H, W, 3)."""
         if self._image is None:

@@ -60,8 +60,23 @@ class _EnvHost:
             "control_period_s": control_period_s(env),
         }
 
-    def step(self, slot: int, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self.current[slot][1].step(action)
+    def step(
+        self, slot: int, action: np.ndarray, render: bool = True
+    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        """One step; with ``render=False`` an env that can render later (``observe()``) skips its
+        camera and the observation comes back without "pixels" (``observe`` supplies them)."""
+        env = self.current[slot][1]
+        base = env.unwrapped
+        lazy = not render and hasattr(base, "observe") and getattr(base, "render_images", False)
+        if lazy:
+            base.render_images = False
+        try:
+            obs, reward, terminated, truncated, info = env.step(action)
+        finally:
+            if lazy:
+                base.render_images = True
+        if lazy:
+            obs = {k: v for k, v in obs.items() if k != "pixels"}  # never hand out a frame that was not rendered
         return (
             obs,
             float(reward),
@@ -69,6 +84,15 @@ class _EnvHost:
             bool(truncated),
             {"is_success": bool(info.get("is_success", False))},
         )
+
+    def observe(self, slot: int) -> dict[str, Any]:
+        """The slot's current observation rendered now (envs without ``observe()`` rendered at their
+        last step: their last observation is returned as is)."""
+        env = self.current[slot][1]
+        base = env.unwrapped
+        if hasattr(base, "observe"):
+            return base.observe()
+        raise RuntimeError(f"{type(base).__name__} cannot render on demand: step it with render=True")
 
     def close(self) -> None:
         for _, env in [*self.current.values(), *self.free]:
@@ -96,6 +120,8 @@ def _worker_main(conn: Any, env_kwargs: dict[str, Any], threads: int) -> None:
                     out = [host.reset(*p) for p in payload]
                 elif cmd == "step":
                     out = [host.step(*p) for p in payload]
+                elif cmd == "observe":
+                    out = [host.observe(*p) for p in payload]
                 else:
                     raise ValueError(f"unknown worker command {cmd!r}")
                 conn.send(("ok", out))
@@ -134,7 +160,7 @@ class WorkerPool:
     def _call(self, cmd: str, items: list[tuple[int, tuple]]) -> dict[int, Any]:
         """items: (slot, args) -> {slot: result}; one message per worker, workers run in parallel."""
         if self._local is not None:
-            fn = self._local.reset if cmd == "reset" else self._local.step
+            fn = {"reset": self._local.reset, "step": self._local.step, "observe": self._local.observe}[cmd]
             return {slot: fn(*args) for slot, args in items}
         per: dict[int, list[tuple[int, tuple]]] = {}
         for slot, args in items:
@@ -153,9 +179,14 @@ class WorkerPool:
         """{slot: (env_id, seed) or (env_id, seed, options)} -> {slot: (obs, info)}"""
         return self._call("reset", [(s, (s, *req)) for s, req in requests.items()])
 
-    def step(self, actions: dict[int, np.ndarray]) -> dict[int, Any]:
-        """{slot: action} -> {slot: (obs, reward, terminated, truncated, info)}"""
-        return self._call("step", [(s, (s, np.asarray(a, np.float32))) for s, a in actions.items()])
+    def step(self, actions: dict[int, np.ndarray], render: bool = True) -> dict[int, Any]:
+        """{slot: action} -> {slot: (obs, reward, terminated, truncated, info)}; ``render=False``:
+        envs that can render on demand skip their cameras (no "pixels"; see ``observe``)."""
+        return self._call("step", [(s, (s, np.asarray(a, np.float32), render)) for s, a in actions.items()])
+
+    def observe(self, slots: list[int]) -> dict[int, dict[str, Any]]:
+        """{slot: observation of its current state, rendered now}."""
+        return self._call("observe", [(s, (s,)) for s in slots])
 
     def cpu_seconds(self) -> list[float]:
         """CPU time (user + system) used so far by each worker process (this process if workers=0):
