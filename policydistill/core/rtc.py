@@ -102,18 +102,20 @@ def soft_mask(delay: Tensor, lengths: Tensor, horizon: int) -> Tensor:
             f"soft_mask: need 0 <= delay <= length <= {horizon} per row; got delays {delay.tolist()}, "
             f"lengths {lengths.tolist()}"
         )
-    i = torch.arange(horizon, device=delay.device, dtype=torch.float64)[None]
-    d, n = delay[:, None].double(), lengths[:, None].double()
+    # float32 throughout: the weights are used in float32 and some accelerators (MPS) have no float64
+    i = torch.arange(horizon, device=delay.device, dtype=torch.float32)[None]
+    d, n = delay[:, None].float(), lengths[:, None].float()
     c = (n - i) / (n - d + 1)  # d <= n, so the denominator is >= 1
     decay = c * torch.expm1(c) / math.expm1(1.0)
     ones = torch.ones_like(decay)
-    return torch.where(i < d, ones, torch.where(i < n, decay, torch.zeros_like(decay))).float()
+    return torch.where(i < d, ones, torch.where(i < n, decay, torch.zeros_like(decay)))
 
 
 def guidance_weight(t: Tensor | float, max_guidance: float = DEFAULT_MAX_GUIDANCE) -> Tensor:
     """min(β, (t² + (1 − t)²)/(t·(1 − t))): the paper's min(β, (1 − τ)/(τ·r²_τ)) at τ = 1 − t
     (derivation above); β at t = 0 and t = 1."""
-    t = torch.as_tensor(t, dtype=torch.float64)
+    t = torch.as_tensor(t)
+    t = t.to(torch.promote_types(t.dtype, torch.float32))
     num, den = t**2 + (1 - t) ** 2, t * (1 - t)
     w = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(t, math.inf))
     return torch.clamp(w, max=max_guidance)
@@ -148,7 +150,9 @@ def guided_sample(
     if not max_guidance >= 0:
         raise ValueError(f"max_guidance must be >= 0 (the paper uses 5), got {max_guidance}")
     if target.shape != noise.shape:
-        raise ValueError(f"guided RTC: target shape {tuple(target.shape)} differs from the sample's {tuple(noise.shape)}")
+        raise ValueError(
+            f"guided RTC: target shape {tuple(target.shape)} differs from the sample's {tuple(noise.shape)}"
+        )
     if weights.dim() == 2 and weights.shape == noise.shape[:2]:
         weights = weights[..., None]
     elif weights.shape != noise.shape:
@@ -170,6 +174,6 @@ def guided_sample(
             x0 = x - tt.reshape(expand) * f
             (g,) = torch.autograd.grad(x0, x, grad_outputs=(weights * (target - x0)).detach())
             # the step's blend (t − s)·w stays <= 1: never past the target (module comments)
-            w = torch.minimum(guidance_weight(tt, max_guidance), 1.0 / (tt - ss).double()).to(dtype)
+            w = torch.minimum(guidance_weight(tt, max_guidance), 1.0 / (tt - ss))
             x = (x - gap * (f.detach() - w.reshape(expand) * g)).detach()
     return x

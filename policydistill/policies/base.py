@@ -398,7 +398,8 @@ class FlowPolicy(FlowMapModel):
         ``rtc``: real-time chunking (``policies.rtc``): the previous chunk's queued actions and how
         many of them run during this inference; the chunk returned starts with exactly those and
         continues them. ``rtc_mode`` "auto" uses the hard prefix of training-time RTC when the
-        policy was trained with it (``rtc_training_max_delay`` > 0), else guided RTC."""
+        policy was trained with it (``rtc_training_max_delay`` > 0), else guided RTC (its largest
+        guidance weight: ``rtc_max_guidance``; not for the "consistency" sampler)."""
         cond = self.process(obs)
         b = cond["state"].shape[0]
         # the noise, like the sampler's state, stays float32 in a bfloat16/float16 policy (each step
@@ -465,12 +466,11 @@ class FlowPolicy(FlowMapModel):
 
         # Guided RTC: the prefix is encoded once without gradients; the guidance differentiates each
         # step's action pass only. Padding dims carry no guidance (they are cut from the chunk).
-        weights = soft_mask(delay, lengths, self.config.chunk_size).to(noise.device, noise.dtype)[..., None]
-        weights = weights * (torch.arange(noise.shape[-1], device=noise.device) < self.config.action_dim).to(noise.dtype)
-        return guided_sample(
-            self, noise, self.encode(cond), steps, mode, target.to(noise.dtype), weights,
-            max_guidance=self.rtc_max_guidance, generator=generator,
-        )
+        real_dims = torch.arange(noise.shape[-1], device=noise.device) < self.config.action_dim
+        weights = soft_mask(delay, lengths, self.config.chunk_size)[..., None] * real_dims
+        ctx, target = self.encode(cond), target.to(noise.dtype)
+        beta = self.rtc_max_guidance
+        return guided_sample(self, noise, ctx, steps, mode, target, weights, beta, generator=generator)
 
     def relative_offset(self, actions: Tensor, raw_state: Tensor | None, sign: int) -> Tensor:
         """lerobot's relative actions: ``actions ± state`` on the masked dims (+1 after sampling,
