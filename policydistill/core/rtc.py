@@ -58,7 +58,10 @@ def per_token_time(t: Tensor, mask: Tensor) -> Tensor:
 # (so v_ours = −v_paper) and step x ← x − (t − s)·v from t down to s. Then:
 #
 # * the denoised estimate: x̂₀ = x − t·v (check: tε + (1 − t)a − t(ε − a) = a); the paper's
-#   Â¹ = A^τ + (1 − τ)·v_paper is the same point.
+#   Â¹ = A^τ + (1 − τ)·v_paper is the same point. v is what the sampler's step uses, F(x, t, s'):
+#   the velocity for "diagonal" (x̂₀ is then the posterior mean E[a | x_t]); for "flowmap" the
+#   average velocity to the next grid time, so x̂₀ extrapolates the step to t = 0 (the posterior
+#   mean for small steps, the model's own jump to data on a step that ends at 0).
 # * the guidance: g = (Y − x̂₀)ᵀ·diag(W)·∂x̂₀/∂x = −∇ₓ ½‖Y − x̂₀‖²_W, a vector-Jacobian product,
 #   the direction in x that moves x̂₀ towards the previous chunk Y on the weighted positions.
 # * the sign: the paper adds w·g to v_paper, i.e. x moves by +Δτ·w·g. With Δτ = t − s and
