@@ -52,6 +52,16 @@ def resolve_mode(model: Any, mode: str | None) -> str:
     return mode
 
 
+def step_target_time(mode: str, t: Tensor, s: Tensor) -> Tensor:
+    """The target time s' the model is asked about on a jump from t to s (module docstring)."""
+    check_mode(mode)
+    if mode == "flowmap":
+        return s
+    if mode == "diagonal":
+        return t
+    return torch.zeros_like(t)
+
+
 def flow_step(
     model: FlowMapModel,
     x: Tensor,
@@ -62,15 +72,9 @@ def flow_step(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """One jump from t to s (``generator``: the fresh noise of the "consistency" mode)."""
-    check_mode(mode)
     b = x.shape[0]
     tt, ss = as_time(t, b, x), as_time(s, b, x)
-    if mode == "flowmap":
-        target = ss
-    elif mode == "diagonal":
-        target = tt
-    else:
-        target = torch.zeros_like(tt)
+    target = step_target_time(mode, tt, ss)
     if mode == "consistency":
         x0 = x - tt.reshape(b, *([1] * (x.dim() - 1))) * model.flow(x, tt, target, ctx)
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

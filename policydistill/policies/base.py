@@ -37,6 +37,7 @@ from torch import Tensor
 
 from ..core.flowmap import FlowBatch, FlowMapModel
 from ..core.normalize import NORM_MODES, Normalizer
+from ..core.rtc import DEFAULT_MAX_GUIDANCE
 from ..core.sampler import SAMPLING_MODES, sample_with_ctx
 from ..fields import check_fields, unknown_keys
 from .rtc import RTCPrefix
@@ -155,6 +156,10 @@ class FlowPolicy(FlowMapModel):
     #: the prefix, step and whole chunk compiled by ``compile_for_inference``
     #: (``compiled.CompiledInference``); None = eager
     _compiled: Any = None
+    #: β of guided real-time chunking (``sample_actions(rtc=...)`` on a policy not trained with
+    #: training-time RTC): the largest guidance weight. The paper's 5 is tuned for 5 denoising steps,
+    #: lerobot's ``max_guidance_weight`` 10 for 10 (docs/realtime.md, "Real-time chunking")
+    rtc_max_guidance: float = DEFAULT_MAX_GUIDANCE
 
     def _init_policy(self, config: FlowPolicyConfig) -> None:
         if config.sampling_mode not in SAMPLING_MODES:
@@ -393,7 +398,8 @@ class FlowPolicy(FlowMapModel):
         ``rtc``: real-time chunking (``policies.rtc``): the previous chunk's queued actions and how
         many of them run during this inference; the chunk returned starts with exactly those and
         continues them. ``rtc_mode`` "auto" uses the hard prefix of training-time RTC when the
-        policy was trained with it (``rtc_training_max_delay`` > 0), else guided RTC."""
+        policy was trained with it (``rtc_training_max_delay`` > 0), else guided RTC (its largest
+        guidance weight: ``rtc_max_guidance``; not for the "consistency" sampler)."""
         cond = self.process(obs)
         b = cond["state"].shape[0]
         # the noise, like the sampler's state, stays float32 in a bfloat16/float16 policy (each step
@@ -460,11 +466,13 @@ class FlowPolicy(FlowMapModel):
             return torch.where(mask[..., None], target.to(x.dtype), x)
         from ..core.rtc import guided_sample, soft_mask
 
-        weights = soft_mask(delay, lengths, self.config.chunk_size).to(noise.dtype)
-        with torch.enable_grad():
-            return guided_sample(
-                self, noise, self.encode(cond), steps, mode, target.to(noise.dtype), weights, generator=generator
-            )
+        # Guided RTC: the prefix is encoded once without gradients; the guidance differentiates each
+        # step's action pass only. Padding dims carry no guidance (they are cut from the chunk).
+        real_dims = torch.arange(noise.shape[-1], device=noise.device) < self.config.action_dim
+        weights = soft_mask(delay, lengths, self.config.chunk_size)[..., None] * real_dims
+        ctx, target = self.encode(cond), target.to(noise.dtype)
+        beta = self.rtc_max_guidance
+        return guided_sample(self, noise, ctx, steps, mode, target, weights, beta, generator=generator)
 
     def relative_offset(self, actions: Tensor, raw_state: Tensor | None, sign: int) -> Tensor:
         """lerobot's relative actions: ``actions ± state`` on the masked dims (+1 after sampling,
