@@ -102,6 +102,7 @@ class _Slot:
     holds: int = 0
     action_dim: int = 0
     delays_ms: list[float] = field(default_factory=list)
+    key: int = -1  # the pool slot it runs in
 
 
 def _batch(slots: list[_Slot], camera_map: dict[str, str] | None = None) -> dict[str, Any]:
@@ -230,7 +231,15 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
             # a fingerprint of the initial state: equal across runs <=> identical initial states
             init_hash = hashlib.sha1(np.asarray(obs["agent_pos"], np.float32).tobytes()).hexdigest()[:12]
             out[s] = _Slot(
-                t, i, seed, obs, info["task"], frames=frames, init_hash=init_hash, period_s=info.get("control_period_s")
+                t,
+                i,
+                seed,
+                obs,
+                info["task"],
+                frames=frames,
+                init_hash=init_hash,
+                period_s=info.get("control_period_s"),
+                key=s,
             )
             if clock is not None:
                 clock.start_episode(s, seed)
@@ -271,7 +280,10 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
                 slot.boundaries.append(len(slot.executed))
             slot.new_chunk = False
             slot.executed.append(np.asarray(a, np.float32))
-        res = pool.step(actions)
+        # A chunk policy looks at a fraction of the steps: the others skip the camera (``observed``
+        # renders the current state when the policy asks); episodes being filmed render every step.
+        render = True if not chunked else {s for s in actions if slots[s].frames is not None}
+        res = pool.step(actions, render=render)
         ended = []
         for s, (obs, _, terminated, truncated, info) in res.items():
             slot = slots[s]
@@ -285,6 +297,14 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
                 finish(slot)
                 ended.append(s)
         return ended
+
+    def observed(pool: WorkerPool, batch_slots: list[_Slot]) -> list[_Slot]:
+        """The slots with pixels of their current state (rendered now where a step skipped them)."""
+        missing = [sl.key for sl in batch_slots if "pixels" not in sl.obs]
+        if missing:
+            for key, obs in pool.observe(missing).items():
+                next(sl for sl in batch_slots if sl.key == key).obs = obs
+        return batch_slots
 
     with progress, WorkerPool(n_slots, cfg.workers, env_kwargs) as pool:
         if profile is not None:
@@ -300,7 +320,7 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
                 todo,
                 n_slots,
                 counters,
-                lambda batch_slots: _batch(batch_slots, camera_map),
+                lambda batch_slots: _batch(observed(pool, batch_slots), camera_map),
             )
         elif chunked:
             slots = start(pool, {s: todo.popleft() for s in range(n_slots)})
@@ -309,7 +329,7 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
                 if need:
                     chunk = to_numpy(
                         policy.sample_actions(
-                            _batch([slots[s] for s in need], camera_map), steps=cfg.nfe, mode=cfg.mode
+                            _batch(observed(pool, [slots[s] for s in need]), camera_map), steps=cfg.nfe, mode=cfg.mode
                         )
                     )
                     if chunk.ndim != 3 or chunk.shape[0] != len(need):

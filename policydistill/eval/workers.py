@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import traceback
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -179,10 +180,12 @@ class WorkerPool:
         """{slot: (env_id, seed) or (env_id, seed, options)} -> {slot: (obs, info)}"""
         return self._call("reset", [(s, (s, *req)) for s, req in requests.items()])
 
-    def step(self, actions: dict[int, np.ndarray], render: bool = True) -> dict[int, Any]:
-        """{slot: action} -> {slot: (obs, reward, terminated, truncated, info)}; ``render=False``:
-        envs that can render on demand skip their cameras (no "pixels"; see ``observe``)."""
-        return self._call("step", [(s, (s, np.asarray(a, np.float32), render)) for s, a in actions.items()])
+    def step(self, actions: dict[int, np.ndarray], render: bool | Collection[int] = True) -> dict[int, Any]:
+        """{slot: action} -> {slot: (obs, reward, terminated, truncated, info)}. ``render``: True,
+        False, or the slots that render: the others, in envs that can render on demand, skip their
+        cameras (no "pixels" in their observation; ``observe`` renders it when needed)."""
+        flag = (lambda s: render) if isinstance(render, bool) else (lambda s: s in render)
+        return self._call("step", [(s, (s, np.asarray(a, np.float32), flag(s))) for s, a in actions.items()])
 
     def observe(self, slots: list[int]) -> dict[int, dict[str, Any]]:
         """{slot: observation of its current state, rendered now}."""
