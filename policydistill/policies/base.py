@@ -37,7 +37,6 @@ from torch import Tensor
 
 from ..core.flowmap import FlowBatch, FlowMapModel
 from ..core.normalize import NORM_MODES, Normalizer
-from ..core.rtc import DEFAULT_MAX_GUIDANCE
 from ..core.sampler import SAMPLING_MODES, sample_with_ctx
 from ..fields import check_fields, unknown_keys
 from .rtc import RTCPrefix
@@ -157,9 +156,11 @@ class FlowPolicy(FlowMapModel):
     #: (``compiled.CompiledInference``); None = eager
     _compiled: Any = None
     #: β of guided real-time chunking (``sample_actions(rtc=...)`` on a policy not trained with
-    #: training-time RTC): the largest guidance weight. The paper's 5 is tuned for 5 denoising steps,
-    #: lerobot's ``max_guidance_weight`` 10 for 10 (docs/realtime.md, "Real-time chunking")
-    rtc_max_guidance: float = DEFAULT_MAX_GUIDANCE
+    #: training-time RTC): the largest guidance weight. None (default) = the number of denoising
+    #: steps: the paper's 5 was tuned for 5 steps and lerobot's ``max_guidance_weight`` 10 for 10, both
+    #: a blend of 1 at the last step (docs/realtime.md, "Real-time chunking"); a fixed 5 at 10 steps
+    #: leaves the committed positions 20x further from the previous chunk on an exact Gaussian.
+    rtc_max_guidance: float | None = None
 
     def _init_policy(self, config: FlowPolicyConfig) -> None:
         if config.sampling_mode not in SAMPLING_MODES:
@@ -471,7 +472,7 @@ class FlowPolicy(FlowMapModel):
         real_dims = torch.arange(noise.shape[-1], device=noise.device) < self.config.action_dim
         weights = soft_mask(delay, lengths, self.config.chunk_size)[..., None] * real_dims
         ctx, target = self.encode(cond), target.to(noise.dtype)
-        beta = self.rtc_max_guidance
+        beta = float(steps) if self.rtc_max_guidance is None else self.rtc_max_guidance
         return guided_sample(self, noise, ctx, steps, mode, target, weights, beta, generator=generator)
 
     def relative_offset(self, actions: Tensor, raw_state: Tensor | None, sign: int) -> Tensor:
