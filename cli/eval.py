@@ -110,12 +110,21 @@ def eval_cmd(
     execution: str = typer.Option(
         "sync", "--execution", help="With --realtime: sync (hold while waiting) or async (keep executing the chunk)."
     ),
+    threads: int = typer.Option(
+        None,
+        "--threads",
+        help="Torch CPU threads, 1..(CPU cores) (default: torch's own choice). On a machine running other "
+        "jobs, 1 keeps torch's threads from spinning against them.",
+    ),
 ) -> None:
     """Evaluate a policy for N episodes per task on fixed seeds; prints a table with Wilson 95% intervals."""
     from ..eval import EvalConfig, evaluate_policy
     from ..eval.conventions import CONVENTIONS, parse_camera_map
     from ..eval.report import plot_runs, results_table, write_json
+    from ..pipeline.run_options import apply_threads
     from .options import check_output_file
+
+    apply_threads(threads)
 
     if convention not in ("auto", *CONVENTIONS):
         raise ValueError(f"--convention {convention!r}: use auto, {' or '.join(CONVENTIONS)}")
