@@ -286,7 +286,7 @@ def bench_realtime_cmd(
     threads: int = typer.Option(1, "--threads", help="Torch CPU threads (measured latency depends on it)."),
     out: Path = typer.Option(Path("runs/bench_realtime"), "--out", help="Folder for results.json and the PNG."),
 ) -> None:
-    """Success vs latency profile: teacher@10, naive@1, student@1 (and student-rtc@1), sync and async (and rtc), on the same seeds (table + JSON + PNG)."""
+    """Success vs latency: teacher@10, naive@1, student@1 (+ student-rtc@1), sync/async (+ rtc), same seeds."""
     from rich.table import Table
 
     from ..bench.realtime import RealtimeBenchConfig, default_variants, run_realtime_bench

@@ -6,6 +6,7 @@ committed actions by construction, so what is checked is the plumbing, exactly."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,7 @@ def test_the_control_loop_refuses_sync_and_a_policy_without_rtc():
         LoopConfig(execution="sync")
     with pytest.raises(ValueError, match="execution mode 'rtc'"):
         policy_chunk_fn(_NoRTC(), 1, None, "rtc")
+    from policydistill.deploy.latency import measure_checkpoints
+
+    with pytest.raises(ValueError, match="--execution 'sync': the control loop runs async or rtc"):
+        measure_checkpoints([Path("no/such/checkpoint")], execution="sync")  # refused before anything loads
