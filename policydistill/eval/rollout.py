@@ -459,11 +459,12 @@ def _realtime_loop(
             return None
         from policydistill.policies.rtc import RTCPrefix
 
-        rows = [np.stack(c.actions) for c in committed if c is not None and len(c)]
-        actions = np.zeros((len(committed), max(len(r) for r in rows), rows[0].shape[-1]), np.float32)
-        for row, c in enumerate(committed):
-            if c is not None and len(c):
-                actions[row, : len(c)] = np.stack(c.actions)
+        queued = [np.stack(c.actions) if c is not None and len(c) else None for c in committed]
+        real = [q for q in queued if q is not None]
+        actions = np.zeros((len(queued), max(len(q) for q in real), real[0].shape[-1]), np.float32)
+        for row, q in enumerate(queued):
+            if q is not None:
+                actions[row, : len(q)] = q
         return RTCPrefix(
             actions,
             np.array([c.delay if c is not None else 0 for c in committed], np.int64),
