@@ -42,6 +42,12 @@ def latency(
     plot: Path | None = typer.Option(None, help="Latency histogram PNG (default: beside --json)."),
     threads: int = typer.Option(0, min=0, help="torch threads (0 = leave as is)."),
     seed: int = typer.Option(0),
+    execution: str = typer.Option(
+        "async",
+        "--execution",
+        help="Control-loop execution: async (keep executing while the next chunk is computed) or rtc (real-time "
+        "chunking: each chunk continues the actions committed while it is computed).",
+    ),
 ) -> None:
     """Prefix / denoising / end-to-end latency percentiles per NFE, and the control loop's
     deadline-miss rate and jitter at --hz, teacher and student in one run."""
@@ -65,6 +71,7 @@ def latency(
         plot=plot,
         threads=threads,
         seed=seed,
+        execution=execution,
     )
     table = Table(title=f"latency (ms) at {hz:g} Hz — {platform.node()}")
     for col in (

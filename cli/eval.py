@@ -108,7 +108,10 @@ def eval_cmd(
         "JSON. Default: off.",
     ),
     execution: str = typer.Option(
-        "sync", "--execution", help="With --realtime: sync (hold while waiting) or async (keep executing the chunk)."
+        "sync",
+        "--execution",
+        help="With --realtime: sync (hold while waiting), async (keep executing the chunk) or rtc (async, and the "
+        "policy continues the actions committed while it computes: real-time chunking).",
     ),
     threads: int = typer.Option(
         None,
@@ -263,6 +266,11 @@ def bench_realtime_cmd(
     student: str = typer.Option(
         "", "--student", help="Distilled student checkpoint (omitted: teacher and naive only)."
     ),
+    rtc_student: str = typer.Option(
+        "",
+        "--rtc-student",
+        help="A student distilled with training-time real-time chunking (--rtc-max-delay), shown as student-rtc@N.",
+    ),
     task: str = typer.Option(
         "metaworld/moving", "--task", "-t", help="Env ids / suites (the dynamic tasks by default)."
     ),
@@ -272,7 +280,12 @@ def bench_realtime_cmd(
         "--profiles",
         help="Comma-separated latency profiles: zero, measured, device profiles, profile/latency-report JSON files.",
     ),
-    execution: str = typer.Option("sync,async", "--execution", help="Comma-separated execution modes."),
+    execution: str = typer.Option(
+        "sync,async",
+        "--execution",
+        "--executions",
+        help="Comma-separated execution modes: sync, async, rtc (real-time chunking).",
+    ),
     teacher_nfe: int = typer.Option(10, "--teacher-nfe"),
     student_nfe: int = typer.Option(1, "--student-nfe", help="NFE of the student and of the naive teacher."),
     n_action_steps: int = typer.Option(0, "--n-action-steps", help="Actions executed per chunk; 0: the policy's own."),
@@ -282,7 +295,7 @@ def bench_realtime_cmd(
     threads: int = typer.Option(1, "--threads", help="Torch CPU threads (measured latency depends on it)."),
     out: Path = typer.Option(Path("runs/bench_realtime"), "--out", help="Folder for results.json and the PNG."),
 ) -> None:
-    """Success vs latency profile: teacher@10, naive@1, student@1, sync and async, on the same seeds (table + JSON + PNG)."""
+    """Success vs latency: teacher@10, naive@1, student@1 (+ student-rtc@1), sync/async (+ rtc), same seeds."""
     from rich.table import Table
 
     from ..bench.realtime import RealtimeBenchConfig, default_variants, run_realtime_bench
@@ -310,15 +323,21 @@ def bench_realtime_cmd(
     torch.set_num_threads(threads)
     teacher_policy, _ = _load_policy(teacher or str(BUNDLED_TEACHER), seed, task)
     student_policy = _load_policy(student, seed, task)[0] if student else None
-    if student_policy is None:
+    rtc_policy = _load_policy(rtc_student, seed, task)[0] if rtc_student else None
+    if student_policy is None and rtc_policy is None:
         console.print("[yellow]no --student: running the teacher and the naive teacher only[/]")
-    variants = default_variants(teacher_policy, student_policy, cfg)
+    if rtc_policy is not None and not getattr(getattr(rtc_policy, "config", None), "rtc_training_max_delay", 0):
+        console.print(
+            f"[yellow]--rtc-student {rtc_student} was not distilled with training-time RTC (no --rtc-max-delay): "
+            "in rtc execution it is guided like the others[/]"
+        )
+    variants = default_variants(teacher_policy, student_policy, cfg, rtc_student=rtc_policy)
     payload = run_realtime_bench(
         variants,
         cfg,
         out,
         on_point=lambda r: console.print(
-            f"{r['profile']:>12} {r['execution']:>5} {r['variant']:>12}: success {r['success_rate']:.1%} "
+            f"{r['profile']:>12} {r['execution']:>5} {r['variant']:>14}: success {r['success_rate']:.1%} "
             f"({r['seconds']:.0f} s)"
         ),
     )

@@ -13,6 +13,13 @@ of tick ``obs_tick`` by an inference that takes ``d`` seconds is available ``tic
   (``ChunkQueue.load(..., align=True)``), and it replaces what was left of the old chunk. The next
   chunk is requested once at most ``request_margin`` actions remain queued, the margin sized from
   the latency estimate so that the chunk normally arrives before the queue runs dry.
+* ``rtc`` (real-time chunking): scheduled as ``async``, but the inference is told what the robot
+  is committed to while it computes (:meth:`ChunkQueue.committed`): the queued actions, the first
+  of them for the tick of the observation, and how many of them run before the chunk can arrive
+  (the delay in ticks, known BEFORE the call: drawn from a latency model, or the latency estimate
+  on a robot). An RTC policy returns a chunk that starts with exactly those actions and continues
+  them; on arrival they are the stale head that ``async`` drops, so the first new action the
+  robot executes follows the last committed one.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-EXECUTION_MODES = ("sync", "async")
+EXECUTION_MODES = ("sync", "async", "rtc")
 
 # 25 ms at 80 Hz is exactly two periods, but 0.025 / 0.0125 may round to 2.0000000000000004:
 # without a tolerance ceil() would report a third tick that never passed
@@ -75,6 +82,26 @@ class LatencyEstimate:
         return self.ms / 1e3
 
 
+@dataclass(frozen=True)
+class Committed:
+    """What a real-time-chunking inference is handed when it starts: ``actions``, the queued
+    actions in execution order (``actions[0]`` runs at the tick of the observation), and
+    ``delay``, how many of them run while it computes: the expected delay in ticks, capped at the
+    actions queued (past the queue the robot holds, and a hold is no action a chunk continues).
+    The new chunk must start with ``actions[:delay]``; ``actions[delay:]`` is the rest of the old
+    plan, which it replaces (guided RTC steers towards it)."""
+
+    actions: list[Any]
+    delay: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.delay <= len(self.actions):
+            raise ValueError(f"a committed delay must lie in [0, {len(self.actions)}], got {self.delay}")
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
 class ChunkQueue:
     """The actions of the current chunk still to be executed, one per tick."""
 
@@ -99,6 +126,15 @@ class ChunkQueue:
         """The next action, or None when the queue has run dry (the robot must hold)."""
         return self._q.popleft() if self._q else None
 
+    def committed(self, delay_ticks: int) -> Committed:
+        """What an RTC inference starting now is committed to (a copy: the queue keeps running
+        while it computes), for a delay of ``delay_ticks`` ticks. Called before this tick's action
+        is popped, so the head of the queue is the action for the observation's tick."""
+        if isinstance(delay_ticks, bool) or not isinstance(delay_ticks, (int, np.integer)) or delay_ticks < 0:
+            raise ValueError(f"a delay in ticks must be an integer >= 0, got {delay_ticks!r}")
+        actions = list(self._q)
+        return Committed(actions, min(int(delay_ticks), len(actions)))
+
     def wants_chunk(self, margin: int) -> bool:
         return len(self._q) <= margin
 
@@ -107,10 +143,31 @@ class ChunkQueue:
 
 
 @dataclass
-class _Pending:
-    chunk: Any
+class ChunkRecord:
+    """One inference of an episode: the tick of its observation, the tick its chunk arrived (or
+    will), how many actions it was told were committed (``rtc``; None otherwise) and how many of
+    its actions were dropped as stale on arrival (None until then)."""
+
     obs_tick: int
     arrival_tick: int
+    committed: int | None = None
+    stale: int | None = None
+
+    @property
+    def delay_ticks(self) -> int:
+        return self.arrival_tick - self.obs_tick
+
+    @property
+    def late(self) -> bool:
+        """``rtc``: the chunk arrived after its committed actions ran out, so the robot executed
+        (or held for) ticks the new chunk was not told about."""
+        return self.committed is not None and self.delay_ticks > self.committed
+
+
+@dataclass
+class _Pending:
+    chunk: Any
+    record: ChunkRecord
 
 
 @dataclass
@@ -128,10 +185,11 @@ class SimulatedExecution:
 
     Per tick ``t`` the evaluator calls, in order: ``deliver(t)`` (a chunk whose inference has
     finished by ``t`` is loaded), ``due(t)`` (should an inference start now from the observation
-    of ``t``? then ``submit(chunk, t, delay_s)``, which delivers at once when the delay is under
-    one tick), and ``next_action(t)`` (None: hold). At most one inference is in flight, as on the
-    robot. With zero delay ``sync`` is exactly the usual evaluation: a chunk is requested when the
-    queue is empty and executed from its first action.
+    of ``t``? then, in ``rtc``, ``rtc_prefix(t, expected_s)`` for what it is committed to, and
+    ``submit(chunk, t, delay_s)``, which delivers at once when the delay is under one tick), and
+    ``next_action(t)`` (None: hold). At most one inference is in flight, as on the robot. With
+    zero delay ``sync`` is exactly the usual evaluation: a chunk is requested when the queue is
+    empty and executed from its first action. ``chunks`` records every inference.
     """
 
     n_action_steps: int
@@ -141,6 +199,7 @@ class SimulatedExecution:
     estimate: LatencyEstimate = field(init=False)
     pending: _Pending | None = field(default=None, init=False)
     log: list[TickRecord] = field(default_factory=list, init=False)
+    chunks: list[ChunkRecord] = field(default_factory=list, init=False)
     _fresh: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -151,10 +210,10 @@ class SimulatedExecution:
         ticks_elapsed(0.0, self.period_s)  # validates the period
 
     def deliver(self, tick: int) -> bool:
-        if self.pending is None or self.pending.arrival_tick > tick:
+        if self.pending is None or self.pending.record.arrival_tick > tick:
             return False
         p, self.pending = self.pending, None
-        self.queue.load(p.chunk, p.obs_tick, tick, align=self.mode == "async")
+        p.record.stale = self.queue.load(p.chunk, p.record.obs_tick, tick, align=self.mode != "sync")
         self._fresh = True
         return True
 
@@ -165,16 +224,30 @@ class SimulatedExecution:
             return len(self.queue) == 0
         return self.queue.wants_chunk(request_margin(self.estimate.seconds, self.period_s))
 
-    def submit(self, chunk: Any, obs_tick: int, delay_s: float) -> int:
-        """Start an inference from the observation of ``obs_tick`` that takes ``delay_s``; returns
-        the tick its chunk arrives."""
+    def rtc_prefix(self, tick: int, expected_delay_s: float) -> Committed:
+        """``rtc``: what an inference starting now from the observation of ``tick`` is committed
+        to, when it is expected to take ``expected_delay_s`` (⌈delay / period⌉ ticks). Ask before
+        ``next_action(tick)``: the queue's head is then the action for ``tick``."""
+        if self.mode != "rtc":
+            raise ValueError(f"committed actions are handed to the policy in rtc execution, not {self.mode!r}")
         if self.pending is not None:
             raise RuntimeError("an inference is already in flight: one at a time")
-        arrival = obs_tick + ticks_elapsed(delay_s, self.period_s)
+        if self.log and self.log[-1].tick >= tick:
+            raise ValueError(f"tick {tick}'s action was already taken: ask for the committed actions before it")
+        return self.queue.committed(ticks_elapsed(expected_delay_s, self.period_s))
+
+    def submit(self, chunk: Any, obs_tick: int, delay_s: float, committed: int | None = None) -> int:
+        """Start an inference from the observation of ``obs_tick`` that takes ``delay_s`` (the
+        delay that applies: in ``rtc`` it may differ from the one the committed actions were
+        sized for, ``committed`` of them); returns the tick its chunk arrives."""
+        if self.pending is not None:
+            raise RuntimeError("an inference is already in flight: one at a time")
+        record = ChunkRecord(obs_tick, obs_tick + ticks_elapsed(delay_s, self.period_s), committed)
         self.estimate.update(delay_s * 1e3)
-        self.pending = _Pending(chunk, obs_tick, arrival)
+        self.chunks.append(record)
+        self.pending = _Pending(chunk, record)
         self.deliver(obs_tick)
-        return arrival
+        return record.arrival_tick
 
     def next_action(self, tick: int) -> Any | None:
         action = self.queue.pop()

@@ -10,6 +10,18 @@ have already passed are dropped. These scheduling rules live in :mod:`.chunking`
 latency-in-the-loop evaluation (``policydistill eval --realtime ... --execution async``) runs
 against a simulated clock.
 
+Real-time chunking (``LoopConfig(execution="rtc")``): the chunk function is called as
+``chunk_fn(obs, committed)`` with :class:`.chunking.Committed`, what the robot is committed to while
+the inference runs: a snapshot of the queued actions (the first for the tick of the observation)
+and the delay, in ticks, the latency estimate expects (⌈estimate / period⌉, as lerobot's async
+client sizes it from its last measured latency); ``committed`` is None when nothing is queued (the
+first chunk, or after the queue ran dry). The observation is taken at the end of the tick before
+its own, so the chunk usually arrives a little earlier than the estimate says, never later unless
+the call itself is slower than estimated: an RTC policy's chunk then begins with actions that are
+executed unchanged from the old queue, and the first new one continues them. ``LoopReport.chunk_log``
+records, per chunk, the ticks of its observation and arrival, the committed delay and what was
+dropped as stale; ``late_chunks`` counts those that came after their committed actions ran out.
+
 Holding. "Hold" is :meth:`Robot.hold_action`: the configured ``hold_action``; else the zero
 action for a ``delta`` robot; else, for a ``position`` robot, its measured position, read once
 when the hold begins and repeated until policy actions resume. Before this loop has sent its
@@ -55,12 +67,14 @@ from typing import Any
 import numpy as np
 
 from . import checks
-from .chunking import ChunkQueue, LatencyEstimate, request_margin
+from .chunking import ChunkQueue, ChunkRecord, Committed, LatencyEstimate, request_margin, ticks_elapsed
 from .robot import Robot, RobotError
 
 log = logging.getLogger("policydistill.robots")
 
-ChunkFn = Callable[[dict[str, Any]], np.ndarray]  # observation → (H, action_dim) actions
+#: observation → (H, action_dim) actions; with ``execution="rtc"``: (observation, Committed | None) → actions
+ChunkFn = Callable[..., np.ndarray]
+LOOP_EXECUTIONS = ("async", "rtc")
 
 
 class InvalidPolicyOutput(ValueError):
@@ -111,6 +125,9 @@ class LoopConfig:
     io_timeout_s: float | None = None  # robot call limit; None = one control period
     first_inference_timeout_s: float = 30.0  # wait for the first chunk before the clock starts
     dry_run: bool = False
+    #: "async" (execute while the next chunk is computed) or "rtc" (async, and chunk_fn(obs, committed)
+    #: is told the actions committed meanwhile)
+    execution: str = "async"
 
     def __post_init__(self) -> None:
         try:
@@ -127,6 +144,11 @@ class LoopConfig:
             )
             if not isinstance(self.dry_run, bool):
                 raise ValueError(f"dry_run must be True or False, got {self.dry_run!r}")
+            if self.execution not in LOOP_EXECUTIONS:
+                raise ValueError(
+                    f"execution {self.execution!r}: the control loop runs {' or '.join(LOOP_EXECUTIONS)} (a robot "
+                    "keeps executing while the policy computes; sync is an evaluation mode)"
+                )
             if self.n_ticks < 1:
                 raise ValueError(f"seconds={self.seconds} at hz={self.hz} is less than one control tick")
         except ValueError as exc:
@@ -149,6 +171,13 @@ class LoopReport:
     tick_jitter_ms: list[float] = field(default_factory=list)
     sent: list[list[float]] = field(default_factory=list)
     chunks: int = 0
+    execution: str = "async"
+    chunk_log: list[ChunkRecord] = field(default_factory=list)  # per chunk received, in order
+
+    @property
+    def late_chunks(self) -> int:
+        """rtc: chunks that arrived after the actions committed to them had run out."""
+        return sum(c.late for c in self.chunk_log)
 
     @property
     def deadline_miss_rate(self) -> float:
@@ -170,16 +199,19 @@ class LoopReport:
             },
             "stopped": self.stopped,
             "events": self.events,
+            "execution": self.execution,
+            "late_chunks": self.late_chunks if self.execution == "rtc" else None,
         }
 
 
 class _InferenceWorker:
     """One background thread computing chunks; results come back through a queue as
     ``(status, payload, obs_tick, ms)`` with status "ok" (a checked chunk), "error" (the policy
-    raised) or "invalid" (:class:`InvalidPolicyOutput`)."""
+    raised) or "invalid" (:class:`InvalidPolicyOutput`). With ``rtc`` each job carries what is
+    committed, handed to ``chunk_fn`` as its second argument."""
 
-    def __init__(self, chunk_fn: ChunkFn, action_dim: int) -> None:
-        self.chunk_fn, self.action_dim = chunk_fn, action_dim
+    def __init__(self, chunk_fn: ChunkFn, action_dim: int, rtc: bool = False) -> None:
+        self.chunk_fn, self.action_dim, self.rtc = chunk_fn, action_dim, rtc
         self.jobs: queue.Queue = queue.Queue()
         self.results: queue.Queue = queue.Queue()
         self.busy = False
@@ -191,10 +223,10 @@ class _InferenceWorker:
             job = self.jobs.get()
             if job is None:
                 return
-            obs, tick = job
+            obs, tick, committed = job
             t0 = time.perf_counter()
             try:
-                out = self.chunk_fn(obs)
+                out = self.chunk_fn(obs, committed) if self.rtc else self.chunk_fn(obs)
             except BaseException as exc:  # noqa: BLE001 - reported to the loop, which stops safely
                 self.results.put(("error", exc, tick, (time.perf_counter() - t0) * 1e3))
                 continue
@@ -204,9 +236,9 @@ class _InferenceWorker:
             except InvalidPolicyOutput as exc:
                 self.results.put(("invalid", exc, tick, ms))
 
-    def submit(self, obs: dict[str, Any], tick: int) -> None:
+    def submit(self, obs: dict[str, Any], tick: int, committed: Committed | None = None) -> None:
         self.busy = True
-        self.jobs.put((obs, tick))
+        self.jobs.put((obs, tick, committed))
 
     def poll(self, timeout: float | None = None) -> tuple | None:
         """The next result, waiting up to ``timeout`` s (None: do not wait); None if none came."""
@@ -301,8 +333,8 @@ class ControlLoop:
     def run(self, first_chunk_latency_ms: float | None = None) -> LoopReport:
         """Drive the robot for ``seconds``; returns the report. Never raises for a policy or
         robot fault (see the module docstring); a ``KeyboardInterrupt`` holds, then propagates."""
-        rep = LoopReport(hz=self.cfg.hz)
-        worker = _InferenceWorker(self.chunk_fn, self.robot.config.action_dim)
+        rep = LoopReport(hz=self.cfg.hz, execution=self.cfg.execution)
+        worker = _InferenceWorker(self.chunk_fn, self.robot.config.action_dim, rtc=self.cfg.execution == "rtc")
         self._last_sent, self._hold = None, None
         progress = {"tick": 0}  # the tick in progress, for fault reports raised from inside _run
         try:
@@ -343,7 +375,9 @@ class ControlLoop:
             return self._inference_fault(rep, 0, status, payload)
         action_queue.load(payload, 0, 0, align=False)
         rep.chunks += 1
+        rep.chunk_log.append(ChunkRecord(0, 0, None, 0))
         latency.update(ms)
+        in_flight: Committed | None = None  # what the inference in flight was told (rtc)
 
         t0 = time.perf_counter()
         for tick in range(cfg.n_ticks):
@@ -357,8 +391,9 @@ class ControlLoop:
                 latency.update(ms)
                 if status != "ok":
                     return self._inference_fault(rep, tick, status, payload)
-                action_queue.load(payload, obs_tick, tick)  # actions meant for past ticks are stale
+                stale = action_queue.load(payload, obs_tick, tick)  # actions meant for past ticks are stale
                 rep.chunks += 1
+                rep.chunk_log.append(ChunkRecord(obs_tick, tick, None if in_flight is None else in_flight.delay, stale))
 
             action = action_queue.pop()
             if action is not None:
@@ -383,7 +418,14 @@ class ControlLoop:
                 margin = request_margin(latency.seconds, self.period)
             if not worker.busy and action_queue.wants_chunk(margin):
                 progress["tick"] = tick + 1
-                worker.submit(self._call(self.robot.get_observation), tick + 1)
+                obs = self._call(self.robot.get_observation)
+                # rtc: the queue's head is now the action for tick + 1, the observation's tick
+                in_flight = (
+                    action_queue.committed(ticks_elapsed(latency.seconds, self.period))
+                    if worker.rtc and len(action_queue)
+                    else None
+                )
+                worker.submit(obs, tick + 1, in_flight)
             sleep = deadline - time.perf_counter()
             if sleep > 0:
                 time.sleep(sleep)

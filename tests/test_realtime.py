@@ -14,6 +14,8 @@ from policydistill.eval.smoothness import chunk_jump, jerk
 from policydistill.robots import chunking, control_loop
 from policydistill.robots.chunking import (
     ChunkQueue,
+    ChunkRecord,
+    Committed,
     LatencyEstimate,
     SimulatedExecution,
     hold_action,
@@ -115,10 +117,98 @@ def test_async_with_variable_delays():
     assert executed == [H, (0, 1), (0, 2), (0, 3), (2, 0), (2, 1), (3, 0), (3, 1)]
 
 
+# ------------------------------------------------------------------------------ rtc scheduling
+def _run_rtc(delays_s: list[float], n_action_steps: int, horizon: int, ticks: int, actual_s: list[float] | None = None):
+    """Drive an rtc schedule as the evaluator does, with a policy that keeps the committed actions
+    exactly (a hard prefix) and labels the rest (call, position). ``delays_s`` is what each call
+    is expected to take (told before it), ``actual_s`` what it takes (default: the same)."""
+    ex = SimulatedExecution(n_action_steps, "rtc", PERIOD)
+    calls, executed, told, chunks = 0, [], [], []
+    for t in range(ticks):
+        ex.deliver(t)
+        if ex.due(t):
+            committed = ex.rtc_prefix(t, delays_s[calls])
+            chunk = committed.actions[: committed.delay] + [(calls, j) for j in range(committed.delay, horizon)]
+            ex.submit(chunk, t, (actual_s or delays_s)[calls], committed.delay if len(committed) else None)
+            told.append(committed)
+            chunks.append(chunk)
+            calls += 1
+        executed.append(ex.next_action(t))
+    return executed, ex, told, chunks
+
+
+def test_rtc_commits_the_queued_actions_that_run_while_the_chunk_is_computed():
+    # the async schedule (3-tick inferences, 8 executable actions): the request at tick t has 4
+    # actions queued, the first for tick t; the 3 that run before the chunk arrives are committed
+    executed, ex, told, chunks = _run_rtc([0.03] * 10, n_action_steps=8, horizon=8, ticks=15)
+    H = None
+    assert told[:3] == [
+        Committed([], 0),  # the first chunk: nothing queued
+        Committed([(0, 4), (0, 5), (0, 6), (0, 7)], 3),  # asked at tick 4
+        Committed([(1, 4), (1, 5), (1, 6), (1, 7)], 3),  # asked at tick 8
+    ]
+    assert executed == [
+        H, H, H,
+        (0, 3), (0, 4), (0, 5), (0, 6),
+        (1, 3), (1, 4), (1, 5), (1, 6),
+        (2, 3), (2, 4), (2, 5), (2, 6),
+    ]  # fmt: skip
+    assert [(c.obs_tick, c.arrival_tick, c.committed, c.stale) for c in ex.chunks] == [
+        (0, 3, None, 3),
+        (4, 7, 3, 3),
+        (8, 11, 3, 3),
+        (12, 15, 3, None),  # still in flight
+    ]
+    # the robot ran exactly the committed actions while each chunk was computed, and the chunk's
+    # first executed action is the one after them: its own continuation
+    for rec, chunk in zip(ex.chunks[1:3], chunks[1:3]):
+        assert executed[rec.obs_tick : rec.arrival_tick] == chunk[: rec.committed]
+        assert executed[rec.arrival_tick] == chunk[rec.committed]
+    assert [r.tick for r in ex.log if r.new_chunk] == [3, 7, 11]
+    assert not any(c.late for c in ex.chunks)
+
+
+def test_rtc_caps_the_commitment_at_the_queue_and_flags_a_chunk_later_than_told():
+    # told 1 tick (margin 2) but the second call takes 3: the chunk arrives after its single
+    # committed action ran, so ticks 3 and 4 ran an old action and a hold it was not told of (late)
+    told_s, actual_s = [0.01] * 8, [0.01, 0.03] + [0.01] * 6
+    executed, ex, told, _ = _run_rtc(told_s, n_action_steps=4, horizon=6, ticks=9, actual_s=actual_s)
+    H = None
+    # t0 ask (nothing queued), arrives t1: (0,1..3). t1 pop -> 2 left; t2 due (margin 2): told
+    # [(0,2),(0,3)] with 1 committed, but it arrives at t5 (stale 3) -> t4 holds; (1,3) at t5
+    assert told[1] == Committed([(0, 2), (0, 3)], 1)
+    assert executed[:6] == [H, (0, 1), (0, 2), (0, 3), H, (1, 3)]
+    assert ex.chunks[1] == ChunkRecord(2, 5, 1, 3) and ex.chunks[1].late and not ex.chunks[0].late
+    # a delay beyond what is queued commits only what is queued
+    q = ChunkQueue(8)
+    q.load(list("abc"), 0, 0)
+    assert q.committed(5) == Committed(["a", "b", "c"], 3) and q.committed(0) == Committed(["a", "b", "c"], 0)
+
+
+def test_rtc_prefix_is_a_snapshot_asked_before_the_ticks_action():
+    q = ChunkQueue(4)
+    q.load(list("wxyz"), 0, 0)
+    c = q.committed(2)
+    assert q.pop() == "w" and c.actions == ["w", "x", "y", "z"]  # the queue runs on, the snapshot does not
+    with pytest.raises(ValueError, match="integer >= 0"):
+        q.committed(-1)
+    with pytest.raises(ValueError, match="lie in"):
+        Committed(["a"], 2)
+    ex = SimulatedExecution(4, "rtc", PERIOD)
+    ex.submit(list("abcd"), 0, 0.0)
+    ex.next_action(0)
+    with pytest.raises(ValueError, match="already taken"):
+        ex.rtc_prefix(0, 0.02)
+    assert ex.rtc_prefix(1, 0.02) == Committed(["b", "c", "d"], 2)
+    with pytest.raises(ValueError, match="rtc execution"):
+        SimulatedExecution(4, "async", PERIOD).rtc_prefix(0, 0.01)
+
+
 def test_the_control_loop_schedules_with_the_shared_module():
     assert control_loop.ChunkQueue is chunking.ChunkQueue
     assert control_loop.LatencyEstimate is chunking.LatencyEstimate
     assert control_loop.request_margin is chunking.request_margin
+    assert control_loop.ticks_elapsed is chunking.ticks_elapsed  # rtc: the delay it commits
     src = open(control_loop.__file__).read()
     assert "math.ceil" not in src and "tick - obs_tick" not in src  # no second copy of the rules
 
@@ -129,8 +219,8 @@ def test_hold_keeps_the_gripper_and_stops_motion():
 
 
 def test_execution_mode_is_checked():
-    with pytest.raises(ValueError, match="sync, async"):
-        SimulatedExecution(4, "rtc", PERIOD)
+    with pytest.raises(ValueError, match="sync, async, rtc"):
+        SimulatedExecution(4, "later", PERIOD)
     from policydistill.eval import EvalConfig
 
     with pytest.raises(ValueError, match="execution mode"):
@@ -210,6 +300,13 @@ def test_jitter_is_seeded_by_the_episode():
 def test_chunk_jump_and_jerk_exact():
     a = [[0.0, 0.0], [0.0, 0.0], [3.0, 4.0], [3.0, 4.0]]
     assert chunk_jump(a, [2]) == 5.0 and chunk_jump(a, [1, 3]) == 0.0 and chunk_jump(a, []) is None
+    # holds between chunks are skipped: the jump is from the old chunk's last executed action
+    b = [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [4.0, 4.0]]
+    assert chunk_jump(b, [3], held=[False, True, True, False]) == 5.0
+    assert chunk_jump(b, [0, 3], held=[False, True, True, False]) == 5.0  # the episode's first chunk: no boundary
+    assert chunk_jump(b, [3], held=[True, True, True, False]) is None  # nothing executed before it
+    with pytest.raises(ValueError, match="entries"):
+        chunk_jump(b, [3], held=[False])
     assert jerk([[0.0], [1.0], [2.0], [3.0]]) == 0.0  # constant velocity command: no jerk
     assert jerk([[0.0], [0.0], [1.0]]) == 1.0 and jerk([[0.0], [1.0]]) is None
     s = summarize_episodes(

@@ -76,7 +76,7 @@ def test_eval_realtime_option_checks_its_profile(monkeypatch, capsys):
 @pytest.mark.parametrize("command", ["distill", "compare"])
 def test_distill_and_compare_take_realtime_and_check_it_before_training(command, tmp_path, monkeypatch, capsys):
     res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
-    assert "--realtime" in res.output and "--execution" in res.output
+    assert "--realtime" in res.output and "--execution" in res.output and "rtc" in res.output
     text = _user_error([command, "--realtime", "pi05-l40s", "--out", str(tmp_path / "run")], monkeypatch, capsys)
     assert "pi05-l40s" in text and not (tmp_path / "run").exists()
 
@@ -105,3 +105,64 @@ def test_the_pipeline_evaluation_passes_the_realtime_settings_on():
     res = closed_loop(v, ["metaworld/reach-moving-v3"], dataclasses.replace(cfg, max_episode_steps=10), 1, None)
     assert res["realtime"]["name"] == "pi05-a800" and res["realtime"]["execution"] == "async" and seen["steps"] == 1
     assert res["episodes_detail"][0]["hold_steps"] == 10  # 83 ms = 7 steps > 4 actions: always stale
+
+
+def _tiny_pi0(folder, seed: int, rtc_max_delay: int):
+    import torch
+
+    from policydistill.checkpoint import save_model
+    from policydistill.policies.pi0.model import Pi0Policy
+
+    torch.manual_seed(seed)
+    policy = Pi0Policy.from_preset(
+        "tiny",
+        image_size=32,
+        state_dim=21,
+        max_state_dim=24,
+        action_dim=4,
+        max_action_dim=4,
+        chunk_size=16,
+        n_action_steps=16,
+        rtc_training_max_delay=rtc_max_delay,
+    )
+    save_model(folder, policy, extra={"role": "teacher", "tasks": ["metaworld/reach-moving-v3"]})
+    return folder
+
+
+def test_bench_realtime_runs_rtc_and_an_rtc_student(tmp_path, run_cli):
+    # every variant continues committed actions with a hard prefix (trained RTC); an untrained tiny
+    # pi0 is enough to check the rows, labels and files
+    ckpt = _tiny_pi0(tmp_path / "rtc", 0, 8)
+    out = tmp_path / "bench"
+    args = ["bench", "realtime", "--task", "metaworld/reach-moving-v3", "--episodes", "1", "--profiles"]
+    args += ["pi05-a800", "--executions", "async,rtc", "--max-steps", "16", "--workers", "0"]
+    args += ["--teacher", str(ckpt), "--student", str(ckpt), "--rtc-student", str(ckpt), "--out", str(out)]
+    code, text = run_cli(args)
+    assert code == 0, text
+    assert "student-rtc@1" in text and "rtc" in text
+    payload = json.loads((out / "results.json").read_text())
+    rows = payload["rows"]
+    assert [(r["execution"], r["variant"]) for r in rows] == [
+        (e, v) for e in ("async", "rtc") for v in ("teacher@10", "naive@1", "student@1", "student-rtc@1")
+    ]
+    assert payload["variants"][-1] == {"label": "student-rtc@1", "nfe": 1, "rtc_training_max_delay": 8}
+    by = {(r["execution"], r["variant"]): r for r in rows}
+    # A800 at one step: 7 steps per chunk, so async and rtc hold only for the first chunk
+    for e in ("async", "rtc"):
+        assert by[(e, "student-rtc@1")]["hold_fraction"] == pytest.approx(7 / 16)
+    assert by[("rtc", "student-rtc@1")]["rtc_late_chunks"] == 0 and by[("async", "naive@1")]["rtc_late_chunks"] is None
+    assert by[("rtc", "student-rtc@1")]["chunk_jump"] is not None
+    assert (out / "success_vs_latency.png").stat().st_size > 5000
+
+
+def test_bench_realtime_rtc_refuses_a_policy_without_rtc_before_any_rollout(tmp_path):
+    from policydistill.bench.realtime import RealtimeBenchConfig, Variant, run_realtime_bench
+
+    class NoRTC:
+        def sample_actions(self, obs, steps=None, noise=None, mode=None):
+            raise AssertionError("no rollout may run")
+
+    cfg = RealtimeBenchConfig(tasks="metaworld/reach-moving-v3", episodes=1, profiles=("zero",), executions=("rtc",))
+    with pytest.raises(ValueError, match="execution mode 'rtc'.*NoRTC"):
+        run_realtime_bench([Variant("x@1", NoRTC(), 1)], cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

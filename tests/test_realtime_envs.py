@@ -156,3 +156,48 @@ def test_realtime_needs_a_chunk_policy():
         evaluate_policy(
             ScriptedPolicy(), EvalConfig(tasks="reach-v3", episodes=1, workers=0, realtime="zero", progress=False)
         )
+
+
+class _LabelledChunks:
+    """Chunk k (from 1) holds the action [0.1 k + 0.01 j, 0, 0, 0.5] at position j: every executed
+    action says which chunk and position it came from."""
+
+    nfe = 1
+
+    def __init__(self, horizon: int) -> None:
+        self.calls, self.horizon = 0, horizon
+
+    def sample_actions(self, obs, steps=None, noise=None, mode=None):
+        self.calls += 1
+        chunk = np.zeros((len(obs["task"]), self.horizon, 4), np.float32)
+        chunk[..., 0] = 0.1 * self.calls + 0.01 * np.arange(self.horizon)
+        chunk[..., 3] = 0.5
+        return chunk
+
+
+@pytest.mark.parametrize(
+    "execution, horizon, jump",
+    [
+        # hold 7 steps (83 ms), run a chunk of 8 from its start, hold 7, ...: boundaries at 22 and 37
+        # from position 7 of chunk k to position 0 of chunk k + 1 (not from the holds between them)
+        ("sync", 8, 0.1 - 0.07),
+        # async: the first chunk arrives at step 7; then every chunk is asked with 8 actions left and
+        # arrives 7 steps later without its 7 stale actions: position 14 of chunk k, then position 7
+        # of chunk k + 1; the first chunk after the initial holds is no boundary
+        ("async", 16, 0.1 + 0.07 - 0.14),
+    ],
+)
+def test_chunk_jump_is_from_the_old_chunks_last_to_the_new_chunks_first_executed_action(execution, horizon, jump):
+    res = _eval_policy(_LabelledChunks(horizon), realtime="pi05-a800", execution=execution, max_episode_steps=40)
+    ep = res["episodes_detail"][0]
+    assert ep["chunk_jump"] == pytest.approx(jump, abs=1e-6)
+    x = [round(a[0], 4) for a in ep["actions"]]
+    starts = {"sync": [7, 22, 37], "async": [7, 15, 23, 31, 39]}[execution]
+    assert ep["chunk_starts"] == starts and ep["held"] == [x == 0.0 for x in x]
+    first = {"sync": 0.0, "async": 0.07}[execution]  # the first executed position of each chunk
+    assert [x[b] for b in starts] == pytest.approx([0.1 * (k + 1) + first for k in range(len(starts))])
+
+
+def _eval_policy(policy, **kw):
+    base = dict(tasks="metaworld/reach-moving-v3", episodes=1, workers=0, batch_size=1, image_size=16, progress=False)
+    return evaluate_policy(policy, EvalConfig(**{**base, "keep_actions": True, **kw}))

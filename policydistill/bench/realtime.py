@@ -1,8 +1,11 @@
 """``policydistill bench realtime``: what latency costs in success, teacher vs naive vs student.
 
 Every variant (``teacher@10``: the teacher at its own NFE; ``naive@1``: the same teacher at the
-student's NFE; ``student@1``: the distilled student) is evaluated at every latency profile (see
-``policydistill.eval.realtime``) in every execution mode (``sync``, ``async``), on the same
+student's NFE; ``student@1``: the distilled student; ``student-rtc@1``: a student distilled with
+training-time real-time chunking, when given) is evaluated at every latency profile (see
+``policydistill.eval.realtime``) in every execution mode (``sync``, ``async`` by default; ``rtc``
+on request: real-time chunking, each variant continuing the actions committed while it computes,
+with a hard prefix where it was trained for one and guided otherwise), on the same
 episode seeds: each point is paired across variants (the results record each episode's initial
 state fingerprint and the bench checks they agree). Success comes with Wilson 95% intervals,
 beside steps to success, the share of steps spent holding, the chunk-boundary jump and jerk.
@@ -58,14 +61,19 @@ class Variant:
     nfe: int
 
 
-def default_variants(teacher: Any, student: Any | None, cfg: RealtimeBenchConfig) -> list[Variant]:
-    """teacher@N, naive@n (the teacher at the student's NFE) and, given one, student@n."""
+def default_variants(
+    teacher: Any, student: Any | None, cfg: RealtimeBenchConfig, rtc_student: Any | None = None
+) -> list[Variant]:
+    """teacher@N, naive@n (the teacher at the student's NFE) and, given them, student@n and
+    student-rtc@n (a student distilled with training-time RTC)."""
     out = [
         Variant(f"teacher@{cfg.teacher_nfe}", teacher, cfg.teacher_nfe),
         Variant(f"naive@{cfg.student_nfe}", teacher, cfg.student_nfe),
     ]
     if student is not None:
         out.append(Variant(f"student@{cfg.student_nfe}", student, cfg.student_nfe))
+    if rtc_student is not None:
+        out.append(Variant(f"student-rtc@{cfg.student_nfe}", rtc_student, cfg.student_nfe))
     return out
 
 
@@ -87,6 +95,7 @@ def _row(v: Variant, profile: str, execution: str, res: dict[str, Any]) -> dict[
         "chunk_jump": res.get("chunk_jump"),
         "jerk": res.get("jerk"),
         "inference_ms": float(np.mean(inference)) if inference else None,
+        "rtc_late_chunks": sum(e["rtc_late_chunks"] for e in eps) if execution == "rtc" else None,
         "per_task": {
             t: {k: r[k] for k in ("success_rate", "success_ci95", "steps_to_success", "chunk_jump", "jerk")}
             for t, r in res["per_task"].items()
@@ -105,8 +114,14 @@ def run_realtime_bench(
     """Evaluate every (profile, execution, variant); write ``results.json`` and the PNG in ``out``."""
     from ..eval.realtime import load_profile
     from ..eval.report import write_json
-    from ..eval.rollout import EvalConfig, evaluate_policy
+    from ..eval.rollout import EvalConfig, check_rtc_policy, evaluate_policy
 
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"variant labels must be unique, got {labels}")
+    if "rtc" in cfg.executions:
+        for v in variants:  # before any rollout: a refusal costs nothing
+            check_rtc_policy(v.policy)
     out = Path(out)
     rows = []
     for profile in cfg.profiles:
@@ -136,7 +151,14 @@ def run_realtime_bench(
         raise RuntimeError("the variants did not start from identical initial states; the comparison is not paired")
     payload = {
         "config": asdict(cfg),
-        "variants": [{"label": v.label, "nfe": v.nfe} for v in variants],
+        "variants": [
+            {
+                "label": v.label,
+                "nfe": v.nfe,
+                "rtc_training_max_delay": getattr(getattr(v.policy, "config", None), "rtc_training_max_delay", None),
+            }
+            for v in variants
+        ],
         "profiles": {p: load_profile(p).describe() for p in cfg.profiles},
         "paired": paired,
         "rows": rows,
@@ -147,6 +169,9 @@ def run_realtime_bench(
     payload["json"] = str(out / "results.json")
     payload["png"] = str(out / "success_vs_latency.png")
     return payload
+
+
+_LINESTYLES = {"sync": "-", "async": "--", "rtc": ":"}
 
 
 def plot_success_vs_latency(payload: dict[str, Any], path: str | Path) -> Path:
@@ -172,7 +197,7 @@ def plot_success_vs_latency(payload: dict[str, Any], path: str | Path) -> Path:
             yerr=[rate - lo, hi - rate],
             capsize=3,
             marker="o",
-            linestyle="-" if execution == "sync" else "--",
+            linestyle=_LINESTYLES.get(execution, "-."),
             label=f"{variant} {execution}",
         )
     ax.set_xticks(x, profiles, rotation=20, ha="right")

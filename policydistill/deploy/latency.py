@@ -162,17 +162,46 @@ def measure_interleaved(
     return out
 
 
+def policy_chunk_fn(policy: Any, nfe: int, mode: str | None, execution: str = "async") -> Any:
+    """The control loop's chunk function for a policy: one observation → its (H, action_dim)
+    chunk. With ``execution="rtc"`` it takes the loop's ``Committed`` too and hands it to the
+    policy as ``sample_actions(..., rtc=RTCPrefix)`` (nothing queued: a plain call)."""
+    if execution != "rtc":
+
+        def chunk_fn(o: dict[str, Any]) -> np.ndarray:
+            return policy.sample_actions(o, steps=nfe, mode=mode)[0].float().cpu().numpy()
+
+        return chunk_fn
+    from ..eval.rollout import check_rtc_policy
+    from ..policies.rtc import RTCPrefix
+
+    check_rtc_policy(policy)
+
+    def rtc_chunk_fn(o: dict[str, Any], committed: Any) -> np.ndarray:
+        if committed is None or not len(committed):
+            return policy.sample_actions(o, steps=nfe, mode=mode)[0].float().cpu().numpy()
+        prefix = RTCPrefix(np.stack(committed.actions)[None], [committed.delay], [len(committed)])
+        return policy.sample_actions(o, steps=nfe, mode=mode, rtc=prefix)[0].float().cpu().numpy()
+
+    return rtc_chunk_fn
+
+
 def run_control_loop(
-    policy: Any, robot: Any, nfe: int, mode: str, hz: float, seconds: float, n_action_steps: int | None = None
+    policy: Any,
+    robot: Any,
+    nfe: int,
+    mode: str,
+    hz: float,
+    seconds: float,
+    n_action_steps: int | None = None,
+    execution: str = "async",
 ) -> dict[str, Any]:
     """Drive ``robot`` with ``policy`` through the real-time control loop; returns its summary."""
     from ..robots.control_loop import ControlLoop, LoopConfig
 
-    def chunk_fn(o: dict[str, Any]) -> np.ndarray:
-        return policy.sample_actions(o, steps=nfe, mode=mode)[0].float().cpu().numpy()
-
     steps = n_action_steps or policy.config.n_action_steps
-    loop = ControlLoop(robot, chunk_fn, LoopConfig(hz=hz, seconds=seconds, n_action_steps=steps))
+    cfg = LoopConfig(hz=hz, seconds=seconds, n_action_steps=steps, execution=execution)
+    loop = ControlLoop(robot, policy_chunk_fn(policy, nfe, mode, execution), cfg)
     report = loop.run()
     out = report.summary()
     out["inference_ms"] = percentiles(report.inference_ms) if report.inference_ms else {}
@@ -275,6 +304,7 @@ def measure_checkpoints(
     plot: Path | None = None,
     threads: int = 0,
     seed: int = 0,
+    execution: str = "async",
 ) -> LatencyReport:
     """Time every checkpoint at every NFE (default: each checkpoint's own) and drive the robot with
     each through the real-time control loop, teacher and student in one run.
@@ -285,10 +315,15 @@ def measure_checkpoints(
     ``compile`` compiles each policy for inference first (pi0/pi0.5: ``compile_for_inference()``,
     others: ``torch.compile`` of the flow). ``threads`` > 0 sets torch's CPU threads. Writes the
     summary to ``json_out`` and a latency histogram to ``plot`` (default: ``json_out`` with ``.png``)
-    when given; the caller checks that those paths are writable files beforehand.
+    when given; the caller checks that those paths are writable files beforehand. ``execution``
+    "rtc" runs the loop with real-time chunking (each chunk continues the actions committed while
+    it is computed; see ``robots.control_loop``).
     """
     from ..checkpoint import load_model
+    from ..robots.control_loop import LOOP_EXECUTIONS
 
+    if execution not in LOOP_EXECUTIONS:
+        raise ValueError(f"--execution {execution!r}: the control loop runs {' or '.join(LOOP_EXECUTIONS)}")
     if threads:
         torch.set_num_threads(threads)
     policies = []
@@ -299,6 +334,11 @@ def measure_checkpoints(
         elif compile:
             policy.flow = torch.compile(policy.flow, dynamic=False)  # the hot path: suffix steps
         policies.append((ckpt, policy))
+    if execution == "rtc":
+        from ..eval.rollout import check_rtc_policy
+
+        for _, policy in policies:  # before any timing: a refusal costs nothing
+            check_rtc_policy(policy)
     cams = {tuple(p.config.cameras) for _, p in policies}
     if len(cams) > 1:
         raise ValueError(f"the checkpoints use different cameras {sorted(cams)}; compare policies of one robot")
@@ -317,7 +357,7 @@ def measure_checkpoints(
         logger.info("%s (%s): %.0f s control loop at %g Hz", name, mode, seconds, hz)
         robot_.connect()  # same seed: every variant starts from the same scene
         res = timed[name]
-        res.loop = run_control_loop(policy, robot_, n, mode, hz, seconds)
+        res.loop = run_control_loop(policy, robot_, n, mode, hz, seconds, execution=execution)
         check_loop_ran(name, res.loop)
         d = res.to_dict()
         d["checkpoint"] = str(ckpt)

@@ -10,6 +10,9 @@ scheduling is the one the real-robot control loop uses (:mod:`policydistill.robo
 * ``async``: the robot keeps executing the current chunk; the next one is requested when few
   actions remain (margin from the latency estimate) and, on arrival, its actions meant for ticks
   that have passed are dropped.
+* ``rtc``: as ``async``, and the policy is handed the actions committed while it computes
+  (``sample_actions(..., rtc=RTCPrefix)``, see ``docs/realtime.md``); the delay is settled before
+  the call: drawn from a model profile, or the latency estimate for ``measured``.
 
 Profiles (``--realtime PROFILE``):
 

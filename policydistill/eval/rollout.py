@@ -11,8 +11,9 @@ Every episode also reports the smoothness of what was executed (``chunk_jump``, 
 ``smoothness``).
 
 Latency in the loop: with ``realtime`` set (a profile, see ``realtime``), chunk policies run
-against a simulated clock in ``execution`` mode "sync" or "async"; steps the robot spends holding
-while it waits count as episode steps, because the world moved on. ``realtime=None`` (the
+against a simulated clock in ``execution`` mode "sync", "async" or "rtc" (real-time chunking: the
+policy is handed the actions it is committed to, ``sample_actions(..., rtc=RTCPrefix)``); steps
+the robot spends holding while it waits count as episode steps, because the world moved on. ``realtime=None`` (the
 default) is the usual evaluation, in which the world waits for the policy.
 """
 
@@ -22,6 +23,7 @@ import dataclasses
 import hashlib
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,12 @@ class EvalConfig:
     rank: int = 0  # shard the episodes over ranks (torchrun): this rank runs the
     world_size: int = 1  # episodes with (task index * episodes + i) % world_size == rank
     realtime: str | None = None  # latency profile (zero | measured | a device profile | a JSON file); None: off
-    execution: str = "sync"  # with realtime: "sync" (hold while waiting) | "async" (keep executing)
+    #: with realtime: "sync" (hold while waiting) | "async" (keep executing) | "rtc" (async, and the
+    #: policy continues the actions committed while it computes)
+    execution: str = "sync"
+    #: each episode's executed actions, which were holds, where chunks start and (with realtime) its
+    #: inferences, in episodes_detail: for analysis; off by default (they make the JSON large)
+    keep_actions: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -96,7 +103,8 @@ class _Slot:
     init_hash: str = ""
     period_s: float | None = None
     executed: list[np.ndarray] = field(default_factory=list)
-    boundaries: list[int] = field(default_factory=list)
+    held: list[bool] = field(default_factory=list)
+    boundaries: list[int] = field(default_factory=list)  # where each chunk's first executed action is
     new_chunk: bool = False
     sched: Any = None  # SimulatedExecution with latency in the loop
     holds: int = 0
@@ -207,6 +215,8 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
                 f"--realtime needs a chunk policy (sample_actions(obs, steps, mode)); {type(policy).__name__} only "
                 "has select_action"
             )
+        if cfg.execution == "rtc":
+            check_rtc_policy(policy)
         profile = load_profile(cfg.realtime)
         clock = Clock(profile)
     records: list[dict[str, Any]] = []
@@ -257,13 +267,21 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
             "success": slot.success,
             "length": slot.steps,
             "steps_to_success": slot.steps_to_success,
-            "chunk_jump": chunk_jump(slot.executed, slot.boundaries),
+            "chunk_jump": chunk_jump(slot.executed, slot.boundaries, slot.held),
             "jerk": jerk(slot.executed),
         }
         if profile is not None:
             rec["hold_steps"] = slot.holds
             rec["chunks"] = len(slot.delays_ms)
             rec["inference_ms"] = float(np.mean(slot.delays_ms)) if slot.delays_ms else None
+            if cfg.execution == "rtc":
+                rec["rtc_late_chunks"] = sum(c.late for c in slot.sched.chunks) if slot.sched else 0
+        if cfg.keep_actions:
+            rec["actions"] = [a.tolist() for a in slot.executed]
+            rec["held"] = list(slot.held)
+            rec["chunk_starts"] = list(slot.boundaries)
+            if slot.sched is not None:
+                rec["inferences"] = [dataclasses.asdict(c) for c in slot.sched.chunks]
         if slot.frames is not None and video_dir is not None:
             from .video import write_mp4
 
@@ -272,14 +290,17 @@ def evaluate_policy(policy: Any, cfg: EvalConfig) -> dict[str, Any]:
         records.append(rec)
         progress.advance(slot.success)
 
-    def apply(pool: WorkerPool, slots: dict[int, _Slot], actions: dict[int, np.ndarray]) -> list[int]:
-        """Step the given slots; returns the slots whose episode just ended."""
+    def apply(
+        pool: WorkerPool, slots: dict[int, _Slot], actions: dict[int, np.ndarray], held: Collection[int] = ()
+    ) -> list[int]:
+        """Step the given slots (``held``: those sending a hold); returns the slots whose episode just ended."""
         for s, a in actions.items():
             slot = slots[s]
-            if slot.new_chunk and slot.executed:
+            if slot.new_chunk:
                 slot.boundaries.append(len(slot.executed))
             slot.new_chunk = False
             slot.executed.append(np.asarray(a, np.float32))
+            slot.held.append(s in held)
         # A chunk policy looks at a fraction of the steps: the others skip the camera (``observed``
         # renders the current state when the policy asks); episodes being filmed render every step.
         render = True if not chunked else {s for s in actions if slots[s].frames is not None}
@@ -391,6 +412,27 @@ def _policy_nfe(policy: Any, cfg: EvalConfig) -> int | None:
     return cfg.nfe or getattr(policy, "nfe", None) or getattr(getattr(policy, "config", None), "num_steps", None)
 
 
+def supports_rtc(policy: Any) -> bool:
+    """Whether ``policy.sample_actions`` takes the ``rtc`` argument (``policies.rtc.RTCPrefix``)."""
+    import inspect
+
+    try:
+        return "rtc" in inspect.signature(policy.sample_actions).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+
+
+def check_rtc_policy(policy: Any) -> None:
+    """``execution="rtc"`` needs a policy that continues committed actions: a clear refusal otherwise."""
+    if not supports_rtc(policy):
+        raise ValueError(
+            f"execution mode 'rtc' hands the policy the actions the robot is committed to "
+            f"(sample_actions(obs, steps, mode, rtc=RTCPrefix(...))), but {type(policy).__name__}.sample_actions "
+            "takes no rtc argument. Evaluate it with --execution async, or use a flow policy checkpoint (pi0, "
+            "pi0.5, SmolVLA, a distilled student; trained or distilled with --rtc-max-delay for a hard prefix)"
+        )
+
+
 def _realtime_loop(
     policy: Any,
     cfg: EvalConfig,
@@ -405,17 +447,57 @@ def _realtime_loop(
     batch: Any = _batch,
 ) -> None:
     """Chunk episodes against a simulated clock: each slot's tick is its env step count, and the
-    scheduling (which action runs when, what is dropped as stale) is ``robots.chunking``'s."""
-    from policydistill.robots.chunking import SimulatedExecution, hold_action
+    scheduling (which action runs when, what is dropped as stale, what is committed) is
+    ``robots.chunking``'s.
+
+    The delay of an inference is settled before the call, because ``rtc`` must tell the policy how
+    many actions will run meanwhile: a model profile's delay is drawn first (the same seeded draw
+    in every mode), ``measured`` expects the slot's latency estimate and then applies the time the
+    call really took (a chunk arriving later than expected leaves a gap the policy was not told of,
+    counted in ``rtc_late_chunks``)."""
+    from policydistill.robots.chunking import Committed, SimulatedExecution, hold_action
 
     from .realtime import timed
 
     nfe = _policy_nfe(policy, cfg)
     if profile.kind == "model" and nfe is None:
         raise ValueError(f"the latency profile {profile.name!r} depends on the NFE: pass --nfe")
+    rtc = cfg.execution == "rtc"
 
-    def sample(batch_slots: list[_Slot]) -> tuple[np.ndarray, float]:
-        out, seconds = timed(policy.sample_actions, batch(batch_slots), steps=cfg.nfe, mode=cfg.mode)
+    def prefix(batch_slots: list[_Slot], expected_s: list[float]) -> list[Committed | None]:
+        """rtc: what each row's inference is committed to (None: nothing queued yet, first chunk)."""
+        if not rtc:
+            return [None] * len(batch_slots)
+        return [
+            None if sl.sched is None else sl.sched.rtc_prefix(sl.steps, e) for sl, e in zip(batch_slots, expected_s)
+        ]
+
+    def rtc_arg(committed: list[Committed | None]) -> Any:
+        """The batch's ``RTCPrefix`` (rows padded to the longest queue; lengths say how many are
+        real); None when no row has anything queued."""
+        if not any(c is not None and len(c) for c in committed):
+            return None
+        from policydistill.policies.rtc import RTCPrefix
+
+        queued = [np.stack(c.actions) if c is not None and len(c) else None for c in committed]
+        real = [q for q in queued if q is not None]
+        actions = np.zeros((len(queued), max(len(q) for q in real), real[0].shape[-1]), np.float32)
+        for row, q in enumerate(queued):
+            if q is not None:
+                actions[row, : len(q)] = q
+        return RTCPrefix(
+            actions,
+            np.array([c.delay if c is not None else 0 for c in committed], np.int64),
+            np.array([len(c) if c is not None else 0 for c in committed], np.int64),
+        )
+
+    def sample(batch_slots: list[_Slot], committed: list[Committed | None]) -> tuple[np.ndarray, float]:
+        kwargs: dict[str, Any] = {"steps": cfg.nfe, "mode": cfg.mode}
+        if rtc:
+            arg = rtc_arg(committed)
+            if arg is not None:
+                kwargs["rtc"] = arg
+        out, seconds = timed(policy.sample_actions, batch(batch_slots), **kwargs)
         chunk = to_numpy(out)
         if chunk.ndim != 3 or chunk.shape[0] != len(batch_slots):
             raise ValueError(f"sample_actions returned shape {chunk.shape}; expected (B={len(batch_slots)}, H, A)")
@@ -423,7 +505,7 @@ def _realtime_loop(
         _check_finite_actions(chunk, batch_slots)
         return chunk, seconds
 
-    def submit(slot: _Slot, s: int, actions: np.ndarray, delay_s: float) -> None:
+    def submit(slot: _Slot, actions: np.ndarray, delay_s: float, committed: Committed | None) -> None:
         if slot.sched is None:
             if not slot.period_s:
                 raise ValueError(f"{slot.task} does not say its control rate: latency in the loop needs it")
@@ -431,7 +513,10 @@ def _realtime_loop(
             slot.sched = SimulatedExecution(h, cfg.execution, slot.period_s)
         slot.action_dim = int(actions.shape[-1])
         slot.delays_ms.append(delay_s * 1e3)
-        slot.sched.submit(actions, slot.steps, delay_s)
+        # nothing queued (the first chunk, or all of the last one arrived stale): nothing committed
+        slot.sched.submit(
+            actions, slot.steps, delay_s, committed.delay if committed is not None and len(committed) else None
+        )
 
     slots = start(pool, {s: todo.popleft() for s in range(n_slots)})
     while slots:
@@ -441,22 +526,30 @@ def _realtime_loop(
         need = [s for s, sl in slots.items() if sl.sched is None or sl.sched.due(sl.steps)]
         if need and clock.measured:  # one observation per call: its time is one robot's latency
             for s in need:
-                chunk, seconds = sample([slots[s]])
-                submit(slots[s], s, chunk[0], clock.delay_s(s, nfe or 0, seconds))
+                sl = slots[s]
+                expected = sl.sched.estimate.seconds if sl.sched is not None else 0.0
+                committed = prefix([sl], [expected])
+                chunk, seconds = sample([sl], committed)
+                submit(sl, chunk[0], clock.delay_s(s, nfe or 0, seconds), committed[0])
         elif need:
-            chunk, _ = sample([slots[s] for s in need])
+            # drawn before the call: rtc tells the policy the delay, and the draw order is the same
+            # in every mode, so each mode sees the same delays
+            delays = [clock.delay_s(s, nfe or 0) for s in need]
+            committed = prefix([slots[s] for s in need], delays)
+            chunk, _ = sample([slots[s] for s in need], committed)
             for row, s in enumerate(need):
-                submit(slots[s], s, chunk[row], clock.delay_s(s, nfe or 0))
-        actions = {}
+                submit(slots[s], chunk[row], delays[row], committed[row])
+        actions, held = {}, set()
         for s, sl in slots.items():
             a = sl.sched.next_action(sl.steps)
             if a is None:
                 a = hold_action(sl.executed[-1] if sl.executed else None, sl.action_dim)
                 sl.holds += 1
+                held.add(s)
             elif sl.sched.log[-1].new_chunk:
                 sl.new_chunk = True
             actions[s] = a
-        ended = apply(pool, slots, actions)
+        ended = apply(pool, slots, actions, held)
         refill = {s: todo.popleft() for s in ended if todo}
         for s in ended:
             del slots[s]

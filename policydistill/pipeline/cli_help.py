@@ -21,6 +21,7 @@ REALTIME = {
     "(the world waits for the policy)."
 }
 EXECUTION = {
-    "help": "With --realtime: sync (the robot holds while it waits) or async (it keeps executing the "
-    "current chunk; stale actions of the new one are dropped)."
+    "help": "With --realtime: sync (the robot holds while it waits), async (it keeps executing the "
+    "current chunk; stale actions of the new one are dropped) or rtc (async, and the policy continues the "
+    "actions committed while it computes: real-time chunking)."
 }

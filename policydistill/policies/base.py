@@ -457,8 +457,9 @@ class FlowPolicy(FlowMapModel):
                     "rtc_mode 'trained' needs a policy trained with training-time RTC (rtc_training_max_delay > 0); "
                     "this one was not: use rtc_mode 'guided' or distil/train with --rtc-max-delay"
                 )
-            # Past the trained range the extra committed actions are dropped as stale by the caller
-            # anyway; the prefix is the part the model was trained to continue.
+            # Past the trained range the model is conditioned on the first max_delay committed actions
+            # only: the later ones still run on the robot, so the chunk may jump where they end. Train
+            # with a max_delay that covers the delays the policy meets (docs/realtime.md).
             mask = prefix_mask(delay.clamp(max=max_delay), self.config.chunk_size)
             if not bool(mask.any()):  # nothing committed: exactly the plain chunk
                 return self.sample_chunk(cond, noise, steps, mode)
