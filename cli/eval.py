@@ -293,6 +293,9 @@ def bench_realtime_cmd(
     workers: int = typer.Option(1, "--workers", "-w", help="Env worker processes (0: in this process)."),
     max_steps: int = typer.Option(0, "--max-steps", help="Episode limit; 0: the task's."),
     threads: int = typer.Option(1, "--threads", help="Torch CPU threads (measured latency depends on it)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out: the points it finished are kept, the rest run."
+    ),
     out: Path = typer.Option(Path("runs/bench_realtime"), "--out", help="Folder for results.json and the PNG."),
 ) -> None:
     """Success vs latency: teacher@10, naive@1, student@1 (+ student-rtc@1), sync/async (+ rtc), same seeds."""
@@ -336,6 +339,7 @@ def bench_realtime_cmd(
         variants,
         cfg,
         out,
+        resume=resume,
         on_point=lambda r: console.print(
             f"{r['profile']:>12} {r['execution']:>5} {r['variant']:>14}: success {r['success_rate']:.1%} "
             f"({r['seconds']:.0f} s)"

@@ -4,6 +4,7 @@ and student) on a moving-goal task in real MuJoCo, sync and async, two latency p
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -166,3 +167,35 @@ def test_bench_realtime_rtc_refuses_a_policy_without_rtc_before_any_rollout(tmp_
     with pytest.raises(ValueError, match="execution mode 'rtc'.*NoRTC"):
         run_realtime_bench([Variant("x@1", NoRTC(), 1)], cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_realtime_resumes_from_its_finished_points_and_never_overwrites(tmp_path, run_cli):
+    ckpt = _tiny_pi0(tmp_path / "t", 0, 0)
+    out = tmp_path / "bench"
+    args = ["bench", "realtime", "--task", "metaworld/reach-moving-v3", "--episodes", "1", "--profiles"]
+    args += ["zero,pi05-a800", "--execution", "sync", "--max-steps", "6", "--workers", "0"]
+    args += ["--teacher", str(ckpt), "--out", str(out)]
+    code, text = run_cli(args)
+    assert code == 0, text
+    full = json.loads((out / "results.json").read_text())
+    assert not (out / "points.json").exists()
+    code, text = run_cli(args, flat=True)  # the same folder again: refused, nothing touched
+    assert code == 1 and "--resume" in text and "bug" not in text
+    assert json.loads((out / "results.json").read_text()) == full
+    # an interrupted run: only its first two points on disk
+    (out / "results.json").unlink()
+    partial = {k: full[k] for k in ("config",)} | {
+        "variants": [{"label": v["label"], "nfe": v["nfe"]} for v in full["variants"]]
+    }
+    partial["rows"] = full["rows"][:2]
+    (out / "points.json").write_text(json.dumps(partial))
+    code, text = run_cli([*args, "--resume"])
+    assert code == 0, text
+    resumed = json.loads((out / "results.json").read_text())
+    assert [(r["profile"], r["variant"]) for r in resumed["rows"]] == [
+        (r["profile"], r["variant"]) for r in full["rows"]
+    ]
+    assert resumed["rows"][:2] == full["rows"][:2]  # kept, not recomputed
+    assert len(re.findall(r"success \d+\.\d%", text)) == len(full["rows"]) - 2  # only the missing points ran
+    code, text = run_cli([*args, "--resume", "--episodes", "2"], flat=True)
+    assert code == 1 and "other settings" in text

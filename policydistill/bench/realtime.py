@@ -105,13 +105,52 @@ def _row(v: Variant, profile: str, execution: str, res: dict[str, Any]) -> dict[
     }
 
 
+#: the points finished so far (``results.json`` is written when every point is done)
+PARTIAL = "points.json"
+
+
+def _identity(variants: list[Variant]) -> list[dict[str, Any]]:
+    return [{"label": v.label, "nfe": v.nfe} for v in variants]
+
+
+def _earlier_points(out: Path, cfg: RealtimeBenchConfig, variants: list[Variant], resume: bool) -> list[dict]:
+    """The points an earlier run of the same bench finished (``resume``); a bench's folder is never
+    overwritten silently."""
+    earlier = [p for p in (out / PARTIAL, out / "results.json") if p.exists()]
+    if not earlier:
+        return []
+    if not resume:
+        raise ValueError(
+            f"{out} already holds a bench realtime run ({earlier[0].name}): pass --resume to continue it, "
+            "or choose another --out"
+        )
+    import json
+
+    data = json.loads(earlier[0].read_text())
+    free = ("workers", "progress")  # how the points are computed, not what they are
+
+    def same(config: dict[str, Any]) -> bool:
+        return {k: v for k, v in config.items() if k not in free} == {
+            k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in free
+        }
+
+    if not same(data.get("config", {})) or data.get("variants") != _identity(variants):
+        raise ValueError(
+            f"--resume: {earlier[0]} was run with other settings or variants; resume with the same options "
+            "or choose another --out"
+        )
+    return list(data["rows"])
+
+
 def run_realtime_bench(
     variants: list[Variant],
     cfg: RealtimeBenchConfig,
     out: str | Path,
     on_point: Callable[[dict[str, Any]], None] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate every (profile, execution, variant); write ``results.json`` and the PNG in ``out``."""
+    """Evaluate every (profile, execution, variant); write ``results.json`` and the PNG in ``out``.
+    Each finished point is saved at once (``points.json``); ``resume`` continues from them."""
     from ..eval.realtime import load_profile
     from ..eval.report import write_json
     from ..eval.rollout import EvalConfig, check_rtc_policy, evaluate_policy
@@ -123,10 +162,13 @@ def run_realtime_bench(
         for v in variants:  # before any rollout: a refusal costs nothing
             check_rtc_policy(v.policy)
     out = Path(out)
-    rows = []
+    rows = _earlier_points(out, cfg, variants, resume)
+    done = {(r["profile"], r["execution"], r["variant"]) for r in rows}
     for profile in cfg.profiles:
         for execution in cfg.executions:
             for v in variants:
+                if (profile, execution, v.label) in done:
+                    continue
                 res = evaluate_policy(
                     v.policy,
                     EvalConfig(
@@ -144,6 +186,9 @@ def run_realtime_bench(
                     ),
                 )
                 rows.append(_row(v, profile, execution, res))
+                # every finished point is on disk at once: an interrupted bench resumes from it
+                out.mkdir(parents=True, exist_ok=True)
+                write_json(out / PARTIAL, {"config": asdict(cfg), "variants": _identity(variants), "rows": rows})
                 if on_point is not None:
                     on_point(rows[-1])
     paired = len({tuple(r["initial_states"]) for r in rows}) == 1
@@ -165,6 +210,7 @@ def run_realtime_bench(
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", payload)
+    (out / PARTIAL).unlink(missing_ok=True)  # ours, and now inside results.json
     plot_success_vs_latency(payload, out / "success_vs_latency.png")
     payload["json"] = str(out / "results.json")
     payload["png"] = str(out / "success_vs_latency.png")
