@@ -117,3 +117,13 @@ def test_default_method_is_earned_by_success_then_distance():
     assert best_method(worse, 1, incumbent) == "snapflow"
     assert best_method({"variants": [row("psd", 0.5, [0.4, 0.6], 0.1)]}, 1, incumbent) == "psd"  # no incumbent run
     assert best_method(closer, 2, incumbent) is None
+    # with episode counts the noise is a two-proportion test: 16/30 against 21/30 is no loss (p = 0.18),
+    # 10/30 against 24/30 is
+    counted = [
+        dict(row("reflow", 16 / 30, [0.36, 0.6996], 0.071), episodes=30),
+        dict(row("consistency_distillation", 21 / 30, [0.52, 0.83], 0.077), episodes=30),
+    ]
+    assert best_method({"variants": counted}, 1, "reflow") == "reflow"
+    counted[0].update(success_rate=10 / 30, teacher_chunk_distance=0.05)
+    counted[1].update(success_rate=24 / 30)
+    assert best_method({"variants": counted}, 1, "reflow") == "consistency_distillation"
