@@ -195,6 +195,11 @@ class SimulatedExecution:
     n_action_steps: int
     mode: str
     period_s: float
+    #: async / rtc: how many actions of a chunk the robot may execute while the next one is computed
+    #: (the chunk's length; None = ``n_action_steps``). A new chunk is still requested once
+    #: ``n_action_steps`` of the current one have passed, so re-planning keeps the policy's rate,
+    #: but a chunk that arrives late finds the rest of the old one to continue with.
+    horizon: int | None = None
     queue: ChunkQueue = field(init=False)
     estimate: LatencyEstimate = field(init=False)
     pending: _Pending | None = field(default=None, init=False)
@@ -205,8 +210,12 @@ class SimulatedExecution:
     def __post_init__(self) -> None:
         if self.mode not in EXECUTION_MODES:
             raise ValueError(f"execution mode {self.mode!r}: use one of {', '.join(EXECUTION_MODES)}")
-        self.queue = ChunkQueue(self.n_action_steps)
+        keep = (
+            self.n_action_steps if self.mode == "sync" or not self.horizon else max(self.horizon, self.n_action_steps)
+        )
+        self.queue = ChunkQueue(keep)
         self.estimate = LatencyEstimate()
+        self._chunk_tick: int | None = None  # observation tick of the chunk being executed
         ticks_elapsed(0.0, self.period_s)  # validates the period
 
     def deliver(self, tick: int) -> bool:
@@ -214,6 +223,7 @@ class SimulatedExecution:
             return False
         p, self.pending = self.pending, None
         p.record.stale = self.queue.load(p.chunk, p.record.obs_tick, tick, align=self.mode != "sync")
+        self._chunk_tick = p.record.obs_tick
         self._fresh = True
         return True
 
@@ -222,7 +232,10 @@ class SimulatedExecution:
             return False
         if self.mode == "sync" or not self.estimate.known:
             return len(self.queue) == 0
-        return self.queue.wants_chunk(request_margin(self.estimate.seconds, self.period_s))
+        if self.queue.wants_chunk(request_margin(self.estimate.seconds, self.period_s)):
+            return True
+        # re-plan at the policy's rate: once n_action_steps of the current chunk's ticks have passed
+        return self._chunk_tick is not None and tick - self._chunk_tick >= self.n_action_steps
 
     def rtc_prefix(self, tick: int, expected_delay_s: float) -> Committed:
         """``rtc``: what an inference starting now from the observation of ``tick`` is committed

@@ -316,3 +316,33 @@ def test_chunk_jump_and_jerk_exact():
         ]
     )
     assert s["chunk_jump"] == 1.0 and s["jerk"] == 1.0 and s["per_task"]["t"]["jerk"] == 1.0
+
+
+def test_async_executes_the_rest_of_the_chunk_while_the_next_computes_and_replans_every_n_actions():
+    """Chunks of 16, re-planning every 8, a 7-tick inference: after the first chunk arrives the robot
+    never holds, a chunk is requested every 8 ticks, and each tick runs the newest chunk's action for
+    that tick (with the old rule, 8 executable actions of which 7 arrive stale, it held 6 ticks in 7)."""
+    from policydistill.robots.chunking import SimulatedExecution
+
+    period = 0.0125
+    for mode in ("async", "rtc"):
+        ex = SimulatedExecution(8, mode, period, horizon=16)
+        requests, executed = [], []
+        for tick in range(64):
+            ex.deliver(tick)
+            if ex.due(tick):
+                requests.append(tick)
+                ex.submit([tick * 100 + i for i in range(16)], tick, 7 * period)
+            executed.append(ex.next_action(tick))
+        assert executed[:7] == [None] * 7 and None not in executed[7:]
+        assert requests == list(range(0, 64, 8))
+        for tick in range(7, 64):
+            newest = max(r for r in requests if r + 7 <= tick)
+            assert executed[tick] == newest * 100 + (tick - newest)
+    sync = SimulatedExecution(8, "sync", period, horizon=16)  # sync holds and runs 8 from the start
+    for tick in range(20):
+        sync.deliver(tick)
+        if sync.due(tick):
+            sync.submit(list(range(16)), tick, 7 * period)
+        sync.next_action(tick)
+    assert [r.action for r in sync.log] == [None] * 7 + list(range(8)) + [None] * 5

@@ -510,7 +510,8 @@ def _realtime_loop(
             if not slot.period_s:
                 raise ValueError(f"{slot.task} does not say its control rate: latency in the loop needs it")
             h = _chunk_horizon(policy, cfg, actions.shape[0])
-            slot.sched = SimulatedExecution(h, cfg.execution, slot.period_s)
+            # async / rtc: the whole chunk may run while the next one computes (re-planning every h)
+            slot.sched = SimulatedExecution(h, cfg.execution, slot.period_s, horizon=int(actions.shape[0]))
         slot.action_dim = int(actions.shape[-1])
         slot.delays_ms.append(delay_s * 1e3)
         # nothing queued (the first chunk, or all of the last one arrived stale): nothing committed
