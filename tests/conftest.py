@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -107,3 +108,27 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str])
         return code, " ".join(text.split()) if flat else text
 
     return run
+
+
+@pytest.fixture
+def moving_pi0() -> Callable[..., Any]:
+    """A tiny untrained pi0 shaped for the moving-goal Meta-World tasks (32 px, 21-D state, 4-D
+    actions, a chunk of 16, all executable): ``moving_pi0(seed, rtc_max_delay)``."""
+
+    def make(seed: int = 0, rtc_max_delay: int = 0) -> Any:
+        from policydistill.policies.pi0.model import Pi0Policy
+
+        torch.manual_seed(seed)
+        return Pi0Policy.from_preset(
+            "tiny",
+            image_size=32,
+            state_dim=21,
+            max_state_dim=24,
+            action_dim=4,
+            max_action_dim=4,
+            chunk_size=16,
+            n_action_steps=16,
+            rtc_training_max_delay=rtc_max_delay,
+        )
+
+    return make

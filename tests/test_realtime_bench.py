@@ -108,32 +108,24 @@ def test_the_pipeline_evaluation_passes_the_realtime_settings_on():
     assert res["episodes_detail"][0]["hold_steps"] == 10  # 83 ms = 7 steps > 4 actions: always stale
 
 
-def _tiny_pi0(folder, seed: int, rtc_max_delay: int):
-    import torch
-
+@pytest.fixture
+def tiny_pi0(moving_pi0):
+    """Save a tiny moving-task pi0 as a teacher checkpoint in ``folder``."""
     from policydistill.checkpoint import save_model
-    from policydistill.policies.pi0.model import Pi0Policy
 
-    torch.manual_seed(seed)
-    policy = Pi0Policy.from_preset(
-        "tiny",
-        image_size=32,
-        state_dim=21,
-        max_state_dim=24,
-        action_dim=4,
-        max_action_dim=4,
-        chunk_size=16,
-        n_action_steps=16,
-        rtc_training_max_delay=rtc_max_delay,
-    )
-    save_model(folder, policy, extra={"role": "teacher", "tasks": ["metaworld/reach-moving-v3"]})
-    return folder
+    def save(folder, seed: int, rtc_max_delay: int):
+        save_model(
+            folder, moving_pi0(seed, rtc_max_delay), extra={"role": "teacher", "tasks": ["metaworld/reach-moving-v3"]}
+        )
+        return folder
+
+    return save
 
 
-def test_bench_realtime_runs_rtc_and_an_rtc_student(tmp_path, run_cli):
+def test_bench_realtime_runs_rtc_and_an_rtc_student(tmp_path, run_cli, tiny_pi0):
     # every variant continues committed actions with a hard prefix (trained RTC); an untrained tiny
     # pi0 is enough to check the rows, labels and files
-    ckpt = _tiny_pi0(tmp_path / "rtc", 0, 8)
+    ckpt = tiny_pi0(tmp_path / "rtc", 0, 8)
     out = tmp_path / "bench"
     args = ["bench", "realtime", "--task", "metaworld/reach-moving-v3", "--episodes", "1", "--profiles"]
     args += ["pi05-a800", "--executions", "async,rtc", "--max-steps", "16", "--workers", "0"]
@@ -169,8 +161,8 @@ def test_bench_realtime_rtc_refuses_a_policy_without_rtc_before_any_rollout(tmp_
     assert not (tmp_path / "out").exists()
 
 
-def test_bench_realtime_resumes_from_its_finished_points_and_never_overwrites(tmp_path, run_cli):
-    ckpt = _tiny_pi0(tmp_path / "t", 0, 0)
+def test_bench_realtime_resumes_from_its_finished_points_and_never_overwrites(tmp_path, run_cli, tiny_pi0):
+    ckpt = tiny_pi0(tmp_path / "t", 0, 0)
     out = tmp_path / "bench"
     args = ["bench", "realtime", "--task", "metaworld/reach-moving-v3", "--episodes", "1", "--profiles"]
     args += ["zero,pi05-a800", "--execution", "sync", "--max-steps", "6", "--workers", "0"]

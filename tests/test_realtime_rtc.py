@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("metaworld")
 from policydistill.eval import EvalConfig, evaluate_policy  # noqa: E402
@@ -21,22 +20,11 @@ pytestmark = [pytest.mark.sim, pytest.mark.usefixtures("one_thread")]
 PERIOD = 0.0125  # Meta-World: 80 Hz
 
 
-@pytest.fixture(scope="module")
-def rtc_pi0() -> Pi0Policy:
+@pytest.fixture
+def rtc_pi0(moving_pi0) -> Pi0Policy:
     """A chunk of 16, all executable, trained-RTC prefixes up to 12 actions (the A800 profile at
     one step commits 7)."""
-    torch.manual_seed(0)
-    return Pi0Policy.from_preset(
-        "tiny",
-        image_size=32,
-        state_dim=21,
-        max_state_dim=24,
-        action_dim=4,
-        max_action_dim=4,
-        chunk_size=16,
-        n_action_steps=16,
-        rtc_training_max_delay=12,
-    ).eval()
+    return moving_pi0(0, 12).eval()
 
 
 class Recording:
