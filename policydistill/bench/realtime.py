@@ -129,12 +129,11 @@ def _earlier_points(out: Path, cfg: RealtimeBenchConfig, variants: list[Variant]
     data = json.loads(earlier[0].read_text())
     free = ("workers", "progress")  # how the points are computed, not what they are
 
-    def same(config: dict[str, Any]) -> bool:
-        return {k: v for k, v in config.items() if k not in free} == {
-            k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in free
-        }
+    def settings(config: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in config.items() if k not in free}
 
-    if not same(data.get("config", {})) or data.get("variants") != _identity(variants):
+    now = json.loads(json.dumps(asdict(cfg)))  # tuples as the JSON on disk holds them: lists
+    if settings(data.get("config", {})) != settings(now) or data.get("variants") != _identity(variants):
         raise ValueError(
             f"--resume: {earlier[0]} was run with other settings or variants; resume with the same options "
             "or choose another --out"
